@@ -1,0 +1,47 @@
+# probesuite: the two commands are `make demo` and `make test`.
+# Both create .venv when missing, install what is needed (Debian packages too when run as root)
+# and are quick no-ops when everything is already installed.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+OUT ?= runs
+
+.PHONY: demo test setup setup-dev lint bench clean-venv system
+
+$(BIN)/python:
+	$(PY) -m venv $(VENV)
+
+# Debian libraries for open3d (libusb) and headless rendering (Mesa/Vulkan/EGL); fast when present.
+system:
+	@bash tools/setup_system.sh
+
+$(VENV)/.stamp-base: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install -q -e .
+	@touch $@
+
+# torch-scatter has only a source distribution (about 5 minutes on 2 cores, cached by pip afterwards);
+# built against the installed torch so that its compiled library matches.
+$(VENV)/.stamp-dev: $(VENV)/.stamp-base
+	$(BIN)/pip install -q -e '.[dev]'
+	$(BIN)/pip install -q --no-build-isolation 'torch-scatter==2.1.2'
+	@touch $@
+
+setup: system $(VENV)/.stamp-base
+setup-dev: system $(VENV)/.stamp-dev
+
+demo: setup
+	$(BIN)/pointprobe demo --out $(OUT)/point-demo
+	$(BIN)/videoprobe demo --out $(OUT)/video-demo
+
+test: setup-dev
+	$(BIN)/python -m pytest -q --durations=15
+
+lint: setup-dev
+	$(BIN)/ruff check common pointprobe videoprobe tools tests
+
+bench: setup-dev
+	$(BIN)/python tools/bench_sampling.py
+	$(BIN)/python tools/bench_probe.py
+
+clean-venv:
+	rm -rf $(VENV)

@@ -1,0 +1,1 @@
+"""Shared core of probesuite: configs, sampling, scatter reductions, feature cache, probes, metrics."""

@@ -1,0 +1,208 @@
+"""Typed configs: dataclass schemas, YAML files, ``key=value`` overrides, resolved-config saving.
+
+A schema is a (possibly nested) dataclass. ``load_config(Schema, "configs/x.yaml", ["a.b=3"])``
+starts from the dataclass defaults, merges the YAML file, then the overrides; every key must
+exist in the schema and every value must have the declared type, otherwise a ``ConfigError``
+names the key.
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import hashlib
+import json
+import types
+import typing
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+from common.errors import ConfigError
+
+T = TypeVar("T")
+
+__all__ = [
+    "load_config",
+    "merge_dict",
+    "parse_overrides",
+    "to_dict",
+    "config_hash",
+    "save_config",
+    "from_dict",
+]
+
+
+def to_dict(cfg: Any) -> dict:
+    """A plain nested dict of a dataclass config."""
+    return dataclasses.asdict(cfg)
+
+
+def config_hash(cfg: Any, length: int = 16) -> str:
+    """A stable short sha256 of a config (dataclass or dict), independent of key order."""
+    d = to_dict(cfg) if dataclasses.is_dataclass(cfg) else cfg
+    blob = json.dumps(d, sort_keys=True, default=str, separators=(",", ":"))
+    return hashlib.sha256(blob.encode()).hexdigest()[:length]
+
+
+def save_config(cfg: Any, path: str | Path) -> Path:
+    """Write the resolved config as YAML (``path`` may be a folder: then ``config.yaml`` inside)."""
+    path = Path(path)
+    if path.suffix not in (".yaml", ".yml"):
+        path = path / "config.yaml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    d = to_dict(cfg) if dataclasses.is_dataclass(cfg) else cfg
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(yaml.safe_dump(d, sort_keys=False))
+    tmp.replace(path)
+    return path
+
+
+def parse_overrides(overrides: list[str] | None) -> dict:
+    """``["a.b=1", "c=[1,2]"]`` -> nested dict; values parsed as YAML scalars/lists."""
+    out: dict = {}
+    for item in overrides or []:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} is not of the form key=value")
+        key, raw = item.split("=", 1)
+        key = key.strip()
+        if not key:
+            raise ConfigError(f"override {item!r} has an empty key")
+        try:
+            value = yaml.safe_load(raw) if raw.strip() != "" else ""
+        except yaml.YAMLError as e:
+            raise ConfigError(f"override {key}: cannot parse value {raw!r} ({e})") from None
+        node = out
+        parts = key.split(".")
+        for p in parts[:-1]:
+            node = node.setdefault(p, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override {key}: {p} is both a value and a section")
+        node[parts[-1]] = value
+    return out
+
+
+def merge_dict(base: dict, upd: dict) -> dict:
+    """Recursive dict merge (``upd`` wins); returns a new dict."""
+    out = dict(base)
+    for k, v in upd.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = merge_dict(out[k], v)
+        else:
+            out[k] = v
+    return out
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    """Check (and minimally coerce) ``value`` against the annotation ``tp``."""
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if tp is Any:
+        return value
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for a in args:
+            if a is type(None):
+                continue
+            try:
+                return _coerce(value, a, key)
+            except ConfigError as e:
+                errors.append(str(e))
+        raise ConfigError(f"config key '{key}': expected {_type_name(tp)}, got {value!r}")
+    if origin is typing.Literal:
+        if value in args:
+            return value
+        raise ConfigError(f"config key '{key}': expected one of {list(args)}, got {value!r}")
+    if dataclasses.is_dataclass(tp):
+        if isinstance(value, tp):
+            return value
+        if not isinstance(value, dict):
+            raise ConfigError(f"config key '{key}': expected a section (mapping), got {value!r}")
+        return from_dict(tp, value, prefix=key + ".")
+    if origin in (list, tuple):
+        if isinstance(value, (list, tuple)):
+            if origin is tuple and args and args[-1] is not Ellipsis:
+                if len(args) != len(value):
+                    raise ConfigError(f"config key '{key}': expected {len(args)} values, got {value!r}")
+                return tuple(_coerce(v, a, f"{key}[{i}]") for i, (v, a) in enumerate(zip(value, args)))
+            inner = args[0] if args else Any
+            seq = [_coerce(v, inner, f"{key}[{i}]") for i, v in enumerate(value)]
+            return tuple(seq) if origin is tuple else seq
+        raise ConfigError(f"config key '{key}': expected a list, got {value!r}")
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"config key '{key}': expected a mapping, got {value!r}")
+        return dict(value)
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"config key '{key}': expected true/false, got {value!r}")
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise ConfigError(f"config key '{key}': expected an integer, got {value!r}")
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value)  # YAML 1.1 reads "1e-3" as a string
+            except ValueError:
+                pass
+        raise ConfigError(f"config key '{key}': expected a number, got {value!r}")
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return str(value)
+        raise ConfigError(f"config key '{key}': expected a string, got {value!r}")
+    return value
+
+
+def from_dict(schema: type[T], data: dict, prefix: str = "") -> T:
+    """Build a dataclass from a dict, starting from its defaults; unknown keys are errors."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"config section '{prefix.rstrip('.') or '<root>'}' must be a mapping")
+    fields = {f.name: f for f in dataclasses.fields(schema)}
+    hints = typing.get_type_hints(schema)
+    for k in data:
+        if k not in fields:
+            close = difflib.get_close_matches(str(k), list(fields), n=1)
+            hint = f" (did you mean '{prefix}{close[0]}'?)" if close else ""
+            raise ConfigError(f"unknown config key '{prefix}{k}'{hint}")
+    kwargs = {}
+    for name, f in fields.items():
+        if name in data:
+            kwargs[name] = _coerce(data[name], hints[name], prefix + name)
+        elif dataclasses.is_dataclass(hints[name]) and f.default is dataclasses.MISSING and (
+            f.default_factory is dataclasses.MISSING  # type: ignore[misc]
+        ):
+            kwargs[name] = from_dict(hints[name], {}, prefix + name + ".")
+    try:
+        return schema(**kwargs)
+    except TypeError as e:
+        raise ConfigError(f"config section '{prefix.rstrip('.') or '<root>'}': {e}") from None
+
+
+def load_config(schema: type[T], path: str | Path | None = None, overrides: list[str] | None = None) -> T:
+    """Defaults of ``schema`` <- YAML file ``path`` <- ``key=value`` overrides."""
+    data: dict = {}
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"{p}: config file not found")
+        try:
+            loaded = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{p}: not valid YAML ({str(e).splitlines()[0]})") from None
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{p}: top level must be a mapping")
+        data = loaded
+    data = merge_dict(data, parse_overrides(overrides))
+    return from_dict(schema, data)

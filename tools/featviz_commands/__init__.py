@@ -1,0 +1,1 @@
+"""Sub-commands of `featviz` (points, video, report); each module defines `register(subparsers)`."""

@@ -1,0 +1,1 @@
+"""Video feature probing: decoding, datasets, video encoders, action-recognition probes and benchmarks."""
