@@ -1,0 +1,253 @@
+"""Sampling for point clouds (numpy in, numpy out) and videos (torch tensors laid out (C, T, H, W)).
+
+Point clouds: voxel grid sampling with the inverse map (``grid_sample``, ``grid_sample_test``), k-nearest
+crops (``sphere_crop``), cubic patch masking (``grid_patch_mask``, Sonata/MSC), subsets of scenes and of
+labels for data-efficient probing (``subset_items``, ``limit_labels``).
+Videos: clip frame indices (``clip_indices``) and spatial crops / resizes applied identically to every
+frame (``center_crop``, ``three_crops``, ``random_resized_crop``, ``resize_short_side``).
+
+Everything random takes a seed (``None``, an int, or a ``numpy.random.Generator``) and is deterministic
+given it. Inputs a user can get wrong (NaN/inf coordinates, empty clouds, videos without frames) raise
+``common.errors.InputError`` naming ``source`` (the file) when the caller passes it.
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal, TypeVar
+
+import numpy as np
+
+from common.errors import InputError
+
+Seed = int | np.random.Generator | None
+T = TypeVar("T")
+
+# Dense voxel tables (one byte + one int32 per cell) are used while the grid's bounding box has at
+# most this many cells per input point (plus a constant); larger / sparser boxes sort keys instead.
+_DENSE_CELLS_PER_POINT = 16
+_DENSE_CELLS_EXTRA = 1 << 20
+
+
+def _rng(seed: Seed) -> np.random.Generator:
+    return seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
+
+
+# ----------------------------------------------------------------------------------------------------
+# point clouds
+# ----------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class GridSample:
+    """Result of voxel grid sampling of N input points into M occupied voxels.
+
+    ``index`` (M,) int64: input row kept for each voxel (voxels ordered by their grid key);
+    ``inverse`` (N,) int64: voxel id in [0, M) of every input point, so ``index[inverse]`` is the kept
+    row standing in for each input point; ``grid_coord`` (M, 3) int64: voxel coordinates of the kept rows.
+    """
+
+    index: np.ndarray
+    inverse: np.ndarray
+    grid_coord: np.ndarray
+
+    def __len__(self) -> int:
+        return int(self.index.shape[0])
+
+
+def _check_coord(coord: np.ndarray, source: str | None) -> np.ndarray:
+    coord = np.asarray(coord)
+    if coord.ndim != 2 or coord.shape[1] != 3:
+        raise InputError(source, f"point coordinates must have shape (N, 3), got {coord.shape}")
+    if coord.shape[0] == 0:
+        raise InputError(source, "point cloud is empty (0 points)")
+    if not np.issubdtype(coord.dtype, np.number):
+        raise InputError(source, f"point coordinates must be numeric, got dtype {coord.dtype}")
+    if not np.isfinite(coord).all():
+        bad = int((~np.isfinite(coord).all(axis=1)).sum())
+        raise InputError(source, f"point coordinates contain NaN or inf ({bad} of {coord.shape[0]} points)")
+    return coord
+
+
+def _grid_size_array(grid_size: float | Sequence[float]) -> np.ndarray:
+    size = np.asarray(grid_size, dtype=np.float64)
+    if size.ndim > 1 or (size.ndim == 1 and size.shape[0] != 3):
+        raise ValueError(f"grid_size must be a number or 3 numbers, got {grid_size!r}")
+    if not (np.isfinite(size).all() and (size > 0).all()):
+        raise ValueError(f"grid_size must be positive and finite, got {grid_size!r}")
+    return size
+
+
+def voxel_grid_coord(coord: np.ndarray, grid_size: float | Sequence[float],
+                     origin: np.ndarray | Sequence[float] | None = None,
+                     source: str | None = None) -> np.ndarray:
+    """Voxel coordinates (N, 3) int64 = ``floor((coord - origin) / grid_size)``, origin = ``coord.min(0)``.
+
+    Computed in float64. With the default origin every coordinate is >= 0.
+    """
+    coord = _check_coord(coord, source)
+    size = _grid_size_array(grid_size)
+    shifted = coord.astype(np.float64)  # always a copy, worked on in place below
+    shifted -= shifted.min(axis=0) if origin is None else np.asarray(origin, dtype=np.float64)
+    shifted /= size
+    np.floor(shifted, out=shifted)
+    return shifted.astype(np.int64)
+
+
+def _voxel_ids(grid_coord: np.ndarray) -> tuple[np.ndarray, int]:
+    """Group equal rows of non-negative ``grid_coord`` (N, 3): voxel id per row (ids ordered by key), M."""
+    n = grid_coord.shape[0]
+    dims = [int(d) + 1 for d in grid_coord.max(axis=0)]
+    cells = dims[0] * dims[1] * dims[2]  # python int: no overflow
+    if cells < 2**62:
+        key = grid_coord[:, 0] * (dims[1] * dims[2])
+        key += grid_coord[:, 1] * dims[2]
+        key += grid_coord[:, 2]
+        if cells <= _DENSE_CELLS_PER_POINT * n + _DENSE_CELLS_EXTRA and cells < 2**31:
+            # dense table: mark occupied cells, number them in key order by a running count.
+            occupied = np.zeros(cells, dtype=bool)
+            occupied[key] = True
+            number = np.cumsum(occupied, dtype=np.int32)
+            inverse = number[key].astype(np.int64)
+            inverse -= 1
+            return inverse, int(number[-1])
+        order = np.argsort(key)
+        sorted_key = key[order]
+    else:  # box too large for one int64 key: exact lexicographic sort of the three columns
+        order = np.lexsort((grid_coord[:, 2], grid_coord[:, 1], grid_coord[:, 0]))
+        sorted_key = grid_coord[order]
+    new = np.empty(n, dtype=bool)
+    new[0] = True
+    diff = sorted_key[1:] != sorted_key[:-1]
+    new[1:] = diff if diff.ndim == 1 else diff.any(axis=1)
+    inverse = np.empty(n, dtype=np.int64)
+    inverse[order] = np.cumsum(new) - 1
+    return inverse, int(inverse[order[-1]]) + 1
+
+
+def grid_sample(coord: np.ndarray, grid_size: float | Sequence[float],
+                mode: Literal["train", "first"] = "train", seed: Seed = None,
+                source: str | None = None) -> GridSample:
+    """Voxel grid sampling keeping one input point per occupied voxel, with the inverse map.
+
+    ``mode="train"`` keeps a uniformly random point of each voxel (Pointcept ``GridSample`` train
+    mode), deterministic given ``seed``; ``mode="first"`` keeps the lowest input row of each voxel.
+    Voxels are ``floor((coord - coord.min(0)) / grid_size)``; output voxels are ordered by their
+    (x, y, z) lexicographic grid key. NaN/inf or empty input raises ``InputError`` naming ``source``.
+    """
+    grid = voxel_grid_coord(coord, grid_size, source=source)
+    inverse, m = _voxel_ids(grid)
+    n = grid.shape[0]
+    if mode == "train":
+        # per voxel: the row with the largest random priority (random high bits, row in low bits)
+        priority = _rng(seed).integers(0, 2**31, size=n, dtype=np.int64)
+        priority <<= 32
+        priority |= np.arange(n, dtype=np.int64)
+        best = np.full(m, -1, dtype=np.int64)
+        np.maximum.at(best, inverse, priority)
+        index = best & 0xFFFFFFFF
+    elif mode == "first":
+        index = np.full(m, n, dtype=np.int64)
+        np.minimum.at(index, inverse, np.arange(n, dtype=np.int64))
+    else:
+        raise ValueError(f"grid_sample: mode must be 'train' or 'first', got {mode!r}")
+    return GridSample(index=index, inverse=inverse, grid_coord=grid[index])
+
+
+def grid_sample_test(coord: np.ndarray, grid_size: float | Sequence[float],
+                     source: str | None = None) -> list[GridSample]:
+    """Test-time grid sampling: k passes (k = most points in one voxel) that together keep every point.
+
+    Points of a voxel are taken in input order; pass i keeps point ``i % count`` of each voxel (cyclic
+    for voxels with fewer points). Every pass has the same voxel order and the same ``inverse`` (one
+    shared read-only array) and ``grid_coord``.
+    """
+    grid = voxel_grid_coord(coord, grid_size, source=source)
+    inverse, m = _voxel_ids(grid)
+    n = grid.shape[0]
+    counts = np.bincount(inverse, minlength=m)
+    starts = np.zeros(m, dtype=np.int64)
+    np.cumsum(counts[:-1], out=starts[1:])
+    # rows grouped by voxel, input order inside a voxel (keys inverse*n + row are unique)
+    order = np.argsort(inverse * n + np.arange(n, dtype=np.int64))
+    inverse.setflags(write=False)
+    first = order[starts]
+    grid_coord = grid[first]
+    grid_coord.setflags(write=False)
+    passes = []
+    for i in range(int(counts.max())):
+        index = first if i == 0 else order[starts + i % counts]
+        passes.append(GridSample(index=index, inverse=inverse, grid_coord=grid_coord))
+    return passes
+
+
+def sphere_crop(coord: np.ndarray, n_points: int, center: np.ndarray | Sequence[float] | None = None,
+                rng: Seed = None, source: str | None = None) -> np.ndarray:
+    """Indices (min(n_points, N),) int64, ascending, of the points nearest to ``center``.
+
+    ``center`` defaults to a random input point (drawn from ``rng``). Ties at the cut-off distance are
+    broken arbitrarily but deterministically.
+    """
+    coord = _check_coord(coord, source)
+    if int(n_points) != n_points or n_points < 1:
+        raise ValueError(f"sphere_crop: n_points must be a positive int, got {n_points!r}")
+    n = coord.shape[0]
+    if n_points >= n:
+        return np.arange(n, dtype=np.int64)
+    c = coord[_rng(rng).integers(n)] if center is None else np.asarray(center, dtype=np.float64)
+    if c.shape != (3,):
+        raise ValueError(f"sphere_crop: center must have shape (3,), got {c.shape}")
+    diff = coord.astype(np.float64) - c
+    dist = np.einsum("ij,ij->i", diff, diff)
+    idx = np.argpartition(dist, int(n_points) - 1)[: int(n_points)]
+    idx.sort()
+    return idx.astype(np.int64)
+
+
+def grid_patch_mask(coord: np.ndarray, patch_size: float, ratio: float, rng: Seed = None,
+                    source: str | None = None) -> np.ndarray:
+    """Boolean mask (N,): points grouped into cubic patches of side ``patch_size`` (grid shifted by a
+    random offset in [0, patch_size)^3), and ``round(ratio * P)`` of the P occupied patches masked.
+    """
+    coord = _check_coord(coord, source)
+    if not (patch_size > 0 and math.isfinite(patch_size)):
+        raise ValueError(f"grid_patch_mask: patch_size must be positive, got {patch_size!r}")
+    if not 0.0 <= ratio <= 1.0:
+        raise ValueError(f"grid_patch_mask: ratio must be in [0, 1], got {ratio!r}")
+    gen = _rng(rng)
+    offset = gen.uniform(0.0, patch_size, size=3)
+    origin = coord.min(axis=0).astype(np.float64) - offset
+    patch, p = _voxel_ids(voxel_grid_coord(coord, patch_size, origin=origin))
+    chosen = np.zeros(p, dtype=bool)
+    chosen[gen.permutation(p)[: int(round(ratio * p))]] = True
+    return chosen[patch]
+
+
+def subset_items(items: Sequence[T], fraction: float, seed: Seed = 0) -> list[T]:
+    """A deterministic random subset of ``round(fraction * len)`` items (at least 1), in input order."""
+    if not 0.0 < fraction <= 1.0:
+        raise ValueError(f"subset_items: fraction must be in (0, 1], got {fraction!r}")
+    items = list(items)
+    if not items:
+        return []
+    k = max(1, int(round(fraction * len(items))))
+    keep = np.sort(_rng(seed).choice(len(items), size=k, replace=False))
+    return [items[i] for i in keep]
+
+
+def limit_labels(labels: np.ndarray, n_points: int, seed: Seed = 0, ignore_index: int = -1) -> np.ndarray:
+    """Copy of ``labels`` keeping ``n_points`` labelled points (chosen at random among the labelled
+    ones, i.e. ``!= ignore_index``) and setting every other label to ``ignore_index``."""
+    labels = np.asarray(labels)
+    if labels.ndim != 1:
+        raise ValueError(f"limit_labels: labels must be 1-D, got shape {labels.shape}")
+    if int(n_points) != n_points or n_points < 0:
+        raise ValueError(f"limit_labels: n_points must be a non-negative int, got {n_points!r}")
+    out = labels.copy()
+    labelled = np.flatnonzero(labels != ignore_index)
+    if labelled.size > n_points:
+        drop = np.ones(labelled.size, dtype=bool)
+        drop[_rng(seed).choice(labelled.size, size=int(n_points), replace=False)] = False
+        out[labelled[drop]] = ignore_index
+    return out
