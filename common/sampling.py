@@ -13,11 +13,14 @@ given it. Inputs a user can get wrong (NaN/inf coordinates, empty clouds, videos
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal, TypeVar
 
 import numpy as np
+import torch
+import torch.nn.functional as F
 
 from common.errors import InputError
 
@@ -251,3 +254,143 @@ def limit_labels(labels: np.ndarray, n_points: int, seed: Seed = 0, ignore_index
         drop[_rng(seed).choice(labelled.size, size=int(n_points), replace=False)] = False
         out[labelled[drop]] = ignore_index
     return out
+
+
+# ----------------------------------------------------------------------------------------------------
+# videos: frame indices, then spatial crops of (C, T, H, W) tensors (the same crop for every frame)
+# ----------------------------------------------------------------------------------------------------
+
+
+def clip_indices(num_frames: int, clip_len: int, frame_step: int, num_clips: int = 1,
+                 mode: Literal["uniform", "random"] = "uniform", rng: Seed = None,
+                 source: str | None = None) -> list[np.ndarray]:
+    """Frame indices (clip_len,) int64 of each of ``num_clips`` clips of ``clip_len`` frames taken every
+    ``frame_step`` frames.
+
+    A clip spans ``(clip_len - 1) * frame_step + 1`` frames. ``"uniform"``: clip starts evenly spaced
+    from the first to the last valid start (one clip: the centred start); ``"random"``: each start
+    drawn uniformly from the valid starts with ``rng``. A video shorter than one span starts at 0
+    and repeats its last frame (indices clamped to ``num_frames - 1``). No frames raises ``InputError``.
+    """
+    for name, value in (("clip_len", clip_len), ("frame_step", frame_step), ("num_clips", num_clips)):
+        if int(value) != value or value < 1:
+            raise ValueError(f"clip_indices: {name} must be a positive int, got {value!r}")
+    if int(num_frames) != num_frames or num_frames <= 0:
+        raise InputError(source, f"video has no frames (num_frames={num_frames})")
+    span = (clip_len - 1) * frame_step + 1
+    max_start = max(int(num_frames) - span, 0)
+    if mode == "uniform":
+        if num_clips == 1:
+            starts = np.array([max_start // 2])
+        else:
+            starts = np.round(np.linspace(0, max_start, num_clips)).astype(np.int64)
+    elif mode == "random":
+        starts = _rng(rng).integers(0, max_start + 1, size=num_clips)
+    else:
+        raise ValueError(f"clip_indices: mode must be 'uniform' or 'random', got {mode!r}")
+    offsets = np.arange(clip_len, dtype=np.int64) * frame_step
+    return [np.minimum(int(s) + offsets, int(num_frames) - 1) for s in starts]
+
+
+def _size2(size: int | Sequence[int]) -> tuple[int, int]:
+    h, w = (size, size) if isinstance(size, numbers.Integral) else tuple(size)
+    if int(h) != h or int(w) != w or h < 1 or w < 1:
+        raise ValueError(f"crop size must be a positive int or (height, width), got {size!r}")
+    return int(h), int(w)
+
+
+def _check_video(video: torch.Tensor) -> None:
+    if not isinstance(video, torch.Tensor) or video.dim() != 4:
+        shape = tuple(video.shape) if isinstance(video, torch.Tensor) else type(video).__name__
+        raise ValueError(f"video must be a (C, T, H, W) tensor, got {shape}")
+
+
+def _crop(video: torch.Tensor, top: int, left: int, h: int, w: int) -> torch.Tensor:
+    _, _, height, width = video.shape
+    if h > height or w > width:
+        raise ValueError(f"crop ({h}, {w}) is larger than the video frames ({height}, {width}); "
+                         "resize first (resize_short_side)")
+    return video[:, :, top: top + h, left: left + w]
+
+
+def center_crop(video: torch.Tensor, size: int | Sequence[int]) -> torch.Tensor:
+    """Centre crop of every frame of a (C, T, H, W) video to ``size`` (int or (h, w))."""
+    _check_video(video)
+    h, w = _size2(size)
+    return _crop(video, (video.shape[2] - h) // 2, (video.shape[3] - w) // 2, h, w)
+
+
+def three_crops(video: torch.Tensor, size: int | Sequence[int]) -> list[torch.Tensor]:
+    """Three crops along the longer side (left/centre/right, or top/centre/bottom for tall frames),
+    centred on the shorter side; the usual 3-crop test protocol after ``resize_short_side``."""
+    _check_video(video)
+    h, w = _size2(size)
+    height, width = video.shape[2], video.shape[3]
+    if width >= height:
+        top = (height - h) // 2
+        return [_crop(video, top, left, h, w) for left in (0, (width - w) // 2, width - w)]
+    left = (width - w) // 2
+    return [_crop(video, top, left, h, w) for top in (0, (height - h) // 2, height - h)]
+
+
+def _resize(video: torch.Tensor, h: int, w: int, mode: str) -> torch.Tensor:
+    frames = video.permute(1, 0, 2, 3)  # (T, C, H, W): frames as the batch
+    dtype = frames.dtype
+    if not dtype.is_floating_point:
+        frames = frames.float()
+    kwargs = {"align_corners": False, "antialias": True} if mode in ("bilinear", "bicubic") else {}
+    out = F.interpolate(frames, size=(h, w), mode=mode, **kwargs)
+    if not dtype.is_floating_point:
+        info = torch.iinfo(dtype)
+        out = out.round_().clamp_(info.min, info.max).to(dtype)
+    return out.permute(1, 0, 2, 3).contiguous()
+
+
+def resize_short_side(video: torch.Tensor, size: int, mode: str = "bilinear") -> torch.Tensor:
+    """Resize every frame of a (C, T, H, W) video so its shorter side is ``size`` (aspect ratio kept;
+    bilinear with antialiasing; integer videos are resized in float and rounded back)."""
+    _check_video(video)
+    if int(size) != size or size < 1:
+        raise ValueError(f"resize_short_side: size must be a positive int, got {size!r}")
+    height, width = video.shape[2], video.shape[3]
+    if height <= width:
+        h, w = int(size), max(1, int(round(width * size / height)))
+    else:
+        h, w = max(1, int(round(height * size / width))), int(size)
+    return _resize(video, h, w, mode)
+
+
+def random_resized_crop(video: torch.Tensor, size: int | Sequence[int],
+                        scale: tuple[float, float] = (0.08, 1.0),
+                        ratio: tuple[float, float] = (3 / 4, 4 / 3), rng: Seed = None,
+                        mode: str = "bilinear") -> torch.Tensor:
+    """Inception-style crop: a box of random area fraction in ``scale`` and aspect ratio (w/h, drawn
+    log-uniformly) in ``ratio``, the same for every frame, resized to ``size``. Falls back to the
+    largest centred box of clamped aspect ratio after 10 failed draws (as torchvision does)."""
+    _check_video(video)
+    out_h, out_w = _size2(size)
+    if not (0 < scale[0] <= scale[1] <= 1) or not (0 < ratio[0] <= ratio[1]):
+        raise ValueError(f"random_resized_crop: bad scale {scale!r} or ratio {ratio!r}")
+    gen = _rng(rng)
+    height, width = int(video.shape[2]), int(video.shape[3])
+    area = height * width
+    log_ratio = (math.log(ratio[0]), math.log(ratio[1]))
+    for _ in range(10):
+        target = area * gen.uniform(scale[0], scale[1])
+        aspect = math.exp(gen.uniform(*log_ratio))
+        w = int(round(math.sqrt(target * aspect)))
+        h = int(round(math.sqrt(target / aspect)))
+        if 0 < w <= width and 0 < h <= height:
+            top = int(gen.integers(0, height - h + 1))
+            left = int(gen.integers(0, width - w + 1))
+            break
+    else:
+        in_ratio = width / height
+        if in_ratio < ratio[0]:
+            w, h = width, int(round(width / ratio[0]))
+        elif in_ratio > ratio[1]:
+            h, w = height, int(round(height * ratio[1]))
+        else:
+            w, h = width, height
+        top, left = (height - h) // 2, (width - w) // 2
+    return _resize(_crop(video, top, left, h, w), out_h, out_w, mode)

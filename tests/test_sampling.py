@@ -5,17 +5,23 @@ import math
 
 import numpy as np
 import pytest
+import torch
 
 from common.errors import InputError
 from common.sampling import (
     GridSample,
     _voxel_ids,
+    center_crop,
+    clip_indices,
     grid_patch_mask,
     grid_sample,
     grid_sample_test,
     limit_labels,
+    random_resized_crop,
+    resize_short_side,
     sphere_crop,
     subset_items,
+    three_crops,
     voxel_grid_coord,
 )
 
@@ -213,3 +219,91 @@ def test_limit_labels():
     np.testing.assert_array_equal(out, limit_labels(labels, 20, seed=1))
     np.testing.assert_array_equal(limit_labels(labels, 10**6, seed=1), labels)
     assert (limit_labels(labels, 0) == -1).all()
+
+
+# ---------------------------------------------------------------------------------------------------- video
+
+
+def test_clip_indices_uniform():
+    (clip,) = clip_indices(100, 8, 4)  # span 29, valid starts 0..71, centred start 35
+    assert clip.dtype == np.int64 and clip.tolist() == [35 + 4 * i for i in range(8)]
+    clips = clip_indices(100, 8, 4, num_clips=3)
+    assert [int(c[0]) for c in clips] == [0, 36, 71]
+    assert clips[-1][-1] == 99
+    assert all(np.all(np.diff(c) == 4) for c in clips)
+
+
+def test_clip_indices_random_is_seeded_and_in_range():
+    clips = clip_indices(50, 4, 3, num_clips=20, mode="random", rng=0)
+    assert all(c[0] >= 0 and c[-1] <= 49 and np.all(np.diff(c) == 3) for c in clips)
+    assert len({int(c[0]) for c in clips}) > 5
+    again = clip_indices(50, 4, 3, num_clips=20, mode="random", rng=np.random.default_rng(0))
+    assert all(np.array_equal(a, b) for a, b in zip(clips, again))
+
+
+def test_clip_indices_short_video_repeats_last_frame():
+    assert clip_indices(5, 4, 2)[0].tolist() == [0, 2, 4, 4]
+    assert clip_indices(1, 3, 1, num_clips=2, mode="random", rng=1)[1].tolist() == [0, 0, 0]
+    assert clip_indices(7, 4, 2)[0].tolist() == [0, 2, 4, 6]  # exactly one span
+
+
+def test_clip_indices_errors():
+    with pytest.raises(InputError, match="v.mp4: video has no frames"):
+        clip_indices(0, 8, 2, source="v.mp4")
+    with pytest.raises(ValueError, match="clip_len"):
+        clip_indices(10, 0, 2)
+    with pytest.raises(ValueError, match="mode"):
+        clip_indices(10, 2, 2, mode="dense")
+
+
+def video(c: int = 3, t: int = 4, h: int = 12, w: int = 20) -> torch.Tensor:
+    return torch.arange(c * t * h * w, dtype=torch.float32).reshape(c, t, h, w)
+
+
+def test_center_and_three_crops():
+    v = video()
+    crop = center_crop(v, 8)
+    assert crop.shape == (3, 4, 8, 8)
+    assert torch.equal(crop, v[:, :, 2:10, 6:14])
+    assert center_crop(v, (12, 10)).shape == (3, 4, 12, 10)
+    crops = three_crops(v, 12)
+    assert [c.shape for c in crops] == [(3, 4, 12, 12)] * 3
+    assert torch.equal(crops[0], v[..., :12]) and torch.equal(crops[1], v[..., 4:16])
+    assert torch.equal(crops[2], v[..., 8:])
+    tall = three_crops(v.transpose(2, 3), 12)  # (20, 12) frames: top / centre / bottom
+    assert torch.equal(tall[2], v.transpose(2, 3)[:, :, 8:, :])
+    with pytest.raises(ValueError, match="larger than"):
+        center_crop(v, 13)
+
+
+def test_resize_short_side():
+    v = video(h=12, w=20)
+    out = resize_short_side(v, 6)
+    assert out.shape == (3, 4, 6, 10)
+    ref = torch.nn.functional.interpolate(v[:, 1][None], size=(6, 10), mode="bilinear", antialias=True)[0]
+    torch.testing.assert_close(out[:, 1], ref)
+    assert resize_short_side(v.transpose(2, 3), 6).shape == (3, 4, 10, 6)
+    u8 = (torch.rand(3, 2, 12, 20) * 255).to(torch.uint8)
+    r8 = resize_short_side(u8, 24)
+    assert r8.dtype == torch.uint8 and r8.shape == (3, 2, 24, 40)
+
+
+def test_random_resized_crop():
+    v = torch.rand(3, 4, 32, 48)
+    out = random_resized_crop(v, 16, rng=0)
+    assert out.shape == (3, 4, 16, 16)
+    torch.testing.assert_close(out, random_resized_crop(v, 16, rng=0))
+    assert not torch.equal(out, random_resized_crop(v, 16, rng=1))
+    # scale (1, 1) with a free ratio is the whole frame: a plain resize
+    whole = random_resized_crop(v, (16, 24), scale=(1.0, 1.0), ratio=(1.5, 1.5), rng=0)
+    torch.testing.assert_close(whole, _resize_ref(v, 16, 24))
+    # same crop for every frame: a constant-over-time video stays constant over time
+    still = torch.rand(3, 1, 32, 48).expand(3, 5, 32, 48)
+    out = random_resized_crop(still, 8, rng=3)
+    assert torch.equal(out, out[:, :1].expand_as(out))
+
+
+def _resize_ref(v: torch.Tensor, h: int, w: int) -> torch.Tensor:
+    frames = [torch.nn.functional.interpolate(v[:, t][None], size=(h, w), mode="bilinear", antialias=True)[0]
+              for t in range(v.shape[1])]
+    return torch.stack(frames, dim=1)
