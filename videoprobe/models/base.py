@@ -1,0 +1,238 @@
+"""The one interface every video encoder implements, plus checkpoint reading and strict loading.
+
+An encoder maps a clip ``(B, C, T, H, W)`` float in [0, 1] to ``EncoderOutput(tokens, pooled)``;
+it applies its own normalisation (``mean`` / ``std``). ``tokens`` is ``(B, T', H', W', token_dim)``
+or ``None``; ``pooled`` is ``(B, embed_dim)``.
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import pickle
+import socket
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from common.errors import CheckpointError
+
+log = logging.getLogger(__name__)
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+KINETICS_MEAN = (0.45, 0.45, 0.45)  # pytorchvideo model zoo
+KINETICS_STD = (0.225, 0.225, 0.225)
+
+
+@dataclass
+class EncoderOutput:
+    """What an encoder returns for a batch of clips."""
+
+    tokens: torch.Tensor | None  # (B, T', H', W', token_dim)
+    pooled: torch.Tensor  # (B, embed_dim)
+
+
+class VideoEncoder(nn.Module):
+    """Base class: input checks, normalisation, freezing and a description for records.
+
+    Subclasses set the attributes in ``__init__`` and implement ``encode(x)`` on a normalised clip.
+    """
+
+    name: str = "video_encoder"
+    embed_dim: int = 0
+    token_dim: int = 0
+    clip_len: int = 16
+    frame_step: int = 4
+    crop_size: int = 224
+    short_side: int = 256
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+    # "random:<seed>", "none" (no parameters / hand-designed) or the checkpoint's sha256
+    checkpoint_id: str = "none"
+    checkpoint_path: str | None = None
+    # spatial / temporal sizes must be multiples of these (e.g. the ViT patch and tubelet)
+    size_multiple: int = 1
+    frames_multiple: int = 1
+
+    def normalize(self, clip: torch.Tensor) -> torch.Tensor:
+        """``(clip - mean) / std`` per channel, on a (B, C, T, H, W) tensor."""
+        mean = torch.as_tensor(self.mean, dtype=clip.dtype, device=clip.device).view(1, -1, 1, 1, 1)
+        std = torch.as_tensor(self.std, dtype=clip.dtype, device=clip.device).view(1, -1, 1, 1, 1)
+        return (clip - mean) / std
+
+    def check_input(self, clip: torch.Tensor) -> None:
+        """Raise ``ValueError`` with a readable message for a clip of the wrong shape."""
+        if clip.ndim != 5 or clip.shape[1] != 3:
+            raise ValueError(f"{self.name}: expected a clip (B, 3, T, H, W), got shape {tuple(clip.shape)}")
+        _, _, t, h, w = clip.shape
+        if t % self.frames_multiple or h % self.size_multiple or w % self.size_multiple:
+            raise ValueError(
+                f"{self.name}: frames must be a multiple of {self.frames_multiple} and height/width of "
+                f"{self.size_multiple}, got T={t}, H={h}, W={w}"
+            )
+
+    def forward(self, clip: torch.Tensor) -> EncoderOutput:
+        self.check_input(clip)
+        return self.encode(self.normalize(clip.float()))
+
+    def encode(self, x: torch.Tensor) -> EncoderOutput:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def freeze(self) -> VideoEncoder:
+        """Eval mode and no gradients: the state every extraction runs in."""
+        self.eval()
+        for p in self.parameters():
+            p.requires_grad_(False)
+        return self
+
+    def describe(self) -> dict[str, Any]:
+        """The facts a cache key / result record needs about this encoder."""
+        return {
+            "name": self.name,
+            "embed_dim": int(self.embed_dim),
+            "token_dim": int(self.token_dim),
+            "clip_len": int(self.clip_len),
+            "frame_step": int(self.frame_step),
+            "crop_size": int(self.crop_size),
+            "short_side": int(self.short_side),
+            "mean": list(self.mean),
+            "std": list(self.std),
+            "checkpoint": self.checkpoint_path,
+            "checkpoint_sha256": self.checkpoint_id,
+        }
+
+
+def assert_frozen(model: nn.Module) -> None:
+    """Fail loudly when a frozen backbone is in train mode or has gradients on."""
+    if model.training:
+        raise RuntimeError(f"{type(model).__name__} is in train mode during extraction")
+    if any(p.requires_grad for p in model.parameters()):
+        raise RuntimeError(f"{type(model).__name__} has parameters with requires_grad=True during extraction")
+
+
+# ----------------------------------------------------------------------------------------- checkpoints
+def read_checkpoint(path: str | Path) -> Any:
+    """``torch.load`` a file on the CPU; a missing or unreadable file is a ``CheckpointError``.
+
+    Tries ``weights_only=True`` first; files that pickle other objects (argparse namespaces in
+    VideoMAE files) are then loaded with full unpickling and a warning: only load files you trust.
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise CheckpointError(f"{p}: checkpoint file not found")
+    try:
+        return torch.load(p, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        log.warning("%s: holds non-tensor objects; loading with full unpickling (only load trusted files)", p)
+    except Exception as e:  # noqa: BLE001 - any failure to read is the user's file problem
+        raise _unreadable(p, e) from None
+    try:
+        return torch.load(p, map_location="cpu", weights_only=False)
+    except Exception as e:  # noqa: BLE001
+        raise _unreadable(p, e) from None
+
+
+def _unreadable(p: Path, e: BaseException) -> CheckpointError:
+    first = (str(e).splitlines() or [""])[0]
+    return CheckpointError(f"{p}: cannot read checkpoint ({type(e).__name__}: {first})")
+
+
+def unwrap_state_dict(obj: Any, path: str | Path, wrappers: Iterable[str]) -> dict[str, torch.Tensor]:
+    """Descend into the first wrapper key present (e.g. "model_state", "model") until tensors appear."""
+    wrappers = list(wrappers)
+    seen = 0
+    while isinstance(obj, Mapping) and seen < 4:
+        if obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
+            return dict(obj)
+        for w in wrappers:
+            if w in obj and isinstance(obj[w], Mapping):
+                obj = obj[w]
+                break
+        else:
+            break
+        seen += 1
+    if isinstance(obj, Mapping):
+        tensors = {k: v for k, v in obj.items() if isinstance(v, torch.Tensor)}
+        if tensors:
+            return tensors
+        keys = ", ".join(list(map(str, obj.keys()))[:8])
+        raise CheckpointError(
+            f"{path}: no state dict found (top-level keys: {keys}; expected one of {wrappers})"
+        )
+    raise CheckpointError(f"{path}: not a state dict (got {type(obj).__name__})")
+
+
+def strip_prefixes(sd: dict[str, torch.Tensor], prefixes: Iterable[str]) -> dict[str, torch.Tensor]:
+    """Remove the first matching prefix from every key (prefixes are tried in order, repeatedly)."""
+    prefixes = list(prefixes)
+    out = {}
+    for k, v in sd.items():
+        changed = True
+        while changed:
+            changed = False
+            for p in prefixes:
+                if k.startswith(p):
+                    k = k[len(p):]
+                    changed = True
+                    break
+        out[k] = v
+    return out
+
+
+def state_dict_diff(
+    model: nn.Module, sd: Mapping[str, torch.Tensor]
+) -> tuple[list[str], list[str], list[str]]:
+    """(missing, unexpected, wrong-shape) keys of ``sd`` against ``model.state_dict()``."""
+    own = model.state_dict()
+    missing = sorted(k for k in own if k not in sd)
+    unexpected = sorted(k for k in sd if k not in own)
+    wrong = sorted(
+        f"{k}: checkpoint {tuple(sd[k].shape)} vs model {tuple(own[k].shape)}"
+        for k in own
+        if k in sd and tuple(sd[k].shape) != tuple(own[k].shape)
+    )
+    return missing, unexpected, wrong
+
+
+def _clip_list(keys: list[str], n: int = 6) -> str:
+    more = f", ... (+{len(keys) - n} more)" if len(keys) > n else ""
+    return ", ".join(keys[:n]) + more
+
+
+def load_strict(model: nn.Module, sd: Mapping[str, torch.Tensor], path: str | Path) -> None:
+    """``load_state_dict(strict=True)`` with a readable diff as ``CheckpointError`` on any mismatch."""
+    missing, unexpected, wrong = state_dict_diff(model, sd)
+    if missing or unexpected or wrong:
+        parts = []
+        if missing:
+            parts.append(f"missing {len(missing)} [{_clip_list(missing)}]")
+        if unexpected:
+            parts.append(f"unexpected {len(unexpected)} [{_clip_list(unexpected)}]")
+        if wrong:
+            parts.append(f"wrong shape {len(wrong)} [{_clip_list(wrong, 4)}]")
+        raise CheckpointError(f"{path}: checkpoint does not fit {type(model).__name__}: " + "; ".join(parts))
+    model.load_state_dict(dict(sd), strict=True)
+
+
+def offline() -> bool:
+    """True when downloads must not be tried: ``PROBESUITE_OFFLINE=1`` or no route to the internet."""
+    if os.environ.get("PROBESUITE_OFFLINE", "").lower() in ("1", "true", "yes"):
+        return True
+    try:
+        with socket.create_connection(("dl.fbaipublicfiles.com", 443), timeout=2.0):
+            return False
+    except OSError:
+        return True
+
+
+@contextlib.contextmanager
+def seeded_init(seed: int) -> Iterator[None]:
+    """Seed torch's global RNG for a random initialisation, restoring the previous state afterwards."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        yield

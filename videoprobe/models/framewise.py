@@ -1,0 +1,162 @@
+"""Frame-wise image encoders: an image model applied to every frame, features averaged over time.
+
+This is the appearance-only baseline of TWLV-I's comparison (image models do well on appearance
+benchmarks and badly on motion ones): frame order is lost in the temporal mean. Tokens are the
+per-frame pooled features ``(B, T, 1, 1, D)``.
+
+* ``frame_resnet18`` / ``frame_resnet50`` / ``frame_vit_b_16``: torchvision architectures; weights
+  only from a local file (a torchvision state dict; the classifier ``fc.*`` / ``heads.*`` is ignored).
+* ``frame_timm:<model>``: any timm model when timm is installed (weights from a local file).
+* ``frame_stats``: hand-designed per-frame appearance descriptors, no learning and no weights:
+  colour layout (mean/std of RGB on a 4x4 grid), a 4x4x4 RGB histogram and gradient-orientation
+  histograms on a 2x2 grid. A cheap, deterministic appearance baseline for the offline demo.
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from common.errors import CheckpointError, ConfigError
+from common.hashing import sha256_file
+from videoprobe.models.base import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    EncoderOutput,
+    VideoEncoder,
+    load_strict,
+    read_checkpoint,
+    seeded_init,
+    strip_prefixes,
+    unwrap_state_dict,
+)
+
+TORCHVISION_MODELS = {"resnet18": 512, "resnet50": 2048, "vit_b_16": 768}
+
+
+class FramewiseEncoder(VideoEncoder):
+    """Apply ``backbone`` ((N, C, H, W) -> (N, D)) to every frame, average over time."""
+
+    def __init__(
+        self,
+        name: str,
+        backbone: nn.Module,
+        embed_dim: int,
+        mean: tuple[float, float, float] = IMAGENET_MEAN,
+        std: tuple[float, float, float] = IMAGENET_STD,
+        crop_size: int = 224,
+        clip_len: int = 8,
+        frame_step: int = 8,
+        frames_per_chunk: int = 64,
+    ):
+        super().__init__()
+        self.name = name
+        self.backbone = backbone
+        self.embed_dim = self.token_dim = int(embed_dim)
+        self.mean, self.std = mean, std
+        self.crop_size, self.short_side = crop_size, max(256, crop_size)
+        self.clip_len, self.frame_step = clip_len, frame_step
+        self.frames_per_chunk = frames_per_chunk
+
+    def encode(self, x: torch.Tensor) -> EncoderOutput:
+        b, c, t, h, w = x.shape
+        frames = x.permute(0, 2, 1, 3, 4).reshape(b * t, c, h, w)
+        feats = torch.cat([self.backbone(chunk) for chunk in frames.split(self.frames_per_chunk)], dim=0)
+        feats = feats.reshape(b, t, -1)
+        return EncoderOutput(tokens=feats[:, :, None, None, :], pooled=feats.mean(dim=1))
+
+
+class FrameStats(nn.Module):
+    """Hand-designed per-frame appearance descriptor (see the module docstring); no parameters."""
+
+    def __init__(self, work_size: int = 32, grid: int = 4, color_bins: int = 4, orient_bins: int = 8):
+        super().__init__()
+        self.work_size, self.grid = work_size, grid
+        self.color_bins, self.orient_bins = color_bins, orient_bins
+        self.out_dim = 6 * grid * grid + color_bins**3 + orient_bins * 4
+
+    def forward(self, img: torch.Tensor) -> torch.Tensor:
+        n = img.shape[0]
+        x = F.interpolate(img.clamp(0, 1), size=(self.work_size, self.work_size), mode="area")
+        cell_mean = F.adaptive_avg_pool2d(x, self.grid)
+        cell_sq = F.adaptive_avg_pool2d(x * x, self.grid)
+        cell_std = (cell_sq - cell_mean**2).clamp_min(0).sqrt()
+        q = (x * self.color_bins).long().clamp(0, self.color_bins - 1)
+        code = (q[:, 0] * self.color_bins + q[:, 1]) * self.color_bins + q[:, 2]
+        hist = F.one_hot(code.flatten(1), self.color_bins**3).float().mean(dim=1)
+        gray = x.mean(dim=1, keepdim=True)
+        gx = F.pad(gray[..., :, 2:] - gray[..., :, :-2], (1, 1, 0, 0)) / 2
+        gy = F.pad(gray[..., 2:, :] - gray[..., :-2, :], (0, 0, 1, 1)) / 2
+        mag = (gx * gx + gy * gy).sqrt()
+        ang = torch.atan2(gy, gx)  # (-pi, pi]
+        b = ((ang + math.pi) / (2 * math.pi) * self.orient_bins).long().clamp(0, self.orient_bins - 1)
+        oh = F.one_hot(b[:, 0], self.orient_bins).permute(0, 3, 1, 2).float() * mag
+        orient = F.adaptive_avg_pool2d(oh, 2) * 10.0  # gradients of [0,1] images are small
+        return torch.cat(
+            [cell_mean.flatten(1), cell_std.flatten(1), hist * 4.0, orient.reshape(n, -1)], dim=1
+        )
+
+
+def _torchvision_backbone(arch: str, crop_size: int) -> nn.Module:
+    import torchvision
+
+    if arch == "vit_b_16":
+        m = torchvision.models.vit_b_16(weights=None, image_size=crop_size)
+        m.heads = nn.Identity()
+    else:
+        m = getattr(torchvision.models, arch)(weights=None)
+        m.fc = nn.Identity()
+    return m
+
+
+def create_framewise_encoder(
+    name: str, checkpoint: str | None = None, seed: int = 0, crop_size: int = 224, **kw: Any
+) -> FramewiseEncoder:
+    """``frame_<torchvision arch>``, ``frame_timm:<model>`` or ``frame_stats``; weights from a file only."""
+    if name == "frame_stats":
+        if checkpoint is not None:
+            raise ConfigError("frame_stats is hand-designed and takes no checkpoint")
+        stats = FrameStats()
+        enc = FramewiseEncoder(name, stats, stats.out_dim, (0.0, 0.0, 0.0), (1.0, 1.0, 1.0), crop_size, **kw)
+        enc.checkpoint_id = "none"
+        return enc
+    if checkpoint == "hub":
+        raise CheckpointError(f"{name}: frame-wise encoders load weights from local files only")
+    with seeded_init(seed):
+        if name.startswith("frame_timm:"):
+            try:
+                import timm
+            except ImportError:
+                raise ConfigError(f"{name}: timm is not installed (pip install timm)") from None
+            backbone = timm.create_model(name.split(":", 1)[1], pretrained=False, num_classes=0)
+            dim = int(backbone.num_features)
+            cfg = getattr(backbone, "pretrained_cfg", {}) or {}
+            mean = tuple(cfg.get("mean", IMAGENET_MEAN))
+            std = tuple(cfg.get("std", IMAGENET_STD))
+        else:
+            arch = name.removeprefix("frame_")
+            if arch not in TORCHVISION_MODELS:
+                raise ConfigError(f"unknown frame-wise model '{name}'")
+            backbone = _torchvision_backbone(arch, crop_size)
+            dim, mean, std = TORCHVISION_MODELS[arch], IMAGENET_MEAN, IMAGENET_STD
+    enc = FramewiseEncoder(name, backbone, dim, mean, std, crop_size, **kw)  # type: ignore[arg-type]
+    if arch_is_vit(name):
+        enc.size_multiple = 16
+    if checkpoint is None:
+        enc.checkpoint_id = f"random:{seed}"
+        return enc
+    path = Path(checkpoint)
+    sd = unwrap_state_dict(read_checkpoint(path), path, ["state_dict", "model", "model_state", "module"])
+    sd = strip_prefixes(sd, ["module.", "backbone."])
+    sd = {k: v for k, v in sd.items() if not k.startswith(("fc.", "heads.", "head.", "classifier."))}
+    load_strict(backbone, sd, path)
+    enc.checkpoint_path, enc.checkpoint_id = str(path), sha256_file(path)
+    return enc
+
+
+def arch_is_vit(name: str) -> bool:
+    return "vit" in name.split(":")[-1]
