@@ -126,6 +126,7 @@ WORKER = textwrap.dedent(
 
 
 @pytest.mark.dist
+@pytest.mark.slow
 def test_torchrun_two_processes(tmp_path):
     script = tmp_path / "worker.py"
     script.write_text(WORKER)
