@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal, TypeVar
@@ -24,13 +25,17 @@ import torch.nn.functional as F
 
 from common.errors import InputError
 
+_BIG_ENDIAN = sys.byteorder == "big"
+_PACKED_MAX_ROWS = 2**32  # train-mode grid sampling packs (random, row) into one uint64 up to here
+
 Seed = int | np.random.Generator | None
+Align = Literal["min", "world"]
 T = TypeVar("T")
 
-# Dense voxel tables (one byte + one int32 per cell) are used while the grid's bounding box has at
-# most this many cells per input point (plus a constant); larger / sparser boxes sort keys instead.
-_DENSE_CELLS_PER_POINT = 16
-_DENSE_CELLS_EXTRA = 1 << 20
+# A dense voxel table (one byte + one int32 per cell of the grid's bounding box) is used while the box
+# has at most this many cells per input point (plus a constant); larger / sparser boxes sort keys.
+_DENSE_CELLS_PER_POINT = 32
+_DENSE_CELLS_EXTRA = 1 << 22
 
 
 def _rng(seed: Seed) -> np.random.Generator:
@@ -82,44 +87,71 @@ def _grid_size_array(grid_size: float | Sequence[float]) -> np.ndarray:
     return size
 
 
+def _floor_columns(coord: np.ndarray, grid_size: float | Sequence[float],
+                   origin: np.ndarray | Sequence[float] | None, source: str | None,
+                   align: Align = "min") -> np.ndarray:
+    """(3, N) float64, C order: voxel coordinates column by column (contiguous rows make every later
+    pass over x, y, z a contiguous one). ``align="min"``: ``floor((coord - origin) / grid_size)``, origin
+    defaulting to ``coord.min(0)``; ``align="world"``: ``floor(coord / grid_size)`` minus its minimum."""
+    coord = _check_coord(coord, source)
+    if align not in ("min", "world"):
+        raise ValueError(f"align must be 'min' or 'world', got {align!r}")
+    if align == "world" and origin is not None:
+        raise ValueError("origin is only used with align='min'")
+    size = _grid_size_array(grid_size).reshape(-1, 1)
+    cols = np.array(coord.T, dtype=np.float64, order="C")
+    if align == "min":
+        if origin is None:
+            cols -= cols.min(axis=1, keepdims=True)
+        else:
+            cols -= np.asarray(origin, dtype=np.float64).reshape(3, 1)
+    cols /= size
+    np.floor(cols, out=cols)
+    if align == "world":
+        cols -= cols.min(axis=1, keepdims=True)
+    return cols
+
+
 def voxel_grid_coord(coord: np.ndarray, grid_size: float | Sequence[float],
                      origin: np.ndarray | Sequence[float] | None = None,
-                     source: str | None = None) -> np.ndarray:
+                     source: str | None = None, align: Align = "min") -> np.ndarray:
     """Voxel coordinates (N, 3) int64 = ``floor((coord - origin) / grid_size)``, origin = ``coord.min(0)``.
 
-    Computed in float64. With the default origin every coordinate is >= 0.
+    Computed in float64. With the default origin every coordinate is >= 0. ``align="world"`` gives
+    Pointcept's / the Sonata release's convention instead: voxel borders at multiples of ``grid_size``,
+    ``floor(coord / grid_size) - min(floor(coord / grid_size))`` (a different partition of the points).
     """
-    coord = _check_coord(coord, source)
-    size = _grid_size_array(grid_size)
-    shifted = coord.astype(np.float64)  # always a copy, worked on in place below
-    shifted -= shifted.min(axis=0) if origin is None else np.asarray(origin, dtype=np.float64)
-    shifted /= size
-    np.floor(shifted, out=shifted)
-    return shifted.astype(np.int64)
+    return np.ascontiguousarray(_floor_columns(coord, grid_size, origin, source, align).T.astype(np.int64))
 
 
-def _voxel_ids(grid_coord: np.ndarray) -> tuple[np.ndarray, int]:
-    """Group equal rows of non-negative ``grid_coord`` (N, 3): voxel id per row (ids ordered by key), M."""
-    n = grid_coord.shape[0]
-    dims = [int(d) + 1 for d in grid_coord.max(axis=0)]
+def _voxel_ids(cols: np.ndarray) -> tuple[np.ndarray, int]:
+    """Group equal voxels: ``cols`` (3, N) non-negative integer-valued (float64 or int) voxel coordinates
+    -> (voxel id (N,) int64 with ids in lexicographic (x, y, z) order, number of voxels M)."""
+    n = cols.shape[1]
+    dims = [int(d) + 1 for d in cols.max(axis=1)]
     cells = dims[0] * dims[1] * dims[2]  # python int: no overflow
-    if cells < 2**62:
-        key = grid_coord[:, 0] * (dims[1] * dims[2])
-        key += grid_coord[:, 1] * dims[2]
-        key += grid_coord[:, 2]
+    if cells < 2**53:  # one exact key per voxel, computed in float64
+        cols = cols.astype(np.float64, copy=False)
+        key_f = cols[0] * float(dims[1] * dims[2])
+        key_f += cols[1] * float(dims[2])
+        key_f += cols[2]
         if cells <= _DENSE_CELLS_PER_POINT * n + _DENSE_CELLS_EXTRA and cells < 2**31:
-            # dense table: mark occupied cells, number them in key order by a running count.
+            # dense table: mark occupied cells, number them in key order, look every point up.
+            key = key_f.astype(np.int32)
             occupied = np.zeros(cells, dtype=bool)
             occupied[key] = True
-            number = np.cumsum(occupied, dtype=np.int32)
-            inverse = number[key].astype(np.int64)
-            inverse -= 1
-            return inverse, int(number[-1])
+            cells_used = np.flatnonzero(occupied)
+            del occupied
+            number = np.empty(cells, dtype=np.int32)
+            number[cells_used] = np.arange(cells_used.size, dtype=np.int32)
+            return np.take(number, key).astype(np.int64), int(cells_used.size)
+        key = key_f.astype(np.int64)
         order = np.argsort(key)
         sorted_key = key[order]
-    else:  # box too large for one int64 key: exact lexicographic sort of the three columns
-        order = np.lexsort((grid_coord[:, 2], grid_coord[:, 1], grid_coord[:, 0]))
-        sorted_key = grid_coord[order]
+    else:  # box too large for one exact key: lexicographic sort of the three columns
+        cols = cols.astype(np.int64, copy=False)
+        order = np.lexsort((cols[2], cols[1], cols[0]))
+        sorted_key = cols[:, order].T
     new = np.empty(n, dtype=bool)
     new[0] = True
     diff = sorted_key[1:] != sorted_key[:-1]
@@ -129,54 +161,67 @@ def _voxel_ids(grid_coord: np.ndarray) -> tuple[np.ndarray, int]:
     return inverse, int(inverse[order[-1]]) + 1
 
 
+def _grid_coord(cols: np.ndarray, index: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(cols[:, index].T.astype(np.int64))
+
+
 def grid_sample(coord: np.ndarray, grid_size: float | Sequence[float],
                 mode: Literal["train", "first"] = "train", seed: Seed = None,
-                source: str | None = None) -> GridSample:
+                source: str | None = None, align: Align = "min") -> GridSample:
     """Voxel grid sampling keeping one input point per occupied voxel, with the inverse map.
 
     ``mode="train"`` keeps a uniformly random point of each voxel (Pointcept ``GridSample`` train
     mode), deterministic given ``seed``; ``mode="first"`` keeps the lowest input row of each voxel.
     Voxels are ``floor((coord - coord.min(0)) / grid_size)``; output voxels are ordered by their
     (x, y, z) lexicographic grid key. NaN/inf or empty input raises ``InputError`` naming ``source``.
+    ``align="world"`` puts voxel borders at multiples of ``grid_size`` as Pointcept / the Sonata
+    release do (see :func:`voxel_grid_coord`).
     """
-    grid = voxel_grid_coord(coord, grid_size, source=source)
-    inverse, m = _voxel_ids(grid)
-    n = grid.shape[0]
-    if mode == "train":
-        # per voxel: the row with the largest random priority (random high bits, row in low bits)
-        priority = _rng(seed).integers(0, 2**31, size=n, dtype=np.int64)
-        priority <<= 32
-        priority |= np.arange(n, dtype=np.int64)
-        best = np.full(m, -1, dtype=np.int64)
+    if mode not in ("train", "first"):
+        raise ValueError(f"grid_sample: mode must be 'train' or 'first', got {mode!r}")
+    cols = _floor_columns(coord, grid_size, None, source, align)
+    inverse, m = _voxel_ids(cols)
+    n = cols.shape[1]
+    if mode == "train" and n <= _PACKED_MAX_ROWS:
+        # per voxel: the row with the largest priority = (random uint32 << 32) | row
+        priority = np.empty(n, dtype=np.uint64)
+        words = priority.view(np.uint32).reshape(n, 2)[:, ::-1] if _BIG_ENDIAN else \
+            priority.view(np.uint32).reshape(n, 2)
+        words[:, 0] = np.arange(n, dtype=np.uint32)
+        words[:, 1] = _rng(seed).integers(0, 2**32, size=n, dtype=np.uint32)
+        best = np.zeros(m, dtype=np.uint64)
         np.maximum.at(best, inverse, priority)
-        index = best & 0xFFFFFFFF
-    elif mode == "first":
+        index = (best & np.uint64(0xFFFFFFFF)).astype(np.int64)
+    elif mode == "train":  # more than 2^32 points: random priority, then the row holding it
+        priority = _rng(seed).random(n)
+        best = np.full(m, -1.0)
+        np.maximum.at(best, inverse, priority)
+        index = np.full(m, n, dtype=np.int64)
+        hit = priority == best[inverse]
+        np.minimum.at(index, inverse[hit], np.flatnonzero(hit))
+    else:
         index = np.full(m, n, dtype=np.int64)
         np.minimum.at(index, inverse, np.arange(n, dtype=np.int64))
-    else:
-        raise ValueError(f"grid_sample: mode must be 'train' or 'first', got {mode!r}")
-    return GridSample(index=index, inverse=inverse, grid_coord=grid[index])
+    return GridSample(index=index, inverse=inverse, grid_coord=_grid_coord(cols, index))
 
 
 def grid_sample_test(coord: np.ndarray, grid_size: float | Sequence[float],
-                     source: str | None = None) -> list[GridSample]:
+                     source: str | None = None, align: Align = "min") -> list[GridSample]:
     """Test-time grid sampling: k passes (k = most points in one voxel) that together keep every point.
 
     Points of a voxel are taken in input order; pass i keeps point ``i % count`` of each voxel (cyclic
-    for voxels with fewer points). Every pass has the same voxel order and the same ``inverse`` (one
-    shared read-only array) and ``grid_coord``.
+    for voxels with fewer points). Every pass has the same voxel order and shares one read-only
+    ``inverse`` array and one read-only ``grid_coord`` array. ``align`` as in :func:`grid_sample`.
     """
-    grid = voxel_grid_coord(coord, grid_size, source=source)
-    inverse, m = _voxel_ids(grid)
-    n = grid.shape[0]
+    cols = _floor_columns(coord, grid_size, None, source, align)
+    inverse, m = _voxel_ids(cols)
     counts = np.bincount(inverse, minlength=m)
     starts = np.zeros(m, dtype=np.int64)
     np.cumsum(counts[:-1], out=starts[1:])
-    # rows grouped by voxel, input order inside a voxel (keys inverse*n + row are unique)
-    order = np.argsort(inverse * n + np.arange(n, dtype=np.int64))
+    order = np.argsort(inverse, kind="stable")  # rows grouped by voxel, input order inside a voxel
     inverse.setflags(write=False)
     first = order[starts]
-    grid_coord = grid[first]
+    grid_coord = _grid_coord(cols, first)
     grid_coord.setflags(write=False)
     passes = []
     for i in range(int(counts.max())):
@@ -221,7 +266,7 @@ def grid_patch_mask(coord: np.ndarray, patch_size: float, ratio: float, rng: See
     gen = _rng(rng)
     offset = gen.uniform(0.0, patch_size, size=3)
     origin = coord.min(axis=0).astype(np.float64) - offset
-    patch, p = _voxel_ids(voxel_grid_coord(coord, patch_size, origin=origin))
+    patch, p = _voxel_ids(_floor_columns(coord, patch_size, origin, source))
     chosen = np.zeros(p, dtype=bool)
     chosen[gen.permutation(p)[: int(round(ratio * p))]] = True
     return chosen[patch]

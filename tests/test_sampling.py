@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 
+from common import sampling
 from common.errors import InputError
 from common.sampling import (
     GridSample,
@@ -84,13 +85,27 @@ def test_voxel_grid_coord_formula():
                                   [[0, 2, -1], [0, 3, 0], [1, 2, -1]])
 
 
+def test_world_alignment_matches_pointcept_convention():
+    coord = cloud(3000, seed=5) + np.float32(0.013)  # min not on a multiple of the grid
+    world = grid_sample(coord, 0.1, mode="first", align="world")
+    ref = np.floor(coord.astype(np.float64) / 0.1).astype(np.int64)
+    ref -= ref.min(0)
+    np.testing.assert_array_equal(voxel_grid_coord(coord, 0.1, align="world"), ref)
+    np.testing.assert_array_equal(world.grid_coord[world.inverse], ref)
+    _, ref_inverse = np.unique(ref, axis=0, return_inverse=True)
+    np.testing.assert_array_equal(world.inverse, ref_inverse.ravel())
+    assert len(grid_sample_test(coord, 0.1, align="world")[0]) == len(world)
+    with pytest.raises(ValueError, match="align"):
+        grid_sample(coord, 0.1, align="center")
+
+
 def test_all_grouping_paths_agree():
     rng = np.random.default_rng(0)
     grid = rng.integers(0, 6, (3000, 3))
-    dense = _voxel_ids(grid)
+    dense = _voxel_ids(grid.T.astype(np.float64))
     spread = grid * np.array([1, 1, 10**7])  # too many cells for a dense table: sorted int64 keys
-    huge = grid * np.array([1, 10**7, 10**13])  # beyond one int64 key: lexsort
-    for inverse, m in (_voxel_ids(spread), _voxel_ids(huge)):
+    huge = grid * np.array([1, 10**7, 10**13])  # beyond one exact float64 key: lexsort
+    for inverse, m in (_voxel_ids(spread.T), _voxel_ids(huge.T), _voxel_ids(grid.T)):
         assert m == dense[1]
         np.testing.assert_array_equal(inverse, dense[0])
     _, ref_inverse = np.unique(grid, axis=0, return_inverse=True)
@@ -108,6 +123,17 @@ def test_train_mode_is_random_but_seeded():
     crowded = int(a.inverse[0])
     picks = {int(grid_sample(coord, 0.2, seed=s).index[crowded]) for s in range(200)}
     assert len(picks) > 100
+
+
+def test_train_mode_fallback_for_huge_clouds(monkeypatch):
+    """Clouds of more than 2^32 points use a float-priority path; force it on a small cloud."""
+    coord = cloud(3000, seed=4)
+    monkeypatch.setattr(sampling, "_PACKED_MAX_ROWS", 10)
+    gs = grid_sample(coord, 0.2, seed=3)
+    check_against_reference(gs, coord, 0.2)
+    np.testing.assert_array_equal(gs.index, grid_sample(coord, 0.2, seed=3).index)
+    crowded = int(gs.inverse[0])
+    assert len({int(grid_sample(coord, 0.2, seed=s).index[crowded]) for s in range(100)}) > 50
 
 
 def test_test_mode_covers_every_point():
