@@ -218,7 +218,9 @@ def grid_sample_test(coord: np.ndarray, grid_size: float | Sequence[float],
     counts = np.bincount(inverse, minlength=m)
     starts = np.zeros(m, dtype=np.int64)
     np.cumsum(counts[:-1], out=starts[1:])
-    order = np.argsort(inverse, kind="stable")  # rows grouped by voxel, input order inside a voxel
+    # rows grouped by voxel, input order inside a voxel (torch's stable integer sort: several times
+    # faster than numpy's on 1M rows)
+    order = torch.sort(torch.from_numpy(inverse), stable=True).indices.numpy()
     inverse.setflags(write=False)
     first = order[starts]
     grid_coord = _grid_coord(cols, first)

@@ -170,6 +170,17 @@ def test_bad_coordinates():
         grid_sample(cloud(10), 0.1, mode="test")
 
 
+def test_other_point_functions_reject_nan():
+    coord = cloud(100)
+    coord[3] = np.nan
+    with pytest.raises(InputError, match="a.ply: .*NaN"):
+        sphere_crop(coord, 10, source="a.ply")
+    with pytest.raises(InputError, match="NaN"):
+        grid_patch_mask(coord, 0.1, 0.5)
+    with pytest.raises(InputError, match="empty"):
+        sphere_crop(np.zeros((0, 3)), 10)
+
+
 def test_single_point():
     gs = grid_sample(np.array([[1.0, 2.0, 3.0]]), 0.02)
     assert gs.index.tolist() == [0] and gs.inverse.tolist() == [0] and gs.grid_coord.tolist() == [[0, 0, 0]]

@@ -145,3 +145,7 @@ def test_torch_scatter_backend_agrees(reduce):
     (out_t * weight).sum().backward()
     (out_s * weight).sum().backward()
     torch.testing.assert_close(a.grad, b.grad)  # no ties in random doubles
+    small, small_index, s = make(n=12, c=2, s=6, seed=1, dtype=torch.float64)
+    small.requires_grad_(True)
+    assert torch.autograd.gradcheck(
+        lambda x: segment_reduce(x, small_index, s, reduce, backend="torch_scatter"), (small,))
