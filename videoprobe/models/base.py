@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from common.errors import CheckpointError
+from common.probes import assert_frozen  # noqa: F401  (re-exported by videoprobe.models)
 
 log = logging.getLogger(__name__)
 
@@ -105,14 +106,6 @@ class VideoEncoder(nn.Module):
             "checkpoint": self.checkpoint_path,
             "checkpoint_sha256": self.checkpoint_id,
         }
-
-
-def assert_frozen(model: nn.Module) -> None:
-    """Fail loudly when a frozen backbone is in train mode or has gradients on."""
-    if model.training:
-        raise RuntimeError(f"{type(model).__name__} is in train mode during extraction")
-    if any(p.requires_grad for p in model.parameters()):
-        raise RuntimeError(f"{type(model).__name__} has parameters with requires_grad=True during extraction")
 
 
 # ----------------------------------------------------------------------------------------- checkpoints
