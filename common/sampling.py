@@ -32,10 +32,10 @@ Seed = int | np.random.Generator | None
 Align = Literal["min", "world"]
 T = TypeVar("T")
 
-# A dense voxel table (one byte + one int32 per cell of the grid's bounding box) is used while the box
+# A dense occupancy table (one byte per cell of the grid's bounding box, briefly) is used while the box
 # has at most this many cells per input point (plus a constant); larger / sparser boxes sort keys.
-_DENSE_CELLS_PER_POINT = 32
-_DENSE_CELLS_EXTRA = 1 << 22
+_DENSE_CELLS_PER_POINT = 64
+_DENSE_CELLS_EXTRA = 1 << 24
 
 
 def _rng(seed: Seed) -> np.random.Generator:
@@ -124,6 +124,16 @@ def voxel_grid_coord(coord: np.ndarray, grid_size: float | Sequence[float],
     return np.ascontiguousarray(_floor_columns(coord, grid_size, origin, source, align).T.astype(np.int64))
 
 
+_POPCOUNT8 = np.array([bin(i).count("1") for i in range(256)], dtype=np.uint8)
+
+
+def _popcount64(a: np.ndarray) -> np.ndarray:
+    """Set bits of each uint64 (uint8 result); ``np.bitwise_count`` needs numpy >= 2."""
+    if hasattr(np, "bitwise_count"):
+        return np.bitwise_count(a)
+    return _POPCOUNT8[a.view(np.uint8)].reshape(a.shape + (8,)).sum(axis=-1, dtype=np.uint8)
+
+
 def _voxel_ids(cols: np.ndarray) -> tuple[np.ndarray, int]:
     """Group equal voxels: ``cols`` (3, N) non-negative integer-valued (float64 or int) voxel coordinates
     -> (voxel id (N,) int64 with ids in lexicographic (x, y, z) order, number of voxels M)."""
@@ -136,15 +146,24 @@ def _voxel_ids(cols: np.ndarray) -> tuple[np.ndarray, int]:
         key_f += cols[1] * float(dims[2])
         key_f += cols[2]
         if cells <= _DENSE_CELLS_PER_POINT * n + _DENSE_CELLS_EXTRA and cells < 2**31:
-            # dense table: mark occupied cells, number them in key order, look every point up.
+            # dense occupancy bitset of the bounding box; a point's voxel id is the rank of its cell
+            # among occupied cells = occupied cells in earlier 64-bit words + set bits below it in its
+            # word. Tables stay small (cells / 8 bytes), so lookups mostly hit the cache.
             key = key_f.astype(np.int32)
-            occupied = np.zeros(cells, dtype=bool)
+            n_words = (cells >> 6) + 1
+            occupied = np.zeros(n_words * 64, dtype=bool)
             occupied[key] = True
-            cells_used = np.flatnonzero(occupied)
+            words = np.packbits(occupied, bitorder="little").view(np.uint64)
             del occupied
-            number = np.empty(cells, dtype=np.int32)
-            number[cells_used] = np.arange(cells_used.size, dtype=np.int32)
-            return np.take(number, key).astype(np.int64), int(cells_used.size)
+            before = np.zeros(n_words + 1, dtype=np.int64)
+            np.cumsum(_popcount64(words), out=before[1:])
+            word = key >> 6
+            below = np.left_shift(np.uint64(1), (key & 63).astype(np.uint64))
+            below -= np.uint64(1)
+            below &= np.take(words, word)
+            inverse = _popcount64(below).astype(np.int64)
+            inverse += np.take(before, word)
+            return inverse, int(before[-1])
         key = key_f.astype(np.int64)
         order = np.argsort(key)
         sorted_key = key[order]

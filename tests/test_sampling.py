@@ -85,6 +85,15 @@ def test_voxel_grid_coord_formula():
                                   [[0, 2, -1], [0, 3, 0], [1, 2, -1]])
 
 
+def test_popcount_fallback_matches(monkeypatch):
+    words = np.random.default_rng(0).integers(0, 2**63, 1000, dtype=np.int64).view(np.uint64)
+    words[:3] = [0, 2**64 - 1, 1]
+    expected = np.array([bin(int(w)).count("1") for w in words])
+    np.testing.assert_array_equal(sampling._popcount64(words), expected)
+    monkeypatch.delattr(np, "bitwise_count", raising=False)
+    np.testing.assert_array_equal(sampling._popcount64(words), expected)
+
+
 def test_world_alignment_matches_pointcept_convention():
     coord = cloud(3000, seed=5) + np.float32(0.013)  # min not on a multiple of the grid
     world = grid_sample(coord, 0.1, mode="first", align="world")

@@ -76,15 +76,22 @@ def pointcept_style(coord: np.ndarray, grid_size: float, seed: int) -> tuple[np.
     return kept, inverse
 
 
-def timed(fn: Callable[[], object], repeats: int) -> tuple[float, float, object]:
-    """(median seconds, min seconds, last result) over ``repeats`` calls after one warm-up."""
-    out = fn()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        out = fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times), min(times), out
+Timings = dict[str, tuple[float, float, object]]
+
+
+def timed_round_robin(fns: dict[str, tuple[Callable[[], object], int]]) -> Timings:
+    """Time several methods in interleaved rounds (each round runs every method still due once), so a
+    change of machine load hits all of them alike. ``fns``: name -> (function, repeats). Returns
+    name -> (median seconds, min seconds, last result); every function first runs once as a warm-up."""
+    results = {name: fn() for name, (fn, _) in fns.items()}
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for round_ in range(max(r for _, r in fns.values())):
+        for name, (fn, repeats) in fns.items():
+            if round_ < repeats:
+                t0 = time.perf_counter()
+                results[name] = fn()
+                times[name].append(time.perf_counter() - t0)
+    return {name: (statistics.median(ts), min(ts), results[name]) for name, ts in times.items()}
 
 
 def main(argv: list[str] | None = None) -> str:
@@ -97,39 +104,47 @@ def main(argv: list[str] | None = None) -> str:
 
     coord = synthetic_room(args.points)
     n, g, r = args.points, args.grid, args.repeats
-    rows: list[tuple[str, float, float, str]] = []
-
-    med_ours, min_ours, ours = timed(lambda: grid_sample(coord, g, seed=0), r)
-    rows.append(("probesuite `grid_sample` (train, with inverse)", med_ours, min_ours, f"{len(ours)} voxels"))
-    med, mn, first = timed(lambda: grid_sample(coord, g, mode="first"), r)
-    rows.append(("probesuite `grid_sample` (first, with inverse)", med, mn, f"{len(first)} voxels"))
-    med, mn, passes = timed(lambda: grid_sample_test(coord, g), max(1, r // 2))
-    rows.append(("probesuite `grid_sample_test` (all passes)", med, mn, f"{len(passes)} passes"))
-
-    med_np, min_np, (kept, inverse) = timed(lambda: pointcept_style(coord, g, seed=0), r)
-    # same partition of the points: as many distinct (our voxel, their voxel) pairs as voxels on each side
-    pairs = np.unique(ours.inverse * kept.size + inverse).size
-    same = kept.size == len(ours) == pairs
-    rows.append(("numpy FNV-1a hash + argsort + unique (Pointcept-style)", med_np, min_np,
-                 f"{kept.size} voxels, same partition: {'yes' if same else 'NO'}"))
-
+    fns: dict[str, tuple[Callable[[], object], int]] = {
+        "train": (lambda: grid_sample(coord, g, seed=0), r),
+        "first": (lambda: grid_sample(coord, g, mode="first"), r),
+        "test": (lambda: grid_sample_test(coord, g), max(1, r // 2)),
+        "numpy": (lambda: pointcept_style(coord, g, seed=0), r),
+    }
     try:
         import open3d as o3d
     except ImportError as exc:  # pragma: no cover - open3d is a dependency, but keep the bench usable
         print(f"open3d not importable ({exc}); skipping its rows", file=sys.stderr)
-        o3d = None
-    if o3d is not None:
+    else:
         pcd = o3d.geometry.PointCloud(o3d.utility.Vector3dVector(coord.astype(np.float64)))
-        med, mn, down = timed(lambda: pcd.voxel_down_sample(g), r)
-        rows.append(("open3d `voxel_down_sample` (no inverse)", med, mn,
-                     f"{len(down.points)} voxels (origin min - size/2)"))
         lo, hi = pcd.get_min_bound(), pcd.get_max_bound()
-        med, mn, traced = timed(lambda: pcd.voxel_down_sample_and_trace(g, lo, hi, False), max(1, r // 3))
-        rows.append(("open3d `voxel_down_sample_and_trace`", med, mn, f"{len(traced[0].points)} voxels"))
+        fns["o3d"] = (lambda: pcd.voxel_down_sample(g), r)
+        fns["o3d_trace"] = (lambda: pcd.voxel_down_sample_and_trace(g, lo, hi, False), max(1, r // 3))
+    res = timed_round_robin(fns)
+
+    ours = res["train"][2]
+    kept, inverse = res["numpy"][2]
+    # same partition of the points: as many distinct (our voxel, their voxel) pairs as voxels on each side
+    pairs = np.unique(ours.inverse * kept.size + inverse).size
+    same = kept.size == len(ours) == pairs
+    notes = {
+        "train": ("probesuite `grid_sample` (train, with inverse)", f"{len(ours)} voxels"),
+        "first": ("probesuite `grid_sample` (first, with inverse)", f"{len(res['first'][2])} voxels"),
+        "test": ("probesuite `grid_sample_test` (all passes)", f"{len(res['test'][2])} passes"),
+        "numpy": ("numpy FNV-1a hash + argsort + unique (Pointcept-style)",
+                  f"{kept.size} voxels, same partition as ours: {'yes' if same else 'NO'}"),
+    }
+    if "o3d" in res:
+        notes["o3d"] = ("open3d `voxel_down_sample` (no inverse)",
+                        f"{len(res['o3d'][2].points)} voxels (grid origin min - size/2)")
+        traced = res["o3d_trace"][2][0]
+        notes["o3d_trace"] = ("open3d `voxel_down_sample_and_trace`", f"{len(traced.points)} voxels")
+    med_ours = res["train"][0]
+    rows = [(notes[k][0], res[k][0], res[k][1], notes[k][1]) for k in notes]
 
     lines = [
         f"Grid sampling of {n:,} points (synthetic room surface, float32), grid {g} m; "
-        f"median and min of {r} runs after a warm-up (trace / test rows: fewer runs); "
+        f"median and min of {r} runs after a warm-up, methods interleaved round by round "
+        "(trace / test rows: fewer runs); "
         f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}. "
         "Ratio = method's median time / `grid_sample` train median time (higher: ours faster). "
         "The machine is shared with other jobs, so absolute times are noisy.",
