@@ -1,0 +1,244 @@
+"""Load and save point encoder checkpoints.
+
+Three layouts are read (always with ``torch.load(weights_only=True)``):
+
+- Sonata release files (``sonata.pth``, ``sonata_small.pth``): ``{"config", "state_dict"}``.
+- Pointcept training checkpoints: ``{"state_dict", "epoch", "optimizer", ...}`` with keys prefixed
+  ``module.student.backbone.`` (teacher and heads are ignored); the config is recognised from the
+  tensor shapes (Sonata / Sonata-small) or given with ``config=``.
+- This project's checkpoints (:func:`save_encoder`): ``{"arch", "config", "state_dict", "meta"}``.
+
+The state dict must match the model exactly; otherwise ``CheckpointError`` lists the missing,
+unexpected and wrongly shaped keys (never a silent partial load).
+"""
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from common.errors import CheckpointError, ConfigError
+from common.hashing import sha256_file
+
+from .structure import PointEncoder
+
+HUB_REPO = "facebook/sonata"
+HUB_FILES = {"sonata": "sonata.pth", "sonata_small": "sonata_small.pth"}
+STRIP_PREFIXES = ("student.backbone.", "backbone.")
+_MAX_LISTED = 8
+
+
+def checkpoint_sha256(path: str | os.PathLike) -> str:
+    """Hex sha256 of a checkpoint file (recorded with every cache and result)."""
+    try:
+        return sha256_file(path)
+    except OSError as e:
+        raise CheckpointError(f"{path}: cannot read checkpoint ({e.strerror or e})") from None
+
+
+def _hub_cache_dir() -> Path:
+    if os.environ.get("HF_HUB_CACHE"):
+        return Path(os.environ["HF_HUB_CACHE"])
+    home = os.environ.get("HF_HOME") or os.path.join(os.path.expanduser("~"), ".cache", "huggingface")
+    return Path(home) / "hub"
+
+
+def _hub_download(name: str) -> Path:
+    """Path of release checkpoint ``name`` from the Sonata release cache or the Hugging Face cache/hub."""
+    filename = HUB_FILES[name]
+    release_cache = Path(os.path.expanduser("~/.cache/sonata/ckpt")) / filename
+    if release_cache.is_file():
+        return release_cache
+    where = (f"download {filename} from https://huggingface.co/{HUB_REPO} on a machine with network and "
+             f"pass --checkpoint /path/{filename}, or put it in the Hugging Face cache ({_hub_cache_dir()}, "
+             f"e.g. `huggingface-cli download {HUB_REPO} {filename}`) or in {release_cache.parent}")
+    try:
+        from huggingface_hub import hf_hub_download
+    except ImportError:
+        raise CheckpointError(
+            f"{name}: huggingface_hub is not installed, cannot fetch {filename}; {where}"
+        ) from None
+    try:
+        return Path(hf_hub_download(repo_id=HUB_REPO, filename=filename, local_files_only=True))
+    except Exception:  # not cached yet: try the network
+        pass
+    try:
+        return Path(hf_hub_download(repo_id=HUB_REPO, filename=filename))
+    except Exception as e:  # offline, gated, hub down: all reported the same way
+        raise CheckpointError(
+            f"{name}: could not fetch {filename} from the Hugging Face hub "
+            f"({type(e).__name__}; offline?); {where}"
+        ) from None
+
+
+def resolve_checkpoint(path_or_name: str | os.PathLike) -> Path:
+    """A local checkpoint file, or a release name (``sonata``, ``sonata_small``) resolved via the hub."""
+    path = Path(path_or_name)
+    if path.is_file():
+        return path
+    if str(path_or_name) in HUB_FILES:
+        return _hub_download(str(path_or_name))
+    if path.exists():
+        raise CheckpointError(f"{path}: is not a checkpoint file")
+    raise CheckpointError(f"{path}: no such checkpoint file (release names: {sorted(HUB_FILES)})")
+
+
+def strip_prefixes(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Drop ``module.`` and keep the backbone: ``student.backbone.`` (Pointcept Sonata) or ``backbone.``."""
+    sd = {(k[len("module."):] if k.startswith("module.") else k): v for k, v in state_dict.items()}
+    for prefix in STRIP_PREFIXES:
+        sub = {k[len(prefix):]: v for k, v in sd.items() if k.startswith(prefix)}
+        if sub:
+            return sub
+    return sd
+
+
+def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
+    """``torch.load(path, weights_only=True)`` with errors turned into ``CheckpointError``."""
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise CheckpointError(f"{path}: no such checkpoint file") from None
+    except Exception as e:
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CheckpointError(f"{path}: cannot read checkpoint ({msg[:200]})") from None
+    if not isinstance(ckpt, Mapping):
+        raise CheckpointError(f"{path}: checkpoint is a {type(ckpt).__name__}, expected a dict")
+    return dict(ckpt)
+
+
+def _ptv3_shapes(sd: Mapping[str, torch.Tensor]) -> tuple[int, list[int], list[int]] | None:
+    """(in_channels, depths, channels) read from a PTv3 state dict, or None if it is not one."""
+    stem = sd.get("embedding.stem.linear.weight")
+    if stem is None:
+        return None
+    blocks: dict[int, set[int]] = {}
+    for k in sd:
+        m = re.match(r"enc\.enc(\d+)\.block(\d+)\.", k)
+        if m:
+            blocks.setdefault(int(m.group(1)), set()).add(int(m.group(2)))
+    stages = sorted(blocks)
+    if stages != list(range(len(stages))):
+        return None
+    depths = [max(blocks[s]) + 1 for s in stages]
+    channels = []
+    for s in stages:
+        w = sd.get(f"enc.enc{s}.block0.norm1.0.weight")
+        if w is None:
+            return None
+        channels.append(int(w.shape[0]))
+    return int(stem.shape[1]), depths, channels
+
+
+def infer_ptv3_config(sd: Mapping[str, torch.Tensor], path: str | os.PathLike) -> dict[str, Any]:
+    """Config of a Pointcept checkpoint without one: the Sonata preset whose shapes match."""
+    from .ptv3 import SONATA_CONFIG, SONATA_SMALL_CONFIG
+
+    shapes = _ptv3_shapes(sd)
+    if shapes is None:
+        raise CheckpointError(f"{path}: no config in the checkpoint and the state dict is not a PTv3 encoder "
+                              f"(keys start {sorted(sd)[:3]})")
+    for preset in (SONATA_CONFIG, SONATA_SMALL_CONFIG):
+        if (preset["in_channels"], preset["enc_depths"], preset["enc_channels"]) == shapes:
+            return {**preset, "mask_token": "embedding.mask_token" in sd}
+    raise CheckpointError(
+        f"{path}: no config in the checkpoint and its shapes (in_channels={shapes[0]}, depths={shapes[1]}, "
+        f"channels={shapes[2]}) match no Sonata preset; pass config={{...}} (enc_num_head, order, ...)"
+    )
+
+
+def _listed(items: list[str]) -> str:
+    more = f", ... {len(items) - _MAX_LISTED} more" if len(items) > _MAX_LISTED else ""
+    return ", ".join(items[:_MAX_LISTED]) + more
+
+
+def check_state_dict(model: torch.nn.Module, sd: Mapping[str, torch.Tensor], path: str | os.PathLike) -> None:
+    """Raise ``CheckpointError`` unless ``sd`` has exactly the model's keys with the model's shapes."""
+    own = model.state_dict()
+    missing = [k for k in own if k not in sd]
+    unexpected = [k for k in sd if k not in own]
+    wrong = [f"{k} (file {list(sd[k].shape)} vs model {list(own[k].shape)})"
+             for k in own if k in sd and tuple(sd[k].shape) != tuple(own[k].shape)]
+    if missing or unexpected or wrong:
+        parts = []
+        if missing:
+            parts.append(f"{len(missing)} missing: {_listed(missing)}")
+        if unexpected:
+            parts.append(f"{len(unexpected)} unexpected: {_listed(unexpected)}")
+        if wrong:
+            parts.append(f"{len(wrong)} wrongly shaped: {_listed(wrong)}")
+        arch = getattr(model, "arch", type(model).__name__)
+        raise CheckpointError(f"{path}: state dict does not match the {arch} model built from its config; "
+                              + "; ".join(parts))
+
+
+def build_from_checkpoint(ckpt: Mapping[str, Any], path: str | os.PathLike,
+                          config: Mapping[str, Any] | None = None) -> PointEncoder:
+    """Build the encoder a checkpoint dict describes and load its weights (strict)."""
+    from . import ENCODERS
+
+    sd = ckpt.get("state_dict")
+    if sd is None and ckpt and all(isinstance(v, torch.Tensor) for v in ckpt.values()):
+        sd = ckpt  # a bare state dict
+    if not isinstance(sd, Mapping) or not sd:
+        raise CheckpointError(f"{path}: no state_dict in checkpoint (top-level keys: {sorted(ckpt)[:8]})")
+    sd = strip_prefixes(sd)
+    arch = ckpt.get("arch", "ptv3")
+    if arch not in ENCODERS:
+        raise CheckpointError(f"{path}: unknown encoder arch {arch!r}; available: {sorted(ENCODERS)}")
+    cfg = ckpt.get("config")
+    if cfg is not None and not isinstance(cfg, Mapping):
+        raise CheckpointError(f"{path}: config is a {type(cfg).__name__}, expected a dict")
+    if cfg is None:
+        if arch == "ptv3":
+            try:
+                cfg = infer_ptv3_config(sd, path)
+            except CheckpointError:
+                if config is None:
+                    raise
+                cfg = {}
+        elif config is None:
+            raise CheckpointError(f"{path}: no config in the checkpoint; pass config={{...}}")
+        else:
+            cfg = {}
+    cfg = {**cfg, **(config or {})}
+    try:
+        model = ENCODERS[arch](**cfg)
+    except ConfigError as e:
+        raise CheckpointError(f"{path}: bad encoder config: {e}") from None
+    check_state_dict(model, sd, path)
+    model.load_state_dict(sd, strict=True)
+    return model
+
+
+def load_encoder(path_or_name: str | os.PathLike, device: str | torch.device = "cpu",
+                 config: Mapping[str, Any] | None = None) -> PointEncoder:
+    """Encoder from a checkpoint file or release name (``sonata``, ``sonata_small``), in eval mode.
+
+    ``config`` overrides (or, for Pointcept checkpoints of non-preset shape, supplies) the constructor
+    config. The model gets ``checkpoint_path`` set; hash the file with :func:`checkpoint_sha256`.
+    """
+    path = resolve_checkpoint(path_or_name)
+    model = build_from_checkpoint(read_checkpoint(path), path, config)
+    model.checkpoint_path = str(path)
+    return model.to(device).eval()
+
+
+def save_encoder(model: PointEncoder, path: str | os.PathLike, **meta: Any) -> Path:
+    """Write ``{"arch", "config", "state_dict", "meta"}`` atomically; ``meta`` holds plain values only."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    ckpt = {
+        "arch": model.arch,
+        "config": dict(model.config),
+        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        "meta": meta,
+    }
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(ckpt, tmp)
+    os.replace(tmp, path)
+    return path

@@ -1,0 +1,210 @@
+"""Per-point features of a scene with the official Sonata preprocessing.
+
+``encode_points``: CenterShift (x, y centred on the bounding-box middle, min z -> 0), grid sampling at
+0.02 m, colour / 255, feature = concat(coord, color, normal) (as many as the encoder's
+``in_channels`` asks for), encoder forward, up-cast, then the grid-sampling inverse gives a feature to
+every input point. Large scenes are encoded in overlapping spatial chunks so memory stays bounded.
+"""
+from __future__ import annotations
+
+import contextlib
+import warnings
+from collections.abc import Iterator
+from typing import Literal
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from common.errors import InputError
+from common.sampling import grid_sample, grid_sample_test
+
+from .structure import PointBatch, PointEncoder
+
+Sampling = Literal["canonical", "first", "train", "test"]
+# Chunk origins are moved by multiples of this many voxels, so pooling cells (any power-of-two stride
+# product up to 256) fall where they would in the whole scene.
+_ALIGN = 256
+
+
+def _as_array(x, name: str, n: int | None, source: str | None) -> np.ndarray | None:
+    if x is None:
+        return None
+    a = x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
+    if a.ndim != 2 or a.shape[1] != 3 or (n is not None and a.shape[0] != n):
+        want = "(N, 3)" if n is None else f"({n}, 3)"
+        raise InputError(source, f"{name} must have shape {want}, got {a.shape}")
+    if not np.issubdtype(a.dtype, np.number):
+        raise InputError(source, f"{name} must be numeric, got dtype {a.dtype}")
+    a = a.astype(np.float64 if name == "coord" else np.float32)
+    if not np.isfinite(a).all():
+        bad = int((~np.isfinite(a).all(axis=1)).sum())
+        raise InputError(source, f"{name} contains NaN or inf ({bad} of {a.shape[0]} points)")
+    return a
+
+
+def center_shift(coord: np.ndarray) -> np.ndarray:
+    """Release CenterShift(apply_z=True): x, y centred on the bounding-box middle, z minimum at 0."""
+    lo, hi = coord.min(axis=0), coord.max(axis=0)
+    shift = np.array([(lo[0] + hi[0]) / 2, (lo[1] + hi[1]) / 2, lo[2]])
+    return coord - shift
+
+
+def canonical_index(inverse: np.ndarray, m: int, feat: np.ndarray) -> np.ndarray:
+    """One row per voxel chosen independently of the input order: the lexicographically smallest
+    (coord, color, normal) row of the voxel."""
+    keys = [feat[:, j] for j in range(feat.shape[1] - 1, -1, -1)] + [inverse]
+    order = np.lexsort(keys)
+    first = np.ones(order.shape[0], dtype=bool)
+    first[1:] = inverse[order[1:]] != inverse[order[:-1]]
+    index = order[first]
+    assert index.shape[0] == m
+    return index
+
+
+def spatial_chunks(coord: np.ndarray, max_points: int, margin: float) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Split points into chunks: (rows, is_core) where rows = core + every point within ``margin`` of
+    the core's bounding box; cores partition the points; each chunk has at most ``max_points`` rows
+    unless its core cannot be split further (then up to core size + margin)."""
+
+    def context(core: np.ndarray) -> np.ndarray:
+        lo = coord[core].min(axis=0) - margin
+        hi = coord[core].max(axis=0) + margin
+        return np.flatnonzero(((coord >= lo) & (coord <= hi)).all(axis=1))
+
+    out: list[tuple[np.ndarray, np.ndarray]] = []
+    stack = [np.arange(coord.shape[0])]
+    min_core = max(1, max_points // 8)
+    while stack:
+        core = stack.pop()
+        rows = context(core)
+        if rows.shape[0] <= max_points or core.shape[0] <= min_core:
+            is_core = np.zeros(coord.shape[0], dtype=bool)
+            is_core[core] = True
+            out.append((rows, is_core[rows]))
+            continue
+        c = coord[core]
+        axis = int(np.argmax(c.max(axis=0) - c.min(axis=0)))
+        order = np.argsort(c[:, axis], kind="stable")
+        half = core.shape[0] // 2
+        stack += [core[order[half:]], core[order[:half]]]
+    return out
+
+
+def _autocast_ctx(autocast: str | torch.dtype | None,
+                  device: torch.device) -> contextlib.AbstractContextManager:
+    if autocast == "auto":
+        if device.type != "cuda":
+            return contextlib.nullcontext()
+        autocast = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if autocast in (None, "none", False):
+        return contextlib.nullcontext()
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(autocast, autocast)
+    if not isinstance(dtype, torch.dtype):
+        raise ValueError(f"autocast must be 'auto', None, 'bf16', 'fp16' or a torch dtype, got {autocast!r}")
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def _model_device(model: torch.nn.Module) -> torch.device:
+    p = next(model.parameters(), None)
+    return p.device if p is not None else torch.device("cpu")
+
+
+def encode_sampled(model: PointEncoder, coord: np.ndarray, grid_coord: np.ndarray, feat: np.ndarray,
+                   levels: int | None, device: torch.device, autocast, max_points: int | None,
+                   margin: float, progress: bool = False) -> torch.Tensor:
+    """Features (M, D) float32 on the CPU of M grid-sampled points, chunked when M > max_points."""
+    m = coord.shape[0]
+    if max_points is None or m <= max_points:
+        chunks: list[tuple[np.ndarray, np.ndarray]] = [(np.arange(m), np.ones(m, dtype=bool))]
+    else:
+        chunks = spatial_chunks(coord, max_points, margin)
+    out = torch.empty(m, model.feature_dim(levels), dtype=torch.float32)
+    it: Iterator = iter(chunks)
+    if progress or len(chunks) > 1:
+        it = tqdm(chunks, desc="encode chunks", leave=False, disable=not progress and len(chunks) < 4)
+    for rows, core in it:
+        gc = grid_coord[rows]
+        gc = gc - (gc.min(axis=0) // _ALIGN) * _ALIGN
+        point = PointBatch.create(
+            torch.from_numpy(coord[rows].astype(np.float32)).to(device),
+            torch.from_numpy(gc).to(device),
+            torch.from_numpy(feat[rows]).to(device),
+        )
+        with torch.inference_mode(), _autocast_ctx(autocast, device):
+            f = model.encode(point, levels)
+        out[torch.from_numpy(rows[core])] = f[torch.from_numpy(core).to(f.device)].float().cpu()
+    return out
+
+
+def encode_points(model: PointEncoder, coord, color=None, normal=None, levels: int | None = None,
+                  grid_size: float = 0.02, device: str | torch.device | None = None,
+                  autocast: str | torch.dtype | None = "auto", sampling: Sampling = "canonical",
+                  seed: int = 0, max_points: int | None = 400_000, chunk_margin: float = 2.0,
+                  source: str | None = None, progress: bool = False) -> torch.Tensor:
+    """Features (N, D) float32 on the CPU for the N input points of one scene.
+
+    coord (N, 3) metres; color (N, 3) in [0, 255]; normal (N, 3); numpy arrays or tensors. Inputs the
+    encoder expects but that are not given (``model.feat_keys``) are zero-filled with a warning.
+    ``levels``: up-cast levels (None = all; Sonata: 4 -> 1232 channels). ``sampling``: which point
+    represents each 0.02 m voxel - ``"canonical"`` (default: the lexicographically smallest point,
+    independent of the input order), ``"first"`` (lowest input row), ``"train"`` (random, ``seed``) or
+    ``"test"`` (Pointcept test mode: every point is encoded in one of k passes; points kept in
+    several passes get the mean). ``device`` defaults to the model's (the model is moved if needed);
+    ``autocast="auto"`` means bf16 (fp16 without bf16 support) on CUDA and float32 on the CPU.
+    Scenes with more than ``max_points`` voxels are encoded in spatial chunks with ``chunk_margin``
+    metres of context (None: always in one pass). NaN/inf or empty input raises ``InputError``.
+    """
+    xyz = _as_array(coord, "coord", None, source)
+    n = xyz.shape[0]
+    if n == 0:
+        raise InputError(source, "point cloud is empty (0 points)")
+    rgb = _as_array(color, "color", n, source)
+    nrm = _as_array(normal, "normal", n, source)
+    given = {"color": rgb, "normal": nrm}
+    parts = []
+    xyz = center_shift(xyz)
+    for key in model.feat_keys:
+        if key == "coord":
+            parts.append(xyz.astype(np.float32))
+            continue
+        value = given[key]
+        if value is None:
+            warnings.warn(f"{source or 'encode_points'}: the encoder expects {key} but none was given; "
+                          f"using zeros", stacklevel=2)
+            value = np.zeros((n, 3), dtype=np.float32)
+        elif key == "color":
+            value = value / 255.0
+        parts.append(value.astype(np.float32))
+    feat = np.concatenate(parts, axis=1)
+
+    dev = torch.device(device) if device is not None else _model_device(model)
+    if _model_device(model) != dev:
+        model.to(dev)
+    was_training = model.training
+    model.eval()
+    try:
+        kwargs = dict(levels=levels, device=dev, autocast=autocast, max_points=max_points,
+                      margin=chunk_margin, progress=progress)
+        if sampling == "test":
+            passes = grid_sample_test(xyz, grid_size, source=source)
+            acc = torch.zeros(n, model.feature_dim(levels), dtype=torch.float32)
+            cnt = torch.zeros(n, dtype=torch.float32)
+            for gs in tqdm(passes, desc="test passes", leave=False, disable=not progress):
+                f = encode_sampled(model, xyz[gs.index], gs.grid_coord, feat[gs.index], **kwargs)
+                idx = torch.from_numpy(gs.index)
+                acc.index_add_(0, idx, f)
+                cnt.index_add_(0, idx, torch.ones(idx.shape[0]))
+            return acc / cnt[:, None]
+        if sampling == "canonical":
+            gs = grid_sample(xyz, grid_size, mode="first", source=source)
+            index = canonical_index(gs.inverse, len(gs), feat)
+        elif sampling in ("first", "train"):
+            gs = grid_sample(xyz, grid_size, mode=sampling, seed=seed, source=source)
+            index = gs.index
+        else:
+            raise ValueError(f"sampling must be canonical, first, train or test, got {sampling!r}")
+        f = encode_sampled(model, xyz[index], gs.grid_coord, feat[index], **kwargs)
+        return f[torch.from_numpy(gs.inverse)]
+    finally:
+        model.train(was_training)
