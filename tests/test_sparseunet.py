@@ -15,10 +15,10 @@ with warnings.catch_warnings():
         SparseUNet,
         create_sparseunet,
         load_sparseunet,
-        offset_to_batch,
         save_sparseunet,
         upcast,
     )
+    from pointprobe.models.structure import PointBatch
 
 SMALL = dict(channels=(8, 16, 24, 32), depths=(1, 1, 1, 1))
 
@@ -62,13 +62,18 @@ def test_forward_backward_shapes_cpu():
     model = SparseUNet(**SMALL, drop_path=0.1)
     b = _batch()
     out = model(b)
-    assert out.num_levels == 4
-    assert [f.shape[1] for f in out.feats] == [8, 16, 24, 32]
-    assert out.feats[0].shape[0] == b["feat"].shape[0]
-    sizes = [f.shape[0] for f in out.feats]
+    levels = out.levels()
+    assert len(levels) == 4
+    assert [lv.feat.shape[1] for lv in levels] == [8, 16, 24, 32]
+    assert levels[0].feat.shape[0] == b["feat"].shape[0]
+    sizes = [len(lv) for lv in levels]
     assert all(sizes[i] > sizes[i + 1] for i in range(3))
-    feat = upcast(out)
-    assert feat.shape == (b["feat"].shape[0], 8 + 16 + 24 + 32) == (len(b["feat"]), model.upcast_channels())
+    feat = upcast(out).feat
+    assert feat.shape == (len(b["feat"]), 8 + 16 + 24 + 32) == (len(b["feat"]), model.feature_dim())
+    assert model.feature_dim(0) == 32 and model.feature_dim(2) == 16 + 24 + 32
+    assert model.encode(b, 2).shape == (len(b["feat"]), 16 + 24 + 32)
+    assert upcast(out, 2).feat.shape == (sizes[1], 16 + 24 + 32)
+    assert upcast(out, 3, concat=1).feat.shape == (sizes[0], 24 + 32)
     feat.square().mean().backward()
     grads = [p.grad for p in model.parameters() if p.requires_grad]
     assert all(g is not None and torch.isfinite(g).all() for g in grads)
@@ -81,28 +86,38 @@ def test_eval_mode_runs_on_cpu_and_is_deterministic():
     b = _batch()
     with torch.no_grad():
         a = model.encode(b)
-        c = model.encode(b)
+        c = model.encode(PointBatch.from_dict(b))
     assert torch.isfinite(a).all()
     torch.testing.assert_close(a, c, rtol=0, atol=0)
 
 
-def test_inverse_maps_match_floor_division():
+def test_levels_match_floor_division_and_mean_coords():
     model = SparseUNet(**SMALL)
     b = _batch()
     out = model(b)
-    # reference: level-l voxel of each input point = grid // 2**l (per sample); the up-cast chain of
-    # inverses must send points with the same (sample, grid // 2**l) to the same level-l row
-    batch = offset_to_batch(b["offset"]).numpy()
+    levels = out.levels()
+    # reference: the level-l voxel of each input point is (sample, grid // 2**l); the chain of pooling
+    # inverses must send points with the same key to the same level-l row, and different keys apart
+    batch = PointBatch.from_dict(b).batch.numpy()
     g = b["grid_coord"].numpy()
+    c = b["coord"].numpy().astype(np.float64)
     idx = np.arange(len(g))
     for lvl in range(1, 4):
-        idx = out.inverses[lvl].numpy()[idx]
+        idx = levels[lvl].pooling_inverse.numpy()[idx]
         key = np.c_[batch, g // (2 ** lvl)]
         _, ref = np.unique(key, axis=0, return_inverse=True)
-        # same partition: a bijection between ref ids and idx ids
-        pairs = np.unique(np.c_[ref.ravel(), idx], axis=0)
-        assert len(pairs) == len(np.unique(ref)) == len(np.unique(idx)) == out.feats[lvl].shape[0]
-        assert np.array_equal(out.batch[lvl].numpy()[idx], batch)
+        ref = ref.ravel()
+        pairs = np.unique(np.c_[ref, idx], axis=0)
+        assert len(pairs) == len(np.unique(ref)) == len(np.unique(idx)) == len(levels[lvl])
+        assert np.array_equal(levels[lvl].batch.numpy()[idx], batch)
+        assert np.array_equal(levels[lvl].grid_coord.numpy()[idx], g // (2 ** lvl))
+        # level coordinates are the mean of their children's coordinates (as PTv3's pooling)
+        inv = levels[lvl].pooling_inverse.numpy()
+        mean = np.zeros((len(levels[lvl]), 3))
+        np.add.at(mean, inv, c)
+        mean /= np.bincount(inv, minlength=len(mean))[:, None]
+        np.testing.assert_allclose(levels[lvl].coord.numpy(), mean, rtol=1e-5, atol=1e-5)
+        c = mean
 
 
 def test_upcast_permutation_invariant():
@@ -118,21 +133,41 @@ def test_upcast_permutation_invariant():
     torch.testing.assert_close(fp, f[perm], rtol=1e-4, atol=1e-5)
 
 
-def test_mask_token_replaces_masked_points_only_locally():
+def test_mask_token_hides_masked_inputs():
     torch.manual_seed(0)
     model = SparseUNet(**SMALL, mask_token=True).eval()
     b = _batch(seeds=(0,), with_mask=True)
     b_nomask = {k: v for k, v in b.items() if k != "mask"}
     with torch.no_grad():
-        fm = model(b).feats[0]
-        f0 = model(b_nomask).feats[0]
+        fm = model(b).root().feat
+        f0 = model(b_nomask).root().feat
         b2 = dict(b, feat=b["feat"].clone())
         b2["feat"][b["mask"]] += 5.0  # masked inputs are invisible to the masked forward
-        fm2 = model(b2).feats[0]
+        fm2 = model(b2).root().feat
     m = b["mask"]
     assert m.any() and (~m).any()
     assert not torch.allclose(fm[m], f0[m])
     torch.testing.assert_close(fm, fm2, rtol=1e-5, atol=1e-6)
+
+
+def test_seeded_drop_path_depends_on_sample_not_batch():
+    torch.manual_seed(0)
+    model = SparseUNet(**SMALL, drop_path=0.5).train()
+    b = _batch()
+    n0 = int(b["offset"][0])
+    pb = PointBatch.from_dict(b)
+    pb.cache["drop_path_seed"] = torch.tensor([11, 12])
+    single = PointBatch.from_dict({k: (v[:n0] if k != "offset" else v[:1]) for k, v in b.items()})
+    single.cache["drop_path_seed"] = torch.tensor([11])
+    with torch.no_grad():
+        torch.manual_seed(1)
+        f_batch = upcast(model(pb)).feat[:n0]
+        torch.manual_seed(2)  # the global RNG must not matter
+        f_single = upcast(model(single)).feat
+        pb.cache["drop_path_seed"] = torch.tensor([13, 12])
+        f_other = upcast(model(pb)).feat[:n0]
+    torch.testing.assert_close(f_batch, f_single, rtol=1e-4, atol=1e-5)
+    assert not torch.allclose(f_batch, f_other)
 
 
 def test_decoder_output_and_batch_split():
@@ -141,7 +176,7 @@ def test_decoder_output_and_batch_split():
     b = _batch()
     with torch.no_grad():
         out = model(b)
-        assert out.decoded.shape == (len(b["feat"]), 8)
+        assert out.cache["decoded"].shape == (len(b["feat"]), 8)
         # a sample's features do not depend on the other samples of the batch
         n0 = int(b["offset"][0])
         single = {k: (v[:n0] if k != "offset" else v[:1]) for k, v in b.items()}
@@ -156,6 +191,7 @@ def test_save_load_roundtrip(tmp_path):
     path = save_sparseunet(model, tmp_path / "enc.pth")
     raw = torch.load(path, weights_only=True)
     assert raw["arch"] == "sparseunet" and set(raw) == {"config", "state_dict", "arch"}
+    assert type(model)(**raw["config"]).config == model.config
     loaded = load_sparseunet(path).eval()
     b = _batch()
     with torch.no_grad():

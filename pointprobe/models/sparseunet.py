@@ -3,26 +3,29 @@
 Layout (default widths): a point-wise stem ``Linear(in, 32) -> LayerNorm -> GELU`` (so a learned mask
 token can replace masked points before any neighbourhood mixing), then level 0 = residual SubMConv3d
 blocks at the input grid, then 4 stages, each a strided ``SparseConv3d(k=2, s=2)`` followed by
-residual SubMConv3d blocks. Widths ``(32, 64, 128, 256, 256)`` by default: up-casting all 5 levels
-gives 736 channels per grid-sampled point. An optional MinkUNet decoder (``SparseInverseConv3d`` +
-skip concatenation) exists for dense tasks; pre-training and probing use the encoder levels only.
+residual SubMConv3d blocks. Widths ``(32, 64, 128, 256, 256)`` by default: up-casting all 4 pooling
+steps gives 32+64+128+256+256 = 736 channels per input (grid-sampled) point. An optional MinkUNet
+decoder (``SparseInverseConv3d`` + skip concatenation) exists for dense tasks; pre-training and
+probing use the encoder levels only.
 
-CPU notes: every spconv module uses ``ConvAlgo.Native`` for CPU tensors (the default algorithm asks
-for a CUDA stream) and no spconv conv has a bias (in eval mode spconv fuses the bias into the kernel,
-which fails on the CPU); every conv is followed by a norm that carries the affine shift instead.
-The default norm is LayerNorm (per point, no batch statistics), so results do not depend on how a
-batch is split across processes.
+Interface (``pointprobe.models.structure.PointEncoder``): ``forward(PointBatch) -> PointBatch`` of the
+deepest level, each level linked to its finer ``parent`` with ``pooling_inverse`` (fine row -> coarse
+row, voxel c -> c // 2) and carrying the mean coordinate of its children (as PTv3's pooling);
+``encode(point, levels)`` gives one feature row per input row (``levels`` = number of concatenating
+up-cast steps, default all).
 
-Input batch (a dict, Pointcept naming): ``coord`` (N,3) float, ``grid_coord`` (N,3) int (per-sample,
-non-negative), ``feat`` (N,C_in), ``offset`` (B,) cumulative point counts (or ``batch`` (N,) sample
-ids), optionally ``mask`` (N,) bool (points to replace with the mask token).
+CPU notes: spconv modules use ``ConvAlgo.Native`` for CPU tensors (the default algorithm asks for a
+CUDA stream; implicit GEMM is switched on for CUDA tensors) and no spconv conv has a bias (in eval mode
+spconv fuses the bias into the kernel, which fails on the CPU); every conv is followed by a norm that
+carries the affine shift instead. The default norm is LayerNorm (per point, no batch statistics), so
+results do not depend on how a batch is split across processes.
 """
 from __future__ import annotations
 
 import dataclasses
 import math
 import warnings
-from dataclasses import dataclass, field
+from collections.abc import Mapping
 from pathlib import Path
 
 import torch
@@ -30,6 +33,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from common.errors import CheckpointError, InputError
+from common.scatter import segment_reduce
+from pointprobe.models.structure import PointBatch, PointEncoder
 
 with warnings.catch_warnings():  # spconv 2.3 uses the deprecated torch.cuda.amp decorators
     warnings.simplefilter("ignore", FutureWarning)
@@ -37,51 +42,33 @@ with warnings.catch_warnings():  # spconv 2.3 uses the deprecated torch.cuda.amp
     from spconv.core import ConvAlgo
 
 __all__ = [
-    "SparseUNetConfig",
     "SparseUNet",
-    "EncoderLevels",
     "upcast",
-    "offset_to_batch",
-    "batch_to_offset",
     "create_sparseunet",
     "save_sparseunet",
     "load_sparseunet",
     "ARCH",
+    "DEFAULT_CONFIG",
 ]
 
 ARCH = "sparseunet"
 
-
-@dataclass
-class SparseUNetConfig:
-    """Constructor arguments of :class:`SparseUNet` (stored as ``config`` in checkpoints)."""
-
-    in_channels: int = 9
-    channels: tuple[int, ...] = (32, 64, 128, 256, 256)  # level 0 (input grid) + one per downsample
-    depths: tuple[int, ...] = (1, 2, 2, 2, 2)  # residual blocks per level
-    kernel_size: int = 3
-    norm: str = "ln"  # "ln" (LayerNorm, batch independent) or "bn" (BatchNorm1d)
-    drop_path: float = 0.0
-    mask_token: bool = False
-    decoder_channels: tuple[int, ...] = ()  # () = encoder only; else one width per upsample (coarse->fine)
-    decoder_depths: tuple[int, ...] = ()
+DEFAULT_CONFIG: dict = {
+    "in_channels": 9,
+    "channels": [32, 64, 128, 256, 256],  # level 0 (input grid) + one per downsample
+    "depths": [1, 2, 2, 2, 2],  # residual blocks per level
+    "kernel_size": 3,
+    "norm": "ln",  # "ln" (LayerNorm, batch independent) or "bn" (BatchNorm1d)
+    "drop_path": 0.0,
+    "mask_token": False,
+    "decoder_channels": [],  # [] = encoder only; else one width per upsample (coarse -> fine)
+    "decoder_depths": [],
+}
 
 
 def _algo_for(device: torch.device) -> ConvAlgo:
     """Native on the CPU (the only one spconv runs there), implicit GEMM on CUDA."""
     return ConvAlgo.Native if device.type == "cpu" else ConvAlgo.MaskImplicitGemm
-
-
-def offset_to_batch(offset: torch.Tensor) -> torch.Tensor:
-    """Cumulative counts ``[n0, n0+n1, ...]`` -> per-point sample ids (N,) int64."""
-    offset = offset.long()
-    counts = torch.diff(offset, prepend=offset.new_zeros(1))
-    return torch.repeat_interleave(torch.arange(len(offset), device=offset.device), counts)
-
-
-def batch_to_offset(batch: torch.Tensor) -> torch.Tensor:
-    """Sorted per-point sample ids (N,) -> cumulative counts (B,)."""
-    return torch.cumsum(torch.bincount(batch.long()), 0)
 
 
 def _make_norm(kind: str, c: int) -> nn.Module:
@@ -92,19 +79,23 @@ def _make_norm(kind: str, c: int) -> nn.Module:
     raise ValueError(f"unknown norm {kind!r} (expected 'ln' or 'bn')")
 
 
-def _drop_path(x: torch.Tensor, batch: torch.Tensor, n_samples: int, p: float,
-               training: bool) -> torch.Tensor:
-    """Per-sample stochastic depth on a residual branch (samples = scenes of the batch)."""
-    if p <= 0.0 or not training:
-        return x
-    keep = (torch.rand(n_samples, device=x.device) >= p).to(x.dtype) / (1.0 - p)
-    return x * keep[batch].unsqueeze(1)
+def _drop_keep(n_samples: int, p: float, seeds: torch.Tensor | None, layer: int,
+               device: torch.device) -> torch.Tensor:
+    """(B,) keep decisions of stochastic depth: from the global RNG, or a pure function of
+    (sample seed, layer) when seeds are given."""
+    if seeds is None:
+        return torch.rand(n_samples, device=device) >= p
+    u = []
+    for s in seeds.tolist():
+        g = torch.Generator().manual_seed((int(s) * 1_000_003 + layer) % (2**63 - 1))
+        u.append(float(torch.rand(1, generator=g)))
+    return torch.tensor(u, device=device) >= p
 
 
 class ResBlock(nn.Module):
     """conv-norm-GELU-conv-norm + (projected) skip, GELU; all convs submanifold, bias-free."""
 
-    def __init__(self, c_in: int, c_out: int, k: int, key: str, norm: str, drop_path: float):
+    def __init__(self, c_in: int, c_out: int, k: int, key: str, norm: str, drop_path: float, layer: int = 0):
         super().__init__()
         self.conv1 = spconv.SubMConv3d(c_in, c_out, k, bias=False, indice_key=key, algo=ConvAlgo.Native)
         self.norm1 = _make_norm(norm, c_out)
@@ -113,6 +104,7 @@ class ResBlock(nn.Module):
         self.proj = None if c_in == c_out else nn.Sequential(nn.Linear(c_in, c_out, bias=False),
                                                              _make_norm(norm, c_out))
         self.drop_path = drop_path
+        self.layer = layer
 
     def forward(self, x: spconv.SparseConvTensor) -> spconv.SparseConvTensor:
         skip = x.features if self.proj is None else self.proj(x.features)
@@ -120,9 +112,13 @@ class ResBlock(nn.Module):
         h = h.replace_feature(F.gelu(self.norm1(h.features)))
         h = self.conv2(h)
         f = self.norm2(h.features)
-        batch = x.indices[:, 0].long()
-        f = _drop_path(f, batch, x.batch_size, self.drop_path, self.training)
-        return h.replace_feature(F.gelu(skip + f))
+        if self.training and self.drop_path > 0:
+            keep = _drop_keep(x.batch_size, self.drop_path, getattr(x, "drop_path_seed", None), self.layer,
+                              f.device)
+            f = f * (keep.to(f.dtype) / (1.0 - self.drop_path))[x.indices[:, 0].long()].unsqueeze(1)
+        out = h.replace_feature(F.gelu(skip + f))
+        out.drop_path_seed = getattr(x, "drop_path_seed", None)
+        return out
 
 
 class DownBlock(nn.Module):
@@ -160,44 +156,26 @@ class UpBlock(nn.Module):
         return h
 
 
-@dataclass
-class EncoderLevels:
-    """Multi-level encoder output.
+def upcast(point: PointBatch, steps: int | None = None, concat: int | None = None) -> PointBatch:
+    """Walk ``steps`` pooling levels back from ``point`` (an encoder output), concatenating features.
 
-    ``feats[l]`` (M_l, C_l) features of level l (level 0 = the input, grid-sampled points, in input
-    order); ``inverses[l]`` for l >= 1: (M_{l-1},) index into level l of every point of level l-1
-    (``inverses[0]`` is None); ``batch[l]`` (M_l,) sample ids; ``decoded`` optional decoder output
-    at level 0.
+    At each step the parent's features are concatenated with the child's features indexed by the
+    pooling inverse (the Sonata up-cast). ``steps`` defaults to all levels; only the first ``concat``
+    steps (default all) concatenate, the rest just copy features down. Returns the reached level
+    (a ``PointBatch`` whose ``feat`` is the up-cast feature); its ``parent`` chain is kept.
     """
-
-    feats: list[torch.Tensor]
-    inverses: list[torch.Tensor | None]
-    batch: list[torch.Tensor]
-    decoded: torch.Tensor | None = None
-    extra: dict = field(default_factory=dict)
-
-    @property
-    def num_levels(self) -> int:
-        return len(self.feats)
-
-
-def upcast(levels: EncoderLevels, n_levels: int | None = None,
-           concat_levels: int | None = None) -> torch.Tensor:
-    """Per level-0 point features: walk back from level ``n_levels - 1`` to 0 concatenating.
-
-    ``n_levels`` (default all) is how many levels take part; ``concat_levels`` (default all of them)
-    is how many of the coarse-to-fine steps concatenate; the remaining steps only copy features down
-    (the Sonata PCA-demo style). ``upcast(levels)`` on the default SparseUNet gives 736 channels.
-    """
-    L = levels.num_levels if n_levels is None else n_levels
-    if not 1 <= L <= levels.num_levels:
-        raise ValueError(f"n_levels must be in [1, {levels.num_levels}], got {L}")
-    n_concat = L - 1 if concat_levels is None else concat_levels
-    x = levels.feats[L - 1]
-    for step, lvl in enumerate(range(L - 1, 0, -1)):
-        parent = x[levels.inverses[lvl]]
-        x = torch.cat([levels.feats[lvl - 1], parent], 1) if step < n_concat else parent
-    return x
+    depth = len(point.levels()) - 1
+    steps = depth if steps is None else steps
+    if not 0 <= steps <= depth:
+        raise ValueError(f"upcast: steps must be in [0, {depth}], got {steps}")
+    concat = steps if concat is None else concat
+    node, feat = point, point.feat
+    for i in range(steps):
+        parent = node.parent
+        up = feat[node.pooling_inverse]
+        feat = torch.cat([parent.feat, up.to(parent.feat.dtype)], 1) if i < concat else up
+        node = parent
+    return dataclasses.replace(node, feat=feat)
 
 
 def _voxel_keys(idx: torch.Tensor, shape: torch.Tensor) -> torch.Tensor:
@@ -221,28 +199,35 @@ def _parent_index(fine: torch.Tensor, coarse: torch.Tensor, coarse_shape: list[i
     return order[pos]
 
 
-class SparseUNet(nn.Module):
+class SparseUNet(PointEncoder):
     """MinkUNet-style sparse residual encoder (+ optional decoder); see the module docstring."""
 
-    def __init__(self, in_channels: int = 9, channels: tuple[int, ...] = (32, 64, 128, 256, 256),
-                 depths: tuple[int, ...] = (1, 2, 2, 2, 2), kernel_size: int = 3, norm: str = "ln",
-                 drop_path: float = 0.0, mask_token: bool = False, decoder_channels: tuple[int, ...] = (),
-                 decoder_depths: tuple[int, ...] = ()):
+    arch = ARCH
+
+    def __init__(self, in_channels: int = 9, channels: tuple[int, ...] | list[int] = (32, 64, 128, 256, 256),
+                 depths: tuple[int, ...] | list[int] = (1, 2, 2, 2, 2), kernel_size: int = 3,
+                 norm: str = "ln", drop_path: float = 0.0, mask_token: bool = False,
+                 decoder_channels: tuple[int, ...] | list[int] = (),
+                 decoder_depths: tuple[int, ...] | list[int] = ()):
         super().__init__()
-        channels, depths = tuple(channels), tuple(depths)
-        decoder_channels, decoder_depths = tuple(decoder_channels), tuple(decoder_depths)
+        channels, depths = [int(c) for c in channels], [int(d) for d in depths]
+        decoder_channels = [int(c) for c in decoder_channels]
+        decoder_depths = [int(d) for d in decoder_depths]
         if len(channels) != len(depths) or len(channels) < 1:
             raise ValueError(f"channels {channels} and depths {depths} must have the same non-zero length")
         if len(decoder_channels) != len(decoder_depths) or len(decoder_channels) > len(channels) - 1:
             raise ValueError("decoder_channels/decoder_depths: same length, at most one per downsample")
-        self.config = SparseUNetConfig(in_channels, channels, depths, kernel_size, norm, drop_path,
-                                       mask_token, decoder_channels, decoder_depths)
-        self.in_channels = in_channels
-        self.channels = channels
+        _make_norm(norm, 1)  # validates the name
+        self.config = {
+            "in_channels": int(in_channels), "channels": channels, "depths": depths,
+            "kernel_size": int(kernel_size), "norm": norm, "drop_path": float(drop_path),
+            "mask_token": bool(mask_token), "decoder_channels": decoder_channels,
+            "decoder_depths": decoder_depths,
+        }
+        self.in_channels = int(in_channels)
+        self.channels = tuple(channels)
         self.stem = nn.Sequential(nn.Linear(in_channels, channels[0]), nn.LayerNorm(channels[0]), nn.GELU())
         self.mask_token = nn.Parameter(torch.zeros(1, channels[0])) if mask_token else None
-        if self.mask_token is not None:
-            nn.init.trunc_normal_(self.mask_token, std=0.02)
         total = sum(depths)
         dpr = [drop_path * i / max(total - 1, 1) for i in range(total)]
         self.downs = nn.ModuleList()
@@ -251,11 +236,10 @@ class SparseUNet(nn.Module):
         for lvl, (c, d) in enumerate(zip(channels, depths)):
             if lvl > 0:
                 self.downs.append(DownBlock(channels[lvl - 1], c, f"down{lvl}", norm))
-            blocks = nn.ModuleList(
-                [ResBlock(c, c, kernel_size, f"subm{lvl}", norm, dpr[bi + i]) for i in range(d)]
-            )
+            self.levels.append(nn.ModuleList(
+                [ResBlock(c, c, kernel_size, f"subm{lvl}", norm, dpr[bi + i], bi + i) for i in range(d)]
+            ))
             bi += d
-            self.levels.append(blocks)
         self.ups = nn.ModuleList()
         c_prev = channels[-1]
         for j, (c, d) in enumerate(zip(decoder_channels, decoder_depths)):
@@ -263,8 +247,9 @@ class SparseUNet(nn.Module):
             self.ups.append(UpBlock(c_prev, channels[lvl - 1], c, f"down{lvl}", d, kernel_size, norm,
                                     f"subm{lvl - 1}"))
             c_prev = c
-        self.out_channels = sum(channels)
         self.apply(self._init)
+        if self.mask_token is not None:
+            nn.init.trunc_normal_(self.mask_token, std=0.02)
 
     @staticmethod
     def _init(m: nn.Module) -> None:
@@ -273,7 +258,7 @@ class SparseUNet(nn.Module):
             if m.bias is not None:
                 nn.init.zeros_(m.bias)
         elif isinstance(m, spconv.conv.SparseConvolution):
-            # kaiming-style fan-in init for the kernel (layout [C_out, k, k, k, C_in])
+            # He fan-in init of the kernel (layout [C_out, k, k, k, C_in])
             fan_in = m.weight.shape[-1] * math.prod(m.weight.shape[1:-1])
             nn.init.normal_(m.weight, std=math.sqrt(2.0 / fan_in))
 
@@ -281,95 +266,97 @@ class SparseUNet(nn.Module):
     def num_levels(self) -> int:
         return len(self.channels)
 
-    def upcast_channels(self, n_levels: int | None = None) -> int:
-        """Width of :func:`upcast` with ``n_levels`` levels (all concatenated)."""
-        return sum(self.channels[: n_levels or len(self.channels)])
-
-    def _sparse_input(self, batch: dict) -> tuple[spconv.SparseConvTensor, torch.Tensor, int]:
-        feat = batch["feat"]
-        grid = batch["grid_coord"]
-        if "batch" in batch and batch["batch"] is not None:
-            bidx = batch["batch"].long()
-        elif "offset" in batch:
-            bidx = offset_to_batch(batch["offset"].to(grid.device))
-        else:
-            raise InputError(None, "batch has neither 'offset' nor 'batch'")
-        if feat.shape[0] != grid.shape[0] or feat.shape[1] != self.in_channels:
-            raise InputError(None, f"feat {tuple(feat.shape)} does not match grid_coord {tuple(grid.shape)} "
-                                   f"/ in_channels {self.in_channels}")
-        if grid.shape[0] == 0:
-            raise InputError(None, "empty point batch")
-        if (grid < 0).any():
-            raise InputError(None, "grid_coord must be non-negative")
-        x = self.stem(feat)
-        mask = batch.get("mask")
-        if mask is not None and self.mask_token is not None:
-            m = mask.to(x.dtype).unsqueeze(1)
-            x = x * (1 - m) + self.mask_token.to(x.dtype) * m
-        n_down = len(self.channels) - 1
-        # spatial shape: a multiple of 2**n_down so every strided level keeps exact c // 2 parents
-        mult = 2 ** n_down
-        extent = (grid.max(0).values.long() + 1)
-        shape = (((extent + mult - 1) // mult) * mult).clamp_min(mult).tolist()
-        indices = torch.cat([bidx.int().unsqueeze(1), grid.int()], 1).contiguous()
-        n_samples = int(bidx.max().item()) + 1
-        st = spconv.SparseConvTensor(x, indices, shape, n_samples)
-        return st, bidx, n_samples
+    def feature_dim(self, levels: int | None = None) -> int:
+        """Width of :meth:`encode` with ``levels`` concatenating up-cast steps (default all): the last
+        ``levels + 1`` level widths (as for PTv3)."""
+        steps = self.num_levels - 1 if levels is None else levels
+        if not 0 <= steps <= self.num_levels - 1:
+            raise ValueError(f"levels must be in [0, {self.num_levels - 1}], got {levels}")
+        return sum(self.channels[self.num_levels - 1 - steps:])
 
     def _sync_algo(self, device: torch.device) -> None:
-        algo = _algo_for(device)
         if getattr(self, "_algo_device", None) == device.type:
             return
+        algo = _algo_for(device)
         for m in self.modules():
             if isinstance(m, spconv.conv.SparseConvolution):
                 m.algo = algo  # weights are KRSC for every algorithm in spconv 2.3
         self._algo_device = device.type
 
-    def forward(self, batch: dict) -> EncoderLevels:
-        """Encode a batch; returns :class:`EncoderLevels` (use :func:`upcast` for per-point features)."""
-        self._sync_algo(batch["feat"].device)
-        x, bidx, _ = self._sparse_input(batch)
-        feats: list[torch.Tensor] = []
-        invs: list[torch.Tensor | None] = []
-        bats: list[torch.Tensor] = []
-        tensors: list[spconv.SparseConvTensor] = []
+    def _as_batch(self, point: PointBatch | Mapping) -> PointBatch:
+        if not isinstance(point, PointBatch):
+            point = PointBatch.from_dict(point)
+        if point.feat.shape[1] != self.in_channels:
+            raise InputError(None, f"feat has {point.feat.shape[1]} channels, the encoder expects "
+                                   f"{self.in_channels} ({'+'.join(self.feat_keys)})")
+        return point
+
+    def forward(self, point: PointBatch | Mapping) -> PointBatch:
+        """Encode; returns the deepest level (``parent`` links down to a copy of the input level).
+
+        ``point.mask`` (bool rows) is replaced by the mask token when the model has one;
+        ``point.cache["drop_path_seed"]`` (B,) int64, when present, makes stochastic depth a function
+        of the sample (the same sample gets the same drops whatever batch it is in).
+        """
+        point = self._as_batch(point)
+        self._sync_algo(point.feat.device)
+        x = self.stem(point.feat)
+        if point.mask is not None and self.mask_token is not None:
+            m = point.mask.to(x.dtype).unsqueeze(1)
+            x = x * (1 - m) + self.mask_token.to(x.dtype) * m
+        n_down = self.num_levels - 1
+        mult = 2 ** n_down  # padded so every strided level keeps exact c // 2 parents
+        extent = point.grid_coord.max(0).values.long() + 1
+        shape = (((extent + mult - 1) // mult) * mult).clamp_min(mult).tolist()
+        indices = torch.cat([point.batch.int().unsqueeze(1), point.grid_coord.int()], 1).contiguous()
+        st = spconv.SparseConvTensor(x, indices, shape, point.num_samples)
+        seeds = point.cache.get("drop_path_seed")
+        if seeds is not None:
+            st.drop_path_seed = seeds  # read by the residual blocks
+        node = dataclasses.replace(point, feat=x, cache={}, parent=None, pooling_inverse=None)
+        tensors = []
         for lvl, blocks in enumerate(self.levels):
             if lvl > 0:
-                prev = x
-                x = self.downs[lvl - 1](x)
-                invs.append(_parent_index(prev.indices, x.indices, x.spatial_shape))
-            else:
-                invs.append(None)
+                prev = st
+                st = self.downs[lvl - 1](st)
+                st.drop_path_seed = seeds
+                inv = _parent_index(prev.indices, st.indices, st.spatial_shape)
+                m = st.indices.shape[0]
+                coord = segment_reduce(node.coord, inv, m, "mean")
+                bidx = st.indices[:, 0].long()
+                node = PointBatch(coord=coord, grid_coord=st.indices[:, 1:].long(), feat=st.features,
+                                  offset=torch.cumsum(torch.bincount(bidx, minlength=point.num_samples), 0),
+                                  batch=bidx, grid_size=None if point.grid_size is None
+                                  else point.grid_size * 2 ** lvl, parent=node, pooling_inverse=inv)
             for b in blocks:
-                x = b(x)
-            tensors.append(x)
-            feats.append(x.features)
-            bats.append(x.indices[:, 0].long())
-        decoded = None
+                st = b(st)
+            node.feat = st.features
+            node.sparse = st
+            tensors.append(st)
         if len(self.ups):
             h = tensors[-1]
             for j, up in enumerate(self.ups):
                 h = up(h, tensors[len(tensors) - 2 - j])
-            decoded = h.features
-        return EncoderLevels(feats, invs, bats, decoded)
+            node.cache["decoded"] = h.features  # rows of the input level
+        return node
 
-    def encode(self, batch: dict, n_levels: int | None = None) -> torch.Tensor:
-        """Per input (grid-sampled) point features: forward + :func:`upcast`."""
-        return upcast(self.forward(batch), n_levels)
+    def encode(self, point: PointBatch | Mapping, levels: int | None = None) -> torch.Tensor:
+        """One feature row per input row: forward + :func:`upcast` with ``levels`` concatenating steps
+        (default all; the remaining steps copy the features down)."""
+        out = self.forward(point)
+        steps = self.num_levels - 1
+        concat = steps if levels is None else levels
+        if not 0 <= concat <= steps:
+            raise ValueError(f"levels must be in [0, {steps}], got {levels}")
+        return upcast(out, steps, concat).feat
 
 
 def create_sparseunet(**cfg) -> SparseUNet:
-    """Factory for ``pointprobe.models.ENCODERS["sparseunet"]`` (keyword arguments of SparseUNetConfig)."""
-    known = {f.name for f in dataclasses.fields(SparseUNetConfig)}
-    bad = sorted(set(cfg) - known)
+    """Factory for ``pointprobe.models.ENCODERS["sparseunet"]`` (keyword arguments of ``DEFAULT_CONFIG``)."""
+    bad = sorted(set(cfg) - set(DEFAULT_CONFIG))
     if bad:
-        raise ValueError(f"unknown SparseUNet argument(s) {bad}; known: {sorted(known)}")
+        raise ValueError(f"unknown SparseUNet argument(s) {bad}; known: {sorted(DEFAULT_CONFIG)}")
     return SparseUNet(**cfg)
-
-
-def _config_dict(model: SparseUNet) -> dict:
-    d = dataclasses.asdict(model.config)
-    return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
 
 
 def save_sparseunet(model: SparseUNet, path: str | Path) -> Path:
@@ -378,7 +365,7 @@ def save_sparseunet(model: SparseUNet, path: str | Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     sd = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
     tmp = path.with_name(path.name + ".tmp")
-    torch.save({"config": _config_dict(model), "state_dict": sd, "arch": ARCH}, tmp)
+    torch.save({"config": dict(model.config), "state_dict": sd, "arch": ARCH}, tmp)
     tmp.replace(path)
     return path
 
@@ -404,13 +391,13 @@ def load_sparseunet(path_or_ckpt: str | Path | dict, strict: bool = True) -> Spa
     except (TypeError, ValueError) as e:
         raise CheckpointError(f"{name}: bad SparseUNet config ({e})") from None
     sd = ckpt["state_dict"]
-    if not strict and model.mask_token is not None and "mask_token" not in sd:
-        sd = dict(sd, mask_token=model.mask_token.detach())
-    missing, unexpected = model.load_state_dict(sd, strict=False)
-    if strict and (missing or unexpected):
-        raise CheckpointError(
-            f"{name}: state_dict mismatch (missing {missing[:5]}, unexpected {unexpected[:5]})")
     for k, v in sd.items():
         if v.is_floating_point() and not torch.isfinite(v).all():
             raise CheckpointError(f"{name}: tensor {k} has NaN/inf")
+    missing, unexpected = model.load_state_dict(sd, strict=False)
+    if not strict:
+        missing = [k for k in missing if k != "mask_token"]
+    if missing or unexpected:
+        raise CheckpointError(
+            f"{name}: state_dict mismatch (missing {missing[:5]}, unexpected {unexpected[:5]})")
     return model
