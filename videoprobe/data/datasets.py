@@ -1,0 +1,545 @@
+"""Video dataset layouts -> a common list of ``VideoItem`` plus the class names, and torch datasets.
+
+Readers (each returns ``(items, class_names)``; ``label`` indexes ``class_names``; -1 = unlabelled):
+
+* ``read_class_folders(root)``: one sub-folder per class (UCF101 / HMDB51 / Kinetics folder layouts).
+* ``read_path_label_list(list_file, video_root, class_names)``: "path label" lines (label = class
+  name or integer), or "path" lines whose class is the parent folder's name (UCF101 testlist).
+* ``read_ucf101(root, split, split_id)``: ``classInd.txt`` + ``trainlist0K.txt`` (1-based labels) /
+  ``testlist0K.txt`` (path only).  The ``videoprobe synth`` output uses this layout.
+* ``read_hmdb51(splits_dir, video_root, split, split_id)``: ``<class>_test_split<K>.txt`` files with
+  ``<video> <0|1|2>`` lines (1 = train, 2 = test, 0 = unused).
+* ``read_kinetics_csv(csv_file, video_root, class_names)``: ``label,youtube_id,time_start,time_end,split``
+  -> ``<youtube_id>_<start:06d>_<end:06d>.mp4`` under ``<split>/<label>/``, ``<label>/``, ``<split>/``
+  or flat (labels with spaces also tried with underscores).
+* ``read_ssv2(labels_json, annotation_json, video_root)``: Something-Something v2 (``labels.json``
+  name -> id; entries {id, template, label, placeholders}; class = template without brackets;
+  videos ``<id>.webm``).
+* ``build_video_dataset(kind, root, split, ...)`` picks the reader and the usual file names.
+
+A label that is not in the class list raises ``InputError(list_file, "line N: ...")``.
+
+Torch datasets:
+
+* ``ClipDataset(items, spec)`` (map-style, for feature extraction): item i -> dict with ``video``
+  (V, C, T, H, W) float in [0, 1] (see ``ClipSpec``), ``label``, ``video_id``, ``path``, ``index``,
+  ``frame_indices`` (num_clips, clip_len), ``backend`` and ``error``.  A file that cannot be decoded
+  does NOT raise (unless ``strict=True``): the dict has ``video=None`` and ``error`` = the one-line
+  ``InputError`` message, so an extractor can record the failure and go on.  Use
+  ``collate_items`` as the DataLoader ``collate_fn`` (it returns the list of dicts unchanged).
+* ``make_labeled_video_dataset(items, ...)``: pytorchvideo ``LabeledVideoDataset`` (iterable, decord,
+  video only) yielding random training clips.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import os
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from common.errors import InputError
+from videoprobe.data.transforms import ClipSpec, spatial_views
+
+log = logging.getLogger(__name__)
+
+VIDEO_EXTS = (".mp4", ".avi", ".webm", ".mkv", ".mov", ".m4v", ".mpg", ".mpeg", ".ogv", ".flv", ".wmv")
+KINDS = ("folder", "list", "ucf101", "synth", "hmdb51", "kinetics", "ssv2")
+MISSING = ("keep", "skip", "error")
+
+
+@dataclass(frozen=True)
+class VideoItem:
+    """One video: ``video_id`` (unique within a dataset, file-name safe), absolute ``path``,
+    ``label`` (index into the dataset's class names, -1 when unlabelled) and ``split``."""
+
+    video_id: str
+    path: str
+    label: int
+    split: str
+
+
+# --------------------------------------------------------------------------------------------------
+# helpers
+
+
+def _first_existing(*paths: Path) -> Path | None:
+    return next((p for p in paths if p.exists()), None)
+
+
+def _need_file(path: Path, what: str) -> Path:
+    if not path.is_file():
+        raise InputError(path, f"{what} not found")
+    return path
+
+
+def _lines(path: Path) -> list[tuple[int, str]]:
+    """Non-empty, non-comment lines with their 1-based line numbers."""
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except (OSError, UnicodeDecodeError) as e:
+        raise InputError(path, f"cannot read: {e}") from e
+    rows = enumerate(text.splitlines(), 1)
+    return [(n, s.strip()) for n, s in rows if s.strip() and not s.lstrip().startswith("#")]
+
+
+def _unique_ids(items: list[VideoItem], source: Path) -> list[VideoItem]:
+    """Keep ids unique: duplicated stems get their class folder prefixed; still-duplicate -> error."""
+    seen: dict[str, int] = {}
+    for it in items:
+        seen[it.video_id] = seen.get(it.video_id, 0) + 1
+    if all(c == 1 for c in seen.values()):
+        return items
+    out = []
+    for it in items:
+        if seen[it.video_id] > 1:
+            it = VideoItem(f"{Path(it.path).parent.name}__{it.video_id}", it.path, it.label, it.split)
+        out.append(it)
+    ids = [it.video_id for it in out]
+    if len(set(ids)) != len(ids):
+        dup = next(i for i in ids if ids.count(i) > 1)
+        raise InputError(source, f"video id {dup!r} appears more than once")
+    return out
+
+
+def _apply_missing(items: list[VideoItem], missing: str, source: Path) -> list[VideoItem]:
+    if missing not in MISSING:
+        raise ValueError(f"missing must be one of {MISSING}, got {missing!r}")
+    if missing == "keep":
+        return items
+    absent = [it for it in items if not os.path.exists(it.path)]
+    if not absent:
+        return items
+    if missing == "error":
+        raise InputError(absent[0].path,
+                         f"video file not found (listed in {source}; {len(absent)} missing in all)")
+    log.warning("%s: %d of %d listed videos are missing and skipped (first: %s)",
+                source, len(absent), len(items), absent[0].path)
+    gone = {id(it) for it in absent}
+    return [it for it in items if id(it) not in gone]
+
+
+def read_class_index(path: str | os.PathLike) -> list[str]:
+    """Class names from ``classInd.txt``-style lines ``"<1-based index> <name>"`` (or one name per line),
+    ordered by index."""
+    path = _need_file(Path(path), "class index file")
+    entries: list[tuple[int, str]] = []
+    for _, line in _lines(path):
+        parts = line.split(maxsplit=1)
+        if len(parts) == 2 and parts[0].isdigit():
+            entries.append((int(parts[0]), parts[1].strip()))
+        else:
+            entries.append((len(entries) + 1, line))
+    entries.sort()
+    idx = [i for i, _ in entries]
+    if idx != list(range(idx[0] if idx else 1, (idx[0] if idx else 1) + len(idx))):
+        raise InputError(path, "class indices must be consecutive")
+    names = [name for _, name in entries]
+    if len(set(names)) != len(names):
+        raise InputError(path, "duplicate class name")
+    return names
+
+
+# --------------------------------------------------------------------------------------------------
+# readers
+
+
+def read_class_folders(root: str | os.PathLike, split: str = "all", exts: Sequence[str] = VIDEO_EXTS,
+                       class_names: Sequence[str] | None = None) -> tuple[list[VideoItem], list[str]]:
+    """Videos in ``root/<class>/`` (sub-folders searched recursively); classes sorted by name unless
+    ``class_names`` is given (then a folder not in it is an error)."""
+    root = Path(root)
+    if not root.is_dir():
+        raise InputError(root, "dataset folder not found")
+    folders = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if not folders:
+        raise InputError(root, "no class sub-folders")
+    names = list(class_names) if class_names is not None else [p.name for p in folders]
+    index = {n: i for i, n in enumerate(names)}
+    suffixes = {e.lower() for e in exts}
+    items = []
+    for folder in folders:
+        videos = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in suffixes)
+        if folder.name not in index:
+            if videos:
+                raise InputError(folder, "class folder not in the class list")
+            continue
+        items += [VideoItem(p.stem, str(p.resolve()), index[folder.name], split) for p in videos]
+    if not items:
+        raise InputError(root, f"no video files ({', '.join(sorted(suffixes))}) in the class folders")
+    return _unique_ids(items, root), names
+
+
+def _label_of(token: str, names: Sequence[str], index: dict[str, int], base: int,
+              list_file: Path, n: int, source_name: str) -> int:
+    if token in index:
+        return index[token]
+    if re.fullmatch(r"-?\d+", token):
+        k = int(token) - base
+        if 0 <= k < len(names):
+            return k
+    raise InputError(list_file, f"line {n}: unknown label {token!r} (not in {source_name})")
+
+
+def read_path_label_list(list_file: str | os.PathLike, video_root: str | os.PathLike,
+                         class_names: Sequence[str], split: str = "all", label_base: int = 0,
+                         class_source: str = "the class list") -> list[VideoItem]:
+    """Items from "path [label]" lines: ``label`` is a class name or an integer (``label_base`` for
+    the first class, 1 for UCF101); lines with a path only take the class from the parent folder name.
+    Paths are relative to ``video_root`` (absolute paths kept)."""
+    list_file = _need_file(Path(list_file), "list file")
+    root = Path(video_root)
+    names = list(class_names)
+    index = {n: i for i, n in enumerate(names)}
+    items = []
+    for n, line in _lines(list_file):
+        parts = line.rsplit(maxsplit=1)
+        rel, token = (parts[0], parts[1]) if len(parts) == 2 else (parts[0], None)
+        if token is not None and Path(token).suffix.lower() in VIDEO_EXTS:  # a path with a space, no label
+            rel, token = line, None
+        if token is None:
+            folder = Path(rel).parent.name
+            if not folder:
+                raise InputError(list_file, f"line {n}: no label and no class folder in {rel!r}")
+            label = _label_of(folder, names, index, label_base, list_file, n, class_source)
+        else:
+            label = _label_of(token, names, index, label_base, list_file, n, class_source)
+        path = Path(rel) if Path(rel).is_absolute() else root / rel
+        items.append(VideoItem(Path(rel).stem, str(path.resolve()), label, split))
+    if not items:
+        raise InputError(list_file, "no entries")
+    return _unique_ids(items, list_file)
+
+
+def read_ucf101(splits_dir: str | os.PathLike, video_root: str | os.PathLike, split: str = "train",
+                split_id: int = 1) -> tuple[list[VideoItem], list[str]]:
+    """UCF101 split files: ``classInd.txt``, ``trainlist0K.txt`` ("path label", 1-based) and
+    ``testlist0K.txt`` ("path", class from the folder)."""
+    splits_dir = Path(splits_dir)
+    names = read_class_index(splits_dir / "classInd.txt")
+    kind = "train" if split == "train" else "test"
+    list_file = splits_dir / f"{kind}list{split_id:02d}.txt"
+    items = read_path_label_list(list_file, video_root, names, split, label_base=1,
+                                 class_source="classInd.txt")
+    return items, names
+
+
+def read_hmdb51(splits_dir: str | os.PathLike, video_root: str | os.PathLike, split: str = "train",
+                split_id: int = 1) -> tuple[list[VideoItem], list[str]]:
+    """HMDB51 split files ``<class>_test_split<K>.txt`` (``<video> <0|1|2>``: 1 train, 2 test, 0 unused);
+    videos in ``video_root/<class>/<video>``; classes sorted by name."""
+    splits_dir = Path(splits_dir)
+    if not splits_dir.is_dir():
+        raise InputError(splits_dir, "HMDB51 split folder not found")
+    files = sorted(splits_dir.glob(f"*_test_split{split_id}.txt"))
+    if not files:
+        raise InputError(splits_dir, f"no *_test_split{split_id}.txt files")
+    names = [f.name[: -len(f"_test_split{split_id}.txt")] for f in files]
+    want = 1 if split == "train" else 2
+    root = Path(video_root)
+    items = []
+    for label, (name, f) in enumerate(zip(names, files)):
+        for n, line in _lines(f):
+            parts = line.split()
+            if len(parts) != 2 or parts[1] not in ("0", "1", "2"):
+                raise InputError(f, f"line {n}: expected '<video> <0|1|2>', got {line!r}")
+            if int(parts[1]) == want:
+                p = root / name / parts[0]
+                items.append(VideoItem(Path(parts[0]).stem, str(p.resolve()), label, split))
+    if not items:
+        raise InputError(splits_dir, f"split {split!r} (id {split_id}) lists no videos")
+    return _unique_ids(items, splits_dir), names
+
+
+def _kinetics_path(root: Path, split: str | None, label: str, fname: str) -> Path:
+    labels = [label] + ([label.replace(" ", "_")] if " " in label else [])
+    cands: list[Path] = []
+    if split:
+        cands += [root / split / lab / fname for lab in labels]
+    cands += [root / lab / fname for lab in labels]
+    if split:
+        cands.append(root / split / fname)
+    cands.append(root / fname)
+    return _first_existing(*cands) or cands[0]
+
+
+def read_kinetics_csv(csv_file: str | os.PathLike, video_root: str | os.PathLike,
+                      class_names: Sequence[str] | None = None, split: str | None = None,
+                      ext: str = ".mp4") -> tuple[list[VideoItem], list[str]]:
+    """Kinetics annotations ``label,youtube_id,time_start,time_end,split`` (header required; extra
+    columns ignored).  Classes: ``class_names`` if given, else the sorted labels of this file.  The
+    file of a row is ``<youtube_id>_<start:06d>_<end:06d><ext>``, looked for in
+    ``<root>/<split>/<label>/``, ``<root>/<label>/``, ``<root>/<split>/`` and ``<root>/`` (a label's
+    spaces also tried as underscores); a row whose file is nowhere points at the first of these."""
+    csv_file = _need_file(Path(csv_file), "Kinetics CSV")
+    root = Path(video_root)
+    with open(csv_file, newline="", encoding="utf-8-sig") as fh:
+        reader = csv.DictReader(fh)
+        need = {"label", "youtube_id", "time_start", "time_end"}
+        if not reader.fieldnames or not need <= set(reader.fieldnames):
+            raise InputError(csv_file, f"header must contain {', '.join(sorted(need))}")
+        rows = list(reader)
+    if class_names is None:
+        class_names = sorted({r["label"].strip() for r in rows if r.get("label")})
+    names = list(class_names)
+    index = {n: i for i, n in enumerate(names)}
+    items = []
+    for n, r in enumerate(rows, 2):
+        label_name = (r.get("label") or "").strip()
+        try:
+            start, end = int(float(r["time_start"])), int(float(r["time_end"]))
+        except (TypeError, ValueError):
+            raise InputError(csv_file, f"line {n}: bad time_start/time_end") from None
+        if label_name and label_name not in index:
+            raise InputError(csv_file, f"line {n}: unknown label {label_name!r} (not in the class list)")
+        row_split = (r.get("split") or split or "").strip() or None
+        vid = f"{r['youtube_id'].strip()}_{start:06d}_{end:06d}"
+        path = _kinetics_path(root, row_split, label_name, vid + ext)
+        items.append(VideoItem(vid, str(path.resolve()), index[label_name] if label_name else -1,
+                               split or row_split or "all"))
+    if not items:
+        raise InputError(csv_file, "no rows")
+    return _unique_ids(items, csv_file), names
+
+
+def ssv2_class_names(labels_json: str | os.PathLike) -> list[str]:
+    """Something-Something v2 ``labels.json`` ({template without brackets: "id"}) -> names by id."""
+    labels_json = _need_file(Path(labels_json), "SSv2 labels.json")
+    try:
+        mapping = json.loads(labels_json.read_text())
+        by_id = sorted((int(v), k) for k, v in mapping.items())
+    except (ValueError, AttributeError) as e:
+        raise InputError(labels_json, f"not a JSON object of name -> id: {e}") from e
+    if [i for i, _ in by_id] != list(range(len(by_id))):
+        raise InputError(labels_json, "class ids must be 0..N-1")
+    return [k for _, k in by_id]
+
+
+def read_ssv2(labels_json: str | os.PathLike, annotation_json: str | os.PathLike,
+              video_root: str | os.PathLike, split: str = "train",
+              ext: str = ".webm") -> tuple[list[VideoItem], list[str]]:
+    """Something-Something v2: entries {id, template, label, placeholders}; class = template with
+    "[" and "]" removed, looked up in ``labels.json``; entries without a template (test set) get -1."""
+    names = ssv2_class_names(labels_json)
+    index = {n: i for i, n in enumerate(names)}
+    annotation_json = _need_file(Path(annotation_json), "SSv2 annotation file")
+    try:
+        entries = json.loads(annotation_json.read_text())
+    except ValueError as e:
+        raise InputError(annotation_json, f"invalid JSON: {e}") from e
+    if not isinstance(entries, list):
+        raise InputError(annotation_json, "expected a JSON list of entries")
+    root = Path(video_root)
+    items = []
+    for n, e in enumerate(entries, 1):
+        if not isinstance(e, dict) or "id" not in e:
+            raise InputError(annotation_json, f"entry {n}: no 'id'")
+        template = e.get("template")
+        if template is None:
+            label = -1
+        else:
+            name = template.replace("[", "").replace("]", "")
+            if name not in index:
+                raise InputError(annotation_json, f"entry {n} (id {e['id']}): unknown label {name!r} "
+                                                  f"(not in {Path(labels_json).name})")
+            label = index[name]
+        vid = str(e["id"])
+        items.append(VideoItem(vid, str((root / f"{vid}{ext}").resolve()), label, split))
+    if not items:
+        raise InputError(annotation_json, "no entries")
+    return _unique_ids(items, annotation_json), names
+
+
+# --------------------------------------------------------------------------------------------------
+# one entry point
+
+
+def _split_name(split: str) -> str:
+    s = split.lower()
+    return {"validation": "val", "valid": "val", "validate": "val", "eval": "val"}.get(s, s)
+
+
+PathArg = str | os.PathLike
+
+
+def build_video_dataset(kind: str, root: PathArg, split: str = "train", *, split_id: int = 1,
+                        video_root: PathArg | None = None, list_file: PathArg | None = None,
+                        class_index: PathArg | None = None, annotations: PathArg | None = None,
+                        missing: str = "keep") -> tuple[list[VideoItem], list[str]]:
+    """Read a dataset split -> ``(items, class_names)``.
+
+    ``kind`` and where files are looked for under ``root`` (``video_root`` / ``annotations`` override):
+
+    * "folder": ``root/<split>/<class>/*`` if ``root/<split>`` exists, else ``root/<class>/*``.
+    * "list": ``list_file`` ("path label" lines), paths relative to ``video_root`` (default: the list
+      file's folder); classes from ``class_index`` (classInd format) or else the labels seen (names
+      sorted, or integers 0..max).
+    * "ucf101" / "synth": splits in ``root/splits`` or ``root/ucfTrainTestlist``; videos in
+      ``root/videos``, ``root/UCF-101`` or ``root``; "train" -> trainlist, "test"/"val" -> testlist.
+    * "hmdb51": splits in ``root/splits`` or ``root/testTrainMulti_7030_splits``; videos in
+      ``root/videos``, ``root/hmdb51_org`` or ``root``; "train" -> 1, "test"/"val" -> 2.
+    * "kinetics": ``annotations`` or ``root/annotations/<split>.csv`` or ``root/<split>.csv`` (val also
+      as validate.csv); classes from ``class_index`` or the train CSV next to it or this CSV; videos
+      in ``root/videos`` or ``root``.
+    * "ssv2": ``labels.json`` and ``train.json`` / ``validation.json`` / ``test.json`` in
+      ``root/labels``, ``root/annotations`` or ``root``; videos in ``root/20bn-something-something-v2``,
+      ``root/videos`` or ``root``.
+
+    ``missing``: what to do with listed files that do not exist: "keep" (decoding reports them per
+    item), "skip" (drop with one warning) or "error".
+    """
+    if kind not in KINDS:
+        raise ValueError(f"unknown dataset kind {kind!r}; choose one of {', '.join(KINDS)}")
+    root = Path(root)
+    sp = _split_name(split)
+    vroot = Path(video_root) if video_root is not None else None
+    source = root
+    if kind == "folder":
+        base = root / split if (root / split).is_dir() else root
+        names = read_class_index(class_index) if class_index else None
+        items, names = read_class_folders(base, sp, class_names=names)
+        source = base
+    elif kind == "list":
+        if list_file is None:
+            raise InputError(root, "dataset kind 'list' needs list_file")
+        source = _need_file(Path(list_file), "list file")
+        names = read_class_index(class_index) if class_index else _names_from_list(source)
+        items = read_path_label_list(source, vroot or source.parent, names, sp,
+                                     class_source=Path(class_index).name if class_index else "the class list")
+    elif kind in ("ucf101", "synth"):
+        sdir = _first_existing(root / "splits", root / "ucfTrainTestlist") or root / "splits"
+        vr = vroot or _first_existing(root / "videos", root / "UCF-101") or root
+        items, names = read_ucf101(sdir, vr, sp, split_id)
+        source = sdir
+    elif kind == "hmdb51":
+        sdir = _first_existing(root / "splits", root / "testTrainMulti_7030_splits") or root / "splits"
+        vr = vroot or _first_existing(root / "videos", root / "hmdb51_org") or root
+        items, names = read_hmdb51(sdir, vr, sp, split_id)
+        source = sdir
+    elif kind == "kinetics":
+        adir = _first_existing(root / "annotations") or root
+        stems = {"val": ["val", "validate", "validation"]}.get(sp, [sp])
+        csv_file = Path(annotations) if annotations else (
+            _first_existing(*[adir / f"{s}.csv" for s in stems]) or adir / f"{stems[0]}.csv")
+        if class_index:
+            names = read_class_index(class_index)
+        elif sp != "train" and (adir / "train.csv").is_file():
+            names = read_kinetics_csv(adir / "train.csv", root, split="train")[1]
+        else:
+            names = None
+        vr = vroot or _first_existing(root / "videos") or root
+        items, names = read_kinetics_csv(csv_file, vr, names, sp)
+        source = csv_file
+    else:  # ssv2
+        ldir = _first_existing(root / "labels", root / "annotations") or root
+        fname = {"train": "train.json", "val": "validation.json", "test": "test.json"}.get(sp, f"{sp}.json")
+        ann = Path(annotations) if annotations else ldir / fname
+        vr = vroot or _first_existing(root / "20bn-something-something-v2", root / "videos") or root
+        items, names = read_ssv2(ldir / "labels.json", ann, vr, sp)
+        source = ann
+    return _apply_missing(items, missing, source), names
+
+
+def _names_from_list(list_file: Path) -> list[str]:
+    """Classes implied by a "path label" list without a class file: sorted names, or 0..max ints."""
+    labels = []
+    for n, line in _lines(list_file):
+        parts = line.rsplit(maxsplit=1)
+        if len(parts) != 2 or Path(parts[1]).suffix.lower() in VIDEO_EXTS:
+            raise InputError(list_file, f"line {n}: expected 'path label' (or give a class index file)")
+        labels.append(parts[1])
+    if all(re.fullmatch(r"\d+", t) for t in labels):
+        return [str(i) for i in range(max(int(t) for t in labels) + 1)]
+    return sorted(set(labels))
+
+
+# --------------------------------------------------------------------------------------------------
+# torch datasets
+
+
+class ClipDataset(torch.utils.data.Dataset):
+    """Map-style dataset over videos, each giving all its views (for feature extraction).
+
+    ``dataset[i]`` -> dict(video=(V, C, T, H, W) float32 in [0, 1] or None, label=int, video_id=str,
+    path=str, index=i, frame_indices=(num_clips, clip_len) int64 array or None, backend=str or None,
+    error=one-line message or None).  Decode failures are returned in ``error`` (``strict=True``
+    raises the ``InputError`` instead).  Random temporal / spatial sampling is seeded by
+    ``(seed, i)``, so a given index always gives the same views.
+    """
+
+    def __init__(self, items: Sequence[VideoItem], spec: ClipSpec, seed: int = 0, strict: bool = False,
+                 num_threads: int = 1):
+        self.items = list(items)
+        self.spec = spec
+        self.seed = seed
+        self.strict = strict
+        self.num_threads = num_threads
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        from videoprobe.data.decode import open_video, sample_clips
+
+        it = self.items[i]
+        out: dict[str, Any] = {"video": None, "label": it.label, "video_id": it.video_id, "path": it.path,
+                               "index": i, "frame_indices": None, "backend": None, "error": None}
+        try:
+            with open_video(it.path, self.spec.backend, self.num_threads) as reader:
+                video, idx = sample_clips(reader, self.spec, np.random.default_rng([self.seed, i]))
+                out.update(video=video, frame_indices=idx, backend=reader.backend)
+        except InputError as e:
+            if self.strict:
+                raise
+            out["error"] = str(e)
+        return out
+
+
+def collate_items(batch: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """DataLoader ``collate_fn`` for ``ClipDataset``: keep the per-video dicts as a list (views differ
+    in number per video only by failures, and a failed item has ``video=None``)."""
+    return batch
+
+
+class TrainClipTransform:
+    """For pytorchvideo clips: ``sample["video"]`` (C, T', H, W) float 0-255 -> (C, clip_len, size, size)
+    in [0, 1]: ``clip_len`` frames evenly spaced over the clip, then a random resized crop (or
+    ``spatial``).  Picklable (for DataLoader workers)."""
+
+    def __init__(self, clip_len: int = 16, size: int = 112, spatial: str = "random_resized",
+                 seed: int | None = None):
+        self.clip_len, self.size, self.spatial = clip_len, size, spatial
+        self.rng = np.random.default_rng(seed)
+
+    def __call__(self, sample: dict[str, Any]) -> dict[str, Any]:
+        video = sample["video"]
+        t = video.shape[1]
+        idx = torch.linspace(0, t - 1, self.clip_len).round().long()
+        clip = video[:, idx].to(torch.float32) / 255.0
+        sample["video"] = spatial_views(clip, self.spatial, self.size, rng=self.rng)[0]
+        return sample
+
+
+def make_labeled_video_dataset(items: Sequence[VideoItem], clip_duration: float = 2.0,
+                               sampler: str = "random", transform: Callable[[dict], Any] | None = None,
+                               shuffle: bool = True) -> Any:
+    """A pytorchvideo ``LabeledVideoDataset`` (IterableDataset; decord, no audio) over ``items``,
+    yielding dicts with ``video`` (C, T, H, W), ``label``, ``video_id``, ``video_name``, ``clip_index``.
+
+    ``sampler``: pytorchvideo clip sampler ("random", "uniform", ...) of ``clip_duration`` seconds.
+    Use ``TrainClipTransform`` as ``transform`` for fixed-size float clips.  (pytorchvideo's own
+    ``transforms`` module is not used: it does not import with current torchvision.)
+    """
+    from pytorchvideo.data import LabeledVideoDataset, make_clip_sampler
+
+    paths = [(it.path, {"label": it.label, "video_id": it.video_id}) for it in items]
+    video_sampler = torch.utils.data.RandomSampler if shuffle else torch.utils.data.SequentialSampler
+    return LabeledVideoDataset(paths, make_clip_sampler(sampler, clip_duration), video_sampler=video_sampler,
+                               transform=transform, decode_audio=False, decoder="decord")
