@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from common.errors import CheckpointError
+from common.errors import CheckpointError, ConfigError
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore")
@@ -204,5 +204,25 @@ def test_save_load_roundtrip(tmp_path):
     raw["state_dict"].pop("stem.0.weight")
     with pytest.raises(CheckpointError, match="mismatch"):
         load_sparseunet(raw)
-    with pytest.raises(ValueError):
+    with pytest.raises(ConfigError, match="bogus"):
         create_sparseunet(channels=(8,), depths=(1,), bogus=1)
+    with pytest.raises(ConfigError):
+        create_sparseunet(channels=(8, 16), depths=(1,))
+
+
+def test_registered_and_loadable_with_load_encoder(tmp_path):
+    from pointprobe.models import ENCODERS, encode_points, load_encoder, save_encoder
+
+    torch.manual_seed(0)
+    model = ENCODERS["sparseunet"](**SMALL, mask_token=True).eval()
+    path = save_encoder(model, tmp_path / "enc.pth", note="test")
+    loaded = load_encoder(path)
+    assert isinstance(loaded, SparseUNet)
+    c, _ = _surface_scene(5)
+    rng = np.random.default_rng(0)
+    color = rng.integers(0, 255, (len(c), 3))
+    normal = rng.normal(size=(len(c), 3))
+    f1 = encode_points(model, c, color, normal)
+    f2 = encode_points(loaded, c, color, normal)
+    assert f1.shape == (len(c), model.feature_dim())
+    torch.testing.assert_close(f1, f2, rtol=0, atol=0)

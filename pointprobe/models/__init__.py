@@ -30,6 +30,15 @@ ENCODERS: dict[str, Callable[..., PointEncoder]] = {
 }
 
 
+def _sparseunet(**cfg: Any) -> PointEncoder:
+    from .sparseunet import create_sparseunet  # spconv is imported on first use
+
+    return create_sparseunet(**cfg)
+
+
+ENCODERS["sparseunet"] = _sparseunet
+
+
 def create_encoder(name: str, **overrides: Any) -> PointEncoder:
     """Build encoder ``name`` from the table with config ``overrides`` (random initial weights)."""
     if name not in ENCODERS:

@@ -32,7 +32,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from common.errors import CheckpointError, InputError
+from common.errors import CheckpointError, ConfigError, InputError
 from common.scatter import segment_reduce
 from pointprobe.models.structure import PointBatch, PointEncoder
 
@@ -355,8 +355,11 @@ def create_sparseunet(**cfg) -> SparseUNet:
     """Factory for ``pointprobe.models.ENCODERS["sparseunet"]`` (keyword arguments of ``DEFAULT_CONFIG``)."""
     bad = sorted(set(cfg) - set(DEFAULT_CONFIG))
     if bad:
-        raise ValueError(f"unknown SparseUNet argument(s) {bad}; known: {sorted(DEFAULT_CONFIG)}")
-    return SparseUNet(**cfg)
+        raise ConfigError(f"sparseunet: unknown config key(s) {bad}; known keys: {sorted(DEFAULT_CONFIG)}")
+    try:
+        return SparseUNet(**cfg)
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"sparseunet: bad config ({e})") from None
 
 
 def save_sparseunet(model: SparseUNet, path: str | Path) -> Path:
@@ -388,7 +391,7 @@ def load_sparseunet(path_or_ckpt: str | Path | dict, strict: bool = True) -> Spa
         raise CheckpointError(f"{name}: arch is {ckpt.get('arch')!r}, not {ARCH!r}")
     try:
         model = create_sparseunet(**ckpt["config"])
-    except (TypeError, ValueError) as e:
+    except ConfigError as e:
         raise CheckpointError(f"{name}: bad SparseUNet config ({e})") from None
     sd = ckpt["state_dict"]
     for k, v in sd.items():
