@@ -134,9 +134,18 @@ def _popcount64(a: np.ndarray) -> np.ndarray:
     return _POPCOUNT8[a.view(np.uint8)].reshape(a.shape + (8,)).sum(axis=-1, dtype=np.uint8)
 
 
-def _voxel_ids(cols: np.ndarray) -> tuple[np.ndarray, int]:
+def _unravel(key: np.ndarray, dims: list[int]) -> np.ndarray:
+    """(M, 3) int64 voxel coordinates from keys ``(x * dims[1] + y) * dims[2] + z``."""
+    out = np.empty((key.shape[0], 3), dtype=np.int64)
+    xy, out[:, 2] = np.divmod(key.astype(np.int64, copy=False), dims[2])
+    out[:, 0], out[:, 1] = np.divmod(xy, dims[1])
+    return out
+
+
+def _voxel_ids(cols: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Group equal voxels: ``cols`` (3, N) non-negative integer-valued (float64 or int) voxel coordinates
-    -> (voxel id (N,) int64 with ids in lexicographic (x, y, z) order, number of voxels M)."""
+    -> (voxel id (N,) int64 per point, coordinates (M, 3) int64 of the M voxels), voxels in
+    lexicographic (x, y, z) order."""
     n = cols.shape[1]
     dims = [int(d) + 1 for d in cols.max(axis=1)]
     cells = dims[0] * dims[1] * dims[2]  # python int: no overflow
@@ -148,11 +157,12 @@ def _voxel_ids(cols: np.ndarray) -> tuple[np.ndarray, int]:
         if cells <= _DENSE_CELLS_PER_POINT * n + _DENSE_CELLS_EXTRA and cells < 2**31:
             # dense occupancy bitset of the bounding box; a point's voxel id is the rank of its cell
             # among occupied cells = occupied cells in earlier 64-bit words + set bits below it in its
-            # word. Tables stay small (cells / 8 bytes), so lookups mostly hit the cache.
+            # word. No sort, and the tables stay small (cells / 8 bytes), so lookups mostly hit the cache.
             key = key_f.astype(np.int32)
             n_words = (cells >> 6) + 1
             occupied = np.zeros(n_words * 64, dtype=bool)
             occupied[key] = True
+            voxels = _unravel(np.flatnonzero(occupied), dims)
             words = np.packbits(occupied, bitorder="little").view(np.uint64)
             del occupied
             before = np.zeros(n_words + 1, dtype=np.int64)
@@ -163,7 +173,7 @@ def _voxel_ids(cols: np.ndarray) -> tuple[np.ndarray, int]:
             below &= np.take(words, word)
             inverse = _popcount64(below).astype(np.int64)
             inverse += np.take(before, word)
-            return inverse, int(before[-1])
+            return inverse, voxels
         key = key_f.astype(np.int64)
         order = np.argsort(key)
         sorted_key = key[order]
@@ -177,11 +187,8 @@ def _voxel_ids(cols: np.ndarray) -> tuple[np.ndarray, int]:
     new[1:] = diff if diff.ndim == 1 else diff.any(axis=1)
     inverse = np.empty(n, dtype=np.int64)
     inverse[order] = np.cumsum(new) - 1
-    return inverse, int(inverse[order[-1]]) + 1
-
-
-def _grid_coord(cols: np.ndarray, index: np.ndarray) -> np.ndarray:
-    return np.ascontiguousarray(cols[:, index].T.astype(np.int64))
+    voxels = sorted_key[new]
+    return inverse, (_unravel(voxels, dims) if voxels.ndim == 1 else np.ascontiguousarray(voxels))
 
 
 def grid_sample(coord: np.ndarray, grid_size: float | Sequence[float],
@@ -199,8 +206,8 @@ def grid_sample(coord: np.ndarray, grid_size: float | Sequence[float],
     if mode not in ("train", "first"):
         raise ValueError(f"grid_sample: mode must be 'train' or 'first', got {mode!r}")
     cols = _floor_columns(coord, grid_size, None, source, align)
-    inverse, m = _voxel_ids(cols)
-    n = cols.shape[1]
+    inverse, voxels = _voxel_ids(cols)
+    n, m = cols.shape[1], voxels.shape[0]
     if mode == "train" and n <= _PACKED_MAX_ROWS:
         # per voxel: the row with the largest priority = (random uint32 << 32) | row
         priority = np.empty(n, dtype=np.uint64)
@@ -221,7 +228,7 @@ def grid_sample(coord: np.ndarray, grid_size: float | Sequence[float],
     else:
         index = np.full(m, n, dtype=np.int64)
         np.minimum.at(index, inverse, np.arange(n, dtype=np.int64))
-    return GridSample(index=index, inverse=inverse, grid_coord=_grid_coord(cols, index))
+    return GridSample(index=index, inverse=inverse, grid_coord=voxels)
 
 
 def grid_sample_test(coord: np.ndarray, grid_size: float | Sequence[float],
@@ -232,8 +239,8 @@ def grid_sample_test(coord: np.ndarray, grid_size: float | Sequence[float],
     for voxels with fewer points). Every pass has the same voxel order and shares one read-only
     ``inverse`` array and one read-only ``grid_coord`` array. ``align`` as in :func:`grid_sample`.
     """
-    cols = _floor_columns(coord, grid_size, None, source, align)
-    inverse, m = _voxel_ids(cols)
+    inverse, grid_coord = _voxel_ids(_floor_columns(coord, grid_size, None, source, align))
+    m = grid_coord.shape[0]
     counts = np.bincount(inverse, minlength=m)
     starts = np.zeros(m, dtype=np.int64)
     np.cumsum(counts[:-1], out=starts[1:])
@@ -242,7 +249,6 @@ def grid_sample_test(coord: np.ndarray, grid_size: float | Sequence[float],
     order = torch.sort(torch.from_numpy(inverse), stable=True).indices.numpy()
     inverse.setflags(write=False)
     first = order[starts]
-    grid_coord = _grid_coord(cols, first)
     grid_coord.setflags(write=False)
     passes = []
     for i in range(int(counts.max())):
@@ -287,7 +293,8 @@ def grid_patch_mask(coord: np.ndarray, patch_size: float, ratio: float, rng: See
     gen = _rng(rng)
     offset = gen.uniform(0.0, patch_size, size=3)
     origin = coord.min(axis=0).astype(np.float64) - offset
-    patch, p = _voxel_ids(_floor_columns(coord, patch_size, origin, source))
+    patch, patches = _voxel_ids(_floor_columns(coord, patch_size, origin, source))
+    p = patches.shape[0]
     chosen = np.zeros(p, dtype=bool)
     chosen[gen.permutation(p)[: int(round(ratio * p))]] = True
     return chosen[patch]

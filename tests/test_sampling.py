@@ -114,11 +114,13 @@ def test_all_grouping_paths_agree():
     dense = _voxel_ids(grid.T.astype(np.float64))
     spread = grid * np.array([1, 1, 10**7])  # too many cells for a dense table: sorted int64 keys
     huge = grid * np.array([1, 10**7, 10**13])  # beyond one exact float64 key: lexsort
-    for inverse, m in (_voxel_ids(spread.T), _voxel_ids(huge.T), _voxel_ids(grid.T)):
-        assert m == dense[1]
-        np.testing.assert_array_equal(inverse, dense[0])
-    _, ref_inverse = np.unique(grid, axis=0, return_inverse=True)
+    ref_voxels, ref_inverse = np.unique(grid, axis=0, return_inverse=True)
     np.testing.assert_array_equal(dense[0], ref_inverse.ravel())
+    np.testing.assert_array_equal(dense[1], ref_voxels)
+    scaled = (spread, huge, grid)
+    for s, (inverse, voxels) in zip(scaled, (_voxel_ids(spread.T), _voxel_ids(huge.T), _voxel_ids(grid.T))):
+        np.testing.assert_array_equal(inverse, dense[0])
+        np.testing.assert_array_equal(voxels, np.unique(s, axis=0))
 
 
 def test_train_mode_is_random_but_seeded():
