@@ -7,7 +7,7 @@ and per-voxel feature averaging use. Two backends compute the same thing:
   ``include_self=False`` (max/min). Measured faster than torch-scatter on the CPU (see
   ``/work/shared/reference/environment.md``), so it is the CPU default.
 - ``"torch_scatter"``: ``torch_scatter.scatter`` (optional dependency ``probesuite[scatter]``), the
-  default for CUDA tensors when it is installed.
+  default for CUDA tensors when it is installed with CUDA kernels.
 
 Every reduction supports autograd. Empty segments (no row maps to them) give 0 with every reducer and
 both backends. For max/min the gradient of a segment goes to its maximal/minimal row(s): torch-scatter
@@ -28,24 +28,41 @@ BACKENDS = ("auto", "torch", "torch_scatter")
 
 
 @functools.cache
-def has_torch_scatter() -> bool:
-    """True when the optional ``torch_scatter`` extension imports (and loads its compiled library)."""
+def _torch_scatter_status() -> tuple[bool, bool]:
     try:
         import torch_scatter  # noqa: F401
     except (ImportError, OSError):
-        return False
-    return True
+        return False, False
+    try:
+        cuda = int(torch.ops.torch_scatter.cuda_version()) != -1
+    except (AttributeError, RuntimeError):
+        cuda = False
+    return True, cuda
+
+
+def has_torch_scatter(cuda: bool = False) -> bool:
+    """True when the optional ``torch_scatter`` extension imports (and loads its compiled library);
+    with ``cuda=True``, only when it was also built with CUDA kernels (a build on a machine without
+    the CUDA toolkit is CPU-only even against a CUDA build of torch)."""
+    installed, with_cuda = _torch_scatter_status()
+    return installed and (with_cuda or not cuda)
 
 
 def _resolve_backend(backend: str, device: torch.device) -> str:
     if backend not in BACKENDS:
         raise ValueError(f"segment_reduce: backend must be one of {BACKENDS}, got {backend!r}")
+    on_cuda = device.type == "cuda"
     if backend == "auto":
-        return "torch_scatter" if device.type == "cuda" and has_torch_scatter() else "torch"
+        return "torch_scatter" if on_cuda and has_torch_scatter(cuda=True) else "torch"
     if backend == "torch_scatter" and not has_torch_scatter():
         raise ValueError(
             "segment_reduce: backend='torch_scatter' asked for but torch_scatter is not installed "
             "(pip install --no-build-isolation torch-scatter==2.1.2), use backend='torch' or 'auto'"
+        )
+    if backend == "torch_scatter" and on_cuda and not has_torch_scatter(cuda=True):
+        raise ValueError(
+            "segment_reduce: backend='torch_scatter' on a CUDA tensor, but the installed torch_scatter "
+            "was built without CUDA; rebuild it where the CUDA toolkit is available or use backend='torch'"
         )
     return backend
 

@@ -132,6 +132,23 @@ def test_sorted_offsets(reduce):
         reduce_by_sorted_offsets(src, unsorted, reduce)
 
 
+def test_auto_backend_choice(monkeypatch):
+    from common import scatter
+
+    assert scatter._resolve_backend("auto", torch.device("cpu")) == "torch"
+    monkeypatch.setattr(scatter, "_torch_scatter_status", lambda: (True, False))
+    assert scatter._resolve_backend("auto", torch.device("cuda")) == "torch"  # CPU-only build
+    with pytest.raises(ValueError, match="without CUDA"):
+        scatter._resolve_backend("torch_scatter", torch.device("cuda"))
+    monkeypatch.setattr(scatter, "_torch_scatter_status", lambda: (True, True))
+    assert scatter._resolve_backend("auto", torch.device("cuda")) == "torch_scatter"
+    assert scatter._resolve_backend("auto", torch.device("cpu")) == "torch"
+    monkeypatch.setattr(scatter, "_torch_scatter_status", lambda: (False, False))
+    assert scatter._resolve_backend("auto", torch.device("cuda")) == "torch"
+    with pytest.raises(ValueError, match="not installed"):
+        scatter._resolve_backend("torch_scatter", torch.device("cpu"))
+
+
 @pytest.mark.parametrize("reduce", REDUCES)
 def test_torch_scatter_backend_agrees(reduce):
     pytest.importorskip("torch_scatter")
