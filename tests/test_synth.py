@@ -1,0 +1,199 @@
+"""Synthetic ScanNet-like scenes: raw format, round trip through preprocess, determinism, rendered frames."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from pointprobe.data import frames as fr
+from pointprobe.data.ply import read_ply
+from pointprobe.data.scannet import VALID_CLASS_IDS_20, list_scenes, load_scene, read_label_map
+from pointprobe.data.synth import camera_intrinsics, generate_dataset, generate_scene, render_frames
+
+SEED = 3
+N_SCENES = 5
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> tuple[Path, Path]:
+    """5 scenes (one per room type), 4 frames each at 160x120, generated and preprocessed via the CLI."""
+    from pointprobe.cli import main
+
+    root = tmp_path_factory.mktemp("synth")
+    raw, pre = root / "raw", root / "pre"
+    args = [
+        "--scenes",
+        str(N_SCENES),
+        "--seed",
+        str(SEED),
+        "--frames-per-scene",
+        "4",
+        "--image-size",
+        "160x120",
+    ]
+    assert main(["synth", "--out", str(raw), *args, "--no-progress"]) == 0
+    assert main(["preprocess", "--raw", str(raw), "--out", str(pre), "--workers", "1", "--no-progress"]) == 0
+    return raw, pre
+
+
+def _all_scenes(pre: Path):
+    return [load_scene(pre / s / n) for s in ("train", "val", "test") for n in list_scenes(pre, s)]
+
+
+def test_layout_and_splits(data):
+    raw, pre = data
+    names = sorted(p.name for p in (raw / "scans").iterdir())
+    assert names == [f"scene{i:04d}_00" for i in range(N_SCENES)]
+    splits = {s: (raw / f"scannetv2_{s}.txt").read_text().split() for s in ("train", "val", "test")}
+    assert sorted(sum(splits.values(), [])) == names
+    assert [len(splits[s]) for s in ("train", "val", "test")] == [3, 1, 1]
+    for s, lst in splits.items():
+        assert list_scenes(pre, s) == sorted(lst)
+    d = raw / "scans" / names[0]
+    for f in (
+        "_vh_clean_2.ply",
+        "_vh_clean_2.labels.ply",
+        "_vh_clean_2.0.010000.segs.json",
+        ".aggregation.json",
+        ".txt",
+    ):
+        assert (d / f"{names[0]}{f}").is_file(), f
+    header = (raw / "scannetv2-labels.combined.tsv").read_text().splitlines()[0].split("\t")
+    assert header == ["id", "raw_category", "category", "count", "nyu40id", "nyu40class"]
+
+
+def test_round_trip_labels_cover_the_benchmark(data):
+    raw, pre = data
+    scenes = _all_scenes(pre)
+    classes = set()
+    for s in scenes:
+        assert s.labelled  # test scenes keep their labels in the generated data
+        assert 20_000 <= len(s) <= 100_000, (s.name, len(s))
+        assert s.segment20.max() <= 19 and s.segment200.max() <= 199
+        np.testing.assert_allclose(np.linalg.norm(s.normal, axis=1), 1, atol=1e-4)
+        # the aggregation-derived labels agree with the per-vertex nyu40 labels of the .labels.ply
+        lab = read_ply(raw / "scans" / s.name / f"{s.name}_vh_clean_2.labels.ply")
+        np.testing.assert_array_equal(lab.coord, s.coord)
+        nyu = lab.vertex["label"].astype(int)
+        expect20 = np.array(
+            [VALID_CLASS_IDS_20.index(v) if v in VALID_CLASS_IDS_20 else -1 for v in range(41)]
+        )
+        np.testing.assert_array_equal(s.segment20, expect20[nyu])
+        assert ((s.instance >= 0) == (nyu > 0)).all()
+        assert (s.segment200[nyu > 0] >= 0).all()
+        classes |= set(np.unique(s.segment20[s.segment20 >= 0]).tolist())
+    assert len(classes) >= 12, sorted(classes)
+    lm = read_label_map(raw / "scannetv2-labels.combined.tsv")
+    assert (
+        lm.segment20("couch") == 5
+        and lm.segment20("kitchen counter") == 11
+        and lm.segment20("tv stand") == 19
+    )
+
+
+def test_colour_alone_does_not_give_the_class(data):
+    """A kNN on colour transfers far worse across scenes than one on two crude geometric cues."""
+    from sklearn.neighbors import KNeighborsClassifier
+
+    _, pre = data
+    train = [load_scene(pre / "train" / n) for n in list_scenes(pre, "train")]
+    held = [load_scene(pre / s / n) for s in ("val", "test") for n in list_scenes(pre, s)]
+
+    def feats(s, kind):
+        if kind == "colour":
+            return s.color / 255.0
+        return np.column_stack([np.abs(s.normal[:, 2]), s.coord[:, 2] - np.percentile(s.coord[:, 2], 1)])
+
+    def miou(kind):
+        X = np.concatenate([feats(s, kind) for s in train])
+        y = np.concatenate([s.segment20 for s in train])
+        Xh = np.concatenate([feats(s, kind) for s in held])
+        yh = np.concatenate([s.segment20 for s in held])
+        m, mh = y >= 0, yh >= 0
+        p = KNeighborsClassifier(15).fit(X[m][::8], y[m][::8]).predict(Xh[mh][::6])
+        t = yh[mh][::6]
+        return np.mean([((p == c) & (t == c)).sum() / ((p == c) | (t == c)).sum() for c in np.unique(t)])
+
+    colour, geometry = miou("colour"), miou("geometry")
+    assert colour < 0.15 and colour < geometry - 0.05, (colour, geometry)
+
+
+def test_rendered_depth_lands_on_the_mesh(data):
+    o3d = pytest.importorskip("open3d")
+    raw, _ = data
+    for name in sorted(p.name for p in (raw / "scans").iterdir())[:3]:
+        d = raw / "scans" / name
+        mesh = read_ply(d / f"{name}_vh_clean_2.ply")
+        scene = o3d.t.geometry.RaycastingScene()
+        scene.add_triangles(o3d.core.Tensor(mesh.coord), o3d.core.Tensor(mesh.faces.astype(np.uint32)))
+        K = fr.read_intrinsics(d, "depth")
+        frame_ids = fr.frame_indices(d)
+        assert len(frame_ids) == 4
+        lo, hi = mesh.coord.min(0), mesh.coord.max(0)
+        for f in fr.iter_frames(d):
+            assert f.color.shape == (120, 160, 3) and f.depth.shape == (120, 160)
+            R = f.pose[:3, :3]
+            np.testing.assert_allclose(R @ R.T, np.eye(3), atol=1e-5)
+            assert np.linalg.det(R) > 0.99
+            c = f.pose[:3, 3]
+            assert (c[:2] > lo[:2]).all() and (c[:2] < hi[:2]).all() and 1.1 < c[2] - lo[2] < 1.8
+            assert (f.depth > 0).mean() > 0.6
+            pts, _ = fr.backproject_depth(f.depth, K, f.pose)
+            dist = scene.compute_distance(o3d.core.Tensor(pts.astype(np.float32))).numpy()
+            assert np.median(dist) < 0.01 and np.percentile(dist, 95) < 0.04, (name, f.index)
+
+
+def test_render_matches_a_triangle_computed_by_hand():
+    pytest.importorskip("open3d")
+    tri = np.array([[-1.0, -1.0, 2.0], [1.5, -1.0, 2.0], [-1.0, 1.5, 2.0]], np.float32)
+    colors = np.array([[255, 0, 0], [0, 255, 0], [0, 0, 255]], np.uint8)
+    K = camera_intrinsics(40, 30)
+    pose = np.eye(4)  # camera at the origin looking along +z: the triangle is 2 m in front
+    ((img, depth),) = render_frames(tri, np.array([[0, 1, 2]]), colors, [pose], K, 40, 30, noise=False)
+    hit = depth > 0
+    assert hit.sum() > 100 and (~hit).sum() > 50
+    np.testing.assert_allclose(depth[hit], 2.0, atol=1e-5)
+    for v, u in [(15, 20), (5, 8), (20, 12)]:
+        assert hit[v, u]
+        p = np.array([(u - K[0, 2]) / K[0, 0] * 2, (v - K[1, 2]) / K[1, 1] * 2])
+        # barycentric weights of p in the triangle (x, y plane), then the blended colour
+        A = np.column_stack([tri[1, :2] - tri[0, :2], tri[2, :2] - tri[0, :2]])
+        b1, b2 = np.linalg.solve(A, p - tri[0, :2])
+        expect = (1 - b1 - b2) * colors[0] + b1 * colors[1] + b2 * colors[2]
+        np.testing.assert_allclose(img[v, u], expect, atol=1.0)
+    assert (img[~hit] == 0).all()
+
+
+def _digest(root: Path) -> dict[str, str]:
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
+
+
+def test_deterministic_by_seed(tmp_path):
+    a = generate_scene(11, 2, frames=2)
+    b = generate_scene(11, 2, frames=2)
+    for k in ("coord", "color", "faces", "seg_indices", "nyu40", "room_to_world"):
+        np.testing.assert_array_equal(getattr(a, k), getattr(b, k))
+    assert a.groups == b.groups
+    c = generate_scene(12, 2, frames=2)
+    assert len(c.coord) != len(a.coord) or not np.array_equal(c.coord, a.coord)
+    generate_dataset(tmp_path / "x", 1, seed=11, frames_per_scene=2, image_size=(64, 48), progress=False)
+    generate_dataset(tmp_path / "y", 1, seed=11, frames_per_scene=2, image_size=(64, 48), progress=False)
+    dx, dy = _digest(tmp_path / "x"), _digest(tmp_path / "y")
+    assert dx == dy and any(k.endswith(".png") for k in dx) and any(k.endswith(".jpg") for k in dx)
+
+
+def test_synth_cli_rejects_bad_arguments(tmp_path, capsys):
+    from pointprobe.cli import main
+
+    with pytest.raises(SystemExit) as e:
+        main(["synth", "--out", str(tmp_path), "--scenes", "1", "--image-size", "320by240"])
+    assert e.value.code == 2 and "image size must look like 320x240" in capsys.readouterr().err
+    assert main(["synth", "--out", str(tmp_path), "--scenes", "0"]) == 2
+    assert "--scenes must be >= 1" in capsys.readouterr().err
