@@ -140,6 +140,19 @@ def test_ply_round_trip_matches_open3d(tmp_path, binary):
     np.testing.assert_array_equal(np.asarray(ref.triangles), m.faces)
 
 
+def test_write_ply_converts_types_and_rejects_bad_columns(tmp_path):
+    p = write_ply(
+        tmp_path / "t.ply", {"x": np.zeros(3), "label": np.array([1, 2, -3]), "ok": np.ones(3, bool)}
+    )
+    m = read_ply(p)
+    assert m.vertex.dtype["label"] == np.int32 and m.vertex.dtype["ok"] == np.uint8
+    np.testing.assert_array_equal(m.vertex["label"], [1, 2, -3])
+    with pytest.raises(ValueError, match="do not fit"):
+        write_ply(tmp_path / "u.ply", {"x": np.array([2**40])})
+    with pytest.raises(ValueError, match="has 2 rows, expected 3"):
+        write_ply(tmp_path / "v.ply", {"x": np.zeros(3), "y": np.zeros(2)})
+
+
 def test_ply_truncated_and_corrupt(tmp_path):
     verts = [(0, 0, 0, 1, 2, 3, 255)] * 3
     p = tmp_path / "trunc.ply"

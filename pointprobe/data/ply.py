@@ -340,13 +340,32 @@ def read_ply(path: str | os.PathLike) -> PlyMesh:
     return PlyMesh(vertex=vertex, faces=faces, comments=comments)
 
 
+def _ply_column(name: str, values) -> np.ndarray:
+    """A 1-D little-endian column with a PLY type: bool -> uchar, 64-bit ints -> 32-bit when they fit."""
+    a = np.asarray(values)
+    if a.ndim != 1:
+        raise ValueError(f"vertex property {name} must be 1-D, got shape {a.shape}")
+    if a.dtype == np.bool_:
+        a = a.astype(np.uint8)
+    elif a.dtype.kind in "iu" and a.dtype.itemsize == 8:
+        target = np.int32 if a.dtype.kind == "i" else np.uint32
+        info = np.iinfo(target)
+        if a.size and (a.min() < info.min or a.max() > info.max):
+            raise ValueError(f"vertex property {name}: 64-bit values do not fit the 32-bit PLY type")
+        a = a.astype(target)
+    if a.dtype.str[1:] not in _NUMPY_TO_PLY:
+        raise ValueError(f"vertex property {name}: dtype {a.dtype} has no PLY type")
+    return a.astype(a.dtype.newbyteorder("<"), copy=False)
+
+
 def _as_struct(vertex: np.ndarray | dict[str, np.ndarray]) -> np.ndarray:
     if isinstance(vertex, np.ndarray) and vertex.dtype.names:
-        return vertex
-    cols = dict(vertex)
+        vertex = {k: vertex[k] for k in vertex.dtype.names}
+    cols = {k: _ply_column(k, v) for k, v in dict(vertex).items()}
+    if not cols:
+        raise ValueError("vertex needs at least one property")
     n = len(next(iter(cols.values())))
-    dt = np.dtype([(k, np.asarray(v).dtype.newbyteorder("<").str) for k, v in cols.items()])
-    arr = np.empty(n, dtype=dt)
+    arr = np.empty(n, dtype=[(k, v.dtype.str) for k, v in cols.items()])
     for k, v in cols.items():
         if len(v) != n:
             raise ValueError(f"vertex property {k} has {len(v)} rows, expected {n}")
@@ -361,15 +380,13 @@ def write_ply(
     binary: bool = True,
     comments: list[str] | None = None,
 ) -> Path:
-    """Write a PLY file. ``vertex``: structured array or ``{name: 1-D array}`` (order kept).
+    """Write a PLY file. ``vertex``: structured array or ``{name: 1-D array}`` (order kept; bool is
+    written as uchar, int64 as int when the values fit).
 
     Faces (F, k) are written as ``property list uchar int vertex_indices`` like ScanNet's meshes.
     """
     path = Path(path)
     v = _as_struct(vertex)
-    for name in v.dtype.names:
-        if v.dtype[name].str[1:] not in _NUMPY_TO_PLY:
-            raise ValueError(f"vertex property {name}: dtype {v.dtype[name]} has no PLY type")
     faces = None if faces is None else np.asarray(faces)
     header = ["ply", f"format {'binary_little_endian' if binary else 'ascii'} 1.0"]
     header += [f"comment {c}" for c in comments or []]
