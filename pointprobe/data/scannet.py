@@ -189,12 +189,18 @@ def vertex_normals(coord: np.ndarray, faces: np.ndarray) -> np.ndarray:
     n = len(coord)
     out = np.zeros((n, 3), np.float64)
     if len(faces):
-        v0, v1, v2 = coord[faces[:, 0]], coord[faces[:, 1]], coord[faces[:, 2]]
-        fn = np.cross(v1 - v0, v2 - v0)  # length = 2 * area: area weighting
+        v0 = coord[faces[:, 0]]
+        a, b = coord[faces[:, 1]] - v0, coord[faces[:, 2]] - v0
+        # cross product written out (np.cross is several times slower); length = 2 * area: area weighting
+        fn = (
+            a[:, 1] * b[:, 2] - a[:, 2] * b[:, 1],
+            a[:, 2] * b[:, 0] - a[:, 0] * b[:, 2],
+            a[:, 0] * b[:, 1] - a[:, 1] * b[:, 0],
+        )
         idx = faces.ravel()
         for k in range(3):
-            out[:, k] = np.bincount(idx, weights=np.repeat(fn[:, k], 3), minlength=n)
-    length = np.linalg.norm(out, axis=1, keepdims=True)
+            out[:, k] = np.bincount(idx, weights=np.repeat(fn[k], 3), minlength=n)
+    length = np.sqrt(np.einsum("ij,ij->i", out, out))[:, None]
     np.divide(out, length, out=out, where=length > 0)
     return out.astype(np.float32)
 

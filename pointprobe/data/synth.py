@@ -874,11 +874,11 @@ def render_frames(
     valid = np.isfinite(t_hit)
     prim = np.where(valid, hit["primitive_ids"].numpy(), 0).astype(np.int64)
     uvw = hit["primitive_uvs"].numpy()
-    tri = faces[prim]  # (F,H,W,3)
-    col = color.astype(np.float32)
-    bu, bv = uvw[..., 0:1], uvw[..., 1:2]
-    img = col[tri[..., 0]]
-    img += bu * (col[tri[..., 1]] - img) + bv * (col[tri[..., 2]] - img)
+    face_col = color.astype(np.float32)[faces]  # (T, 3 corners, 3 channels)
+    c0 = face_col[:, 0]
+    d1, d2 = face_col[:, 1] - c0, face_col[:, 2] - c0
+    img = c0[prim]  # barycentric blend: c0 + u (c1 - c0) + v (c2 - c0)
+    img += uvw[..., 0:1] * d1[prim] + uvw[..., 1:2] * d2[prim]
     img[~valid] = 0
     depth = np.where(valid, t_hit, 0.0).astype(np.float32)
     if noise:
