@@ -1,4 +1,5 @@
 """common.pca: PCA colours (against a numpy SVD reference), similarity maps, cosine k-means, labels."""
+
 from __future__ import annotations
 
 import numpy as np
