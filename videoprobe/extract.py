@@ -83,6 +83,7 @@ class ExtractConfig:
     batch_size: int = 8  # views per encoder forward
     num_workers: int = 0  # decoding processes (DataLoader workers)
     device: str = "auto"  # auto | cpu | cuda
+    fsync: bool = True  # fsync every cache file (off: faster, still safe against a killed process)
     progress: bool = True
 
 
@@ -281,7 +282,8 @@ def extract(cfg: ExtractConfig, encoder: Any | None = None) -> ExtractResult:
             "num_views": spec.num_views, "crops_per_clip": spec.crops_per_clip, "num_clips": spec.num_clips}
     out = Path(cfg.out)
     dim = int(enc.embed_dim)
-    with CacheWriter(out, key, dim, cfg.dtype, rank=rank, world_size=world, meta=meta) as writer:
+    with CacheWriter(out, key, dim, cfg.dtype, rank=rank, world_size=world, meta=meta,
+                     fsync=cfg.fsync) as writer:
         if rank == 0:
             save_config(cfg, out / "extract_config.yaml")
         mine = dist.shard(items)

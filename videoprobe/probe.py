@@ -53,6 +53,7 @@ class KnnConfig:
     temperature: float = 0.1
     bank: str = "video"  # "video": one mean vector per training video | "view": every view
     query: str = "view"  # "view": votes summed over a test video's views | "video": its mean vector
+    standardize: bool = False  # z-score with the bank statistics before L2 (mixed scales)
 
 
 @dataclass
@@ -217,11 +218,16 @@ def run_knn(train: VideoSplit, test: VideoSplit, cfg: KnnConfig) -> dict[str, An
         bank_y.append(np.full(rows.shape[0], y))
     bank_t = torch.from_numpy(np.concatenate(bank))
     bank_yt = torch.from_numpy(np.concatenate(bank_y)).long()
+    mean, std = bank_t.mean(0), bank_t.std(0).clamp_min(1e-6)
+    if cfg.standardize:
+        bank_t = (bank_t - mean) / std
     k_cls = len(train.class_names)
     scores = np.zeros((len(test.ids), k_cls), dtype=np.float64)
     for n, item in enumerate(test.ids):
         f = test.features(item)
         q = torch.from_numpy(f.mean(0, keepdims=True) if cfg.query == "video" else f)
+        if cfg.standardize:
+            q = (q - mean) / std
         scores[n] = knn_scores(q, bank_t, bank_yt, k_cls, cfg.k, cfg.temperature).sum(0).double().numpy()
     out = _scores(scores, test.labels, k_cls)
     out["k"] = min(cfg.k, bank_t.shape[0])

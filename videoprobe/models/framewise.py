@@ -8,8 +8,9 @@ per-frame pooled features ``(B, T, 1, 1, D)``.
   only from a local file (a torchvision state dict; the classifier ``fc.*`` / ``heads.*`` is ignored).
 * ``frame_timm:<model>``: any timm model when timm is installed (weights from a local file).
 * ``frame_stats``: hand-designed per-frame appearance descriptors, no learning and no weights:
-  colour layout (mean/std of RGB on a 4x4 grid), a 4x4x4 RGB histogram and gradient-orientation
-  histograms on a 2x2 grid. A cheap, deterministic appearance baseline for the offline demo.
+  colour layout (mean/std of RGB on a 4x4 grid), a 4x4x4 RGB histogram, a hue histogram weighted by
+  saturation x value (vivid colours) and gradient-orientation histograms on a 2x2 grid. A cheap,
+  deterministic appearance baseline for the offline demo.
 """
 from __future__ import annotations
 
@@ -73,11 +74,12 @@ class FramewiseEncoder(VideoEncoder):
 class FrameStats(nn.Module):
     """Hand-designed per-frame appearance descriptor (see the module docstring); no parameters."""
 
-    def __init__(self, work_size: int = 32, grid: int = 4, color_bins: int = 4, orient_bins: int = 8):
+    def __init__(self, work_size: int = 32, grid: int = 4, color_bins: int = 4, orient_bins: int = 8,
+                 hue_bins: int = 12):
         super().__init__()
         self.work_size, self.grid = work_size, grid
-        self.color_bins, self.orient_bins = color_bins, orient_bins
-        self.out_dim = 6 * grid * grid + color_bins**3 + orient_bins * 4
+        self.color_bins, self.orient_bins, self.hue_bins = color_bins, orient_bins, hue_bins
+        self.out_dim = 6 * grid * grid + color_bins**3 + hue_bins + orient_bins * 4
 
     def forward(self, img: torch.Tensor) -> torch.Tensor:
         n = img.shape[0]
@@ -88,6 +90,7 @@ class FrameStats(nn.Module):
         q = (x * self.color_bins).long().clamp(0, self.color_bins - 1)
         code = (q[:, 0] * self.color_bins + q[:, 1]) * self.color_bins + q[:, 2]
         hist = F.one_hot(code.flatten(1), self.color_bins**3).float().mean(dim=1)
+        hue = self._hue_hist(x)
         gray = x.mean(dim=1, keepdim=True)
         gx = F.pad(gray[..., :, 2:] - gray[..., :, :-2], (1, 1, 0, 0)) / 2
         gy = F.pad(gray[..., 2:, :] - gray[..., :-2, :], (0, 0, 1, 1)) / 2
@@ -97,8 +100,24 @@ class FrameStats(nn.Module):
         oh = F.one_hot(b[:, 0], self.orient_bins).permute(0, 3, 1, 2).float() * mag
         orient = F.adaptive_avg_pool2d(oh, 2) * 10.0  # gradients of [0,1] images are small
         return torch.cat(
-            [cell_mean.flatten(1), cell_std.flatten(1), hist * 4.0, orient.reshape(n, -1)], dim=1
+            [cell_mean.flatten(1), cell_std.flatten(1), hist * 4.0, hue * 10.0, orient.reshape(n, -1)], dim=1
         )
+
+    def _hue_hist(self, x: torch.Tensor) -> torch.Tensor:
+        """(N, hue_bins) histogram of hue, each pixel weighted by (saturation x value)^2, per pixel."""
+        mx, _ = x.max(dim=1)
+        mn, _ = x.min(dim=1)
+        chroma = mx - mn
+        r, g, b = x[:, 0], x[:, 1], x[:, 2]
+        safe = chroma.clamp_min(1e-6)
+        h = torch.where(mx == g, (b - r) / safe + 2, (r - g) / safe + 4)
+        h = torch.where(mx == r, ((g - b) / safe) % 6, h)
+        sat = chroma / mx.clamp_min(1e-6)
+        weight = (sat * mx) ** 2
+        bins = (h / 6 * self.hue_bins).long().clamp(0, self.hue_bins - 1)
+        hist = torch.zeros(x.shape[0], self.hue_bins, dtype=x.dtype, device=x.device)
+        hist.scatter_add_(1, bins.flatten(1), weight.flatten(1))
+        return hist / (x.shape[2] * x.shape[3])
 
 
 def _torchvision_backbone(arch: str, crop_size: int) -> nn.Module:

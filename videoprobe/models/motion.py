@@ -29,7 +29,7 @@ class MotionEnergyEncoder(VideoEncoder):
     """Block-matching motion statistics on a coarse grid (see the module docstring)."""
 
     def __init__(self, work_size: int = 32, grid: int = 4, radius: int = 2, temperature: float = 0.05,
-                 clip_len: int = 8, frame_step: int = 2, crop_size: int = 112):
+                 clip_len: int = 16, frame_step: int = 2, crop_size: int = 112):
         super().__init__()
         if work_size % grid:
             raise ConfigError(f"motion_energy: work_size {work_size} must be a multiple of grid {grid}")

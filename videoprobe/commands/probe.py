@@ -1,0 +1,32 @@
+"""``videoprobe probe``: linear / kNN / attentive probes on a train cache and a test cache."""
+from __future__ import annotations
+
+import argparse
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    from common.cli import add_config_args
+
+    p = sub.add_parser(
+        "probe", help="train and evaluate probes on cached video features",
+        description="Linear (lr x wd multi-head sweep), kNN (TWLV-I recipe) and attentive (V-JEPA style) "
+                    "probes; top-1 / top-5 / mean-class accuracy with views combined per video. Writes "
+                    "OUT/probe.md, OUT/probe.json and the resolved OUT/config.yaml.",
+    )
+    add_config_args(p)
+    p.set_defaults(func=_probe)
+
+
+def _probe(args: argparse.Namespace) -> int:
+    from common.config import load_config
+    from common.report import markdown_table
+    from videoprobe.probe import ProbeConfig, run_probes, write_probe_report
+
+    cfg = load_config(ProbeConfig, args.config, args.overrides)
+    outcome = run_probes(cfg)
+    md, _ = write_probe_report(cfg, outcome)
+    rows = [{"probe": k, "top1": round(v["top1"], 2), "top5": round(v["top5"], 2),
+             "mean_class": round(v["mean_class"], 2)} for k, v in outcome["results"].items()]
+    print(markdown_table(rows))
+    print(f"report: {md}")
+    return 0
