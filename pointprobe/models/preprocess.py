@@ -65,7 +65,7 @@ def canonical_index(inverse: np.ndarray, m: int, feat: np.ndarray) -> np.ndarray
 def spatial_chunks(coord: np.ndarray, max_points: int, margin: float) -> list[tuple[np.ndarray, np.ndarray]]:
     """Split points into chunks: (rows, is_core) where rows = core + every point within ``margin`` of
     the core's bounding box; cores partition the points; each chunk has at most ``max_points`` rows
-    unless its core cannot be split further (then up to core size + margin)."""
+    unless its core is already down to ``max_points // 4`` points (then core + margin)."""
 
     def context(core: np.ndarray) -> np.ndarray:
         lo = coord[core].min(axis=0) - margin
@@ -74,7 +74,7 @@ def spatial_chunks(coord: np.ndarray, max_points: int, margin: float) -> list[tu
 
     out: list[tuple[np.ndarray, np.ndarray]] = []
     stack = [np.arange(coord.shape[0])]
-    min_core = max(1, max_points // 8)
+    min_core = max(1, max_points // 4)
     while stack:
         core = stack.pop()
         rows = context(core)
