@@ -218,6 +218,12 @@ def sample_look(cls: AppearanceClass | None, size: int, rng: np.random.Generator
     return ObjectLook(ang, rad, ring, texture, color, color * 0.45, radius)
 
 
+def _uniform(rng: np.random.Generator, lo: float, hi: float) -> float:
+    """uniform(lo, hi); the midpoint when the range is empty (tiny frames), drawing all the same."""
+    u = rng.random()
+    return lo + u * (hi - lo) if hi > lo else (lo + hi) / 2
+
+
 def motion_path(motion: MotionClass, frames: int, size: int, radius: float,
                 rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Centre x, centre y and rotation angle per frame (each (T,)), inside the frame.
@@ -236,17 +242,17 @@ def motion_path(motion: MotionClass, frames: int, size: int, radius: float,
         else:
             q = tau
         dx, dy = length * math.cos(psi), length * math.sin(psi)
-        cx = rng.uniform(lo + abs(dx) / 2, hi - abs(dx) / 2)
-        cy = rng.uniform(lo + abs(dy) / 2, hi - abs(dy) / 2)
+        cx = _uniform(rng, lo + abs(dx) / 2, hi - abs(dx) / 2)
+        cy = _uniform(rng, lo + abs(dy) / 2, hi - abs(dy) / 2)
         return cx + (q - 0.5) * dx, cy + (q - 0.5) * dy, theta
     if motion.kind == "rotate":
         sweep = rng.uniform(0.8, 1.3) * math.pi
-        cx, cy = rng.uniform(lo, hi, 2)
+        cx, cy = _uniform(rng, lo, hi), _uniform(rng, lo, hi)
         return np.full(frames, cx), np.full(frames, cy), theta0 + motion.param * sweep * tau
     if motion.kind in ("fall", "rise"):
         drop = rng.uniform(0.40, 0.55) * size
-        top = rng.uniform(lo, hi - drop)
-        cx = rng.uniform(lo, hi)
+        top = _uniform(rng, lo, hi - drop)
+        cx = _uniform(rng, lo, hi)
         s = tau ** 2 if motion.kind == "fall" else (1.0 - tau) ** 2
         return np.full(frames, cx), top + drop * s, theta
     raise ValueError(f"unknown motion kind {motion.kind!r}")
@@ -345,6 +351,24 @@ def render_video(name: str, frames: int, size: int, rng: np.random.Generator,
 # writing
 
 
+_RGB_TO_YUV = np.array([[65.481, 128.553, 24.966], [-37.797, -74.203, 112.0], [112.0, -93.786, -18.214]],
+                       dtype=np.float32) / 255.0
+
+
+def rgb_to_yuv420p(rgb: np.ndarray) -> np.ndarray:
+    """uint8 (..., H, W, 3) RGB -> planar yuv420p (..., H * 3 // 2, W) in PyAV's layout: BT.601
+    limited range, chroma averaged over 2x2 blocks.  Done here rather than by PyAV inside ``encode``
+    to keep the bytes written fully under our control."""
+    *lead, h, w, _ = rgb.shape
+    x = rgb.astype(np.float32)
+    y = x @ _RGB_TO_YUV[0] + 16.0
+    q = (x[..., 0::2, 0::2, :] + x[..., 1::2, 0::2, :] + x[..., 0::2, 1::2, :] + x[..., 1::2, 1::2, :]) * 0.25
+    uv = q @ _RGB_TO_YUV[1:].T + 128.0
+    planes = [y.reshape(*lead, -1), uv[..., 0].reshape(*lead, -1), uv[..., 1].reshape(*lead, -1)]
+    flat = np.concatenate(planes, axis=-1)
+    return np.clip(np.rint(flat), 0, 255).astype(np.uint8).reshape(*lead, h * 3 // 2, w)
+
+
 def write_video(path: str | os.PathLike, frames: np.ndarray, fps: float = 10, crf: int = 18,
                 faststart: bool = False, gop: int | None = None) -> None:
     """Write uint8 frames (T, H, W, 3) (even H, W) as an H.264 (libx264, yuv420p) mp4, single-threaded.
@@ -360,11 +384,14 @@ def write_video(path: str | os.PathLike, frames: np.ndarray, fps: float = 10, cr
     with av.open(str(path), "w", options=opts) as container:
         stream = container.add_stream("libx264", rate=round(fps))
         stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
-        stream.options = {"crf": str(crf), "preset": "veryfast", "threads": "1"}
+        # single-threaded, and no macroblock tree: with mbtree (and B-frames) this libx264 build wrote
+        # different bytes for the same frames from run to run (an uninitialised read, it seems)
+        stream.options = {"crf": str(crf), "preset": "veryfast", "threads": "1", "x264-params": "no-mbtree=1"}
         if gop is not None:
             stream.options = {**stream.options, "g": str(gop), "keyint_min": str(gop)}
-        for frame in frames:
-            image = av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")
+        for i, yuv in enumerate(rgb_to_yuv420p(frames)):
+            image = av.VideoFrame.from_ndarray(yuv, format="yuv420p")
+            image.pts = i
             container.mux(stream.encode(image))
         container.mux(stream.encode())
 
