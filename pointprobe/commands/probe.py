@@ -1,0 +1,29 @@
+"""``pointprobe probe``: linear segmentation probes on cached features, encoders side by side."""
+from __future__ import annotations
+
+import argparse
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "probe",
+        help="linear probe (mIoU, per-class IoU, mAcc, allAcc) on cached features of one or more encoders",
+        description="Example:\n  pointprobe probe features=[runs/sonata,runs/raw] out=runs/probe\n"
+        "  pointprobe probe features=[runs/sonata] scene_fraction=0.05 out=runs/probe-5pct",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--config", default="configs/point/probe.yaml", help="YAML config (default: %(default)s)")
+    p.add_argument("overrides", nargs="*", metavar="key=value")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from common.config import load_config
+    from common.report import markdown_table
+    from pointprobe.probe import SegProbeConfig, run_probe
+
+    cfg = load_config(SegProbeConfig, args.config, args.overrides)
+    res = run_probe(cfg)
+    print(markdown_table(res["rows"], float_format=".2f"))
+    print(f"\nresults: {res['out']}/results.md (+ .json, per_class_iou.png, probe_*.pt)")
+    return 0

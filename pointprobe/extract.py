@@ -1,0 +1,174 @@
+"""Per-point features of ScanNet-layout scenes into a feature cache (one cache per split).
+
+dataset (preprocessed layout) -> encoder (checkpoint, random init, or ``raw`` input features) ->
+``common.cache`` with, per scene, ``features`` (N, D) and ``labels`` (N,). Resumable (scenes already
+cached are skipped), sharded over torchrun ranks, bad scenes reported one line each and skipped.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from common import dist
+from common.cache import CacheKey, CacheWriter, merge_manifests
+from common.config import config_hash, save_config
+from common.errors import ConfigError, InputError
+
+log = logging.getLogger(__name__)
+
+RAW = "raw"
+
+
+@dataclass
+class PointEncoderSpec:
+    """Which encoder: a table name (random init with ``seed``), a checkpoint file, or ``raw``."""
+
+    name: str = "sonata_small"  # pointprobe.models.ENCODERS name, or "raw" (input features as features)
+    checkpoint: str | None = None  # file or release name (sonata, sonata_small); overrides random init
+    seed: int = 0  # seed of the random initialisation when no checkpoint is given
+    config: dict = field(default_factory=dict)  # constructor overrides for a random-init encoder
+    levels: int | None = None  # up-cast levels (None = all; Sonata base: 4 -> 1232 channels)
+    label: str | None = None  # display name in tables (default: name or checkpoint file name)
+
+
+@dataclass
+class PointDataSpec:
+    root: str = "data/scannet"  # preprocessed layout: {split}/sceneXXXX_YY/*.npy
+    splits: list[str] = field(default_factory=lambda: ["train", "val"])
+    label_set: str = "segment20"
+    limit: int = 0  # at most this many scenes per split (0 = all)
+
+
+@dataclass
+class ExtractConfig:
+    data: PointDataSpec = field(default_factory=PointDataSpec)
+    encoder: PointEncoderSpec = field(default_factory=PointEncoderSpec)
+    out: str = "runs/features"
+    grid_size: float = 0.02
+    sampling: str = "canonical"  # canonical | first | test (Pointcept test mode, k passes)
+    dtype: str = "float16"
+    device: str = "auto"
+    max_points: int = 400_000  # larger scenes are encoded in spatial chunks
+
+
+def pick_device(name: str) -> torch.device:
+    """``auto`` -> the rank's CUDA device when available, else the CPU."""
+    if name == "auto":
+        return dist.device_for_rank()
+    return torch.device(name)
+
+
+@dataclass
+class EncoderRecord:
+    """What every cache entry and result records about its encoder."""
+
+    name: str
+    label: str
+    checkpoint: str | None
+    checkpoint_sha256: str
+    config: dict
+    levels: int | None
+
+
+def build_encoder(spec: PointEncoderSpec, device: torch.device) -> tuple[Any, EncoderRecord]:
+    """(model or None for raw, record). Checkpoints are hashed; random init is seeded."""
+    if spec.name == RAW:
+        rec = EncoderRecord(RAW, spec.label or RAW, None, "none", {"features": "coord,color,normal"}, None)
+        return None, rec
+    from pointprobe.models import checkpoint_sha256, create_encoder, load_encoder
+
+    if spec.checkpoint:
+        model = load_encoder(spec.checkpoint, device=device)
+        path = getattr(model, "checkpoint_path", spec.checkpoint)
+        sha = checkpoint_sha256(path)
+        label = spec.label or Path(spec.checkpoint).stem
+    else:
+        torch.manual_seed(spec.seed)
+        model = create_encoder(spec.name, **spec.config).to(device)
+        sha = f"random:{spec.seed}"
+        label = spec.label or f"{spec.name} (random init)"
+    model.eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    rec = EncoderRecord(getattr(model, "arch", spec.name) if spec.checkpoint else spec.name, label,
+                        spec.checkpoint, sha, dict(getattr(model, "config", spec.config)), spec.levels)
+    return model, rec
+
+
+def raw_features(coord: np.ndarray, color: np.ndarray, normal: np.ndarray) -> np.ndarray:
+    """The input features themselves (the Sonata preprocessing without an encoder): 9 channels."""
+    from pointprobe.models.preprocess import center_shift
+
+    xyz = center_shift(coord.astype(np.float64)).astype(np.float32)
+    return np.concatenate([xyz, color.astype(np.float32) / 255.0, normal.astype(np.float32)], 1)
+
+
+def scene_features(model: Any, scene: Any, cfg: ExtractConfig, device: torch.device) -> np.ndarray:
+    """(N, D) float32 features of one scene."""
+    if model is None:
+        return raw_features(scene.coord, scene.color, scene.normal)
+    from pointprobe.models import encode_points
+
+    f = encode_points(model, scene.coord, scene.color, scene.normal, levels=cfg.encoder.levels,
+                      grid_size=cfg.grid_size, device=device, sampling=cfg.sampling,
+                      max_points=cfg.max_points, source=scene.name)
+    return f.numpy()
+
+
+def feature_dim(model: Any, levels: int | None) -> int:
+    return 9 if model is None else int(model.feature_dim(levels))
+
+
+def cache_key(rec: EncoderRecord, cfg: ExtractConfig, split: str) -> CacheKey:
+    prep = {"center_shift": True, "grid_size": cfg.grid_size, "color": "/255", "sampling": cfg.sampling,
+            "feat": "coord,color,normal", "levels": rec.levels}
+    return CacheKey(encoder=rec.name, checkpoint_sha256=rec.checkpoint_sha256,
+                    config_hash=config_hash({"encoder": rec.config, "levels": rec.levels}),
+                    preprocessing=prep, dataset=str(Path(cfg.data.root).resolve()), split=split)
+
+
+def extract(cfg: ExtractConfig, progress: bool = True) -> dict[str, dict[str, str]]:
+    """Run extraction for every split; returns {split: {scene: error}} of the scenes that failed."""
+    from pointprobe.data.scannet import list_scenes, load_scene
+
+    if cfg.dtype not in ("float16", "float32"):
+        raise ConfigError(f"config key 'dtype': expected float16 or float32, got {cfg.dtype!r}")
+    dist.init_from_env()
+    device = pick_device(cfg.device)
+    model, rec = build_encoder(cfg.encoder, device)
+    out = Path(cfg.out)
+    if dist.is_main():
+        save_config(cfg, out)
+    failures: dict[str, dict[str, str]] = {}
+    for split in cfg.data.splits:
+        names = list_scenes(cfg.data.root, split)
+        if cfg.data.limit:
+            names = names[: cfg.data.limit]
+        key = cache_key(rec, cfg, split)
+        meta = {"encoder": asdict(rec), "config": asdict(cfg), "label_set": cfg.data.label_set,
+                "num_scenes": len(names)}
+        writer = CacheWriter(out / split, key, feature_dim(model, cfg.encoder.levels), dtype=cfg.dtype,
+                             rank=dist.rank(), world_size=dist.world_size(), meta=meta)
+
+        def compute(name: str, split: str = split) -> dict:
+            folder = Path(cfg.data.root) / split / name
+            scene = load_scene(folder)
+            labels = scene.labels(cfg.data.label_set)
+            feats = scene_features(model, scene, cfg, device)
+            if feats.shape[0] != labels.shape[0]:
+                raise InputError(folder, f"{feats.shape[0]} features for {labels.shape[0]} labels")
+            return {"features": feats, "labels": labels}
+
+        errors = writer.fill(dist.shard(names), compute, progress=progress)
+        writer.close(merge=False)
+        dist.barrier()
+        if dist.is_main():
+            merge_manifests(out / split)
+        gathered = dist.all_gather_object(errors)
+        failures[split] = {k: v for part in gathered for k, v in part.items()}
+    return failures

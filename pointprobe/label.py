@@ -1,0 +1,103 @@
+"""Label new scenes with a trained probe: rebuild the encoder the probe was trained on, predict, write."""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from common.errors import CheckpointError, InputError
+from common.metrics import confusion_matrix, segmentation_metrics
+from common.probes.linear import load_probe, predict
+from pointprobe.extract import (
+    RAW,
+    ExtractConfig,
+    PointEncoderSpec,
+    build_encoder,
+    pick_device,
+    scene_features,
+)
+from pointprobe.labels import label_colors
+
+log = logging.getLogger(__name__)
+
+
+def _read_any_scene(path: Path):
+    """A preprocessed scene folder or a PLY point cloud / mesh (labels unknown)."""
+    from pointprobe.data.scannet import IGNORE_INDEX, Scene, load_scene
+
+    if path.is_dir():
+        return load_scene(path)
+    if path.suffix.lower() == ".ply":
+        from pointprobe.data.ply import read_ply
+        from pointprobe.data.scannet import vertex_normals
+
+        mesh = read_ply(path)
+        v = mesh.vertex
+        coord = np.stack([v["x"], v["y"], v["z"]], 1).astype(np.float32)
+        names = v.dtype.names
+        color = (np.stack([v["red"], v["green"], v["blue"]], 1).astype(np.uint8)
+                 if "red" in names else np.zeros_like(coord, dtype=np.uint8))
+        if "nx" in names:
+            normal = np.stack([v["nx"], v["ny"], v["nz"]], 1).astype(np.float32)
+        elif mesh.faces is not None and len(mesh.faces):
+            normal = vertex_normals(coord, mesh.faces)
+        else:
+            normal = np.zeros_like(coord)
+        none = np.full(len(coord), IGNORE_INDEX, dtype=np.int64)
+        scene = Scene(path.stem, coord, color, normal, none, none.copy(), none.copy(), labelled=False)
+        return scene.validate(path)
+    raise InputError(path, "not a scene folder or a .ply file")
+
+
+def encoder_from_probe(meta: dict) -> PointEncoderSpec:
+    """The encoder spec recorded by extraction (checkpoint path or random-init seed and config)."""
+    enc = meta.get("encoder") or {}
+    if not enc:
+        raise CheckpointError("the probe records no encoder (was it trained on a `pointprobe extract` "
+                              "cache?)")
+    sha = enc.get("checkpoint_sha256", "")
+    seed = int(sha.split(":", 1)[1]) if sha.startswith("random:") else 0
+    return PointEncoderSpec(name=enc["name"], checkpoint=enc.get("checkpoint"), seed=seed,
+                            config=dict(enc.get("config") or {}) if not enc.get("checkpoint") else {},
+                            levels=enc.get("levels"), label=enc.get("label"))
+
+
+def label_scenes(probe_path: str, scenes: list[str], out: str, device: str = "auto") -> dict[str, str]:
+    """Predict classes for each scene; write ``<scene>.ply`` (class colours + label) and ``.npy``."""
+    from pointprobe.data.ply import write_ply
+
+    result = load_probe(probe_path)
+    spec = encoder_from_probe(result.meta)
+    key = result.meta.get("cache_key", {})
+    prep = key.get("preprocessing", {})
+    cfg = ExtractConfig(encoder=spec, grid_size=float(prep.get("grid_size", 0.02)),
+                        sampling=prep.get("sampling", "canonical"))
+    dev = pick_device(device)
+    model, rec = build_encoder(spec, dev)
+    if spec.name != RAW and spec.checkpoint and rec.checkpoint_sha256 != key.get("checkpoint_sha256"):
+        raise CheckpointError(f"{spec.checkpoint}: sha256 {rec.checkpoint_sha256[:12]} differs from the one "
+                              f"the probe was trained on ({str(key.get('checkpoint_sha256'))[:12]})")
+    out_dir = Path(out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    failures: dict[str, str] = {}
+    for s in scenes:
+        try:
+            scene = _read_any_scene(Path(s))
+            feats = scene_features(model, scene, cfg, dev)
+            pred = predict(result, torch.from_numpy(feats)).argmax(1).numpy()
+            colors = label_colors(pred, result.num_classes)
+            vertex = {"x": scene.coord[:, 0], "y": scene.coord[:, 1], "z": scene.coord[:, 2],
+                      "red": colors[:, 0], "green": colors[:, 1], "blue": colors[:, 2],
+                      "label": pred.astype(np.int32)}
+            write_ply(out_dir / f"{scene.name}.ply", vertex)
+            np.save(out_dir / f"{scene.name}.labels.npy", pred.astype(np.int64))
+            msg = f"{scene.name}: {len(pred)} points labelled -> {out_dir / (scene.name + '.ply')}"
+            if scene.labelled and (scene.segment20 >= 0).any():
+                conf = confusion_matrix(pred, scene.labels("segment20"), result.num_classes)
+                msg += f" (mIoU {100 * segmentation_metrics(conf)['mIoU']:.1f} against its labels)"
+            print(msg)
+        except InputError as e:
+            failures[s] = str(e)
+    return failures

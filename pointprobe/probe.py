@@ -1,0 +1,171 @@
+"""ScanNet-style segmentation probing on cached per-point features.
+
+For each feature folder written by ``pointprobe extract`` (one cache per split): train the multi-head
+linear probe (``common.probes.linear``, lr x wd grid in one pass, head chosen on held-out training
+scenes) on the training split, evaluate the chosen head on every point of the evaluation split, and
+write one table for all encoders side by side (markdown + JSON), per-class IoU (table + bar chart PNG)
+and the trained probes.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from common.cache import FeatureCache
+from common.config import config_hash, save_config
+from common.errors import ConfigError, InputError
+from common.probes.linear import (
+    LinearProbeConfig,
+    ProbeData,
+    evaluate_linear_probe,
+    save_probe,
+    train_linear_probe,
+)
+from common.sampling import limit_labels, subset_items
+
+log = logging.getLogger(__name__)
+
+
+def _seg_linear_defaults() -> LinearProbeConfig:
+    return LinearProbeConfig(task="segmentation", lrs=[1e-3, 3e-3, 1e-2, 3e-2], wds=[0.0, 1e-3],
+                             epochs=5, batch_size=4096, normalize="standardize", val_fraction=0.15)
+
+
+@dataclass
+class SegProbeConfig:
+    """Settings of ``pointprobe probe``."""
+
+    features: list[str] = field(default_factory=list)  # folders from `pointprobe extract` (one per encoder)
+    names: list[str] = field(default_factory=list)  # display names (default: recorded encoder label)
+    train_split: str = "train"
+    eval_split: str = "val"
+    out: str = "runs/probe"
+    scene_fraction: float = 1.0  # data efficiency: fraction of training scenes (1, 5, 10, 100 %)
+    points_per_scene: int = 0  # limited annotations: labelled points kept per training scene (0 = all)
+    max_train_points: int = 2_000_000  # cap on labelled training points (random subset; 0 = no cap)
+    seed: int = 0
+    probe: LinearProbeConfig = field(default_factory=_seg_linear_defaults)
+
+
+def _cache(folder: str | Path, split: str) -> FeatureCache:
+    path = Path(folder) / split
+    if not (path / "manifest.json").exists() and not any(path.glob("manifest.rank*.jsonl")):
+        raise InputError(path, f"no feature cache for split '{split}' (run `pointprobe extract` first)")
+    return FeatureCache(path)
+
+
+def _class_names(cache: FeatureCache) -> list[str]:
+    label_set = cache.meta.get("label_set", "segment20")
+    from pointprobe.data.scannet import CLASS_LABELS_20, CLASS_LABELS_200
+
+    return list(CLASS_LABELS_20 if label_set == "segment20" else CLASS_LABELS_200)
+
+
+def training_data(cache: FeatureCache, cfg: SegProbeConfig) -> tuple[ProbeData, list[str]]:
+    """Training chunks after the data-efficiency settings (scene subset, labelled points, cap)."""
+    items = subset_items(cache.items(), cfg.scene_fraction, seed=cfg.seed)
+    rng = np.random.default_rng(cfg.seed)
+    labels = []
+    for i, it in enumerate(items):
+        y = np.asarray(cache[it]["labels"]).astype(np.int64)
+        if cfg.points_per_scene > 0:
+            y = limit_labels(y, cfg.points_per_scene, seed=cfg.seed + i)
+        labels.append(y)
+    total = sum(int((y >= 0).sum()) for y in labels)
+    if cfg.max_train_points and total > cfg.max_train_points:
+        keep = cfg.max_train_points / total
+        labels = [np.where(rng.random(y.shape[0]) < keep, y, -1) for y in labels]
+    chunks = [(cache[it]["features"], y) for it, y in zip(items, labels)]
+    return ProbeData(chunks, groups=list(range(len(items))), names=items), items
+
+
+def probe_one(folder: str | Path, cfg: SegProbeConfig, out: Path, name: str | None = None) -> dict:
+    """Train on ``folder/train_split``, evaluate on ``folder/eval_split``; returns the result record."""
+    train_cache = _cache(folder, cfg.train_split)
+    eval_cache = _cache(folder, cfg.eval_split)
+    for what, a, b in (("encoder", train_cache.key.encoder, eval_cache.key.encoder),
+                       ("checkpoint", train_cache.key.checkpoint_sha256, eval_cache.key.checkpoint_sha256),
+                       ("config", train_cache.key.config_hash, eval_cache.key.config_hash)):
+        if a != b:
+            raise InputError(folder, f"train and eval caches come from different {what}s ({a} vs {b})")
+    class_names = _class_names(train_cache)
+    enc = train_cache.meta.get("encoder", {})
+    label = name or enc.get("label") or train_cache.key.encoder
+    train, items = training_data(train_cache, cfg)
+    pcfg = dataclasses.replace(cfg.probe, task="segmentation", num_classes=len(class_names), seed=cfg.seed)
+    log.info("probe %s: %d training scenes, %d labelled points, dim %d", label, len(items), train.num_rows,
+             train_cache.feature_dim)
+    result = train_linear_probe(train, None, pcfg, class_names=class_names)
+    evaluation = ProbeData.from_cache(eval_cache)
+    scores = evaluate_linear_probe(result, evaluation, device=pcfg.device)
+    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in label)
+    result.meta.update({"encoder": enc, "cache_key": train_cache.key.to_dict(), "features": str(folder)})
+    probe_path = save_probe(result, out / f"probe_{safe}.pt")
+    return {
+        "name": label,
+        "encoder": train_cache.key.encoder,
+        "checkpoint_sha256": train_cache.key.checkpoint_sha256,
+        "config_hash": train_cache.key.config_hash,
+        "dim": train_cache.feature_dim,
+        "train_scenes": len(items),
+        "train_points": int(train.num_rows),
+        "eval_scenes": len(eval_cache),
+        "mIoU": 100 * float(scores["mIoU"]),
+        "mAcc": 100 * float(scores["mAcc"]),
+        "allAcc": 100 * float(scores["allAcc"]),
+        "iou": [100 * float(v) for v in scores["iou"]],
+        "best_lr": result.best.get("lr"),
+        "best_wd": result.best.get("wd"),
+        "heads": result.heads,
+        "class_names": class_names,
+        "probe": str(probe_path),
+        "features": str(folder),
+    }
+
+
+def run_probe(cfg: SegProbeConfig) -> dict:
+    """Probe every feature folder; write ``results.md/json``, ``per_class_iou.md/json/png``, probes."""
+    from common.report import bar_chart_png, write_table
+
+    if not cfg.features:
+        raise ConfigError("config key 'features' is empty: give the folders written by `pointprobe extract`")
+    if cfg.names and len(cfg.names) != len(cfg.features):
+        raise ConfigError(f"config key 'names' has {len(cfg.names)} entries for {len(cfg.features)} features")
+    if not 0 < cfg.scene_fraction <= 1:
+        raise ConfigError(f"config key 'scene_fraction' must be in (0, 1], got {cfg.scene_fraction}")
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, out)
+    records = []
+    for i, folder in enumerate(cfg.features):
+        records.append(probe_one(folder, cfg, out, cfg.names[i] if cfg.names else None))
+    class_names = records[0]["class_names"]
+    rows = [{"encoder": r["name"], "dim": r["dim"], "mIoU": r["mIoU"], "mAcc": r["mAcc"],
+             "allAcc": r["allAcc"],
+             "train scenes": r["train_scenes"], "train points": r["train_points"], "best lr": r["best_lr"],
+             "best wd": r["best_wd"], "checkpoint": r["checkpoint_sha256"][:16]} for r in records]
+    setting = (f"{cfg.scene_fraction:.0%} of training scenes" +
+               (f", {cfg.points_per_scene} labelled points per scene" if cfg.points_per_scene else ""))
+    meta = {"task": "semantic segmentation, linear probe on frozen features",
+            "train split": cfg.train_split, "eval split": cfg.eval_split, "setting": setting,
+            "config_hash": config_hash(cfg), "config": asdict(cfg),
+            "encoders": [{k: r[k] for k in ("name", "encoder", "checkpoint_sha256", "config_hash",
+                                            "features")} for r in records]}
+    write_table(rows, out / "results", f"Linear probe, {cfg.eval_split} split ({setting})", meta=meta,
+                float_format=".2f")
+    per_class = [{"class": c, **{r["name"]: r["iou"][k] for r in records}} for k, c in enumerate(class_names)]
+    write_table(per_class, out / "per_class_iou", "Per-class IoU (%)", meta={"eval split": cfg.eval_split},
+                float_format=".1f")
+    bar_chart_png({r["name"]: r["iou"] for r in records}, out / "per_class_iou.png",
+                  title=f"Per-class IoU, {cfg.eval_split} split", ylabel="IoU (%)", labels=class_names)
+    detail = {"records": records, "meta": meta}
+    import json
+
+    from common.report import _jsonable  # the same NaN -> null conversion as the tables
+
+    (out / "details.json").write_text(json.dumps(_jsonable(detail), indent=1) + "\n")
+    return {"rows": rows, "records": records, "out": str(out)}
