@@ -8,7 +8,8 @@ its caches), runs the probes, and writes ``<out>/table.md|json`` (one row per en
 top-1 per benchmark, the appearance average, the motion average and the overall average) plus one
 PNG chart per probe. Per-cell results are kept in ``<out>/results`` and reused when nothing changed.
 
-Paths may use environment variables: ``${UCF101_ROOT}`` or ``${VAR:-default}``.
+Paths (dataset roots, list files, checkpoints) may use environment variables: ``${UCF101_ROOT}`` or
+``${VAR:-default}``; ``{split}`` in ``list_file`` / ``annotations`` becomes the split being extracted.
 """
 from __future__ import annotations
 
@@ -149,6 +150,11 @@ def _resolve_data(b: Benchmark) -> DataConfig:
     return data
 
 
+def _for_split(data: DataConfig, split: str) -> DataConfig:
+    fill = lambda p: None if p is None else p.replace("{split}", split)  # noqa: E731
+    return replace(data, split=split, list_file=fill(data.list_file), annotations=fill(data.annotations))
+
+
 def run_suite(suite: BenchSuite) -> dict[str, Any]:
     """Extract, probe and tabulate every (encoder, benchmark); returns the table rows and failures."""
     _check(suite)
@@ -161,6 +167,7 @@ def run_suite(suite: BenchSuite) -> dict[str, Any]:
     resolved = {b.name: _resolve_data(b) for b in benches}
     for enc in encs:
         label = _label(enc)
+        checkpoint = expand_path(enc.checkpoint, f"encoder {label}")
         for b in benches:
             data = resolved[b.name]
             caches = {}
@@ -169,8 +176,8 @@ def run_suite(suite: BenchSuite) -> dict[str, Any]:
                 views = replace(suite.views, clip_len=enc.clip_len or suite.views.clip_len,
                                 frame_step=enc.frame_step or suite.views.frame_step)
                 cfg = ExtractConfig(
-                    data=replace(data, split=split),
-                    encoder=EncoderConfig(enc.name, enc.checkpoint, enc.seed, dict(enc.kwargs)),
+                    data=_for_split(data, split),
+                    encoder=EncoderConfig(enc.name, checkpoint, enc.seed, dict(enc.kwargs)),
                     views=views, out=str(cache_dir), save_tokens=want_tokens,
                     token_grid=list(suite.extract.token_grid), dtype=suite.extract.dtype,
                     batch_size=suite.extract.batch_size, num_workers=suite.extract.num_workers,
@@ -265,6 +272,9 @@ def write_bench_report(suite: BenchSuite, rows: list[dict[str, Any]],
         "appearance benchmarks": ", ".join(b.name for b in order if b.group == "appearance") or "none",
         "motion benchmarks": ", ".join(b.name for b in order if b.group == "motion") or "none",
         "probes": ", ".join(suite.probes),
+        "chance level (%)": ", ".join(
+            f"{b.name} {100.0 / len(next(c for (_, n), c in cells.items() if n == b.name)['classes']):.2f}"
+            for b in order),
         "suite_config_hash": config_hash(suite),
         "cells": records,
         "config": to_dict(suite),
