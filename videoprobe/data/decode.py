@@ -108,12 +108,14 @@ class VideoReader:
 
 
 class DecordReader(VideoReader):
-    """decord backend (video only, accurate ``get_batch`` indexing)."""
+    """decord backend (video only, accurate ``get_batch`` indexing).  ``seek_after_batch``: call
+    ``seek(0)`` after every ``get_batch`` (the reported workaround for decord's memory growth)."""
 
-    def __init__(self, path: str | os.PathLike, num_threads: int = 1):
+    def __init__(self, path: str | os.PathLike, num_threads: int = 1, seek_after_batch: bool = True):
         import decord
 
         self.path = Path(path)
+        self._seek_after_batch = seek_after_batch
         self.backend = "decord"
         _check_file(self.path)
         try:
@@ -126,19 +128,34 @@ class DecordReader(VideoReader):
             raise InputError(self.path, f"decord cannot open it: {_one_line(e, self.path)}") from e
         if self.num_frames <= 0:
             raise InputError(self.path, "video stream has zero frames")
-        shape = self._decode([0]).shape
-        self.height, self.width = int(shape[1]), int(shape[2])
+        self._hw: tuple[int, int] | None = None  # decord reports no frame size without decoding
+
+    @property
+    def height(self) -> int:  # type: ignore[override]
+        if self._hw is None:
+            self._decode([0])
+        return self._hw[0]
+
+    @property
+    def width(self) -> int:  # type: ignore[override]
+        if self._hw is None:
+            self._decode([0])
+        return self._hw[1]
 
     def _decode(self, idx: Sequence[int]) -> torch.Tensor:
         try:
             batch = self._vr.get_batch(list(idx))
-            self._vr.seek(0)  # reported workaround for decord's memory growth in long loops
+            if self._seek_after_batch:
+                self._vr.seek(0)  # reported workaround for decord's memory growth in long loops
         except Exception as e:
             raise InputError(self.path, f"decord failed to decode frames: {_one_line(e, self.path)}") from e
         # pytorchvideo.data sets decord's global bridge to torch on import; accept both bridges.
         if isinstance(batch, torch.Tensor):
-            return batch.to(torch.uint8).contiguous()
-        return torch.from_numpy(np.ascontiguousarray(batch.asnumpy()))
+            frames = batch.to(torch.uint8).contiguous()
+        else:
+            frames = torch.from_numpy(np.ascontiguousarray(batch.asnumpy()))
+        self._hw = (int(frames.shape[1]), int(frames.shape[2]))
+        return frames
 
     def get_frames(self, indices: Sequence[int] | np.ndarray) -> torch.Tensor:
         idx = _check_indices(self.path, indices, self.num_frames)
@@ -309,7 +326,6 @@ class AutoReader(VideoReader):
             self._inner = DecordReader(self.path, num_threads)
         except InputError as e:
             self._switch(e)
-        self._sync()
 
     def _switch(self, err: InputError) -> None:
         log.debug("%s: decord failed (%s), trying PyAV", self.path, err.problem)
@@ -319,11 +335,12 @@ class AutoReader(VideoReader):
             raise InputError(self.path, f"{e2.problem}; {err.problem}") from e2
         self._inner.fallback_reason = err.problem
 
-    def _sync(self) -> None:
-        inner = self._inner
-        self.num_frames, self.fps = inner.num_frames, inner.fps
-        self.height, self.width = inner.height, inner.width
-        self.backend, self.fallback_reason = inner.backend, inner.fallback_reason
+    num_frames = property(lambda self: self._inner.num_frames)  # type: ignore[assignment]
+    fps = property(lambda self: self._inner.fps)  # type: ignore[assignment]
+    height = property(lambda self: self._inner.height)  # type: ignore[assignment]
+    width = property(lambda self: self._inner.width)  # type: ignore[assignment]
+    backend = property(lambda self: self._inner.backend)  # type: ignore[assignment]
+    fallback_reason = property(lambda self: self._inner.fallback_reason)  # type: ignore[assignment]
 
     def get_frames(self, indices: Sequence[int] | np.ndarray) -> torch.Tensor:
         _check_indices(self.path, indices, self.num_frames)
@@ -333,7 +350,6 @@ class AutoReader(VideoReader):
             if self._inner.backend != "decord":
                 raise
             self._switch(e)
-            self._sync()
             return self._inner.get_frames(indices)
 
     def close(self) -> None:
@@ -367,7 +383,8 @@ def sample_clips(reader: VideoReader, spec: ClipSpec, rng: Seed = None) -> tuple
     """Views (V, C, T, H, W) float in [0, 1] of an open video, and the frame indices
     (num_clips, clip_len) they were cut from.  All frames are decoded in one ``get_frames`` call."""
     g = np.random.default_rng(rng) if not isinstance(rng, np.random.Generator) else rng
-    idx = clip_indices(reader.num_frames, spec.clip_len, spec.frame_step, spec.num_clips, spec.mode, g)
+    idx = clip_indices(reader.num_frames, spec.clip_len, spec.frame_step, spec.num_clips, spec.mode, g,
+                       str(reader.path))
     frames = reader.get_frames(idx.reshape(-1))
     return make_views(frames, idx, spec, g), idx
 
