@@ -1,0 +1,745 @@
+"""Sonata-style self-distillation pre-training: config schema, training loop, checkpoints, exact resume.
+
+One optimiser step:
+
+1. the global batch of ``train.batch_size`` scenes is split into ``accum_steps`` micro-batches and,
+   under torchrun, over ranks; scene order is a per-epoch permutation keyed by ``train.seed`` and the
+   views of a scene are drawn from a generator keyed by (seed, step, batch position, scene index), so
+   the data do not depend on the number of processes;
+2. teacher (EMA of the student, no drop path) encodes the global views; the student encodes the
+   masked global views and the local views; both up-cast ``model.upcast_steps`` levels (no decoder);
+3. points are paired by nearest neighbour in the original coordinates (radius ``loss.match_radius``):
+   masked view vs its own global view, masked view vs the other global view ("roll"), local view vs
+   the first global view; teacher logits -> Sinkhorn-Knopp (global over ranks) -> cross-entropy with
+   the student's ``log_softmax(logits / student_temp)``, weights 2/8, 2/8, 4/8;
+4. AdamW with layer-wise lr decay, one-cycle lr, cosine weight decay, gradient clipping; then the EMA
+   teacher update with a cosine momentum.
+
+Checkpoints (``out/checkpoints/step_*.pth`` and ``out/last.pth``) hold student, teacher (with heads),
+optimiser, step and RNG states; resuming continues exactly. ``out/encoder.pth`` is the teacher
+backbone in the release format that ``pointprobe.models.load_encoder`` reads.
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import logging
+import math
+import os
+import random
+import re
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from common import dist
+from common.config import config_hash, save_config, to_dict
+from common.errors import CheckpointError, ConfigError, InputError
+from pointprobe.models.sparseunet import upcast
+from pointprobe.models.structure import PointBatch, PointEncoder
+from pointprobe.pretrain.ema import copy_weights, ema_update
+from pointprobe.pretrain.heads import PrototypeHead
+from pointprobe.pretrain.loss import assignment_entropy, distill_loss, sinkhorn_knopp
+from pointprobe.pretrain.schedules import StepValues, step_values
+from pointprobe.pretrain.views import (
+    SceneViews,
+    ViewBatch,
+    ViewConfig,
+    collate_views,
+    level_mean,
+    make_scene_views,
+    match_views,
+)
+
+log = logging.getLogger("pointprobe.pretrain")
+
+__all__ = [
+    "PretrainConfig",
+    "DataSection",
+    "ModelSection",
+    "LossSection",
+    "OptimSection",
+    "TrainSection",
+    "SceneStore",
+    "DistillModel",
+    "Pretrainer",
+    "run_pretrain",
+    "build_backbone",
+]
+
+
+# ---------------------------------------------------------------------------------------------- config
+@dataclass
+class DataSection:
+    root: str = ""  # preprocessed layout: {root}/{split}/{scene}/{coord,color,normal}.npy
+    split: str = "train"
+    max_scenes: int = 0  # 0 = every scene of the split
+    cache_in_memory: bool = True
+
+
+@dataclass
+class ModelSection:
+    backbone: str = "sparseunet"  # "sparseunet" or a name of pointprobe.models.ENCODERS (ptv3, sonata, ...)
+    backbone_config: dict[str, Any] = field(default_factory=dict)  # constructor overrides
+    drop_path: float = 0.3  # student; the teacher has none
+    upcast_steps: int = 2  # levels up-cast (concatenated) below the deepest for the heads
+    head_hidden: int = 4096
+    head_bottleneck: int = 256
+    num_prototypes: int = 4096
+
+
+@dataclass
+class LossSection:
+    mask_weight: float = 2 / 8
+    roll_weight: float = 2 / 8
+    unmask_weight: float = 4 / 8
+    student_temp: float = 0.1
+    teacher_temp_start: float = 0.04
+    teacher_temp_base: float = 0.07
+    sinkhorn_iters: int = 3
+    match_radius: float = 0.32
+    mask_size_start: float = 0.1
+    mask_size_base: float = 0.4
+    mask_ratio_start: float = 0.3
+    mask_ratio_base: float = 0.7
+    warmup_ratio: float = 0.05  # curriculum length (mask size / ratio, teacher temperature)
+    momentum_start: float = 0.994
+    momentum_end: float = 1.0
+
+
+@dataclass
+class OptimSection:
+    lr: float = 0.004
+    layer_decay: float = 0.9
+    weight_decay_start: float = 0.04
+    weight_decay_end: float = 0.2
+    pct_start: float = 0.05
+    div_factor: float = 10.0
+    final_div_factor: float = 1000.0
+    clip_grad: float = 3.0  # 0 = off
+    betas: tuple[float, float] = (0.9, 0.999)
+
+
+@dataclass
+class TrainSection:
+    steps: int = 1000  # optimiser steps
+    batch_size: int = 4  # scenes per optimiser step, over every rank and micro-batch
+    accum_steps: int = 1  # micro-batches per step
+    seed: int = 0
+    device: str = "auto"  # auto | cpu | cuda
+    amp: bool = True  # bf16 autocast on CUDA (never on the CPU)
+    threads: int = 0  # torch CPU threads (0 = leave as is)
+    log_every: int = 10
+    save_every: int = 200  # checkpoint + encoder.pth every N steps (0 = only at the end)
+    keep_checkpoints: int = 2
+    export: str = "teacher"  # teacher | student backbone written to encoder.pth
+    prefetch: bool = True  # build the next micro-batch's views in a background thread
+    progress: bool = True
+
+
+@dataclass
+class PretrainConfig:
+    data: DataSection = field(default_factory=DataSection)
+    views: ViewConfig = field(default_factory=ViewConfig)
+    model: ModelSection = field(default_factory=ModelSection)
+    loss: LossSection = field(default_factory=LossSection)
+    optim: OptimSection = field(default_factory=OptimSection)
+    train: TrainSection = field(default_factory=TrainSection)
+    out: str = ""
+
+
+def validate_config(cfg: PretrainConfig) -> None:
+    """Cross-field checks; raise ``ConfigError`` naming the key."""
+    t = cfg.train
+    if t.steps < 1:
+        raise ConfigError("config key 'train.steps' must be >= 1")
+    if t.batch_size < 1 or t.accum_steps < 1:
+        raise ConfigError("config keys 'train.batch_size' and 'train.accum_steps' must be >= 1")
+    if t.batch_size % t.accum_steps:
+        raise ConfigError(f"config key 'train.batch_size' ({t.batch_size}) must be a multiple of "
+                          f"'train.accum_steps' ({t.accum_steps})")
+    if t.export not in ("teacher", "student"):
+        raise ConfigError(f"config key 'train.export' must be teacher or student, got {t.export!r}")
+    if t.device not in ("auto", "cpu", "cuda"):
+        raise ConfigError(f"config key 'train.device' must be auto, cpu or cuda, got {t.device!r}")
+    if cfg.views.global_views < 1 or cfg.views.local_views < 0:
+        raise ConfigError("config keys 'views.global_views' >= 1 and 'views.local_views' >= 0")
+    if cfg.loss.roll_weight > 0 and cfg.views.global_views < 2:
+        raise ConfigError("config key 'loss.roll_weight' > 0 needs views.global_views >= 2")
+    if cfg.loss.unmask_weight > 0 and cfg.views.local_views < 1:
+        raise ConfigError("config key 'loss.unmask_weight' > 0 needs views.local_views >= 1")
+    if cfg.loss.mask_weight + cfg.loss.roll_weight + cfg.loss.unmask_weight <= 0:
+        raise ConfigError("config keys 'loss.*_weight': at least one must be positive")
+    if cfg.model.upcast_steps < 0:
+        raise ConfigError("config key 'model.upcast_steps' must be >= 0")
+
+
+# ---------------------------------------------------------------------------------------------- data
+class SceneStore:
+    """Scenes of ``{root}/{split}`` (preprocessed layout); ``get(i)`` -> (coord, color, normal, name)."""
+
+    def __init__(self, root: str | os.PathLike, split: str, max_scenes: int = 0, cache: bool = True):
+        from pointprobe.data.scannet import list_scenes
+
+        if not str(root):
+            raise ConfigError("config key 'data.root' is empty: give the preprocessed data folder")
+        self.root = Path(root)
+        self.split = split
+        names = list_scenes(self.root, split)
+        if max_scenes > 0:
+            names = names[:max_scenes]
+        if not names:
+            raise InputError(self.root / split, "no scenes found")
+        self.names = names
+        self.cache = cache
+        self._mem: dict[int, tuple] = {}
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def get(self, i: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, str]:
+        if i in self._mem:
+            return self._mem[i]
+        from pointprobe.data.scannet import load_scene
+
+        folder = self.root / self.split / self.names[i]
+        s = load_scene(folder)
+        item = (s.coord, s.color, s.normal, str(folder))
+        if self.cache:
+            self._mem[i] = item
+        return item
+
+
+class ScenePlan:
+    """Which scene sits at each position of each global batch (independent of the number of ranks)."""
+
+    def __init__(self, n_scenes: int, batch_size: int, seed: int):
+        self.n = n_scenes
+        self.batch_size = batch_size
+        self.seed = seed
+        self._perms: dict[int, np.ndarray] = {}
+
+    def scene(self, step: int, position: int) -> int:
+        epoch, pos = divmod(step * self.batch_size + position, self.n)
+        if epoch not in self._perms:
+            if len(self._perms) > 4:
+                self._perms.clear()
+            self._perms[epoch] = np.random.default_rng([self.seed, 7, epoch]).permutation(self.n)
+        return int(self._perms[epoch][pos])
+
+    def positions(self, micro: int, accum: int, rank: int, world: int) -> list[int]:
+        per_micro = self.batch_size // accum
+        per_rank = per_micro // world
+        start = micro * per_micro + rank * per_rank
+        return list(range(start, start + per_rank))
+
+
+# --------------------------------------------------------------------------------------------- model
+def build_backbone(cfg: ModelSection, drop_path: float) -> PointEncoder:
+    """The backbone named ``cfg.backbone`` with a mask token and ``drop_path``."""
+    over = {**cfg.backbone_config, "drop_path": drop_path, "mask_token": True}
+    if cfg.backbone == "sparseunet":
+        from pointprobe.models.sparseunet import create_sparseunet
+
+        try:
+            return create_sparseunet(**over)
+        except (TypeError, ValueError) as e:
+            raise ConfigError(f"config key 'model.backbone_config': {e}") from None
+    try:
+        from pointprobe.models import create_encoder
+    except ImportError as e:  # pragma: no cover - depends on the models package
+        raise ConfigError(f"model.backbone={cfg.backbone!r}: pointprobe.models unavailable ({e})") from None
+    return create_encoder(cfg.backbone, **over)
+
+
+class DistillModel(nn.Module):
+    """Backbone + mask head + unmask head (the student; the teacher is a copy without drop path)."""
+
+    def __init__(self, backbone: PointEncoder, head_in: int, cfg: ModelSection):
+        super().__init__()
+        self.backbone = backbone
+        self.mask_head = PrototypeHead(head_in, cfg.head_hidden, cfg.head_bottleneck, cfg.num_prototypes)
+        self.unmask_head = PrototypeHead(head_in, cfg.head_hidden, cfg.head_bottleneck, cfg.num_prototypes)
+        self.upcast_steps = cfg.upcast_steps
+
+    def level(self, point: PointBatch) -> PointBatch:
+        """Backbone + up-cast: the head level with concatenated features."""
+        out = self.backbone(point)
+        return upcast(out, self.upcast_steps)
+
+    def forward(self, masked: PointBatch, local: PointBatch | None) -> dict:
+        """Student pass: both inputs in one call (one DDP forward per backward)."""
+        m = self.level(masked)
+        res = {"masked": m, "masked_logits": self.mask_head(m.feat)}
+        if local is not None:
+            lv = self.level(local)
+            res["local"] = lv
+            res["local_logits"] = self.unmask_head(lv.feat)
+        return res
+
+
+def head_in_channels(backbone: PointEncoder, upcast_steps: int) -> int:
+    """Width of the up-cast features the heads see."""
+    return backbone.feature_dim(upcast_steps)
+
+
+_BLOCK_PATTERNS = (
+    (re.compile(r"(?:^|\.)levels\.(\d+)\.(\d+)\."), "depths"),  # SparseUNet
+    (re.compile(r"(?:^|\.)enc\.enc(\d+)\.block(\d+)\."), "enc_depths"),  # PTv3
+)
+
+
+def block_index(name: str, config: dict) -> int | None:
+    """Global index of the residual/transformer block a parameter belongs to (None: not in a block)."""
+    for pat, key in _BLOCK_PATTERNS:
+        m = pat.search(name)
+        if m and key in config:
+            s, b = int(m.group(1)), int(m.group(2))
+            return sum(config[key][:s]) + b
+    return None
+
+
+def param_groups(model: DistillModel, layer_decay: float) -> list[dict]:
+    """AdamW groups: lr scale ``layer_decay ** (n_blocks - 1 - block)`` for encoder blocks (1 for the
+    rest); no weight decay on biases, norms and the mask token."""
+    cfg = dict(model.backbone.config)
+    depths = cfg.get("depths") or cfg.get("enc_depths") or []
+    n_blocks = sum(depths)
+    groups: dict[tuple[float, bool], list] = {}
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        idx = block_index(name, cfg) if name.startswith("backbone.") else None
+        scale = layer_decay ** (n_blocks - 1 - idx) if idx is not None else 1.0
+        decay = not (p.ndim <= 1 or name.endswith(".bias") or "mask_token" in name)
+        groups.setdefault((scale, decay), []).append(p)
+    return [{"params": ps, "lr_scale": s, "decay": d}
+            for (s, d), ps in sorted(groups.items(), key=lambda x: x[0])]
+
+
+# ---------------------------------------------------------------------------------------------- stats
+@torch.no_grad()
+def feature_stats(feat: torch.Tensor, max_rows: int = 4096) -> tuple[float, float]:
+    """(mean per-channel std of L2-normalised features x sqrt(D), effective rank): ~1 and large for
+    spread-out features, 0 and 1 for collapsed ones."""
+    if feat.shape[0] < 2:
+        return float("nan"), float("nan")
+    f = F.normalize(feat.float(), dim=1)
+    if f.shape[0] > max_rows:
+        f = f[torch.linspace(0, f.shape[0] - 1, max_rows).long()]
+    std = float(f.std(0).mean() * math.sqrt(f.shape[1]))
+    s = torch.linalg.svdvals(f - f.mean(0))
+    p = s / s.sum().clamp_min(1e-12)
+    erank = float(torch.exp(-(p * torch.log(p.clamp_min(1e-12))).sum()))
+    return std, erank
+
+
+def _rng_state() -> dict:
+    st = np.random.get_state()
+    out = {
+        "python": list(random.getstate()[1]) + [random.getstate()[0], random.getstate()[2]],
+        "numpy": {"keys": torch.from_numpy(st[1].astype(np.int64)), "pos": int(st[2]),
+                  "has_gauss": int(st[3]), "cached": float(st[4])},
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        out["cuda"] = torch.cuda.get_rng_state_all()
+    return out
+
+
+def _set_rng_state(st: dict) -> None:
+    py = st["python"]
+    random.setstate((py[-2], tuple(py[:-2]), py[-1]))
+    n = st["numpy"]
+    keys = n["keys"].numpy().astype(np.uint32)
+    np.random.set_state(("MT19937", keys, n["pos"], n["has_gauss"], n["cached"]))
+    torch.set_rng_state(st["torch"])
+    if "cuda" in st and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(st["cuda"])
+
+
+# -------------------------------------------------------------------------------------------- trainer
+class Pretrainer:
+    """Holds models, optimiser and data plan; ``run()`` trains to ``train.steps``."""
+
+    def __init__(self, cfg: PretrainConfig, out_dir: str | os.PathLike | None = None,
+                 store: SceneStore | None = None):
+        validate_config(cfg)
+        self.cfg = cfg
+        self.out = Path(out_dir or cfg.out) if (out_dir or cfg.out) else None
+        self.rank, self.world = dist.rank(), dist.world_size()
+        t = cfg.train
+        if t.batch_size % (t.accum_steps * self.world):
+            raise ConfigError(f"config key 'train.batch_size' ({t.batch_size}) must be a multiple of "
+                              f"accum_steps x processes ({t.accum_steps} x {self.world})")
+        if t.threads > 0:
+            torch.set_num_threads(t.threads)
+        if t.device == "auto":
+            self.device = dist.device_for_rank()
+        elif t.device == "cuda":
+            if not torch.cuda.is_available():
+                raise ConfigError("config key 'train.device' is cuda but CUDA is not available")
+            self.device = dist.device_for_rank()
+        else:
+            self.device = torch.device("cpu")
+        self.store = store or SceneStore(cfg.data.root, cfg.data.split, cfg.data.max_scenes,
+                                         cfg.data.cache_in_memory)
+        self.plan = ScenePlan(len(self.store), t.batch_size, t.seed)
+
+        torch.manual_seed(t.seed)
+        student_bb = build_backbone(cfg.model, cfg.model.drop_path)
+        teacher_bb = build_backbone(cfg.model, 0.0)
+        try:
+            hin = head_in_channels(student_bb, cfg.model.upcast_steps)
+        except (ValueError, ConfigError) as e:
+            raise ConfigError(f"config key 'model.upcast_steps': {e}") from None
+        self.student = DistillModel(student_bb, hin, cfg.model).to(self.device)
+        self.teacher = DistillModel(teacher_bb, hin, cfg.model).to(self.device)
+        copy_weights(self.teacher, self.student)
+        for p in self.teacher.parameters():
+            p.requires_grad_(False)
+        self.teacher.eval()
+        self.groups = param_groups(self.student, cfg.optim.layer_decay)
+        self.optimizer = torch.optim.AdamW(
+            [{"params": g["params"], "lr": cfg.optim.lr, "weight_decay": 0.0} for g in self.groups],
+            lr=cfg.optim.lr, betas=tuple(cfg.optim.betas))
+        self.ddp = None
+        if dist.is_distributed():
+            from torch.nn.parallel import DistributedDataParallel as DDP
+
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.ddp = DDP(self.student, device_ids=ids)
+        self.step = 0
+        self._pool = ThreadPoolExecutor(1) if t.prefetch else None
+        self._pending: dict[tuple[int, int], Any] = {}
+        self.history: list[dict] = []
+
+    # -- schedules / data --------------------------------------------------------------------------
+    def values(self, step: int) -> StepValues:
+        c, lo, o = self.cfg, self.cfg.loss, self.cfg.optim
+        return step_values(step, c.train.steps, pct_start=o.pct_start, div_factor=o.div_factor,
+                           final_div_factor=o.final_div_factor, wd_start=o.weight_decay_start,
+                           wd_end=o.weight_decay_end, momentum_start=lo.momentum_start,
+                           momentum_end=lo.momentum_end, teacher_temp_start=lo.teacher_temp_start,
+                           teacher_temp_base=lo.teacher_temp_base, mask_size_start=lo.mask_size_start,
+                           mask_size_base=lo.mask_size_base, mask_ratio_start=lo.mask_ratio_start,
+                           mask_ratio_base=lo.mask_ratio_base, warmup_ratio=lo.warmup_ratio)
+
+    def scene_views(self, step: int, position: int) -> SceneViews:
+        """The views of the scene at ``position`` of global batch ``step`` (deterministic)."""
+        idx = self.plan.scene(step, position)
+        coord, color, normal, name = self.store.get(idx)
+        v = self.values(step)
+        rng = np.random.default_rng([self.cfg.train.seed, step, position, idx])
+        return make_scene_views(coord, color, normal, self.cfg.views, rng, v.mask_size, v.mask_ratio, name)
+
+    def _build_micro(self, step: int, micro: int) -> ViewBatch:
+        t = self.cfg.train
+        pos = self.plan.positions(micro, t.accum_steps, self.rank, self.world)
+        return collate_views([self.scene_views(step, p) for p in pos], self.cfg.views.grid_size)
+
+    def micro_batch(self, step: int, micro: int) -> ViewBatch:
+        key = (step, micro)
+        fut = self._pending.pop(key, None)
+        vb = fut.result() if fut is not None else self._build_micro(step, micro)
+        # queue the next one
+        if self._pool is not None:
+            nxt = (step, micro + 1) if micro + 1 < self.cfg.train.accum_steps else (step + 1, 0)
+            if nxt[0] < self.cfg.train.steps and nxt not in self._pending:
+                self._pending[nxt] = self._pool.submit(self._build_micro, *nxt)
+        return vb
+
+    # -- one step ----------------------------------------------------------------------------------
+    def _autocast(self) -> contextlib.AbstractContextManager:
+        if self.cfg.train.amp and self.device.type == "cuda":
+            return torch.autocast("cuda", dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    def micro_step(self, vb: ViewBatch, v: StepValues, scale: float, sync: bool) -> dict:
+        """Forward + backward of one micro-batch; returns its metrics."""
+        lc, dev = self.cfg.loss, self.device
+        vb = vb.to(dev)
+        with torch.no_grad(), self._autocast():
+            t_lvl = self.teacher.level(vb.teacher)
+            use_mask = lc.mask_weight + lc.roll_weight > 0
+            t_mask = self.teacher.mask_head(t_lvl.feat).float() if use_mask else None
+            t_unmask = self.teacher.unmask_head(t_lvl.feat).float() if lc.unmask_weight > 0 else None
+        t_origin = level_mean(vb.teacher_origin, t_lvl).cpu().numpy()
+        t_off = t_lvl.offset.cpu().numpy()
+        model = self.ddp if self.ddp is not None else self.student
+        ctx = contextlib.nullcontext() if sync or self.ddp is None else self.ddp.no_sync()
+        with ctx:
+            with self._autocast():
+                out = model(vb.masked, vb.local if lc.unmask_weight > 0 else None)
+            trees: dict = {}
+            G, L, B = vb.n_global, vb.n_local, vb.n_scenes
+            losses: dict[str, torch.Tensor] = {}
+            n_pairs: dict[str, int] = {}
+            m_lvl = out["masked"]
+            m_origin = level_mean(vb.masked_origin, m_lvl).cpu().numpy()
+            m_off = m_lvl.offset.cpu().numpy()
+            specs = []
+            if lc.mask_weight > 0:
+                specs.append(("mask", lc.mask_weight,
+                              [(j * G + g, j * G + g) for j in range(B) for g in range(G)]))
+            if lc.roll_weight > 0:
+                specs.append(("roll", lc.roll_weight,
+                              [(j * G + g, j * G + (g + 1) % G) for j in range(B) for g in range(G)]))
+            for name, _, vpairs in specs:
+                q, r, grp = match_views(m_origin, m_off, t_origin, t_off, vpairs, lc.match_radius, trees)
+                target = sinkhorn_knopp(t_mask[torch.from_numpy(r).to(dev)], v.teacher_temp,
+                                        lc.sinkhorn_iters)
+                losses[name] = distill_loss(target, out["masked_logits"][torch.from_numpy(q).to(dev)],
+                                            lc.student_temp, torch.from_numpy(grp).to(dev), B * G)
+                n_pairs[name] = len(q)
+            if lc.unmask_weight > 0:
+                l_lvl = out["local"]
+                l_origin = level_mean(vb.local_origin, l_lvl).cpu().numpy()
+                vpairs = [(j * L + k, j * G) for j in range(B) for k in range(L)]
+                q, r, grp = match_views(l_origin, l_lvl.offset.cpu().numpy(), t_origin, t_off, vpairs,
+                                        lc.match_radius, trees)
+                target = sinkhorn_knopp(t_unmask[torch.from_numpy(r).to(dev)], v.teacher_temp,
+                                        lc.sinkhorn_iters)
+                losses["unmask"] = distill_loss(target, out["local_logits"][torch.from_numpy(q).to(dev)],
+                                                lc.student_temp, torch.from_numpy(grp).to(dev), B * L)
+                n_pairs["unmask"] = len(q)
+            weights = {"mask": lc.mask_weight, "roll": lc.roll_weight, "unmask": lc.unmask_weight}
+            loss = sum(weights[k] * val for k, val in losses.items())
+            (loss * scale).backward()
+        metrics = {f"{k}_loss": float(val.detach()) for k, val in losses.items()}
+        metrics["loss"] = float(loss.detach())
+        metrics.update({f"{k}_pairs": n for k, n in n_pairs.items()})
+        logits = t_mask if t_mask is not None else t_unmask
+        h_mean, h_point = assignment_entropy(logits, v.teacher_temp)
+        metrics["teacher_entropy"], metrics["teacher_entropy_point"] = h_mean, h_point
+        metrics["feat_std"], metrics["eff_rank"] = feature_stats(t_lvl.feat)
+        metrics["points"] = len(vb.teacher) + len(vb.masked) + len(vb.local)
+        return metrics
+
+    def train_step(self) -> dict:
+        """One optimiser step (all micro-batches); returns averaged metrics."""
+        t, o = self.cfg.train, self.cfg.optim
+        step = self.step
+        v = self.values(step)
+        for g, pg in zip(self.groups, self.optimizer.param_groups):
+            pg["lr"] = o.lr * v.lr_factor * g["lr_scale"]
+            pg["weight_decay"] = v.weight_decay if g["decay"] else 0.0
+        self.student.train()
+        acc: dict[str, float] = {}
+        for a in range(t.accum_steps):
+            vb = self.micro_batch(step, a)
+            m = self.micro_step(vb, v, 1.0 / t.accum_steps, sync=a == t.accum_steps - 1)
+            for k, val in m.items():
+                acc[k] = acc.get(k, 0.0) + val / t.accum_steps
+        for k in ("points",) + tuple(k for k in acc if k.endswith("_pairs")):
+            acc[k] = acc[k] * t.accum_steps  # totals, not means
+        gnorm = float("nan")
+        if o.clip_grad > 0:
+            gnorm = float(torch.nn.utils.clip_grad_norm_(self.student.parameters(), o.clip_grad))
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        ema_update(self.teacher, self.student, v.momentum)
+        self.step += 1
+        # loss of the whole global batch (mean over ranks)
+        if dist.is_distributed():
+            keys = sorted(k for k in acc if k.endswith("loss"))
+            vals = dist.all_reduce_tensor(torch.tensor([acc[k] for k in keys], dtype=torch.float64), "mean")
+            acc.update(dict(zip(keys, vals.tolist())))
+        acc.update(step=self.step, lr=o.lr * v.lr_factor, weight_decay=v.weight_decay, momentum=v.momentum,
+                   teacher_temp=v.teacher_temp, mask_size=v.mask_size, mask_ratio=v.mask_ratio,
+                   grad_norm=gnorm,
+                   effective_batch=t.batch_size)
+        return acc
+
+    # -- checkpoints -------------------------------------------------------------------------------
+    def state(self) -> dict:
+        return {
+            "format": "pointprobe-pretrain-v1",
+            "step": self.step,
+            "config": to_dict(self.cfg),
+            "config_hash": config_hash(self.cfg),
+            "student": self.student.state_dict(),
+            "teacher": self.teacher.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "rng": _rng_state(),
+            "world_size": self.world,
+            "scenes_seen": self.step * self.cfg.train.batch_size,
+        }
+
+    def load_state(self, path: str | os.PathLike) -> None:
+        """Resume from a training checkpoint (exactly: weights, optimiser, step, RNG states)."""
+        try:
+            st = torch.load(path, map_location="cpu", weights_only=True)
+        except FileNotFoundError:
+            raise CheckpointError(f"{path}: no such checkpoint file") from None
+        except Exception as e:  # noqa: BLE001
+            raise CheckpointError(f"{path}: cannot read checkpoint ({type(e).__name__}: {e})") from None
+        if not isinstance(st, dict) or st.get("format") != "pointprobe-pretrain-v1":
+            raise CheckpointError(f"{path}: not a pointprobe pre-training checkpoint")
+        try:
+            self.student.load_state_dict(st["student"])
+            self.teacher.load_state_dict(st["teacher"])
+            self.optimizer.load_state_dict(st["optimizer"])
+        except (RuntimeError, ValueError, KeyError) as e:
+            msg = str(e).splitlines()[0]
+            raise CheckpointError(f"{path}: does not match this model/config ({msg})") from None
+        if st.get("config_hash") != config_hash(self.cfg):
+            old = st.get("config", {})
+            new = to_dict(self.cfg)
+            diff = sorted(_diff_keys(old, new))
+            log.warning("%s: resuming with a different config (%s)", path, ", ".join(diff[:6]))
+        self.step = int(st["step"])
+        _set_rng_state(st["rng"])
+
+    def save(self) -> Path | None:
+        """Write ``checkpoints/step_N.pth``, ``last.pth`` and ``encoder.pth`` (rank 0)."""
+        if self.out is None or not dist.is_main():
+            return None
+        ck = self.out / "checkpoints"
+        ck.mkdir(parents=True, exist_ok=True)
+        path = ck / f"step_{self.step:07d}.pth"
+        tmp = path.with_name(path.name + ".tmp")
+        torch.save(self.state(), tmp)
+        os.replace(tmp, path)
+        last = self.out / "last.pth"
+        tmp = last.with_name("last.pth.tmp")
+        try:
+            os.link(path, tmp)
+        except OSError:
+            import shutil
+
+            shutil.copyfile(path, tmp)
+        os.replace(tmp, last)
+        old = sorted(ck.glob("step_*.pth"))
+        for p in old[: max(0, len(old) - max(1, self.cfg.train.keep_checkpoints))]:
+            p.unlink(missing_ok=True)
+        self.export(self.out / "encoder.pth")
+        return path
+
+    def export(self, path: str | os.PathLike) -> Path:
+        """The teacher (or student) backbone in the release format ``{"arch","config","state_dict"}``."""
+        src = self.teacher if self.cfg.train.export == "teacher" else self.student
+        bb = src.backbone
+        meta = {"source": "pointprobe pretrain", "step": self.step, "config_hash": config_hash(self.cfg),
+                "which": self.cfg.train.export}
+        try:
+            from pointprobe.models import save_encoder
+        except ImportError:  # TODO(lead): pointprobe.models.save_encoder is the one writer once it lands
+            save_encoder = None
+        cfg_export = {**dict(bb.config), "drop_path": 0.0}
+        if save_encoder is not None:
+            orig = bb.config
+            bb.config = cfg_export
+            try:
+                return save_encoder(bb, path, **meta)
+            finally:
+                bb.config = orig
+        path = Path(path)
+        tmp = path.with_name(path.name + ".tmp")
+        torch.save({"arch": bb.arch, "config": cfg_export,
+                    "state_dict": {k: v.detach().cpu() for k, v in bb.state_dict().items()},
+                    "meta": meta}, tmp)
+        os.replace(tmp, path)
+        return path
+
+    # -- loop --------------------------------------------------------------------------------------
+    def run(self, max_steps: int | None = None) -> dict:
+        """Train until ``train.steps`` (or ``max_steps`` more steps); returns the last metrics."""
+        t = self.cfg.train
+        end = t.steps if max_steps is None else min(t.steps, self.step + max_steps)
+        logf = None
+        if self.out is not None and dist.is_main():
+            self.out.mkdir(parents=True, exist_ok=True)
+            logf = open(self.out / "log.jsonl", "a")
+        bar = tqdm(total=end, initial=self.step, desc="pretrain", disable=not (t.progress and dist.is_main()),
+                   dynamic_ncols=True)
+        last: dict = {}
+        t0 = time.perf_counter()
+        warned_at = -10**9
+        try:
+            while self.step < end:
+                ts = time.perf_counter()
+                m = self.train_step()
+                dt = time.perf_counter() - ts
+                m["step_time"] = dt
+                m["points_per_s"] = m["points"] * self.world / dt
+                m["scenes_per_s"] = t.batch_size / dt
+                m["elapsed"] = time.perf_counter() - t0
+                if not math.isfinite(m["loss"]):
+                    raise ConfigError(f"loss became {m['loss']} at step {self.step}; lower optim.lr")
+                collapse = []
+                if m["teacher_entropy"] < 0.05:
+                    collapse.append(f"teacher prototype-usage entropy {m['teacher_entropy']:.3f} of log K")
+                if m["feat_std"] < 0.02:
+                    collapse.append(f"feature std {m['feat_std']:.4f} (x sqrt D)")
+                if m["eff_rank"] < 2.0:
+                    collapse.append(f"effective rank {m['eff_rank']:.2f}")
+                m["collapse_warning"] = bool(collapse)
+                if collapse and self.step - warned_at >= max(t.log_every, 1) and dist.is_main():
+                    log.warning("step %d: possible collapse: %s", self.step, "; ".join(collapse))
+                    warned_at = self.step
+                self.history.append(m)
+                last = m
+                bar.update(1)
+                bar.set_postfix(loss=f"{m['loss']:.3f}", pts_s=f"{m['points_per_s']:.0f}",
+                                H=f"{m['teacher_entropy']:.2f}")
+                if logf is not None and (self.step % max(t.log_every, 1) == 0 or self.step == end):
+                    logf.write(json.dumps({k: (None if isinstance(v, float) and not math.isfinite(v) else v)
+                                           for k, v in m.items()}) + "\n")
+                    logf.flush()
+                if t.save_every > 0 and self.step % t.save_every == 0 and self.step < t.steps:
+                    self.save()
+            if self.step >= t.steps:
+                self.save()
+        finally:
+            bar.close()
+            if logf is not None:
+                logf.close()
+        return last
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None
+
+
+def _diff_keys(a: dict, b: dict, prefix: str = "") -> set[str]:
+    out = set()
+    for k in set(a) | set(b):
+        va, vb = a.get(k), b.get(k)
+        if isinstance(va, dict) and isinstance(vb, dict):
+            out |= _diff_keys(va, vb, f"{prefix}{k}.")
+        elif va != vb and not (isinstance(va, (list, tuple)) and isinstance(vb, (list, tuple))
+                               and list(va) == list(vb)):
+            out.add(f"{prefix}{k}")
+    return out
+
+
+def run_pretrain(cfg: PretrainConfig, out_dir: str | os.PathLike, resume: str | os.PathLike | None = None,
+                 store: SceneStore | None = None) -> dict:
+    """Pre-train to ``cfg.train.steps``: saves the resolved config, resumes from ``resume`` or from
+    ``out_dir/last.pth`` when present, writes checkpoints and ``encoder.pth``. Returns a summary."""
+    out = Path(out_dir)
+    cfg = dataclasses.replace(cfg, out=str(out))
+    if dist.is_main():
+        out.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, out)
+    trainer = Pretrainer(cfg, out, store=store)
+    try:
+        ck = Path(resume) if resume else (out / "last.pth" if (out / "last.pth").is_file() else None)
+        if ck is not None:
+            trainer.load_state(ck)
+            log.info("resumed from %s at step %d", ck, trainer.step)
+        last = trainer.run()
+    finally:
+        trainer.close()
+    return {"step": trainer.step, "encoder": str(out / "encoder.pth"), "last": last, "out": str(out)}
