@@ -145,6 +145,18 @@ def test_auto_falls_back_to_pyav(videos: dict, monkeypatch: pytest.MonkeyPatch) 
     assert nearest.tolist() == [5, 30]
 
 
+def test_auto_falls_back_when_decord_fails_to_decode(videos: dict, monkeypatch: pytest.MonkeyPatch) -> None:
+    def failing(self: decode.DecordReader, idx: object) -> None:
+        raise InputError(self.path, "decord failed to decode frames: simulated")
+
+    monkeypatch.setattr(decode.DecordReader, "_decode", failing)
+    with open_video(videos["dir"] / "plain.mp4", "auto") as r:
+        assert r.backend == "decord"
+        nearest, _ = _nearest(r.get_frames([2, 33]), videos["gt"])
+        assert r.backend == "pyav" and "simulated" in r.fallback_reason
+    assert nearest.tolist() == [2, 33]
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("name", ["missing.mp4", "empty.mp4", "zero.mp4", "half.mp4", "half_faststart.mp4",
                                   "random.mp4", "bad_index.mp4", "bad_header.mp4"])

@@ -39,6 +39,7 @@ from videoprobe.data.transforms import ClipSpec, Seed, clip_indices, make_views
 log = logging.getLogger(__name__)
 
 BACKENDS = ("auto", "decord", "pyav")
+_SEEK_GAP = 12  # PyAV: decode forward rather than seek when the next keyframe is at most this far ahead
 
 
 def _one_line(e: BaseException, path: Path | None = None, limit: int = 160) -> str:
@@ -272,7 +273,9 @@ class PyAVReader(VideoReader):
                 k = int(np.searchsorted(self._key_pts, tpts, side="right")) - 1
                 key_pts = int(self._key_pts[k]) if k >= 0 else int(self._pts[0])
                 key_index = self._pts_to_index.get(key_pts, 0)
-                if frames_iter is None or pos >= target or key_index > pos + 1:
+                # seek when going back, or when a keyframe lies well ahead of the decoder (skipping
+                # a few frames by decoding them is cheaper than a seek and a decoder flush)
+                if frames_iter is None or pos >= target or key_index > pos + _SEEK_GAP:
                     container.seek(key_pts, stream=stream, backward=True, any_frame=False)
                     frames_iter = container.decode(stream)
                     pos = -1
