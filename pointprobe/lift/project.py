@@ -1,0 +1,191 @@
+"""Projection of 3D points into posed RGB-D frames, visibility, and multi-view feature fusion.
+
+Conventions (ScanNet / OpenCV): a pose is the 4x4 camera-to-world matrix; camera x right, y down,
+z forward. A point ``p`` (world) maps to ``c = R^T (p - t)`` (R, t of the pose) and to the pixel
+``u = round(fx c_x / c_z + cx)``, ``v = round(fy c_y / c_z + cy)`` (column ``u``, row ``v``; pixel
+centres at integers). Everything is vectorised over many frames at once: (F, N) projections in one
+tensor expression, then only the (frame, point) pairs that land inside the image are gathered.
+
+Visibility (OpenScene's multi-view fusion): a point is seen by a frame when it lies in front of the
+camera, its pixel is at least ``margin`` pixels from every border, the depth map has a measurement
+there, and ``|depth[v, u] - z| <= threshold * depth[v, u]`` (relative, default 0.25) or
+``<= threshold`` metres (absolute).
+
+Feature look-up: a (D, h, w) feature map covering the whole (W, H) image (patch features at any
+stride) is upsampled bilinearly to pixels (``align_corners=False``, edges clamped) and read at the
+point's pixel. Only the needed pixels are evaluated (four corners per pair), which equals
+``F.interpolate(map, (H, W), mode="bilinear")[..., v, u]`` without materialising the (D, H, W) map.
+Fusion is the mean over the views that see a point (a running scatter-add, ``index_add_``, of the
+sampled features and of a count per point; ``common.scatter.segment_reduce`` computes the same sums
+but allocates an (N, D) result per call); points seen by no view keep zero features and a zero count.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+__all__ = [
+    "Projection",
+    "world_to_camera",
+    "project_points",
+    "visible_pairs",
+    "sample_feature_maps",
+    "FusionAccumulator",
+]
+
+
+def world_to_camera(poses: torch.Tensor) -> torch.Tensor:
+    """(F, 4, 4) world-to-camera matrices from camera-to-world poses (rigid inverse: R^T, -R^T t)."""
+    if poses.dim() == 2:
+        poses = poses[None]
+    R = poses[:, :3, :3]
+    t = poses[:, :3, 3]
+    out = torch.zeros_like(poses)
+    out[:, :3, :3] = R.transpose(1, 2)
+    out[:, :3, 3] = -(R.transpose(1, 2) @ t[:, :, None])[:, :, 0]
+    out[:, 3, 3] = 1
+    return out
+
+
+@dataclass
+class Projection:
+    """Pixel coordinates (F, N) int64 ``u`` (column), ``v`` (row) and camera depth ``z`` (F, N)."""
+
+    u: torch.Tensor
+    v: torch.Tensor
+    z: torch.Tensor
+
+
+def _as_batched_K(K: torch.Tensor, n_frames: int) -> torch.Tensor:
+    K = K[:3, :3] if K.dim() == 2 else K[:, :3, :3]
+    return K.expand(n_frames, 3, 3) if K.dim() == 2 else K
+
+
+def project_points(coord: torch.Tensor, w2c: torch.Tensor, K: torch.Tensor) -> Projection:
+    """Project world points (N, 3) into F frames: ``w2c`` (F, 4, 4), ``K`` (3, 3) or (F, 3, 3).
+
+    Returns rounded pixel coordinates and the camera depth; points behind the camera get z <= 0 (their
+    pixels are meaningless, ``visible_pairs`` drops them).
+    """
+    w2c = w2c[None] if w2c.dim() == 2 else w2c
+    coord = coord.to(w2c.dtype)
+    cam = torch.einsum("fij,nj->fni", w2c[:, :3, :3], coord) + w2c[:, None, :3, 3]  # (F, N, 3)
+    z = cam[..., 2]
+    Kb = _as_batched_K(K.to(w2c.dtype), w2c.shape[0])
+    zs = torch.where(z.abs() > 1e-9, z, torch.full_like(z, 1e-9))
+    u = torch.round(Kb[:, 0, 0, None] * cam[..., 0] / zs + Kb[:, 0, 2, None])
+    v = torch.round(Kb[:, 1, 1, None] * cam[..., 1] / zs + Kb[:, 1, 2, None])
+    # clamp before the cast so points far outside the image cannot overflow int64
+    lim = 1 << 30
+    return Projection(u.clamp(-lim, lim).long(), v.clamp(-lim, lim).long(), z)
+
+
+def visible_pairs(
+    proj: Projection,
+    depth: torch.Tensor,
+    margin: int = 10,
+    threshold: float = 0.25,
+    relative: bool = True,
+    min_depth: float = 1e-3,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(frame index (P,), point index (P,)) of the (frame, point) pairs that pass the visibility test.
+
+    ``depth`` (F, H, W) metres (0 = no measurement). Pairs are ordered by frame, then point.
+    """
+    F_, H, W = depth.shape
+    u, v, z = proj.u, proj.v, proj.z
+    inside = (z > min_depth) & (u >= margin) & (u < W - margin) & (v >= margin) & (v < H - margin)
+    f_idx, n_idx = inside.nonzero(as_tuple=True)
+    if f_idx.numel() == 0:
+        return f_idx, n_idx
+    uu, vv, zz = u[f_idx, n_idx], v[f_idx, n_idx], z[f_idx, n_idx]
+    d = depth[f_idx, vv, uu].to(zz.dtype)
+    tol = threshold * d if relative else torch.full_like(d, threshold)
+    ok = (d > 0) & ((d - zz).abs() <= tol)
+    return f_idx[ok], n_idx[ok]
+
+
+def sample_feature_maps(
+    maps: torch.Tensor, f_idx: torch.Tensor, u: torch.Tensor, v: torch.Tensor, image_size: tuple[int, int]
+) -> torch.Tensor:
+    """Bilinearly upsampled features (P, D) at pixels (u, v) of frames ``f_idx``.
+
+    ``maps`` (F, D, h, w) covers the whole image of ``image_size`` = (W, H); the result equals
+    ``F.interpolate(maps, (H, W), mode="bilinear", align_corners=False)[f, :, v, u]``.
+    """
+    F_, D, h, w = maps.shape
+    W, H = image_size
+    if (h, w) == (H, W):  # stride 1: the pixel itself
+        return maps.permute(0, 2, 3, 1)[f_idx, v, u]
+    flat = maps.permute(0, 2, 3, 1).reshape(F_ * h * w, D)
+    dt = maps.dtype if maps.dtype.is_floating_point else torch.float32
+    sx = ((u.to(dt) + 0.5) * (w / W) - 0.5).clamp(0, w - 1)
+    sy = ((v.to(dt) + 0.5) * (h / H) - 0.5).clamp(0, h - 1)
+    x0 = sx.floor().long()
+    y0 = sy.floor().long()
+    x1 = (x0 + 1).clamp(max=w - 1)
+    y1 = (y0 + 1).clamp(max=h - 1)
+    ax = (sx - x0.to(dt))[:, None]
+    ay = (sy - y0.to(dt))[:, None]
+    base = f_idx * (h * w)
+    top = flat[base + y0 * w + x0] * (1 - ax) + flat[base + y0 * w + x1] * ax
+    bottom = flat[base + y1 * w + x0] * (1 - ax) + flat[base + y1 * w + x1] * ax
+    return top * (1 - ay) + bottom * ay
+
+
+class FusionAccumulator:
+    """Running sum of features and view count per point; ``mean()`` gives the fused features.
+
+    ``add(maps, depth, w2c, K_depth, K_color)`` handles one batch of F frames: projects every point
+    into every frame at once, keeps the visible pairs and adds their sampled features. With
+    ``K_color`` given (a colour camera whose intrinsics differ from the depth camera's, both scaled to
+    the feature image size), visibility uses the depth projection and features are read at the colour
+    projection (pairs whose colour pixel falls outside the image are dropped).
+    """
+
+    def __init__(self, coord: torch.Tensor, dim: int, margin: int = 10, threshold: float = 0.25,
+                 relative: bool = True, point_chunk: int = 262_144, device: torch.device | str = "cpu"):
+        self.device = torch.device(device)
+        self.coord = coord.to(self.device, torch.float32)
+        self.n = int(coord.shape[0])
+        self.sum = torch.zeros(self.n, dim, dtype=torch.float32, device=self.device)
+        self.count = torch.zeros(self.n, dtype=torch.int64, device=self.device)
+        self.margin, self.threshold, self.relative = int(margin), float(threshold), bool(relative)
+        self.point_chunk = max(1, int(point_chunk))
+        self.pairs = 0  # visible (frame, point) pairs fused so far
+        self.projections = 0  # (frame, point) projections computed so far
+
+    def add(self, maps: torch.Tensor, depth: torch.Tensor, w2c: torch.Tensor, K_depth: torch.Tensor,
+            K_color: torch.Tensor | None = None) -> None:
+        """Fuse one batch: ``maps`` (F, D, h, w), ``depth`` (F, H, W), ``w2c`` (F, 4, 4), ``K`` (3, 3)
+        or (F, 3, 3)."""
+        dev = self.device
+        maps, depth = maps.to(dev), depth.to(dev)
+        w2c = w2c.to(dev, torch.float32)  # float32: sub-micron error for room-sized coordinates
+        K_depth = K_depth.to(dev, torch.float32)
+        H, W = depth.shape[-2:]
+        for start in range(0, self.n, self.point_chunk):
+            pts = self.coord[start : start + self.point_chunk]
+            proj = project_points(pts, w2c, K_depth)
+            f_idx, n_idx = visible_pairs(proj, depth, self.margin, self.threshold, self.relative)
+            self.projections += int(proj.z.numel())
+            if K_color is not None:
+                pc = project_points(pts, w2c, K_color.to(dev, torch.float32))
+                u, v = pc.u[f_idx, n_idx], pc.v[f_idx, n_idx]
+                ok = (u >= 0) & (u < W) & (v >= 0) & (v < H)
+                f_idx, n_idx, u, v = f_idx[ok], n_idx[ok], u[ok], v[ok]
+            else:
+                u, v = proj.u[f_idx, n_idx], proj.v[f_idx, n_idx]
+            if f_idx.numel() == 0:
+                continue
+            feats = sample_feature_maps(maps, f_idx, u, v, (W, H)).float()
+            idx = n_idx + start
+            self.sum.index_add_(0, idx, feats)
+            self.count.index_add_(0, idx, torch.ones_like(idx))
+            self.pairs += int(idx.numel())
+
+    def mean(self) -> torch.Tensor:
+        """(N, D) fused features; rows of points seen by no view are zero."""
+        return self.sum / self.count.clamp(min=1)[:, None].to(self.sum.dtype)
