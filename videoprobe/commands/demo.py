@@ -23,6 +23,6 @@ def _demo(args: argparse.Namespace) -> int:
 
     from videoprobe.demo import run_demo
 
-    torch.set_num_threads(min(2, torch.get_num_threads()))
+    torch.set_num_threads(1)  # the demo encoders are light; one thread avoids OpenMP spin-waits on busy cores
     result = run_demo(args.out, args.videos_per_class, args.seed, args.attentive)
     return 1 if result["failures"] else 0

@@ -89,7 +89,9 @@ class FrameStats(nn.Module):
         cell_std = (cell_sq - cell_mean**2).clamp_min(0).sqrt()
         q = (x * self.color_bins).long().clamp(0, self.color_bins - 1)
         code = (q[:, 0] * self.color_bins + q[:, 1]) * self.color_bins + q[:, 2]
-        hist = F.one_hot(code.flatten(1), self.color_bins**3).float().mean(dim=1)
+        codes = code.flatten(1)
+        hist = torch.zeros(n, self.color_bins**3, dtype=x.dtype, device=x.device)
+        hist.scatter_add_(1, codes, torch.ones_like(codes, dtype=x.dtype)).div_(codes.shape[1])
         hue = self._hue_hist(x)
         gray = x.mean(dim=1, keepdim=True)
         gx = F.pad(gray[..., :, 2:] - gray[..., :, :-2], (1, 1, 0, 0)) / 2
