@@ -43,7 +43,7 @@ def demo_suite(out: Path, synth_root: Path, attentive: bool = False) -> BenchSui
         extract=ExtractSettings(batch_size=16, device="cpu", fsync=False),
         linear=LinearProbeConfig(epochs=30, batch_size=64, val_fraction=0.2),
         knn=KnnConfig(k=20, temperature=0.1, standardize=True),
-        attentive=AttentiveConfig(epochs=30, batch_size=32),
+        attentive=AttentiveConfig(epochs=50, batch_size=16),
     )
 
 

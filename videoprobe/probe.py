@@ -7,13 +7,12 @@ Reported: top-1, top-5 and mean-class accuracy, in percent.
 
 * linear: ``common.probes.linear``: an (lr x wd) grid of linear heads trained in one pass, the best
   head chosen on a held-out part of the training videos (by video).
-* knn: cosine similarity on L2-normalised features, ``k`` neighbours weighted exp(sim / T)
-  (TWLV-I: k = 200, T = 0.1); the bank holds one vector per training video (mean of its views) or
-  every view.
-* attentive: V-JEPA's frozen-evaluation probe on the cached tokens: one learned query, one
-  cross-attention block (q += xattn(q, LN(tokens)); q += mlp(LN(q))) and a linear classifier; the
-  tokens of a video's temporal clips are concatenated (one sequence per spatial crop); AdamW with a
-  cosine schedule.
+* knn: ``common.probes.knn``: cosine similarity on L2-normalised features, ``k`` neighbours weighted
+  exp(sim / T) (TWLV-I: k = 200, T = 0.1); the bank holds one vector per training video (mean of its
+  views) or every view.
+* attentive: ``common.probes.attentive``: V-JEPA's frozen-evaluation probe on the cached tokens (one
+  learned query, one cross-attention block, a linear classifier); the tokens of a video's temporal
+  clips are concatenated (one sequence per spatial crop); AdamW with a cosine schedule.
 
 ``classes`` restricts both splits to a subset of classes (relabelled 0..K'-1): a list of names, or
 "appearance" / "motion" from a ``classes.json`` (the generated dataset writes one).
@@ -23,22 +22,16 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
-import torch.nn.functional as F
-from torch import nn
-from tqdm import tqdm
 
 from common.cache import FeatureCache
 from common.config import config_hash, save_config, to_dict
 from common.errors import CacheError, ConfigError, InputError
-from common.metrics import mean_class_accuracy, topk_accuracy
 from common.probes.linear import LinearProbeConfig, ProbeData, evaluate_linear_probe, train_linear_probe
 
 log = logging.getLogger(__name__)
@@ -64,6 +57,7 @@ class AttentiveConfig:
     batch_size: int = 256
     num_heads: int = 0  # 0: the largest of 16, 12, 8, 6, 4, 3, 2, 1 dividing the token dim
     mlp_ratio: float = 4.0
+    val_fraction: float = 0.1  # training videos held out to report a validation score
 
 
 @dataclass
@@ -166,15 +160,6 @@ def _probe_data(split: VideoSplit) -> ProbeData:
     return ProbeData(chunks, groups=list(range(len(split.ids))), names=split.ids)
 
 
-def _scores(scores: np.ndarray, labels: np.ndarray, num_classes: int) -> dict[str, float]:
-    acc = topk_accuracy(torch.from_numpy(scores), torch.from_numpy(labels), ks=(1, 5))
-    return {
-        "top1": 100.0 * acc["top1"],
-        "top5": 100.0 * acc["top5"],
-        "mean_class": 100.0 * mean_class_accuracy(scores.argmax(1), labels, num_classes),
-    }
-
-
 # ------------------------------------------------------------------------------------------ linear
 def run_linear(train: VideoSplit, test: VideoSplit, cfg: LinearProbeConfig) -> dict[str, Any]:
     """Multi-head linear probe; softmax averaged over each test video's views."""
@@ -190,134 +175,82 @@ def run_linear(train: VideoSplit, test: VideoSplit, cfg: LinearProbeConfig) -> d
 
 
 # --------------------------------------------------------------------------------------------- kNN
-# TODO(lead): switch to common.probes.knn when it lands (same recipe: cosine, top-k, exp(sim / T)).
-def knn_scores(query: torch.Tensor, bank: torch.Tensor, bank_labels: torch.Tensor, num_classes: int,
-               k: int, temperature: float, chunk: int = 4096) -> torch.Tensor:
-    """(M, K) class scores: sum over the top-``k`` cosine neighbours of exp(sim / T)."""
-    q = F.normalize(query.float(), dim=1)
-    b = F.normalize(bank.float(), dim=1)
-    k = min(k, b.shape[0])
-    out = torch.zeros(q.shape[0], num_classes)
-    for s in range(0, q.shape[0], chunk):
-        sim = q[s: s + chunk] @ b.T
-        w, idx = sim.topk(k, dim=1)
-        w = (w / temperature).exp()
-        out[s: s + chunk].scatter_add_(1, bank_labels[idx], w)
-    return out
+def run_knn(train: VideoSplit, test: VideoSplit, cfg: KnnConfig, progress: bool = False) -> dict[str, Any]:
+    """TWLV-I kNN (``common.probes.knn``): cosine, exp(sim / T) weights, votes summed over a video's views."""
+    from common.probes.knn import KnnConfig as CommonKnn
+    from common.probes.knn import evaluate_knn
 
-
-def run_knn(train: VideoSplit, test: VideoSplit, cfg: KnnConfig) -> dict[str, Any]:
-    """TWLV-I kNN: cosine on L2-normalised features, exp(sim / T) weights, votes summed over views."""
     if cfg.bank not in ("video", "view") or cfg.query not in ("video", "view"):
         raise ConfigError("knn.bank and knn.query must be 'video' or 'view'")
-    bank, bank_y = [], []
-    for i, y in zip(train.ids, train.labels):
-        f = train.features(i)
-        rows = f.mean(0, keepdims=True) if cfg.bank == "video" else f
-        bank.append(rows)
-        bank_y.append(np.full(rows.shape[0], y))
-    bank_t = torch.from_numpy(np.concatenate(bank))
-    bank_yt = torch.from_numpy(np.concatenate(bank_y)).long()
-    mean, std = bank_t.mean(0), bank_t.std(0).clamp_min(1e-6)
+
+    def rows(split: VideoSplit, mode: str) -> list[np.ndarray]:
+        feats = [split.features(i) for i in split.ids]
+        return [f.mean(0, keepdims=True) for f in feats] if mode == "video" else feats
+
+    bank, queries = rows(train, cfg.bank), rows(test, cfg.query)
     if cfg.standardize:
-        bank_t = (bank_t - mean) / std
+        stacked = np.concatenate(bank).astype(np.float64)
+        mean, std = stacked.mean(0), np.maximum(stacked.std(0), 1e-6)
+        bank = [((f - mean) / std).astype(np.float32) for f in bank]
+        queries = [((f - mean) / std).astype(np.float32) for f in queries]
+
+    def data(feats: list[np.ndarray], labels: np.ndarray, names: list[str]) -> ProbeData:
+        return ProbeData([(f, np.full(f.shape[0], y)) for f, y in zip(feats, labels)],
+                         groups=list(range(len(feats))), names=names)
+
     k_cls = len(train.class_names)
-    scores = np.zeros((len(test.ids), k_cls), dtype=np.float64)
-    for n, item in enumerate(test.ids):
-        f = test.features(item)
-        q = torch.from_numpy(f.mean(0, keepdims=True) if cfg.query == "video" else f)
-        if cfg.standardize:
-            q = (q - mean) / std
-        scores[n] = knn_scores(q, bank_t, bank_yt, k_cls, cfg.k, cfg.temperature).sum(0).double().numpy()
-    out = _scores(scores, test.labels, k_cls)
-    out["k"] = min(cfg.k, bank_t.shape[0])
-    return out
+    ccfg = CommonKnn(ks=[cfg.k], temperature=cfg.temperature, weighting="exp", group_vote=True,
+                     progress=progress)
+    row = evaluate_knn(data(bank, train.labels, train.ids), data(queries, test.labels, test.ids), ccfg,
+                       num_classes=k_cls)[0]
+    n_bank = sum(f.shape[0] for f in bank)
+    return {"top1": 100.0 * row["top1"], "top5": 100.0 * row["top5"], "mean_class": 100.0 * row["mean_class"],
+            "k": min(cfg.k, n_bank)}
 
 
 # --------------------------------------------------------------------------------------- attentive
-# TODO(lead): switch to common.probes.attentive when it lands (same V-JEPA design).
-class AttentivePooler(nn.Module):
-    """One learned query, one cross-attention block, a linear classifier (V-JEPA frozen evaluation)."""
-
-    def __init__(self, dim: int, num_classes: int, num_heads: int, mlp_ratio: float = 4.0):
-        super().__init__()
-        self.query = nn.Parameter(torch.zeros(1, 1, dim))
-        nn.init.trunc_normal_(self.query, std=0.02)
-        self.norm_kv = nn.LayerNorm(dim)
-        self.attn = nn.MultiheadAttention(dim, num_heads, batch_first=True)
-        self.norm_q = nn.LayerNorm(dim)
-        hidden = int(dim * mlp_ratio)
-        self.mlp = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, dim))
-        self.head = nn.Linear(dim, num_classes)
-
-    def forward(self, tokens: torch.Tensor, pad_mask: torch.Tensor | None = None) -> torch.Tensor:
-        kv = self.norm_kv(tokens)
-        q = self.query.expand(tokens.shape[0], -1, -1)
-        q = q + self.attn(q, kv, kv, key_padding_mask=pad_mask, need_weights=False)[0]
-        q = q + self.mlp(self.norm_q(q))
-        return self.head(q[:, 0])
-
-
 def _auto_heads(dim: int) -> int:
     return next(h for h in (16, 12, 8, 6, 4, 3, 2, 1) if dim % h == 0)
 
 
-def _sequences(split: VideoSplit, item: str) -> torch.Tensor:
-    """(crops, num_clips * N, D) token sequences of one video (clips of one crop concatenated)."""
+def _sequences(split: VideoSplit, item: str) -> np.ndarray:
+    """(crops, num_clips * N, D) token sequences of one video (the clips of one crop concatenated)."""
     tok = split.tokens(item)  # (V, T', H', W', D)
     v, d = tok.shape[0], tok.shape[-1]
     crops = int(split.cache.meta.get("crops_per_clip", 1) or 1)
     if v % crops:
         crops = 1
     tok = tok.reshape(v // crops, crops, -1, d).transpose(1, 0, 2, 3)  # (crops, clips, N, D)
-    return torch.from_numpy(np.ascontiguousarray(tok.reshape(crops, -1, d)))
+    return np.ascontiguousarray(tok.reshape(crops, -1, d))
 
 
 def run_attentive(train: VideoSplit, test: VideoSplit, cfg: AttentiveConfig, seed: int = 0,
                   device: str = "cpu", progress: bool = True) -> dict[str, Any]:
-    """Train the attentive probe on every training sequence; softmax averaged over a test video's crops."""
-    xs, ys = [], []
-    for item, y in zip(train.ids, train.labels):
-        seqs = _sequences(train, item)
-        xs.extend(seqs)
-        ys.extend([int(y)] * seqs.shape[0])
-    lengths = {x.shape[0] for x in xs}
-    if len(lengths) != 1:
-        raise InputError(train.cache.path, f"token sequences differ in length ({sorted(lengths)[:4]})")
-    x_all = torch.stack(xs)
-    y_all = torch.tensor(ys)
-    dim, k_cls = x_all.shape[-1], len(train.class_names)
+    """V-JEPA attentive probe (``common.probes.attentive``) on token sequences; softmax averaged over a
+    test video's crops. The training videos' ``val_fraction`` is held out for the reported validation."""
+    from common.probes.attentive import AttentiveConfig as CommonAttentive
+    from common.probes.attentive import evaluate_attentive_probe, train_attentive_probe
+
+    def data(split: VideoSplit) -> ProbeData:
+        seqs = [_sequences(split, i) for i in split.ids]
+        lengths = {s.shape[1] for s in seqs}
+        if len(lengths) != 1:
+            raise InputError(split.cache.path, f"token sequences differ in length ({sorted(lengths)[:4]})")
+        return ProbeData([(s, np.full(s.shape[0], y)) for s, y in zip(seqs, split.labels)],
+                         groups=list(range(len(seqs))), names=split.ids)
+
+    tr, te = data(train), data(test)
+    dim = tr.feature_shape[-1]
     heads = cfg.num_heads or _auto_heads(dim)
     if dim % heads:
         raise ConfigError(f"attentive.num_heads={heads} does not divide the token dim {dim}")
-    gen = torch.Generator().manual_seed(seed)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        model = AttentivePooler(dim, k_cls, heads, cfg.mlp_ratio).to(device)
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    n = x_all.shape[0]
-    steps = cfg.epochs * math.ceil(n / cfg.batch_size)
-    cosine = lambda s: 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps))  # noqa: E731
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, cosine)
-    model.train()
-    for _ in tqdm(range(cfg.epochs), desc="attentive probe", disable=not progress or None, leave=False):
-        perm = torch.randperm(n, generator=gen)
-        for s in range(0, n, cfg.batch_size):
-            idx = perm[s: s + cfg.batch_size]
-            loss = F.cross_entropy(model(x_all[idx].to(device)), y_all[idx].to(device))
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-    model.eval()
-    scores = np.zeros((len(test.ids), k_cls))
-    with torch.no_grad():
-        for i, item in enumerate(test.ids):
-            seqs = _sequences(test, item).to(device)
-            scores[i] = torch.softmax(model(seqs), dim=1).mean(0).cpu().numpy()
-    out = _scores(scores, test.labels, k_cls)
-    out["heads"] = heads
-    return out
+    ccfg = CommonAttentive(num_heads=heads, mlp_ratio=cfg.mlp_ratio, lr=cfg.lr, weight_decay=cfg.weight_decay,
+                           epochs=cfg.epochs, batch_size=cfg.batch_size, val_fraction=cfg.val_fraction,
+                           num_classes=len(train.class_names), seed=seed, device=device, progress=progress)
+    result = train_attentive_probe(tr, None, ccfg, class_names=train.class_names)
+    ev = evaluate_attentive_probe(result, te, view_average=True, device=device)
+    return {"top1": 100.0 * ev["top1"], "top5": 100.0 * ev["top5"], "mean_class": 100.0 * ev["mean_class"],
+            "heads": heads, "val_top1": 100.0 * result.val["top1"]}
 
 
 # --------------------------------------------------------------------------------------------- run
@@ -352,7 +285,7 @@ def run_probes(cfg: ProbeConfig) -> dict[str, Any]:
             lcfg = dataclasses.replace(cfg.linear, seed=cfg.seed, device=cfg.device, progress=cfg.progress)
             res = run_linear(train, test, lcfg)
         elif probe == "knn":
-            res = run_knn(train, test, cfg.knn)
+            res = run_knn(train, test, cfg.knn, cfg.progress)
         else:
             res = run_attentive(train, test, cfg.attentive, cfg.seed, cfg.device, cfg.progress)
         res["seconds"] = round(time.perf_counter() - t0, 3)
