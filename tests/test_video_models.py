@@ -363,3 +363,28 @@ def test_motion_energy_sees_direction_frame_stats_does_not():
         blue = _moving_square(2, 0, colour=(0.1, 0.3, 0.9))
         assert not torch.allclose(frames(blue).pooled, frames(right).pooled, atol=1e-2)
         torch.testing.assert_close(motion(blue).pooled[0][n:n + 6], m_r[n:n + 6], atol=0.05, rtol=0.05)
+
+
+def test_encode_views_chunks_autocast_and_token_pooling():
+    from videoprobe.extract import encode_views
+
+    enc = create_video_encoder("videomae_vit_tiny")
+    views = torch.rand(5, 3, 4, 64, 64)
+    cpu = torch.device("cpu")
+    with torch.no_grad():
+        ref = enc(views)
+    pooled, tokens = encode_views(enc, views, 2, cpu, True, [0, 0, 0])
+    torch.testing.assert_close(pooled, ref.pooled, atol=1e-5, rtol=1e-5)  # chunks of 2 = one batch of 5
+    torch.testing.assert_close(tokens, ref.tokens, atol=1e-5, rtol=1e-5)
+    _, pooled_tok = encode_views(enc, views, 8, cpu, True, [1, 2, 0])
+    assert pooled_tok.shape == (5, 1, 2, 4, 48)
+    want = ref.tokens[:, :, :2, 0].mean(dim=(1, 2))  # all of T, first half of H, first W column
+    torch.testing.assert_close(pooled_tok[:, 0, 0, 0], want, atol=1e-5, rtol=1e-5)
+    bf16, _ = encode_views(enc, views, 8, cpu, False, [0, 0, 0], precision="bf16")
+    assert bf16.dtype == torch.float32
+    torch.testing.assert_close(bf16, ref.pooled, atol=0.1, rtol=0.05)
+    with pytest.raises(ConfigError, match="precision"):
+        encode_views(enc, views, 8, cpu, False, [0, 0, 0], precision="int8")
+    enc.train()
+    with pytest.raises(Exception, match="training mode"):
+        encode_views(enc, views, 8, cpu, False, [0, 0, 0])

@@ -65,6 +65,7 @@ class ExtractSettings:
     dtype: str = "float32"
     save_tokens: bool = False  # forced on when the attentive probe is requested
     token_grid: list[int] = field(default_factory=lambda: [0, 0, 0])
+    precision: str = "fp32"  # fp32 | bf16 | fp16 (autocast, for CUDA)
     fsync: bool = True
 
 
@@ -181,6 +182,7 @@ def run_suite(suite: BenchSuite) -> dict[str, Any]:
                     views=views, out=str(cache_dir), save_tokens=want_tokens,
                     token_grid=list(suite.extract.token_grid), dtype=suite.extract.dtype,
                     batch_size=suite.extract.batch_size, num_workers=suite.extract.num_workers,
+                    precision=suite.extract.precision,
                     device=suite.extract.device, progress=suite.progress, fsync=suite.extract.fsync,
                 )
                 res = extract(cfg)

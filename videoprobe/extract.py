@@ -81,6 +81,7 @@ class ExtractConfig:
     dtype: str = "float32"  # pooled features in the cache
     tokens_dtype: str = "float16"
     batch_size: int = 8  # views per encoder forward
+    precision: str = "fp32"  # fp32 | bf16 | fp16 (autocast; bf16/fp16 mainly for CUDA)
     num_workers: int = 0  # decoding processes (DataLoader workers)
     device: str = "auto"  # auto | cpu | cuda
     fsync: bool = True  # fsync every cache file (off: faster, still safe against a killed process)
@@ -182,16 +183,24 @@ def _pool_tokens(tokens: torch.Tensor, grid: list[int]) -> torch.Tensor:
     return x.permute(0, 2, 3, 4, 1)
 
 
+PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
 @torch.no_grad()
 def encode_views(enc: Any, views: torch.Tensor, batch_size: int, device: torch.device,
-                 want_tokens: bool, token_grid: list[int]) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Pooled (V, D) and optionally tokens (V, ...) of a (V, C, T, H, W) stack, in chunks."""
+                 want_tokens: bool, token_grid: list[int],
+                 precision: str = "fp32") -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Pooled (V, D) and optionally tokens (V, ...) of a (V, C, T, H, W) stack, in chunks (float32 out)."""
     from videoprobe.models import assert_frozen
 
+    if precision not in PRECISIONS:
+        raise ConfigError(f"precision must be one of {', '.join(PRECISIONS)}, not {precision!r}")
     assert_frozen(enc)
     pooled, toks = [], []
+    dtype = PRECISIONS[precision]
     for chunk in views.split(batch_size):
-        out = enc(chunk.to(device, non_blocking=True))
+        with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+            out = enc(chunk.to(device, non_blocking=True))
         pooled.append(out.pooled.float().cpu())
         if want_tokens:
             if out.tokens is None:
@@ -236,7 +245,7 @@ def _run(cfg: ExtractConfig, enc: Any, spec: Any, todo: list[Any], writer: Cache
                     continue
                 video = rec["video"]
                 pooled, tokens = encode_views(enc, video, cfg.batch_size, device, cfg.save_tokens,
-                                              cfg.token_grid)
+                                              cfg.token_grid, cfg.precision)
                 n_clips += video.shape[0]
                 extra: dict[str, Any] = {"frame_indices": rec["frame_indices"], "video_info": rec["info"]}
                 if tokens is not None:
@@ -269,7 +278,8 @@ def extract(cfg: ExtractConfig, encoder: Any | None = None) -> ExtractResult:
     items, class_names = load_items(cfg.data)
 
     feature_cfg = {"encoder": to_dict(cfg.encoder), "views": views, "save_tokens": cfg.save_tokens,
-                   "token_grid": list(cfg.token_grid), "tokens_dtype": cfg.tokens_dtype}
+                   "token_grid": list(cfg.token_grid), "tokens_dtype": cfg.tokens_dtype,
+                   "precision": cfg.precision}
     key = CacheKey(
         encoder=enc.name,
         checkpoint_sha256=enc.checkpoint_id,

@@ -93,9 +93,12 @@ ZOO_SPECS: dict[str, ZooSpec] = {
 
 def _builder(path: str) -> Callable[..., nn.Module]:
     import importlib
+    import warnings
 
     mod_name, fn = path.rsplit(".", 1)
-    mod = importlib.import_module(f"pytorchvideo.models.{mod_name}")
+    with warnings.catch_warnings():  # pytorchvideo 0.1.5 calls the deprecated torch.jit.script at import
+        warnings.filterwarnings("ignore", message=".*torch.jit.script.*", category=FutureWarning)
+        mod = importlib.import_module(f"pytorchvideo.models.{mod_name}")
     return getattr(mod, fn)
 
 
