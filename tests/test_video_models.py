@@ -138,7 +138,7 @@ def _reference_forward(sd: dict, clip: torch.Tensor, family: str, final: str) ->
     h = F.conv3d(x, sd["patch_embed.proj.weight"], sd["patch_embed.proj.bias"], stride=(2, 16, 16))
     h = h.flatten(2).transpose(1, 2)
     n = h.shape[1]
-    pos = sd["pos_embed"][0] if family == "vjepa" else torch.tensor(_sinusoid(n, D), dtype=torch.float32)
+    pos = sd["pos_embed"][0] if "pos_embed" in sd else torch.tensor(_sinusoid(n, D), dtype=torch.float32)
     h = h + pos
     dh = D // HEADS
     for i in range(DEPTH):
@@ -166,7 +166,8 @@ def _reference_forward(sd: dict, clip: torch.Tensor, family: str, final: str) ->
     return F.layer_norm(h.mean(1), (D,), sd["fc_norm.weight"], sd["fc_norm.bias"], eps=1e-6)
 
 
-@pytest.mark.parametrize("variant", ["finetuned_module", "pretrain_encoder_prefix", "layer_scale"])
+@pytest.mark.parametrize("variant", ["finetuned_module", "pretrain_encoder_prefix", "layer_scale",
+                                     "learned_pos"])
 def test_videomae_checkpoint_loads_strictly_and_matches_reference(tmp_path, variant):
     gen = torch.Generator().manual_seed(1)
     if variant == "pretrain_encoder_prefix":  # pre-training file: encoder. + decoder, final norm
@@ -178,6 +179,8 @@ def test_videomae_checkpoint_loads_strictly_and_matches_reference(tmp_path, vari
     else:
         ls = variant == "layer_scale"
         sd = _layout("videomae", ls, "fc_norm", gen)
+        if variant == "learned_pos":  # VideoMAE trained with learnable positions stores them
+            sd["pos_embed"] = torch.randn(1, 8 * 2 * 2, D, generator=gen) * 0.1
         raw = {**sd, "head.weight": torch.zeros(5, D), "head.bias": torch.zeros(5)}
         obj = {"module": {f"module.{k}": v for k, v in raw.items()}} if not ls else {"model": raw}
         final = "fc_norm"

@@ -6,9 +6,10 @@ kernel), position table added to the token sequence, pre-norm transformer blocks
 
 Differences, chosen by the family and (for optional parts) by the checkpoint's keys:
 
-* VideoMAE: fixed 1-D sinusoid table (not stored), ``qkv`` without bias plus ``q_bias`` / ``v_bias``
-  (bias = cat(q_bias, 0, v_bias)), optional layer scale ``gamma_1/2``; fine-tuned files end with
-  ``fc_norm`` applied to the token mean, pre-training files (``encoder.`` prefix) with ``norm``.
+* VideoMAE: fixed 1-D sinusoid table (not stored; a stored ``pos_embed`` is used when present),
+  ``qkv`` without bias plus ``q_bias`` / ``v_bias`` (bias = cat(q_bias, 0, v_bias)), optional layer
+  scale ``gamma_1/2``; fine-tuned files end with ``fc_norm`` applied to the token mean, pre-training
+  files (``encoder.`` prefix) with ``norm``.
 * V-JEPA: ``pos_embed [1, N, D]`` stored in the file, plain ``qkv`` bias, final ``norm``; the file holds
   ``encoder`` / ``target_encoder`` / ``predictor`` and ``target_encoder`` is used.
 
@@ -166,6 +167,7 @@ class VideoViT(VideoEncoder):
         layer_scale: float | None = None,
         final_norm: Literal["fc_norm", "norm"] | None = None,
         qkv_bias: Literal["split", "plain", "none"] | None = None,
+        stored_pos: bool | None = None,
     ):
         super().__init__()
         if size not in VIT_SIZES:
@@ -188,8 +190,9 @@ class VideoViT(VideoEncoder):
         self.final_norm = final_norm
         self.patch_embed = PatchEmbed3D(s.embed_dim, patch, tubelet)
         table = sinusoid_table(n, s.embed_dim)[None]
-        if family == "vjepa":
-            self.pos_embed = nn.Parameter(table.clone(), requires_grad=False)  # stored in V-JEPA files
+        self.stored_pos = family == "vjepa" if stored_pos is None else stored_pos
+        if self.stored_pos:  # V-JEPA files (and VideoMAE ones with learnable positions) store pos_embed
+            self.pos_embed = nn.Parameter(table.clone(), requires_grad=False)
         else:
             self.register_buffer("pos_table", table, persistent=False)  # VideoMAE: fixed, not stored
         self.blocks = nn.ModuleList(
@@ -202,7 +205,7 @@ class VideoViT(VideoEncoder):
         self.apply(_init_weights)
 
     def _pos(self, grid: tuple[int, int, int]) -> torch.Tensor:
-        table = self.pos_embed[0] if self.family == "vjepa" else self.pos_table[0]
+        table = self.pos_embed[0] if self.stored_pos else self.pos_table[0]
         return resample_pos(table, self.grid, grid)
 
     def encode(self, x: torch.Tensor) -> EncoderOutput:
@@ -247,9 +250,10 @@ def extract_vit_state_dict(obj: Any, path: str | Path, family: Family) -> dict[s
 
 
 def vit_options_from_state_dict(sd: dict[str, torch.Tensor]) -> dict[str, Any]:
-    """Optional architecture parts implied by the keys: layer scale, fc_norm vs norm, qkv bias mode."""
+    """Optional parts implied by the keys: layer scale, fc_norm vs norm, qkv bias mode, stored positions."""
     opts: dict[str, Any] = {}
     opts["layer_scale"] = 0.0 if any(k.endswith(".gamma_1") for k in sd) else None
+    opts["stored_pos"] = "pos_embed" in sd
     if any(k.startswith("fc_norm.") for k in sd):
         opts["final_norm"] = "fc_norm"
     elif any(k.startswith("norm.") for k in sd):
