@@ -30,6 +30,7 @@ __all__ = [
     "config_hash",
     "save_config",
     "from_dict",
+    "resolve_config_path",
 ]
 
 
@@ -190,11 +191,24 @@ def from_dict(schema: type[T], data: dict, prefix: str = "") -> T:
         raise ConfigError(f"config section '{prefix.rstrip('.') or '<root>'}': {e}") from None
 
 
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def resolve_config_path(path: str | Path) -> Path:
+    """``path`` as given when it exists; a relative ``configs/...`` path also resolves against the
+    project folder, so the default configs work from any working directory."""
+    p = Path(path)
+    if p.is_file() or p.is_absolute():
+        return p
+    alt = REPO_ROOT / p
+    return alt if alt.is_file() else p
+
+
 def load_config(schema: type[T], path: str | Path | None = None, overrides: list[str] | None = None) -> T:
     """Defaults of ``schema`` <- YAML file ``path`` <- ``key=value`` overrides."""
     data: dict = {}
     if path is not None:
-        p = Path(path)
+        p = resolve_config_path(path)
         if not p.is_file():
             raise ConfigError(f"{p}: config file not found")
         try:

@@ -85,3 +85,12 @@ def test_save_roundtrip_and_hash(tmp_path):
 
 def test_parse_overrides_nested():
     assert parse_overrides(["a.b.c=1", "a.d=x"]) == {"a": {"b": {"c": 1}, "d": "x"}}
+
+
+def test_default_configs_resolve_from_any_directory(tmp_path, monkeypatch):
+    from common.config import REPO_ROOT, resolve_config_path
+
+    monkeypatch.chdir(tmp_path)
+    p = resolve_config_path("configs/point/probe.yaml")
+    assert p.is_file() and p == REPO_ROOT / "configs/point/probe.yaml"
+    assert str(resolve_config_path("configs/nope.yaml")) == "configs/nope.yaml"
