@@ -140,7 +140,7 @@ def encode_sampled(model: PointEncoder, coord: np.ndarray, grid_coord: np.ndarra
 def encode_points(model: PointEncoder, coord, color=None, normal=None, levels: int | None = None,
                   grid_size: float = 0.02, device: str | torch.device | None = None,
                   autocast: str | torch.dtype | None = "auto", sampling: Sampling = "canonical",
-                  seed: int = 0, max_points: int | None = 400_000, chunk_margin: float = 2.0,
+                  seed: int = 0, max_points: int | None = 400_000, chunk_margin: float = 1.0,
                   source: str | None = None, progress: bool = False) -> torch.Tensor:
     """Features (N, D) float32 on the CPU for the N input points of one scene.
 
