@@ -1,0 +1,93 @@
+"""common.report: tables (markdown + JSON) and non-blank PNG figures."""
+
+from __future__ import annotations
+
+import json
+
+import matplotlib.image as mpimg
+import numpy as np
+import pytest
+
+from common.report import bar_chart_png, confusion_png, line_plot_png, markdown_table, write_table
+
+
+def _assert_not_blank(path):
+    img = mpimg.imread(str(path))
+    assert img.ndim == 3 and img.shape[0] > 100 and img.shape[1] > 100
+    # a blank (single colour) picture has zero variance; real content has several colours
+    assert img[..., :3].var() > 1e-3
+    assert len(np.unique(img[..., :3].reshape(-1, 3).round(2), axis=0)) > 5
+
+
+def test_write_table_markdown_and_json(tmp_path):
+    rows = [
+        {"encoder": "sonata", "mIoU": 0.7251, "mAcc": 0.831},
+        {"encoder": "random|init", "mIoU": float("nan"), "mAcc": np.float32(0.05), "note": "x"},
+    ]
+    meta = {
+        "checkpoint_sha256": "ab" * 32,
+        "split": "val",
+        "config": {"lr": 1e-3, "nested": {"a": [1, 2]}},
+        "config_hash": "0123456789abcdef",
+    }
+    md, js = write_table(rows, tmp_path / "out" / "probe", "Linear probe", meta=meta)
+    assert md.name == "probe.md" and js.name == "probe.json"
+    text = md.read_text()
+    assert text.startswith("# Linear probe")
+    assert "| encoder | mIoU | mAcc | note |" in text
+    assert "| sonata | 0.7251 | 0.831 |  |" in text
+    assert "random\\|init" in text and "nan" in text
+    assert "- split: val" in text
+    d = json.loads(js.read_text())
+    assert d["title"] == "Linear probe"
+    assert d["columns"] == ["encoder", "mIoU", "mAcc", "note"]
+    assert d["rows"][0]["mIoU"] == pytest.approx(0.7251)
+    assert d["rows"][1]["mIoU"] is None  # NaN -> null, still valid JSON
+    assert d["rows"][1]["mAcc"] == pytest.approx(0.05)
+    assert d["meta"]["config"]["nested"]["a"] == [1, 2]
+    assert d["meta"]["checkpoint_sha256"] == "ab" * 32
+
+
+def test_write_table_column_selection(tmp_path):
+    md, js = write_table([{"a": 1, "b": 2.5, "c": 3}], tmp_path / "t", "T", columns=["c", "a"])
+    assert "| c | a |" in md.read_text()
+    assert json.loads(js.read_text())["columns"] == ["c", "a"]
+    assert markdown_table([{"x": 0.123456}], float_format=".2f").endswith("| 0.12 |")
+
+
+def test_bar_chart_single_and_grouped(tmp_path):
+    p1 = bar_chart_png(
+        {"sonata": 72.5, "ptv3 msc": 21.8, "raw xyz": 5.0}, tmp_path / "bars.png", "mIoU", "mIoU (%)"
+    )
+    _assert_not_blank(p1)
+    rng = np.random.default_rng(0)
+    classes = [f"class{i}" for i in range(20)]
+    p2 = bar_chart_png(
+        {"sonata": rng.random(20), "random": list(rng.random(20) * 0.3)},
+        tmp_path / "g.png",
+        "per-class IoU",
+        "IoU",
+        labels=classes,
+    )
+    _assert_not_blank(p2)
+    with pytest.raises(ValueError):
+        bar_chart_png({"a": [1, 2], "b": [1, 2, 3]}, tmp_path / "bad.png")
+
+
+def test_confusion_and_line_plot(tmp_path):
+    rng = np.random.default_rng(1)
+    conf = rng.integers(0, 50, (6, 6)) + np.eye(6, dtype=int) * 200
+    p = confusion_png(conf, list("abcdef"), tmp_path / "conf.png")
+    _assert_not_blank(p)
+    p = confusion_png(conf, None, tmp_path / "conf_raw.png", normalize=False)
+    _assert_not_blank(p)
+    p = line_plot_png(
+        [0.01, 0.1, 1.0],
+        {"linear": [40, 60, 72], "decoder": [44, 66, 79]},
+        tmp_path / "line.png",
+        "label efficiency",
+        "fraction",
+        "mIoU",
+        logx=True,
+    )
+    _assert_not_blank(p)
