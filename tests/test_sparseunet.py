@@ -110,6 +110,10 @@ def test_levels_match_floor_division_and_mean_coords():
         pairs = np.unique(np.c_[ref, idx], axis=0)
         assert len(pairs) == len(np.unique(ref)) == len(np.unique(idx)) == len(levels[lvl])
         assert np.array_equal(levels[lvl].batch.numpy()[idx], batch)
+        # rows of a level are grouped by sample (offsets delimit the samples), like PTv3's pooling
+        lb = levels[lvl].batch.numpy()
+        assert np.all(np.diff(lb) >= 0)
+        assert levels[lvl].offset.tolist() == np.cumsum(np.bincount(lb)).tolist()
         assert np.array_equal(levels[lvl].grid_coord.numpy()[idx], g // (2 ** lvl))
         # level coordinates are the mean of their children's coordinates (as PTv3's pooling)
         inv = levels[lvl].pooling_inverse.numpy()

@@ -315,23 +315,34 @@ class SparseUNet(PointEncoder):
             st.drop_path_seed = seeds  # read by the residual blocks
         node = dataclasses.replace(point, feat=x, cache={}, parent=None, pooling_inverse=None)
         tensors = []
+        # spconv orders the voxels of a strided output as it likes (not by sample): each coarse level is
+        # exposed in (sample, x, y, z) order; ``perm`` maps those rows to spconv's rows.
+        perm: torch.Tensor | None = None  # None: level 0, rows = input rows = spconv rows
         for lvl, blocks in enumerate(self.levels):
             if lvl > 0:
                 prev = st
                 st = self.downs[lvl - 1](st)
                 st.drop_path_seed = seeds
-                inv = _parent_index(prev.indices, st.indices, st.spatial_shape)
-                m = st.indices.shape[0]
+                inv_sp = _parent_index(prev.indices, st.indices, st.spatial_shape)  # spconv row -> spconv row
+                shape = torch.tensor(st.spatial_shape, device=st.indices.device, dtype=torch.long)
+                new_perm = torch.argsort(_voxel_keys(st.indices, shape))
+                rank = torch.empty_like(new_perm)
+                rank[new_perm] = torch.arange(new_perm.numel(), device=new_perm.device)
+                inv = rank[inv_sp if perm is None else inv_sp[perm]]  # parent row -> row (node orders)
+                perm = new_perm
+                idx = st.indices[perm].long()
+                m = idx.shape[0]
                 coord = segment_reduce(node.coord, inv, m, "mean")
-                bidx = st.indices[:, 0].long()
-                node = PointBatch(coord=coord, grid_coord=st.indices[:, 1:].long(), feat=st.features,
+                bidx = idx[:, 0]
+                node = PointBatch(coord=coord, grid_coord=idx[:, 1:], feat=st.features[perm],
                                   offset=torch.cumsum(torch.bincount(bidx, minlength=point.num_samples), 0),
                                   batch=bidx, grid_size=None if point.grid_size is None
                                   else point.grid_size * 2 ** lvl, parent=node, pooling_inverse=inv)
             for b in blocks:
                 st = b(st)
-            node.feat = st.features
-            node.sparse = st
+            node.feat = st.features if perm is None else st.features[perm]
+            if perm is None:
+                node.sparse = st  # level 0 only: spconv rows are this level's rows
             tensors.append(st)
         if len(self.ups):
             h = tensors[-1]

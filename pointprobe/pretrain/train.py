@@ -667,10 +667,11 @@ class Pretrainer:
         warned_at = -10**9
         try:
             while self.step < end:
-                ts = time.perf_counter()
+                ts, cs = time.perf_counter(), time.process_time()
                 m = self.train_step()
                 dt = time.perf_counter() - ts
                 m["step_time"] = dt
+                m["cpu_time"] = time.process_time() - cs  # all threads of this process
                 m["points_per_s"] = m["points"] * self.world / dt
                 m["scenes_per_s"] = t.batch_size / dt
                 m["elapsed"] = time.perf_counter() - t0
