@@ -31,6 +31,7 @@ __all__ = [
     "world_to_camera",
     "project_points",
     "visible_pairs",
+    "bilinear_cells",
     "sample_feature_maps",
     "FusionAccumulator",
 ]
@@ -107,6 +108,29 @@ def visible_pairs(
     return f_idx[ok], n_idx[ok]
 
 
+def bilinear_cells(
+    f_idx: torch.Tensor, u: torch.Tensor, v: torch.Tensor, image_size: tuple[int, int], grid: tuple[int, int],
+    dtype: torch.dtype = torch.float32,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rows (P, 4) into ``maps.permute(0, 2, 3, 1).reshape(-1, D)`` of the 4 cells around pixel (u, v)
+    of frame ``f_idx`` and their bilinear weights (P, 4) (``align_corners=False``, edges clamped);
+    ``grid`` = (w, h) of the (F, D, h, w) feature maps covering images of ``image_size`` = (W, H)."""
+    W, H = image_size
+    w, h = grid
+    sx = ((u.to(dtype) + 0.5) * (w / W) - 0.5).clamp(0, w - 1)
+    sy = ((v.to(dtype) + 0.5) * (h / H) - 0.5).clamp(0, h - 1)
+    x0 = sx.floor().long()
+    y0 = sy.floor().long()
+    x1 = (x0 + 1).clamp(max=w - 1)
+    y1 = (y0 + 1).clamp(max=h - 1)
+    ax = sx - x0.to(dtype)
+    ay = sy - y0.to(dtype)
+    base = f_idx * (h * w)
+    cells = torch.stack([base + y0 * w + x0, base + y0 * w + x1, base + y1 * w + x0, base + y1 * w + x1], 1)
+    weights = torch.stack([(1 - ax) * (1 - ay), ax * (1 - ay), (1 - ax) * ay, ax * ay], 1)
+    return cells, weights
+
+
 def sample_feature_maps(
     maps: torch.Tensor, f_idx: torch.Tensor, u: torch.Tensor, v: torch.Tensor, image_size: tuple[int, int]
 ) -> torch.Tensor:
@@ -120,19 +144,9 @@ def sample_feature_maps(
     if (h, w) == (H, W):  # stride 1: the pixel itself
         return maps.permute(0, 2, 3, 1)[f_idx, v, u]
     flat = maps.permute(0, 2, 3, 1).reshape(F_ * h * w, D)
-    dt = maps.dtype if maps.dtype.is_floating_point else torch.float32
-    sx = ((u.to(dt) + 0.5) * (w / W) - 0.5).clamp(0, w - 1)
-    sy = ((v.to(dt) + 0.5) * (h / H) - 0.5).clamp(0, h - 1)
-    x0 = sx.floor().long()
-    y0 = sy.floor().long()
-    x1 = (x0 + 1).clamp(max=w - 1)
-    y1 = (y0 + 1).clamp(max=h - 1)
-    ax = (sx - x0.to(dt))[:, None]
-    ay = (sy - y0.to(dt))[:, None]
-    base = f_idx * (h * w)
-    top = flat[base + y0 * w + x0] * (1 - ax) + flat[base + y0 * w + x1] * ax
-    bottom = flat[base + y1 * w + x0] * (1 - ax) + flat[base + y1 * w + x1] * ax
-    return top * (1 - ay) + bottom * ay
+    dt = torch.float64 if maps.dtype == torch.float64 else torch.float32
+    cells, weights = bilinear_cells(f_idx, u, v, image_size, (w, h), dt)
+    return (flat[cells] * weights[..., None].to(flat.dtype)).sum(1)
 
 
 class FusionAccumulator:
@@ -166,6 +180,8 @@ class FusionAccumulator:
         w2c = w2c.to(dev, torch.float32)  # float32: sub-micron error for room-sized coordinates
         K_depth = K_depth.to(dev, torch.float32)
         H, W = depth.shape[-2:]
+        F_, D, h, w = maps.shape
+        flat = None if (h, w) == (H, W) else maps.permute(0, 2, 3, 1).reshape(F_ * h * w, D).float()
         for start in range(0, self.n, self.point_chunk):
             pts = self.coord[start : start + self.point_chunk]
             proj = project_points(pts, w2c, K_depth)
@@ -180,11 +196,29 @@ class FusionAccumulator:
                 u, v = proj.u[f_idx, n_idx], proj.v[f_idx, n_idx]
             if f_idx.numel() == 0:
                 continue
-            feats = sample_feature_maps(maps, f_idx, u, v, (W, H)).float()
             idx = n_idx + start
-            self.sum.index_add_(0, idx, feats)
+            self._accumulate(maps, flat, f_idx, u, v, idx, (W, H))
             self.count.index_add_(0, idx, torch.ones_like(idx))
             self.pairs += int(idx.numel())
+
+    def _accumulate(self, maps: torch.Tensor, flat: torch.Tensor | None, f_idx: torch.Tensor, u: torch.Tensor,
+                    v: torch.Tensor, idx: torch.Tensor, image_size: tuple[int, int]) -> None:
+        """Add the bilinearly read features of pairs (f_idx, u, v) to the rows ``idx`` of ``sum``.
+
+        Stride 1: a plain gather. Coarser maps: the reads are a sparse (points x cells) matrix of bilinear
+        weights (4 per pair) times the (cells x D) feature table, one ``torch.sparse.mm`` per batch, so no
+        (pairs x 4 x D) temporaries are made (this is what makes wide ViT features fast).
+        """
+        if flat is None:
+            self.sum.index_add_(0, idx, maps.permute(0, 2, 3, 1)[f_idx, v, u].float())
+            return
+        h, w = maps.shape[2:]
+        cells, weights = bilinear_cells(f_idx, u, v, image_size, (w, h))
+        rows, inv = torch.unique(idx, return_inverse=True)
+        S = torch.sparse_coo_tensor(torch.stack([inv.repeat_interleave(4), cells.reshape(-1)]),
+                                    weights.reshape(-1), (rows.numel(), flat.shape[0]),
+                                    check_invariants=False)
+        self.sum.index_add_(0, rows, torch.sparse.mm(S, flat))
 
     def mean(self) -> torch.Tensor:
         """(N, D) fused features; rows of points seen by no view are zero."""
