@@ -18,7 +18,9 @@ with a strict key check. Differences from the release, all about determinism and
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
+import warnings
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -184,20 +186,23 @@ class LayerScale(nn.Module):
 
 
 def _spconv():
-    import spconv.pytorch as spconv  # imported lazily: heavy, and prints CUDA warnings at import
-
+    """spconv.pytorch, imported on first use (heavy import; silences its deprecated-amp warnings)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        import spconv.pytorch as spconv
     return spconv
 
 
-def make_subm_conv3d(channels: int, indice_key: str) -> nn.Module:
-    """spconv ``SubMConv3d(C, C, 3, bias=True)`` (weight (C, 3, 3, 3, C)) that also runs on the CPU."""
+@functools.cache
+def _subm_conv3d_class() -> type:
     spconv = _spconv()
     from spconv.core import ConvAlgo
 
     class SubMConv3d(spconv.SubMConv3d):
-        """On CPU tensors: native algorithm, bias added after the conv (spconv cannot fuse it there)."""
+        """spconv SubMConv3d that also runs on CPU tensors: native algorithm, and the bias added after
+        the convolution (in eval mode spconv fuses it into the kernel, which fails on the CPU)."""
 
-        def forward(self, x):  # noqa: D401
+        def forward(self, x):
             on_cpu = x.features.device.type == "cpu"
             if not hasattr(self, "_device_algo"):
                 self._device_algo = self.algo
@@ -209,7 +214,13 @@ def make_subm_conv3d(channels: int, indice_key: str) -> nn.Module:
                                       act_type=self.act_type, act_alpha=self.act_alpha,
                                       act_beta=self.act_beta)
 
-    return SubMConv3d(channels, channels, kernel_size=3, bias=True, indice_key=indice_key)
+    SubMConv3d.__qualname__ = SubMConv3d.__name__
+    return SubMConv3d
+
+
+def make_subm_conv3d(channels: int, indice_key: str) -> nn.Module:
+    """``SubMConv3d(C, C, 3, bias=True)``, weight (C, 3, 3, 3, C) as in spconv 2.x, CPU and CUDA."""
+    return _subm_conv3d_class()(channels, channels, kernel_size=3, bias=True, indice_key=indice_key)
 
 
 class RPE(nn.Module):
