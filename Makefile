@@ -39,9 +39,10 @@ test: setup-dev
 lint: setup-dev
 	$(BIN)/ruff check common pointprobe videoprobe tools tests
 
+# Each script rewrites its own section of docs/benchmarks.md (ratios against a baseline of the same run).
+BENCHES := $(sort $(wildcard tools/bench_*.py))
 bench: setup-dev
-	$(BIN)/python tools/bench_sampling.py
-	$(BIN)/python tools/bench_probe.py
+	@for b in $(BENCHES); do echo "== $$b"; $(BIN)/python $$b || exit 1; done
 
 clean-venv:
 	rm -rf $(VENV)
