@@ -297,7 +297,7 @@ def test_layer_decay_groups(tmp_path):
     tr.close()
 
 
-def test_train_loss_decreases_and_exports_loadable_encoder(tmp_path):
+def test_train_logs_metrics_and_exports_loadable_encoder(tmp_path):
     from pointprobe.models import encode_points, load_encoder
 
     root = _write_dataset(tmp_path / "data", 3)
@@ -340,6 +340,7 @@ def test_resume_is_exact(tmp_path):
             assert torch.equal(sa[k], sc[k]), f"{name}.{k}"
 
 
+@pytest.mark.slow
 def test_cli_resumes_automatically_and_configs_load(tmp_path):
     from pointprobe.cli import main
 
@@ -410,7 +411,7 @@ def _launch(world: int, overrides: list[str], out: Path) -> dict:
 @pytest.mark.slow
 def test_ddp_two_processes_match_one(tmp_path):
     root = _write_dataset(tmp_path / "data", 3, density=600.0)
-    ov = [f"data.root={root}", *TINY, "train.steps=3", "train.batch_size=2", "views.max_points=800"]
+    ov = [f"data.root={root}", *TINY, "train.steps=2", "train.batch_size=2", "views.max_points=800"]
     one = _launch(1, ov, tmp_path / "one.json")
     two = _launch(2, ov, tmp_path / "two.json")
     np.testing.assert_allclose(two["loss"], one["loss"], rtol=1e-4, atol=1e-5)
