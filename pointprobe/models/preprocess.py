@@ -112,14 +112,18 @@ def _model_device(model: torch.nn.Module) -> torch.device:
 
 def encode_sampled(model: PointEncoder, coord: np.ndarray, grid_coord: np.ndarray, feat: np.ndarray,
                    levels: int | None, device: torch.device, autocast, max_points: int | None,
-                   margin: float, progress: bool = False) -> torch.Tensor:
-    """Features (M, D) float32 on the CPU of M grid-sampled points, chunked when M > max_points."""
+                   margin: float, progress: bool = False, inverse: np.ndarray | None = None) -> torch.Tensor:
+    """Features float32 on the CPU of M grid-sampled points, chunked when M > max_points: (M, D), or
+    with ``inverse`` (N,) (voxel of each input point) directly (N, D) per input point, without an
+    (M, D) intermediate."""
     m = coord.shape[0]
     if max_points is None or m <= max_points:
         chunks: list[tuple[np.ndarray, np.ndarray]] = [(np.arange(m), np.ones(m, dtype=bool))]
     else:
         chunks = spatial_chunks(coord, max_points, margin)
-    out = torch.empty(m, model.feature_dim(levels), dtype=torch.float32)
+    n_out = m if inverse is None else inverse.shape[0]
+    out = torch.empty(n_out, model.feature_dim(levels), dtype=torch.float32)
+    local = np.full(m, -1, dtype=np.int64)  # voxel -> row in the current chunk (core voxels only)
     it: Iterator = iter(chunks)
     if progress or len(chunks) > 1:
         it = tqdm(chunks, desc="encode chunks", leave=False, disable=not progress and len(chunks) < 4)
@@ -133,7 +137,16 @@ def encode_sampled(model: PointEncoder, coord: np.ndarray, grid_coord: np.ndarra
         )
         with torch.inference_mode(), _autocast_ctx(autocast, device):
             f = model.encode(point, levels)
-        out[torch.from_numpy(rows[core])] = f[torch.from_numpy(core).to(f.device)].float().cpu()
+        if inverse is None:
+            out[torch.from_numpy(rows[core])] = f[torch.from_numpy(core).to(f.device)].float().cpu()
+            continue
+        if len(chunks) == 1:
+            return f.float().cpu()[torch.from_numpy(inverse)]
+        local[:] = -1
+        local[rows[core]] = np.flatnonzero(core)
+        src = local[inverse]
+        dst = np.flatnonzero(src >= 0)
+        out[torch.from_numpy(dst)] = f[torch.from_numpy(src[dst]).to(f.device)].float().cpu()
     return out
 
 
@@ -204,7 +217,6 @@ def encode_points(model: PointEncoder, coord, color=None, normal=None, levels: i
             index = gs.index
         else:
             raise ValueError(f"sampling must be canonical, first, train or test, got {sampling!r}")
-        f = encode_sampled(model, xyz[index], gs.grid_coord, feat[index], **kwargs)
-        return f[torch.from_numpy(gs.inverse)]
+        return encode_sampled(model, xyz[index], gs.grid_coord, feat[index], inverse=gs.inverse, **kwargs)
     finally:
         model.train(was_training)
