@@ -155,15 +155,16 @@ def test_distill_trains_exports_and_resumes_exactly(lifted, tmp_path):
 
     _, pre, lift = lifted
     full = tmp_path / "full"
-    res = run_distill(load_config(DistillConfig, None, _distill_args(pre, lift, full, 3)))
+    raw = ["train.center_targets=false"]  # plain cosine to the lifted features: learns fast
+    res = run_distill(load_config(DistillConfig, None, _distill_args(pre, lift, full, 3) + raw))
     hist = res["history"]
     assert [h["epoch"] for h in hist] == [1, 2, 3]
     assert hist[-1]["loss"] < hist[0]["loss"] and 0 < hist[-1]["val_cosine"] <= 1
     assert "val_cosine" not in hist[0]  # val_every=0: validation after the last epoch only
-    assert "val_cosine_mean_baseline" in hist[-1]
+    assert "val_cosine_mean_baseline" in hist[-1] and "val_cosine_centred" in hist[-1]
     # exact resume: 2 epochs, then the same command with 3 epochs continues from out/last.pth
     part = tmp_path / "part"
-    no_export = ["export_predictions=false"]
+    no_export = ["export_predictions=false"] + raw
     run_distill(load_config(DistillConfig, None, _distill_args(pre, lift, part, 2) + no_export))
     res2 = run_distill(load_config(DistillConfig, None, _distill_args(pre, lift, part, 3) + no_export))
     assert [h["epoch"] for h in res2["history"]] == [1, 2, 3]
@@ -173,22 +174,31 @@ def test_distill_trains_exports_and_resumes_exactly(lifted, tmp_path):
         torch.testing.assert_close(a[k], b[k], msg=k)
     # changed training settings are refused on resume
     with pytest.raises(ConfigError, match="different training settings"):
-        run_distill(load_config(DistillConfig, None, _distill_args(pre, lift, part, 4) + ["train.lr=0.5"]))
-    # the exported encoder loads with load_encoder; with the head it reproduces the predicted caches
-    enc = load_encoder(full / "encoder.pth")
-    head = torch.load(full / "head.pth", weights_only=True)
-    pred = FeatureCache(full / "predicted" / "val")
-    lift_val = FeatureCache(lift / "val")
-    assert pred.items() == lift_val.items() and pred.meta["label_set"] == "segment20"
+        bad_lr = ["train.lr=0.5"]
+        run_distill(load_config(DistillConfig, None, _distill_args(pre, lift, part, 4) + raw + bad_lr))
+    # the exported encoder loads with load_encoder; with the head it reproduces the predicted caches,
+    # with plain and with centred targets (prediction = mean target + direction x mean centred norm)
+    cen = tmp_path / "centred"
+    res_c = run_distill(load_config(DistillConfig, None, _distill_args(pre, lift, cen, 1)))
+    assert "val_cosine_centred" in res_c["history"][-1]
     from pointprobe.data.scannet import load_scene
 
-    for item in pred.items():
-        s = load_scene(pre / "val" / item)
-        f = encode_points(enc, s.coord, s.color, s.normal)
-        p = f @ head["weight"].T + head["bias"]
-        np.testing.assert_allclose(np.asarray(pred[item]["features"], np.float32), p.numpy(), atol=2e-2)
-        np.testing.assert_array_equal(pred[item]["labels"], s.segment20)
-        np.testing.assert_array_equal(pred[item]["lifted_visible_count"], lift_val[item]["visible_count"])
+    lift_val = FeatureCache(lift / "val")
+    for out, centred in ((full, False), (cen, True)):
+        enc = load_encoder(out / "encoder.pth")
+        head = torch.load(out / "head.pth", weights_only=True)
+        assert (head["target_radius"] > 0) == centred
+        pred = FeatureCache(out / "predicted" / "val")
+        assert pred.items() == lift_val.items() and pred.meta["label_set"] == "segment20"
+        for item in pred.items():
+            s = load_scene(pre / "val" / item)
+            p = encode_points(enc, s.coord, s.color, s.normal) @ head["weight"].T + head["bias"]
+            if centred:
+                p = torch.nn.functional.normalize(p, dim=1) * head["target_radius"] + head["target_offset"]
+            np.testing.assert_allclose(np.asarray(pred[item]["features"], np.float32), p.numpy(), atol=2e-2)
+            np.testing.assert_array_equal(pred[item]["labels"], s.segment20)
+            np.testing.assert_array_equal(pred[item]["lifted_visible_count"], lift_val[item]["visible_count"])
+    enc = load_encoder(full / "encoder.pth")
     # the extract command probes the distilled encoder like any checkpoint
     from pointprobe.cli import main
 

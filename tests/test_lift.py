@@ -367,6 +367,41 @@ def test_occluded_points_do_not_get_the_occluders_frame(tmp_path):
     np.testing.assert_allclose(res.features[~unseen].sum(1), 1, atol=1e-6)
 
 
+def test_features_are_read_where_the_colour_camera_sees_the_point(tmp_path):
+    """ScanNet's colour and depth cameras have different intrinsics: visibility uses the depth camera,
+    the feature is read at the colour camera's pixel."""
+    from pointprobe.data.frames import write_intrinsics
+    from pointprobe.data.synth import camera_intrinsics
+    from pointprobe.lift.lift import FusionSpec, lift_scene
+
+    coord, _, masks, poses = _write_occlusion_scene(tmp_path)
+    K = camera_intrinsics(160, 120)
+    Kc = K.copy()
+    Kc[0, 2] += 6  # colour principal point 6 px to the right
+    Kc[1, 1] *= 1.05
+    write_intrinsics(tmp_path, Kc, K)
+    (tmp_path / "pose" / "1.txt").unlink()  # camera A only (frame 2 has a NaN pose)
+
+    def pixel_coords(batch):  # the feature of a pixel is its own (u, v)
+        u, v = torch.meshgrid(torch.arange(160.0), torch.arange(120.0), indexing="xy")
+        return torch.stack([u, v])[None].repeat(len(batch.indices), 1, 1, 1)
+
+    clear = masks["clear_for_a"]
+    w2c = np.linalg.inv(poses[0])
+    c = coord @ w2c[:3, :3].T + w2c[:3, 3]
+    for use_color, Kx in ((True, Kc), (False, K)):
+        fusion = FusionSpec(frame_stride=1, image_size=(160, 120), color_intrinsics=use_color, margin=12)
+        with pytest.warns(UserWarning):
+            res = lift_scene(tmp_path, coord, pixel_coords, 2, fusion)
+        sel = clear & (res.visible_count == 1)
+        u = np.round(Kx[0, 0] * c[:, 0] / c[:, 2] + Kx[0, 2])
+        v = np.round(Kx[1, 1] * c[:, 1] / c[:, 2] + Kx[1, 2])
+        inside = (u >= 0) & (u < 160) & (v >= 0) & (v < 120)
+        sel &= inside
+        assert sel.sum() > 500
+        np.testing.assert_allclose(res.features[sel], np.stack([u, v], 1)[sel])
+
+
 def test_no_valid_frame_gives_all_unseen(tmp_path):
     from pointprobe.lift.lift import FusionSpec, lift_scene
 

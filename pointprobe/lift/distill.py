@@ -9,15 +9,20 @@ averaged over the points that at least one frame saw (unseen points have no targ
 Each step takes ``batch_scenes`` scenes, augmented (rotation about z, mirror, scale), grid-sampled at
 ``grid_size`` (one random point per voxel, as in training elsewhere), cropped to ``max_points`` around
 a random point, with the same input features as ``encode_points`` (centre-shifted coordinates,
-colour / 255, normals). AdamW, linear warm-up then cosine decay, gradient clipping; the scene order
-and all augmentation of epoch ``e`` come from a generator keyed by (seed, e), so a run resumed from
-``out/last.pth`` (written after every epoch) continues exactly where it stopped.
+colour / 255, normals). With ``center_targets`` the projection fits the lifted feature minus the mean
+training feature (image features share a large common component that would otherwise dominate the
+cosine); as the loss fixes directions only, a prediction is that mean plus the predicted direction
+scaled to the mean norm of the centred training targets (``head.pth`` stores both as
+``target_offset`` and ``target_radius``). AdamW, linear warm-up then cosine decay, gradient clipping;
+the scene order and all augmentation of epoch ``e`` come from a generator keyed by (seed, e), so a run
+resumed from ``out/last.pth`` (written after every epoch) continues exactly where it stopped.
 
 Outputs in ``out/``: ``config.yaml``; ``encoder.pth`` (``save_encoder`` release format, probed with
 ``pointprobe extract encoder.checkpoint=out/encoder.pth``); ``head.pth`` (the projection);
-``history.json`` (loss and validation cosine per epoch); ``last.pth`` (resume state); and with
-``export_predictions`` one cache per split in ``out/predicted/<split>`` holding the projected features
-of every point (``pointprobe probe`` / ``pointprobe cluster`` read them like lifted features).
+``history.json`` (loss and validation cosines per epoch, with the constant-prediction baseline);
+``last.pth`` (resume state); and with ``export_predictions`` one cache per split in
+``out/predicted/<split>`` holding the predicted features of every point (``pointprobe probe`` /
+``pointprobe cluster`` read them like lifted features).
 """
 
 from __future__ import annotations
@@ -82,6 +87,7 @@ class DistillTrainSpec:
     grid_size: float = 0.02
     max_points: int = 100_000  # grid-sampled points per scene and step (sphere crop beyond)
     augment: bool = True
+    center_targets: bool = True  # fit target - (mean training target); predictions add the mean back
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda
     threads: int = 0  # torch CPU threads (0 = leave as is)
@@ -270,6 +276,10 @@ class Distiller:
         self.step = 0
         self.history: list[dict] = []
         self.train_hash = _training_hash(cfg)
+        self.offset = np.zeros(self.train_data.dim, np.float32)
+        self.radius = 0.0  # mean norm of the centred training targets (0: predictions are not rescaled)
+        if t.center_targets:
+            self.offset, self.radius = self.target_stats()
 
     # -- state --------------------------------------------------------------------------------------
     def state(self) -> dict:
@@ -312,7 +322,7 @@ class Distiller:
             coords.append(xyz)
             gcs.append(gc)
             feats.append(feat)
-            targets.append(np.asarray(target[rows], dtype=np.float32))
+            targets.append(np.asarray(target[rows], dtype=np.float32) - self.offset)
             masks.append(count[rows] > 0)
             counts.append(rows.shape[0])
         dev = self.device
@@ -359,33 +369,50 @@ class Distiller:
     @torch.no_grad()
     def predict(self, coord: np.ndarray, color: np.ndarray, normal: np.ndarray, source: str | None = None
                 ) -> torch.Tensor:
-        """Projected features (N, D) of every input point (``encode_points`` preprocessing, eval mode)."""
+        """Predicted lifted features (N, D) of every input point (``encode_points`` preprocessing, eval
+        mode). With centred targets the cosine loss fixes only directions: the prediction is the mean
+        training target plus the predicted direction scaled to the mean norm of the centred targets."""
         from pointprobe.models import encode_points
 
         f = encode_points(self.model.backbone, coord, color, normal, levels=self.cfg.model.levels,
                           grid_size=self.cfg.train.grid_size, device=self.device, source=source)
-        return self.model.head(f.to(self.device)).float().cpu()
+        return self.project(self.model.head(f.to(self.device)).float().cpu())
+
+    def project(self, out: torch.Tensor) -> torch.Tensor:
+        """Head outputs -> lifted-feature space (see :meth:`predict`)."""
+        if self.radius <= 0:
+            return out
+        return F.normalize(out, dim=1) * self.radius + torch.from_numpy(self.offset)
+
+    def target_stats(self) -> tuple[np.ndarray, float]:
+        """(mean lifted feature, mean norm of lifted feature minus that mean) over the seen training
+        points: the constant-prediction baseline and the scale of the centred targets."""
+        acc, n = np.zeros(self.train_data.dim), 0
+        for i in range(len(self.train_data)):
+            target, count = self.train_data.targets(i)
+            acc += np.asarray(target[count > 0], np.float64).sum(0)
+            n += int((count > 0).sum())
+        mean = acc / max(n, 1)
+        norms = 0.0
+        for i in range(len(self.train_data)):
+            target, count = self.train_data.targets(i)
+            norms += float(np.linalg.norm(np.asarray(target[count > 0], np.float64) - mean, axis=1).sum())
+        return mean.astype(np.float32), norms / max(n, 1)
 
     def mean_target(self) -> torch.Tensor:
         """Mean lifted feature over the seen training points (the constant-prediction baseline)."""
         if not hasattr(self, "_mean_target"):
-            acc = np.zeros(self.train_data.dim)
-            n = 0
-            for i in range(len(self.train_data)):
-                target, count = self.train_data.targets(i)
-                seen = count > 0
-                acc += np.asarray(target[seen], np.float64).sum(0)
-                n += int(seen.sum())
-            self._mean_target = torch.from_numpy(acc / max(n, 1)).float()
+            self._mean_target = torch.from_numpy(self.target_stats()[0])
         return self._mean_target
 
     def validate(self) -> dict:
-        """Mean cosine similarity to the lifted features on seen validation points, and the same for a
-        constant prediction (the mean training target) as a baseline."""
+        """Mean cosine similarity to the lifted features on seen validation points; the same for a constant
+        prediction (the mean training target) as a baseline; and the cosine of prediction and target both
+        minus the mean training target (how well the variation between points is predicted)."""
         data = self.val_data
         if data is None:
             return {}
-        sims, base, n = 0.0, 0.0, 0
+        sims, base, centred, n = 0.0, 0.0, 0.0, 0
         mean = self.mean_target()
         for i in range(len(data)):
             coord, color, normal = data.points(i)
@@ -395,11 +422,14 @@ class Distiller:
                 continue
             pred = self.predict(coord, color, normal, source=data.names[i])
             tgt = torch.from_numpy(np.asarray(target[seen], np.float32))
-            sims += float(F.cosine_similarity(pred[torch.from_numpy(seen)], tgt, dim=1).sum())
+            p = pred[torch.from_numpy(seen)]
+            sims += float(F.cosine_similarity(p, tgt, dim=1).sum())
             base += float(F.cosine_similarity(mean[None], tgt, dim=1).sum())
+            centred += float(F.cosine_similarity(p - mean, tgt - mean, dim=1).sum())
             n += int(seen.sum())
-        return {"val_cosine": sims / n if n else float("nan"),
-                "val_cosine_mean_baseline": base / n if n else float("nan"), "val_points": n}
+        nan = float("nan")
+        return {"val_cosine": sims / n if n else nan, "val_cosine_mean_baseline": base / n if n else nan,
+                "val_cosine_centred": centred / n if n else nan, "val_points": n}
 
     def run(self) -> dict:
         t = self.cfg.train
@@ -435,6 +465,7 @@ class Distiller:
         head_path = self.out / "head.pth"
         head = self.model.head
         torch.save({"weight": head.weight.detach().cpu(), "bias": head.bias.detach().cpu(),
+                    "target_offset": torch.from_numpy(self.offset).float(), "target_radius": self.radius,
                     "levels": self.cfg.model.levels, "encoder": str(enc_path)}, head_path)
         result = {"encoder": str(enc_path), "head": str(head_path), "history": self.history}
         if self.cfg.export_predictions:
