@@ -35,7 +35,7 @@ from common.probes.attentive import (
     train_attentive_probe,
 )
 from common.probes.knn import KnnConfig, evaluate_knn, knn_votes
-from common.probes.linear import _Heads
+from common.probes.linear import _Heads, apply_normalizer, fit_normalizer
 from common.probes.logreg import LogRegConfig, fit_logreg, train_logreg_probe
 
 FAST = dict(progress=False)
@@ -77,6 +77,33 @@ def test_linear_probe_near_sklearn_accuracy():
 
 def apply_standardize(x, norm):
     return (x - norm["mean"]) / norm["std"]
+
+
+def test_whiten_normalizer_decorrelates_and_streaming_agrees():
+    rng = np.random.default_rng(20)
+    q = np.linalg.qr(rng.standard_normal((6, 6)))[0]
+    mix = (q * np.logspace(0, 1.5, 6)) @ q.T  # correlated, covariance condition 1000
+    x = (rng.standard_normal((4000, 6)) @ mix + rng.standard_normal(6) * 5).astype(np.float32)
+    norm = fit_normalizer(torch.from_numpy(x), "whiten", eps=1e-9)
+    z = apply_normalizer(torch.from_numpy(x), norm).double()
+    torch.testing.assert_close(z.mean(0), torch.zeros(6, dtype=torch.float64), atol=1e-4, rtol=0)
+    torch.testing.assert_close(
+        torch.cov(z.t(), correction=0), torch.eye(6, dtype=torch.float64), atol=1e-3, rtol=0
+    )
+    # streamed statistics (memmap-like windows) agree; compare proj proj^T = inverse covariance (sign-free)
+    chunks = [(x[i : i + 700], np.zeros(len(x[i : i + 700]), dtype=np.int64)) for i in range(0, 4000, 700)]
+    streamed = fit_normalizer(ProbeData(chunks), "whiten", window_rows=900, eps=1e-9)
+    torch.testing.assert_close(streamed["mean"], norm["mean"], rtol=1e-5, atol=1e-4)
+    p1, p2 = norm["proj"].double(), streamed["proj"].double()
+    inv1, inv2 = p1 @ p1.t(), p2 @ p2.t()
+    torch.testing.assert_close(inv2, inv1, rtol=1e-3, atol=1e-4 * float(inv1.abs().max()))
+    # a probe trained on whitened features predicts from raw features
+    y = (x @ rng.standard_normal(6) > np.median(x @ rng.standard_normal(6))).astype(np.int64)
+    res = train_linear_probe(
+        ProbeData.from_arrays(x, y),
+        cfg=LinearProbeConfig(normalize="whiten", epochs=2, lrs=[1e-2], wds=[0.0], **FAST),
+    )
+    assert predict(res, x).shape == (4000, 2) and res.norm["proj"].shape == (6, 6)
 
 
 @pytest.mark.parametrize("optimizer", ["adamw", "sgd"])
