@@ -72,7 +72,7 @@ class DistillDataSpec:
 @dataclass
 class DistillModelSpec:
     backbone: str = "sparseunet"  # pointprobe.models.ENCODERS name
-    backbone_config: dict = field(default_factory=dict)  # constructor overrides
+    backbone_config: dict | None = None  # constructor overrides (null = the named encoder's defaults)
     levels: int | None = None  # up-cast levels fed to the projection (None = all)
 
 
@@ -262,7 +262,7 @@ class Distiller:
                          if cfg.data.val_split else None)
         torch.manual_seed(t.seed)
         try:
-            backbone = create_encoder(cfg.model.backbone, **cfg.model.backbone_config)
+            backbone = create_encoder(cfg.model.backbone, **(cfg.model.backbone_config or {}))
             self.model = DistillModel(backbone, cfg.model.levels, self.train_data.dim).to(self.device)
         except (TypeError, ValueError) as e:
             raise ConfigError(f"config key 'model': {e}") from None

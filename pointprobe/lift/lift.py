@@ -7,6 +7,13 @@ are projected into all frames of a batch at once (:mod:`pointprobe.lift.project`
 depth-based occlusion test, bilinear read of the feature map at the point's pixel, mean over the views
 that see the point. Points seen by no frame keep zero features and ``visible_count`` 0.
 
+The OpenScene occlusion rule (``|depth - z| <= 0.25 * depth``) is generous: a surface up to a quarter of
+the depth behind an occluder passes (a wall 50 cm behind a chair seen from 3 m). Measured on generated
+rooms (160x120 frames, rendered per-pixel coordinates lifted as features): with it, 25-47 % of
+the points counted as seen received a value from a surface more than 5 cm away; with an absolute
+threshold of 3 cm (``occlusion_relative: false``, ``occlusion_threshold: 0.03``) every seen point
+stayed within 5 cm, at the cost of about a quarter fewer seen points (depth noise).
+
 Output: one ``common.cache`` per split under ``out/`` (``features`` (N, D), ``labels``,
 ``visible_count`` (N,) int32 per scene), with the same meta keys as ``pointprobe extract`` so that
 ``pointprobe probe features=[out]`` probes them like any encoder (row "<encoder> lifted to 3D"), and
