@@ -31,7 +31,7 @@ class PointEncoderSpec:
     name: str = "sonata_small"  # pointprobe.models.ENCODERS name, or "raw" (input features as features)
     checkpoint: str | None = None  # file or release name (sonata, sonata_small); overrides random init
     seed: int = 0  # seed of the random initialisation when no checkpoint is given
-    config: dict = field(default_factory=dict)  # constructor overrides for a random-init encoder
+    config: dict = field(default_factory=dict)  # constructor overrides (random init, or checkpoint config)
     levels: int | None = None  # up-cast levels (None = all; Sonata base: 4 -> 1232 channels)
     label: str | None = None  # display name in tables (default: name or checkpoint file name)
 
@@ -83,7 +83,7 @@ def build_encoder(spec: PointEncoderSpec, device: torch.device) -> tuple[Any, En
     from pointprobe.models import checkpoint_sha256, create_encoder, load_encoder
 
     if spec.checkpoint:
-        model = load_encoder(spec.checkpoint, device=device)
+        model = load_encoder(spec.checkpoint, device=device, config=spec.config or None)
         path = getattr(model, "checkpoint_path", spec.checkpoint)
         sha = checkpoint_sha256(path)
         label = spec.label or Path(spec.checkpoint).stem

@@ -272,44 +272,28 @@ def load_point_encoder(
     a randomly initialised encoder (seeded); ``name == "raw"``: no model (input features).
 
     The record holds ``encoder``, ``checkpoint`` and ``checkpoint_sha256`` (``random:<seed>`` / ``none``).
+    Encoders are built as ``pointprobe extract`` builds them (:func:`pointprobe.extract.build_encoder`).
     """
     import torch
 
-    from pointprobe.models import checkpoint_sha256, create_encoder, load_encoder
+    from pointprobe.extract import PointEncoderSpec, build_encoder
 
-    if name == "raw" and checkpoint is None:
-        return None, {"encoder": "raw", "checkpoint": None, "checkpoint_sha256": "none"}
-    if checkpoint is not None:
-        model = load_encoder(checkpoint, device=device, config=config)
-        path = getattr(model, "checkpoint_path", str(checkpoint))
-        return model, {
-            "encoder": name or getattr(model, "arch", "ptv3"),
-            "checkpoint": str(path),
-            "checkpoint_sha256": checkpoint_sha256(path),
-            "config": dict(getattr(model, "config", {})),
-        }
-    if name is None:
+    if checkpoint is None and name is None:
         raise ConfigError(
             "choose an encoder: --checkpoint FILE, --encoder NAME --random-init, or --encoder raw"
         )
-    if not random_init:
-        # a release name (sonata, sonata_small) resolved from the local caches / hub
-        model = load_encoder(name, device=device, config=config)
-        path = getattr(model, "checkpoint_path", name)
-        return model, {
-            "encoder": name,
-            "checkpoint": str(path),
-            "checkpoint_sha256": checkpoint_sha256(path),
-            "config": dict(getattr(model, "config", {})),
-        }
-    torch.manual_seed(seed)
-    model = create_encoder(name, **(config or {})).to(device).eval()
-    return model, {
-        "encoder": name,
-        "checkpoint": None,
-        "checkpoint_sha256": f"random:{seed}",
-        "config": dict(getattr(model, "config", {})),
-    }
+    if checkpoint is None and name != "raw" and not random_init:
+        checkpoint = name  # a release name (sonata, sonata_small) resolved from the local caches / hub
+    spec = PointEncoderSpec(name=name or "ptv3", checkpoint=None if checkpoint is None else str(checkpoint),
+                            seed=seed, config=dict(config or {}))
+    model, rec = build_encoder(spec, torch.device(device))
+    if model is not None and checkpoint is not None:
+        rec.checkpoint = getattr(model, "checkpoint_path", rec.checkpoint)
+    record = {"encoder": name or rec.name, "checkpoint": rec.checkpoint,
+              "checkpoint_sha256": rec.checkpoint_sha256}
+    if model is not None:
+        record["config"] = rec.config
+    return model, record
 
 
 def point_features(
