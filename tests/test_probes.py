@@ -218,6 +218,8 @@ def test_view_averaging_matches_manual_softmax_average():
     bad = ProbeData.from_arrays(x[:8], np.array([0, 1, 0, 0, 1, 1, 1, 1]), np.repeat([0, 1], 4))
     with pytest.raises(InputError, match="different labels"):
         evaluate_linear_probe(res, bad)
+    with pytest.raises(InputError, match="different labels"):  # the conflict spans two eval batches
+        evaluate_linear_probe(res, bad, batch_size=3)
 
 
 def test_streaming_memmap_chunks(tmp_path):

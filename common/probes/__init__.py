@@ -34,16 +34,31 @@ def assert_frozen(module: torch.nn.Module, name: str | None = None) -> None:
         )
 
 
-from common.probes.linear import (  # noqa: E402  (re-exports; linear.py does not import this package)
+# re-exports (the submodules do not import this package's namespace, so there is no cycle)
+from common.probes.attentive import (  # noqa: E402
+    AttentiveConfig,
+    AttentiveProbe,
+    AttentiveProbeResult,
+    evaluate_attentive_probe,
+    load_attentive_probe,
+    predict_attentive,
+    save_attentive_probe,
+    train_attentive_probe,
+)
+from common.probes.knn import KnnConfig, evaluate_knn, knn_votes  # noqa: E402
+from common.probes.linear import (  # noqa: E402
     LinearProbeConfig,
     LinearProbeResult,
     ProbeData,
+    apply_normalizer,
     evaluate_linear_probe,
+    fit_normalizer,
     load_probe,
     predict,
     save_probe,
     train_linear_probe,
 )
+from common.probes.logreg import LogRegConfig, fit_logreg, train_logreg_probe  # noqa: E402
 
 __all__ = [
     "NotFrozenError",
@@ -56,4 +71,20 @@ __all__ = [
     "predict",
     "save_probe",
     "load_probe",
+    "fit_normalizer",
+    "apply_normalizer",
+    "LogRegConfig",
+    "fit_logreg",
+    "train_logreg_probe",
+    "KnnConfig",
+    "knn_votes",
+    "evaluate_knn",
+    "AttentiveProbe",
+    "AttentiveConfig",
+    "AttentiveProbeResult",
+    "train_attentive_probe",
+    "evaluate_attentive_probe",
+    "predict_attentive",
+    "save_attentive_probe",
+    "load_attentive_probe",
 ]

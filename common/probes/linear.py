@@ -348,8 +348,16 @@ def fit_normalizer(
     return {"mode": mode, "mean": mean.float().cpu(), "proj": proj.float()}
 
 
-def apply_normalizer(x: torch.Tensor, norm: Mapping) -> torch.Tensor:
-    """Apply statistics from :func:`fit_normalizer` (returns a new tensor unless mode is 'none')."""
+def apply_normalizer(x: torch.Tensor, norm: Mapping, out_dtype: torch.dtype | None = None) -> torch.Tensor:
+    """Apply statistics from :func:`fit_normalizer` (returns a new tensor unless mode is 'none').
+
+    ``out_dtype=torch.bfloat16`` returns bfloat16 (the whitening matmul itself then runs in bfloat16).
+    """
+    if out_dtype is not None and out_dtype != torch.float32:
+        if norm["mode"] == "whiten":
+            xc = (x - norm["mean"].to(x.device)).to(out_dtype)
+            return xc @ norm["proj"].to(device=x.device, dtype=out_dtype)
+        return apply_normalizer(x, norm).to(out_dtype)
     mode = norm["mode"]
     if mode == "none":
         return x
@@ -543,20 +551,34 @@ def _lr_factor(step: int, total: int, warmup: int) -> float:
 
 # --------------------------------------------------------------------------------- evaluation
 class _Scorer:
-    """Accumulates the scores of H heads over batches of (logits (B, H, K), labels, groups)."""
+    """Accumulates the scores of H heads over batches of (logits (B, H, K), labels, groups).
 
-    def __init__(self, num_heads: int, num_classes: int, task: str, view_average: bool) -> None:
+    With view averaging, softmax probabilities are summed per group on the fly into a (G, H, K)
+    tensor (``groups``: every group id that will occur) and scored once at the end.
+    """
+
+    def __init__(
+        self,
+        num_heads: int,
+        num_classes: int,
+        task: str,
+        view_average: bool,
+        groups: np.ndarray | None = None,
+    ) -> None:
         self.H, self.K = num_heads, num_classes
         self.task = task
         self.view_average = view_average and task == "classification"
         self.conf = torch.zeros(num_heads * num_classes * num_classes, dtype=torch.int64)
         self.top5 = torch.zeros(num_heads, dtype=torch.int64)
         self.n = 0
+        self.n_rows = 0
         self.loss = torch.zeros(num_heads, dtype=torch.float64)
-        self.prob_sum: dict[int, torch.Tensor] = {}
-        self.group_label: dict[int, int] = {}
-        self._gsum: list[tuple[np.ndarray, torch.Tensor]] = []
-        self._glabel: list[np.ndarray] = []
+        if self.view_average:
+            if groups is None:
+                raise ValueError("view averaging needs the group ids")
+            self.uniq = np.unique(groups)
+            self.prob_sum = torch.zeros(len(self.uniq), num_heads, num_classes)
+            self.group_label = np.full(len(self.uniq), -1, dtype=np.int64)
 
     def _count(self, scores: torch.Tensor, y: torch.Tensor) -> None:
         """scores (B, H, K) (any monotone transform of the probabilities), y (B,) on the cpu."""
@@ -575,31 +597,37 @@ class _Scorer:
         idx = y.view(-1, 1, 1).expand(-1, self.H, 1)
         logp = torch.log_softmax(z, dim=2)
         self.loss += -logp.gather(2, idx).squeeze(2).double().sum(0)
+        self.n_rows += y.numel()
         if not self.view_average:
             self._count(z, y)
             return
-        self._gsum.append((g, logp.exp()))
-        self._glabel.append(y.numpy())
+        gi = np.searchsorted(self.uniq, g)
+        if np.any(gi >= len(self.uniq)) or np.any(self.uniq[np.minimum(gi, len(self.uniq) - 1)] != g):
+            raise ValueError("a group id outside the declared groups")
+        yn = y.numpy()
+        seen = self.group_label[gi]
+        if np.any((seen >= 0) & (seen != yn)) or self._mixed(gi, yn):
+            raise InputError(
+                None,
+                "rows of one group (video) carry different labels; cannot average views "
+                "(set view_average=False)",
+            )
+        self.group_label[gi] = yn
+        self.prob_sum.index_add_(0, torch.from_numpy(gi), logp.exp_())
+
+    @staticmethod
+    def _mixed(gi: np.ndarray, y: np.ndarray) -> bool:
+        """Whether two rows of one group in this batch have different labels."""
+        order = np.lexsort((y, gi))
+        gs, ys = gi[order], y[order]
+        same_g = gs[1:] == gs[:-1]
+        return bool(np.any(same_g & (ys[1:] != ys[:-1])))
 
     def result(self) -> list[dict]:
-        n_rows = self.n
-        if self.view_average and self._gsum:
-            g = np.concatenate([a for a, _ in self._gsum])
-            uniq, inv = np.unique(g, return_inverse=True)
-            probs = torch.zeros(len(uniq), self.H, self.K)
-            for (_, p), sl in zip(self._gsum, np.split(inv, np.cumsum([len(a) for a, _ in self._gsum])[:-1])):
-                probs.index_add_(0, torch.from_numpy(sl), p)
-            y_rows = np.concatenate(self._glabel)
-            yg = np.full(len(uniq), -1, dtype=np.int64)
-            yg[inv] = y_rows
-            if not np.array_equal(yg[inv], y_rows):
-                raise InputError(
-                    None,
-                    "rows of one group (video) carry different labels; cannot average views "
-                    "(set view_average=False)",
-                )
-            n_rows = len(y_rows)
-            self._count(probs, torch.from_numpy(yg))
+        if self.view_average:
+            present = self.group_label >= 0
+            self._count(self.prob_sum[torch.from_numpy(present)], torch.from_numpy(self.group_label[present]))
+        n_rows = self.n_rows
         conf = self.conf.view(self.H, self.K, self.K).numpy()
         out = []
         denom = max(self.n, 1)
@@ -649,7 +677,8 @@ def _score_heads(
     device: torch.device,
     normalized: bool = False,
 ) -> _Scorer:
-    scorer = _Scorer(num_heads, num_classes, task, view_average)
+    groups = data[2] if isinstance(data, tuple) else data.groups()
+    scorer = _Scorer(num_heads, num_classes, task, view_average, groups if view_average else None)
     for x, y, g in _iter_eval_batches(data, batch_size, window_rows):
         x = x.to(device)
         if not normalized:
@@ -721,9 +750,7 @@ def train_linear_probe(
     if in_ram:
         x_all, y_all, _ = train.load(device)
         norm = fit_normalizer(x_all, cfg.normalize)
-        x_all = apply_normalizer(x_all, norm)
-        if cfg.matmul_dtype == "bfloat16":
-            x_all = x_all.to(torch.bfloat16)
+        x_all = apply_normalizer(x_all, norm, torch.bfloat16 if cfg.matmul_dtype == "bfloat16" else None)
     else:
         norm = fit_normalizer(train, cfg.normalize, cfg.window_rows)
     gen = torch.Generator().manual_seed(cfg.seed)
@@ -811,14 +838,13 @@ def _train_batches(
         perm = torch.randperm(x_all.shape[0], generator=gen).to(device)
         for s in range(0, x_all.shape[0], bs):
             idx = perm[s : s + bs]
-            yield x_all[idx], y_all[idx]
+            yield torch.index_select(x_all, 0, idx), torch.index_select(y_all, 0, idx)
         return
     carry_x: torch.Tensor | None = None
     carry_y: torch.Tensor | None = None
     for xw, yw, _ in train.iter_windows(cfg.window_rows, rng):
-        xt = apply_normalizer(torch.from_numpy(xw).to(device), norm)
-        if getattr(cfg, "matmul_dtype", "float32") == "bfloat16":
-            xt = xt.to(torch.bfloat16)
+        bf16 = getattr(cfg, "matmul_dtype", "float32") == "bfloat16"
+        xt = apply_normalizer(torch.from_numpy(xw).to(device), norm, torch.bfloat16 if bf16 else None)
         yt = torch.from_numpy(yw).to(device)
         if carry_x is not None:
             xt, yt = torch.cat([carry_x, xt]), torch.cat([carry_y, yt])

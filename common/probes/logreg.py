@@ -158,6 +158,8 @@ def train_logreg_probe(
     if int(y_tr.max()) >= k:
         raise InputError(None, f"training label {int(y_tr.max())} >= num_classes {k}")
     va = cfg.view_average and val.has_groups
+    x_va, y_va, g_va = val.load(device)
+    val_rows = (apply_normalizer(x_va, norm), y_va, g_va)  # scored once per C, normalised once
 
     fits: dict[float, tuple] = {}
     table: dict[float, dict] = {}
@@ -176,7 +178,17 @@ def train_logreg_probe(
         fits[log_c] = (w, b)
         wf, bf = w.float(), b.float()
         s = _score_heads(
-            lambda z: (z @ wf.t() + bf).unsqueeze(1), val, norm, 1, k, cfg.task, va, 65536, 262144, device
+            lambda z: (z @ wf.t() + bf).unsqueeze(1),
+            val_rows,
+            norm,
+            1,
+            k,
+            cfg.task,
+            va,
+            65536,
+            262144,
+            device,
+            normalized=True,
         ).result()[0]
         table[log_c] = {"C": c, "iters": it, "fit_s": round(dt, 3), **{f"val_{m}": v for m, v in s.items()}}
         bar.update(1)
