@@ -12,7 +12,7 @@ import torch
 from sklearn.linear_model import LogisticRegression
 from sklearn.neighbors import KNeighborsClassifier
 
-from common.errors import CheckpointError, InputError
+from common.errors import CheckpointError, ConfigError, InputError
 from common.metrics import confusion_matrix, segmentation_metrics
 from common.probes import (
     LinearProbeConfig,
@@ -104,6 +104,23 @@ def test_whiten_normalizer_decorrelates_and_streaming_agrees():
         cfg=LinearProbeConfig(normalize="whiten", epochs=2, lrs=[1e-2], wds=[0.0], **FAST),
     )
     assert predict(res, x).shape == (4000, 2) and res.norm["proj"].shape == (6, 6)
+    torch.testing.assert_close(
+        res.folded_linear()(torch.from_numpy(x)).detach(), predict(res, x), rtol=1e-4, atol=1e-4
+    )
+
+
+def test_bfloat16_matmuls_train_as_well_as_float32():
+    x, y = _blobs(3000, 16, 4, seed=21, sep=1.0)
+    tr, te = ProbeData.from_arrays(x[:2400], y[:2400]), ProbeData.from_arrays(x[2400:], y[2400:])
+    cfg = dict(epochs=5, lrs=[1e-2, 1e-1], wds=[0.0], batch_size=128, **FAST)
+    acc = {}
+    for dt in ("float32", "bfloat16"):
+        res = train_linear_probe(tr, cfg=LinearProbeConfig(matmul_dtype=dt, **cfg))
+        acc[dt] = evaluate_linear_probe(res, te)["top1"]
+        torch.testing.assert_close(
+            res.folded_linear()(torch.from_numpy(x)).detach(), predict(res, x), rtol=1e-4, atol=1e-4
+        )
+    assert acc["float32"] > 0.85 and abs(acc["bfloat16"] - acc["float32"]) < 0.02, acc
 
 
 @pytest.mark.parametrize("optimizer", ["adamw", "sgd"])
@@ -264,6 +281,8 @@ def test_save_load_roundtrip(tmp_path):
     assert back.class_names == ["a", "b", "c"] and back.norm["mode"] == "l2"
     assert back.heads == res.heads and back.config == res.config
     torch.testing.assert_close(predict(back, x), predict(res, x))
+    with pytest.raises(ConfigError, match="l2"):
+        back.folded_linear()
     (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
     with pytest.raises(CheckpointError, match="junk.pt"):
         load_probe(tmp_path / "junk.pt")

@@ -449,6 +449,26 @@ class LinearProbeResult:
         lin.load_state_dict(self.state_dict)
         return lin
 
+    def folded_linear(self) -> torch.nn.Linear:
+        """The best head with its normalisation folded in: an ``nn.Linear`` on raw features (like a
+        released ``seg_head``). Not possible for ``"l2"`` (per-row) normalisation."""
+        w = self.state_dict["weight"].double()
+        b = self.state_dict["bias"].double()
+        mode = self.norm["mode"]
+        if mode == "l2":
+            raise ConfigError("an l2-normalised probe cannot be folded into one linear layer")
+        if mode != "none":
+            proj = (
+                torch.diag(1.0 / self.norm["std"].double())
+                if mode == "standardize"
+                else self.norm["proj"].double()
+            )
+            w = w @ proj.t()  # logits = (x - mean) @ proj @ W^T + b
+            b = b - w @ self.norm["mean"].double()
+        lin = torch.nn.Linear(w.shape[1], w.shape[0])
+        lin.load_state_dict({"weight": w.float(), "bias": b.float()})
+        return lin
+
 
 # ------------------------------------------------------------------------------ core updates
 class _Heads:
