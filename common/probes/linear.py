@@ -228,10 +228,11 @@ class ProbeData:
         """All rows in use as (float32 features, int64 labels, group ids)."""
         n = self.num_rows
         x = torch.empty((n, *self.feature_shape), dtype=torch.float32)
+        xn = x.numpy()  # shares memory; a numpy copy also accepts read-only memmaps without a warning
         i = 0
         for c in self._chunks:
             if len(c.rows):
-                x[i : i + len(c.rows)] = torch.from_numpy(self._read(c, c.rows))
+                xn[i : i + len(c.rows)] = self._read(c, c.rows)
                 i += len(c.rows)
         return x.to(device), torch.from_numpy(self.labels()).to(device), self.groups()
 
