@@ -23,16 +23,16 @@ def _plt():
     return plt
 
 
-def _jsonable(v: Any) -> Any:
+def jsonable(v: Any) -> Any:
     """Numpy / torch / Path values -> plain JSON values; NaN and inf -> None."""
     if isinstance(v, Mapping):
-        return {str(k): _jsonable(x) for k, x in v.items()}
+        return {str(k): jsonable(x) for k, x in v.items()}
     if isinstance(v, (list, tuple)):
-        return [_jsonable(x) for x in v]
+        return [jsonable(x) for x in v]
     if isinstance(v, np.ndarray):
-        return _jsonable(v.tolist())
+        return jsonable(v.tolist())
     if hasattr(v, "detach") and hasattr(v, "tolist"):  # torch tensor
-        return _jsonable(v.detach().cpu().tolist())
+        return jsonable(v.detach().cpu().tolist())
     if isinstance(v, np.generic):
         v = v.item()
     if isinstance(v, float) and not math.isfinite(v):
@@ -97,7 +97,7 @@ def write_table(
             columns += [k for k in r if k not in columns]
     md = [f"# {title}", ""]
     for k, v in (meta or {}).items():
-        jv = _jsonable(v)
+        jv = jsonable(v)
         if isinstance(jv, (dict, list)):
             text = json.dumps(jv)
             if len(text) > 100:
@@ -114,8 +114,8 @@ def write_table(
     payload = {
         "title": title,
         "columns": list(columns),
-        "rows": _jsonable(list(rows)),
-        "meta": _jsonable(meta or {}),
+        "rows": jsonable(list(rows)),
+        "meta": jsonable(meta or {}),
     }
     _atomic_write(json_path, json.dumps(payload, indent=2) + "\n")
     return md_path, json_path

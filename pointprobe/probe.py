@@ -165,7 +165,7 @@ def run_probe(cfg: SegProbeConfig) -> dict:
     detail = {"records": records, "meta": meta}
     import json
 
-    from common.report import _jsonable  # the same NaN -> null conversion as the tables
+    from common.report import jsonable
 
-    (out / "details.json").write_text(json.dumps(_jsonable(detail), indent=1) + "\n")
+    (out / "details.json").write_text(json.dumps(jsonable(detail), indent=1) + "\n")
     return {"rows": rows, "records": records, "out": str(out)}

@@ -336,7 +336,7 @@ def _pictures(cache: Any, cfg: ClusterConfig, out: Path, per_scene: dict[str, np
 def run_cluster(cfg: ClusterConfig, progress: bool = True) -> dict:
     """Cluster every feature folder; write the tables and pictures under ``cfg.out``."""
     from common import dist
-    from common.report import _jsonable, write_table
+    from common.report import jsonable, write_table
 
     if not cfg.features:
         raise ConfigError("config key 'features' is empty: give feature folders (lift / distill / extract)")
@@ -364,6 +364,6 @@ def run_cluster(cfg: ClusterConfig, progress: bool = True) -> dict:
     per_class = [{"class": c, **{r["name"]: r["iou"][j] for r in records}} for j, c in enumerate(class_names)]
     write_table(per_class, out / "per_class_iou", "Per-class IoU after Hungarian matching (%)",
                 meta={"split": cfg.split}, float_format=".1f")
-    details = json.dumps(_jsonable({"records": records, "meta": meta}), indent=1)
+    details = json.dumps(jsonable({"records": records, "meta": meta}), indent=1)
     (out / "details.json").write_text(details + "\n")
     return {"rows": rows, "records": records, "out": str(out)}
