@@ -316,6 +316,20 @@ def test_train_logs_metrics_and_exports_loadable_encoder(tmp_path):
     assert f.shape == (len(c), enc.feature_dim()) and torch.isfinite(f).all()
 
 
+def test_frozen_prototypes_do_not_move(tmp_path):
+    root = _write_dataset(tmp_path / "data", 2)
+    for ratio, should_move in ((1.0, False), (0.0, True)):
+        tr = Pretrainer(_cfg(root, "train.steps=2", "train.batch_size=1",
+                             f"optim.freeze_prototypes_ratio={ratio}"))
+        before = tr.student.mask_head.prototype_v.detach().clone()
+        mlp_before = tr.student.mask_head.mlp[0].weight.detach().clone()
+        tr.run()
+        tr.close()
+        moved = not torch.equal(before, tr.student.mask_head.prototype_v)
+        assert moved == should_move
+        assert not torch.equal(mlp_before, tr.student.mask_head.mlp[0].weight)
+
+
 def test_resume_is_exact(tmp_path):
     root = _write_dataset(tmp_path / "data", 3)
     cfg = _cfg(root, "train.steps=4", "train.batch_size=2", "train.accum_steps=2")

@@ -126,6 +126,9 @@ class OptimSection:
     div_factor: float = 10.0
     final_div_factor: float = 1000.0
     clip_grad: float = 3.0  # 0 = off
+    # prototypes are not updated during this fraction of the steps (SwAV / DINO freeze them at first):
+    # with few steps it keeps the student from flattening its outputs by merging prototypes
+    freeze_prototypes_ratio: float = 0.0
     betas: tuple[float, float] = (0.9, 0.999)
 
 
@@ -328,6 +331,14 @@ def param_groups(model: DistillModel, layer_decay: float) -> list[dict]:
 
 # ---------------------------------------------------------------------------------------------- stats
 @torch.no_grad()
+def _mean_entropy(p: torch.Tensor) -> float:
+    """Mean entropy (nats) of the rows of a probability matrix (nan when empty)."""
+    if p.shape[0] == 0:
+        return float("nan")
+    return float(-(p * torch.log(p.clamp_min(1e-12))).sum(1).mean())
+
+
+@torch.no_grad()
 def feature_stats(feat: torch.Tensor, max_rows: int = 4096) -> tuple[float, float]:
     """(mean per-channel std of L2-normalised features x sqrt(D), effective rank): ~1 and large for
     spread-out features, 0 and 1 for collapsed ones."""
@@ -484,6 +495,7 @@ class Pretrainer:
             G, L, B = vb.n_global, vb.n_local, vb.n_scenes
             losses: dict[str, torch.Tensor] = {}
             n_pairs: dict[str, int] = {}
+            target_h: dict[str, float] = {}
             m_lvl = out["masked"]
             m_origin = level_mean(vb.masked_origin, m_lvl).cpu().numpy()
             m_off = m_lvl.offset.cpu().numpy()
@@ -501,6 +513,7 @@ class Pretrainer:
                 losses[name] = distill_loss(target, out["masked_logits"][torch.from_numpy(q).to(dev)],
                                             lc.student_temp, torch.from_numpy(grp).to(dev), B * G)
                 n_pairs[name] = len(q)
+                target_h[name] = _mean_entropy(target)
             if lc.unmask_weight > 0:
                 l_lvl = out["local"]
                 l_origin = level_mean(vb.local_origin, l_lvl).cpu().numpy()
@@ -512,12 +525,16 @@ class Pretrainer:
                 losses["unmask"] = distill_loss(target, out["local_logits"][torch.from_numpy(q).to(dev)],
                                                 lc.student_temp, torch.from_numpy(grp).to(dev), B * L)
                 n_pairs["unmask"] = len(q)
+                target_h["unmask"] = _mean_entropy(target)
             weights = {"mask": lc.mask_weight, "roll": lc.roll_weight, "unmask": lc.unmask_weight}
             loss = sum(weights[k] * val for k, val in losses.items())
             (loss * scale).backward()
         metrics = {f"{k}_loss": float(val.detach()) for k, val in losses.items()}
         metrics["loss"] = float(loss.detach())
         metrics.update({f"{k}_pairs": n for k, n in n_pairs.items()})
+        # cross-entropy = target entropy + KL(target || student): the KL is what the student can still learn
+        metrics.update({f"{k}_kl": metrics[f"{k}_loss"] - h for k, h in target_h.items()})
+        metrics.update({f"{k}_target_entropy": h for k, h in target_h.items()})
         logits = t_mask if t_mask is not None else t_unmask
         h_mean, h_point = assignment_entropy(logits, v.teacher_temp)
         metrics["teacher_entropy"], metrics["teacher_entropy_point"] = h_mean, h_point
@@ -542,6 +559,9 @@ class Pretrainer:
                 acc[k] = acc.get(k, 0.0) + val / t.accum_steps
         for k in ("points",) + tuple(k for k in acc if k.endswith("_pairs")):
             acc[k] = acc[k] * t.accum_steps  # totals, not means
+        if step < int(round(o.freeze_prototypes_ratio * t.steps)):
+            for head in (self.student.mask_head, self.student.unmask_head):
+                head.prototype_v.grad = None  # AdamW skips it: no update, no weight decay
         gnorm = float("nan")
         if o.clip_grad > 0:
             gnorm = float(torch.nn.utils.clip_grad_norm_(self.student.parameters(), o.clip_grad))
