@@ -54,6 +54,7 @@ class ExtractConfig:
     dtype: str = "float16"
     device: str = "auto"
     max_points: int = 400_000  # larger scenes are encoded in spatial chunks
+    tta: int = 1  # test-time augmentation: mean of features over this many views (see tta_views)
 
 
 def pick_device(name: str) -> torch.device:
@@ -108,16 +109,44 @@ def raw_features(coord: np.ndarray, color: np.ndarray, normal: np.ndarray) -> np
     return np.concatenate([xyz, color.astype(np.float32) / 255.0, normal.astype(np.float32)], 1)
 
 
+def tta_views(n: int) -> list[tuple[float, bool]]:
+    """(z-rotation in degrees, x-flip) of each test-time view: the identity first, then rotations by
+    90 degree steps, then the same with the x axis mirrored (at most 8 views)."""
+    if not 1 <= n <= 8:
+        raise ConfigError(f"config key 'tta': expected 1..8 views, got {n}")
+    views = [(90.0 * k, flip) for flip in (False, True) for k in range(4)]
+    return views[:n]
+
+
+def _augment(points: np.ndarray, angle_deg: float, flip: bool) -> np.ndarray:
+    a = np.deg2rad(angle_deg)
+    rot = np.array([[np.cos(a), -np.sin(a), 0.0], [np.sin(a), np.cos(a), 0.0], [0.0, 0.0, 1.0]])
+    out = points.astype(np.float64) @ rot.T
+    if flip:
+        out[:, 0] = -out[:, 0]
+    return out.astype(np.float32)
+
+
 def scene_features(model: Any, scene: Any, cfg: ExtractConfig, device: torch.device) -> np.ndarray:
-    """(N, D) float32 features of one scene."""
+    """(N, D) float32 features of one scene; with ``cfg.tta`` > 1 the mean over augmented views.
+
+    A linear probe is affine, so its logits averaged over views (Sonata's test-time augmentation)
+    equal its logits of the view-averaged features: averaging here gives exactly that protocol."""
     if model is None:
         return raw_features(scene.coord, scene.color, scene.normal)
     from pointprobe.models import encode_points
 
-    f = encode_points(model, scene.coord, scene.color, scene.normal, levels=cfg.encoder.levels,
-                      grid_size=cfg.grid_size, device=device, sampling=cfg.sampling,
-                      max_points=cfg.max_points, source=scene.name)
-    return f.numpy()
+    acc = None
+    views = tta_views(cfg.tta)
+    for angle, flip in views:
+        coord, normal = scene.coord, scene.normal
+        if angle or flip:
+            coord, normal = _augment(coord, angle, flip), _augment(normal, angle, flip)
+        f = encode_points(model, coord, scene.color, normal, levels=cfg.encoder.levels,
+                          grid_size=cfg.grid_size, device=device, sampling=cfg.sampling,
+                          max_points=cfg.max_points, source=scene.name).numpy()
+        acc = f if acc is None else acc + f
+    return acc / len(views)
 
 
 def feature_dim(model: Any, levels: int | None) -> int:
@@ -126,7 +155,8 @@ def feature_dim(model: Any, levels: int | None) -> int:
 
 def cache_key(rec: EncoderRecord, cfg: ExtractConfig, split: str) -> CacheKey:
     prep = {"center_shift": True, "grid_size": cfg.grid_size, "color": "/255", "sampling": cfg.sampling,
-            "feat": "coord,color,normal", "levels": rec.levels}
+            "feat": "coord,color,normal", "levels": rec.levels,
+            "tta": [list(v) for v in tta_views(cfg.tta)] if rec.name != RAW else []}
     return CacheKey(encoder=rec.name, checkpoint_sha256=rec.checkpoint_sha256,
                     config_hash=config_hash({"encoder": rec.config, "levels": rec.levels}),
                     preprocessing=prep, dataset=str(Path(cfg.data.root).resolve()), split=split)

@@ -111,3 +111,26 @@ def test_cache_from_other_encoder_refused(dataset, tmp_path, capsys):
                "encoder.config={channels: [16, 32], depths: [1, 1]}", "data.splits=[val]"])
     assert rc == 2
     assert "encoder" in capsys.readouterr().err
+
+
+def test_tta_features_are_the_mean_over_rotated_views(dataset):
+    import torch
+
+    from pointprobe.data.scannet import load_scene
+    from pointprobe.extract import ExtractConfig, PointEncoderSpec, _augment, build_encoder, scene_features
+    from pointprobe.models import encode_points
+
+    scene_dir = next((dataset / "data" / "val").iterdir())
+    scene = load_scene(scene_dir)
+    keep = np.arange(0, len(scene.coord), 8)  # a lighter scene
+    for key in ("coord", "color", "normal", "segment20", "segment200", "instance"):
+        setattr(scene, key, getattr(scene, key)[keep])
+    spec = PointEncoderSpec(name="sparseunet", config={"channels": [8, 16], "depths": [1, 1]})
+    model, _ = build_encoder(spec, torch.device("cpu"))
+    cfg = ExtractConfig(encoder=spec, tta=2)
+    got = scene_features(model, scene, cfg, torch.device("cpu"))
+    ref0 = encode_points(model, scene.coord, scene.color, scene.normal).numpy()
+    ref1 = encode_points(model, _augment(scene.coord, 90.0, False), scene.color,
+                         _augment(scene.normal, 90.0, False)).numpy()
+    np.testing.assert_allclose(got, (ref0 + ref1) / 2, rtol=1e-5, atol=1e-5)
+    assert not np.allclose(ref0, ref1)  # the second view is a different view
