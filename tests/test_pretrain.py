@@ -164,6 +164,19 @@ def test_views_crops_masks_and_determinism():
     assert batch.masked_origin.shape == (len(batch.masked), 3)
 
 
+def test_views_reject_tiny_or_bad_scenes():
+    from common.errors import InputError
+
+    c, col, nrm = _scene(1)
+    with pytest.raises(InputError, match="scene0001"):
+        make_scene_views(c[:10], col[:10], nrm[:10], ViewConfig(), np.random.default_rng(0), 0.2, 0.5,
+                         name="scene0001_00")
+    c = c.copy()
+    c[5] = np.nan
+    with pytest.raises(InputError, match="scene0001"):
+        make_scene_views(c, col, nrm, ViewConfig(), np.random.default_rng(0), 0.2, 0.5, name="scene0001_00")
+
+
 def test_match_views_against_brute_force():
     rng = np.random.default_rng(0)
     q = rng.random((300, 3)).astype(np.float32)

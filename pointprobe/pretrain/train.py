@@ -700,6 +700,10 @@ class Pretrainer:
                 collapse = []
                 if m["teacher_entropy"] < 0.05:
                     collapse.append(f"teacher prototype-usage entropy {m['teacher_entropy']:.3f} of log K")
+                if m["teacher_entropy_point"] > 0.995:
+                    h = m["teacher_entropy_point"]
+                    collapse.append(f"teacher outputs nearly uniform (entropy {h:.3f} of log K; lower "
+                                    "loss.teacher_temp_* or freeze prototypes longer)")
                 if m["feat_std"] < 0.02:
                     collapse.append(f"feature std {m['feat_std']:.4f} (x sqrt D)")
                 if m["eff_rank"] < 2.0:
