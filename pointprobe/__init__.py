@@ -1,1 +1,1 @@
-"""Point-cloud feature probing: Sonata/PTv3 and SparseUNet encoders, pre-training, lifting, ScanNet probing."""
+"""Point-cloud feature probing: Sonata/PTv3 and SparseUNet encoders, pre-training, lifting, ScanNet."""

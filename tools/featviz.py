@@ -10,7 +10,8 @@ from common.cli_discovery import build_parser
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser(
         "featviz",
-        "Zero-shot feature visualisation: PCA colours and similarity maps for points and videos; HTML report.",
+        "Zero-shot feature visualisation: PCA colours and similarity maps for points and videos; "
+        "HTML report.",
         "tools.featviz_commands",
     )
     return run_cli(parser, argv)
