@@ -329,6 +329,21 @@ def test_train_logs_metrics_and_exports_loadable_encoder(tmp_path):
     assert f.shape == (len(c), enc.feature_dim()) and torch.isfinite(f).all()
 
 
+def test_ptv3_backbone_trains_and_exports(tmp_path):
+    from pointprobe.models import load_encoder
+
+    root = _write_dataset(tmp_path / "data", 2)
+    out = tmp_path / "run"
+    run_pretrain(_cfg(root, "model.backbone=ptv3_tiny", "model.backbone_config={}", "train.steps=2",
+                      "train.batch_size=1"), out)
+    enc = load_encoder(out / "encoder.pth")
+    assert enc.arch == "ptv3" and enc.config["drop_path"] == 0.0 and enc.config["mask_token"]
+    tr = Pretrainer(_cfg(root, "model.backbone=ptv3_tiny", "model.backbone_config={}"))
+    scales = {g["lr_scale"] for g in param_groups(tr.student, 0.5)}
+    assert scales == {0.25, 0.5, 1.0}  # ptv3_tiny: 3 blocks
+    tr.close()
+
+
 def test_frozen_prototypes_do_not_move(tmp_path):
     root = _write_dataset(tmp_path / "data", 2)
     for ratio, should_move in ((1.0, False), (0.0, True)):
