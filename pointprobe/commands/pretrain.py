@@ -12,7 +12,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "data.root=data/synth/pre out=runs/pretrain\n"
         "  torchrun --nproc_per_node=4 -m pointprobe.cli pretrain --config configs/point/sonata_base.yaml "
         "data.root=... out=...\n"
-        "Runs again with the same out= folder resume from its last checkpoint.",
+        "Running it again with the same out= folder resumes from the last checkpoint there.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--config", default="configs/point/pretrain_demo.yaml",
