@@ -21,6 +21,7 @@ from torch import nn
 from tqdm import tqdm
 
 from common.errors import CheckpointError, ConfigError, InputError
+from common.probes._files import read_probe_file, write_probe_file
 from common.probes.linear import ProbeData, _lr_factor, _score_heads, _train_batches
 
 __all__ = [
@@ -288,31 +289,18 @@ _FORMAT = "probesuite.attentive_probe"
 
 def save_attentive_probe(result: AttentiveProbeResult, path: str | Path) -> Path:
     """``torch.save`` a plain dict (loadable with ``weights_only=True``)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     payload = {
         "format": _FORMAT,
         "version": 1,
         **{f.name: getattr(result, f.name) for f in dataclasses.fields(result)},
     }
     payload["val"] = {k: v for k, v in payload["val"].items() if k != "confusion"}
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(payload, tmp)
-    tmp.replace(path)
-    return path
+    return write_probe_file(payload, path)
 
 
 def load_attentive_probe(path: str | Path) -> AttentiveProbeResult:
     """Load a file written by :func:`save_attentive_probe` (``CheckpointError`` naming it otherwise)."""
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"{path}: no such probe file")
-    try:
-        d = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001
-        raise CheckpointError(f"{path}: cannot read probe file ({type(e).__name__}: {e})") from None
-    if not isinstance(d, dict) or d.get("format") != _FORMAT:
-        raise CheckpointError(f"{path}: not a probesuite attentive probe file")
+    d = read_probe_file(path, _FORMAT, "attentive")
     names = [f.name for f in dataclasses.fields(AttentiveProbeResult)]
     missing = [k for k in names if k not in d]
     if missing:

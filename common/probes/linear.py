@@ -30,6 +30,7 @@ from tqdm import tqdm
 
 from common.errors import CheckpointError, ConfigError, InputError
 from common.metrics import segmentation_metrics
+from common.probes._files import read_probe_file, write_probe_file
 
 __all__ = [
     "ProbeData",
@@ -951,8 +952,6 @@ _FORMAT = "probesuite.linear_probe"
 
 def save_probe(result: LinearProbeResult, path: str | Path) -> Path:
     """Save a trained probe with ``torch.save`` (plain tensors / lists / dicts, loadable weights_only)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     payload = {
         "format": _FORMAT,
         "version": 1,
@@ -966,23 +965,12 @@ def save_probe(result: LinearProbeResult, path: str | Path) -> Path:
         "config": result.config,
         "meta": result.meta,
     }
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(payload, tmp)
-    tmp.replace(path)
-    return path
+    return write_probe_file(payload, path)
 
 
 def load_probe(path: str | Path) -> LinearProbeResult:
     """Load a probe written by :func:`save_probe` (``CheckpointError`` naming the file otherwise)."""
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"{path}: no such probe file")
-    try:
-        d = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - any unpickling failure is a bad file
-        raise CheckpointError(f"{path}: cannot read probe file ({type(e).__name__}: {e})") from None
-    if not isinstance(d, dict) or d.get("format") != _FORMAT:
-        raise CheckpointError(f"{path}: not a probesuite linear probe file")
+    d = read_probe_file(path, _FORMAT, "linear")
     missing = [
         k for k in ("state_dict", "norm", "num_classes", "metric", "heads", "best", "config") if k not in d
     ]
