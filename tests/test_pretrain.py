@@ -315,8 +315,16 @@ def test_train_logs_metrics_and_exports_loadable_encoder(tmp_path):
 
     root = _write_dataset(tmp_path / "data", 3)
     out = tmp_path / "run"
-    res = run_pretrain(_cfg(root, "train.steps=6", "train.batch_size=2"), out)
+    res = run_pretrain(_cfg(root, "train.steps=6", "train.batch_size=2", "train.save_every=4",
+                            "train.keep_encoders=true"), out)
     lines = [json.loads(s) for s in (out / "log.jsonl").read_text().splitlines()]
+    # every save keeps its encoder: step 4 (save_every) and step 6 (the end), which is encoder.pth
+    assert sorted(p.name for p in (out / "encoders").iterdir()) == ["step_0000004.pth", "step_0000006.pth"]
+    sd_end = torch.load(out / "encoders" / "step_0000006.pth", weights_only=True)["state_dict"]
+    sd_4 = torch.load(out / "encoders" / "step_0000004.pth", weights_only=True)["state_dict"]
+    sd_last = torch.load(out / "encoder.pth", weights_only=True)["state_dict"]
+    assert all(torch.equal(sd_end[k], sd_last[k]) for k in sd_last)
+    assert any(not torch.equal(sd_4[k], sd_last[k]) for k in sd_last)
     assert [r["step"] for r in lines] == list(range(1, 7))
     for key in ("loss", "lr", "momentum", "teacher_entropy", "feat_std", "eff_rank", "effective_batch"):
         assert all(r[key] is not None and math.isfinite(r[key]) for r in lines), key

@@ -145,6 +145,7 @@ class TrainSection:
     save_every: int = 200  # checkpoint + encoder.pth every N steps (0 = only at the end)
     keep_checkpoints: int = 2
     export: str = "teacher"  # teacher | student backbone written to encoder.pth
+    keep_encoders: bool = False  # also keep encoders/step_N.pth at every save (probe along training)
     prefetch: bool = True  # build the next micro-batch's views in a background thread
     progress: bool = True
 
@@ -662,6 +663,9 @@ class Pretrainer:
         for p in old[: max(0, len(old) - max(1, self.cfg.train.keep_checkpoints))]:
             p.unlink(missing_ok=True)
         self.export(self.out / "encoder.pth")
+        if self.cfg.train.keep_encoders:
+            (self.out / "encoders").mkdir(exist_ok=True)
+            self.export(self.out / "encoders" / f"step_{self.step:07d}.pth")
         return path
 
     def export(self, path: str | os.PathLike) -> Path:

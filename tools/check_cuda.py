@@ -1,0 +1,454 @@
+"""Check the CUDA code paths against the CPU ones, and time them: run this once on a GPU machine.
+
+Each check runs the same computation on the CPU and on CUDA from the same weights and inputs and
+reports the largest difference (relative to the largest value) or the mean cosine between per-point /
+per-clip features, plus GPU throughput where it matters. Nothing is downloaded: weights are random
+(seeded) and scenes are generated (``pointprobe.data.synth``). A check that fails is reported with its
+error and the others still run; the exit status is the number of failed checks.
+
+Checks: spconv sparse convolutions; SparseUNet and PTv3 (sonata_small) features in float32 and under
+bf16 autocast; PTv3 / SparseUNet throughput (GPU vs this machine's CPU); Sonata-style pre-training
+steps with bf16 autocast; the same under ``torchrun`` with NCCL; ``common.scatter``; the multi-head
+linear probe; 2D->3D lifting; PCA; a VideoMAE ViT and the attentive probe.
+
+    python tools/check_cuda.py [--out runs/check-cuda] [--quick]
+
+Writes ``OUT/check_cuda.md`` and ``OUT/check_cuda.json`` (the ``check_cuda`` section of
+docs/benchmarks.md is that markdown; ``--doc`` writes it there directly).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from common.benchdoc import machine_line, update_section  # noqa: E402
+
+warnings.filterwarnings("ignore", category=FutureWarning)  # spconv's torch.cuda.amp decorators
+
+RESULTS: list[dict] = []
+
+
+def check(name: str):
+    """Decorator: run a check, record its numbers (a dict) or its error."""
+
+    def wrap(fn):
+        def run(*a, **kw):
+            t = time.time()
+            try:
+                out = fn(*a, **kw) or {}
+                ok = bool(out.pop("ok", True))
+                rec = {"check": name, "ok": ok, **out}
+            except Exception as e:  # noqa: BLE001 - every failure is reported, the next check runs
+                rec = {"check": name, "ok": False, "error": f"{type(e).__name__}: {e}".splitlines()[0][:300]}
+                traceback.print_exc()
+            rec["seconds"] = round(time.time() - t, 2)
+            RESULTS.append(rec)
+            print(json.dumps(rec), flush=True)
+            return rec
+
+        return run
+
+    return wrap
+
+
+def rel_diff(a: torch.Tensor, b: torch.Tensor) -> float:
+    a, b = a.detach().float().cpu(), b.detach().float().cpu()
+    return float((a - b).abs().max() / a.abs().max().clamp(min=1e-12))
+
+
+def mean_cos(a: torch.Tensor, b: torch.Tensor) -> float:
+    a, b = a.detach().float().cpu(), b.detach().float().cpu()
+    return float(torch.nn.functional.cosine_similarity(a, b, dim=1, eps=1e-8).mean())
+
+
+def sync() -> None:
+    torch.cuda.synchronize()
+
+
+def timed(fn, repeats: int = 3) -> tuple[float, object]:
+    """Median seconds of ``repeats`` calls after one warm-up (CUDA synchronised)."""
+    out = fn()
+    sync()
+    ts = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        out = fn()
+        sync()
+        ts.append(time.perf_counter() - t)
+    return float(np.median(ts)), out
+
+
+# ------------------------------------------------------------------------------------------- data
+def scenes(root: Path, n: int) -> Path:
+    """``n`` generated rooms, preprocessed (ScanNet layout) under ``root``."""
+    from pointprobe.data.preprocess import preprocess_dataset
+    from pointprobe.data.synth import generate_dataset
+
+    generate_dataset(root / "raw", n, seed=0, frames_per_scene=0, progress=False)
+    preprocess_dataset(root / "raw", root / "scannet", splits=("train", "val", "test"), workers=1)
+    return root / "scannet"
+
+
+def first_scene(data: Path):
+    from pointprobe.data.scannet import list_scenes, load_scene
+
+    return load_scene(data / "train" / list_scenes(data, "train")[0])
+
+
+def tiled(scene, copies: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A larger scene: ``copies`` shifted copies of one room side by side."""
+    span = scene.coord[:, 0].max() - scene.coord[:, 0].min() + 0.5
+    coord = np.concatenate([scene.coord + np.array([i * span, 0, 0], np.float32) for i in range(copies)])
+    return coord, np.tile(scene.color, (copies, 1)), np.tile(scene.normal, (copies, 1))
+
+
+# ----------------------------------------------------------------------------------------- checks
+@check("environment")
+def check_env() -> dict:
+    import spconv
+
+    info = {"gpu": torch.cuda.get_device_name(0), "torch": torch.__version__, "cuda": torch.version.cuda,
+            "spconv": getattr(spconv, "__version__", "?"), "bf16": torch.cuda.is_bf16_supported()}
+    try:
+        import torch_scatter  # noqa: F401
+
+        from common.scatter import has_torch_scatter
+
+        info["torch_scatter_cuda"] = has_torch_scatter(cuda=True)
+    except ImportError:
+        info["torch_scatter_cuda"] = "not installed"
+    try:
+        import flash_attn  # noqa: F401
+
+        info["flash_attn"] = True
+    except ImportError:
+        info["flash_attn"] = "not installed"
+    return info
+
+
+@check("spconv SubMConv3d + strided SparseConv3d, CUDA vs CPU (float32)")
+def check_spconv() -> dict:
+    import spconv.pytorch as sp
+    from spconv.core import ConvAlgo
+
+    g = torch.Generator().manual_seed(0)
+    n, c = 20000, 32
+    coords = torch.unique(torch.randint(0, 64, (n, 3), generator=g), dim=0)
+    idx = torch.cat([torch.zeros(len(coords), 1, dtype=torch.int64), coords], 1).int()
+    feats = torch.randn(len(coords), c, generator=g)
+    subm = sp.SubMConv3d(c, c, 3, bias=True, indice_key="s")
+    down = sp.SparseConv3d(c, 2 * c, 2, stride=2, bias=True, indice_key="d")
+    out = {}
+    for algo_name in ("native", "implicit gemm"):
+        res = {}
+        for dev in ("cpu", "cuda"):
+            algo = ConvAlgo.Native if (dev == "cpu" or algo_name == "native") else ConvAlgo.MaskImplicitGemm
+            subm.algo, down.algo = algo, algo
+            x = sp.SparseConvTensor(feats.to(dev), idx.to(dev), [64, 64, 64], 1)
+            with torch.no_grad():
+                y = subm.to(dev).train()(x)  # train mode: bias added separately (the CPU path needs it)
+                z = down.to(dev).train()(y)
+            order = torch.argsort(z.indices[:, 1:].long().cpu() @ torch.tensor([4096, 64, 1]))
+            res[dev] = (y.features.cpu(), z.features.cpu()[order])
+        out[f"{algo_name}: subm rel diff"] = rel_diff(res["cpu"][0], res["cuda"][0])
+        out[f"{algo_name}: strided rel diff"] = rel_diff(res["cpu"][1], res["cuda"][1])
+    out["ok"] = max(v for k, v in out.items() if "diff" in k) < 1e-3
+    return out
+
+
+SPARSEUNET = {"channels": [32, 64, 96, 128, 160], "depths": [1, 1, 2, 2, 1]}  # the bench config's
+
+
+def _encoder_parity(name: str, cfg: dict, scene) -> dict:
+    from pointprobe.models import create_encoder, encode_points
+
+    torch.manual_seed(0)
+    model = create_encoder(name, **cfg).eval()
+    cpu = encode_points(model, scene.coord, scene.color, scene.normal, device="cpu", autocast=None)
+    f32 = encode_points(model, scene.coord, scene.color, scene.normal, device="cuda", autocast=None)
+    bf16 = encode_points(model, scene.coord, scene.color, scene.normal, device="cuda", autocast="auto")
+    out = {"points": len(scene.coord), "dim": cpu.shape[1], "fp32 rel diff": rel_diff(cpu, f32),
+           "fp32 mean cosine": mean_cos(cpu, f32), "bf16 mean cosine": mean_cos(cpu, bf16),
+           "bf16 min cosine": float(torch.nn.functional.cosine_similarity(cpu, bf16.float(), dim=1).min())}
+    out["ok"] = out["fp32 mean cosine"] > 0.9999 and out["bf16 mean cosine"] > 0.99
+    return out
+
+
+@check("SparseUNet features, CUDA vs CPU")
+def check_sparseunet(scene) -> dict:
+    return _encoder_parity("sparseunet", SPARSEUNET, scene)
+
+
+@check("PTv3 sonata_small features, CUDA vs CPU")
+def check_ptv3(scene) -> dict:
+    return _encoder_parity("sonata_small", {}, scene)
+
+
+@check("encoder throughput (points/s), GPU vs this machine's CPU")
+def check_throughput(scene, quick: bool) -> dict:
+    from pointprobe.models import create_encoder, encode_points
+
+    out = {}
+    copies = 2 if quick else 4
+    coord, color, normal = tiled(scene, copies)
+    out["points"] = len(coord)
+    torch.set_num_threads(os.cpu_count() or 1)
+    names = ["sparseunet", "sonata_small"] + ([] if quick else ["sonata"])
+    for name in names:
+        cfg = SPARSEUNET if name == "sparseunet" else {}
+        torch.manual_seed(0)
+        model = create_encoder(name, **cfg).eval()
+        for mode in ("fp32", "bf16"):
+            ac = None if mode == "fp32" else "auto"
+            sec, _ = timed(lambda m=model, a=ac: encode_points(m, coord, color, normal, device="cuda",
+                                                               autocast=a, max_points=None))
+            out[f"{name} GPU {mode} points/s"] = round(len(coord) / sec)
+        out[f"{name} GPU peak memory GB"] = round(torch.cuda.max_memory_allocated() / 1e9, 2)
+        torch.cuda.reset_peak_memory_stats()
+        if name != "sonata":  # the CPU baseline (one pass, float32, all cores)
+            t = time.perf_counter()
+            encode_points(model, coord, color, normal, device="cpu", autocast=None, max_points=None)
+            cpu_rate = len(coord) / (time.perf_counter() - t)
+            out[f"{name} CPU points/s"] = round(cpu_rate)
+            out[f"{name} GPU bf16 / CPU"] = round(out[f"{name} GPU bf16 points/s"] / cpu_rate, 1)
+        model.cpu()
+    return out
+
+
+def _pretrain_overrides(data: Path, steps: int, backbone: str) -> list[str]:
+    o = [f"data.root={data}", f"train.steps={steps}", "train.device=cuda", "train.amp=true",
+         "train.progress=false", "train.save_every=0", "train.log_every=1"]
+    if backbone == "ptv3":
+        o += ["model.backbone=sonata_small", "model.backbone_config={}", "views.max_points=20000"]
+    return o
+
+
+@check("pre-training on CUDA, bf16 autocast (SparseUNet bench config and PTv3 sonata_small)")
+def check_pretrain(data: Path, tmp: Path, quick: bool) -> dict:
+    from common.config import load_config
+    from pointprobe.models import load_encoder
+    from pointprobe.pretrain.train import PretrainConfig, run_pretrain
+
+    out = {}
+    steps = 10 if quick else 30
+    for backbone in ("sparseunet", "ptv3"):
+        cfg = load_config(PretrainConfig, "configs/point/pretrain_bench_cpu.yaml",
+                          _pretrain_overrides(data, steps, backbone))
+        torch.cuda.reset_peak_memory_stats()
+        t = time.perf_counter()
+        run_pretrain(cfg, tmp / f"pre_{backbone}")
+        sec = time.perf_counter() - t
+        log = [json.loads(s) for s in (tmp / f"pre_{backbone}" / "log.jsonl").read_text().splitlines()]
+        out[f"{backbone}: s/step"] = round(sec / steps, 3)
+        out[f"{backbone}: loss first/last"] = [round(log[0]["loss"], 3), round(log[-1]["loss"], 3)]
+        out[f"{backbone}: finite"] = all(np.isfinite(r["loss"]) for r in log)
+        out[f"{backbone}: peak memory GB"] = round(torch.cuda.max_memory_allocated() / 1e9, 2)
+        enc = load_encoder(tmp / f"pre_{backbone}" / "encoder.pth")
+        out[f"{backbone}: exported encoder"] = enc.arch
+    out["ok"] = all(v for k, v in out.items() if k.endswith("finite"))
+    return out
+
+
+@check("torchrun + NCCL pre-training (1 process; DDP, Sinkhorn all-reduce)")
+def check_nccl(data: Path, tmp: Path) -> dict:
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=1", "--master_port=29533",
+           "-m", "pointprobe.cli", "pretrain", "--config", "configs/point/pretrain_bench_cpu.yaml",
+           *_pretrain_overrides(data, 6, "sparseunet"), f"out={tmp / 'pre_nccl'}"]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path.cwd()), os.environ.get("PYTHONPATH", "")])}
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+    log = tmp / "pre_nccl" / "log.jsonl"
+    steps = len(log.read_text().splitlines()) if log.exists() else 0
+    return {"ok": p.returncode == 0 and steps == 6, "returncode": p.returncode, "logged steps": steps,
+            "stderr tail": p.stderr.strip().splitlines()[-1][:200] if p.returncode and p.stderr else ""}
+
+
+@check("common.scatter segment_reduce, CUDA vs CPU")
+def check_scatter() -> dict:
+    from common.scatter import segment_reduce
+
+    g = torch.Generator().manual_seed(0)
+    src = torch.randn(1_000_000, 64, generator=g)
+    index = torch.randint(0, 50_000, (1_000_000,), generator=g)
+    out = {}
+    for red in ("sum", "mean", "max"):
+        a = segment_reduce(src, index, 50_000, red)
+        b = segment_reduce(src.cuda(), index.cuda(), 50_000, red)
+        out[f"{red} rel diff"] = rel_diff(a, b)
+    sec, _ = timed(lambda: segment_reduce(src.cuda(), index.cuda(), 50_000, "mean"))
+    out["GPU mean, 1M x 64 rows/s"] = round(1e6 / sec)
+    out["ok"] = max(v for k, v in out.items() if "diff" in k) < 1e-4
+    return out
+
+
+@check("multi-head linear probe, CUDA vs CPU")
+def check_linear_probe() -> dict:
+    from common.probes.linear import LinearProbeConfig, ProbeData, evaluate_linear_probe, train_linear_probe
+
+    rng = np.random.default_rng(0)
+    centers = rng.normal(size=(20, 128)).astype(np.float32)
+    y = rng.integers(0, 20, 200_000)
+    x = centers[y] + 2.5 * rng.normal(size=(len(y), 128)).astype(np.float32)
+    chunks = [(x[i : i + 10_000], y[i : i + 10_000]) for i in range(0, len(y), 10_000)]
+    data = ProbeData(chunks, groups=list(range(len(chunks))))
+    out = {}
+    for dev in ("cpu", "cuda"):
+        cfg = LinearProbeConfig(task="segmentation", num_classes=20, epochs=3, lrs=[1e-3, 1e-2],
+                                wds=[0.0, 1e-3], batch_size=4096, device=dev, progress=False)
+        t = time.perf_counter()
+        res = train_linear_probe(data, None, cfg)
+        out[f"{dev} seconds"] = round(time.perf_counter() - t, 2)
+        out[f"{dev} mIoU"] = round(100 * evaluate_linear_probe(res, data, device=dev)["mIoU"], 2)
+    out["ok"] = abs(out["cpu mIoU"] - out["cuda mIoU"]) < 0.5
+    return out
+
+
+@check("2D->3D lifting (FusionAccumulator), CUDA vs CPU")
+def check_lift() -> dict:
+    from pointprobe.lift.project import FusionAccumulator, world_to_camera
+
+    g = torch.Generator().manual_seed(0)
+    n, frames, H, W = 200_000, 8, 240, 320
+    K = torch.tensor([[300.0, 0, 160], [0, 300.0, 120], [0, 0, 1]])
+    xy = (torch.rand(n, 2, generator=g) - 0.5) * torch.tensor([1.6, 1.2])
+    coord = torch.cat([xy * 2.0, torch.full((n, 1), 2.0)], 1)  # a plane 2 m in front of the cameras
+    poses = torch.eye(4).repeat(frames, 1, 1)
+    poses[:, 0, 3] = torch.linspace(-0.3, 0.3, frames)
+    depth = torch.full((frames, H, W), 2.0)
+    maps = torch.randn(frames, 64, 17, 23, generator=g)
+    res = {}
+    for dev in ("cpu", "cuda"):
+        acc = FusionAccumulator(coord, 64, device=dev)
+        acc.add(maps, depth, world_to_camera(poses), K)
+        res[dev] = (acc.mean().cpu(), acc.count.cpu())
+    same = bool(torch.equal(res["cpu"][1], res["cuda"][1]))
+    d = rel_diff(res["cpu"][0], res["cuda"][0])
+    return {"seen points": int((res["cpu"][1] > 0).sum()), "view counts equal": same, "feature rel diff": d,
+            "ok": same and d < 1e-4}
+
+
+@check("PCA colouring, CUDA vs CPU")
+def check_pca() -> dict:
+    from common.pca import fit_pca, project
+
+    g = torch.Generator().manual_seed(0)
+    feat = torch.randn(100_000, 8, generator=g) @ torch.randn(8, 256, generator=g)
+    feat += 0.01 * torch.randn(100_000, 256, generator=g)
+    a = fit_pca(feat, q=3)
+    b = fit_pca(feat.cuda(), q=3)
+    pa = project(feat, a.mean, a.components)
+    pb = project(feat.cuda(), b.mean.cuda(), b.components.cuda())
+    d = rel_diff(pa, pb)
+    return {"projection rel diff": d, "ok": d < 1e-3}
+
+
+@check("VideoMAE ViT-S (random weights) + attentive probe on CUDA")
+def check_video(quick: bool) -> dict:
+    from common.probes.attentive import AttentiveConfig, train_attentive_probe
+    from common.probes.linear import ProbeData
+    from videoprobe.models import create_video_encoder
+
+    enc = create_video_encoder("videomae_vit_s", seed=0)
+    g = torch.Generator().manual_seed(0)
+    clip = torch.randint(0, 256, (2, 3, 16, 224, 224), generator=g, dtype=torch.uint8)
+    with torch.no_grad():
+        cpu = enc(clip)
+        enc.cuda()
+        gpu = enc(clip.cuda())
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            bf = enc(clip.cuda())
+    out = {"pooled fp32 rel diff": rel_diff(cpu.pooled, gpu.pooled),
+           "tokens fp32 mean cosine": mean_cos(cpu.tokens.flatten(0, -2), gpu.tokens.flatten(0, -2)),
+           "tokens bf16 mean cosine": mean_cos(cpu.tokens.flatten(0, -2), bf.tokens.flatten(0, -2))}
+    batch = torch.randint(0, 256, (16, 3, 16, 224, 224), dtype=torch.uint8, device="cuda")
+
+    def run():
+        with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16):
+            return enc(batch)
+
+    sec, _ = timed(run, 2 if quick else 5)
+    out["GPU bf16 clips/s (16x224x224)"] = round(16 / sec, 1)
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 5, 400)
+    tok = rng.normal(size=(400, 64, 96)).astype(np.float32) + y[:, None, None] * 0.2
+    data = ProbeData([(tok[i : i + 20], y[i : i + 20]) for i in range(0, 400, 20)], groups=list(range(20)))
+    acfg = AttentiveConfig(epochs=5, batch_size=64, num_heads=4, device="cuda", progress=False, num_classes=5)
+    res = train_attentive_probe(data, None, acfg)
+    out["attentive probe val"] = {k: round(float(v), 3) for k, v in res.val.items() if isinstance(v, float)}
+    out["ok"] = out["tokens fp32 mean cosine"] > 0.9999 and out["tokens bf16 mean cosine"] > 0.99
+    return out
+
+
+def markdown(results: list[dict]) -> str:
+    lines = [f"Machine: {machine_line()}.", "",
+             "Every check runs the same computation on the CPU and on CUDA from the same (seeded,",
+             "random) weights and generated inputs: `rel diff` = max |cpu - cuda| / max |cpu|, `cosine` =",
+             "mean per-row cosine similarity to the CPU float32 result. Throughput ratios are against this",
+             "machine's CPU.", "",
+             "| check | ok | numbers |", "| --- | --- | --- |"]
+    for r in results:
+        nums = "; ".join(f"{k}: {v:.3g}" if isinstance(v, float) else f"{k}: {v}"
+                         for k, v in r.items() if k not in ("check", "ok"))
+        lines.append(f"| {r['check']} | {'yes' if r['ok'] else '**NO**'} | {nums} |")
+    lines += ["", "- command: `python tools/check_cuda.py`"]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--out", default="runs/check-cuda")
+    ap.add_argument("--quick", action="store_true", help="fewer steps and smaller scenes")
+    ap.add_argument("--doc", action="store_true", help="also write the section of docs/benchmarks.md")
+    ap.add_argument("--only", default="", help="comma list of check function names (e.g. check_spconv)")
+    args = ap.parse_args(argv)
+    if not torch.cuda.is_available():
+        print("check_cuda: CUDA is not available on this machine; nothing to check", file=sys.stderr)
+        return 2
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory() as tmpd:
+        tmp = Path(tmpd)
+        data = scenes(tmp / "data", 5)
+        scene = first_scene(data)
+        calls = [
+            ("check_env", lambda: check_env()),
+            ("check_spconv", lambda: check_spconv()),
+            ("check_sparseunet", lambda: check_sparseunet(scene)),
+            ("check_ptv3", lambda: check_ptv3(scene)),
+            ("check_scatter", lambda: check_scatter()),
+            ("check_linear_probe", lambda: check_linear_probe()),
+            ("check_lift", lambda: check_lift()),
+            ("check_pca", lambda: check_pca()),
+            ("check_video", lambda: check_video(args.quick)),
+            ("check_pretrain", lambda: check_pretrain(data, tmp, args.quick)),
+            ("check_nccl", lambda: check_nccl(data, tmp)),
+            ("check_throughput", lambda: check_throughput(scene, args.quick)),
+        ]
+        only = {s.strip() for s in args.only.split(",") if s.strip()}
+        for name, call in calls:
+            if not only or name in only:
+                call()
+    md = markdown(RESULTS)
+    (out / "check_cuda.md").write_text(md + "\n")
+    (out / "check_cuda.json").write_text(json.dumps(RESULTS, indent=1, default=str) + "\n")
+    if args.doc:
+        update_section("check_cuda", md)
+    failed = sum(not r["ok"] for r in RESULTS)
+    print(f"check_cuda: {len(RESULTS) - failed} passed, {failed} failed; {out / 'check_cuda.md'}")
+    return failed
+
+
+if __name__ == "__main__":
+    sys.exit(main())
