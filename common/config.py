@@ -84,10 +84,11 @@ def parse_overrides(overrides: list[str] | None) -> dict:
 
 
 def merge_dict(base: dict, upd: dict) -> dict:
-    """Recursive dict merge (``upd`` wins); returns a new dict."""
+    """Recursive dict merge (``upd`` wins); returns a new dict. An empty dict in ``upd`` replaces the
+    section (``model.backbone_config={}`` clears it) instead of merging nothing into it."""
     out = dict(base)
     for k, v in upd.items():
-        if isinstance(v, dict) and isinstance(out.get(k), dict):
+        if isinstance(v, dict) and v and isinstance(out.get(k), dict):
             out[k] = merge_dict(out[k], v)
         else:
             out[k] = v

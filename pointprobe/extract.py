@@ -128,7 +128,8 @@ def _augment(points: np.ndarray, angle_deg: float, flip: bool) -> np.ndarray:
 
 
 def scene_features(model: Any, scene: Any, cfg: ExtractConfig, device: torch.device) -> np.ndarray:
-    """(N, D) float32 features of one scene; with ``cfg.tta`` > 1 the mean over augmented views.
+    """(N, D) features of one scene (float16 for a float16 cache with one view, else float32); with
+    ``cfg.tta`` > 1 the mean over augmented views.
 
     A linear probe is affine, so its logits averaged over views (Sonata's test-time augmentation)
     equal its logits of the view-averaged features: averaging here gives exactly that protocol."""
@@ -138,13 +139,15 @@ def scene_features(model: Any, scene: Any, cfg: ExtractConfig, device: torch.dev
 
     acc = None
     views = tta_views(cfg.tta)
+    # a float16 cache with one view: encode straight to float16 (half the copy back from a GPU)
+    out_dtype = torch.float16 if cfg.dtype == "float16" and len(views) == 1 else torch.float32
     for angle, flip in views:
         coord, normal = scene.coord, scene.normal
         if angle or flip:
             coord, normal = _augment(coord, angle, flip), _augment(normal, angle, flip)
         f = encode_points(model, coord, scene.color, normal, levels=cfg.encoder.levels,
                           grid_size=cfg.grid_size, device=device, sampling=cfg.sampling,
-                          max_points=cfg.max_points, source=scene.name).numpy()
+                          max_points=cfg.max_points, source=scene.name, out_dtype=out_dtype).numpy()
         acc = f if acc is None else acc + f
     return acc / len(views)
 

@@ -230,3 +230,20 @@ def test_registered_and_loadable_with_load_encoder(tmp_path):
     f2 = encode_points(loaded, c, color, normal)
     assert f1.shape == (len(c), model.feature_dim())
     torch.testing.assert_close(f1, f2, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("max_points", [None, 600])  # one pass, and spatial chunks
+@pytest.mark.parametrize("sampling", ["canonical", "test"])
+def test_encode_points_out_dtype_float16_is_the_float32_result_rounded(max_points, sampling):
+    from pointprobe.models import ENCODERS, encode_points
+
+    torch.manual_seed(0)
+    model = ENCODERS["sparseunet"](**SMALL).eval()
+    c, _ = _surface_scene(6)
+    rng = np.random.default_rng(1)
+    color, normal = rng.integers(0, 255, (len(c), 3)), rng.normal(size=(len(c), 3))
+    kw = dict(max_points=max_points, sampling=sampling)
+    f32 = encode_points(model, c, color, normal, **kw)
+    f16 = encode_points(model, c, color, normal, out_dtype=torch.float16, **kw)
+    assert f32.dtype == torch.float32 and f16.dtype == torch.float16 and f16.shape == f32.shape
+    assert torch.equal(f16, f32.to(torch.float16))

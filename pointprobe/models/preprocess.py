@@ -112,17 +112,18 @@ def _model_device(model: torch.nn.Module) -> torch.device:
 
 def encode_sampled(model: PointEncoder, coord: np.ndarray, grid_coord: np.ndarray, feat: np.ndarray,
                    levels: int | None, device: torch.device, autocast, max_points: int | None,
-                   margin: float, progress: bool = False, inverse: np.ndarray | None = None) -> torch.Tensor:
-    """Features float32 on the CPU of M grid-sampled points, chunked when M > max_points: (M, D), or
-    with ``inverse`` (N,) (voxel of each input point) directly (N, D) per input point, without an
-    (M, D) intermediate."""
+                   margin: float, progress: bool = False, inverse: np.ndarray | None = None,
+                   out_dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """Features (``out_dtype``, on the CPU) of M grid-sampled points, chunked when M > max_points:
+    (M, D), or with ``inverse`` (N,) (voxel of each input point) directly (N, D) per input point,
+    without an (M, D) intermediate. Rows are gathered on the model's device before the one copy back."""
     m = coord.shape[0]
     if max_points is None or m <= max_points:
         chunks: list[tuple[np.ndarray, np.ndarray]] = [(np.arange(m), np.ones(m, dtype=bool))]
     else:
         chunks = spatial_chunks(coord, max_points, margin)
     n_out = m if inverse is None else inverse.shape[0]
-    out = torch.empty(n_out, model.feature_dim(levels), dtype=torch.float32)
+    out = torch.empty(n_out, model.feature_dim(levels), dtype=out_dtype)
     local = np.full(m, -1, dtype=np.int64)  # voxel -> row in the current chunk (core voxels only)
     it: Iterator = iter(chunks)
     if progress or len(chunks) > 1:
@@ -138,15 +139,15 @@ def encode_sampled(model: PointEncoder, coord: np.ndarray, grid_coord: np.ndarra
         with torch.inference_mode(), _autocast_ctx(autocast, device):
             f = model.encode(point, levels)
         if inverse is None:
-            out[torch.from_numpy(rows[core])] = f[torch.from_numpy(core).to(f.device)].float().cpu()
+            out[torch.from_numpy(rows[core])] = f[torch.from_numpy(core).to(f.device)].to(out_dtype).cpu()
             continue
-        if len(chunks) == 1:
-            return f.float().cpu()[torch.from_numpy(inverse)]
+        if len(chunks) == 1:  # gather where the features are: one (N, D) copy back, no CPU gather
+            return f[torch.from_numpy(inverse).to(f.device)].to(out_dtype).cpu()
         local[:] = -1
         local[rows[core]] = np.flatnonzero(core)
         src = local[inverse]
         dst = np.flatnonzero(src >= 0)
-        out[torch.from_numpy(dst)] = f[torch.from_numpy(src[dst]).to(f.device)].float().cpu()
+        out[torch.from_numpy(dst)] = f[torch.from_numpy(src[dst]).to(f.device)].to(out_dtype).cpu()
     return out
 
 
@@ -154,8 +155,10 @@ def encode_points(model: PointEncoder, coord, color=None, normal=None, levels: i
                   grid_size: float = 0.02, device: str | torch.device | None = None,
                   autocast: str | torch.dtype | None = "auto", sampling: Sampling = "canonical",
                   seed: int = 0, max_points: int | None = 400_000, chunk_margin: float = 1.0,
-                  source: str | None = None, progress: bool = False) -> torch.Tensor:
-    """Features (N, D) float32 on the CPU for the N input points of one scene.
+                  source: str | None = None, progress: bool = False,
+                  out_dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """Features (N, D) on the CPU for the N input points of one scene (float32, or ``out_dtype``:
+    float16 halves the copy back from a GPU and the memory, e.g. for a float16 feature cache).
 
     coord (N, 3) metres; color (N, 3) in [0, 255]; normal (N, 3); numpy arrays or tensors. Inputs the
     encoder expects but that are not given (``model.feat_keys``) are zero-filled with a warning.
@@ -198,17 +201,18 @@ def encode_points(model: PointEncoder, coord, color=None, normal=None, levels: i
     model.eval()
     try:
         kwargs = dict(levels=levels, device=dev, autocast=autocast, max_points=max_points,
-                      margin=chunk_margin, progress=progress)
+                      margin=chunk_margin, progress=progress, out_dtype=out_dtype)
         if sampling == "test":
             passes = grid_sample_test(xyz, grid_size, source=source)
             acc = torch.zeros(n, model.feature_dim(levels), dtype=torch.float32)
             cnt = torch.zeros(n, dtype=torch.float32)
             for gs in tqdm(passes, desc="test passes", leave=False, disable=not progress):
-                f = encode_sampled(model, xyz[gs.index], gs.grid_coord, feat[gs.index], **kwargs)
+                f = encode_sampled(model, xyz[gs.index], gs.grid_coord, feat[gs.index],
+                                   **{**kwargs, "out_dtype": torch.float32})
                 idx = torch.from_numpy(gs.index)
                 acc.index_add_(0, idx, f)
                 cnt.index_add_(0, idx, torch.ones(idx.shape[0]))
-            return acc / cnt[:, None]
+            return (acc / cnt[:, None]).to(out_dtype)
         if sampling == "canonical":
             gs = grid_sample(xyz, grid_size, mode="first", source=source)
             index = canonical_index(gs.inverse, len(gs), feat)
