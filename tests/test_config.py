@@ -94,3 +94,18 @@ def test_default_configs_resolve_from_any_directory(tmp_path, monkeypatch):
     p = resolve_config_path("configs/point/probe.yaml")
     assert p.is_file() and p == REPO_ROOT / "configs/point/probe.yaml"
     assert str(resolve_config_path("configs/nope.yaml")) == "configs/nope.yaml"
+
+
+@dataclass
+class WithDict:
+    backbone: str = "sparseunet"
+    backbone_config: dict = field(default_factory=dict)
+
+
+def test_dict_override_merges_and_empty_dict_clears(tmp_path):
+    p = tmp_path / "c.yaml"
+    p.write_text("backbone_config:\n  channels: [8, 16]\n  depths: [1, 1]\n")
+    merged = load_config(WithDict, p, ["backbone_config.depths=[2,2]"])
+    assert merged.backbone_config == {"channels": [8, 16], "depths": [2, 2]}
+    cleared = load_config(WithDict, p, ["backbone=sonata_small", "backbone_config={}"])
+    assert cleared.backbone == "sonata_small" and cleared.backbone_config == {}

@@ -120,8 +120,9 @@ def tiled(scene, copies: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 def check_env() -> dict:
     import spconv
 
-    info = {"gpu": torch.cuda.get_device_name(0), "torch": torch.__version__, "cuda": torch.version.cuda,
-            "spconv": getattr(spconv, "__version__", "?"), "bf16": torch.cuda.is_bf16_supported()}
+    info = {"machine": machine_line(), "gpu": torch.cuda.get_device_name(0), "torch": torch.__version__,
+            "cuda": torch.version.cuda, "spconv": getattr(spconv, "__version__", "?"),
+            "bf16": torch.cuda.is_bf16_supported()}
     try:
         import torch_scatter  # noqa: F401
 
@@ -418,16 +419,26 @@ def check_video(quick: bool) -> dict:
     return out
 
 
+def _fmt(v: object) -> str:
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        return str(v)
+    if isinstance(v, int):
+        return f"{v:,}"
+    if 0.99 <= v < 1.0:  # cosines: show how close to 1
+        return f"{v:.6f}"
+    return f"{v:.3g}"
+
+
 def markdown(results: list[dict]) -> str:
-    lines = [f"Machine: {machine_line()}.", "",
+    machine = next((r["machine"] for r in results if "machine" in r), None) or machine_line()
+    lines = [f"Machine: {machine}.", "",
              "Every check runs the same computation on the CPU and on CUDA from the same (seeded,",
              "random) weights and generated inputs: `rel diff` = max |cpu - cuda| / max |cpu|, `cosine` =",
              "mean per-row cosine similarity to the CPU float32 result. Throughput ratios are against this",
              "machine's CPU.", "",
              "| check | ok | numbers |", "| --- | --- | --- |"]
     for r in results:
-        nums = "; ".join(f"{k}: {v:.3g}" if isinstance(v, float) else f"{k}: {v}"
-                         for k, v in r.items() if k not in ("check", "ok"))
+        nums = "; ".join(f"{k}: {_fmt(v)}" for k, v in r.items() if k not in ("check", "ok", "machine"))
         lines.append(f"| {r['check']} | {'yes' if r['ok'] else '**NO**'} | {nums} |")
     lines += ["", "- command: `python tools/check_cuda.py`"]
     return "\n".join(lines)
@@ -439,7 +450,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true", help="fewer steps and smaller scenes")
     ap.add_argument("--doc", action="store_true", help="also write the section of docs/benchmarks.md")
     ap.add_argument("--only", default="", help="comma list of check function names (e.g. check_spconv)")
+    ap.add_argument("--render", metavar="JSON", help="only re-render OUT/check_cuda.md (and --doc) from a "
+                    "check_cuda.json written on a GPU machine")
     args = ap.parse_args(argv)
+    if args.render:
+        results = json.loads(Path(args.render).read_text())
+        md = markdown(results)
+        Path(args.out).mkdir(parents=True, exist_ok=True)
+        (Path(args.out) / "check_cuda.md").write_text(md + "\n")
+        if args.doc:
+            update_section("check_cuda", md)
+        return 0
     if not torch.cuda.is_available():
         print("check_cuda: CUDA is not available on this machine; nothing to check", file=sys.stderr)
         return 2
