@@ -98,7 +98,10 @@ def probe_encoder(out: Path, data: Path, key: str, spec, probe_config: str, prob
 
     res_path = out / "probe" / key / "results.json"
     if res_path.exists():
-        return json.loads(res_path.read_text())["rows"][0]
+        row = json.loads(res_path.read_text())["rows"][0]
+        timing = out / "probe" / key / "bench_seconds.json"
+        return {**row, "seconds": json.loads(timing.read_text()) if timing.exists() else None}
+    start = time.time()
     feats = out / "features" / key
     _log(f"extracting {spec.label}", t0)
     ecfg = ExtractConfig(data=PointDataSpec(root=str(data), splits=["train", eval_split]), encoder=spec,
@@ -112,6 +115,9 @@ def probe_encoder(out: Path, data: Path, key: str, spec, probe_config: str, prob
                        [f"features=[{feats}]", f"out={out / 'probe' / key}", f"eval_split={eval_split}",
                         *probe_overrides])
     row = run_probe(pcfg)["rows"][0]
+    seconds = time.time() - start
+    (out / "probe" / key / "bench_seconds.json").write_text(json.dumps(seconds))
+    row = {**row, "seconds": seconds}
     if not keep_features and key not in ("random", "raw"):
         shutil.rmtree(feats, ignore_errors=True)  # ~50 MB per scene at 480 channels; results are kept
     return row
@@ -166,7 +172,9 @@ def report(out: Path, rows: list[dict], info: dict, doc: Path | None) -> dict:
         "",
         f"![mIoU vs pre-training steps](img/{img.name})",
         "",
-        f"- total wall time of this run: {info['wall_seconds'] / 60:.1f} min",
+        f"- wall time: pre-training {info['pretrain_seconds'] / 60:.1f} min, feature extraction (train + "
+        f"{info['eval_split']} scenes) and probing {info['probe_seconds'] / 60:.1f} min for {len(rows)} "
+        "encoders",
         f"- command: `python tools/bench_pretrain.py {' '.join(info['argv'])}`",
     ]
     update_section("bench_pretrain", "\n".join(lines), doc)
@@ -210,7 +218,9 @@ def main(argv: list[str] | None = None) -> int:
             "pretrain_seconds": pre["seconds"], "probe_config": args.probe_config,
             "probe_overrides": args.probe_set, "eval_split": args.eval_split,
             "split_sizes": ", ".join(f"{n} {s}" for s, n in splits.items()),
-            "wall_seconds": time.time() - t0, "argv": sys.argv[1:] if argv is None else argv,
+            "wall_seconds": time.time() - t0,
+            "probe_seconds": sum(r["seconds"] or 0.0 for r in rows),
+            "argv": sys.argv[1:] if argv is None else argv,
             "repo": str(REPO_ROOT)}
     summary = report(out, rows, info, None if args.no_doc else DOC)
     _log(f"random {summary['random_mIoU']:.2f}, raw {summary['raw_mIoU']:.2f}, pre-trained "
