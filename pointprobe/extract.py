@@ -51,6 +51,7 @@ class ExtractConfig:
     out: str = "runs/features"
     grid_size: float = 0.02
     sampling: str = "canonical"  # canonical | first | test (Pointcept test mode, k passes)
+    grid_align: str = "min"  # voxel borders: min (floor((c - min) / g)) | world (at multiples of g: release)
     dtype: str = "float16"
     device: str = "auto"
     max_points: int = 400_000  # larger scenes are encoded in spatial chunks
@@ -146,7 +147,7 @@ def scene_features(model: Any, scene: Any, cfg: ExtractConfig, device: torch.dev
         if angle or flip:
             coord, normal = _augment(coord, angle, flip), _augment(normal, angle, flip)
         f = encode_points(model, coord, scene.color, normal, levels=cfg.encoder.levels,
-                          grid_size=cfg.grid_size, device=device, sampling=cfg.sampling,
+                          grid_size=cfg.grid_size, device=device, sampling=cfg.sampling, align=cfg.grid_align,
                           max_points=cfg.max_points, source=scene.name, out_dtype=out_dtype).numpy()
         acc = f if acc is None else acc + f
     return acc / len(views)
@@ -158,6 +159,7 @@ def feature_dim(model: Any, levels: int | None) -> int:
 
 def cache_key(rec: EncoderRecord, cfg: ExtractConfig, split: str) -> CacheKey:
     prep = {"center_shift": True, "grid_size": cfg.grid_size, "color": "/255", "sampling": cfg.sampling,
+            **({"grid_align": cfg.grid_align} if cfg.grid_align != "min" else {}),
             "feat": "coord,color,normal", "levels": rec.levels,
             "tta": [list(v) for v in tta_views(cfg.tta)] if rec.name != RAW else []}
     return CacheKey(encoder=rec.name, checkpoint_sha256=rec.checkpoint_sha256,
@@ -171,6 +173,8 @@ def extract(cfg: ExtractConfig, progress: bool = True) -> dict[str, dict[str, st
 
     if cfg.dtype not in ("float16", "float32"):
         raise ConfigError(f"config key 'dtype': expected float16 or float32, got {cfg.dtype!r}")
+    if cfg.grid_align not in ("min", "world"):
+        raise ConfigError(f"config key 'grid_align': expected min or world, got {cfg.grid_align!r}")
     dist.init_from_env()
     device = pick_device(cfg.device)
     model, rec = build_encoder(cfg.encoder, device)

@@ -73,7 +73,8 @@ def label_scenes(probe_path: str, scenes: list[str], out: str, device: str = "au
     key = result.meta.get("cache_key", {})
     prep = key.get("preprocessing", {})
     cfg = ExtractConfig(encoder=spec, grid_size=float(prep.get("grid_size", 0.02)),
-                        sampling=prep.get("sampling", "canonical"), tta=max(1, len(prep.get("tta") or [])))
+                        sampling=prep.get("sampling", "canonical"), grid_align=prep.get("grid_align", "min"),
+                        tta=max(1, len(prep.get("tta") or [])))
     dev = pick_device(device)
     model, rec = build_encoder(spec, dev)
     if spec.name != RAW and spec.checkpoint and rec.checkpoint_sha256 != key.get("checkpoint_sha256"):

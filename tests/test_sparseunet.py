@@ -247,3 +247,30 @@ def test_encode_points_out_dtype_float16_is_the_float32_result_rounded(max_point
     f16 = encode_points(model, c, color, normal, out_dtype=torch.float16, **kw)
     assert f32.dtype == torch.float32 and f16.dtype == torch.float16 and f16.shape == f32.shape
     assert torch.equal(f16, f32.to(torch.float16))
+
+
+def test_encode_points_world_aligned_grid_matches_release_voxelisation():
+    """align="world": voxels floor(c / g) - min after the centre shift, as the release's GridSample."""
+    from pointprobe.models import ENCODERS, encode_points
+    from pointprobe.models.preprocess import center_shift
+    from pointprobe.models.structure import PointBatch
+
+    torch.manual_seed(0)
+    model = ENCODERS["sparseunet"](**SMALL).eval()
+    c, _ = _surface_scene(7)
+    c = c + np.float32(0.013)  # borders of the two alignments differ
+    rng = np.random.default_rng(2)
+    color, normal = rng.integers(0, 255, (len(c), 3)), rng.normal(size=(len(c), 3)).astype(np.float32)
+    xyz = center_shift(c.astype(np.float64)).astype(np.float32)
+    vox = np.floor(xyz / 0.02).astype(np.int64)
+    vox -= vox.min(0)
+    _, first, inverse = np.unique(vox, axis=0, return_index=True, return_inverse=True)
+    feat = np.concatenate([xyz, color / 255.0, normal], 1).astype(np.float32)[first]
+    batch = PointBatch.create(torch.from_numpy(xyz[first]), torch.from_numpy(vox[first]),
+                              torch.from_numpy(feat))
+    with torch.inference_mode():
+        expected = model.encode(batch, None)[torch.from_numpy(inverse.reshape(-1))]
+    world = encode_points(model, c, color, normal, sampling="first", align="world", max_points=None)
+    torch.testing.assert_close(world, expected, rtol=1e-5, atol=1e-5)
+    default = encode_points(model, c, color, normal, sampling="first", max_points=None)
+    assert not torch.allclose(default, world, atol=1e-3)  # the default alignment voxelises differently

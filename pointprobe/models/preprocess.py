@@ -156,9 +156,11 @@ def encode_points(model: PointEncoder, coord, color=None, normal=None, levels: i
                   autocast: str | torch.dtype | None = "auto", sampling: Sampling = "canonical",
                   seed: int = 0, max_points: int | None = 400_000, chunk_margin: float = 1.0,
                   source: str | None = None, progress: bool = False,
-                  out_dtype: torch.dtype = torch.float32) -> torch.Tensor:
+                  out_dtype: torch.dtype = torch.float32, align: str = "min") -> torch.Tensor:
     """Features (N, D) on the CPU for the N input points of one scene (float32, or ``out_dtype``:
     float16 halves the copy back from a GPU and the memory, e.g. for a float16 feature cache).
+    ``align``: voxel borders at ``floor((c - min) / grid_size)`` (``"min"``, default) or, as the Sonata
+    release's GridSample does after its CenterShift, at multiples of ``grid_size`` (``"world"``).
 
     coord (N, 3) metres; color (N, 3) in [0, 255]; normal (N, 3); numpy arrays or tensors. Inputs the
     encoder expects but that are not given (``model.feat_keys``) are zero-filled with a warning.
@@ -203,7 +205,7 @@ def encode_points(model: PointEncoder, coord, color=None, normal=None, levels: i
         kwargs = dict(levels=levels, device=dev, autocast=autocast, max_points=max_points,
                       margin=chunk_margin, progress=progress, out_dtype=out_dtype)
         if sampling == "test":
-            passes = grid_sample_test(xyz, grid_size, source=source)
+            passes = grid_sample_test(xyz, grid_size, source=source, align=align)
             acc = torch.zeros(n, model.feature_dim(levels), dtype=torch.float32)
             cnt = torch.zeros(n, dtype=torch.float32)
             for gs in tqdm(passes, desc="test passes", leave=False, disable=not progress):
@@ -214,10 +216,10 @@ def encode_points(model: PointEncoder, coord, color=None, normal=None, levels: i
                 cnt.index_add_(0, idx, torch.ones(idx.shape[0]))
             return (acc / cnt[:, None]).to(out_dtype)
         if sampling == "canonical":
-            gs = grid_sample(xyz, grid_size, mode="first", source=source)
+            gs = grid_sample(xyz, grid_size, mode="first", source=source, align=align)
             index = canonical_index(gs.inverse, len(gs), feat)
         elif sampling in ("first", "train"):
-            gs = grid_sample(xyz, grid_size, mode=sampling, seed=seed, source=source)
+            gs = grid_sample(xyz, grid_size, mode=sampling, seed=seed, source=source, align=align)
             index = gs.index
         else:
             raise ValueError(f"sampling must be canonical, first, train or test, got {sampling!r}")
