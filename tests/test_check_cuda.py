@@ -1,0 +1,53 @@
+"""tools/check_cuda.py on a machine without CUDA: a clear refusal, and re-rendering a GPU run's JSON."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from tools import check_cuda
+
+
+def test_refuses_without_cuda(monkeypatch, tmp_path, capsys):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert check_cuda.main(["--out", str(tmp_path)]) == 2
+    assert "CUDA is not available" in capsys.readouterr().err
+
+
+def test_check_records_numbers_and_failures():
+    check_cuda.RESULTS.clear()
+
+    @check_cuda.check("passes")
+    def good():
+        return {"rel diff": 1e-7, "cosine": 0.9999123, "points": 218064, "ok": True}
+
+    @check_cuda.check("raises")
+    def bad():
+        raise RuntimeError("no kernel image is available")
+
+    good()
+    bad()
+    assert [r["ok"] for r in check_cuda.RESULTS] == [True, False]
+    assert "no kernel image" in check_cuda.RESULTS[1]["error"]
+    md = check_cuda.markdown(check_cuda.RESULTS)
+    assert "| passes | yes | rel diff: 1e-07; cosine: 0.999912; points: 218,064;" in md
+    assert "| raises | **NO** | error: RuntimeError: no kernel image is available;" in md
+    check_cuda.RESULTS.clear()
+
+
+def test_render_json_from_a_gpu_machine(tmp_path):
+    results = [{"check": "environment", "ok": True, "machine": "x86_64, 16 CPU cores, NVIDIA H200",
+                "gpu": "NVIDIA H200"},
+               {"check": "spconv", "ok": True, "subm rel diff": 2.8e-7}]
+    src = tmp_path / "check_cuda.json"
+    src.write_text(json.dumps(results))
+    assert check_cuda.main(["--render", str(src), "--out", str(tmp_path / "out")]) == 0
+    md = (tmp_path / "out" / "check_cuda.md").read_text()
+    assert md.startswith("Machine: x86_64, 16 CPU cores, NVIDIA H200.")
+    assert "| spconv | yes | subm rel diff: 2.8e-07 |" in md
+
+
+@pytest.mark.parametrize("value, text", [(True, "True"), (3, "3"), (0.5, "0.5"), (0.99999, "0.999990")])
+def test_number_format(value, text):
+    assert check_cuda._fmt(value) == text
