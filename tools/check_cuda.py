@@ -36,8 +36,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from common.benchdoc import machine_line, update_section  # noqa: E402
 
-warnings.filterwarnings("ignore", category=FutureWarning)  # spconv's torch.cuda.amp decorators
-
 RESULTS: list[dict] = []
 
 
@@ -453,6 +451,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--render", metavar="JSON", help="only re-render OUT/check_cuda.md (and --doc) from a "
                     "check_cuda.json written on a GPU machine")
     args = ap.parse_args(argv)
+    warnings.filterwarnings("ignore", category=FutureWarning)  # spconv's torch.cuda.amp decorators
     if args.render:
         results = json.loads(Path(args.render).read_text())
         md = markdown(results)
