@@ -274,3 +274,30 @@ def test_encode_points_world_aligned_grid_matches_release_voxelisation():
     torch.testing.assert_close(world, expected, rtol=1e-5, atol=1e-5)
     default = encode_points(model, c, color, normal, sampling="first", max_points=None)
     assert not torch.allclose(default, world, atol=1e-3)  # the default alignment voxelises differently
+
+
+def test_canonical_index_equals_one_lexsort_of_every_row():
+    """The fast path (only multi-point voxels sorted) picks what a lexsort of all rows picks,
+    including among identical rows (the lowest row), and the choice ignores the input order."""
+    from pointprobe.models.preprocess import canonical_index
+
+    rng = np.random.default_rng(0)
+    n, m = 5000, 3000
+    inverse = np.concatenate([np.arange(m), rng.integers(0, m, n - m)])  # every voxel used; some shared
+    rng.shuffle(inverse)
+    feat = rng.integers(0, 3, (n, 9)).astype(np.float32)  # few values: ties on leading columns
+    feat[10] = feat[11]
+    inverse[10] = inverse[11]  # two identical rows in one voxel
+    keys = [feat[:, j] for j in range(8, -1, -1)] + [inverse]
+    order = np.lexsort(keys)
+    first = np.ones(n, dtype=bool)
+    first[1:] = inverse[order[1:]] != inverse[order[:-1]]
+    expected = order[first]
+    got = canonical_index(inverse, m, feat)
+    np.testing.assert_array_equal(got, expected)
+    assert got[inverse[10]] == 10  # the lower of two identical rows
+    perm = rng.permutation(n)  # another input order chooses the same (voxel, row content)
+    got_p = canonical_index(inverse[perm], m, feat[perm])
+    np.testing.assert_array_equal(feat[perm][got_p], feat[got])
+    with pytest.raises(ValueError, match="cover"):
+        canonical_index(inverse, m + 1, feat)

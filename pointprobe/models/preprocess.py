@@ -52,13 +52,24 @@ def center_shift(coord: np.ndarray) -> np.ndarray:
 
 def canonical_index(inverse: np.ndarray, m: int, feat: np.ndarray) -> np.ndarray:
     """One row per voxel chosen independently of the input order: the lexicographically smallest
-    (coord, color, normal) row of the voxel."""
-    keys = [feat[:, j] for j in range(feat.shape[1] - 1, -1, -1)] + [inverse]
-    order = np.lexsort(keys)
-    first = np.ones(order.shape[0], dtype=bool)
-    first[1:] = inverse[order[1:]] != inverse[order[:-1]]
-    index = order[first]
-    assert index.shape[0] == m
+    (coord, color, normal) row of the voxel (the lowest row among identical ones); ``index[v]`` is the
+    row of voxel ``v``. Only voxels holding several points are sorted (at 2 cm most hold one: on a
+    218k-point room this took 241 ms as one lexsort of every row)."""
+    inverse = np.asarray(inverse, dtype=np.int64)
+    counts = np.bincount(inverse, minlength=m)
+    if counts.shape[0] != m or (counts == 0).any():
+        raise ValueError(f"canonical_index: inverse does not cover exactly {m} voxels")
+    index = np.empty(m, dtype=np.int64)
+    single = counts[inverse] == 1
+    rows = np.flatnonzero(single)
+    index[inverse[rows]] = rows
+    multi = np.flatnonzero(~single)
+    if multi.size:
+        keys = [feat[multi, j] for j in range(feat.shape[1] - 1, -1, -1)] + [inverse[multi]]
+        order = multi[np.lexsort(keys)]  # stable: identical rows keep the input order
+        first = np.ones(order.shape[0], dtype=bool)
+        first[1:] = inverse[order[1:]] != inverse[order[:-1]]
+        index[inverse[order[first]]] = order[first]
     return index
 
 
