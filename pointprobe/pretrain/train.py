@@ -29,6 +29,7 @@ import math
 import os
 import random
 import re
+import shutil
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -650,22 +651,14 @@ class Pretrainer:
         tmp = path.with_name(path.name + ".tmp")
         torch.save(self.state(), tmp)
         os.replace(tmp, path)
-        last = self.out / "last.pth"
-        tmp = last.with_name("last.pth.tmp")
-        try:
-            os.link(path, tmp)
-        except OSError:
-            import shutil
-
-            shutil.copyfile(path, tmp)
-        os.replace(tmp, last)
+        _link_or_copy(path, self.out / "last.pth")
         old = sorted(ck.glob("step_*.pth"))
         for p in old[: max(0, len(old) - max(1, self.cfg.train.keep_checkpoints))]:
             p.unlink(missing_ok=True)
         self.export(self.out / "encoder.pth")
         if self.cfg.train.keep_encoders:
             (self.out / "encoders").mkdir(exist_ok=True)
-            self.export(self.out / "encoders" / f"step_{self.step:07d}.pth")
+            _link_or_copy(self.out / "encoder.pth", self.out / "encoders" / f"step_{self.step:07d}.pth")
         return path
 
     def export(self, path: str | os.PathLike) -> Path:
@@ -760,6 +753,17 @@ class Pretrainer:
         if self._pool is not None:
             self._pool.shutdown(wait=True, cancel_futures=True)
             self._pool = None
+
+
+def _link_or_copy(src: Path, dst: Path) -> None:
+    """``dst`` becomes a hard link to (or, where links fail, a copy of) ``src``, replaced atomically."""
+    tmp = dst.with_name(dst.name + ".tmp")
+    tmp.unlink(missing_ok=True)
+    try:
+        os.link(src, tmp)
+    except OSError:
+        shutil.copyfile(src, tmp)
+    os.replace(tmp, dst)
 
 
 def _diff_keys(a: dict, b: dict, prefix: str = "") -> set[str]:
