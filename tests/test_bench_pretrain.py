@@ -38,3 +38,7 @@ def test_bench_pretrain_tiny_run_and_resume(tmp_path, monkeypatch):
     assert bench_pretrain.main(argv) == 0
     again = json.loads((out / "results.json").read_text())["rows"]
     assert [r["mIoU"] for r in again] == [r["mIoU"] for r in rows]
+    # another pre-training configuration in the same folder is refused, not mixed in
+    other = [a if a != "train.steps=4" else "train.steps=6" for a in argv]
+    with pytest.raises(SystemExit, match="another configuration"):
+        bench_pretrain.main(other)

@@ -30,7 +30,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from common.benchdoc import DOC, machine_line, update_section  # noqa: E402
-from common.config import REPO_ROOT, load_config, save_config  # noqa: E402
+from common.config import REPO_ROOT, config_hash, load_config, save_config  # noqa: E402
 from common.report import line_plot_png, write_table  # noqa: E402
 
 
@@ -64,11 +64,15 @@ def pretrain(out: Path, data: Path, config: str, every: int, overrides: list[str
     run = out / "pretrain"
     timing = run / "bench_timing.json"
     done = json.loads(timing.read_text()) if timing.exists() else {"seconds": 0.0}
+    if done.get("config_hash", config_hash(cfg)) != config_hash(cfg):
+        raise SystemExit(f"bench_pretrain: {run} holds a pre-training run of another configuration; "
+                         "give a new --out")
     if done.get("step") != cfg.train.steps:
         _log(f"pre-training {cfg.train.steps} steps ({config}) -> {run}", t0)
         start = time.time()
         run_pretrain(cfg, run)
-        done = {"seconds": done["seconds"] + time.time() - start, "step": cfg.train.steps}
+        done = {"seconds": done["seconds"] + time.time() - start, "step": cfg.train.steps,
+                "config_hash": config_hash(cfg)}
         timing.write_text(json.dumps(done))
     encoders = sorted((run / "encoders").glob("step_*.pth"))
     return {"cfg": cfg, "seconds": done["seconds"], "encoders": encoders}
@@ -96,13 +100,18 @@ def probe_encoder(out: Path, data: Path, key: str, spec, probe_config: str, prob
     from pointprobe.extract import ExtractConfig, PointDataSpec, extract
     from pointprobe.probe import SegProbeConfig, run_probe
 
-    res_path = out / "probe" / key / "results.json"
-    if res_path.exists():
-        row = json.loads(res_path.read_text())["rows"][0]
-        timing = out / "probe" / key / "bench_seconds.json"
-        return {**row, "seconds": json.loads(timing.read_text()) if timing.exists() else None}
-    start = time.time()
     feats = out / "features" / key
+    pcfg = load_config(SegProbeConfig, probe_config,
+                       [f"features=[{feats}]", f"out={out / 'probe' / key}", f"eval_split={eval_split}",
+                        *probe_overrides])
+    res_path = out / "probe" / key / "results.json"
+    if res_path.exists():  # finished earlier: reuse it when it was made with these probe settings
+        done = json.loads(res_path.read_text())
+        if done["meta"].get("config_hash") == config_hash(pcfg):
+            timing = out / "probe" / key / "bench_seconds.json"
+            return {**done["rows"][0], "seconds": json.loads(timing.read_text()) if timing.exists() else None}
+        _log(f"{res_path} was made with other probe settings: probing again", t0)
+    start = time.time()
     _log(f"extracting {spec.label}", t0)
     ecfg = ExtractConfig(data=PointDataSpec(root=str(data), splits=["train", eval_split]), encoder=spec,
                          out=str(feats))
@@ -111,9 +120,6 @@ def probe_encoder(out: Path, data: Path, key: str, spec, probe_config: str, prob
     if bad:
         raise SystemExit(f"bench_pretrain: feature extraction failed: {next(iter(bad.items()))}")
     _log(f"probing {spec.label}", t0)
-    pcfg = load_config(SegProbeConfig, probe_config,
-                       [f"features=[{feats}]", f"out={out / 'probe' / key}", f"eval_split={eval_split}",
-                        *probe_overrides])
     row = run_probe(pcfg)["rows"][0]
     seconds = time.time() - start
     (out / "probe" / key / "bench_seconds.json").write_text(json.dumps(seconds))
