@@ -447,13 +447,153 @@ def test_preprocess_continues_past_a_bad_scene(tmp_path, capsys):
 
 
 def test_preprocess_missing_split_file_is_a_one_line_error(tmp_path, capsys):
+    # the root has its own lists (val only): a split asked for by name without its file is an error
     from pointprobe.cli import main
 
     root = _raw_root(tmp_path)
+    _write_raw_scene(root, "scene0002_00")
+    (root / "scannetv2_val.txt").write_text("scene0002_00\n")
     rc = main(["preprocess", "--raw", str(root), "--out", str(tmp_path / "o"), "--splits", "train"])
     assert rc == 2
-    err = capsys.readouterr().err.strip().splitlines()
+    err = [ln for ln in capsys.readouterr().err.strip().splitlines() if ln.startswith("error")]
     assert len(err) == 1 and "scannetv2_train.txt: split file not found" in err[0]
+    assert not (tmp_path / "o").exists()
+
+
+def test_preprocess_default_processes_present_splits_and_names_the_skipped(tmp_path, capsys):
+    # issue 12 item 4: by default the splits whose files exist are processed, the others named as skipped
+    from pointprobe.cli import main
+
+    root = _raw_root(tmp_path)
+    _write_raw_scene(root, "scene0000_00")
+    _write_raw_scene(root, "scene0002_00")
+    (root / "scannetv2_train.txt").write_text("scene0000_00\n")
+    (root / "scannetv2_val.txt").write_text("scene0002_00\n")  # no scannetv2_test.txt
+    out = tmp_path / "pre"
+    rc = main(["preprocess", "--raw", str(root), "--out", str(out), "--workers", "1", "--no-progress"])
+    cap = capsys.readouterr()
+    assert rc == 0 and "2 written" in cap.out
+    assert f"split test: skipped (no scannetv2_test.txt in {root})" in cap.err
+    assert list_scenes(out, "train") == ["scene0000_00"] and list_scenes(out, "val") == ["scene0002_00"]
+    summary = json.loads((out / "preprocess.json").read_text())
+    assert summary["splits"] == ["train", "val"] and list(summary["skipped_splits"]) == ["test"]
+    assert summary["split_lists"] == str(root)
+
+
+def _shipped(name: str) -> list[str]:
+    from pointprobe.data.scannet import read_split_file, shipped_meta_file
+
+    return read_split_file(shipped_meta_file(name))
+
+
+def test_shipped_scannet_meta_is_the_official_data():
+    from importlib.resources import files
+
+    from pointprobe.data.scannet import LABEL_TABLE, shipped_meta_file
+
+    counts = {s: len(_shipped(f"scannetv2_{s}.txt")) for s in ("train", "val", "test")}
+    assert counts == {"train": 1201, "val": 312, "test": 100}
+    train, val, test = (set(_shipped(f"scannetv2_{s}.txt")) for s in ("train", "val", "test"))
+    assert len(train | val | test) == 1613 and not (train & val) and not (test & (train | val))
+    assert "scene0000_00" in train and "scene0011_00" in val and "scene0707_00" in test
+    lm = read_label_map(shipped_meta_file(LABEL_TABLE))
+    assert len(lm.raw_to_id) == 606  # 607 rows, one raw category listed twice
+    assert lm.segment20("wall") == 0 and lm.segment20("office chair") == 4 and lm.segment20("pillow") == -1
+    assert lm.segment200("mattress") == 199
+    # found through importlib.resources, i.e. declared as package data next to the module
+    assert files("pointprobe.data").joinpath("scannet_meta", LABEL_TABLE).is_file()
+    import tomllib
+
+    pyproject = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())
+    globs = pyproject["tool"]["setuptools"]["package-data"]["pointprobe.data"]
+    assert "scannet_meta/*.txt" in globs and "scannet_meta/*.tsv" in globs
+
+
+def test_preprocess_without_split_files_uses_the_shipped_lists(tmp_path, capsys):
+    # a raw root as downloaded: scans/ and scans_test/ only, no split files, no label table
+    from pointprobe.cli import main
+
+    root = tmp_path / "raw"
+    train, val, test = _shipped("scannetv2_train.txt")[:2], _shipped("scannetv2_val.txt")[:1], \
+        _shipped("scannetv2_test.txt")[:1]
+    for name in train + val:
+        _write_raw_scene(root, name, groups=[{"id": 0, "objectId": 0, "segments": [0], "label": "chair"}])
+    _write_raw_scene(root, test[0], labels=False, sub="scans_test")
+    _write_raw_scene(root, "scene9999_00")  # in no official list
+    out = tmp_path / "pre"
+    rc = main(["preprocess", "--raw", str(root), "--out", str(out), "--workers", "1", "--no-progress"])
+    cap = capsys.readouterr()
+    assert rc == 0 and "4 written" in cap.out
+    assert "using the official ScanNet v2 lists shipped with pointprobe (pointprobe/data/scannet_meta/" \
+        in cap.err
+    assert "using the copy shipped with pointprobe (pointprobe/data/scannet_meta/scannetv2-labels" in cap.err
+    assert "split train: 2 of the 1201 listed scenes are on disk; the other 1199 are not processed" in cap.err
+    assert "1 scene(s) on disk are in no split list and were not processed: scene9999_00" in cap.err
+    assert list_scenes(out, "train") == sorted(train) and list_scenes(out, "val") == val
+    assert list_scenes(out, "test") == test and not load_scene(out / "test" / test[0]).labelled
+    assert not any((out / s / "scene9999_00").exists() for s in ("train", "val", "test"))
+    np.testing.assert_array_equal(load_scene(out / "train" / train[0]).segment20, [4, 4, -1, -1, -1, -1])
+    summary = json.loads((out / "preprocess.json").read_text())
+    assert summary["unlisted"] == ["scene9999_00"] and summary["not_on_disk"]["val"] == 311
+    assert summary["split_lists"] == "pointprobe/data/scannet_meta"
+
+    # a split asked for by name with none of its scenes on disk is a one-line error
+    import shutil
+
+    shutil.rmtree(root / "scans_test")
+    rc = main(["preprocess", "--raw", str(root), "--out", str(out), "--splits", "train,test"])
+    err = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("error")]
+    assert rc == 2 and len(err) == 1
+    assert "split 'test' was asked for but none of the 100 scenes of the official scannetv2_test.txt" \
+        in err[0]
+    # by default it is skipped and named
+    rc = main(["preprocess", "--raw", str(root), "--out", str(out), "--no-progress"])
+    cap = capsys.readouterr()
+    assert rc == 0 and "3 already complete" in cap.out and "split test: skipped (none of the 100" in cap.err
+
+
+def test_preprocess_writes_int64_labels_and_reads_int32(tmp_path):
+    # issue 20 item 4: Pointcept writes int64; torch cross_entropy needs int64 targets
+    from pointprobe.data.preprocess import preprocess_dataset
+
+    root = _raw_root(tmp_path)
+    _write_raw_scene(root, "scene0000_00")
+    (root / "scannetv2_train.txt").write_text("scene0000_00\n")
+    preprocess_dataset(root, tmp_path / "pre", progress=False, log=lambda m: None)
+    folder = tmp_path / "pre" / "train" / "scene0000_00"
+    for key in ("segment20", "segment200", "instance"):
+        assert np.load(folder / f"{key}.npy").dtype == np.int64
+    ref = load_scene(folder)
+    for key in ("segment20", "segment200", "instance"):  # files of an older run (int32) still load
+        np.save(folder / f"{key}.npy", np.load(folder / f"{key}.npy").astype(np.int32))
+    old = load_scene(folder)
+    for key in ("segment20", "segment200", "instance"):
+        assert getattr(old, key).dtype == np.int64
+        np.testing.assert_array_equal(getattr(old, key), getattr(ref, key))
+
+
+def test_instance_ids_are_object_ids_of_the_benchmark_export(tmp_path):
+    # issue 20 item 5: an aggregation file (real layout) whose "id" and "objectId" differ; the ScanNet
+    # benchmark's export_train_mesh_for_evaluation.py reads objectId (Pointcept reads id)
+    from pointprobe.data.preprocess import preprocess_dataset
+
+    root = _raw_root(tmp_path)
+    groups = [
+        {"id": 3, "objectId": 0, "segments": [0], "label": "chair"},
+        {"id": 5, "objectId": 1, "segments": [4], "label": "wall"},
+    ]
+    d = _write_raw_scene(root, "scene0000_00", groups=groups)
+    agg = {"sceneId": "scannet.scene0000_00", "appId": "Annotator.v1", "segGroups": groups,
+           "segmentsFile": "scannet.scene0000_00_vh_clean_2.0.010000.segs.json"}
+    (d / "scene0000_00.aggregation.json").write_text(json.dumps(agg))
+    (root / "scannetv2_train.txt").write_text("scene0000_00\n")
+    preprocess_dataset(root, tmp_path / "pre", progress=False, log=lambda m: None)
+    inst = np.load(tmp_path / "pre" / "train" / "scene0000_00" / "instance.npy")
+    np.testing.assert_array_equal(inst, [0, 0, -1, -1, 1, 1])  # objectId, not id (would be 3, 5)
+    # a group without objectId falls back to id
+    _, _, inst = labels_from_annotations(np.array([0, 4]), [{"id": 5, "segments": [4], "label": "wall"}],
+                                         read_label_map(root / "scannetv2-labels.combined.tsv"))
+    np.testing.assert_array_equal(inst, [-1, 5])
 
 
 # ------------------------------------------------------------------------------------------ frames

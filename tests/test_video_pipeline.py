@@ -201,7 +201,7 @@ def test_twlv_export_import_roundtrip(caches, tmp_path):
     export_twlv(caches["test"], tmp_path / "twlv")
     names = src.meta["class_names"]
     assert import_twlv(d, tmp_path / "imp_train", class_names=names) == n
-    import_twlv(tmp_path / "twlv" / "test", tmp_path / "imp_test", class_names=names)
+    import_twlv(tmp_path / "twlv" / "val", tmp_path / "imp_test", class_names=names)  # a test cache -> val
     imported = FeatureCache(tmp_path / "imp_train")
     np.testing.assert_allclose(imported[item]["features"], c)
     a = run_knn(load_split(caches["train"], None), load_split(caches["test"], None), KnnConfig(k=3))

@@ -142,7 +142,7 @@ def load_split(path: str | Path, keep: list[str] | None, class_names: list[str] 
     if not names:
         raise CacheError(f"{cache.path}: no class_names in the cache meta")
     keep = keep or names
-    remap = {names.index(c): i for i, c in enumerate(keep)}
+    remap = {names.index(c): i for i, c in enumerate(keep) if c in names}  # a split may lack a class
     ids, labels = [], []
     for item in cache.items():
         lab = cache.load(item, ["labels"])["labels"]

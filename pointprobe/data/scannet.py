@@ -2,7 +2,11 @@
 
 Raw layout (``root/``): ``scans/sceneXXXX_YY/`` (and ``scans_test/``) with the ``_vh_clean_2.ply``
 mesh, ``_vh_clean_2.0.010000.segs.json`` and ``.aggregation.json``; ``scannetv2-labels.combined.tsv``
-and ``scannetv2_{train,val,test}.txt`` next to ``scans/``.
+and ``scannetv2_{train,val,test}.txt`` next to ``scans/``. When the root lacks them, the official
+files shipped in ``pointprobe/data/scannet_meta/`` are used (``shipped_meta_file``).
+
+Label arrays are int64 (as Pointcept writes them); the instance id of a vertex is its group's
+``objectId``, as in the ScanNet benchmark's ground-truth export (``export_train_mesh_for_evaluation.py``).
 
 Preprocessed layout: ``root/{split}/sceneXXXX_YY/{coord,color,normal,segment20,segment200,instance}.npy``
 (labels absent for unlabelled test scenes; they then load as -1).
@@ -29,12 +33,15 @@ __all__ = [
     "IGNORE_INDEX", "VALID_CLASS_IDS_20", "CLASS_LABELS_20", "VALID_CLASS_IDS_200", "CLASS_LABELS_200",
     "SPLITS", "LabelMap", "Scene", "read_label_map", "read_segs", "read_aggregation", "vertex_normals",
     "labels_from_annotations", "raw_scene_files", "read_raw_scene", "read_split_file", "find_raw_scene",
-    "load_scene", "save_scene", "scene_is_complete", "list_scenes", "ScanNetDataset",
+    "load_scene", "save_scene", "scene_is_complete", "list_scenes", "ScanNetDataset", "LABEL_TABLE",
+    "SHIPPED_META", "shipped_meta_file", "raw_scene_names",
 ]
 # fmt: on
 
 IGNORE_INDEX = -1
 SPLITS = ("train", "val", "test")
+LABEL_TABLE = "scannetv2-labels.combined.tsv"
+SHIPPED_META = "pointprobe/data/scannet_meta"  # where the shipped files live in the source tree
 
 # fmt: off
 # The 20-class benchmark: train index i <- nyu40 id VALID_CLASS_IDS_20[i].
@@ -208,22 +215,24 @@ def vertex_normals(coord: np.ndarray, faces: np.ndarray) -> np.ndarray:
 def labels_from_annotations(
     seg_indices: np.ndarray, seg_groups: Sequence[dict], label_map: LabelMap
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Per-vertex (segment20, segment200, instance) int32 arrays, -1 where unannotated.
+    """Per-vertex (segment20, segment200, instance) int64 arrays, -1 where unannotated.
 
     Each group labels every vertex whose over-segment id is in its ``segments``; the instance id is
-    the group's ``objectId`` (``id`` if absent). Later groups overwrite earlier ones, as in Pointcept.
+    the group's ``objectId`` (``id`` only if it has none), the field the ScanNet benchmark's own
+    ground-truth export reads (Pointcept reads ``id``; the two differ in some files). Later groups
+    overwrite earlier ones, as in Pointcept.
     """
     n = len(seg_indices)
-    sem20 = np.full(n, IGNORE_INDEX, np.int32)
-    sem200 = np.full(n, IGNORE_INDEX, np.int32)
-    inst = np.full(n, IGNORE_INDEX, np.int32)
+    sem20 = np.full(n, IGNORE_INDEX, np.int64)
+    sem200 = np.full(n, IGNORE_INDEX, np.int64)
+    inst = np.full(n, IGNORE_INDEX, np.int64)
     if n == 0 or not seg_groups:
         return sem20, sem200, inst
     uniq, inverse = np.unique(seg_indices, return_inverse=True)
     group_of_seg = np.full(len(uniq), -1, np.int64)  # last group claiming each segment
-    g20 = np.empty(len(seg_groups), np.int32)
-    g200 = np.empty(len(seg_groups), np.int32)
-    gid = np.empty(len(seg_groups), np.int32)
+    g20 = np.empty(len(seg_groups), np.int64)
+    g200 = np.empty(len(seg_groups), np.int64)
+    gid = np.empty(len(seg_groups), np.int64)
     for gi, g in enumerate(seg_groups):
         g20[gi] = label_map.segment20(g["label"])
         g200[gi] = label_map.segment200(g["label"])
@@ -335,7 +344,7 @@ def read_raw_scene(
         groups = read_aggregation(files["aggregation"])
         s20, s200, inst = labels_from_annotations(seg, groups, label_map)
     else:
-        s20 = s200 = inst = np.full(n, IGNORE_INDEX, np.int32)
+        s20 = s200 = inst = np.full(n, IGNORE_INDEX, np.int64)
     scene = Scene(
         name,
         coord,
@@ -355,6 +364,28 @@ def read_split_file(path: str | os.PathLike) -> list[str]:
     if not path.is_file():
         raise InputError(path, "split file not found")
     return [ln.strip() for ln in path.read_text().splitlines() if ln.strip()]
+
+
+def shipped_meta_file(name: str) -> Path:
+    """Path of a file shipped with pointprobe in ``scannet_meta/`` (official split lists, label table)."""
+    from importlib.resources import as_file, files
+
+    res = files("pointprobe.data").joinpath("scannet_meta", name)
+    if not res.is_file():
+        raise InputError(SHIPPED_META + "/" + name, "shipped ScanNet file missing (broken install?)")
+    with as_file(res) as p:  # a real file for an installed package; a no-op for a source tree
+        return Path(p)
+
+
+def raw_scene_names(raw_root: str | os.PathLike) -> dict[str, Path]:
+    """Scene folders present under ``raw_root/scans`` and ``raw_root/scans_test``: name -> folder."""
+    root = Path(raw_root)
+    found: dict[str, Path] = {}
+    for sub in ("scans_test", "scans"):  # scans wins, as in find_raw_scene
+        d = root / sub
+        if d.is_dir():
+            found.update({p.name: p for p in d.iterdir() if p.is_dir() and not p.name.startswith(".")})
+    return found
 
 
 def find_raw_scene(raw_root: str | os.PathLike, name: str) -> Path:
@@ -379,7 +410,7 @@ def save_scene(scene: Scene, folder: str | os.PathLike) -> Path:
         np.save(tmp / "normal.npy", scene.normal.astype(np.float32))
         if scene.labelled:
             for key in _LABEL_FILES:
-                np.save(tmp / f"{key}.npy", getattr(scene, key).astype(np.int32))
+                np.save(tmp / f"{key}.npy", getattr(scene, key).astype(np.int64))  # as Pointcept
         if folder.exists():
             shutil.rmtree(folder)
         os.replace(tmp, folder)
