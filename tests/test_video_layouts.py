@@ -224,3 +224,22 @@ def test_kinetics_mmaction2_layout(tmp_path: Path) -> None:
     write(tmp_path / "annotations/train.csv", "label,youtube_id,time_start,time_end\n")
     with pytest.raises(InputError, match="ambiguous Kinetics train CSV.*data.annotations"):
         build_video_dataset("kinetics", tmp_path, "train")
+
+
+def test_extract_help_and_readme_list_every_layout(capsys: pytest.CaptureFixture[str]) -> None:
+    from videoprobe.cli import main
+    from videoprobe.data import KINDS
+
+    with pytest.raises(SystemExit):
+        main(["extract", "--help"])
+    text = capsys.readouterr().out
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = readme[readme.index("## Video dataset layouts"):]
+    section = section[: section.find("\n## ", 5)]
+    for kind in set(KINDS) - {"synth"}:
+        assert f"  {kind}  " in text, kind
+        assert f"`{kind}`" in section, kind
+    for name in ("ucfTrainTestlist", "testTrainMulti_7030_splits", "replacement_for_corrupted_k400",
+                 "something-something-v2-{labels,train,validation,test}.json", "Diving48_vocab.json",
+                 "Diving48_V2_{train,test}.json", "kinetics_", "videos_"):
+        assert name in text and name in section, name
