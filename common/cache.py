@@ -391,6 +391,16 @@ def merge_manifests(path: str | Path, remove_journals: bool = True) -> Path:
     return out
 
 
+def update_meta(path: str | Path, **fields: Any) -> Path:
+    """Merge the journals (``merge_manifests``) and set ``fields`` in the cache's ``meta`` (atomically);
+    for facts known only after writing, e.g. how many videos were padded.  Call it with no writer open."""
+    out = merge_manifests(path)
+    manifest = json.loads(out.read_text(encoding="utf-8"))
+    manifest["meta"] = {**(manifest.get("meta") or {}), **_canonical(fields)}
+    _atomic_write_text(out, json.dumps(manifest, indent=1, sort_keys=False) + "\n")
+    return out
+
+
 # ------------------------------------------------------------------------------------------ writer
 
 

@@ -228,3 +228,55 @@ def test_random_resized_same_crop_for_all_frames(videos: dict) -> None:
 def test_no_stray_files(videos: dict) -> None:
     assert not (videos["dir"] / "missing.mp4").exists()
     assert os.path.getsize(videos["dir"] / "empty.mp4") == 0
+
+
+# ------------------------------------------------------------------------------------------ rotation
+
+
+def _pattern(h: int, w: int, n: int = 6) -> np.ndarray:
+    """Frames with a red block at the top-left corner and a blue block at the bottom-right one."""
+    f = np.full((n, h, w, 3), 90, np.uint8)
+    f[:, :8, :16] = (230, 30, 30)
+    f[:, -8:, -8:] = (30, 30, 230)
+    return f
+
+
+def _write_rotated(path: Path, frames: np.ndarray, degrees: int) -> None:
+    """H.264 mp4 whose display matrix says: rotate by ``degrees`` counter-clockwise to display (what a
+    phone writes; ffmpeg's ``-display_rotation`` sets the same matrix)."""
+    import av
+
+    with av.open(str(path), "w") as c:
+        s = c.add_stream("libx264", rate=10)
+        s.width, s.height, s.pix_fmt = frames.shape[2], frames.shape[1], "yuv420p"
+        s.options = {"crf": "8"}
+        s.set_display_rotation(degrees)
+        for f in frames:
+            for pkt in s.encode(av.VideoFrame.from_ndarray(f, format="rgb24")):
+                c.mux(pkt)
+        for pkt in s.encode():
+            c.mux(pkt)
+
+
+@pytest.mark.parametrize("degrees", [0, 90, 180, 270])
+@pytest.mark.parametrize("shape", [(32, 32), (32, 64)])
+def test_rotation_metadata_is_applied_by_every_backend(tmp_path: Path, degrees: int,
+                                                       shape: tuple[int, int]) -> None:
+    frames = _pattern(*shape)
+    path = tmp_path / f"rot{degrees}.mp4"
+    _write_rotated(path, frames, degrees)
+    expected = np.rot90(frames[0], degrees // 90).astype(np.float32)  # displayed = turned counter-clockwise
+    got = {}
+    for backend in ("pyav", "decord", "auto"):
+        with open_video(path, backend) as r:
+            got[backend] = r.get_frames([0, 3]).numpy().astype(np.float32)
+            assert (r.height, r.width) == expected.shape[:2]
+    for backend, f in got.items():
+        assert f.shape[1:] == expected.shape, backend
+        assert np.abs(f[0] - expected).mean() < 4.0, backend
+    assert np.abs(got["decord"] - got["pyav"]).max() <= 3.0  # both decoders give the displayed frames
+
+
+def test_rotate_tag_and_angles() -> None:
+    assert [decode._angle_turns(a) for a in (0, 90, -90, 180, -180, 270, 45)] == [0, 1, 3, 2, 2, 3, 0]
+    assert [decode._rotate_tag_turns(t) for t in (None, "90", "180", "270", "x")] == [0, 3, 2, 1, 0]

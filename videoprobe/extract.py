@@ -164,7 +164,7 @@ class _ViewsDataset(torch.utils.data.Dataset):
         try:
             with open_video(it.path, self.spec.backend) as reader:
                 rng = np.random.default_rng([self.seed, zlib.crc32(it.video_id.encode())])
-                video, idx = sample_clips(reader, self.spec, rng)
+                video, idx = sample_clips(reader, self.spec, rng, segment=getattr(it, "segment", None))
                 out.update(video=video, frame_indices=np.asarray(idx, dtype=np.int64),
                            info=np.array([reader.num_frames, reader.fps], dtype=np.float64))
         except InputError as e:
@@ -316,8 +316,28 @@ def extract(cfg: ExtractConfig, encoder: Any | None = None) -> ExtractResult:
         all_failures.update(part)
     if rank == 0 and world > 1:
         merge_manifests(out)
+    if rank == 0 and (out / "manifest.json").exists():
+        record_padding(out, (spec.clip_len - 1) * spec.frame_step + 1)
     dist.barrier()
     return ExtractResult(out, written, skipped, all_failures, seconds, n_clips)
+
+
+def record_padding(out: str | Path, span: int) -> dict[str, Any]:
+    """Find the cached videos whose clips repeat their last frame (shorter than the encoder's ``span``),
+    store ``{"span", "count", "videos"}`` as ``padding`` in the cache meta and warn once."""
+    from common.cache import update_meta
+    from videoprobe.data.decode import is_padded
+
+    cache = FeatureCache(out)
+    padded = sorted(i for i in cache.items() if "frame_indices" in cache.arrays(i)
+                    and is_padded(cache.load(i, ["frame_indices"])["frame_indices"]))
+    info = {"span": int(span), "count": len(padded), "videos": padded}
+    update_meta(out, padding=info)
+    if padded:
+        log.warning("%s: %d of %d videos are shorter than the encoder's span of %d frames; their clips "
+                    "repeat the last frame (listed under 'padding' in the cache meta)%s", out, len(padded),
+                    len(cache), span, f": {', '.join(padded[:5])}{' ...' if len(padded) > 5 else ''}")
+    return info
 
 
 def report_failures(failures: dict[str, str], total: int) -> None:

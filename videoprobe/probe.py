@@ -136,13 +136,16 @@ def select_classes(spec: str, class_names: list[str], kinds_file: Path | None) -
 
 
 def load_split(path: str | Path, keep: list[str] | None, class_names: list[str] | None = None) -> VideoSplit:
-    """Open a cache and keep the videos whose class is in ``keep`` (None: all), relabelled."""
+    """Open a cache and keep the videos whose class is in ``keep`` (None: all), relabelled by class
+    name: a split whose class list lacks some of ``keep`` (a test list without the top class) is
+    aligned by name, never by position."""
     cache = FeatureCache(path)
     names = class_names or list(cache.meta.get("class_names") or [])
     if not names:
         raise CacheError(f"{cache.path}: no class_names in the cache meta")
     keep = keep or names
-    remap = {names.index(c): i for i, c in enumerate(keep) if c in names}  # a split may lack a class
+    index = {c: k for k, c in enumerate(names)}
+    remap = {index[c]: i for i, c in enumerate(keep) if c in index}
     ids, labels = [], []
     for item in cache.items():
         lab = cache.load(item, ["labels"])["labels"]
@@ -301,6 +304,7 @@ def run_probes(cfg: ProbeConfig) -> dict[str, Any]:
         "num_test_videos": len(test.ids),
         "benchmark": cfg.benchmark or train_cache.key.dataset,
         "probe_config_hash": config_hash(cfg),
+        "padding": {"train": train_cache.meta.get("padding"), "test": test_cache.meta.get("padding")},
     }
 
 
@@ -333,6 +337,8 @@ def write_probe_report(cfg: ProbeConfig, outcome: dict[str, Any]) -> tuple[Path,
         "train": f"{tr['dataset']} [{tr['split']}], {outcome['num_train_videos']} videos",
         "test": f"{te['dataset']} [{te['split']}], {outcome['num_test_videos']} videos",
         "classes": outcome["classes"],
+        "padded_videos": {k: (v or {}).get("count") for k, v in (outcome.get("padding") or {}).items()},
+        "padding": outcome.get("padding"),
         "metrics": "percent; views combined per video (softmax mean / kNN votes summed)",
         "details": outcome["results"],
         "config": to_dict(cfg),

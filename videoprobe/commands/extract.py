@@ -3,6 +3,30 @@ from __future__ import annotations
 
 import argparse
 
+LAYOUTS = """\
+dataset layouts (data.kind, data.root=R; data.annotations / class_index / video_root / list_file
+override the files found; README "Video dataset layouts" has the details):
+  ucf101    R/ucfTrainTestlist/{classInd,trainlist01,testlist01}.txt + R/UCF-101/<Class>/v_*.avi
+            data.split=train|test, data.split_id=1..3
+  hmdb51    R/testTrainMulti_7030_splits/<class>_test_split1.txt ("<video> 1|2|0" lines)
+            + R/hmdb51_org/<class>/*.avi (mmaction2: R/annotations/ + R/videos/<class>/);
+            names starting with '#' are videos; data.annotations=<split folder>
+  kinetics  R/annotations/{train,val,test}.csv (label,youtube_id,time_start,time_end,split; test: no label)
+            + R/{train,val,test}/<id>_<start:06d>_<end:06d>.mp4 (flat or <label>/ folders, or under
+            R/videos/); R/replacement/replacement_for_corrupted_k400/ copies win; mmaction2:
+            R/annotations/kinetics_{train,val}.csv + R/videos_{train,val}/<label_with_underscores>/
+  ssv2      R/labels/{labels,train,validation,test}.json or the 20BN names
+            something-something-v2-{labels,train,validation,test}.json (R/labels, R/annotations or R)
+            + R/20bn-something-something-v2/<id>.webm; data.class_index=<labels json> overrides
+  diving48  R/Diving48_V2_{train,test}.json + R/Diving48_vocab.json (or in R/annotations/)
+            + R/rgb/<vid_name>.mp4 (mmaction2: R/videos/); frames start_frame..end_frame-1 are
+            sampled; class names from the vocabulary; data.split=train|test
+  list      data.list_file=train.txt with "path label" lines (label: class name, or an integer numbered
+            like data.class_index, 1-based for a UCF101 classInd.txt, else 0-based)
+  folder    R/<split>/<class>/*.mp4 or R/<class>/*.mp4
+labels in the cache are 0-based indices into the class list (-1 = unlabelled, e.g. Kinetics / SSv2 test).
+"""
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     from common.cli import add_config_args
@@ -12,6 +36,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         description="Decode clips x crops views per video, run a frozen video encoder, write pooled features "
                     "(and tokens with save_tokens=true) into a resumable cache. Under torchrun each rank "
                     "extracts its shard. Bad videos are reported and skipped (exit status 1).",
+        epilog=LAYOUTS, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add_config_args(p)
     p.set_defaults(func=_extract)

@@ -26,6 +26,8 @@ from videoprobe.data.datasets import (
     make_labeled_video_dataset,
     read_class_folders,
     read_class_index,
+    read_class_index_base,
+    read_diving48,
     read_hmdb51,
     read_kinetics_csv,
     read_path_label_list,
@@ -49,7 +51,8 @@ __all__ = [
     "KINDS", "VIDEO_EXTS", "ClipDataset", "ClipSpec", "TrainClipTransform", "VideoItem", "VideoReader",
     "build_video_dataset", "center_crop", "clip_indices", "collate_items", "load_clips",
     "make_labeled_video_dataset", "make_views", "open_video", "random_resized_crop", "read_class_folders",
-    "read_class_index", "read_frames", "read_hmdb51", "read_kinetics_csv", "read_path_label_list",
+    "read_class_index", "read_class_index_base", "read_diving48",
+    "read_frames", "read_hmdb51", "read_kinetics_csv", "read_path_label_list",
     "read_ssv2", "read_ucf101", "resize_short_side", "sample_clips", "spatial_views", "three_crops",
     "to_float_clip",
 ]

@@ -23,7 +23,8 @@ Torch datasets:
 
 * ``ClipDataset(items, spec)`` (map-style, for feature extraction): item i -> dict with ``video``
   (V, C, T, H, W) float in [0, 1] (see ``ClipSpec``), ``label``, ``video_id``, ``path``, ``index``,
-  ``frame_indices`` (num_clips, clip_len), ``backend`` and ``error``.  A file that cannot be decoded
+  ``frame_indices`` (num_clips, clip_len), ``backend`` and ``error``; clips lie inside the item's
+  segment (Diving48's start_frame / end_frame) when it has one.  A file that cannot be decoded
   does NOT raise (unless ``strict=True``): the dict has ``video=None`` and ``error`` = the one-line
   ``InputError`` message, so an extractor can record the failure and go on.  Use
   ``collate_items`` as the DataLoader ``collate_fn`` (it returns the list of dicts unchanged).
@@ -33,6 +34,7 @@ Torch datasets:
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import logging
 import os
@@ -51,7 +53,7 @@ from videoprobe.data.transforms import ClipSpec, spatial_views
 log = logging.getLogger(__name__)
 
 VIDEO_EXTS = (".mp4", ".avi", ".webm", ".mkv", ".mov", ".m4v", ".mpg", ".mpeg", ".ogv", ".flv", ".wmv")
-KINDS = ("folder", "list", "ucf101", "synth", "hmdb51", "kinetics", "ssv2")
+KINDS = ("folder", "list", "ucf101", "synth", "hmdb51", "kinetics", "ssv2", "diving48")
 MISSING = ("keep", "skip", "error")
 
 
@@ -64,6 +66,15 @@ class VideoItem:
     path: str
     label: int
     split: str
+    start_frame: int | None = None  # a segment of the file (Diving48): frames start_frame..end_frame-1
+    end_frame: int | None = None
+
+    @property
+    def segment(self) -> tuple[int, int | None] | None:
+        """``(start, end)`` frame bounds (end exclusive, None = to the end) or None for the whole file."""
+        if self.start_frame is None and self.end_frame is None:
+            return None
+        return (self.start_frame or 0, self.end_frame)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -81,13 +92,15 @@ def _need_file(path: Path, what: str) -> Path:
 
 
 def _lines(path: Path) -> list[tuple[int, str]]:
-    """Non-empty, non-comment lines with their 1-based line numbers."""
+    """Every non-empty line (stripped) with its 1-based line number.  No list format of these
+    benchmarks has comments: HMDB51 names often start with ``#``
+    (``#20_Rhythm_clap_u_nm_np1_le_goo_4.avi``)."""
     try:
         text = path.read_text(encoding="utf-8-sig")
     except (OSError, UnicodeDecodeError) as e:
         raise InputError(path, f"cannot read: {e}") from e
     rows = enumerate(text.splitlines(), 1)
-    return [(n, s.strip()) for n, s in rows if s.strip() and not s.lstrip().startswith("#")]
+    return [(n, s.strip()) for n, s in rows if s.strip()]
 
 
 def _unique_ids(items: list[VideoItem], source: Path) -> list[VideoItem]:
@@ -100,7 +113,7 @@ def _unique_ids(items: list[VideoItem], source: Path) -> list[VideoItem]:
     out = []
     for it in items:
         if seen[it.video_id] > 1:
-            it = VideoItem(f"{Path(it.path).parent.name}__{it.video_id}", it.path, it.label, it.split)
+            it = dataclasses.replace(it, video_id=f"{Path(it.path).parent.name}__{it.video_id}")
         out.append(it)
     ids = [it.video_id for it in out]
     if len(set(ids)) != len(ids):
@@ -110,41 +123,58 @@ def _unique_ids(items: list[VideoItem], source: Path) -> list[VideoItem]:
 
 
 def _apply_missing(items: list[VideoItem], missing: str, source: Path) -> list[VideoItem]:
+    """Log "found N of M listed videos" (and which are missing), then keep, skip or refuse the missing."""
     if missing not in MISSING:
         raise ValueError(f"missing must be one of {MISSING}, got {missing!r}")
-    if missing == "keep":
-        return items
     absent = [it for it in items if not os.path.exists(it.path)]
+    log.info("%s: found %d of %d listed videos", source, len(items) - len(absent), len(items))
     if not absent:
         return items
     if missing == "error":
         raise InputError(absent[0].path,
                          f"video file not found (listed in {source}; {len(absent)} missing in all)")
-    log.warning("%s: %d of %d listed videos are missing and skipped (first: %s)",
-                source, len(absent), len(items), absent[0].path)
+    shown = ", ".join(it.path for it in absent[:3])
+    if len(absent) > 3:
+        shown += f" and {len(absent) - 3} more"
+    what = "skipped" if missing == "skip" else "reported as failures"
+    log.warning("%s: %d of %d listed videos are missing (%s): %s", source, len(absent), len(items), what,
+                shown)
+    if missing == "keep":
+        return items
     gone = {id(it) for it in absent}
     return [it for it in items if id(it) not in gone]
 
 
-def read_class_index(path: str | os.PathLike) -> list[str]:
-    """Class names from ``classInd.txt``-style lines ``"<1-based index> <name>"`` (or one name per line),
-    ordered by index."""
+def read_class_index_base(path: str | os.PathLike) -> tuple[list[str], int]:
+    """Class names of a ``classInd.txt``-style file and the number of its first class: lines
+    ``"<index> <name>"`` -> (names ordered by index, the smallest index: 1 for UCF101's file); one name
+    per line -> (names, 0).  Integer labels of a list read with this file follow that base."""
     path = _need_file(Path(path), "class index file")
     entries: list[tuple[int, str]] = []
+    numbered = True
     for _, line in _lines(path):
         parts = line.split(maxsplit=1)
         if len(parts) == 2 and parts[0].isdigit():
             entries.append((int(parts[0]), parts[1].strip()))
         else:
+            numbered = False
             entries.append((len(entries) + 1, line))
+    if not entries:
+        raise InputError(path, "no classes")
     entries.sort()
     idx = [i for i, _ in entries]
-    if idx != list(range(idx[0] if idx else 1, (idx[0] if idx else 1) + len(idx))):
+    if idx != list(range(idx[0], idx[0] + len(idx))):
         raise InputError(path, "class indices must be consecutive")
     names = [name for _, name in entries]
     if len(set(names)) != len(names):
         raise InputError(path, "duplicate class name")
-    return names
+    return names, (idx[0] if numbered else 0)
+
+
+def read_class_index(path: str | os.PathLike) -> list[str]:
+    """Class names from ``classInd.txt``-style lines ``"<1-based index> <name>"`` (or one name per line),
+    ordered by index."""
+    return read_class_index_base(path)[0]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -185,6 +215,8 @@ def _label_of(token: str, names: Sequence[str], index: dict[str, int], base: int
         k = int(token) - base
         if 0 <= k < len(names):
             return k
+        raise InputError(list_file, f"line {n}: unknown label {token!r} (not in {source_name}, whose classes "
+                                    f"are numbered {base}..{base + len(names) - 1})")
     raise InputError(list_file, f"line {n}: unknown label {token!r} (not in {source_name})")
 
 
@@ -270,27 +302,51 @@ def _kinetics_path(root: Path, split: str | None, label: str, fname: str) -> Pat
     return _first_existing(*cands) or cands[0]
 
 
+REPLACEMENT_DIRS = ("replacement/replacement_for_corrupted_k400", "replacement_for_corrupted_k400")
+
+
+def kinetics_replacements(folder: str | os.PathLike | None) -> dict[str, Path]:
+    """cvdfoundation's re-encoded copies of corrupted Kinetics-400 videos: file name -> path, plus the
+    youtube id (file name without ``_<start>_<end>``) -> path where that id has one copy only."""
+    if folder is None or not Path(folder).is_dir():
+        return {}
+    files = sorted(p for p in Path(folder).iterdir() if p.suffix.lower() in VIDEO_EXTS)
+    out: dict[str, Path] = {p.name: p for p in files}
+    by_id: dict[str, list[Path]] = {}
+    for p in files:
+        parts = p.stem.rsplit("_", 2)
+        if len(parts) == 3:
+            by_id.setdefault(parts[0], []).append(p)
+    out.update({f"id:{k}": v[0] for k, v in by_id.items() if len(v) == 1})
+    return out
+
+
 def read_kinetics_csv(csv_file: str | os.PathLike, video_root: str | os.PathLike,
                       class_names: Sequence[str] | None = None, split: str | None = None,
-                      ext: str = ".mp4") -> tuple[list[VideoItem], list[str]]:
+                      ext: str = ".mp4", replacements: dict[str, Path] | None = None,
+                      ) -> tuple[list[VideoItem], list[str]]:
     """Kinetics annotations ``label,youtube_id,time_start,time_end,split`` (header required; extra
-    columns ignored).  Classes: ``class_names`` if given, else the sorted labels of this file.  The
-    file of a row is ``<youtube_id>_<start:06d>_<end:06d><ext>``, looked for in
-    ``<root>/<split>/<label>/``, ``<root>/<label>/``, ``<root>/<split>/`` and ``<root>/`` (a label's
-    spaces also tried as underscores); a row whose file is nowhere points at the first of these."""
+    columns ignored; no ``label`` column, as in the test split, gives label -1).  Classes:
+    ``class_names`` if given, else the sorted labels of this file.  The file of a row is
+    ``<youtube_id>_<start:06d>_<end:06d><ext>``, looked for in ``<root>/<split>/<label>/``,
+    ``<root>/<label>/``, ``<root>/<split>/`` and ``<root>/`` (a label's spaces also tried as
+    underscores); a row whose file is nowhere points at the first of these.  ``replacements``
+    (``kinetics_replacements``): a re-encoded copy found there is used instead of the original."""
     csv_file = _need_file(Path(csv_file), "Kinetics CSV")
     root = Path(video_root)
     with open(csv_file, newline="", encoding="utf-8-sig") as fh:
         reader = csv.DictReader(fh)
-        need = {"label", "youtube_id", "time_start", "time_end"}
+        need = {"youtube_id", "time_start", "time_end"}
         if not reader.fieldnames or not need <= set(reader.fieldnames):
-            raise InputError(csv_file, f"header must contain {', '.join(sorted(need))}")
+            raise InputError(csv_file, f"header must contain {', '.join(sorted(need))} (and label)")
         rows = list(reader)
     if class_names is None:
         class_names = sorted({r["label"].strip() for r in rows if r.get("label")})
     names = list(class_names)
     index = {n: i for i, n in enumerate(names)}
+    replacements = replacements or {}
     items = []
+    replaced = 0
     for n, r in enumerate(rows, 2):
         label_name = (r.get("label") or "").strip()
         try:
@@ -300,18 +356,27 @@ def read_kinetics_csv(csv_file: str | os.PathLike, video_root: str | os.PathLike
         if label_name and label_name not in index:
             raise InputError(csv_file, f"line {n}: unknown label {label_name!r} (not in the class list)")
         row_split = (r.get("split") or split or "").strip() or None
-        vid = f"{r['youtube_id'].strip()}_{start:06d}_{end:06d}"
-        path = _kinetics_path(root, row_split, label_name, vid + ext)
+        yid = (r.get("youtube_id") or "").strip()
+        vid = f"{yid}_{start:06d}_{end:06d}"
+        path = replacements.get(vid + ext) or replacements.get(f"id:{yid}")
+        if path is not None:
+            replaced += 1
+        else:
+            path = _kinetics_path(root, row_split, label_name, vid + ext)
         items.append(VideoItem(vid, str(path.resolve()), index[label_name] if label_name else -1,
                                split or row_split or "all"))
     if not items:
         raise InputError(csv_file, "no rows")
+    if replaced:
+        log.info("%s: %d videos taken from the replacement folder (re-encoded copies of corrupted files)",
+                 csv_file, replaced)
     return _unique_ids(items, csv_file), names
 
 
 def ssv2_class_names(labels_json: str | os.PathLike) -> list[str]:
-    """Something-Something v2 ``labels.json`` ({template without brackets: "id"}) -> names by id."""
-    labels_json = _need_file(Path(labels_json), "SSv2 labels.json")
+    """Something-Something v2 ``labels.json`` / ``something-something-v2-labels.json``
+    ({template without brackets: "id"}) -> names by id."""
+    labels_json = _need_file(Path(labels_json), "SSv2 labels file")
     try:
         mapping = json.loads(labels_json.read_text())
         by_id = sorted((int(v), k) for k, v in mapping.items())
@@ -357,6 +422,67 @@ def read_ssv2(labels_json: str | os.PathLike, annotation_json: str | os.PathLike
     return _unique_ids(items, annotation_json), names
 
 
+def diving48_class_names(vocab_json: str | os.PathLike) -> list[str]:
+    """``Diving48_vocab.json``: a list of 48 [take-off, somersaults, twists, flight position] lists;
+    class i = the four words joined by spaces ("Back 15som 05Twis FREE")."""
+    vocab_json = _need_file(Path(vocab_json), "Diving48 vocabulary")
+    try:
+        vocab = json.loads(vocab_json.read_text())
+    except ValueError as e:
+        raise InputError(vocab_json, f"invalid JSON: {e}") from e
+    if not isinstance(vocab, list) or not vocab:
+        raise InputError(vocab_json, "expected a JSON list of class descriptions")
+    names = []
+    for n, v in enumerate(vocab, 1):
+        if isinstance(v, list) and v and all(isinstance(w, str) for w in v):
+            names.append(" ".join(v))
+        elif isinstance(v, str):
+            names.append(v)
+        else:
+            raise InputError(vocab_json, f"entry {n}: expected a list of words, got {v!r}")
+    if len(set(names)) != len(names):
+        raise InputError(vocab_json, "duplicate class description")
+    return names
+
+
+def read_diving48(annotation_json: str | os.PathLike, vocab_json: str | os.PathLike,
+                  video_root: str | os.PathLike, split: str = "train",
+                  ext: str = ".mp4") -> tuple[list[VideoItem], list[str]]:
+    """Diving48 V2 ``Diving48_V2_{train,test}.json``: entries {vid_name, label, start_frame, end_frame}
+    (label indexes the vocabulary; frames ``start_frame`` .. ``end_frame - 1`` of ``<vid_name>.mp4`` are
+    sampled).  Classes: all 48 of ``Diving48_vocab.json``, whatever labels this split holds."""
+    names = diving48_class_names(vocab_json)
+    annotation_json = _need_file(Path(annotation_json), "Diving48 annotation file")
+    try:
+        entries = json.loads(annotation_json.read_text())
+    except ValueError as e:
+        raise InputError(annotation_json, f"invalid JSON: {e}") from e
+    if not isinstance(entries, list):
+        raise InputError(annotation_json, "expected a JSON list of entries")
+    root = Path(video_root)
+    items = []
+    for n, e in enumerate(entries, 1):
+        if not isinstance(e, dict) or not e.get("vid_name"):
+            raise InputError(annotation_json, f"entry {n}: no 'vid_name'")
+        vid = str(e["vid_name"])
+        try:
+            label = int(e["label"]) if e.get("label") is not None else -1
+            start = int(e["start_frame"]) if e.get("start_frame") is not None else None
+            end = int(e["end_frame"]) if e.get("end_frame") is not None else None
+        except (TypeError, ValueError):
+            raise InputError(annotation_json, f"entry {n} ({vid}): label / start_frame / end_frame "
+                                              "must be integers") from None
+        if not -1 <= label < len(names):
+            raise InputError(annotation_json, f"entry {n} ({vid}): label {label} is not in "
+                                              f"{Path(vocab_json).name} (0..{len(names) - 1})")
+        if start is not None and end is not None and not 0 <= start < end:
+            raise InputError(annotation_json, f"entry {n} ({vid}): empty segment {start}..{end}")
+        items.append(VideoItem(vid, str((root / f"{vid}{ext}").resolve()), label, split, start, end))
+    if not items:
+        raise InputError(annotation_json, "no entries")
+    return _unique_ids(items, annotation_json), names
+
+
 # --------------------------------------------------------------------------------------------------
 # one entry point
 
@@ -369,28 +495,58 @@ def _split_name(split: str) -> str:
 PathArg = str | os.PathLike
 
 
+def _one_of(what: str, cands: Sequence[Path], hint: str) -> Path | None:
+    """The single existing path among ``cands`` (None if none); several different ones are ambiguous."""
+    found: list[Path] = []
+    for c in cands:
+        if c.exists() and not any(c.resolve() == f.resolve() for f in found):
+            found.append(c)
+    if len(found) > 1:
+        raise InputError(found[0], f"ambiguous {what}: also {', '.join(str(f) for f in found[1:])}; "
+                                   f"choose one with {hint}")
+    return found[0] if found else None
+
+
+SSV2_PREFIX = "something-something-v2-"
+
+
+def _ssv2_file(dirs: Sequence[Path], stem: str, hint: str) -> Path:
+    names = [f"{stem}.json", f"{SSV2_PREFIX}{stem}.json"]
+    cands = [d / n for d in dirs for n in names]
+    return _one_of(f"SSv2 {stem} file", cands, hint) or cands[0]
+
+
 def build_video_dataset(kind: str, root: PathArg, split: str = "train", *, split_id: int = 1,
                         video_root: PathArg | None = None, list_file: PathArg | None = None,
                         class_index: PathArg | None = None, annotations: PathArg | None = None,
                         missing: str = "keep") -> tuple[list[VideoItem], list[str]]:
-    """Read a dataset split -> ``(items, class_names)``.
+    """Read a dataset split -> ``(items, class_names)``; logs "found N of M listed videos".
 
-    ``kind`` and where files are looked for under ``root`` (``video_root`` / ``annotations`` override):
+    ``kind`` and where files are looked for under ``root`` (``video_root``, ``annotations`` and
+    ``class_index`` override; README "Video dataset layouts" has an example of each):
 
     * "folder": ``root/<split>/<class>/*`` if ``root/<split>`` exists, else ``root/<class>/*``.
     * "list": ``list_file`` ("path label" lines), paths relative to ``video_root`` (default: the list
-      file's folder); classes from ``class_index`` (classInd format) or else the labels seen (names
-      sorted, or integers 0..max).
+      file's folder); classes from ``class_index`` (classInd format: integer labels follow its
+      numbering, 1-based for ``1 ApplyEyeMakeup`` lines) or else the labels seen (names sorted, or
+      integers 0..max).
     * "ucf101" / "synth": splits in ``root/splits`` or ``root/ucfTrainTestlist``; videos in
       ``root/videos``, ``root/UCF-101`` or ``root``; "train" -> trainlist, "test"/"val" -> testlist.
-    * "hmdb51": splits in ``root/splits`` or ``root/testTrainMulti_7030_splits``; videos in
-      ``root/videos``, ``root/hmdb51_org`` or ``root``; "train" -> 1, "test"/"val" -> 2.
-    * "kinetics": ``annotations`` or ``root/annotations/<split>.csv`` or ``root/<split>.csv`` (val also
-      as validate.csv); classes from ``class_index`` or the train CSV next to it or this CSV; videos
-      in ``root/videos`` or ``root``.
-    * "ssv2": ``labels.json`` and ``train.json`` / ``validation.json`` / ``test.json`` in
-      ``root/labels``, ``root/annotations`` or ``root``; videos in ``root/20bn-something-something-v2``,
-      ``root/videos`` or ``root``.
+    * "hmdb51": split files (``annotations``, else ``root/splits``, ``root/testTrainMulti_7030_splits``
+      or mmaction2's ``root/annotations``); videos in ``root/videos``, ``root/hmdb51_org`` or ``root``;
+      "train" -> 1, "test"/"val" -> 2.
+    * "kinetics": ``annotations`` or ``<split>.csv`` / mmaction2's ``kinetics_<split>.csv`` in
+      ``root/annotations`` or ``root`` (val also as validate.csv); classes from ``class_index`` or the
+      train CSV next to it or this CSV; videos in mmaction2's ``root/videos_<split>``, ``root/videos``
+      or ``root``; copies in cvdfoundation's ``replacement/replacement_for_corrupted_k400/`` replace
+      the corrupted originals.
+    * "ssv2": ``labels.json`` (``class_index`` overrides) and ``train.json`` / ``validation.json`` /
+      ``test.json``, or the 20BN names ``something-something-v2-{labels,train,validation,test}.json``,
+      in ``root/labels``, ``root/annotations`` or ``root``; videos in
+      ``root/20bn-something-something-v2``, ``root/videos`` or ``root``.
+    * "diving48": ``Diving48_V2_{train,test}.json`` and ``Diving48_vocab.json`` (``class_index``
+      overrides) in ``root/annotations`` or ``root``; videos in ``root/rgb``, ``root/videos`` or
+      ``root``; "val" -> test.
 
     ``missing``: what to do with listed files that do not exist: "keep" (decoding reports them per
     item), "skip" (drop with one warning) or "error".
@@ -410,8 +566,11 @@ def build_video_dataset(kind: str, root: PathArg, split: str = "train", *, split
         if list_file is None:
             raise InputError(root, "dataset kind 'list' needs list_file")
         source = _need_file(Path(list_file), "list file")
-        names = read_class_index(class_index) if class_index else _names_from_list(source)
-        items = read_path_label_list(source, vroot or source.parent, names, sp,
+        if class_index:
+            names, base_index = read_class_index_base(class_index)
+        else:
+            names, base_index = _names_from_list(source), 0
+        items = read_path_label_list(source, vroot or source.parent, names, sp, label_base=base_index,
                                      class_source=Path(class_index).name if class_index else "the class list")
     elif kind in ("ucf101", "synth"):
         sdir = _first_existing(root / "splits", root / "ucfTrainTestlist") or root / "splits"
@@ -419,30 +578,55 @@ def build_video_dataset(kind: str, root: PathArg, split: str = "train", *, split
         items, names = read_ucf101(sdir, vr, sp, split_id)
         source = sdir
     elif kind == "hmdb51":
-        sdir = _first_existing(root / "splits", root / "testTrainMulti_7030_splits") or root / "splits"
+        if annotations:
+            sdir = Path(annotations)
+        else:
+            pattern = f"*_test_split{split_id}.txt"
+            cands = [d for d in (root / "splits", root / "testTrainMulti_7030_splits", root / "annotations")
+                     if d.is_dir() and any(d.glob(pattern))]
+            sdir = _one_of("HMDB51 split folder", cands, "data.annotations=<folder>") or root / "splits"
         vr = vroot or _first_existing(root / "videos", root / "hmdb51_org") or root
         items, names = read_hmdb51(sdir, vr, sp, split_id)
         source = sdir
     elif kind == "kinetics":
-        adir = _first_existing(root / "annotations") or root
-        stems = {"val": ["val", "validate", "validation"]}.get(sp, [sp])
-        csv_file = Path(annotations) if annotations else (
-            _first_existing(*[adir / f"{s}.csv" for s in stems]) or adir / f"{stems[0]}.csv")
+        dirs = [root / "annotations", root]
+        hint = "data.annotations=<csv>"
+
+        def csv_of(s: str) -> Path | None:
+            stems = {"val": ["val", "validate", "validation"]}.get(s, [s])
+            cands = [d / f"{pre}{st}.csv" for d in dirs for pre in ("", "kinetics_") for st in stems]
+            return _one_of(f"Kinetics {s} CSV", cands, hint)
+
+        csv_file = Path(annotations) if annotations else (csv_of(sp) or root / "annotations" / f"{sp}.csv")
         if class_index:
             names = read_class_index(class_index)
-        elif sp != "train" and (adir / "train.csv").is_file():
-            names = read_kinetics_csv(adir / "train.csv", root, split="train")[1]
         else:
-            names = None
-        vr = vroot or _first_existing(root / "videos") or root
-        items, names = read_kinetics_csv(csv_file, vr, names, sp)
+            train_csv = None if sp == "train" else csv_of("train")
+            names = read_kinetics_csv(train_csv, root, split="train")[1] if train_csv else None
+        vr = vroot or _first_existing(root / f"videos_{sp}", root / "videos") or root
+        repl = _first_existing(*[base / r for base in (root, vr) for r in REPLACEMENT_DIRS])
+        items, names = read_kinetics_csv(csv_file, vr, names, sp, replacements=kinetics_replacements(repl))
         source = csv_file
-    else:  # ssv2
-        ldir = _first_existing(root / "labels", root / "annotations") or root
-        fname = {"train": "train.json", "val": "validation.json", "test": "test.json"}.get(sp, f"{sp}.json")
-        ann = Path(annotations) if annotations else ldir / fname
+    elif kind == "ssv2":
+        dirs = [root / "labels", root / "annotations", root]
+        labels = (Path(class_index) if class_index
+                  else _ssv2_file(dirs, "labels", "data.class_index=<labels.json>"))
+        stem = {"train": "train", "val": "validation", "test": "test"}.get(sp, sp)
+        ann = Path(annotations) if annotations else _ssv2_file(dirs, stem, "data.annotations=<json>")
         vr = vroot or _first_existing(root / "20bn-something-something-v2", root / "videos") or root
-        items, names = read_ssv2(ldir / "labels.json", ann, vr, sp)
+        items, names = read_ssv2(labels, ann, vr, sp)
+        source = ann
+    else:  # diving48
+        dirs = [root / "annotations", root]
+        vocab_cands = [d / "Diving48_vocab.json" for d in dirs]
+        vocab = Path(class_index) if class_index else (
+            _one_of("Diving48 vocabulary", vocab_cands, "data.class_index=<json>") or vocab_cands[0])
+        stem = "train" if sp == "train" else "test"
+        ann_cands = [d / f"Diving48_V2_{stem}.json" for d in dirs]
+        ann = Path(annotations) if annotations else (
+            _one_of(f"Diving48 {stem} file", ann_cands, "data.annotations=<json>") or ann_cands[0])
+        vr = vroot or _first_existing(root / "rgb", root / "videos") or root
+        items, names = read_diving48(ann, vocab, vr, sp)
         source = ann
     return _apply_missing(items, missing, source), names
 
@@ -493,7 +677,8 @@ class ClipDataset(torch.utils.data.Dataset):
                                "index": i, "frame_indices": None, "backend": None, "error": None}
         try:
             with open_video(it.path, self.spec.backend, self.num_threads) as reader:
-                video, idx = sample_clips(reader, self.spec, np.random.default_rng([self.seed, i]))
+                video, idx = sample_clips(reader, self.spec, np.random.default_rng([self.seed, i]),
+                                          segment=it.segment)
                 out.update(video=video, frame_indices=idx, backend=reader.backend)
         except InputError as e:
             if self.strict:

@@ -14,6 +14,13 @@ problem.  ``backend="auto"`` tries decord first and falls back to PyAV when deco
 or fails while decoding; ``reader.backend`` says which one produced the frames and
 ``reader.fallback_reason`` why decord was abandoned (``None`` when it was not).
 
+Rotation metadata (a phone video's display matrix) is applied by both paths, as ffmpeg's player and
+decord do: frames come out as displayed (90 / 270 degrees swap height and width).  PyAV reads the
+angle from each frame's display-matrix side data (``frame.rotation``, counter-clockwise degrees),
+or else from the stream's ``rotate`` tag (clockwise degrees) of older FFmpeg builds.  (decord 0.6
+refuses frames of some widths, e.g. 48 pixels, with "The size must exactly match"; ``backend="auto"``
+then switches to PyAV.)
+
 decord is used for video only (its known leak is on the audio path); after every ``get_batch`` the
 reader calls ``seek(0)``, the workaround reported for its memory growth in long loops.  PyAV indexes
 frames by presentation timestamp: at open time it demuxes the packets (no decoding) to list every
@@ -149,7 +156,11 @@ class DecordReader(VideoReader):
             if self._seek_after_batch:
                 self._vr.seek(0)  # reported workaround for decord's memory growth in long loops
         except Exception as e:
-            raise InputError(self.path, f"decord failed to decode frames: {_one_line(e, self.path)}") from e
+            text = _one_line(e, self.path)
+            if "size must exactly match" in text:
+                text = ("decord's frame buffer does not fit this frame size (a decord bug seen with some "
+                        f"frame widths); use the pyav or auto backend ({text})")
+            raise InputError(self.path, f"decord failed to decode frames: {text}") from e
         # pytorchvideo.data sets decord's global bridge to torch on import; accept both bridges.
         if isinstance(batch, torch.Tensor):
             frames = batch.to(torch.uint8).contiguous()
@@ -213,8 +224,12 @@ class PyAVReader(VideoReader):
             self.height = int(stream.codec_context.height)
             self.width = int(stream.codec_context.width)
             self._time_base = stream.time_base
+            self._tag_turns = _rotate_tag_turns(stream.metadata.get("rotate"))
         finally:
             container.close()
+        self.rotation = self._first_frame_turns() * 90  # counter-clockwise degrees applied
+        if self.rotation % 180:
+            self.height, self.width = self.width, self.height
         self.num_frames = len(pts)
         self._seekable = all(p is not None for p in pts) and len(set(pts)) == len(pts)
         if self._seekable:
@@ -235,9 +250,32 @@ class PyAVReader(VideoReader):
             stream.codec_context.thread_count = self._threads
         return container, stream
 
-    @staticmethod
-    def _rgb(frame: Any) -> np.ndarray:
-        return frame.to_ndarray(format="rgb24")
+    def _turns(self, frame: Any) -> int:
+        """Quarter turns (counter-clockwise) that display this frame: its display matrix, else the
+        stream's ``rotate`` tag."""
+        angle = getattr(frame, "rotation", None)
+        if angle is None or (angle == 0 and self._tag_turns):
+            return self._tag_turns
+        return _angle_turns(float(angle))
+
+    def _first_frame_turns(self) -> int:
+        try:
+            container, stream = self._open_stream()
+        except Exception:
+            return self._tag_turns
+        try:
+            for frame in container.decode(stream):
+                return self._turns(frame)
+        except Exception:  # a broken file is reported by get_frames
+            pass
+        finally:
+            container.close()
+        return self._tag_turns
+
+    def _rgb(self, frame: Any) -> np.ndarray:
+        rgb = frame.to_ndarray(format="rgb24")
+        k = self._turns(frame)
+        return np.ascontiguousarray(np.rot90(rgb, k)) if k else rgb
 
     def _decode_sequential(self, wanted: np.ndarray) -> dict[int, np.ndarray]:
         """Decode from the start, counting frames; keep those in ``wanted`` (sorted unique)."""
@@ -317,6 +355,21 @@ class PyAVReader(VideoReader):
         return torch.from_numpy(np.stack([got[int(i)] for i in idx]))
 
 
+def _angle_turns(angle: float) -> int:
+    """Counter-clockwise degrees -> quarter turns 0..3; angles that are not a multiple of 90 are not
+    applied (as ffmpeg does not)."""
+    k = round(angle / 90.0)
+    return k % 4 if abs(angle - 90.0 * k) < 1.0 else 0
+
+
+def _rotate_tag_turns(tag: str | None) -> int:
+    """The legacy ``rotate`` stream tag (clockwise degrees) -> counter-clockwise quarter turns."""
+    try:
+        return _angle_turns(-float(tag)) if tag else 0
+    except ValueError:
+        return 0
+
+
 class AutoReader(VideoReader):
     """decord first; PyAV when decord cannot open the file or fails while decoding."""
 
@@ -382,12 +435,34 @@ def read_frames(path: str | os.PathLike, indices: Sequence[int] | np.ndarray | N
         return r.get_frames(np.arange(r.num_frames) if indices is None else indices)
 
 
-def sample_clips(reader: VideoReader, spec: ClipSpec, rng: Seed = None) -> tuple[torch.Tensor, np.ndarray]:
+def clip_span(spec: ClipSpec) -> int:
+    """Frames one clip of ``spec`` spans: ``(clip_len - 1) * frame_step + 1``."""
+    return (spec.clip_len - 1) * spec.frame_step + 1
+
+
+def is_padded(indices: np.ndarray) -> bool:
+    """True when a clip of ``indices`` (num_clips, clip_len) repeats a frame: the video (or segment)
+    was shorter than the clip span and its last frame was repeated."""
+    idx = np.asarray(indices).reshape(-1, np.asarray(indices).shape[-1])
+    return bool(idx.shape[1] > 1 and (np.diff(idx, axis=1) == 0).any())
+
+
+def sample_clips(reader: VideoReader, spec: ClipSpec, rng: Seed = None,
+                 segment: tuple[int, int | None] | None = None) -> tuple[torch.Tensor, np.ndarray]:
     """Views (V, C, T, H, W) float in [0, 1] of an open video, and the frame indices
-    (num_clips, clip_len) they were cut from.  All frames are decoded in one ``get_frames`` call."""
+    (num_clips, clip_len) they were cut from.  All frames are decoded in one ``get_frames`` call.
+    ``segment``: ``(start, end)`` frame bounds (end exclusive, None or past the end = the last frame):
+    clips are placed inside it."""
     g = np.random.default_rng(rng) if not isinstance(rng, np.random.Generator) else rng
-    idx = clip_indices(reader.num_frames, spec.clip_len, spec.frame_step, spec.num_clips, spec.mode, g,
-                       str(reader.path))
+    start, n = 0, reader.num_frames
+    if segment is not None:
+        s, e = int(segment[0]), reader.num_frames if segment[1] is None else min(int(segment[1]), n)
+        if not 0 <= s < e:
+            raise InputError(reader.path, f"segment {segment[0]}..{segment[1]} is outside the video "
+                                          f"({reader.num_frames} frames)")
+        start, n = s, e - s
+    idx = start + clip_indices(n, spec.clip_len, spec.frame_step, spec.num_clips, spec.mode, g,
+                               str(reader.path))
     frames = reader.get_frames(idx.reshape(-1))
     return make_views(frames, idx, spec, g), idx
 
