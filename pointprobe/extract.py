@@ -34,6 +34,8 @@ class PointEncoderSpec:
     config: dict = field(default_factory=dict)  # constructor overrides (random init, or checkpoint config)
     levels: int | None = None  # up-cast levels (None = all; Sonata base: 4 -> 1232 channels)
     label: str | None = None  # display name in tables (default: name or checkpoint file name)
+    # load a checkpoint that pickles classes beyond the harmless list (full unpickling: it can run code)
+    trust_checkpoint: bool = False
 
 
 @dataclass
@@ -85,7 +87,8 @@ def build_encoder(spec: PointEncoderSpec, device: torch.device) -> tuple[Any, En
     from pointprobe.models import checkpoint_sha256, create_encoder, load_encoder
 
     if spec.checkpoint:
-        model = load_encoder(spec.checkpoint, device=device, config=spec.config or None)
+        model = load_encoder(spec.checkpoint, device=device, config=spec.config or None,
+                             trust=spec.trust_checkpoint)
         path = getattr(model, "checkpoint_path", spec.checkpoint)
         sha = checkpoint_sha256(path)
         label = spec.label or Path(spec.checkpoint).stem

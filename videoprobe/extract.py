@@ -56,6 +56,8 @@ class EncoderConfig:
     checkpoint: str | None = None  # None: random init; a file; "hub" (pytorchvideo zoo, online only)
     seed: int = 0
     kwargs: dict[str, Any] = field(default_factory=dict)
+    # load a checkpoint that pickles classes beyond the harmless list (full unpickling: it can run code)
+    trust_checkpoint: bool = False
 
 
 @dataclass
@@ -117,6 +119,16 @@ def pick_device(name: str) -> torch.device:
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise ConfigError(f"device {name!r} asked for but CUDA is not available")
     return torch.device(name)
+
+
+def build_encoder(spec: EncoderConfig) -> Any:
+    """The encoder of ``spec`` (``trust_checkpoint`` lets its file be fully unpickled, with a warning)."""
+    from common.checkpoint import trusted
+    from videoprobe.models import create_video_encoder
+
+    with trusted([spec.checkpoint] if spec.checkpoint and Path(spec.checkpoint).is_file() else [],
+                 enabled=spec.trust_checkpoint):
+        return create_video_encoder(spec.name, spec.checkpoint, seed=spec.seed, **spec.kwargs)
 
 
 def dataset_name(data: DataConfig) -> str:
@@ -263,15 +275,13 @@ def extract(cfg: ExtractConfig, encoder: Any | None = None) -> ExtractResult:
     """Run the extraction described by ``cfg`` (``encoder``: an already built one, else from the config)."""
     from common import dist
     from videoprobe.data.transforms import ClipSpec
-    from videoprobe.models import create_video_encoder
 
     if not cfg.out:
         raise ConfigError("out is not set (the cache folder to write)")
     dist.init_from_env()
     rank, world = dist.rank(), dist.world_size()
     device = pick_device(cfg.device)
-    enc = encoder if encoder is not None else create_video_encoder(
-        cfg.encoder.name, cfg.encoder.checkpoint, seed=cfg.encoder.seed, **cfg.encoder.kwargs)
+    enc = encoder if encoder is not None else build_encoder(cfg.encoder)
     enc = enc.freeze().to(device)
     views = resolve_views(cfg.views, enc)
     spec = ClipSpec(backend=cfg.data.backend, **views)

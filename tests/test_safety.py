@@ -1,0 +1,126 @@
+"""Security holes of issue 12: code execution from weights files, path traversal, refused runs that
+overwrote the previous run's record."""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from common.checkpoint import load_checkpoint, trusted
+from common.errors import CheckpointError, InputError
+from common.paths import check_item_name, check_scene_name, inside_root
+
+
+# ------------------------------------------------------------------------------ crafted checkpoints
+class _Payload:
+    """Unpickling this runs code: it creates ``marker`` (what an attacker's file would do)."""
+
+    def __init__(self, marker: Path):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (exec, (f"open({self.marker!r}, 'w').close()",))
+
+
+def _evil_file(tmp_path: Path, state: dict) -> tuple[Path, Path]:
+    marker = tmp_path / "PWNED"
+    path = tmp_path / "evil.pth"
+    torch.save({**state, "payload": _Payload(marker)}, path)
+    assert not marker.exists()
+    return path, marker
+
+
+def test_crafted_checkpoint_is_refused_and_runs_nothing(tmp_path):
+    path, marker = _evil_file(tmp_path, {"model": {"w": torch.zeros(2)}})
+    with pytest.raises(CheckpointError) as err:
+        load_checkpoint(path)
+    msg = str(err.value)
+    assert "evil.pth" in msg and "builtins.exec" in msg and "trust_checkpoint=true" in msg and "\n" not in msg
+    assert not marker.exists()
+
+
+def test_video_encoder_refuses_crafted_checkpoint(tmp_path):
+    from videoprobe.models import create_video_encoder
+
+    path, marker = _evil_file(tmp_path, {"model": {"w": torch.zeros(2)}})
+    with pytest.raises(CheckpointError, match=r"evil.pth: .*builtins.exec.*encoder.trust_checkpoint=true"):
+        create_video_encoder("videomae_vit_tiny", checkpoint=str(path), num_frames=16, img_size=32)
+    assert not marker.exists()
+
+
+def test_point_encoder_refuses_crafted_checkpoint(tmp_path):
+    from pointprobe.models import load_encoder
+
+    path, marker = _evil_file(tmp_path, {"config": {}, "state_dict": {}})
+    with pytest.raises(CheckpointError, match=r"evil.pth: .*builtins.exec.*trust_checkpoint=true"):
+        load_encoder(path)
+    assert not marker.exists()
+
+
+def test_trust_opt_in_loads_with_full_unpickling_and_warns(tmp_path, caplog):
+    path, marker = _evil_file(tmp_path, {"model": {"w": torch.zeros(2)}})
+    with trusted([path]):
+        obj = load_checkpoint(path)
+    assert marker.exists()  # the opt-in really unpickles everything: that is why it is explicit
+    assert "model" in obj and any("full unpickling" in r.getMessage() for r in caplog.records)
+
+
+def _videomae_official(tmp_path: Path) -> tuple[Path, dict]:
+    """A file in the official VideoMAE fine-tuning layout: {"model", "optimizer", "epoch", "args"}, with
+    the argparse.Namespace (and numpy scalars) that run_class_finetuning.py pickles."""
+    from tests.test_video_models import _layout
+
+    sd = _layout("videomae", False, "fc_norm", torch.Generator().manual_seed(1))
+    args = argparse.Namespace(model="vit_small_patch16_224", batch_size=8, epochs=90, tubelet_size=2,
+                              input_size=224, lr=1e-3, layer_decay=0.75, drop_path=0.1, nb_classes=174,
+                              data_path="/data/ssv2", output_dir=None, mixup=0.8, crop_pct=None)
+    obj = {"model": {**sd, "head.weight": torch.zeros(5, 48), "head.bias": torch.zeros(5)},
+           "epoch": 39, "args": args, "max_accuracy": np.float64(66.7), "scaler": {"scale": 65536.0}}
+    path = tmp_path / "checkpoint-39.pth"
+    torch.save(obj, path)
+    return path, sd
+
+
+def test_official_videomae_layout_with_namespace_loads_without_opt_in(tmp_path):
+    from videoprobe.models import create_video_encoder
+
+    path, _ = _videomae_official(tmp_path)
+    raw = load_checkpoint(path)
+    assert isinstance(raw["args"], argparse.Namespace) and raw["args"].nb_classes == 174
+    assert float(raw["max_accuracy"]) == pytest.approx(66.7)
+    enc = create_video_encoder("videomae_vit_tiny", checkpoint=str(path), num_frames=16, img_size=32)
+    assert len(enc.checkpoint_id) == 64
+
+
+# --------------------------------------------------------------------------------------- names
+@pytest.mark.parametrize("bad", ["", ".", "..", "../../evil/scene0950_00", "/abs/scene0000_00", "a/b",
+                                 "a\\b", "x\x00y", " scene0000_00", "C:evil"])
+def test_item_name_rejects_bad(bad):
+    with pytest.raises(InputError):
+        check_item_name(bad)
+
+
+def test_item_and_scene_names_accept_good():
+    assert check_item_name("scene0950_00") == "scene0950_00"
+    assert check_item_name("v_ApplyEyeMakeup_g01_c01") == "v_ApplyEyeMakeup_g01_c01"
+    assert check_scene_name("scene0950_00") == "scene0950_00"
+    with pytest.raises(InputError, match="sceneXXXX_YY"):
+        check_scene_name("scene950")
+    with pytest.raises(InputError, match="path separator"):
+        check_scene_name("../../x/scene0950_00")
+
+
+def test_inside_root(tmp_path):
+    assert inside_root("ApplyEyeMakeup/v_x.avi", tmp_path) == (tmp_path / "ApplyEyeMakeup/v_x.avi").resolve()
+    with pytest.raises(InputError, match="leads outside"):
+        inside_root("../x.avi", tmp_path / "videos")
+
+
+def _tree_digest(root: Path) -> dict[str, str]:
+    return {str(p.relative_to(root)): (hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else "dir")
+            for p in sorted(root.rglob("*"))}
