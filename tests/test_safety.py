@@ -124,3 +124,56 @@ def test_inside_root(tmp_path):
 def _tree_digest(root: Path) -> dict[str, str]:
     return {str(p.relative_to(root)): (hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else "dir")
             for p in sorted(root.rglob("*"))}
+
+
+# --------------------------------------------------------------------------- preprocess traversal
+def test_preprocess_split_entry_cannot_escape_raw_or_out(tmp_path, capsys):
+    """The report's scenario: --raw and --out side by side, a split entry ../../evil/scene0950_00 that
+    points at a (valid) raw scene of the user's outside both: it must be a failed item, untouched."""
+    from pointprobe.cli import main
+    from pointprobe.data.scannet import list_scenes
+    from tests.test_scannet_data import _raw_root, _write_raw_scene
+
+    root = _raw_root(tmp_path)  # tmp/raw
+    _write_raw_scene(root, "scene0000_00")
+    _write_raw_scene(tmp_path, "scene0950_00", sub="evil")  # tmp/evil/scene0950_00: the user's data
+    (tmp_path / "evil" / "scene0950_00" / "notes.txt").write_text("my only copy\n")
+    (root / "scannetv2_train.txt").write_text("scene0000_00\n../../evil/scene0950_00\n")
+    before = _tree_digest(tmp_path / "evil")
+    out = tmp_path / "out"
+    rc = main(["preprocess", "--raw", str(root), "--out", str(out), "--splits", "train", "--workers", "1",
+               "--no-progress"])
+    cap = capsys.readouterr()
+    assert rc == 1
+    assert _tree_digest(tmp_path / "evil") == before
+    assert "1 written" in cap.out and "1 failed" in cap.out
+    assert "train/../../evil/scene0950_00:" in cap.err and "path separator" in cap.err
+    assert list_scenes(out, "train") == ["scene0000_00"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["evil", "out", "raw"]
+
+
+def test_save_scene_replaces_atomically_and_stays_in_root(tmp_path):
+    from pointprobe.data.scannet import Scene, load_scene, save_scene
+
+    n = 4
+    neg = np.full(n, -1, np.int64)
+    scene = Scene("scene0000_00", np.random.rand(n, 3).astype(np.float32), np.zeros((n, 3), np.uint8),
+                  np.zeros((n, 3), np.float32), neg, neg, neg, labelled=False)
+    out = tmp_path / "out"
+    dest = save_scene(scene, out / "train" / "scene0000_00", root=out)
+    (dest / "extra_user_file.txt").write_text("x")  # replaced as a whole: the old folder goes
+    scene.coord[:] = 7
+    save_scene(scene, dest, root=out)
+    np.testing.assert_array_equal(load_scene(dest).coord, 7)
+    assert sorted(p.name for p in (out / "train").iterdir()) == ["scene0000_00"]  # no temp, no old copy
+    # a destination that is a symlink to the user's folder: the link is replaced, the target untouched
+    user = tmp_path / "user"
+    user.mkdir()
+    (user / "keep.txt").write_text("keep")
+    (out / "train" / "scene0001_00").symlink_to(user, target_is_directory=True)
+    save_scene(scene, out / "train" / "scene0001_00", root=out)
+    assert (user / "keep.txt").read_text() == "keep" and not (out / "train" / "scene0001_00").is_symlink()
+    with pytest.raises(InputError, match="outside the output folder"):
+        save_scene(scene, tmp_path / "elsewhere" / "scene0002_00", root=out)
+    with pytest.raises(InputError, match="path separator|relative folder"):
+        save_scene(scene, out / "train" / "..", root=out)
