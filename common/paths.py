@@ -137,7 +137,12 @@ def free_bytes(folder: str | os.PathLike) -> int | None:
 
 
 def disk_error(e: BaseException, folder: str | os.PathLike, need: int | None = None) -> DiskError | None:
-    """A :class:`DiskError` for an ``OSError`` of the space / quota / permission kind, else None."""
+    """A :class:`DiskError` for an ``OSError`` of the space / quota / permission kind (also when it is
+    the context of another exception, e.g. torch.save's RuntimeError), else None."""
+    seen = 0
+    while e is not None and not (isinstance(e, OSError) and e.errno in _DISK_PROBLEMS) and seen < 8:
+        e = e.__cause__ or e.__context__  # type: ignore[assignment]
+        seen += 1
     if not isinstance(e, OSError) or e.errno not in _DISK_PROBLEMS:
         return None
     problem = _DISK_PROBLEMS[e.errno]
