@@ -54,6 +54,7 @@ __all__ = [
     "FeatureCache",
     "MissingItemError",
     "merge_manifests",
+    "check_existing_cache",
     "item_stem",
     "journal_path",
 ]
@@ -167,6 +168,28 @@ def _check_compatible(path: Path, header: dict, key: CacheKey, feature_dim: int 
         parts.append(f"dtype={header.get('dtype')} but this run has {dtype}")
     if parts:
         raise _mismatch_error(path, parts)
+
+
+def check_existing_cache(path: str | Path, fields: Mapping[str, Any], feature_dim: int | None = None,
+                         dtype: str | None = None) -> None:
+    """Refuse early: raise the usual "was built with ..." ``CacheError`` when ``path`` holds a cache whose
+    key differs in any of ``fields`` (a subset of the ``CacheKey`` fields; the others are not compared),
+    or in ``feature_dim`` / ``dtype`` when given. Reads only; nothing there: no-op.
+
+    Lets a command check what it knows (checkpoint hash, preprocessing, dataset) before it builds its
+    encoder or writes anything."""
+    path = Path(path)
+    if not path.is_dir():
+        return
+    st = _read_state(path)
+    if st.header is None:
+        return
+    src = st.header_source or path
+    stored = CacheKey.from_dict(st.header["key"], src)
+    unknown = set(fields) - set(_KEY_FIELDS)
+    if unknown:
+        raise ValueError(f"not cache key fields: {sorted(unknown)}")
+    _check_compatible(path, st.header, dataclasses.replace(stored, **dict(fields)), feature_dim, dtype, src)
 
 
 # ------------------------------------------------------------------------------------------- paths

@@ -176,3 +176,54 @@ def test_save_scene_replaces_atomically_and_stays_in_root(tmp_path):
         save_scene(scene, tmp_path / "elsewhere" / "scene0002_00", root=out)
     with pytest.raises(InputError, match="path separator|relative folder"):
         save_scene(scene, out / "train" / "..", root=out)
+
+
+# ------------------------------------------------------------------------ refused runs write nothing
+def _point_dataset(root: Path, n: int = 2) -> Path:
+    from pointprobe.data.scannet import Scene, save_scene
+
+    rng = np.random.default_rng(0)
+    for i in range(n):
+        k = 300
+        lab = rng.integers(0, 20, k).astype(np.int64)
+        scene = Scene(f"scene{i:04d}_00", rng.random((k, 3)).astype(np.float32) * 2,
+                      rng.integers(0, 255, (k, 3)).astype(np.uint8), np.tile([0, 0, 1], (k, 1)).astype(np.float32),
+                      lab, lab, np.zeros(k, np.int64))
+        save_scene(scene, root / "val" / scene.name, root=root)
+    return root
+
+
+def test_refused_point_extract_leaves_out_folder_byte_identical(tmp_path, monkeypatch, capsys):
+    import pointprobe.extract as px
+    from pointprobe.cli import main
+
+    data = _point_dataset(tmp_path / "data")
+    out = tmp_path / "f"
+    base = ["extract", f"data.root={data}", f"out={out}", "data.splits=[val]", "device=cpu"]
+    assert main([*base, "encoder.name=raw"]) == 0
+    before = _tree_digest(out)
+
+    def no_build(*a, **k):
+        raise AssertionError("the encoder was built before the cache key was checked")
+
+    monkeypatch.setattr(px, "build_encoder", no_build)
+    rc = main([*base, "encoder.name=sparseunet", "encoder.config={channels: [16, 32], depths: [1, 1]}"])
+    assert rc == 2 and "encoder=raw but this run has sparseunet" in capsys.readouterr().err
+    assert _tree_digest(out) == before
+    monkeypatch.undo()
+
+    # a difference only the built encoder knows (its config) is still refused before any write
+    small = ["encoder.name=sparseunet", "encoder.config={channels: [8, 16], depths: [1, 1]}"]
+    out2 = tmp_path / "g"
+    base2 = [*base[:2], f"out={out2}", *base[3:]]
+    assert main([*base2, *small]) == 0
+    before2 = _tree_digest(out2)
+    rc = main([*base2, "encoder.name=sparseunet", "encoder.config={channels: [8, 24], depths: [1, 1]}"])
+    assert rc == 2 and "config_hash" in capsys.readouterr().err
+    assert _tree_digest(out2) == before2
+
+    # a missing data root: no out folder appears, an existing one keeps its config.yaml
+    rc = main(["extract", f"data.root={tmp_path / 'nope'}", f"out={tmp_path / 'h'}", "encoder.name=raw"])
+    assert rc == 2 and not (tmp_path / "h").exists()
+    rc = main(["extract", f"data.root={tmp_path / 'nope'}", f"out={out}", "encoder.name=raw"])
+    assert rc == 2 and _tree_digest(out) == before
