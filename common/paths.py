@@ -78,18 +78,19 @@ def check_scene_name(name: object, source: str | os.PathLike | None = None) -> s
 
 
 def is_inside(path: str | os.PathLike, root: str | os.PathLike) -> bool:
-    """True when ``path`` resolves (symlinks followed) to ``root`` or somewhere below it."""
-    p, r = Path(path).resolve(), Path(root).resolve()
+    """True when ``path`` is ``root`` or below it, compared lexically (``..`` collapsed, symlinks NOT
+    followed: a data root whose class folders are symlinks elsewhere is still one root)."""
+    p, r = Path(os.path.abspath(path)), Path(os.path.abspath(root))
     return p == r or r in p.parents
 
 
 def inside_root(rel: str, root: str | os.PathLike, what: str = "path",
                 source: str | os.PathLike | None = None) -> Path:
-    """``root / rel`` resolved, when it stays inside ``root``; else an ``InputError`` naming ``source``."""
+    """``root / rel`` (normalised) when it stays inside ``root``; else an ``InputError`` naming ``source``."""
     if "\x00" in rel:
         raise InputError(source, f"{what} {rel!r} contains a NUL byte")
-    path = (Path(root) / rel).resolve()
-    if not is_inside(path, root):
+    path = Path(os.path.abspath(Path(root) / rel))
+    if not is_inside(path, root) or path == Path(os.path.abspath(root)):
         raise InputError(source, f"{what} {rel!r} leads outside {root}; refusing it")
     return path
 

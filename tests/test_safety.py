@@ -115,7 +115,7 @@ def test_item_and_scene_names_accept_good():
 
 
 def test_inside_root(tmp_path):
-    assert inside_root("ApplyEyeMakeup/v_x.avi", tmp_path) == (tmp_path / "ApplyEyeMakeup/v_x.avi").resolve()
+    assert inside_root("ApplyEyeMakeup/v_x.avi", tmp_path) == tmp_path / "ApplyEyeMakeup/v_x.avi"
     with pytest.raises(InputError, match="leads outside"):
         inside_root("../x.avi", tmp_path / "videos")
 
@@ -187,8 +187,8 @@ def _point_dataset(root: Path, n: int = 2) -> Path:
         k = 300
         lab = rng.integers(0, 20, k).astype(np.int64)
         scene = Scene(f"scene{i:04d}_00", rng.random((k, 3)).astype(np.float32) * 2,
-                      rng.integers(0, 255, (k, 3)).astype(np.uint8), np.tile([0, 0, 1], (k, 1)).astype(np.float32),
-                      lab, lab, np.zeros(k, np.int64))
+                      rng.integers(0, 255, (k, 3)).astype(np.uint8),
+                      np.tile([0, 0, 1], (k, 1)).astype(np.float32), lab, lab, np.zeros(k, np.int64))
         save_scene(scene, root / "val" / scene.name, root=root)
     return root
 
@@ -227,3 +227,44 @@ def test_refused_point_extract_leaves_out_folder_byte_identical(tmp_path, monkey
     assert rc == 2 and not (tmp_path / "h").exists()
     rc = main(["extract", f"data.root={tmp_path / 'nope'}", f"out={out}", "encoder.name=raw"])
     assert rc == 2 and _tree_digest(out) == before
+
+
+def test_refused_video_extract_builds_nothing_and_writes_nothing(tmp_path, monkeypatch):
+    import videoprobe.extract as vx
+    from common.errors import CacheError
+    from tests.test_video_pipeline import CLASSES, _cfg
+    from videoprobe.data.synth import SynthConfig, generate_dataset
+
+    root = tmp_path / "synth"
+    generate_dataset(root, SynthConfig(classes=CLASSES[:2], videos_per_class=2, frames=16, size=64,
+                                       clips_per_group=1, test_fraction=0.5), progress=False)
+    out = tmp_path / "cache"
+    vx.extract(_cfg(root, out, **{"save_tokens": False}))
+    before = _tree_digest(out)
+    ck = tmp_path / "other.pth"
+    torch.save({"model": {"w": torch.zeros(3)}}, ck)
+
+    def no_build(*a, **k):
+        raise AssertionError("the encoder was built before the cache key was checked")
+
+    monkeypatch.setattr(vx, "build_encoder", no_build)
+    with pytest.raises(CacheError, match="checkpoint_sha256=none but this run has"):
+        vx.extract(_cfg(root, out, **{"save_tokens": False, "encoder.checkpoint": str(ck)}))
+    assert _tree_digest(out) == before
+    with pytest.raises(InputError):  # a missing data root: no cache folder appears
+        vx.extract(_cfg(tmp_path / "nope", tmp_path / "c2", **{"save_tokens": False}))
+    assert not (tmp_path / "c2").exists()
+
+
+def test_video_list_entry_cannot_leave_the_video_root(tmp_path):
+    from videoprobe.data.datasets import read_path_label_list
+
+    vids = tmp_path / "videos"
+    (vids / "ApplyEyeMakeup").mkdir(parents=True)
+    lst = tmp_path / "list.txt"
+    lst.write_text("ApplyEyeMakeup/v_ApplyEyeMakeup_g01_c01.avi 0\n")
+    items = read_path_label_list(lst, vids, ["ApplyEyeMakeup"])
+    assert items[0].path == str((vids / "ApplyEyeMakeup/v_ApplyEyeMakeup_g01_c01.avi").resolve())
+    lst.write_text("ApplyEyeMakeup/v_ApplyEyeMakeup_g01_c01.avi 0\n../../etc/passwd.avi 0\n")
+    with pytest.raises(InputError, match=r"list.txt: line 2: .*leads outside"):
+        read_path_label_list(lst, vids, ["ApplyEyeMakeup"])
