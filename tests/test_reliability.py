@@ -198,3 +198,71 @@ def test_temp_names_carry_the_pid(tmp_path):  # two processes never share one; t
 
     assert temp_name(tmp_path / "a.pth").name == f".a.pth.tmp{os.getpid()}"
     assert temp_pid(".scene0000_00.tmp-123-abcdef12") == 123 and temp_pid("a.tmp1") is None
+
+
+# --------------------------------------------------------------------------------------- preemption
+def _signal_at(monkeypatch, cls, step: int, sig: int) -> None:
+    """Deliver ``sig`` to this process right after optimiser step ``step`` (as a scheduler would)."""
+    real = cls.train_step
+
+    def train_step(self):
+        out = real(self)
+        if self.step == step:
+            os.kill(os.getpid(), sig)
+        return out
+
+    monkeypatch.setattr(cls, "train_step", train_step)
+
+
+def _weights(path: Path) -> dict:
+    return torch.load(path, weights_only=True)["state_dict"]
+
+
+def test_pretrain_sigterm_then_resume_equals_uninterrupted(tmp_path, monkeypatch, capsys):
+    import signal
+
+    from pointprobe.cli import main
+    from pointprobe.pretrain.train import Pretrainer
+    from tests.test_pretrain import TINY, _write_dataset
+
+    root = _write_dataset(tmp_path / "data", 3)
+    out = tmp_path / "run"
+    args = ["pretrain", f"data.root={root}", f"out={out}", *TINY, "train.steps=4", "train.batch_size=2",
+            "train.save_every=0"]
+    assert main([*args, f"out={tmp_path / 'ref'}"]) == 0  # the uninterrupted reference
+    _signal_at(monkeypatch, Pretrainer, 2, signal.SIGTERM)
+    rc = main(args)
+    err = capsys.readouterr().err
+    assert rc == 3 and "interrupted at step 2 (SIGTERM), resumable: rerun the same command" in err
+    assert torch.load(out / "last.pth", weights_only=True)["step"] == 2  # saved although save_every=0
+    monkeypatch.undo()
+    assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL  # handlers restored
+    assert main(args) == 0
+    a, b = _weights(tmp_path / "ref" / "encoder.pth"), _weights(out / "encoder.pth")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_pretrain_truncated_last_checkpoint_falls_back_to_previous(tmp_path, monkeypatch, caplog):
+    import signal
+
+    from pointprobe.pretrain.train import Pretrainer, run_pretrain
+    from tests.test_pretrain import _cfg, _write_dataset
+
+    root = _write_dataset(tmp_path / "data", 3)
+    cfg = _cfg(root, "train.steps=4", "train.batch_size=2", "train.save_every=1", "train.keep_checkpoints=1")
+    run_pretrain(cfg, tmp_path / "ref")
+    out = tmp_path / "run"
+    _signal_at(monkeypatch, Pretrainer, 3, signal.SIGUSR1)
+    assert run_pretrain(cfg, out)["interrupted"] == "SIGUSR1"
+    monkeypatch.undo()
+    steps = sorted(p.name for p in (out / "checkpoints").iterdir())
+    assert steps == ["step_0000002.pth", "step_0000003.pth"]  # the previous one is kept
+    last = out / "last.pth"
+    data = last.read_bytes()
+    last.write_bytes(data[: len(data) // 3])  # truncated (last.pth and step_3 share the file)
+    res = run_pretrain(cfg, out)
+    assert res["step"] == 4
+    msgs = " ".join(r.getMessage() for r in caplog.records)
+    assert "last.pth: cannot read checkpoint" in msgs and "step_0000002.pth" in msgs
+    a, b = _weights(tmp_path / "ref" / "encoder.pth"), _weights(out / "encoder.pth")
+    assert all(torch.equal(a[k], b[k]) for k in a)
