@@ -24,6 +24,7 @@ the cache; a writer or reader with a different key is refused with a ``CacheErro
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime
 import hashlib
@@ -39,6 +40,7 @@ import numpy as np
 from tqdm import tqdm
 
 from common.errors import CacheError, InputError
+from common.paths import disk_error, disk_errors, sweep_stale_temps
 
 try:  # advisory lock so two writers never share one rank's journal (POSIX only)
     import fcntl
@@ -52,6 +54,7 @@ __all__ = [
     "FeatureCache",
     "MissingItemError",
     "merge_manifests",
+    "check_existing_cache",
     "item_stem",
     "journal_path",
 ]
@@ -63,6 +66,7 @@ DTYPES = ("float32", "float16")
 _JOURNAL_RE = re.compile(r"^manifest\.rank(\d+)\.jsonl$")
 _ARRAY_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _UNSAFE_RE = re.compile(r"[^A-Za-z0-9_-]+")
+_SAFE_FILE_RE = re.compile(r"^shards/[0-9a-f]{2}/[A-Za-z0-9_.-]+\.npy$")  # what _array_relpath writes
 _KEY_FIELDS = ("encoder", "checkpoint_sha256", "config_hash", "preprocessing", "dataset", "split")
 
 
@@ -166,6 +170,28 @@ def _check_compatible(path: Path, header: dict, key: CacheKey, feature_dim: int 
         raise _mismatch_error(path, parts)
 
 
+def check_existing_cache(path: str | Path, fields: Mapping[str, Any], feature_dim: int | None = None,
+                         dtype: str | None = None) -> None:
+    """Refuse early: raise the usual "was built with ..." ``CacheError`` when ``path`` holds a cache whose
+    key differs in any of ``fields`` (a subset of the ``CacheKey`` fields; the others are not compared),
+    or in ``feature_dim`` / ``dtype`` when given. Reads only; nothing there: no-op.
+
+    Lets a command check what it knows (checkpoint hash, preprocessing, dataset) before it builds its
+    encoder or writes anything."""
+    path = Path(path)
+    if not path.is_dir():
+        return
+    st = _read_state(path)
+    if st.header is None:
+        return
+    src = st.header_source or path
+    stored = CacheKey.from_dict(st.header["key"], src)
+    unknown = set(fields) - set(_KEY_FIELDS)
+    if unknown:
+        raise ValueError(f"not cache key fields: {sorted(unknown)}")
+    _check_compatible(path, st.header, dataclasses.replace(stored, **dict(fields)), feature_dim, dtype, src)
+
+
 # ------------------------------------------------------------------------------------------- paths
 
 
@@ -249,6 +275,10 @@ def _check_entry(item_id: Any, entry: Any, source: Path) -> None:
     )
     if not ok:
         raise CacheError(f"{source}: corrupt manifest entry for item {item_id!r}")
+    for a in entry["arrays"].values():
+        if not _SAFE_FILE_RE.match(a["file"]) or ".." in a["file"].split("/"):
+            raise CacheError(f"{source}: manifest entry for item {item_id!r} names file {a['file']!r} "
+                             f"outside {SHARDS}/; refusing it")
 
 
 def _read_manifest(mpath: Path) -> tuple[dict, dict[str, dict]]:
@@ -337,11 +367,12 @@ def _read_state(path: Path) -> _State:
 
 def _atomic_write_text(path: Path, text: str) -> None:
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    with disk_errors(path.parent, need=len(text.encode("utf-8")), cleanup=tmp):
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
 
 
 def _try_lock(fd: int) -> bool:
@@ -466,7 +497,8 @@ class CacheWriter:
         self._fd: int | None = None
         if self.path.exists() and not self.path.is_dir():
             raise CacheError(f"{self.path}: exists and is not a folder")
-        self.path.mkdir(parents=True, exist_ok=True)
+        with disk_errors(self.path):
+            self.path.mkdir(parents=True, exist_ok=True)
 
         self.journal = journal_path(self.path, rank)
         created = not self.journal.exists()
@@ -486,6 +518,10 @@ class CacheWriter:
             }
             own_header, _ = _read_journal(self.journal)
             self._repair_journal(own_header is not None)
+            # temporaries of writers that died (disk full, kill -9) hold space: remove them; with ranks
+            # on several machines a pid cannot be checked remotely, so only long-untouched ones go
+            local_ws = int(os.environ.get("LOCAL_WORLD_SIZE") or world_size)
+            sweep_stale_temps(self.path, min_age_s=0.0 if local_ws >= world_size else 3600.0)
         except BaseException:
             self._release()
             if created and self.journal.exists() and self.journal.stat().st_size == 0:
@@ -519,11 +555,20 @@ class CacheWriter:
         assert self._fd is not None
         data = (json.dumps(record, separators=(",", ":")) + "\n").encode("utf-8")
         view = memoryview(data)
-        while view:
-            n = os.write(self._fd, view)
-            view = view[n:]
-        if self.fsync:
-            os.fsync(self._fd)
+        start = os.lseek(self._fd, 0, os.SEEK_END)
+        try:
+            while view:
+                n = os.write(self._fd, view)
+                view = view[n:]
+            if self.fsync:
+                os.fsync(self._fd)
+        except OSError as e:
+            with contextlib.suppress(OSError):
+                os.ftruncate(self._fd, start)  # no torn line for a later append to run into
+            err = disk_error(e, self.path, need=len(data))
+            if err is not None:
+                raise err from None
+            raise
 
     # -- items
 
@@ -540,16 +585,18 @@ class CacheWriter:
 
     def _write_array(self, rel: str, arr: np.ndarray) -> dict:
         final = self.path / rel
-        final.parent.mkdir(parents=True, exist_ok=True)
+        with disk_errors(self.path):
+            final.parent.mkdir(parents=True, exist_ok=True)
         tmp = final.with_name(f".{final.name}.tmp{os.getpid()}")
         arr = np.ascontiguousarray(arr)
-        with open(tmp, "wb") as f:
-            hf = _HashingFile(f)
-            np.lib.format.write_array(hf, arr, allow_pickle=False)
-            f.flush()
-            if self.fsync:
-                os.fsync(f.fileno())
-        os.replace(tmp, final)
+        with disk_errors(final.parent, need=int(arr.nbytes), cleanup=tmp):
+            with open(tmp, "wb") as f:
+                hf = _HashingFile(f)
+                np.lib.format.write_array(hf, arr, allow_pickle=False)
+                f.flush()
+                if self.fsync:
+                    os.fsync(f.fileno())
+            os.replace(tmp, final)
         return {
             "file": rel,
             "shape": list(arr.shape),

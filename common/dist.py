@@ -45,6 +45,8 @@ __all__ = [
     "all_reduce_tensor",
     "device_for_rank",
     "cleanup",
+    "StopSignals",
+    "INTERRUPTED_EXIT",
 ]
 
 _REDUCE_OPS = ("sum", "mean", "max", "min")
@@ -224,3 +226,76 @@ def cleanup() -> None:
     """Destroy the process group if one is initialised (safe to call always)."""
     if tdist.is_available() and tdist.is_initialized():
         tdist.destroy_process_group()
+
+
+# ------------------------------------------------------------------------------------------ preemption
+class StopSignals:
+    """Preemption handling for training loops: ``SIGTERM`` (SLURM / schedulers), ``SIGINT`` (Ctrl-C),
+    ``SIGUSR1`` (SLURM ``--signal``) set a flag instead of killing the process; the loop calls
+    :meth:`poll` after every step and stops at the step every rank agrees on (one small all-reduce of
+    ``[stop, save]``, max over ranks: a signal that reached one rank stops all of them at the same
+    step). ``save_every_minutes`` > 0 also asks for a checkpoint when that much time has passed since
+    the last one (``mark_saved``). A second SIGINT raises ``KeyboardInterrupt`` at once.
+
+    Use as a context manager (handlers installed only in the main thread, restored on exit)::
+
+        with StopSignals(["SIGTERM", "SIGINT"]) as sig:
+            while ...:
+                step()
+                stop, save = sig.poll()
+    """
+
+    def __init__(self, names: Sequence[str] = ("SIGTERM", "SIGINT", "SIGUSR1"),
+                 save_every_minutes: float = 0.0):
+        import signal as _signal
+
+        self._signal = _signal
+        self.signums = []
+        for n in names:
+            num = getattr(_signal, str(n).upper(), None)
+            if not isinstance(num, int):
+                raise ConfigError(f"unknown signal name {n!r} (e.g. SIGTERM, SIGINT, SIGUSR1)")
+            self.signums.append(num)
+        self.save_every_s = max(0.0, float(save_every_minutes)) * 60.0
+        self.received: str | None = None
+        self._old: dict[int, Any] = {}
+        self._last_save = 0.0
+
+    def _handler(self, signum: int, frame: Any) -> None:
+        name = self._signal.Signals(signum).name
+        if self.received == name == "SIGINT":
+            raise KeyboardInterrupt
+        self.received = name
+
+    def __enter__(self) -> StopSignals:
+        import threading
+        import time
+
+        self._last_save = time.monotonic()
+        if threading.current_thread() is threading.main_thread():
+            for s in self.signums:
+                self._old[s] = self._signal.signal(s, self._handler)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        for s, h in self._old.items():
+            self._signal.signal(s, h)
+        self._old.clear()
+
+    def mark_saved(self) -> None:
+        """A checkpoint was just written: restart the ``save_every_minutes`` clock."""
+        import time
+
+        self._last_save = time.monotonic()
+
+    def poll(self) -> tuple[bool, bool]:
+        """(stop now, save now), the same on every rank."""
+        import time
+
+        save = bool(self.save_every_s) and time.monotonic() - self._last_save >= self.save_every_s
+        flags = torch.tensor([1.0 if self.received else 0.0, 1.0 if save else 0.0], dtype=torch.float64)
+        flags = all_reduce_tensor(flags, "max")
+        return bool(flags[0] > 0), bool(flags[1] > 0)
+
+
+INTERRUPTED_EXIT = 3  # exit status of a training command stopped by a signal after saving its checkpoint

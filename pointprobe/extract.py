@@ -34,6 +34,8 @@ class PointEncoderSpec:
     config: dict = field(default_factory=dict)  # constructor overrides (random init, or checkpoint config)
     levels: int | None = None  # up-cast levels (None = all; Sonata base: 4 -> 1232 channels)
     label: str | None = None  # display name in tables (default: name or checkpoint file name)
+    # load a checkpoint that pickles classes beyond the harmless list (full unpickling: it can run code)
+    trust_checkpoint: bool = False
 
 
 @dataclass
@@ -85,7 +87,8 @@ def build_encoder(spec: PointEncoderSpec, device: torch.device) -> tuple[Any, En
     from pointprobe.models import checkpoint_sha256, create_encoder, load_encoder
 
     if spec.checkpoint:
-        model = load_encoder(spec.checkpoint, device=device, config=spec.config or None)
+        model = load_encoder(spec.checkpoint, device=device, config=spec.config or None,
+                             trust=spec.trust_checkpoint)
         path = getattr(model, "checkpoint_path", spec.checkpoint)
         sha = checkpoint_sha256(path)
         label = spec.label or Path(spec.checkpoint).stem
@@ -167,8 +170,47 @@ def cache_key(rec: EncoderRecord, cfg: ExtractConfig, split: str) -> CacheKey:
                     preprocessing=prep, dataset=str(Path(cfg.data.root).resolve()), split=split)
 
 
+def _identity(spec: PointEncoderSpec) -> tuple[str | None, str]:
+    """(encoder name or None when only the built model knows it, checkpoint sha256 / random:<seed>),
+    without building the encoder: a checkpoint is only hashed."""
+    if spec.name == RAW:
+        return RAW, "none"
+    if spec.checkpoint:
+        from pointprobe.models import checkpoint_sha256
+        from pointprobe.models.load import resolve_checkpoint
+
+        return None, checkpoint_sha256(resolve_checkpoint(spec.checkpoint))
+    return spec.name, f"random:{spec.seed}"
+
+
+def _free_space_check(out: Path, names: dict[str, list[str]], root: str, dim: int, dtype: str) -> None:
+    """Warn before starting when the features of every listed scene will not fit on the disk of ``out``
+    (rows read from the .npy headers; scenes already cached are counted too, so it errs on the safe side)."""
+    from common.paths import free_bytes, human_bytes
+
+    rows = 0
+    for split, scenes in names.items():
+        for name in scenes:
+            try:
+                rows += int(np.load(Path(root) / split / name / "coord.npy", mmap_mode="r").shape[0])
+            except (OSError, ValueError):
+                continue  # reported as a failed scene later
+    need = rows * (dim * np.dtype(dtype).itemsize + 8)
+    free = free_bytes(out)
+    if free is not None and need > free:
+        log.warning("%s: the features of %d points need about %s but only %s are free; the run will stop "
+                    "when the disk is full (finished scenes are kept)", out, rows, human_bytes(need),
+                    human_bytes(free))
+
+
 def extract(cfg: ExtractConfig, progress: bool = True) -> dict[str, dict[str, str]]:
-    """Run extraction for every split; returns {split: {scene: error}} of the scenes that failed."""
+    """Run extraction for every split; returns {split: {scene: error}} of the scenes that failed.
+
+    Order: the data (a missing root fails here), then the cache keys against any existing cache (as far
+    as they are known before the encoder is built: checkpoint hash, preprocessing, dataset), then the
+    encoder and the full keys; only then is anything written (config.yaml, caches). A refused or
+    failed-at-start run leaves the output folder as it was."""
+    from common.cache import check_existing_cache
     from pointprobe.data.scannet import list_scenes, load_scene
 
     if cfg.dtype not in ("float16", "float32"):
@@ -176,20 +218,36 @@ def extract(cfg: ExtractConfig, progress: bool = True) -> dict[str, dict[str, st
     if cfg.grid_align not in ("min", "world"):
         raise ConfigError(f"config key 'grid_align': expected min or world, got {cfg.grid_align!r}")
     dist.init_from_env()
+    out = Path(cfg.out)
+    names_of: dict[str, list[str]] = {}
+    for split in cfg.data.splits:
+        names = list_scenes(cfg.data.root, split)
+        names_of[split] = names[: cfg.data.limit] if cfg.data.limit else names
+    # what the key holds before the encoder exists
+    enc_name, sha = _identity(cfg.encoder)
+    levels = None if cfg.encoder.name == RAW else cfg.encoder.levels
+    pre = EncoderRecord(enc_name or cfg.encoder.name, "", cfg.encoder.checkpoint, sha, {}, levels)
+    for split in cfg.data.splits:
+        k = cache_key(pre, cfg, split)
+        fields = {"checkpoint_sha256": sha, "preprocessing": k.preprocessing, "dataset": k.dataset,
+                  "split": split, **({"encoder": enc_name} if enc_name else {})}
+        check_existing_cache(out / split, fields, dtype=cfg.dtype)
     device = pick_device(cfg.device)
     model, rec = build_encoder(cfg.encoder, device)
-    out = Path(cfg.out)
+    dim = feature_dim(model, cfg.encoder.levels)
+    for split in cfg.data.splits:
+        check_existing_cache(out / split, cache_key(rec, cfg, split).to_dict(), feature_dim=dim,
+                             dtype=cfg.dtype)
     if dist.is_main():
+        _free_space_check(out, names_of, cfg.data.root, dim, cfg.dtype)
         save_config(cfg, out)
     failures: dict[str, dict[str, str]] = {}
     for split in cfg.data.splits:
-        names = list_scenes(cfg.data.root, split)
-        if cfg.data.limit:
-            names = names[: cfg.data.limit]
+        names = names_of[split]
         key = cache_key(rec, cfg, split)
         meta = {"encoder": asdict(rec), "config": asdict(cfg), "label_set": cfg.data.label_set,
                 "num_scenes": len(names)}
-        writer = CacheWriter(out / split, key, feature_dim(model, cfg.encoder.levels), dtype=cfg.dtype,
+        writer = CacheWriter(out / split, key, dim, dtype=cfg.dtype,
                              rank=dist.rank(), world_size=dist.world_size(), meta=meta)
 
         def compute(name: str, split: str = split) -> dict:

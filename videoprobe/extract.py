@@ -27,9 +27,10 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from common.cache import CacheKey, CacheWriter, FeatureCache, merge_manifests
+from common.cache import CacheKey, CacheWriter, FeatureCache, check_existing_cache, merge_manifests
 from common.config import config_hash, save_config, to_dict
 from common.errors import CacheError, ConfigError, InputError
+from common.paths import check_item_name
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +60,8 @@ class EncoderConfig:
     checkpoint: str | None = None  # None: random init; a file; "hub" (pytorchvideo zoo, online only)
     seed: int = 0
     kwargs: dict[str, Any] = field(default_factory=dict)
+    # load a checkpoint that pickles classes beyond the harmless list (full unpickling: it can run code)
+    trust_checkpoint: bool = False
 
 
 @dataclass
@@ -120,6 +123,29 @@ def pick_device(name: str) -> torch.device:
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise ConfigError(f"device {name!r} asked for but CUDA is not available")
     return torch.device(name)
+
+
+def build_encoder(spec: EncoderConfig) -> Any:
+    """The encoder of ``spec`` (``trust_checkpoint`` lets its file be fully unpickled, with a warning)."""
+    from common.checkpoint import trusted
+    from videoprobe.models import create_video_encoder
+
+    with trusted([spec.checkpoint] if spec.checkpoint and Path(spec.checkpoint).is_file() else [],
+                 enabled=spec.trust_checkpoint):
+        return create_video_encoder(spec.name, spec.checkpoint, seed=spec.seed, **spec.kwargs)
+
+
+def _known_key_fields(cfg: ExtractConfig) -> dict[str, Any]:
+    """Cache key fields known without building the encoder: dataset, split and, for a checkpoint file,
+    its hash (random init may be "random:<seed>" or "none" for parameter-free encoders: left to the
+    full check, which still comes before any write)."""
+    from common.hashing import sha256_file
+
+    fields: dict[str, Any] = {"dataset": dataset_name(cfg.data), "split": cfg.data.split}
+    ck = cfg.encoder.checkpoint
+    if ck is not None and Path(ck).is_file():
+        fields["checkpoint_sha256"] = sha256_file(ck)
+    return fields
 
 
 def dataset_name(data: DataConfig) -> str:
@@ -266,19 +292,21 @@ def extract(cfg: ExtractConfig, encoder: Any | None = None) -> ExtractResult:
     """Run the extraction described by ``cfg`` (``encoder``: an already built one, else from the config)."""
     from common import dist
     from videoprobe.data.transforms import ClipSpec
-    from videoprobe.models import create_video_encoder
 
     if not cfg.out:
         raise ConfigError("out is not set (the cache folder to write)")
     dist.init_from_env()
     rank, world = dist.rank(), dist.world_size()
+    # the data and what the cache key holds before the encoder exists are checked first: a refused or
+    # failed-at-start run builds nothing and writes nothing
+    items, class_names = load_items(cfg.data)
+    if encoder is None:
+        check_existing_cache(Path(cfg.out), _known_key_fields(cfg), dtype=cfg.dtype)
     device = pick_device(cfg.device)
-    enc = encoder if encoder is not None else create_video_encoder(
-        cfg.encoder.name, cfg.encoder.checkpoint, seed=cfg.encoder.seed, **cfg.encoder.kwargs)
+    enc = encoder if encoder is not None else build_encoder(cfg.encoder)
     enc = enc.freeze().to(device)
     views = resolve_views(cfg.views, enc)
     spec = ClipSpec(backend=cfg.data.backend, **views)
-    items, class_names = load_items(cfg.data)
 
     feature_cfg = {"encoder": to_dict(cfg.encoder), "views": views, "save_tokens": cfg.save_tokens,
                    "token_grid": list(cfg.token_grid), "tokens_dtype": cfg.tokens_dtype,
@@ -423,6 +451,7 @@ def _read_twlv_records(src: Path, jsons: list[Path]) -> tuple[dict[str, _Rec], d
     for j in jsons:
         vid = j.stem
         try:
+            check_item_name(vid, "video id", j)
             rec = json.loads(j.read_text())
             if not isinstance(rec, dict):
                 raise InputError(j, "not a JSON object")

@@ -13,7 +13,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="encoder features of ScanNet-layout scenes into a feature cache (resumable, torchrun-aware)",
         description="Examples:\n  pointprobe extract data.root=data/scannet encoder.checkpoint=sonata.pth "
         "out=runs/sonata\n  pointprobe extract data.root=data/scannet encoder.name=raw out=runs/raw\n"
-        "  torchrun --nproc_per_node=4 -m pointprobe.cli extract --config configs/point/extract.yaml ...",
+        "  torchrun --nproc_per_node=4 -m pointprobe.cli extract --config configs/point/extract.yaml ...\n"
+        "A checkpoint that pickles more than tensors and known harmless classes is refused;\n"
+        "encoder.trust_checkpoint=true loads it anyway (full unpickling: only for files you trust).",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add_config_args(p, "configs/point/extract.yaml")

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -12,7 +13,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         "data.root=data/synth/pre out=runs/pretrain\n"
         "  torchrun --nproc_per_node=4 -m pointprobe.cli pretrain --config configs/point/sonata_base.yaml "
         "data.root=... out=...\n"
-        "Running it again with the same out= folder resumes from the last checkpoint there.",
+        "Running it again with the same out= folder resumes from the last checkpoint there.\n"
+        "SIGTERM / SIGINT / SIGUSR1 (train.stop_signals) finish the step, write a checkpoint and exit with\n"
+        "status 3 (interrupted, resumable); train.save_every_minutes=M also saves every M minutes.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--config", default="configs/point/pretrain_demo.yaml",
@@ -38,6 +41,11 @@ def run(args: argparse.Namespace) -> int:
         res = run_pretrain(cfg, cfg.out, resume=args.resume)
     finally:
         dist.cleanup()
+    if res.get("interrupted"):
+        if main:
+            print(f"interrupted at step {res['step']} ({res['interrupted']}), resumable: rerun the same "
+                  "command", file=sys.stderr)
+        return dist.INTERRUPTED_EXIT
     if main:
         last = res.get("last") or {}
         loss = f", last loss {last['loss']:.4f}" if "loss" in last else ""

@@ -13,11 +13,11 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import shutil
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from common.errors import InputError
+from common.paths import check_item_name, disk_errors, pid_alive, remove_quietly, temp_pid
 from pointprobe.data.scannet import (
     LABEL_TABLE,
     SHIPPED_META,
@@ -52,7 +52,12 @@ class SceneResult:
 def preprocess_scene(
     raw_root: str | Path, name: str, split: str, out_root: str | Path, label_map: LabelMap
 ) -> SceneResult:
-    """Convert one raw scene; ``InputError`` becomes a 'failed' result naming the file."""
+    """Convert one raw scene; ``InputError`` becomes a 'failed' result naming the file. A name that is
+    not a plain folder name (``../x``, ``/abs``, ...) is a 'failed' result: it never becomes a path."""
+    try:
+        check_item_name(name, "scene name", Path(raw_root) / f"scannetv2_{split}.txt")
+    except InputError as e:
+        return SceneResult(name, split, "failed", str(e))
     out = Path(out_root) / split / name
     scene_dir = find_raw_scene(raw_root, name)
     files = raw_scene_files(scene_dir)
@@ -61,11 +66,13 @@ def preprocess_scene(
     need_labels = split != "test" or has_labels
     if out.is_dir() and scene_is_complete(out, labelled=need_labels):
         return SceneResult(name, split, "skipped")
-    for stale in out.parent.glob(f".{name}.tmp-*"):  # left by an interrupted run
-        shutil.rmtree(stale, ignore_errors=True)
+    for stale in out.parent.glob(f".{name}.tmp-*"):  # left by an interrupted run (never a live one)
+        pid = temp_pid(stale.name)
+        if pid is not None and not pid_alive(pid):
+            remove_quietly(stale)
     try:
         scene = read_raw_scene(scene_dir, label_map, with_labels=need_labels)
-        save_scene(scene, out)
+        save_scene(scene, out, root=out_root)
     except InputError as e:
         return SceneResult(name, split, "failed", str(e))
     return SceneResult(name, split, "done", n_points=len(scene))
@@ -218,6 +225,7 @@ def preprocess_dataset(
         "counts": {k: sum(r.status == k for r in done) for k in ("done", "skipped", "failed")},
         "failed": {f"{r.split}/{r.name}": r.message for r in done if r.status == "failed"},
     }
-    out_root.mkdir(parents=True, exist_ok=True)
-    (out_root / "preprocess.json").write_text(json.dumps(summary, indent=2) + "\n")
+    with disk_errors(out_root):
+        out_root.mkdir(parents=True, exist_ok=True)
+        (out_root / "preprocess.json").write_text(json.dumps(summary, indent=2) + "\n")
     return done

@@ -18,7 +18,6 @@ import csv
 import dataclasses
 import json
 import os
-import shutil
 import uuid
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -26,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from common.errors import InputError
+from common.paths import check_item_name, disk_errors, remove_quietly
 from pointprobe.data.ply import read_ply
 
 # fmt: off
@@ -398,25 +398,37 @@ def find_raw_scene(raw_root: str | os.PathLike, name: str) -> Path:
 
 
 # ------------------------------------------------------------------------------- preprocessed layout
-def save_scene(scene: Scene, folder: str | os.PathLike) -> Path:
-    """Write a scene's ``.npy`` files atomically (temp folder renamed at the end)."""
+def save_scene(scene: Scene, folder: str | os.PathLike, root: str | os.PathLike | None = None) -> Path:
+    """Write a scene's ``.npy`` files atomically: into a temporary folder next to ``folder``, then
+    swapped in by renames (an existing scene folder is renamed away next to it, the new one renamed
+    in, then the old one removed). Nothing is deleted before the new scene is complete, and nothing
+    outside ``folder``'s parent: ``root`` (the output root) must contain ``folder``, whose name must be
+    a plain name (``common.paths.check_item_name``). A full disk is one ``DiskError`` line."""
     folder = Path(folder)
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = folder.parent / f".{folder.name}.tmp-{uuid.uuid4().hex[:8]}"
-    tmp.mkdir()
-    try:
+    check_item_name(folder.name, "scene name")
+    if root is not None:
+        r, f = Path(os.path.abspath(root)), Path(os.path.abspath(folder))
+        if r not in f.parents:
+            raise InputError(folder, f"scene folder is outside the output folder {root}; refusing to write")
+    parent = folder.parent
+    tag = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    tmp = parent / f".{folder.name}.tmp-{tag}"
+    with disk_errors(parent, cleanup=tmp):
+        parent.mkdir(parents=True, exist_ok=True)
+        tmp.mkdir()
         np.save(tmp / "coord.npy", scene.coord.astype(np.float32))
         np.save(tmp / "color.npy", scene.color.astype(np.uint8))
         np.save(tmp / "normal.npy", scene.normal.astype(np.float32))
         if scene.labelled:
             for key in _LABEL_FILES:
                 np.save(tmp / f"{key}.npy", getattr(scene, key).astype(np.int64))  # as Pointcept
-        if folder.exists():
-            shutil.rmtree(folder)
-        os.replace(tmp, folder)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
+        if folder.exists() or folder.is_symlink():
+            old = parent / f".{folder.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+            os.replace(folder, old)  # a symlink is moved itself, never followed
+            os.replace(tmp, folder)
+            remove_quietly(old)
+        else:
+            os.replace(tmp, folder)
     return folder
 
 

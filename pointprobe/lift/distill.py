@@ -41,6 +41,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from common.checkpoint import load_checkpoint, load_latest, previous_path, save_checkpoint
 from common.config import config_hash, save_config
 from common.errors import CacheError, CheckpointError, ConfigError, InputError
 
@@ -288,21 +289,38 @@ class Distiller:
                 "torch_rng": torch.get_rng_state()}
 
     def save(self, path: Path) -> None:
-        tmp = path.with_name(path.name + ".tmp")
-        torch.save(self.state(), tmp)
-        os.replace(tmp, path)
+        """Atomic write; the replaced checkpoint stays as ``last.prev.pth`` for :meth:`resume`."""
+        save_checkpoint(self.state(), path, keep_previous=True)
+
+    def _check_resume(self, st: Any, path: Path) -> None:
+        if not isinstance(st, dict) or not {"model", "opt", "epoch", "step", "train_hash"} <= set(st):
+            raise CheckpointError(f"{path}: not a distill resume checkpoint")
 
     def load(self, path: Path) -> None:
+        """Resume from ``path`` (a file this command wrote: read with ``weights_only=True``)."""
+        st = load_checkpoint(path, map_location=self.device)
+        self._check_resume(st, path)
+        self._apply(st, path)
+
+    def resume(self, last: Path) -> Path | None:
+        """Resume from ``last`` or, when it is truncated or corrupt, from ``last.prev.pth`` (warned)."""
         try:
-            st = torch.load(path, map_location=self.device, weights_only=False)
-        except Exception as e:  # noqa: BLE001
-            raise CheckpointError(f"{path}: cannot read the resume checkpoint ({type(e).__name__}: {e})"
-                                  ) from None
+            st, used = load_latest([last, previous_path(last)], check=self._check_resume,
+                                   map_location=self.device)
+        except FileNotFoundError:
+            return None
+        self._apply(st, used)
+        return used
+
+    def _apply(self, st: dict, path: Path) -> None:
         if st.get("train_hash") != self.train_hash:
             raise ConfigError(f"{path} was written with different training settings; use a new out folder "
                               "or resume=false")
-        self.model.load_state_dict(st["model"])
-        self.opt.load_state_dict(st["opt"])
+        try:
+            self.model.load_state_dict(st["model"])
+            self.opt.load_state_dict(st["opt"])
+        except (RuntimeError, ValueError, KeyError) as e:
+            raise CheckpointError(f"{path}: does not fit this model ({str(e).splitlines()[0]})") from None
         self.epoch, self.step, self.history = int(st["epoch"]), int(st["step"]), list(st["history"])
         torch.set_rng_state(st["torch_rng"])
 
@@ -436,9 +454,10 @@ class Distiller:
         self.out.mkdir(parents=True, exist_ok=True)
         save_config(self.cfg, self.out)
         last = self.out / "last.pth"
-        if self.cfg.resume and last.is_file():
-            self.load(last)
-            log.info("resumed from %s at epoch %d", last, self.epoch)
+        if self.cfg.resume:
+            used = self.resume(last)
+            if used is not None:
+                log.info("resumed from %s at epoch %d", used, self.epoch)
         while self.epoch < t.epochs:
             loss = self.train_epoch()
             self.epoch += 1
@@ -464,9 +483,9 @@ class Distiller:
         enc_path = save_encoder(self.model.backbone, self.out / "encoder.pth", **meta)
         head_path = self.out / "head.pth"
         head = self.model.head
-        torch.save({"weight": head.weight.detach().cpu(), "bias": head.bias.detach().cpu(),
-                    "target_offset": torch.from_numpy(self.offset).float(), "target_radius": self.radius,
-                    "levels": self.cfg.model.levels, "encoder": str(enc_path)}, head_path)
+        save_checkpoint({"weight": head.weight.detach().cpu(), "bias": head.bias.detach().cpu(),
+                         "target_offset": torch.from_numpy(self.offset).float(), "target_radius": self.radius,
+                         "levels": self.cfg.model.levels, "encoder": str(enc_path)}, head_path)
         result = {"encoder": str(enc_path), "head": str(head_path), "history": self.history}
         if self.cfg.export_predictions:
             sha = checkpoint_sha256(enc_path)

@@ -1,6 +1,7 @@
 """Load and save point encoder checkpoints.
 
-Three layouts are read (always with ``torch.load(weights_only=True)``):
+Three layouts are read (always with ``torch.load(weights_only=True)``, through
+``common.checkpoint.load_checkpoint``):
 
 - Sonata release files (``sonata.pth``, ``sonata_small.pth``): ``{"config", "state_dict"}``.
 - Pointcept training checkpoints: ``{"state_dict", "epoch", "optimizer", ...}`` with keys prefixed
@@ -21,6 +22,7 @@ from typing import Any
 
 import torch
 
+from common.checkpoint import load_checkpoint, save_checkpoint
 from common.errors import CheckpointError, ConfigError
 from common.hashing import sha256_file
 
@@ -97,15 +99,13 @@ def strip_prefixes(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Te
     return sd
 
 
-def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
-    """``torch.load(path, weights_only=True)`` with errors turned into ``CheckpointError``."""
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise CheckpointError(f"{path}: no such checkpoint file") from None
-    except Exception as e:
-        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise CheckpointError(f"{path}: cannot read checkpoint ({msg[:200]})") from None
+def read_checkpoint(path: str | os.PathLike, trust: bool = False) -> dict[str, Any]:
+    """``torch.load(path, weights_only=True)`` (``common.checkpoint.load_checkpoint``: known harmless
+    classes allowed, anything else refused unless ``trust``) with errors turned into ``CheckpointError``."""
+    p = Path(path)
+    if not p.exists():
+        raise CheckpointError(f"{path}: no such checkpoint file")
+    ckpt = load_checkpoint(p, trust=trust, hint="encoder.trust_checkpoint=true")
     if not isinstance(ckpt, Mapping):
         raise CheckpointError(f"{path}: checkpoint is a {type(ckpt).__name__}, expected a dict")
     return dict(ckpt)
@@ -216,14 +216,15 @@ def build_from_checkpoint(ckpt: Mapping[str, Any], path: str | os.PathLike,
 
 
 def load_encoder(path_or_name: str | os.PathLike, device: str | torch.device = "cpu",
-                 config: Mapping[str, Any] | None = None) -> PointEncoder:
+                 config: Mapping[str, Any] | None = None, trust: bool = False) -> PointEncoder:
     """Encoder from a checkpoint file or release name (``sonata``, ``sonata_small``), in eval mode.
 
     ``config`` overrides (or, for Pointcept checkpoints of non-preset shape, supplies) the constructor
     config. The model gets ``checkpoint_path`` set; hash the file with :func:`checkpoint_sha256`.
+    ``trust``: also load a file that pickles classes beyond the safe list (full unpickling, warned).
     """
     path = resolve_checkpoint(path_or_name)
-    model = build_from_checkpoint(read_checkpoint(path), path, config)
+    model = build_from_checkpoint(read_checkpoint(path, trust=trust), path, config)
     model.checkpoint_path = str(path)
     return model.to(device).eval()
 
@@ -238,7 +239,4 @@ def save_encoder(model: PointEncoder, path: str | os.PathLike, **meta: Any) -> P
         "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
         "meta": meta,
     }
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(ckpt, tmp)
-    os.replace(tmp, path)
-    return path
+    return save_checkpoint(ckpt, path)

@@ -43,8 +43,10 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from common import dist
+from common.checkpoint import load_checkpoint, load_latest, save_checkpoint
 from common.config import config_hash, save_config, to_dict
 from common.errors import CheckpointError, ConfigError, InputError
+from common.paths import sweep_stale_temps
 from pointprobe.models.sparseunet import upcast
 from pointprobe.models.structure import PointBatch, PointEncoder
 from pointprobe.pretrain.ema import copy_weights, ema_update
@@ -144,7 +146,10 @@ class TrainSection:
     threads: int = 0  # torch CPU threads (0 = leave as is)
     log_every: int = 10
     save_every: int = 200  # checkpoint + encoder.pth every N steps (0 = only at the end)
-    keep_checkpoints: int = 2
+    save_every_minutes: float = 0.0  # also a checkpoint when this much time passed since the last (0 = off)
+    # caught: finish the step, write a checkpoint, exit with status 3 ("interrupted, resumable")
+    stop_signals: list[str] = field(default_factory=lambda: ["SIGTERM", "SIGINT", "SIGUSR1"])
+    keep_checkpoints: int = 2  # step_N.pth files kept (at least 2: a damaged last one falls back)
     export: str = "teacher"  # teacher | student backbone written to encoder.pth
     keep_encoders: bool = False  # also keep encoders/step_N.pth at every save (probe along training)
     prefetch: bool = True  # build the next micro-batch's views in a background thread
@@ -616,16 +621,18 @@ class Pretrainer:
             "scenes_seen": self.step * self.cfg.train.batch_size,
         }
 
-    def load_state(self, path: str | os.PathLike) -> None:
-        """Resume from a training checkpoint (exactly: weights, optimiser, step, RNG states)."""
-        try:
-            st = torch.load(path, map_location="cpu", weights_only=True)
-        except FileNotFoundError:
-            raise CheckpointError(f"{path}: no such checkpoint file") from None
-        except Exception as e:  # noqa: BLE001
-            raise CheckpointError(f"{path}: cannot read checkpoint ({type(e).__name__}: {e})") from None
+    @staticmethod
+    def check_checkpoint(st: Any, path: str | os.PathLike) -> None:
+        """Raise ``CheckpointError`` unless ``st`` is a pre-training checkpoint."""
         if not isinstance(st, dict) or st.get("format") != "pointprobe-pretrain-v1":
             raise CheckpointError(f"{path}: not a pointprobe pre-training checkpoint")
+
+    def load_state(self, path: str | os.PathLike, st: dict | None = None) -> None:
+        """Resume from a training checkpoint (exactly: weights, optimiser, step, RNG states); ``st``: the
+        already loaded file."""
+        if st is None:
+            st = load_checkpoint(path)
+            self.check_checkpoint(st, path)
         try:
             self.student.load_state_dict(st["student"])
             self.teacher.load_state_dict(st["teacher"])
@@ -648,12 +655,10 @@ class Pretrainer:
         ck = self.out / "checkpoints"
         ck.mkdir(parents=True, exist_ok=True)
         path = ck / f"step_{self.step:07d}.pth"
-        tmp = path.with_name(path.name + ".tmp")
-        torch.save(self.state(), tmp)
-        os.replace(tmp, path)
+        save_checkpoint(self.state(), path)
         _link_or_copy(path, self.out / "last.pth")
         old = sorted(ck.glob("step_*.pth"))
-        for p in old[: max(0, len(old) - max(1, self.cfg.train.keep_checkpoints))]:
+        for p in old[: max(0, len(old) - max(2, self.cfg.train.keep_checkpoints))]:
             p.unlink(missing_ok=True)
         self.export(self.out / "encoder.pth")
         if self.cfg.train.keep_encoders:
@@ -679,13 +684,9 @@ class Pretrainer:
                 return save_encoder(bb, path, **meta)
             finally:
                 bb.config = orig
-        path = Path(path)
-        tmp = path.with_name(path.name + ".tmp")
-        torch.save({"arch": bb.arch, "config": cfg_export,
-                    "state_dict": {k: v.detach().cpu() for k, v in bb.state_dict().items()},
-                    "meta": meta}, tmp)
-        os.replace(tmp, path)
-        return path
+        return save_checkpoint({"arch": bb.arch, "config": cfg_export,
+                                "state_dict": {k: v.detach().cpu() for k, v in bb.state_dict().items()},
+                                "meta": meta}, path)
 
     # -- loop --------------------------------------------------------------------------------------
     def run(self, max_steps: int | None = None) -> dict:
@@ -701,7 +702,10 @@ class Pretrainer:
         last: dict = {}
         t0 = time.perf_counter()
         warned_at = -10**9
+        self.interrupted = None
+        signals = dist.StopSignals(t.stop_signals, t.save_every_minutes)
         try:
+            signals.__enter__()
             while self.step < end:
                 ts, cs = time.perf_counter(), time.process_time()
                 m = self.train_step()
@@ -739,11 +743,18 @@ class Pretrainer:
                     logf.write(json.dumps({k: (None if isinstance(v, float) and not math.isfinite(v) else v)
                                            for k, v in m.items()}) + "\n")
                     logf.flush()
-                if t.save_every > 0 and self.step % t.save_every == 0 and self.step < t.steps:
+                stop, save_due = signals.poll()
+                if stop:  # every rank stops after this same step
                     self.save()
-            if self.step >= t.steps:
+                    self.interrupted = signals.received or "a signal to another rank"
+                    break
+                if (save_due or (t.save_every > 0 and self.step % t.save_every == 0)) and self.step < t.steps:
+                    self.save()
+                    signals.mark_saved()
+            if self.step >= t.steps and self.interrupted is None:
                 self.save()
         finally:
+            signals.__exit__(None, None, None)
             bar.close()
             if logf is not None:
                 logf.close()
@@ -789,11 +800,22 @@ def run_pretrain(cfg: PretrainConfig, out_dir: str | os.PathLike, resume: str | 
         save_config(cfg, out)
     trainer = Pretrainer(cfg, out, store=store)
     try:
-        ck = Path(resume) if resume else (out / "last.pth" if (out / "last.pth").is_file() else None)
-        if ck is not None:
-            trainer.load_state(ck)
-            log.info("resumed from %s at step %d", ck, trainer.step)
+        if resume:
+            trainer.load_state(resume)
+            log.info("resumed from %s at step %d", resume, trainer.step)
+        else:  # out/last.pth, or when it is damaged the newest readable checkpoints/step_N.pth
+            if dist.is_main():
+                sweep_stale_temps(out, recursive=True)
+            cands = [out / "last.pth", *sorted((out / "checkpoints").glob("step_*.pth"), reverse=True)]
+            try:
+                st, ck = load_latest(cands, check=Pretrainer.check_checkpoint)
+            except FileNotFoundError:
+                st, ck = None, None
+            if st is not None:
+                trainer.load_state(ck, st)
+                log.info("resumed from %s at step %d", ck, trainer.step)
         last = trainer.run()
     finally:
         trainer.close()
-    return {"step": trainer.step, "encoder": str(out / "encoder.pth"), "last": last, "out": str(out)}
+    return {"step": trainer.step, "encoder": str(out / "encoder.pth"), "last": last, "out": str(out),
+            "interrupted": trainer.interrupted}

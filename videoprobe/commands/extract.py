@@ -35,7 +35,10 @@ def register(sub: argparse._SubParsersAction) -> None:
         "extract", help="extract clip features of a video dataset into a feature cache",
         description="Decode clips x crops views per video, run a frozen video encoder, write pooled features "
                     "(and tokens with save_tokens=true) into a resumable cache. Under torchrun each rank "
-                    "extracts its shard. Bad videos are reported and skipped (exit status 1).",
+                    "extracts its shard. Bad videos are reported and skipped (exit status 1). "
+                    "A checkpoint that pickles more than tensors and known harmless classes is refused; "
+                    "encoder.trust_checkpoint=true loads it anyway (full unpickling: only for files you "
+                    "trust).",
         epilog=LAYOUTS, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add_config_args(p)

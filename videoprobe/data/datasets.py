@@ -48,6 +48,7 @@ import numpy as np
 import torch
 
 from common.errors import InputError
+from common.paths import inside_root
 from videoprobe.data.transforms import ClipSpec, spatial_views
 
 log = logging.getLogger(__name__)
@@ -243,7 +244,7 @@ def read_path_label_list(list_file: str | os.PathLike, video_root: str | os.Path
             label = _label_of(folder, names, index, label_base, list_file, n, class_source)
         else:
             label = _label_of(token, names, index, label_base, list_file, n, class_source)
-        path = Path(rel) if Path(rel).is_absolute() else root / rel
+        path = Path(rel) if Path(rel).is_absolute() else inside_root(rel, root, f"line {n}: video", list_file)
         items.append(VideoItem(Path(rel).stem, str(path.resolve()), label, split))
     if not items:
         raise InputError(list_file, "no entries")

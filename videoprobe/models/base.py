@@ -9,7 +9,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import pickle
 import socket
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
@@ -19,6 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from common.checkpoint import load_checkpoint
 from common.errors import CheckpointError
 from common.probes import assert_frozen  # noqa: F401  (re-exported by videoprobe.models)
 
@@ -109,30 +109,14 @@ class VideoEncoder(nn.Module):
 
 
 # ----------------------------------------------------------------------------------------- checkpoints
-def read_checkpoint(path: str | Path) -> Any:
-    """``torch.load`` a file on the CPU; a missing or unreadable file is a ``CheckpointError``.
+def read_checkpoint(path: str | Path, trust: bool = False) -> Any:
+    """``torch.load`` a file on the CPU, safely (``common.checkpoint.load_checkpoint``).
 
-    Tries ``weights_only=True`` first; files that pickle other objects (argparse namespaces in
-    VideoMAE files) are then loaded with full unpickling and a warning: only load files you trust.
+    Only tensors, containers and known harmless classes (the ``argparse.Namespace`` of VideoMAE files)
+    are unpickled; a file needing anything else is a ``CheckpointError`` naming the opt-in
+    ``encoder.trust_checkpoint=true`` (or ``trust=True`` here), which loads it fully with a warning.
     """
-    p = Path(path)
-    if not p.is_file():
-        raise CheckpointError(f"{p}: checkpoint file not found")
-    try:
-        return torch.load(p, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError:
-        log.warning("%s: holds non-tensor objects; loading with full unpickling (only load trusted files)", p)
-    except Exception as e:  # noqa: BLE001 - any failure to read is the user's file problem
-        raise _unreadable(p, e) from None
-    try:
-        return torch.load(p, map_location="cpu", weights_only=False)
-    except Exception as e:  # noqa: BLE001
-        raise _unreadable(p, e) from None
-
-
-def _unreadable(p: Path, e: BaseException) -> CheckpointError:
-    first = (str(e).splitlines() or [""])[0]
-    return CheckpointError(f"{p}: cannot read checkpoint ({type(e).__name__}: {first})")
+    return load_checkpoint(path, trust=trust, hint="encoder.trust_checkpoint=true")
 
 
 def unwrap_state_dict(obj: Any, path: str | Path, wrappers: Iterable[str]) -> dict[str, torch.Tensor]:
