@@ -22,11 +22,11 @@ from typing import Any
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from common.cache import CacheKey, CacheWriter, FeatureCache, merge_manifests
 from common.config import config_hash, save_config, to_dict
 from common.errors import CacheError, ConfigError, InputError
+from common.progress import progress, progress_write
 
 log = logging.getLogger(__name__)
 
@@ -234,14 +234,14 @@ def _run(cfg: ExtractConfig, enc: Any, spec: Any, todo: list[Any], writer: Cache
         num_workers=cfg.num_workers, collate_fn=_collate,
     )
     desc = f"extract {enc.name}" + (f" [rank {rank}]" if world > 1 else "")
-    with tqdm(total=len(todo), desc=desc, disable=not cfg.progress or None, dynamic_ncols=True) as bar:
+    with progress(total=len(todo), desc=desc, unit="video", disable=not cfg.progress) as bar:
         for batch in loader:
             for rec in batch:
                 bar.update(1)
                 it = rec["item"]
                 if rec["error"] is not None:
                     failures[it.video_id] = rec["error"]
-                    tqdm.write(f"skipped {it.video_id}: {rec['error']}")
+                    progress_write(f"skipped {it.video_id}: {rec['error']}")
                     continue
                 video = rec["video"]
                 pooled, tokens = encode_views(enc, video, cfg.batch_size, device, cfg.save_tokens,
@@ -255,7 +255,7 @@ def _run(cfg: ExtractConfig, enc: Any, spec: Any, todo: list[Any], writer: Cache
                     writer.write(it.video_id, pooled.numpy(), labels, **extra)
                 except CacheError as e:  # e.g. NaN features from a broken clip: report, go on
                     failures[it.video_id] = str(e)
-                    tqdm.write(f"skipped {it.video_id}: {e}")
+                    progress_write(f"skipped {it.video_id}: {e}")
     return failures, n_clips
 
 
@@ -347,7 +347,7 @@ def export_twlv(cache_path: str | Path, out: str | Path, split: str | None = Non
     dest = Path(out) / (split or cache.key.split or "train")
     dest.mkdir(parents=True, exist_ok=True)
     n = 0
-    for item in tqdm(cache.items(), desc="export-twlv", disable=None, dynamic_ncols=True):
+    for item in progress(cache.items(), desc="export-twlv", unit="video"):
         arrays = cache[item]
         clips = _clip_embeddings(np.asarray(arrays["features"], dtype=np.float32), crops)
         label = int(np.asarray(arrays["labels"]).reshape(-1)[0]) if "labels" in arrays else -1
@@ -392,7 +392,7 @@ def import_twlv(src: str | Path, out: str | Path, encoder: str = "twlv-import", 
     meta = {"class_names": class_names or [], "crops_per_clip": 1, "source": str(src)}
     failures: dict[str, str] = {}
     with CacheWriter(out, key, dim, dtype, meta=meta) as writer:
-        for j in tqdm(jsons, desc="import-twlv", disable=None, dynamic_ncols=True):
+        for j in progress(jsons, desc="import-twlv", unit="video"):
             vid = j.stem
             if writer.has(vid):
                 continue

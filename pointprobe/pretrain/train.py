@@ -40,11 +40,11 @@ import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from tqdm import tqdm
 
 from common import dist
 from common.config import config_hash, save_config, to_dict
 from common.errors import CheckpointError, ConfigError, InputError
+from common.progress import progress
 from pointprobe.models.sparseunet import upcast
 from pointprobe.models.structure import PointBatch, PointEncoder
 from pointprobe.pretrain.ema import copy_weights, ema_update
@@ -696,8 +696,8 @@ class Pretrainer:
         if self.out is not None and dist.is_main():
             self.out.mkdir(parents=True, exist_ok=True)
             logf = open(self.out / "log.jsonl", "a")
-        bar = tqdm(total=end, initial=self.step, desc="pretrain", disable=not (t.progress and dist.is_main()),
-                   dynamic_ncols=True)
+        bar = progress(total=end, initial=self.step, desc="pretrain", unit="step",
+                       disable=not (t.progress and dist.is_main()))
         last: dict = {}
         t0 = time.perf_counter()
         warned_at = -10**9
