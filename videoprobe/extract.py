@@ -37,13 +37,13 @@ class DataConfig:
     """Which videos: a ``build_video_dataset`` kind, its root and split."""
 
     kind: str = "ucf101"  # folder | list | ucf101 | synth | hmdb51 | kinetics | ssv2
-    root: str = ""
-    split: str = "train"
-    split_id: int = 1
+    root: str = ""  # dataset folder (layout per kind: see the README)
+    split: str = "train"  # train | test | val (names per kind)
+    split_id: int = 1  # UCF101 / HMDB51 split number (1-3)
     list_file: str | None = None  # kind "list"
-    class_index: str | None = None
-    annotations: str | None = None
-    video_root: str | None = None
+    class_index: str | None = None  # classInd.txt-style class names (kinds list, kinetics)
+    annotations: str | None = None  # Kinetics CSV / SSv2 JSON when not found under root
+    video_root: str | None = None  # folder of the videos when not the default under root
     backend: str = "auto"  # decoder: auto | decord | pyav
     limit: int = 0  # keep only the first N videos (sorted by id); 0 = all
 
@@ -52,40 +52,40 @@ class DataConfig:
 class EncoderConfig:
     """Which encoder (``videoprobe.models.VIDEO_ENCODERS``) and weights."""
 
-    name: str = "x3d_s"
+    name: str = "x3d_s"  # an encoder of `videoprobe encoders`
     checkpoint: str | None = None  # None: random init; a file; "hub" (pytorchvideo zoo, online only)
-    seed: int = 0
-    kwargs: dict[str, Any] = field(default_factory=dict)
+    seed: int = 0  # seed of the random initialisation when no checkpoint is given
+    kwargs: dict[str, Any] = field(default_factory=dict)  # constructor overrides
 
 
 @dataclass
 class ViewsConfig:
     """Test-time views per video; 0 = the encoder's own recipe."""
 
-    num_clips: int = 1
+    num_clips: int = 1  # clips per video, evenly spaced
     spatial: str = "center"  # center | three_crop
-    clip_len: int = 0
-    frame_step: int = 0
-    size: int = 0
-    short_side: int = 0
+    clip_len: int = 0  # frames per clip (0: the encoder's)
+    frame_step: int = 0  # frame stride inside a clip (0: the encoder's)
+    size: int = 0  # crop size in pixels (0: the encoder's)
+    short_side: int = 0  # short side the frames are resized to first (0: the encoder's)
 
 
 @dataclass
 class ExtractConfig:
-    data: DataConfig = field(default_factory=DataConfig)
-    encoder: EncoderConfig = field(default_factory=EncoderConfig)
-    views: ViewsConfig = field(default_factory=ViewsConfig)
+    data: DataConfig = field(default_factory=DataConfig)  # which videos
+    encoder: EncoderConfig = field(default_factory=EncoderConfig)  # which encoder and weights
+    views: ViewsConfig = field(default_factory=ViewsConfig)  # test-time views (clips x crops) per video
     out: str = ""  # cache folder
-    save_tokens: bool = False
+    save_tokens: bool = False  # also store the token grid (needed by the attentive probe)
     token_grid: list[int] = field(default_factory=lambda: [0, 0, 0])  # pool tokens to (T, H, W); 0 = keep
     dtype: str = "float32"  # pooled features in the cache
-    tokens_dtype: str = "float16"
+    tokens_dtype: str = "float16"  # tokens in the cache: float16 | float32
     batch_size: int = 8  # views per encoder forward
     precision: str = "fp32"  # fp32 | bf16 | fp16 (autocast; bf16/fp16 mainly for CUDA)
     num_workers: int = 0  # decoding processes (DataLoader workers)
     device: str = "auto"  # auto | cpu | cuda
     fsync: bool = True  # fsync every cache file (off: faster, still safe against a killed process)
-    progress: bool = True
+    progress: bool = True  # progress bar (terminal) / a line every PROBESUITE_PROGRESS_SECONDS (logs)
 
 
 # ---------------------------------------------------------------------------------------- helpers

@@ -82,9 +82,9 @@ __all__ = [
 @dataclass
 class DataSection:
     root: str = ""  # preprocessed layout: {root}/{split}/{scene}/{coord,color,normal}.npy
-    split: str = "train"
+    split: str = "train"  # split folder the scenes are read from
     max_scenes: int = 0  # 0 = every scene of the split
-    cache_in_memory: bool = True
+    cache_in_memory: bool = True  # keep the scenes in memory after the first read
 
 
 @dataclass
@@ -138,28 +138,28 @@ class TrainSection:
     steps: int = 1000  # optimiser steps
     batch_size: int = 4  # scenes per optimiser step, over every rank and micro-batch
     accum_steps: int = 1  # micro-batches per step
-    seed: int = 0
+    seed: int = 0  # seed of weights, views and data order
     device: str = "auto"  # auto | cpu | cuda
     amp: bool = True  # bf16 autocast on CUDA (never on the CPU)
     threads: int = 0  # torch CPU threads (0 = leave as is)
-    log_every: int = 10
+    log_every: int = 10  # a log.jsonl line every N steps
     save_every: int = 200  # checkpoint + encoder.pth every N steps (0 = only at the end)
-    keep_checkpoints: int = 2
+    keep_checkpoints: int = 2  # training checkpoints kept in OUT (older ones are deleted)
     export: str = "teacher"  # teacher | student backbone written to encoder.pth
     keep_encoders: bool = False  # also keep encoders/step_N.pth at every save (probe along training)
     prefetch: bool = True  # build the next micro-batch's views in a background thread
-    progress: bool = True
+    progress: bool = True  # progress bar (terminal) / a line every PROBESUITE_PROGRESS_SECONDS (logs)
 
 
 @dataclass
 class PretrainConfig:
-    data: DataSection = field(default_factory=DataSection)
-    views: ViewConfig = field(default_factory=ViewConfig)
-    model: ModelSection = field(default_factory=ModelSection)
-    loss: LossSection = field(default_factory=LossSection)
-    optim: OptimSection = field(default_factory=OptimSection)
-    train: TrainSection = field(default_factory=TrainSection)
-    out: str = ""
+    data: DataSection = field(default_factory=DataSection)  # scenes in the preprocessed layout
+    views: ViewConfig = field(default_factory=ViewConfig)  # crops, masks, augmentations
+    model: ModelSection = field(default_factory=ModelSection)  # backbone and heads
+    loss: LossSection = field(default_factory=LossSection)  # self-distillation losses and curricula
+    optim: OptimSection = field(default_factory=OptimSection)  # AdamW with layer decay, OneCycle schedule
+    train: TrainSection = field(default_factory=TrainSection)  # steps, batch, checkpoints
+    out: str = ""  # output folder: encoder.pth, last.pth, log.jsonl, config.yaml (resumes there)
 
 
 def validate_config(cfg: PretrainConfig) -> None:
