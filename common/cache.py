@@ -149,7 +149,8 @@ class CacheKey:
 
 def _mismatch_error(path: Path, parts: list[str]) -> CacheError:
     return CacheError(
-        f"cache {path} was built with {'; '.join(parts)}; use a new --cache folder or delete it"
+        f"cache {path} was built with {'; '.join(parts)}; write to another folder (out=...) or delete "
+        "this one"
     )
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
+import sys
 import time
 import zlib
 from dataclasses import dataclass, field
@@ -318,12 +319,12 @@ def extract(cfg: ExtractConfig, encoder: Any | None = None) -> ExtractResult:
 
 
 def report_failures(failures: dict[str, str], total: int) -> None:
-    """The summary printed at the end of a batch command."""
+    """The list of failed videos printed (to stderr) at the end of a batch command."""
     if not failures:
         return
-    print(f"{len(failures)} of {total} videos failed and were skipped:")
+    print(f"{len(failures)} of {total} videos failed and were skipped:", file=sys.stderr)
     for vid, msg in sorted(failures.items()):
-        print(f"  {vid}: {msg}")
+        print(f"  {vid}: {msg}", file=sys.stderr)
 
 
 # ------------------------------------------------------------------------------------- TWLV-I files
