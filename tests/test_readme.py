@@ -50,3 +50,20 @@ def test_readme_commands_exist():
             assert cmd in sub.choices, f"{prog} {cmd}"
             if flag:
                 assert flag in sub.choices[cmd]._option_string_actions, f"{prog} {cmd} {flag}"
+
+
+def test_make_says_what_each_pip_step_installs(tmp_path):
+    """The quiet pip installs of `make demo` / `make test` are each announced by an echo line first."""
+    import shutil
+
+    if shutil.which("make") is None:
+        pytest.skip("make is not installed")
+    r = subprocess.run(["make", "-n", "-C", str(ROOT), f"VENV={tmp_path / 'venv'}", "setup-dev"],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    pip = [i for i, line in enumerate(lines) if "pip install" in line]
+    assert len(pip) == 3
+    for i in pip:
+        assert lines[i - 1].startswith("echo "), lines[i - 1]
+    assert "torch" in lines[pip[0] - 1] and "first time" in lines[pip[0] - 1]
