@@ -9,6 +9,7 @@ OUT ?= runs
 .PHONY: demo test setup setup-dev lint bench clean-venv system
 
 $(BIN)/python:
+	@echo "creating the virtual environment $(VENV)"
 	$(PY) -m venv $(VENV)
 
 # Debian libraries for open3d (libusb) and headless rendering (Mesa/Vulkan/EGL); fast when present.
@@ -16,13 +17,16 @@ system:
 	@bash tools/setup_system.sh
 
 $(VENV)/.stamp-base: pyproject.toml | $(BIN)/python
+	@echo "installing torch and the other dependencies into $(VENV) (first time: a few minutes, quiet)"
 	$(BIN)/pip install -q -e .
 	@touch $@
 
 # torch-scatter has only a source distribution (about 5 minutes on 2 cores, cached by pip afterwards);
 # built against the installed torch so that its compiled library matches.
 $(VENV)/.stamp-dev: $(VENV)/.stamp-base
+	@echo "installing the test tools (pytest, ruff) into $(VENV)"
 	$(BIN)/pip install -q -e '.[dev]'
+	@echo "building torch-scatter 2.1.2 from source (first time: about 5 minutes on 2 cores, quiet)"
 	$(BIN)/pip install -q --no-build-isolation 'torch-scatter==2.1.2'
 	@touch $@
 

@@ -37,10 +37,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from tqdm import tqdm
 
 from common.errors import CacheError, InputError
 from common.paths import disk_error, disk_errors, sweep_stale_temps
+from common.progress import progress as progress_bar
 
 try:  # advisory lock so two writers never share one rank's journal (POSIX only)
     import fcntl
@@ -153,7 +153,8 @@ class CacheKey:
 
 def _mismatch_error(path: Path, parts: list[str]) -> CacheError:
     return CacheError(
-        f"cache {path} was built with {'; '.join(parts)}; use a new --cache folder or delete it"
+        f"cache {path} was built with {'; '.join(parts)}; write to another folder (out=...) or delete "
+        "this one"
     )
 
 
@@ -698,7 +699,7 @@ class CacheWriter:
             raise CacheError(f"{self.path}: writer is closed")
         todo = [i for i in items if not self.has(i)]
         failures: dict[str, str] = {}
-        for item_id in tqdm(todo, desc=desc, disable=not progress or None, dynamic_ncols=True):
+        for item_id in progress_bar(todo, desc=desc, unit="item", disable=not progress):
             try:
                 arrays = dict(compute(item_id))
                 if "features" not in arrays:
@@ -798,7 +799,7 @@ class FeatureCache:
         entries = [(item, name, a) for item, e in self._items.items() for name, a in e["arrays"].items()]
         it: Iterable = entries
         if verify:
-            it = tqdm(entries, desc=f"verify {self.path.name}", disable=None, dynamic_ncols=True)
+            it = progress_bar(entries, desc=f"verify {self.path.name}", unit="file")
         for item, name, a in it:
             f = self.path / a["file"]
             try:

@@ -5,16 +5,53 @@ import argparse
 import logging
 import sys
 from collections.abc import Callable
+from pathlib import Path
+from typing import TypeVar
 
 from common.errors import ProbeSuiteError
 
 Handler = Callable[[argparse.Namespace], int | None]
+T = TypeVar("T")
+
+SHOW_CONFIG_HELP = ("print every config key with its resolved value (defaults <- --config file <- "
+                    "overrides) and its help as YAML, then exit without running anything")
+
+
+class ConfigShown(Exception):  # noqa: N818 - not an error: the end of a --show-config run
+    """Raised after ``--show-config`` printed the config; ``run_cli`` turns it into exit status 0."""
+
+
+def add_show_config(p: argparse.ArgumentParser) -> None:
+    """``--show-config``: print the resolved config with help and exit 0 (see :func:`load_cli_config`)."""
+    p.add_argument("--show-config", action="store_true", help=SHOW_CONFIG_HELP)
 
 
 def add_config_args(p: argparse.ArgumentParser, default_config: str | None = None) -> None:
-    """``--config FILE`` plus positional ``key=value`` overrides."""
+    """``--config FILE``, ``--show-config`` and positional ``key=value`` overrides."""
     p.add_argument("--config", default=default_config, help="YAML config file (default: %(default)s)")
+    add_show_config(p)
     p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. probe.epochs=5")
+
+
+def load_cli_config(schema: type[T], args: argparse.Namespace, path: str | Path | None = None,
+                    overrides: list[str] | None = None) -> T:
+    """The command's config: ``schema`` defaults <- ``path`` (default ``args.config``) <- ``overrides``
+    (default ``args.overrides``). With ``--show-config`` it prints that config as commented YAML and
+    raises :class:`ConfigShown` (exit 0) before anything is run or written."""
+    from common.config import load_config, resolve_config_path, show_config
+
+    path = getattr(args, "config", None) if path is None else path
+    overrides = list(getattr(args, "overrides", None) or []) if overrides is None else overrides
+    cfg = load_config(schema, path, overrides)
+    if getattr(args, "show_config", False):
+        prog = getattr(args, "command_prog", None) or schema.__name__
+        source = f"defaults <- {resolve_config_path(path)}" if path else "defaults"
+        if overrides:
+            source += " <- " + " ".join(overrides)
+        print(show_config(cfg, f"{prog}: resolved config ({source})\nkey: value  # help"), end="")
+        sys.stdout.flush()
+        raise ConfigShown
+    return cfg
 
 
 def run_cli(parser: argparse.ArgumentParser, argv: list[str] | None = None) -> int:
@@ -30,6 +67,8 @@ def run_cli(parser: argparse.ArgumentParser, argv: list[str] | None = None) -> i
         return 0
     try:
         rc = func(args)
+    except ConfigShown:
+        return 0
     except ProbeSuiteError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

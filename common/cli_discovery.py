@@ -17,4 +17,6 @@ def build_parser(prog: str, description: str, commands_pkg: str) -> argparse.Arg
             continue
         mod = importlib.import_module(f"{commands_pkg}.{info.name}")
         mod.register(sub)
+    for name, p in sub.choices.items():  # "pointprobe extract" for messages such as --show-config's
+        p.set_defaults(command_prog=f"{prog} {name}")
     return parser

@@ -7,10 +7,16 @@ names the key.
 """
 from __future__ import annotations
 
+import ast
 import dataclasses
 import difflib
+import functools
 import hashlib
+import inspect
+import io
 import json
+import textwrap
+import tokenize
 import types
 import typing
 from pathlib import Path
@@ -31,6 +37,8 @@ __all__ = [
     "save_config",
     "from_dict",
     "resolve_config_path",
+    "field_help",
+    "show_config",
 ]
 
 
@@ -221,3 +229,107 @@ def load_config(schema: type[T], path: str | Path | None = None, overrides: list
         data = loaded
     data = merge_dict(data, parse_overrides(overrides))
     return from_dict(schema, data)
+
+
+# ------------------------------------------------------------------------------ --show-config: keys + help
+def _source_comments(cls: type) -> dict[str, str]:
+    """``{field: comment}`` from the class source: the comment on a field's line(s), else the comment
+    lines directly above it (``x: int = 3  # what x is``)."""
+    try:
+        src = textwrap.dedent(inspect.getsource(cls))
+    except (OSError, TypeError):
+        return {}
+    comments: dict[int, str] = {}
+    own_line: set[int] = set()
+    try:
+        for tok in tokenize.generate_tokens(io.StringIO(src).readline):
+            if tok.type == tokenize.COMMENT:
+                comments[tok.start[0]] = tok.string.lstrip("#").strip()
+                if not tok.line[: tok.start[1]].strip():
+                    own_line.add(tok.start[0])
+        tree = ast.parse(src)
+    except (tokenize.TokenError, SyntaxError):
+        return {}
+    out: dict[str, str] = {}
+    body = tree.body[0].body if tree.body and isinstance(tree.body[0], ast.ClassDef) else []
+    for node in body:
+        if not (isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name)):
+            continue
+        end = node.end_lineno or node.lineno
+        trailing = [comments[i] for i in range(node.lineno, end + 1) if i in comments and i not in own_line]
+        if trailing:
+            out[node.target.id] = " ".join(trailing)
+            continue
+        above, i = [], node.lineno - 1
+        while i in own_line:
+            above.insert(0, comments[i])
+            i -= 1
+        if above:
+            out[node.target.id] = " ".join(above)
+    return out
+
+
+@functools.cache
+def _field_help_cached(schema: type) -> tuple[tuple[str, str], ...]:
+    helps: dict[str, str] = {}
+    for cls in reversed(schema.__mro__):
+        if dataclasses.is_dataclass(cls):
+            helps.update(_source_comments(cls))
+    for f in dataclasses.fields(schema):
+        text = f.metadata.get("help") if f.metadata else None
+        if text:
+            helps[f.name] = str(text)
+    names = {f.name for f in dataclasses.fields(schema)}
+    return tuple((k, v) for k, v in helps.items() if k in names)
+
+
+def field_help(schema: type) -> dict[str, str]:
+    """Help text per field of a dataclass schema: ``field(metadata={"help": ...})``, else the field's
+    comment in the source."""
+    return dict(_field_help_cached(schema))
+
+
+def _plain(value: Any) -> Any:
+    """A YAML-safe plain value (dataclasses -> dicts, tuples -> lists)."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return _plain(dataclasses.asdict(value))
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+def _flow(value: Any) -> str:
+    text = yaml.safe_dump(_plain(value), default_flow_style=True, width=10**9, sort_keys=False).strip()
+    if text.endswith("\n..."):
+        text = text[: -len("\n...")]
+    elif text == "...":
+        text = ""
+    return text
+
+
+def _render(cfg: Any, indent: int) -> list[str]:
+    pad = " " * indent
+    helps = field_help(type(cfg))
+    lines: list[str] = []
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        help_text = helps.get(f.name)
+        comment = f"  # {help_text}" if help_text else ""
+        if dataclasses.is_dataclass(value) and not isinstance(value, type):
+            lines.append(f"{pad}{f.name}:{comment}")
+            lines.extend(_render(value, indent + 2))
+        else:
+            lines.append(f"{pad}{f.name}: {_flow(value)}{comment}")
+    return lines
+
+
+def show_config(cfg: Any, header: str | None = None) -> str:
+    """The resolved config ``cfg`` (a dataclass) as YAML, one key a line with its help as a comment.
+
+    The text loads back (``load_config(type(cfg), file)``) into the same config.
+    """
+    lines = [f"# {h}" for h in (header or "").splitlines() if h.strip()]
+    lines.extend(_render(cfg, 0))
+    return "\n".join(lines) + "\n"

@@ -21,14 +21,14 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class PointDemoConfig:
-    out: str = "runs/point-demo"
-    scenes: int = 12
-    seed: int = 0
-    pretrain_config: str = "configs/point/pretrain_demo.yaml"
-    pretrain_overrides: list[str] = field(default_factory=list)
-    probe_config: str = "configs/point/probe_demo.yaml"
-    probe_overrides: list[str] = field(default_factory=list)
-    picture: bool = True
+    out: str = "runs/point-demo"  # output folder: raw/, scannet/, pretrain/, features/, probe/, pca/
+    scenes: int = 12  # generated rooms
+    seed: int = 0  # seed of the generated rooms and the random-init encoder
+    pretrain_config: str = "configs/point/pretrain_demo.yaml"  # pre-training config file
+    pretrain_overrides: list[str] = field(default_factory=list)  # overrides of it: [train.steps=100]
+    probe_config: str = "configs/point/probe_demo.yaml"  # probe config file
+    probe_overrides: list[str] = field(default_factory=list)  # key=value overrides of it
+    picture: bool = True  # draw the PCA picture
 
 
 def _stage(name: str, t0: float) -> None:

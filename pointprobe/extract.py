@@ -41,21 +41,21 @@ class PointEncoderSpec:
 @dataclass
 class PointDataSpec:
     root: str = "data/scannet"  # preprocessed layout: {split}/sceneXXXX_YY/*.npy
-    splits: list[str] = field(default_factory=lambda: ["train", "val"])
-    label_set: str = "segment20"
+    splits: list[str] = field(default_factory=lambda: ["train", "val"])  # one cache each: OUT/<split>
+    label_set: str = "segment20"  # segment20 | segment200 (labels stored with the features)
     limit: int = 0  # at most this many scenes per split (0 = all)
 
 
 @dataclass
 class ExtractConfig:
-    data: PointDataSpec = field(default_factory=PointDataSpec)
-    encoder: PointEncoderSpec = field(default_factory=PointEncoderSpec)
-    out: str = "runs/features"
-    grid_size: float = 0.02
+    data: PointDataSpec = field(default_factory=PointDataSpec)  # which scenes
+    encoder: PointEncoderSpec = field(default_factory=PointEncoderSpec)  # which encoder and weights
+    out: str = "runs/features"  # output folder: one feature cache per split in OUT/<split>
+    grid_size: float = 0.02  # voxel size in metres (Sonata: 0.02)
     sampling: str = "canonical"  # canonical | first | test (Pointcept test mode, k passes)
     grid_align: str = "min"  # voxel borders: min (floor((c - min) / g)) | world (at multiples of g: release)
-    dtype: str = "float16"
-    device: str = "auto"
+    dtype: str = "float16"  # features in the cache: float16 | float32
+    device: str = "auto"  # auto | cpu | cuda
     max_points: int = 400_000  # larger scenes are encoded in spatial chunks
     tta: int = 1  # test-time augmentation: mean of features over this many views (see tta_views)
 

@@ -41,14 +41,14 @@ class SegProbeConfig:
 
     features: list[str] = field(default_factory=list)  # folders from `pointprobe extract` (one per encoder)
     names: list[str] = field(default_factory=list)  # display names (default: recorded encoder label)
-    train_split: str = "train"
-    eval_split: str = "val"
-    out: str = "runs/probe"
+    train_split: str = "train"  # split of the caches the probe is trained on
+    eval_split: str = "val"  # split it is evaluated on
+    out: str = "runs/probe"  # output folder: results.md/.json, per_class_iou.md/.png, probe_*.pt
     scene_fraction: float = 1.0  # data efficiency: fraction of training scenes (1, 5, 10, 100 %)
     points_per_scene: int = 0  # limited annotations: labelled points kept per training scene (0 = all)
     max_train_points: int = 2_000_000  # cap on labelled training points (random subset; 0 = no cap)
-    seed: int = 0
-    probe: LinearProbeConfig = field(default_factory=_seg_linear_defaults)
+    seed: int = 0  # seed of the scene / point subsets and the probe
+    probe: LinearProbeConfig = field(default_factory=_seg_linear_defaults)  # linear probe (lr x wd sweep)
 
 
 def _cache(folder: str | Path, split: str) -> FeatureCache:

@@ -280,7 +280,7 @@ def load_point_encoder(
 
     if checkpoint is None and name is None:
         raise ConfigError(
-            "choose an encoder: --checkpoint FILE, --encoder NAME --random-init, or --encoder raw"
+            "choose an encoder: checkpoint=FILE, name=NAME with random_init=True, or name='raw'"
         )
     if checkpoint is None and name != "raw" and not random_init:
         checkpoint = name  # a release name (sonata, sonata_small) resolved from the local caches / hub

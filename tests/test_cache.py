@@ -193,7 +193,7 @@ def test_mismatch_refused_naming_field(tmp_path):
         CacheWriter(path, make_key(checkpoint_sha256="cd34" * 16), D)
     msg = str(ei.value)
     assert str(path) in msg and "checkpoint_sha256=ab12ab12ab12.." in msg and "cd34cd34cd34.." in msg
-    assert "new --cache folder" in msg
+    assert "another folder (out=...)" in msg  # the real key, not a --cache flag
     with pytest.raises(CacheError, match=r"preprocessing\.grid_size=0\.02 but this run has 0\.05"):
         CacheWriter(path, make_key(preprocessing={"grid_size": 0.05, "normals": True}), D)
     with pytest.raises(CacheError, match="feature_dim=8 but this run has 16"):

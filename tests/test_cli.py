@@ -28,3 +28,105 @@ def test_error_is_one_line_exit_2(capsys):
     assert run_cli(parser, []) == 2
     err = capsys.readouterr().err.strip()
     assert err == "error: /data/scene0000_00.ply: truncated: header promises 10 vertices, file holds 3"
+
+
+# ------------------------------------------------------------------------------------------ --show-config
+SHOW_CONFIG_CASES = [
+    ("pointprobe", ["extract", "data.root=/nonexistent/scannet", "encoder.seed=3"], "pointprobe.extract",
+     "ExtractConfig", "configs/point/extract.yaml"),
+    ("pointprobe", ["probe", "features=[/nonexistent/a]", "probe.epochs=3"], "pointprobe.probe",
+     "SegProbeConfig", "configs/point/probe.yaml"),
+    ("pointprobe", ["pretrain", "--config", "configs/point/pretrain_demo.yaml", "train.steps=7"],
+     "pointprobe.pretrain.train", "PretrainConfig", "configs/point/pretrain_demo.yaml"),
+    ("pointprobe", ["cluster", "features=[/nonexistent/a]"], "pointprobe.lift.cluster", "ClusterConfig",
+     "configs/point/cluster.yaml"),
+    ("pointprobe", ["lift", "data.raw=/nonexistent/raw"], "pointprobe.lift.lift", "LiftConfig",
+     "configs/point/lift.yaml"),
+    ("pointprobe", ["distill", "data.lifted=/nonexistent/lifted"], "pointprobe.lift.distill", "DistillConfig",
+     "configs/point/distill.yaml"),
+    ("pointprobe", ["demo", "scenes=3"], "pointprobe.demo", "PointDemoConfig", None),
+    ("videoprobe", ["extract", "data.root=/nonexistent/ucf", "encoder.name=x3d_m"], "videoprobe.extract",
+     "ExtractConfig", None),
+    ("videoprobe", ["probe", "train_cache=/nonexistent/a", "test_cache=/nonexistent/b"], "videoprobe.probe",
+     "ProbeConfig", None),
+    ("videoprobe", ["bench", "--suite", "configs/video/synth.yaml", "seed=5"], "videoprobe.bench",
+     "BenchSuite", "configs/video/synth.yaml"),
+]
+
+
+def _cli_main(prog: str):
+    import importlib
+
+    return importlib.import_module(f"{prog}.cli").main
+
+
+@pytest.mark.parametrize("prog,argv,module,schema,config", SHOW_CONFIG_CASES,
+                         ids=[f"{c[0]}-{c[1][0]}" for c in SHOW_CONFIG_CASES])
+def test_show_config_prints_resolved_config_and_exits_0(prog, argv, module, schema, config, tmp_path,
+                                                       monkeypatch, capsys):
+    """--show-config: the resolved config (defaults <- file <- overrides) as YAML with help comments;
+    nothing is run and no file is written."""
+    import importlib
+
+    import yaml
+
+    from common.config import from_dict, load_config
+
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / "out"
+    argv = [argv[0], "--show-config", *argv[1:], f"out={out}"]
+    assert _cli_main(prog)(argv) == 0
+    text = capsys.readouterr().out
+    cls = getattr(importlib.import_module(module), schema)
+    overrides = [a for a in argv[1:] if "=" in a]
+    expected = load_config(cls, config, overrides)
+    assert from_dict(cls, yaml.safe_load(text)) == expected  # the text is a config file of the same values
+    assert text.startswith(f"# {prog} {argv[0]}: resolved config (defaults")
+    assert f"out: {out}" in text
+    assert sum("  # " in line for line in text.splitlines()) >= 3  # help comments
+    assert list(tmp_path.iterdir()) == []  # nothing written
+
+
+def test_show_config_help_of_main_schemas(capsys):
+    """Every top-level key of the main schemas has a help comment."""
+    import dataclasses
+
+    from common.config import field_help
+    from pointprobe.extract import ExtractConfig as PointExtract
+    from pointprobe.pretrain.train import PretrainConfig
+    from pointprobe.probe import SegProbeConfig
+    from videoprobe.extract import ExtractConfig as VideoExtract
+    from videoprobe.probe import ProbeConfig
+
+    for schema in (PointExtract, SegProbeConfig, PretrainConfig, VideoExtract, ProbeConfig):
+        helps = field_help(schema)
+        names = [f.name for f in dataclasses.fields(schema)]
+        assert [n for n in names if n not in helps and n not in ("seed",)] == [], schema.__name__
+    assert "one cache each" in field_help(PointExtract().data.__class__)["splits"]
+
+
+def test_field_help_metadata_and_comments():
+    import dataclasses
+
+    from common.config import field_help, show_config
+
+    @dataclasses.dataclass
+    class Inner:
+        a: int = 1  # the a
+        # the b, said above
+        # over two lines
+        b: list[str] = dataclasses.field(default_factory=lambda: ["x", "y # z"])
+
+    @dataclasses.dataclass
+    class Outer:
+        inner: Inner = dataclasses.field(default_factory=Inner, metadata={"help": "a section"})
+        name: str = ""
+        c: float = 0.5  # the c
+
+    assert field_help(Inner) == {"a": "the a", "b": "the b, said above over two lines"}
+    assert field_help(Outer) == {"inner": "a section", "c": "the c"}
+    text = show_config(Outer(), "title")
+    assert text.splitlines() == [
+        "# title", "inner:  # a section", "  a: 1  # the a",
+        "  b: [x, 'y # z']  # the b, said above over two lines", "name: ''", "c: 0.5  # the c",
+    ]

@@ -104,10 +104,12 @@ def test_corrupt_video_is_reported_and_skipped(synth, tmp_path, capsys):
     over = [f"data.root={root}", "data.kind=synth", "data.split=train", "encoder.name=frame_stats",
             "views.num_clips=1", "views.size=64", f"out={out}", "progress=false", "fsync=false"]
     rc = cli(["extract", *over])
-    text = capsys.readouterr().out
+    cap = capsys.readouterr()
     assert rc == 1
+    text = cap.err  # failures go to stderr, as pointprobe's do; the summary line to stdout
     assert f"1 of {len(_videos(root, 'train'))} videos failed" in text
     assert bad.stem in text and str(bad) in text
+    assert bad.stem not in cap.out and "wrote" in cap.out
     cache = FeatureCache(out)
     assert bad.stem not in cache.items() and len(cache) == len(_videos(root, "train")) - 1
     assert cache.key.encoder == "frame_stats" and cache.key.checkpoint_sha256 == "none"

@@ -17,6 +17,7 @@ import logging
 import os
 import re
 import shutil
+import sys
 import time
 import zlib
 from dataclasses import dataclass, field
@@ -25,12 +26,12 @@ from typing import Any
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from common.cache import CacheKey, CacheWriter, FeatureCache, check_existing_cache, merge_manifests
 from common.config import config_hash, save_config, to_dict
 from common.errors import CacheError, ConfigError, InputError
 from common.paths import check_item_name
+from common.progress import progress, progress_write
 
 log = logging.getLogger(__name__)
 
@@ -41,13 +42,13 @@ class DataConfig:
     """Which videos: a ``build_video_dataset`` kind, its root and split."""
 
     kind: str = "ucf101"  # folder | list | ucf101 | synth | hmdb51 | kinetics | ssv2
-    root: str = ""
-    split: str = "train"
-    split_id: int = 1
+    root: str = ""  # dataset folder (layout per kind: see the README)
+    split: str = "train"  # train | test | val (names per kind)
+    split_id: int = 1  # UCF101 / HMDB51 split number (1-3)
     list_file: str | None = None  # kind "list"
-    class_index: str | None = None
-    annotations: str | None = None
-    video_root: str | None = None
+    class_index: str | None = None  # classInd.txt-style class names (kinds list, kinetics)
+    annotations: str | None = None  # Kinetics CSV / SSv2 JSON when not found under root
+    video_root: str | None = None  # folder of the videos when not the default under root
     backend: str = "auto"  # decoder: auto | decord | pyav
     limit: int = 0  # keep only the first N videos (sorted by id); 0 = all
 
@@ -56,10 +57,10 @@ class DataConfig:
 class EncoderConfig:
     """Which encoder (``videoprobe.models.VIDEO_ENCODERS``) and weights."""
 
-    name: str = "x3d_s"
+    name: str = "x3d_s"  # an encoder of `videoprobe encoders`
     checkpoint: str | None = None  # None: random init; a file; "hub" (pytorchvideo zoo, online only)
-    seed: int = 0
-    kwargs: dict[str, Any] = field(default_factory=dict)
+    seed: int = 0  # seed of the random initialisation when no checkpoint is given
+    kwargs: dict[str, Any] = field(default_factory=dict)  # constructor overrides
     # load a checkpoint that pickles classes beyond the harmless list (full unpickling: it can run code)
     trust_checkpoint: bool = False
 
@@ -68,30 +69,30 @@ class EncoderConfig:
 class ViewsConfig:
     """Test-time views per video; 0 = the encoder's own recipe."""
 
-    num_clips: int = 1
+    num_clips: int = 1  # clips per video, evenly spaced
     spatial: str = "center"  # center | three_crop
-    clip_len: int = 0
-    frame_step: int = 0
-    size: int = 0
-    short_side: int = 0
+    clip_len: int = 0  # frames per clip (0: the encoder's)
+    frame_step: int = 0  # frame stride inside a clip (0: the encoder's)
+    size: int = 0  # crop size in pixels (0: the encoder's)
+    short_side: int = 0  # short side the frames are resized to first (0: the encoder's)
 
 
 @dataclass
 class ExtractConfig:
-    data: DataConfig = field(default_factory=DataConfig)
-    encoder: EncoderConfig = field(default_factory=EncoderConfig)
-    views: ViewsConfig = field(default_factory=ViewsConfig)
+    data: DataConfig = field(default_factory=DataConfig)  # which videos
+    encoder: EncoderConfig = field(default_factory=EncoderConfig)  # which encoder and weights
+    views: ViewsConfig = field(default_factory=ViewsConfig)  # test-time views (clips x crops) per video
     out: str = ""  # cache folder
-    save_tokens: bool = False
+    save_tokens: bool = False  # also store the token grid (needed by the attentive probe)
     token_grid: list[int] = field(default_factory=lambda: [0, 0, 0])  # pool tokens to (T, H, W); 0 = keep
     dtype: str = "float32"  # pooled features in the cache
-    tokens_dtype: str = "float16"
+    tokens_dtype: str = "float16"  # tokens in the cache: float16 | float32
     batch_size: int = 8  # views per encoder forward
     precision: str = "fp32"  # fp32 | bf16 | fp16 (autocast; bf16/fp16 mainly for CUDA)
     num_workers: int = 0  # decoding processes (DataLoader workers)
     device: str = "auto"  # auto | cpu | cuda
     fsync: bool = True  # fsync every cache file (off: faster, still safe against a killed process)
-    progress: bool = True
+    progress: bool = True  # progress bar (terminal) / a line every PROBESUITE_PROGRESS_SECONDS (logs)
 
 
 # ---------------------------------------------------------------------------------------- helpers
@@ -263,14 +264,14 @@ def _run(cfg: ExtractConfig, enc: Any, spec: Any, todo: list[Any], writer: Cache
         num_workers=cfg.num_workers, collate_fn=_collate,
     )
     desc = f"extract {enc.name}" + (f" [rank {rank}]" if world > 1 else "")
-    with tqdm(total=len(todo), desc=desc, disable=not cfg.progress or None, dynamic_ncols=True) as bar:
+    with progress(total=len(todo), desc=desc, unit="video", disable=not cfg.progress) as bar:
         for batch in loader:
             for rec in batch:
                 bar.update(1)
                 it = rec["item"]
                 if rec["error"] is not None:
                     failures[it.video_id] = rec["error"]
-                    tqdm.write(f"skipped {it.video_id}: {rec['error']}")
+                    progress_write(f"skipped {it.video_id}: {rec['error']}")
                     continue
                 video = rec["video"]
                 pooled, tokens = encode_views(enc, video, cfg.batch_size, device, cfg.save_tokens,
@@ -284,7 +285,7 @@ def _run(cfg: ExtractConfig, enc: Any, spec: Any, todo: list[Any], writer: Cache
                     writer.write(it.video_id, pooled.numpy(), labels, **extra)
                 except CacheError as e:  # e.g. NaN features from a broken clip: report, go on
                     failures[it.video_id] = str(e)
-                    tqdm.write(f"skipped {it.video_id}: {e}")
+                    progress_write(f"skipped {it.video_id}: {e}")
     return failures, n_clips
 
 
@@ -369,12 +370,12 @@ def record_padding(out: str | Path, span: int) -> dict[str, Any]:
 
 
 def report_failures(failures: dict[str, str], total: int) -> None:
-    """The summary printed at the end of a batch command."""
+    """The list of failed videos printed (to stderr) at the end of a batch command."""
     if not failures:
         return
-    print(f"{len(failures)} of {total} videos failed and were skipped:")
+    print(f"{len(failures)} of {total} videos failed and were skipped:", file=sys.stderr)
     for vid, msg in sorted(failures.items()):
-        print(f"  {vid}: {msg}")
+        print(f"  {vid}: {msg}", file=sys.stderr)
 
 
 # ------------------------------------------------------------------------------------- TWLV-I files
@@ -414,7 +415,7 @@ def export_twlv(cache_path: str | Path, out: str | Path, split: str | None = Non
     dest = Path(out) / folder
     dest.mkdir(parents=True, exist_ok=True)
     n = 0
-    for item in tqdm(cache.items(), desc="export-twlv", disable=None, dynamic_ncols=True):
+    for item in progress(cache.items(), desc="export-twlv", unit="video"):
         arrays = cache[item]
         clips = _clip_embeddings(np.asarray(arrays["features"], dtype=np.float32), crops)
         label = int(np.asarray(arrays["labels"]).reshape(-1)[0]) if "labels" in arrays else -1
@@ -598,8 +599,7 @@ def import_twlv(src: str | Path, out: str | Path, encoder: str = "twlv-import", 
     counts = {"written": 0, "updated": 0, "unchanged": 0}
     try:
         with CacheWriter(dest, key, dim, dtype, meta=meta) as writer:
-            for vid, (label, _, clip) in tqdm(sorted(recs.items()), desc="import-twlv", disable=None,
-                                              dynamic_ncols=True):
+            for vid, (label, _, clip) in progress(sorted(recs.items()), desc="import-twlv", unit="video"):
                 try:
                     feats = np.atleast_2d(np.load(clip, allow_pickle=False))
                     if feats.ndim != 2:

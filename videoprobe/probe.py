@@ -42,8 +42,8 @@ PROBES = ("linear", "knn", "attentive")
 # ------------------------------------------------------------------------------------------ config
 @dataclass
 class KnnConfig:
-    k: int = 200
-    temperature: float = 0.1
+    k: int = 200  # neighbours
+    temperature: float = 0.1  # vote weight exp(cos / temperature)
     bank: str = "video"  # "video": one mean vector per training video | "view": every view
     query: str = "view"  # "view": votes summed over a test video's views | "video": its mean vector
     standardize: bool = False  # z-score with the bank statistics before L2 (mixed scales)
@@ -51,30 +51,30 @@ class KnnConfig:
 
 @dataclass
 class AttentiveConfig:
-    epochs: int = 20
-    lr: float = 1e-3
-    weight_decay: float = 0.01
-    batch_size: int = 256
+    epochs: int = 20  # training epochs
+    lr: float = 1e-3  # AdamW learning rate
+    weight_decay: float = 0.01  # AdamW weight decay
+    batch_size: int = 256  # videos per step
     num_heads: int = 0  # 0: the largest of 16, 12, 8, 6, 4, 3, 2, 1 dividing the token dim
-    mlp_ratio: float = 4.0
+    mlp_ratio: float = 4.0  # hidden size of the block's MLP / token dim
     val_fraction: float = 0.1  # training videos held out to report a validation score
 
 
 @dataclass
 class ProbeConfig:
-    train_cache: str = ""
-    test_cache: str = ""
-    out: str = ""
-    probes: list[str] = field(default_factory=lambda: ["linear", "knn"])
+    train_cache: str = ""  # cache folder of the training split (`videoprobe extract`)
+    test_cache: str = ""  # cache folder of the test split
+    out: str = ""  # output folder: probe.md, probe.json, config.yaml
+    probes: list[str] = field(default_factory=lambda: ["linear", "knn"])  # any of linear, knn, attentive
     classes: str = "all"  # all | appearance | motion | comma-separated class names
     classes_file: str | None = None  # classes.json; default: <dataset root>/classes.json
     benchmark: str = ""  # a name for the records (default: the train cache's dataset)
-    linear: LinearProbeConfig = field(default_factory=LinearProbeConfig)
-    knn: KnnConfig = field(default_factory=KnnConfig)
-    attentive: AttentiveConfig = field(default_factory=AttentiveConfig)
-    seed: int = 0
-    device: str = "cpu"
-    progress: bool = True
+    linear: LinearProbeConfig = field(default_factory=LinearProbeConfig)  # linear probe (lr x wd sweep)
+    knn: KnnConfig = field(default_factory=KnnConfig)  # kNN settings (TWLV-I recipe)
+    attentive: AttentiveConfig = field(default_factory=AttentiveConfig)  # attentive probe (V-JEPA style)
+    seed: int = 0  # seed of the probes
+    device: str = "cpu"  # cpu | cuda
+    progress: bool = True  # progress bar (terminal) / a line every PROBESUITE_PROGRESS_SECONDS (logs)
 
 
 # -------------------------------------------------------------------------------------------- data

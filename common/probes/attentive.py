@@ -18,11 +18,11 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
-from tqdm import tqdm
 
 from common.errors import CheckpointError, ConfigError, InputError
 from common.probes._files import read_probe_file, write_probe_file
 from common.probes.linear import ProbeData, _lr_factor, _score_heads, _train_batches
+from common.progress import progress
 
 __all__ = [
     "AttentiveProbe",
@@ -198,7 +198,7 @@ def train_attentive_probe(
     rng = np.random.default_rng(cfg.seed)
     history = []
     step = 0
-    bar = tqdm(total=total, desc="attentive probe", disable=not cfg.progress, leave=False)
+    bar = progress(total=total, desc="attentive probe", unit="epoch", disable=not cfg.progress, leave=False)
     model.train()
     for epoch in range(cfg.epochs):
         tot, cnt = 0.0, 0

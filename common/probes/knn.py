@@ -14,11 +14,11 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 import torch.nn.functional as F
-from tqdm import tqdm
 
 from common.errors import ConfigError, InputError
 from common.metrics import confusion_matrix, segmentation_metrics, topk_accuracy
 from common.probes.linear import ProbeData
+from common.progress import progress
 
 __all__ = ["KnnConfig", "knn_votes", "evaluate_knn"]
 
@@ -67,7 +67,8 @@ def _topk_neighbours(
             (torch.from_numpy(x), torch.from_numpy(y)) for x, y, _ in train.iter_windows(cfg.window_rows)
         )
         n_win = None
-    for xw, yw in tqdm(windows, total=n_win, desc="kNN", disable=not cfg.progress, leave=False):
+    for xw, yw in progress(windows, total=n_win, desc="kNN", unit="window",
+                           disable=not cfg.progress, leave=False):
         xw = F.normalize(xw.float().to(device), dim=1)
         yw = yw.to(device)
         kk = min(kmax, xw.shape[0])

@@ -26,11 +26,11 @@ from typing import Any
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from common.errors import CheckpointError, ConfigError, InputError
 from common.metrics import segmentation_metrics
 from common.probes._files import read_probe_file, write_probe_file
+from common.progress import progress
 
 __all__ = [
     "ProbeData",
@@ -779,7 +779,8 @@ def train_linear_probe(
     rng = np.random.default_rng(cfg.seed)
     step = 0
     loss_sum = torch.zeros(heads.H, dtype=torch.float64, device=device)
-    bar = tqdm(total=total, desc=f"linear probe ({heads.H} heads)", disable=not cfg.progress, leave=False)
+    bar = progress(total=total, desc=f"linear probe ({heads.H} heads)", unit="epoch",
+                   disable=not cfg.progress, leave=False)
     for _epoch in range(cfg.epochs):
         loss_sum.zero_()
         for xb, yb in _train_batches(

@@ -18,7 +18,6 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 import torch.nn.functional as F
-from tqdm import tqdm
 
 from common.errors import ConfigError, InputError
 from common.probes.linear import (
@@ -28,6 +27,7 @@ from common.probes.linear import (
     apply_normalizer,
     fit_normalizer,
 )
+from common.progress import progress
 
 __all__ = ["LogRegConfig", "fit_logreg", "train_logreg_probe"]
 
@@ -163,7 +163,7 @@ def train_logreg_probe(
 
     fits: dict[float, tuple] = {}
     table: dict[float, dict] = {}
-    bar = tqdm(desc="logreg C sweep", disable=not cfg.progress, leave=False)
+    bar = progress(desc="logreg C sweep", unit="fit", disable=not cfg.progress, leave=False)
 
     def try_c(log_c: float) -> None:
         log_c = round(log_c, 6)

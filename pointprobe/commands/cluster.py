@@ -21,10 +21,10 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from common.config import load_config
+    from common.cli import load_cli_config
     from pointprobe.lift.cluster import ClusterConfig, run_cluster
 
-    cfg = load_config(ClusterConfig, args.config, args.overrides)
+    cfg = load_cli_config(ClusterConfig, args)
     result = run_cluster(cfg)
     for r in result["rows"]:
         print(f"cluster: {r['features']}: mIoU {r['mIoU']:.2f} (k={r['k']}, head {r['head']}, "

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import argparse
 
+from common.cli import add_show_config
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
@@ -10,17 +12,18 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="the whole pipeline on generated scenes: pre-train, extract, probe, table, PCA picture",
     )
     p.add_argument("--out", default="runs/point-demo", help="output folder (default: %(default)s)")
+    add_show_config(p)
     p.add_argument("overrides", nargs="*", metavar="key=value",
                    help="demo settings, e.g. scenes=16 pretrain_overrides=[train.steps=100]")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from common.config import load_config
+    from common.cli import load_cli_config
     from common.report import markdown_table
     from pointprobe.demo import PointDemoConfig, run_demo
 
-    cfg = load_config(PointDemoConfig, None, [f"out={args.out}", *args.overrides])
+    cfg = load_cli_config(PointDemoConfig, args, None, [f"out={args.out}", *args.overrides])
     res = run_demo(cfg)
     print()
     print(markdown_table(res["rows"], float_format=".2f"))

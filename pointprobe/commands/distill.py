@@ -22,10 +22,10 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from common.config import load_config
+    from common.cli import load_cli_config
     from pointprobe.lift.distill import DistillConfig, run_distill
 
-    cfg = load_config(DistillConfig, args.config, args.overrides)
+    cfg = load_cli_config(DistillConfig, args)
     result = run_distill(cfg)
     last = result["history"][-1] if result["history"] else {}
     loss = last.get("loss", float("nan"))

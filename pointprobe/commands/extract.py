@@ -24,10 +24,10 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from common import dist
-    from common.config import load_config
+    from common.cli import load_cli_config
     from pointprobe.extract import ExtractConfig, extract
 
-    cfg = load_config(ExtractConfig, args.config, args.overrides)
+    cfg = load_cli_config(ExtractConfig, args)
     failures = extract(cfg)
     n_bad = sum(len(v) for v in failures.values())
     if dist.is_main():

@@ -23,10 +23,10 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from common import dist
-    from common.config import load_config
+    from common.cli import load_cli_config
     from pointprobe.lift.lift import LiftConfig, run_lift
 
-    cfg = load_config(LiftConfig, args.config, args.overrides)
+    cfg = load_cli_config(LiftConfig, args)
     result = run_lift(cfg)
     failures = result["failures"]
     n_bad = sum(len(v) for v in failures.values())

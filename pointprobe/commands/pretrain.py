@@ -4,6 +4,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from common.cli import add_show_config
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
@@ -22,17 +24,18 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="YAML config (default: %(default)s)")
     p.add_argument("--resume", default=None, metavar="PATH",
                    help="training checkpoint to resume from (default: OUT/last.pth when it exists)")
+    add_show_config(p)
     p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. train.steps=100")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from common import dist
-    from common.config import load_config
+    from common.cli import load_cli_config
     from common.errors import ConfigError
     from pointprobe.pretrain.train import PretrainConfig, run_pretrain
 
-    cfg = load_config(PretrainConfig, args.config, args.overrides)
+    cfg = load_cli_config(PretrainConfig, args)
     if not cfg.out:
         raise ConfigError("config key 'out' is empty: give out=DIR")
     dist.init_from_env()

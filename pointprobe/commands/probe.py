@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import argparse
 
+from common.cli import add_show_config
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
@@ -13,16 +15,17 @@ def register(sub: argparse._SubParsersAction) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--config", default="configs/point/probe.yaml", help="YAML config (default: %(default)s)")
-    p.add_argument("overrides", nargs="*", metavar="key=value")
+    add_show_config(p)
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. probe.epochs=10")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from common.config import load_config
+    from common.cli import load_cli_config
     from common.report import markdown_table
     from pointprobe.probe import SegProbeConfig, run_probe
 
-    cfg = load_config(SegProbeConfig, args.config, args.overrides)
+    cfg = load_cli_config(SegProbeConfig, args)
     res = run_probe(cfg)
     print(markdown_table(res["rows"], float_format=".2f"))
     print(f"\nresults: {res['out']}/results.md (+ .json, per_class_iou.png, probe_*.pt)")

@@ -182,7 +182,8 @@ def preprocess_dataset(
     raises ``InputError``; per-scene problems are reported through ``log`` as one line each and
     returned as 'failed'.
     """
-    from tqdm import tqdm
+    from common.progress import progress as progress_bar
+    from common.progress import progress_write
 
     raw_root, out_root = Path(raw_root), Path(out_root)
     if not raw_root.is_dir():
@@ -194,12 +195,12 @@ def preprocess_dataset(
         for name in names:
             jobs.append((str(raw_root), name, split, str(out_root), label_map))
     results: list[SceneResult | None] = [None] * len(jobs)
-    bar = tqdm(total=len(jobs), desc="preprocess", unit="scene", disable=not progress)
+    bar = progress_bar(total=len(jobs), desc="preprocess", unit="scene", disable=not progress)
 
     def record(i: int, r: SceneResult) -> None:
         results[i] = r
         if r.status == "failed":
-            (tqdm.write if progress else log)(f"failed: {r.message}")
+            (progress_write if progress else log)(f"failed: {r.message}")
         bar.update()
 
     if workers > 1 and len(jobs) > 1:

@@ -1029,7 +1029,7 @@ def generate_dataset(
     split_fractions: tuple[float, float, float] = (0.6, 0.2, 0.2),
 ) -> dict[str, list[str]]:
     """Write ``n_scenes`` synthetic scenes in the raw ScanNet layout under ``out``; returns the splits."""
-    from tqdm import tqdm
+    from common.progress import progress as progress_bar
 
     if n_scenes < 1:
         raise ValueError("n_scenes must be >= 1")
@@ -1038,7 +1038,7 @@ def generate_dataset(
     jobs = [(str(out), seed, i, frames_per_scene, tuple(image_size)) for i in range(n_scenes)]
     counts: Counter = Counter()
     names = []
-    bar = tqdm(total=n_scenes, desc="synth", unit="scene", disable=not progress)
+    bar = progress_bar(total=n_scenes, desc="synth", unit="scene", disable=not progress)
     if workers > 1:
         from concurrent.futures import ProcessPoolExecutor
 

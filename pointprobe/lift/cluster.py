@@ -123,7 +123,7 @@ def train_stego_head(scenes: list[torch.Tensor], spec: StegoSpec, seed: int = 0,
                      device: torch.device | str = "cpu", progress: bool = False
                      ) -> tuple[StegoHead, list[float]]:
     """Train a head on per-scene feature samples ``scenes`` [(n_i, D)]; returns it (eval mode) and losses."""
-    from tqdm import tqdm
+    from common.progress import progress as progress_bar
 
     if not scenes:
         raise InputError(None, "no scenes with features to train the correlation head on")
@@ -144,7 +144,8 @@ def train_stego_head(scenes: list[torch.Tensor], spec: StegoSpec, seed: int = 0,
         return s[idx].float().to(dev)
 
     losses = []
-    for _ in tqdm(range(spec.steps), desc="stego head", disable=not progress or None, leave=False):
+    for _ in progress_bar(range(spec.steps), desc="stego head", unit="step", disable=not progress,
+                          leave=False):
         batch = torch.randint(n, (spec.batch_scenes,), generator=g).tolist()
         loss = torch.zeros((), device=dev)
         for i in batch:

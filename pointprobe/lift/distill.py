@@ -353,7 +353,7 @@ class Distiller:
                 torch.from_numpy(np.concatenate(masks)).to(dev))
 
     def train_epoch(self) -> float:
-        from tqdm import tqdm
+        from common.progress import progress
 
         t = self.cfg.train
         rng = np.random.default_rng([t.seed, self.epoch])
@@ -362,8 +362,8 @@ class Distiller:
         warmup = int(round(t.warmup_epochs * self.steps_per_epoch))
         self.model.train()
         losses = []
-        bar = tqdm(range(self.steps_per_epoch), desc=f"distill epoch {self.epoch + 1}/{t.epochs}",
-                   disable=not t.progress or None, leave=False, dynamic_ncols=True)
+        bar = progress(range(self.steps_per_epoch), desc=f"distill epoch {self.epoch + 1}/{t.epochs}",
+                       unit="step", disable=not t.progress, leave=False)
         for b in bar:
             ids = [int(i) for i in order[b * t.batch_scenes : (b + 1) * t.batch_scenes]]
             point, target, mask = self._batch(ids, rng)

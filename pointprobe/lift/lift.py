@@ -250,7 +250,7 @@ def lift_scene(scene_dir: str | Path, coord: np.ndarray, features: ImageEncoder 
     ``features``: an image encoder or any function ``FrameBatch -> (B, dim, h, w)`` maps covering the
     frames (tests render known per-pixel values this way).
     """
-    from tqdm import tqdm
+    from common.progress import progress as progress_bar
 
     device = torch.device(device)
     fn = encoder_feature_fn(features, device) if isinstance(features, ImageEncoder) else features
@@ -268,7 +268,8 @@ def lift_scene(scene_dir: str | Path, coord: np.ndarray, features: ImageEncoder 
         batches = [frames[i : i + fusion.batch_frames] for i in range(0, len(frames), fusion.batch_frames)]
         with ThreadPoolExecutor(1) as pool:  # read the next batch while this one is encoded
             pending = pool.submit(read_frames, scene_dir, batches[0], size)
-            for b in tqdm(range(len(batches)), desc=Path(scene_dir).name, leave=False, disable=not progress):
+            for b in progress_bar(range(len(batches)), desc=Path(scene_dir).name, unit="batch", leave=False,
+                                  disable=not progress):
                 fb = pending.result()
                 if b + 1 < len(batches):
                     pending = pool.submit(read_frames, scene_dir, batches[b + 1], size)

@@ -56,7 +56,8 @@ def _hub_download(name: str) -> Path:
     if release_cache.is_file():
         return release_cache
     where = (f"download {filename} from https://huggingface.co/{HUB_REPO} on a machine with network and "
-             f"pass --checkpoint /path/{filename}, or put it in the Hugging Face cache ({_hub_cache_dir()}, "
+             f"pass encoder.checkpoint=/path/{filename} (featviz points: --checkpoint /path/{filename}), "
+             f"or put it in the Hugging Face cache ({_hub_cache_dir()}, "
              f"e.g. `huggingface-cli download {HUB_REPO} {filename}`) or in {release_cache.parent}")
     try:
         from huggingface_hub import hf_hub_download
@@ -147,7 +148,8 @@ def infer_ptv3_config(sd: Mapping[str, torch.Tensor], path: str | os.PathLike) -
             return {**preset, "mask_token": "embedding.mask_token" in sd}
     raise CheckpointError(
         f"{path}: no config in the checkpoint and its shapes (in_channels={shapes[0]}, depths={shapes[1]}, "
-        f"channels={shapes[2]}) match no Sonata preset; pass config={{...}} (enc_num_head, order, ...)"
+        f"channels={shapes[2]}) match no Sonata preset; give encoder.config={{...}} (enc_num_head, order, "
+        f"...; Python: load_encoder(..., config=...))"
     )
 
 
@@ -202,7 +204,8 @@ def build_from_checkpoint(ckpt: Mapping[str, Any], path: str | os.PathLike,
                     raise
                 cfg = {}
         elif config is None:
-            raise CheckpointError(f"{path}: no config in the checkpoint; pass config={{...}}")
+            raise CheckpointError(f"{path}: no config in the checkpoint; give encoder.config={{...}} "
+                                  f"(Python: load_encoder(..., config=...))")
         else:
             cfg = {}
     cfg = {**cfg, **(config or {})}

@@ -14,9 +14,9 @@ from typing import Literal
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from common.errors import InputError
+from common.progress import progress as progress_bar
 from common.sampling import grid_sample, grid_sample_test
 
 from .structure import PointBatch, PointEncoder
@@ -138,7 +138,8 @@ def encode_sampled(model: PointEncoder, coord: np.ndarray, grid_coord: np.ndarra
     local = np.full(m, -1, dtype=np.int64)  # voxel -> row in the current chunk (core voxels only)
     it: Iterator = iter(chunks)
     if progress or len(chunks) > 1:
-        it = tqdm(chunks, desc="encode chunks", leave=False, disable=not progress and len(chunks) < 4)
+        it = progress_bar(chunks, desc="encode chunks", unit="chunk", leave=False,
+                          disable=not progress and len(chunks) < 4)
     for rows, core in it:
         gc = grid_coord[rows]
         gc = gc - (gc.min(axis=0) // _ALIGN) * _ALIGN
@@ -219,7 +220,8 @@ def encode_points(model: PointEncoder, coord, color=None, normal=None, levels: i
             passes = grid_sample_test(xyz, grid_size, source=source, align=align)
             acc = torch.zeros(n, model.feature_dim(levels), dtype=torch.float32)
             cnt = torch.zeros(n, dtype=torch.float32)
-            for gs in tqdm(passes, desc="test passes", leave=False, disable=not progress):
+            for gs in progress_bar(passes, desc="test passes", unit="pass", leave=False,
+                                   disable=not progress):
                 f = encode_sampled(model, xyz[gs.index], gs.grid_coord, feat[gs.index],
                                    **{**kwargs, "out_dtype": torch.float32})
                 idx = torch.from_numpy(gs.index)

@@ -40,13 +40,13 @@ import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from tqdm import tqdm
 
 from common import dist
 from common.checkpoint import load_checkpoint, load_latest, save_checkpoint
 from common.config import config_hash, save_config, to_dict
 from common.errors import CheckpointError, ConfigError, InputError
 from common.paths import sweep_stale_temps
+from common.progress import progress
 from pointprobe.models.sparseunet import upcast
 from pointprobe.models.structure import PointBatch, PointEncoder
 from pointprobe.pretrain.ema import copy_weights, ema_update
@@ -84,9 +84,9 @@ __all__ = [
 @dataclass
 class DataSection:
     root: str = ""  # preprocessed layout: {root}/{split}/{scene}/{coord,color,normal}.npy
-    split: str = "train"
+    split: str = "train"  # split folder the scenes are read from
     max_scenes: int = 0  # 0 = every scene of the split
-    cache_in_memory: bool = True
+    cache_in_memory: bool = True  # keep the scenes in memory after the first read
 
 
 @dataclass
@@ -140,11 +140,11 @@ class TrainSection:
     steps: int = 1000  # optimiser steps
     batch_size: int = 4  # scenes per optimiser step, over every rank and micro-batch
     accum_steps: int = 1  # micro-batches per step
-    seed: int = 0
+    seed: int = 0  # seed of weights, views and data order
     device: str = "auto"  # auto | cpu | cuda
     amp: bool = True  # bf16 autocast on CUDA (never on the CPU)
     threads: int = 0  # torch CPU threads (0 = leave as is)
-    log_every: int = 10
+    log_every: int = 10  # a log.jsonl line every N steps
     save_every: int = 200  # checkpoint + encoder.pth every N steps (0 = only at the end)
     save_every_minutes: float = 0.0  # also a checkpoint when this much time passed since the last (0 = off)
     # caught: finish the step, write a checkpoint, exit with status 3 ("interrupted, resumable")
@@ -153,18 +153,18 @@ class TrainSection:
     export: str = "teacher"  # teacher | student backbone written to encoder.pth
     keep_encoders: bool = False  # also keep encoders/step_N.pth at every save (probe along training)
     prefetch: bool = True  # build the next micro-batch's views in a background thread
-    progress: bool = True
+    progress: bool = True  # progress bar (terminal) / a line every PROBESUITE_PROGRESS_SECONDS (logs)
 
 
 @dataclass
 class PretrainConfig:
-    data: DataSection = field(default_factory=DataSection)
-    views: ViewConfig = field(default_factory=ViewConfig)
-    model: ModelSection = field(default_factory=ModelSection)
-    loss: LossSection = field(default_factory=LossSection)
-    optim: OptimSection = field(default_factory=OptimSection)
-    train: TrainSection = field(default_factory=TrainSection)
-    out: str = ""
+    data: DataSection = field(default_factory=DataSection)  # scenes in the preprocessed layout
+    views: ViewConfig = field(default_factory=ViewConfig)  # crops, masks, augmentations
+    model: ModelSection = field(default_factory=ModelSection)  # backbone and heads
+    loss: LossSection = field(default_factory=LossSection)  # self-distillation losses and curricula
+    optim: OptimSection = field(default_factory=OptimSection)  # AdamW with layer decay, OneCycle schedule
+    train: TrainSection = field(default_factory=TrainSection)  # steps, batch, checkpoints
+    out: str = ""  # output folder: encoder.pth, last.pth, log.jsonl, config.yaml (resumes there)
 
 
 def validate_config(cfg: PretrainConfig) -> None:
@@ -697,8 +697,8 @@ class Pretrainer:
         if self.out is not None and dist.is_main():
             self.out.mkdir(parents=True, exist_ok=True)
             logf = open(self.out / "log.jsonl", "a")
-        bar = tqdm(total=end, initial=self.step, desc="pretrain", disable=not (t.progress and dist.is_main()),
-                   dynamic_ncols=True)
+        bar = progress(total=end, initial=self.step, desc="pretrain", unit="step",
+                       disable=not (t.progress and dist.is_main()))
         last: dict = {}
         t0 = time.perf_counter()
         warned_at = -10**9

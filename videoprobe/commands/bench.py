@@ -5,6 +5,8 @@ import argparse
 
 
 def register(sub: argparse._SubParsersAction) -> None:
+    from common.cli import add_show_config
+
     p = sub.add_parser(
         "bench", help="run a benchmark suite (encoders x benchmarks x probes) into one table",
         description="Extract (resumable), probe and tabulate every encoder on every benchmark of a suite; "
@@ -12,16 +14,17 @@ def register(sub: argparse._SubParsersAction) -> None:
                     "motion averages. Suites: configs/video/*.yaml.",
     )
     p.add_argument("--suite", required=True, help="suite YAML, e.g. configs/video/synth.yaml")
+    add_show_config(p)
     p.add_argument("overrides", nargs="*", metavar="key=value", help="suite overrides, e.g. out=runs/x")
     p.set_defaults(func=_bench)
 
 
 def _bench(args: argparse.Namespace) -> int:
-    from common.config import load_config
+    from common.cli import load_cli_config
     from videoprobe.bench import BenchSuite, format_table, run_suite
     from videoprobe.extract import report_failures
 
-    suite = load_config(BenchSuite, args.suite, args.overrides)
+    suite = load_cli_config(BenchSuite, args, args.suite)
     result = run_suite(suite)
     print(format_table(result["rows"]))
     print(f"table: {suite.out}/table.md")

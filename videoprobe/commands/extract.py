@@ -82,10 +82,10 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _extract(args: argparse.Namespace) -> int:
-    from common.config import load_config
+    from common.cli import load_cli_config
     from videoprobe.extract import ExtractConfig, extract, report_failures
 
-    cfg = load_config(ExtractConfig, args.config, args.overrides)
+    cfg = load_cli_config(ExtractConfig, args)
     res = extract(cfg)
     from common import dist
 

@@ -18,11 +18,11 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _probe(args: argparse.Namespace) -> int:
-    from common.config import load_config
+    from common.cli import load_cli_config
     from common.report import markdown_table
     from videoprobe.probe import ProbeConfig, run_probes, write_probe_report
 
-    cfg = load_config(ProbeConfig, args.config, args.overrides)
+    cfg = load_cli_config(ProbeConfig, args)
     outcome = run_probes(cfg)
     md, _ = write_probe_report(cfg, outcome)
     rows = [{"probe": k, "top1": round(v["top1"], 2), "top5": round(v["top5"], 2),

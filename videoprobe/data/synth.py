@@ -451,7 +451,7 @@ def video_plan(cfg: SynthConfig) -> list[dict[str, Any]]:
 
 def generate_dataset(out: str | os.PathLike, cfg: SynthConfig | None = None, progress: bool = True) -> Path:
     """Write the dataset described by ``cfg`` under ``out`` (layout in the module docstring)."""
-    from tqdm import tqdm
+    from common.progress import progress as progress_bar
 
     cfg = cfg or SynthConfig()
     cfg.validate()
@@ -459,7 +459,7 @@ def generate_dataset(out: str | os.PathLike, cfg: SynthConfig | None = None, pro
     names = sorted(cfg.classes)
     plan = video_plan(cfg)
     backgrounds: dict[tuple[str, int], np.ndarray] = {}
-    for item in tqdm(plan, desc="synth videos", unit="video", disable=not progress):
+    for item in progress_bar(plan, desc="synth videos", unit="video", disable=not progress):
         name, g, c = item["class"], item["group"], item["clip"]
         if (name, g) not in backgrounds:  # one background per class and group, like UCF101's groups
             bg_rng = np.random.default_rng([cfg.seed, _stable(name), g])
