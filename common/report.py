@@ -5,13 +5,21 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-__all__ = ["write_table", "markdown_table", "bar_chart_png", "confusion_png", "line_plot_png"]
+__all__ = ["write_table", "markdown_table", "bar_chart_png", "confusion_png", "line_plot_png", "slug"]
+
+
+def slug(text: str, fallback: str = "item") -> str:
+    """A file-name-safe form of a display label: runs of anything but letters, digits, ``.``, ``-``
+    and ``_`` become one ``_`` (``"sparseunet pre-trained (demo)"`` -> ``"sparseunet_pre-trained_demo"``)."""
+    s = re.sub(r"[^A-Za-z0-9._-]+", "_", str(text)).strip("_.")
+    return s or fallback
 
 
 def _plt():

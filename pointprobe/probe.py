@@ -102,7 +102,9 @@ def probe_one(folder: str | Path, cfg: SegProbeConfig, out: Path, name: str | No
     result = train_linear_probe(train, None, pcfg, class_names=class_names)
     evaluation = ProbeData.from_cache(eval_cache)
     scores = evaluate_linear_probe(result, evaluation, device=pcfg.device)
-    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in label)
+    from common.report import slug
+
+    safe = slug(label, "encoder")
     result.meta.update({"encoder": enc, "cache_key": train_cache.key.to_dict(), "features": str(folder)})
     probe_path = save_probe(result, out / f"probe_{safe}.pt")
     return {

@@ -91,3 +91,22 @@ def test_confusion_and_line_plot(tmp_path):
         logx=True,
     )
     _assert_not_blank(p)
+
+
+def test_slug_has_no_spaces_or_parentheses():
+    from common.report import slug
+
+    assert slug("sparseunet pre-trained (demo)") == "sparseunet_pre-trained_demo"
+    assert slug("frame_stats (frame-wise)") == "frame_stats_frame-wise"
+    assert slug("  (( ))  ") == "item" and slug("a/b\\c", "x") == "a_b_c"
+
+
+def test_bench_folders_are_slugs_and_must_differ():
+    from common.errors import ConfigError
+    from videoprobe.bench import BenchEncoder, Benchmark, BenchSuite, _check, _folder
+
+    assert _folder("frame_stats (frame-wise)") == "frame_stats_frame-wise"
+    suite = BenchSuite(encoders=[BenchEncoder(name="a", label="x (1)"), BenchEncoder(name="b", label="x 1")],
+                       benchmarks=[Benchmark(name="B")])
+    with pytest.raises(ConfigError, match="same folder names"):
+        _check(suite)

@@ -111,6 +111,13 @@ def _label(enc: BenchEncoder) -> str:
     return enc.label or enc.name
 
 
+def _folder(label: str) -> str:
+    """The folder name of an encoder label (no spaces or parentheses in output paths)."""
+    from common.report import slug
+
+    return slug(label, "encoder")
+
+
 def _data_key(data: DataConfig) -> str:
     blob = json.dumps(to_dict(replace(data, split="")), sort_keys=True)
     return f"{data.kind}-{hashlib.sha256(blob.encode()).hexdigest()[:10]}"
@@ -122,6 +129,10 @@ def _check(suite: BenchSuite) -> None:
     labels = [_label(e) for e in suite.encoders]
     if len(set(labels)) != len(labels):
         raise ConfigError(f"suite {suite.name}: encoder labels must be unique, got {labels}")
+    folders = [_folder(lb) for lb in labels]
+    if len(set(folders)) != len(folders):
+        raise ConfigError(f"suite {suite.name}: encoder labels {labels} give the same folder names "
+                          f"{folders}; make them differ in letters or digits")
     names = [b.name for b in suite.benchmarks]
     if len(set(names)) != len(names) or not all(names):
         raise ConfigError(f"suite {suite.name}: benchmark names must be unique and non-empty, got {names}")
@@ -173,7 +184,7 @@ def run_suite(suite: BenchSuite) -> dict[str, Any]:
             data = resolved[b.name]
             caches = {}
             for split in (b.train_split, b.test_split):
-                cache_dir = out / "cache" / label / _data_key(data) / split
+                cache_dir = out / "cache" / _folder(label) / _data_key(data) / split
                 views = replace(suite.views, clip_len=enc.clip_len or suite.views.clip_len,
                                 frame_step=enc.frame_step or suite.views.frame_step)
                 cfg = ExtractConfig(
@@ -190,7 +201,8 @@ def run_suite(suite: BenchSuite) -> dict[str, Any]:
                 caches[split] = cache_dir
             pcfg = ProbeConfig(
                 train_cache=str(caches[b.train_split]), test_cache=str(caches[b.test_split]),
-                out=str(out / "results" / label / b.name), probes=list(suite.probes), classes=b.classes,
+                out=str(out / "results" / _folder(label) / _folder(b.name)), probes=list(suite.probes),
+                classes=b.classes,
                 classes_file=expand_path(b.classes_file, f"benchmark {b.name}"), benchmark=b.name,
                 linear=suite.linear, knn=suite.knn, attentive=suite.attentive, seed=suite.seed,
                 device=suite.device, progress=suite.progress,
