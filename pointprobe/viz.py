@@ -423,6 +423,27 @@ class PointVizResult:
     message: str | None = None
     panels: list[str] = field(default_factory=list)
     views: list[str] = field(default_factory=list)
+    query_xyz: tuple[float, float, float] | None = None
+    colorbar: Any = None  # common.render.ColorBar of the similarity panel
+
+
+def similarity_colorbar(sim: np.ndarray, cmap: str, label: str) -> Any:
+    """The colour bar of the similarity panel: the colours run through ``similarity_heat`` (not linear
+    in the similarity), so the ticks name the similarity at the minimum, the median, the top-10 %
+    threshold and the maximum, placed where their colours are."""
+    from common.pca import similarity_heat
+    from common.render import ColorBar
+
+    sim = np.asarray(sim, dtype=np.float32).reshape(-1)
+    heat = similarity_heat(sim)
+    order = np.argsort(sim, kind="stable")
+    ticks: list[tuple[float, str]] = []
+    for q in (0.0, 0.5, 0.9, 1.0):
+        i = order[min(int(round(q * (len(sim) - 1))), len(sim) - 1)]
+        pos = float(heat[i])
+        if not ticks or pos - ticks[-1][0] > 0.12:  # keep tick labels apart
+            ticks.append((pos, f"{float(sim[i]):.2f}"))
+    return ColorBar(label, cmap, ticks)
 
 
 def _legend(labels_sets: Sequence[np.ndarray], palette: np.ndarray, names: Sequence[str] | None) -> list:
@@ -494,9 +515,13 @@ def visualize_points(
     panels.append(("input", "input colour" if color is not None else "input (no colour)", in_col, {}))
     panels.append(("pca", "PCA", pca_colors(feats, seed=seed), {}))
     sim = similarity(feats, qi)
+    qx, qy, qz = (float(v) for v in coord[qi])
     panels.append(
-        ("similarity", f"similarity to point {qi}", similarity_colors(sim, cmap=cmap), {"similarity": sim})
+        ("similarity", f"similarity to ({qx:.2f}, {qy:.2f}, {qz:.2f})", similarity_colors(sim, cmap=cmap),
+         {"similarity": sim})
     )
+    colorbar = similarity_colorbar(sim, cmap, f"cosine similarity to the query point ({qx:.2f}, {qy:.2f}, "
+                                   f"{qz:.2f}), marked in every panel")
     if kmeans and kmeans > 0:
         km, _ = run_kmeans(feats, kmeans, seed=seed)
         from common.pca import categorical_palette
@@ -531,9 +556,11 @@ def visualize_points(
     legend = _legend(legend_sets, pal, class_names) if legend_sets else None
     png = out_dir / "panels.png"
     compose_grid(
-        cells, png, col_titles=[p[1] for p in panels], row_titles=res.views, title=title, legend=legend
+        cells, png, col_titles=[p[1] for p in panels], row_titles=res.views, title=title, legend=legend,
+        colorbar=colorbar,
     )
-    return PointVizResult(png, plys, qi, res.backend, res.message, [p[0] for p in panels], res.views)
+    return PointVizResult(png, plys, qi, res.backend, res.message, [p[0] for p in panels], res.views,
+                          (qx, qy, qz), colorbar)
 
 
 def render_feature_panels(

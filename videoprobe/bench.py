@@ -246,12 +246,15 @@ def _mean(xs: list[float]) -> float:
 def tabulate(encs: list[BenchEncoder], benches: list[Benchmark], probes: list[str],
              cells: dict[tuple[str, str], dict[str, Any]]) -> list[dict[str, Any]]:
     """Rows (encoder, probe): top-1 per benchmark (appearance ones first), group averages, overall."""
+    from common.report import checkpoint_id
+
     order = sorted(benches, key=lambda b: GROUPS.index(b.group))
     rows = []
     for enc in encs:
         label = _label(enc)
+        ckpt = checkpoint_id(cells[(label, order[0].name)]["train"]["checkpoint_sha256"])
         for probe in probes:
-            row: dict[str, Any] = {"encoder": label, "probe": probe}
+            row: dict[str, Any] = {"encoder": label, "checkpoint": ckpt, "probe": probe}
             by_group: dict[str, list[float]] = {g: [] for g in GROUPS}
             for b in order:
                 top1 = cells[(label, b.name)]["results"][probe]["top1"]
@@ -280,25 +283,33 @@ def write_bench_report(suite: BenchSuite, rows: list[dict[str, Any]],
             "test_split": c["test"]["split"], "dataset": c["train"]["dataset"], "classes": c["classes"],
             "results": c["results"],
         }
+    chance = {b.name: 100.0 / len(next(c for (_, n), c in cells.items() if n == b.name)["classes"])
+              for b in order}
+    notes = [f"{label}/{bname}: {n}" for (label, bname), c in cells.items() for n in c.get("notes", [])]
     meta = {
         "suite": suite.name,
         "metric": "top-1 accuracy (%) on the test split; views combined per video",
         "appearance benchmarks": ", ".join(b.name for b in order if b.group == "appearance") or "none",
         "motion benchmarks": ", ".join(b.name for b in order if b.group == "motion") or "none",
         "probes": ", ".join(suite.probes),
-        "chance level (%)": ", ".join(
-            f"{b.name} {100.0 / len(next(c for (_, n), c in cells.items() if n == b.name)['classes']):.2f}"
-            for b in order),
+        "chance level (%)": ", ".join(f"{b.name} {chance[b.name]:.2f}" for b in order),
         "suite_config_hash": config_hash(suite),
+        "notes": notes,
         "cells": records,
         "config": to_dict(suite),
     }
-    write_table(rows, out / "table", f"Video probing: {suite.name}", meta=meta)
+    footnotes = ["checkpoint: random:<seed> = random weights (a baseline, not a trained encoder), none = no "
+                 "weights (a hand-designed encoder), else the first 12 hex digits of the weights' sha256",
+                 *notes]
+    write_table(rows, out / "table", f"Video probing: {suite.name}", meta=meta, footnotes=footnotes)
     cols = [b.name for b in order] + [c for c in ("appearance avg", "motion avg") if c in rows[0]]
+    group_chance = {f"{g} avg": _mean([chance[b.name] for b in order if b.group == g]) for g in GROUPS}
+    col_chance = [chance.get(c, group_chance.get(c)) for c in cols]
     for probe in suite.probes:
-        values = {r["encoder"]: [r[c] for c in cols] for r in rows if r["probe"] == probe}
+        values = {f"{r['encoder']} [{r['checkpoint']}]": [r[c] for c in cols] for r in rows
+                  if r["probe"] == probe}
         bar_chart_png(values, out / f"table_{probe}.png", title=f"{suite.name}: {probe} probe, top-1 (%)",
-                      ylabel="top-1 (%)", labels=cols)
+                      ylabel="top-1 (%)", labels=cols, chance=col_chance)
 
 
 def format_table(rows: list[dict[str, Any]]) -> str:
