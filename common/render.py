@@ -351,14 +351,39 @@ class ColorBar:
         return _PAD + font_size + 2 + self.height + 4 + font_size + _PAD
 
 
+def similarity_colorbar(sim: np.ndarray, cmap: str, label: str) -> ColorBar:
+    """The colour bar of the similarity panel: the colours run through ``similarity_heat`` (not linear
+    in the similarity), so the ticks name the similarity at the minimum, the median, the top-10 %
+    threshold and the maximum, placed where their colours are."""
+    from common.pca import similarity_heat
+
+    sim = np.asarray(sim, dtype=np.float32).reshape(-1)
+    heat = similarity_heat(sim)
+    order = np.argsort(sim, kind="stable")
+    ticks: list[tuple[float, str]] = []
+    for q in (0.0, 0.5, 0.9, 1.0):
+        i = order[min(int(round(q * (len(sim) - 1))), len(sim) - 1)]
+        pos = float(heat[i])
+        if not ticks or pos - ticks[-1][0] > 0.12:  # keep tick labels apart
+            ticks.append((pos, f"{float(sim[i]):.2f}"))
+    return ColorBar(label, cmap, ticks)
+
+
 def _wrap_text(text: str, font, width: int) -> list[str]:
-    """Greedy word wrap of ``text`` to lines at most ``width`` pixels wide (a single long word stays)."""
+    """Greedy word wrap of ``text`` to lines at most ``width`` pixels wide (a word wider than that is
+    cut between characters)."""
     lines: list[str] = []
     for word in text.split():
         if lines and _text_width(lines[-1] + " " + word, font) <= width:
             lines[-1] += " " + word
-        else:
-            lines.append(word)
+            continue
+        while _text_width(word, font) > width and len(word) > 1:
+            cut = 1
+            while cut < len(word) and _text_width(word[: cut + 1], font) <= width:
+                cut += 1
+            lines.append(word[:cut])
+            word = word[cut:]
+        lines.append(word)
     return lines or [""]
 
 

@@ -427,25 +427,6 @@ class PointVizResult:
     colorbar: Any = None  # common.render.ColorBar of the similarity panel
 
 
-def similarity_colorbar(sim: np.ndarray, cmap: str, label: str) -> Any:
-    """The colour bar of the similarity panel: the colours run through ``similarity_heat`` (not linear
-    in the similarity), so the ticks name the similarity at the minimum, the median, the top-10 %
-    threshold and the maximum, placed where their colours are."""
-    from common.pca import similarity_heat
-    from common.render import ColorBar
-
-    sim = np.asarray(sim, dtype=np.float32).reshape(-1)
-    heat = similarity_heat(sim)
-    order = np.argsort(sim, kind="stable")
-    ticks: list[tuple[float, str]] = []
-    for q in (0.0, 0.5, 0.9, 1.0):
-        i = order[min(int(round(q * (len(sim) - 1))), len(sim) - 1)]
-        pos = float(heat[i])
-        if not ticks or pos - ticks[-1][0] > 0.12:  # keep tick labels apart
-            ticks.append((pos, f"{float(sim[i]):.2f}"))
-    return ColorBar(label, cmap, ticks)
-
-
 def _legend(labels_sets: Sequence[np.ndarray], palette: np.ndarray, names: Sequence[str] | None) -> list:
     present = sorted({int(v) for lab in labels_sets for v in np.unique(lab) if 0 <= v < len(palette)})
     pal = palette.astype(np.float32) / (255.0 if palette.max(initial=0) > 1 else 1.0)
@@ -481,7 +462,7 @@ def visualize_points(
     """
     from common.pca import kmeans as run_kmeans
     from common.pca import label_colors, pca_colors, similarity, similarity_colors
-    from common.render import DEFAULT_VIEWS, compose_grid, render_or_fallback
+    from common.render import DEFAULT_VIEWS, compose_grid, render_or_fallback, similarity_colorbar
 
     out_dir = Path(out_dir)
     coord = np.asarray(coord, dtype=np.float64)

@@ -367,7 +367,7 @@ def test_video_cli_grid_and_mp4(video_file, tmp_path):
     h, w, _, _ = render.grid_layout(
         3, 4, (64, 64), col_titles=True, row_titles=["input", "PCA", "similarity"], title=True
     )
-    assert img.shape == (h, w, 3)
+    assert img.shape[1] == w and img.shape[0] > h  # the grid, plus the similarity colour bar below it
     _assert_picture(img, 50)
     with open_video(out / "frames.mp4") as r:
         assert r.num_frames == 4 and (r.width, r.height) == (3 * 64, 64)
@@ -495,3 +495,19 @@ def test_similarity_panel_has_colour_bar_and_names_query_by_coordinates(scene, t
         if found:
             break
     assert found, "no colour bar in the picture"
+
+
+def test_grid_title_wraps_instead_of_running_off_the_picture():
+    from common.render import _font, _text_width, _wrap_text, compose_grid
+
+    cells = [[np.full((40, 60, 3), 128, np.uint8)] * 3]
+    title = "v_ApplyEyeMakeup_g01_c01.avi: videomae_vit_tiny (random:0), PCA of patch tokens over 16 frames"
+    short = compose_grid(cells, title="short")
+    long = compose_grid(cells, title=title)
+    assert long.shape[1] == short.shape[1]  # the grid keeps its width...
+    lines = _wrap_text(title, _font(16), long.shape[1] - 2 * 6)
+    assert len(lines) > 2 and all(_text_width(ln, _font(16)) <= long.shape[1] for ln in lines)
+    assert long.shape[0] > short.shape[0] + 2 * 16  # ...and grows in height for the wrapped lines
+    # the text reaches the last title line: dark pixels in the band above the first cell row
+    band = long[: long.shape[0] - short.shape[0] + 20]
+    assert (band.min(2) < 100).any(1).sum() > 3 * 10
