@@ -65,3 +65,13 @@ def test_probe_table_checkpoint_and_small_data_notes(caches, tmp_path, caplog):
     assert {r["checkpoint"] for r in table["rows"]} == {"random:0"}
     assert any("top-5" in n for n in table["meta"]["notes"])
     assert (tmp_path / "bench" / "table_knn.png").stat().st_size > 1000
+
+
+def test_probe_cli_prints_checkpoint_column(caches, tmp_path, capsys):
+    from videoprobe.cli import main
+
+    rc = main(["probe", f"train_cache={caches / 'train'}", f"test_cache={caches / 'test'}",
+               f"out={tmp_path / 'p'}", "probes=[knn]", "knn.k=3", "progress=false"])
+    assert rc == 0
+    out = capsys.readouterr().out
+    assert "| probe | checkpoint |" in out and "| knn | random:0 |" in out
