@@ -253,8 +253,8 @@ def bar_chart_figure(
     if _ticks_collide(fig, ax):
         import textwrap
 
-        width = max(6, max(len(t) for t in xt) // 2 + 1)
-        ax.set_xticks(x, ["\n".join(textwrap.wrap(t, width, break_on_hyphens=True)[:3]) or t for t in xt])
+        width = max(6, max(len(t) for t in xt) // 2 + 1)  # words are never cut, only lines broken
+        ax.set_xticks(x, ["\n".join(textwrap.wrap(t, width, break_long_words=False)) or t for t in xt])
         fig.tight_layout()
         if _ticks_collide(fig, ax):
             ax.set_xticks(x, xt)

@@ -178,3 +178,19 @@ def test_chart_marks_absent_positions():
         assert any("absent" in t.get_text() for t in fig.texts)  # the note saying what hatching means
     finally:
         plt.close(fig)
+
+
+def test_chart_labels_wrap_between_words_only():
+    import matplotlib.pyplot as plt
+
+    from common.report import bar_chart_figure
+
+    fig = bar_chart_figure({"a": [50.0, 100.0, 50.0, 100.0], "b": [50.0, 100.0, 50.0, 100.0]},
+                           labels=["app", "mot", "appearance avg", "motion avg"], chance=50.0)
+    try:
+        texts = [t.get_text() for t in fig.axes[0].get_xticklabels()]
+        words = {w for t in texts for w in t.split()}
+        assert {"appearance", "avg", "motion"} <= words  # "appearan / ce avg" was drawn before
+        assert not _tick_labels_overlap(fig.axes[0], fig.canvas.get_renderer())
+    finally:
+        plt.close(fig)
