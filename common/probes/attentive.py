@@ -232,7 +232,7 @@ def train_attentive_probe(
     if val is not train and val.has_groups:
         from common.probes.notes import val_groups_notes
 
-        result.meta["notes"] = val_groups_notes(val.groups(), "groups (videos)", "attentive probe",
+        result.meta["notes"] = val_groups_notes(val.groups(), "video(s)", "attentive probe",
                                                "gives the reported validation score")
     result.val.pop("confusion", None)
     return result

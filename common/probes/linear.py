@@ -825,7 +825,7 @@ def train_linear_probe(
 
     notes = grid_edge_notes(table[best_h], cfg.lrs, cfg.wds)
     if val is not train and val.has_groups:
-        notes += val_groups_notes(val.groups(), "groups (scenes / videos)")
+        notes += val_groups_notes(val.groups(), "group(s) (scenes / videos)")
     return LinearProbeResult(
         state_dict=heads.head_state(best_h),
         norm=norm,
