@@ -47,9 +47,31 @@ def to_dict(cfg: Any) -> dict:
     return dataclasses.asdict(cfg)
 
 
+# Fields of a dataclass config that say where results go or how a run reports itself, never what the
+# numbers are: left out of config_hash at every nesting level of a dataclass config, so the same run
+# written to another folder (or with progress bars off) keeps its hash. ``num_workers`` and ``device``
+# stay in: data-loader workers can change the order of random draws, and devices change float sums.
+HASH_EXCLUDED = frozenset({"out", "progress", "fsync"})
+
+
+def _hashable(cfg: Any) -> Any:
+    """Nested dict of a dataclass config without the ``HASH_EXCLUDED`` fields (plain values as-is)."""
+    if dataclasses.is_dataclass(cfg) and not isinstance(cfg, type):
+        return {f.name: _hashable(getattr(cfg, f.name)) for f in dataclasses.fields(cfg)
+                if f.name not in HASH_EXCLUDED}
+    if isinstance(cfg, (list, tuple)):
+        return [_hashable(v) for v in cfg]
+    if isinstance(cfg, dict):
+        return {k: _hashable(v) for k, v in cfg.items()}
+    return cfg
+
+
 def config_hash(cfg: Any, length: int = 16) -> str:
-    """A stable short sha256 of a config (dataclass or dict), independent of key order."""
-    d = to_dict(cfg) if dataclasses.is_dataclass(cfg) else cfg
+    """A stable short sha256 of a config (dataclass or dict), independent of key order.
+
+    Of a dataclass config the fields in ``HASH_EXCLUDED`` (``out``, ``progress``, ``fsync``) do not
+    count, at any depth; a plain dict is hashed as given."""
+    d = _hashable(cfg)
     blob = json.dumps(d, sort_keys=True, default=str, separators=(",", ":"))
     return hashlib.sha256(blob.encode()).hexdigest()[:length]
 

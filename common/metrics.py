@@ -32,7 +32,15 @@ __all__ = [
     "mean_class_accuracy",
     "hungarian_match",
     "hungarian_miou",
+    "class_presence",
+    "MIOU_RULE",
 ]
+
+MIOU_RULE = (
+    "mIoU is the mean IoU over the classes that occur in the evaluation split or are predicted on it; "
+    "a class predicted but absent from the split counts as IoU 0 (a false positive is an error), a class "
+    "neither present nor predicted is left out (Pointcept's rule, mask = union != 0)"
+)
 
 
 def _to_numpy(a: Any) -> np.ndarray:
@@ -106,7 +114,19 @@ def _metrics_from_counts(
         "allAcc": float(inter.sum() / total) if total > 0 else float("nan"),
         "iou": [float(v) for v in iou],
         "acc": [float(v) for v in acc],
+        "support": [int(v) for v in target_area],  # target points per class (0: absent from the split)
+        "predicted": [int(v) for v in pred_area],  # predicted points per class
+        "mean_classes": int(sel.sum()),  # how many classes the mIoU averages over
     }
+
+
+def class_presence(support: Sequence[int], predicted: Sequence[int]) -> list[str]:
+    """Per class: ``"present"`` (in the target), ``"absent, predicted"`` (IoU 0, counted in the mean)
+    or ``"absent"`` (neither in the target nor predicted: left out of the mean)."""
+    out = []
+    for t, p in zip(support, predicted):
+        out.append("present" if t > 0 else ("absent, predicted" if p > 0 else "absent"))
+    return out
 
 
 def segmentation_metrics(

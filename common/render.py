@@ -335,6 +335,78 @@ def grid_layout(
     return height, width, top, left
 
 
+@dataclass
+class ColorBar:
+    """A colour scale drawn by :func:`compose_grid` under the panels: ``label`` above a horizontal
+    gradient of the matplotlib colormap ``cmap`` over [0, 1], and ``ticks`` = (position in [0, 1],
+    text) below it (e.g. the similarity values at those colours)."""
+
+    label: str
+    cmap: str
+    ticks: Sequence[tuple[float, str]] = ()
+    width: int = 360
+    height: int = 14
+
+    def band_height(self, font_size: int) -> int:
+        return _PAD + font_size + 2 + self.height + 4 + font_size + _PAD
+
+
+def similarity_colorbar(sim: np.ndarray, cmap: str, label: str) -> ColorBar:
+    """The colour bar of the similarity panel: the colours run through ``similarity_heat`` (not linear
+    in the similarity), so the ticks name the similarity at the minimum, the median, the top-10 %
+    threshold and the maximum, placed where their colours are."""
+    from common.pca import similarity_heat
+
+    sim = np.asarray(sim, dtype=np.float32).reshape(-1)
+    heat = similarity_heat(sim)
+    order = np.argsort(sim, kind="stable")
+    ticks: list[tuple[float, str]] = []
+    for q in (0.0, 0.5, 0.9, 1.0):
+        i = order[min(int(round(q * (len(sim) - 1))), len(sim) - 1)]
+        pos = float(heat[i])
+        if not ticks or pos - ticks[-1][0] > 0.12:  # keep tick labels apart
+            ticks.append((pos, f"{float(sim[i]):.2f}"))
+    return ColorBar(label, cmap, ticks)
+
+
+def _wrap_text(text: str, font, width: int) -> list[str]:
+    """Greedy word wrap of ``text`` to lines at most ``width`` pixels wide (a word wider than that is
+    cut between characters)."""
+    lines: list[str] = []
+    for word in text.split():
+        if lines and _text_width(lines[-1] + " " + word, font) <= width:
+            lines[-1] += " " + word
+            continue
+        while _text_width(word, font) > width and len(word) > 1:
+            cut = 1
+            while cut < len(word) and _text_width(word[: cut + 1], font) <= width:
+                cut += 1
+            lines.append(word[:cut])
+            word = word[cut:]
+        lines.append(word)
+    return lines or [""]
+
+
+def _draw_colorbar(draw, canvas, bar: ColorBar, y: int, width: int, font, font_size: int) -> None:
+    import matplotlib
+    from PIL import Image
+
+    bw = max(60, min(bar.width, width - 2 * _PAD - 40))
+    x0 = _PAD + 20
+    draw.text((x0, y), bar.label, fill=(0, 0, 0), font=font)
+    y += font_size + 2
+    ramp = matplotlib.colormaps[bar.cmap](np.linspace(0.0, 1.0, bw))[:, :3]
+    strip = np.repeat(to_uint8(ramp.astype(np.float32))[None], bar.height, axis=0)
+    canvas.paste(Image.fromarray(strip), (x0, y))
+    draw.rectangle((x0 - 1, y - 1, x0 + bw, y + bar.height), outline=(0, 0, 0))
+    y += bar.height
+    for pos, text in bar.ticks:
+        x = x0 + int(round(float(np.clip(pos, 0.0, 1.0)) * (bw - 1)))
+        draw.line((x, y, x, y + 4), fill=(0, 0, 0))
+        tw = _text_width(text, font)
+        draw.text((min(max(x - tw // 2, 0), width - tw - 1), y + 4), text, fill=(0, 0, 0), font=font)
+
+
 def compose_grid(
     cells: Sequence[Sequence[np.ndarray]],
     out_path: str | os.PathLike | None = None,
@@ -344,11 +416,13 @@ def compose_grid(
     legend: Sequence[tuple[str, Sequence[float]]] | None = None,
     font_size: int = 16,
     background: Sequence[int] = (255, 255, 255),
+    colorbar: ColorBar | None = None,
 ) -> np.ndarray:
     """Lay out images (rows x cols, each (h, w, 3) uint8, all the same size) with titles.
 
-    ``legend``: (name, rgb in [0, 1]) swatches in a band below the grid. Writes ``out_path`` (PNG) when
-    given and returns the composed image (H, W, 3) uint8.
+    ``legend``: (name, rgb in [0, 1]) swatches in a band below the grid. ``colorbar``: a labelled
+    colour scale below that (see :class:`ColorBar`). A title wider than the grid wraps onto more
+    lines. Writes ``out_path`` (PNG) when given and returns the composed image (H, W, 3) uint8.
     """
     from PIL import Image, ImageDraw
 
@@ -368,6 +442,10 @@ def compose_grid(
         rows, cols, (ch, cw), bool(col_titles), row_titles, bool(title), font_size
     )
     font = _font(font_size)
+    title_lines = _wrap_text(title, font, width - left - _PAD) if title else []
+    extra_title = max(0, len(title_lines) - 1) * (font_size + _PAD // 2)
+    top += extra_title
+    height += extra_title
     legend_rows: list[list[tuple[str, Sequence[float]]]] = []
     if legend:
         line: list[tuple[str, Sequence[float]]] = []
@@ -381,14 +459,15 @@ def compose_grid(
             x += wdt
         legend_rows.append(line)
     line_h = font_size + _PAD
-    canvas = Image.new(
-        "RGB", (width, height + len(legend_rows) * line_h + (_PAD if legend_rows else 0)), tuple(background)
-    )
+    legend_h = len(legend_rows) * line_h + (_PAD if legend_rows else 0)
+    bar_h = colorbar.band_height(font_size) if colorbar is not None else 0
+    canvas = Image.new("RGB", (width, height + legend_h + bar_h), tuple(background))
     draw = ImageDraw.Draw(canvas)
     y0 = _PAD
     if title:
-        draw.text((left, y0), title, fill=(0, 0, 0), font=font)
-        y0 += font_size + 2 * _PAD
+        for k, line_text in enumerate(title_lines):
+            draw.text((left, y0 + k * (font_size + _PAD // 2)), line_text, fill=(0, 0, 0), font=font)
+        y0 += font_size + 2 * _PAD + extra_title
     for j in range(cols):
         if col_titles and j < len(col_titles):
             x = left + j * (cw + _PAD) + (cw - _text_width(col_titles[j], font)) // 2
@@ -408,6 +487,8 @@ def compose_grid(
             draw.text((x + font_size + 4, y), name, fill=(0, 0, 0), font=font)
             x += font_size + 4 + _text_width(name, font) + 3 * _PAD
         y += line_h
+    if colorbar is not None:
+        _draw_colorbar(draw, canvas, colorbar, height + legend_h + _PAD, width, font, font_size)
     arr = np.asarray(canvas)
     if out_path is not None:
         save_png(arr, out_path)

@@ -5,13 +5,41 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-__all__ = ["write_table", "markdown_table", "bar_chart_png", "confusion_png", "line_plot_png"]
+__all__ = ["write_table", "markdown_table", "bar_chart_png", "confusion_png", "line_plot_png", "slug",
+           "checkpoint_id", "warn_random_weights"]
+
+
+def warn_random_weights(encoder: str, seed: int, logger: Any = None) -> str:
+    """Log (once per encoder build) that ``encoder`` has random weights; returns the message."""
+    import logging
+
+    msg = (f"encoder '{encoder}' was built without a checkpoint: its weights are random (seed {seed}); "
+           f"its features and every score on them are a random-init baseline, recorded as random:{seed}")
+    (logger or logging.getLogger(__name__)).warning(msg)
+    return msg
+
+
+def checkpoint_id(sha: str | None) -> str:
+    """The checkpoint column of every result table: ``random:<seed>`` (random weights), ``none`` (no
+    weights: hand-designed or raw features) or the first 12 hex digits of the weights' sha256."""
+    if not sha:
+        return "none"
+    s = str(sha)
+    return s if s.startswith("random:") or s == "none" else s[:12]
+
+
+def slug(text: str, fallback: str = "item") -> str:
+    """A file-name-safe form of a display label: runs of anything but letters, digits, ``.``, ``-``
+    and ``_`` become one ``_`` (``"sparseunet pre-trained (demo)"`` -> ``"sparseunet_pre-trained_demo"``)."""
+    s = re.sub(r"[^A-Za-z0-9._-]+", "_", str(text)).strip("_.")
+    return s or fallback
 
 
 def _plt():
@@ -84,11 +112,12 @@ def write_table(
     columns: Sequence[str] | None = None,
     meta: Mapping[str, Any] | None = None,
     float_format: str = ".4g",
+    footnotes: Sequence[str] | None = None,
 ) -> tuple[Path, Path]:
-    """Write ``<out_stem>.md`` (title, meta list, table) and ``<out_stem>.json``.
+    """Write ``<out_stem>.md`` (title, meta list, table, footnotes) and ``<out_stem>.json``.
 
-    The JSON holds ``title``, ``columns``, ``rows`` and ``meta`` (encoder, checkpoint sha, config,
-    split, ... as given); NaN becomes null. Returns (md_path, json_path).
+    The JSON holds ``title``, ``columns``, ``rows``, ``meta`` (encoder, checkpoint sha, config,
+    split, ... as given) and ``footnotes``; NaN becomes null. Returns (md_path, json_path).
     """
     out_stem = Path(out_stem)
     if columns is None:
@@ -108,6 +137,8 @@ def write_table(
     if meta:
         md.append("")
     md.append(markdown_table(rows, columns, float_format))
+    if footnotes:
+        md += ["", "Notes:", ""] + [f"- {note}" for note in footnotes]
     md_path = out_stem.with_name(out_stem.name + ".md")
     json_path = out_stem.with_name(out_stem.name + ".json")
     _atomic_write(md_path, "\n".join(md) + "\n")
@@ -116,34 +147,64 @@ def write_table(
         "columns": list(columns),
         "rows": jsonable(list(rows)),
         "meta": jsonable(meta or {}),
+        "footnotes": list(footnotes or []),
     }
     _atomic_write(json_path, json.dumps(payload, indent=2) + "\n")
     return md_path, json_path
 
 
-def bar_chart_png(
+def _fit_title(fig: Any, ax: Any, title: str, fontsize: float = 12.0) -> None:
+    """Set the axes title, wrapped until it fits inside the figure (never cut off at the edges), and
+    lay the figure out again."""
+    import textwrap
+
+    ax.set_title(title, fontsize=fontsize)
+    fig.tight_layout()
+    if not title:
+        return
+    renderer = fig.canvas.get_renderer()
+    chars = len(title)
+    for _ in range(8):
+        box = ax.title.get_window_extent(renderer)
+        if box.x0 >= fig.bbox.x0 and box.x1 <= fig.bbox.x1 and box.y1 <= fig.bbox.y1:
+            return
+        chars = max(12, int(chars * min(0.9, fig.bbox.width / max(box.width, 1.0))))
+        ax.set_title("\n".join(textwrap.wrap(title, chars)), fontsize=fontsize)
+        fig.tight_layout()
+
+
+def _ticks_collide(fig: Any, ax: Any, gap: float = 3.0) -> bool:
+    """Whether neighbouring (unrotated) x tick labels overlap or nearly touch."""
+    renderer = fig.canvas.get_renderer()
+    boxes = [t.get_window_extent(renderer) for t in ax.get_xticklabels()]
+    return any(a.x1 > b.x0 - gap for a, b in zip(boxes, boxes[1:]))
+
+
+def bar_chart_figure(
     values: Mapping[str, float | Sequence[float]],
-    path: str | Path,
     title: str = "",
     ylabel: str = "",
     labels: Sequence[str] | None = None,
-) -> Path:
-    """Bar chart. Scalar values: one bar per key. List values: grouped bars, one group per position
-    (x tick ``labels``, e.g. class names) and one colour per key (e.g. per-class IoU of several encoders).
-    NaN bars are left empty.
+    chance: float | Sequence[float] | None = None,
+    absent: Sequence[bool] | None = None,
+    absent_note: str = "hatched: class absent from the evaluation split",
+) -> Any:
+    """The matplotlib figure of :func:`bar_chart_png` (the caller closes it).
+
+    Layout rules: the title wraps to the figure width; x labels are rotated 45 degrees and anchored
+    at their tick when they would not fit side by side; the legend sits right of the axes, off the
+    bars; ``chance`` draws a dashed line (one value for the whole chart, or one per bar group).
+    ``absent`` marks positions with a hatched grey band and "(absent)" in the tick label.
     """
     plt = _plt()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     keys = list(values)
     if not keys:
         raise ValueError("bar_chart_png: no values to plot")
     scalar = all(np.ndim(values[k]) == 0 for k in keys)
     if scalar:
-        fig, ax = plt.subplots(figsize=(max(4.0, 0.6 * len(keys) + 2), 4))
-        ys = [float(values[k]) for k in keys]
-        ax.bar(np.arange(len(keys)), ys, color=[f"C{i % 10}" for i in range(len(keys))])
-        ax.set_xticks(np.arange(len(keys)), keys, rotation=45 if len(keys) > 6 else 0, ha="right")
+        arrs = None
+        xt = list(keys)
+        n = len(keys)
     else:
         arrs = [np.atleast_1d(np.asarray(values[k], dtype=float)) for k in keys]
         n = max(len(a) for a in arrs)
@@ -152,17 +213,83 @@ def bar_chart_png(
         xt = list(labels) if labels is not None else [str(i) for i in range(n)]
         if len(xt) != n:
             raise ValueError(f"bar_chart_png: {len(xt)} labels for {n} bars")
-        width = 0.8 / len(keys)
-        fig, ax = plt.subplots(figsize=(max(5.0, 0.35 * n * max(1, len(keys)) ** 0.5 + 2), 4.5))
-        x = np.arange(n)
+    absent_mask = np.zeros(n, dtype=bool) if absent is None else np.asarray(absent, dtype=bool)
+    if absent_mask.shape != (n,):
+        raise ValueError(f"bar_chart_png: {absent_mask.size} absent flags for {n} bars")
+    xt = [f"{t} (absent)" if a else str(t) for t, a in zip(xt, absent_mask)]
+    n_series = 1 if scalar else len(keys)
+    width_in = min(22.0, max(5.0, 0.32 * n * max(1, n_series) ** 0.5 + 2.5 + (0 if scalar else 1.8)))
+    fig, ax = plt.subplots(figsize=(width_in, 4.8))
+    x = np.arange(n)
+    if scalar:
+        ys = [float(values[k]) for k in keys]
+        ax.bar(x, ys, color=[f"C{i % 10}" for i in range(n)])
+    else:
+        bw = 0.8 / len(keys)
         for i, (k, a) in enumerate(zip(keys, arrs)):
-            ax.bar(x - 0.4 + width * (i + 0.5), a, width, label=k, color=f"C{i % 10}")
-        ax.set_xticks(x, xt, rotation=60 if n > 6 else 0, ha="right" if n > 6 else "center")
-        ax.legend(fontsize=8)
-    ax.set_title(title)
+            ax.bar(x - 0.4 + bw * (i + 0.5), a, bw, label=k, color=f"C{i % 10}")
+    for i in np.nonzero(absent_mask)[0]:
+        ax.axvspan(i - 0.45, i + 0.45, facecolor="0.92", edgecolor="0.6", hatch="//", lw=0, zorder=0)
+    if chance is not None:
+        ch = np.broadcast_to(np.asarray(chance, dtype=float), (n,))
+        if np.allclose(ch, ch[0]):
+            ax.axhline(ch[0], color="0.25", ls="--", lw=1.2, label=f"chance ({ch[0]:.3g})", zorder=3)
+        else:
+            ax.hlines(ch, x - 0.45, x + 0.45, colors="0.25", linestyles="--", lw=1.2, label="chance",
+                      zorder=3)
+    ax.set_xticks(x, xt)
+    ax.set_xlim(-0.6, n - 0.4)
     ax.set_ylabel(ylabel)
     ax.grid(axis="y", alpha=0.3)
-    fig.tight_layout()
+    ax.set_axisbelow(True)
+    handles, _ = ax.get_legend_handles_labels()
+    if handles:
+        ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0, frameon=False)
+    if absent_mask.any():
+        fig.text(0.01, 0.01, absent_note, fontsize=8, color="0.35", ha="left", va="bottom")
+    _fit_title(fig, ax, title)
+    # x labels that do not fit side by side: wrapped at spaces / hyphens onto two lines, and if that is
+    # not enough rotated 45 degrees (anchored at their tick); then laid out again
+    if _ticks_collide(fig, ax):
+        import textwrap
+
+        width = max(6, max(len(t) for t in xt) // 2 + 1)  # words are never cut, only lines broken
+        ax.set_xticks(x, ["\n".join(textwrap.wrap(t, width, break_long_words=False)) or t for t in xt])
+        fig.tight_layout()
+        if _ticks_collide(fig, ax):
+            ax.set_xticks(x, xt)
+            for t in ax.get_xticklabels():
+                t.set_rotation(45)
+                t.set_ha("right")
+                t.set_rotation_mode("anchor")
+        _fit_title(fig, ax, title)
+    if absent_mask.any():
+        fig.subplots_adjust(bottom=max(fig.subplotpars.bottom, 0.0) + 0.04)
+    for t, a in zip(ax.get_xticklabels(), absent_mask):
+        if a:
+            t.set_color("0.45")
+            t.set_fontstyle("italic")
+    return fig
+
+
+def bar_chart_png(
+    values: Mapping[str, float | Sequence[float]],
+    path: str | Path,
+    title: str = "",
+    ylabel: str = "",
+    labels: Sequence[str] | None = None,
+    chance: float | Sequence[float] | None = None,
+    absent: Sequence[bool] | None = None,
+) -> Path:
+    """Bar chart. Scalar values: one bar per key. List values: grouped bars, one group per position
+    (x tick ``labels``, e.g. class names) and one colour per key (e.g. per-class IoU of several encoders).
+    NaN bars are left empty. ``chance``: a dashed chance line; ``absent``: positions to mark absent
+    (see :func:`bar_chart_figure`).
+    """
+    plt = _plt()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig = bar_chart_figure(values, title, ylabel, labels, chance, absent)
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return path

@@ -97,6 +97,9 @@ def build_encoder(spec: PointEncoderSpec, device: torch.device) -> tuple[Any, En
         model = create_encoder(spec.name, **spec.config).to(device)
         sha = f"random:{spec.seed}"
         label = spec.label or f"{spec.name} (random init)"
+        from common.report import warn_random_weights
+
+        warn_random_weights(spec.name, spec.seed, log)
     model.eval()
     for p in model.parameters():
         p.requires_grad_(False)

@@ -18,6 +18,7 @@ import numpy as np
 from common.cache import FeatureCache
 from common.config import config_hash, save_config
 from common.errors import ConfigError, InputError
+from common.metrics import MIOU_RULE, class_presence, segmentation_metrics
 from common.probes.linear import (
     LinearProbeConfig,
     ProbeData,
@@ -102,7 +103,10 @@ def probe_one(folder: str | Path, cfg: SegProbeConfig, out: Path, name: str | No
     result = train_linear_probe(train, None, pcfg, class_names=class_names)
     evaluation = ProbeData.from_cache(eval_cache)
     scores = evaluate_linear_probe(result, evaluation, device=pcfg.device)
-    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in label)
+    seg = segmentation_metrics(scores["confusion"])
+    from common.report import slug
+
+    safe = slug(label, "encoder")
     result.meta.update({"encoder": enc, "cache_key": train_cache.key.to_dict(), "features": str(folder)})
     probe_path = save_probe(result, out / f"probe_{safe}.pt")
     return {
@@ -118,6 +122,10 @@ def probe_one(folder: str | Path, cfg: SegProbeConfig, out: Path, name: str | No
         "mAcc": 100 * float(scores["mAcc"]),
         "allAcc": 100 * float(scores["allAcc"]),
         "iou": [100 * float(v) for v in scores["iou"]],
+        "support": seg["support"],
+        "predicted": seg["predicted"],
+        "mean_classes": seg["mean_classes"],
+        "notes": list(result.meta.get("notes", [])),
         "best_lr": result.best.get("lr"),
         "best_wd": result.best.get("wd"),
         "heads": result.heads,
@@ -129,7 +137,7 @@ def probe_one(folder: str | Path, cfg: SegProbeConfig, out: Path, name: str | No
 
 def run_probe(cfg: SegProbeConfig) -> dict:
     """Probe every feature folder; write ``results.md/json``, ``per_class_iou.md/json/png``, probes."""
-    from common.report import bar_chart_png, write_table
+    from common.report import bar_chart_png, checkpoint_id, write_table
 
     if not cfg.features:
         raise ConfigError("config key 'features' is empty: give the folders written by `pointprobe extract`")
@@ -144,24 +152,49 @@ def run_probe(cfg: SegProbeConfig) -> dict:
     for i, folder in enumerate(cfg.features):
         records.append(probe_one(folder, cfg, out, cfg.names[i] if cfg.names else None))
     class_names = records[0]["class_names"]
-    rows = [{"encoder": r["name"], "dim": r["dim"], "mIoU": r["mIoU"], "mAcc": r["mAcc"],
+    k = len(class_names)
+    rows = [{"encoder": r["name"], "checkpoint": checkpoint_id(r["checkpoint_sha256"]), "dim": r["dim"],
+             "mIoU": r["mIoU"], "mIoU classes": f"{r['mean_classes']}/{k}", "mAcc": r["mAcc"],
              "allAcc": r["allAcc"],
              "train scenes": r["train_scenes"], "train points": r["train_points"], "best lr": r["best_lr"],
-             "best wd": r["best_wd"], "checkpoint": r["checkpoint_sha256"][:16]} for r in records]
+             "best wd": r["best_wd"]} for r in records]
     setting = (f"{cfg.scene_fraction:.0%} of training scenes" +
                (f", {cfg.points_per_scene} labelled points per scene" if cfg.points_per_scene else ""))
+    notes = [f"{r['name']}: {n}" for r in records for n in r["notes"]]
+    support = records[0]["support"]  # one evaluation split: the same for every encoder
+    absent = [c for c, t in zip(class_names, support) if t == 0]
+    footnotes = [MIOU_RULE + "; 'mIoU classes' says over how many of the classes each mIoU is averaged",
+                 "checkpoint: random:<seed> = random weights (a baseline, not a trained encoder), "
+                 "none = no weights (input features), else the first 12 hex digits of the weights' sha256"]
+    if absent:
+        footnotes.append(f"{len(absent)} of {k} classes are absent from the {cfg.eval_split} split: "
+                         f"{', '.join(absent)}")
     meta = {"task": "semantic segmentation, linear probe on frozen features",
             "train split": cfg.train_split, "eval split": cfg.eval_split, "setting": setting,
-            "config_hash": config_hash(cfg), "config": asdict(cfg),
+            "config_hash": config_hash(cfg), "notes": notes, "config": asdict(cfg),
             "encoders": [{k: r[k] for k in ("name", "encoder", "checkpoint_sha256", "config_hash",
                                             "features")} for r in records]}
     write_table(rows, out / "results", f"Linear probe, {cfg.eval_split} split ({setting})", meta=meta,
-                float_format=".2f")
-    per_class = [{"class": c, **{r["name"]: r["iou"][k] for r in records}} for k, c in enumerate(class_names)]
-    write_table(per_class, out / "per_class_iou", "Per-class IoU (%)", meta={"eval split": cfg.eval_split},
-                float_format=".1f")
+                float_format=".2f", footnotes=footnotes + notes)
+    per_class = []
+    for j, c in enumerate(class_names):
+        row = {"class": c, f"{cfg.eval_split} points": support[j]}
+        for r in records:
+            status = class_presence([r["support"][j]], [r["predicted"][j]])[0]
+            row[r["name"]] = r["iou"][j] if status == "present" else (
+                "absent (predicted: 0)" if status == "absent, predicted" else "absent")
+        per_class.append(row)
+    per_class_notes = [
+        "absent: the class does not occur in the evaluation split and is not predicted, it is left out of "
+        "the mIoU; absent (predicted: 0): it does not occur but the probe predicts it on some points, it "
+        "counts as IoU 0 (Pointcept's rule)",
+        *(f"mIoU of {r['name']} is averaged over {r['mean_classes']} of {k} classes" for r in records)]
+    write_table(per_class, out / "per_class_iou", "Per-class IoU (%)",
+                meta={"eval split": cfg.eval_split, "absent classes": absent},
+                float_format=".1f", footnotes=per_class_notes)
     bar_chart_png({r["name"]: r["iou"] for r in records}, out / "per_class_iou.png",
-                  title=f"Per-class IoU, {cfg.eval_split} split", ylabel="IoU (%)", labels=class_names)
+                  title=f"Per-class IoU, {cfg.eval_split} split", ylabel="IoU (%)", labels=class_names,
+                  absent=[t == 0 for t in support])
     detail = {"records": records, "meta": meta}
     import json
 

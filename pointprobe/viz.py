@@ -423,6 +423,8 @@ class PointVizResult:
     message: str | None = None
     panels: list[str] = field(default_factory=list)
     views: list[str] = field(default_factory=list)
+    query_xyz: tuple[float, float, float] | None = None
+    colorbar: Any = None  # common.render.ColorBar of the similarity panel
 
 
 def _legend(labels_sets: Sequence[np.ndarray], palette: np.ndarray, names: Sequence[str] | None) -> list:
@@ -460,7 +462,7 @@ def visualize_points(
     """
     from common.pca import kmeans as run_kmeans
     from common.pca import label_colors, pca_colors, similarity, similarity_colors
-    from common.render import DEFAULT_VIEWS, compose_grid, render_or_fallback
+    from common.render import DEFAULT_VIEWS, compose_grid, render_or_fallback, similarity_colorbar
 
     out_dir = Path(out_dir)
     coord = np.asarray(coord, dtype=np.float64)
@@ -494,9 +496,13 @@ def visualize_points(
     panels.append(("input", "input colour" if color is not None else "input (no colour)", in_col, {}))
     panels.append(("pca", "PCA", pca_colors(feats, seed=seed), {}))
     sim = similarity(feats, qi)
+    qx, qy, qz = (float(v) for v in coord[qi])
     panels.append(
-        ("similarity", f"similarity to point {qi}", similarity_colors(sim, cmap=cmap), {"similarity": sim})
+        ("similarity", f"similarity to ({qx:.2f}, {qy:.2f}, {qz:.2f})", similarity_colors(sim, cmap=cmap),
+         {"similarity": sim})
     )
+    colorbar = similarity_colorbar(sim, cmap, f"cosine similarity to the query point ({qx:.2f}, {qy:.2f}, "
+                                   f"{qz:.2f}), marked in every panel")
     if kmeans and kmeans > 0:
         km, _ = run_kmeans(feats, kmeans, seed=seed)
         from common.pca import categorical_palette
@@ -531,9 +537,11 @@ def visualize_points(
     legend = _legend(legend_sets, pal, class_names) if legend_sets else None
     png = out_dir / "panels.png"
     compose_grid(
-        cells, png, col_titles=[p[1] for p in panels], row_titles=res.views, title=title, legend=legend
+        cells, png, col_titles=[p[1] for p in panels], row_titles=res.views, title=title, legend=legend,
+        colorbar=colorbar,
     )
-    return PointVizResult(png, plys, qi, res.backend, res.message, [p[0] for p in panels], res.views)
+    return PointVizResult(png, plys, qi, res.backend, res.message, [p[0] for p in panels], res.views,
+                          (qx, qy, qz), colorbar)
 
 
 def render_feature_panels(

@@ -367,7 +367,7 @@ def test_video_cli_grid_and_mp4(video_file, tmp_path):
     h, w, _, _ = render.grid_layout(
         3, 4, (64, 64), col_titles=True, row_titles=["input", "PCA", "similarity"], title=True
     )
-    assert img.shape == (h, w, 3)
+    assert img.shape[1] == w and img.shape[0] > h  # the grid, plus the similarity colour bar below it
     _assert_picture(img, 50)
     with open_video(out / "frames.mp4") as r:
         assert r.num_frames == 4 and (r.width, r.height) == (3 * 64, 64)
@@ -460,3 +460,54 @@ def test_report_page_links_exist(tmp_path):
 def test_report_missing_folder(tmp_path, capsys):
     assert main(["report", str(tmp_path / "nope")]) == 2
     assert "results folder not found" in capsys.readouterr().err
+
+
+def test_similarity_panel_has_colour_bar_and_names_query_by_coordinates(scene, tmp_path, no_render):
+    import matplotlib
+
+    pts = load_points(scene)
+    res = visualize_points(pts.coord, pts.color, raw_features(pts), tmp_path, query=[1.5, 1.0, 0.7],
+                           size=(160, 120))
+    q = pts.coord[res.query_index]
+    assert res.query_xyz == pytest.approx(tuple(float(v) for v in q))
+    bar = res.colorbar
+    assert bar is not None and bar.cmap == "coolwarm" and f"({q[0]:.2f}, {q[1]:.2f}, {q[2]:.2f})" in bar.label
+    pos = [p for p, _ in bar.ticks]
+    assert len(pos) >= 3 and pos == sorted(pos)
+    sim = similarity(raw_features(pts), res.query_index)
+    assert bar.ticks[0][1] == f"{sim.min():.2f}" and bar.ticks[-1][1] == f"{sim.max():.2f}"
+    # the PNG holds the gradient: a row runs through the colormap over >= 100 pixels (start to end colour)
+    img = _image(res.png).astype(int)
+    cmap = matplotlib.colormaps["coolwarm"]
+    c0, c1 = ((np.array(cmap(v)[:3]) * 255).astype(int) for v in (0.0, 1.0))
+    found = False
+    for row in img[img.shape[0] // 2:]:
+        starts = np.nonzero(np.abs(row - c0).max(1) <= 6)[0]
+        ends = np.nonzero(np.abs(row - c1).max(1) <= 6)[0]
+        for x0 in starts:
+            for x1 in ends[ends >= x0 + 100]:
+                ramp = (cmap(np.linspace(0, 1, x1 - x0 + 1))[:, :3] * 255).astype(int)
+                if np.abs(row[x0:x1 + 1] - ramp).max() <= 12:
+                    found = True
+                    break
+            if found:
+                break
+        if found:
+            break
+    assert found, "no colour bar in the picture"
+
+
+def test_grid_title_wraps_instead_of_running_off_the_picture():
+    from common.render import _font, _text_width, _wrap_text, compose_grid
+
+    cells = [[np.full((40, 60, 3), 128, np.uint8)] * 3]
+    title = "v_ApplyEyeMakeup_g01_c01.avi: videomae_vit_tiny (random:0), PCA of patch tokens over 16 frames"
+    short = compose_grid(cells, title="short")
+    long = compose_grid(cells, title=title)
+    assert long.shape[1] == short.shape[1]  # the grid keeps its width...
+    lines = _wrap_text(title, _font(16), long.shape[1] - 2 * 6)
+    assert len(lines) > 2 and all(_text_width(ln, _font(16)) <= long.shape[1] for ln in lines)
+    assert long.shape[0] > short.shape[0] + 2 * 16  # ...and grows in height for the wrapped lines
+    # the text reaches the last title line: dark pixels in the band above the first cell row
+    band = long[: long.shape[0] - short.shape[0] + 20]
+    assert (band.min(2) < 100).any(1).sum() > 3 * 10

@@ -126,3 +126,23 @@ def test_hungarian_match_is_optimal_against_brute_force():
         mapping = hungarian_match(clusters, labels, 5, 4)
         assert sorted(m for m in mapping if m >= 0) == [0, 1, 2, 3]
         assert sum(counts[c, m] for c, m in enumerate(mapping) if m >= 0) == best
+
+
+def test_absent_classes_and_mean_class_count_follow_pointcept():
+    # classes: 0, 1 present; 2 predicted but absent from the target; 3 neither present nor predicted
+    target = np.array([0, 0, 0, 1, 1, 1])
+    pred = np.array([0, 0, 2, 1, 1, 0])
+    conf = confusion_matrix(pred, target, 4)
+    m = segmentation_metrics(conf)
+    assert m["support"] == [3, 3, 0, 0] and m["predicted"] == [3, 2, 1, 0]
+    assert m["mean_classes"] == 3  # class 3 left out, class 2 counts as IoU 0
+    assert m["iou"][2] == 0.0 and np.isnan(m["iou"][3])
+    # Pointcept per scene: mask = union != 0, iou = inter / union averaged over the mask
+    inter = np.diag(conf).astype(float)
+    union = conf.sum(0) + conf.sum(1) - np.diag(conf)
+    mask = union != 0
+    assert m["mIoU"] == pytest.approx(np.mean(inter[mask] / union[mask]))
+    from common.metrics import class_presence
+
+    expected = ["present", "present", "absent, predicted", "absent"]
+    assert class_presence(m["support"], m["predicted"]) == expected

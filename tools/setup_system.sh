@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Installs the Debian libraries probesuite needs (open3d imports only with libusb; the offscreen
-# renderer needs Mesa's Vulkan/EGL/GL). Runs apt-get only as root and only for missing packages.
+# renderer needs Mesa's Vulkan/EGL/GL) and chromium, the headless browser tests/test_report_page.py draws
+# the `featviz report` page with (that test skips without it; ~350 MB installed, about a minute).
+# Runs apt-get only as root and only for missing packages.
 set -euo pipefail
-pkgs=(libusb-1.0-0 mesa-vulkan-drivers libvulkan1 libegl1 libgl1)
+pkgs=(libusb-1.0-0 mesa-vulkan-drivers libvulkan1 libegl1 libgl1 chromium)
 missing=()
 if command -v dpkg-query >/dev/null 2>&1; then
   for p in "${pkgs[@]}"; do

@@ -111,6 +111,13 @@ def _label(enc: BenchEncoder) -> str:
     return enc.label or enc.name
 
 
+def _folder(label: str) -> str:
+    """The folder name of an encoder label (no spaces or parentheses in output paths)."""
+    from common.report import slug
+
+    return slug(label, "encoder")
+
+
 def _data_key(data: DataConfig) -> str:
     blob = json.dumps(to_dict(replace(data, split="")), sort_keys=True)
     return f"{data.kind}-{hashlib.sha256(blob.encode()).hexdigest()[:10]}"
@@ -122,6 +129,10 @@ def _check(suite: BenchSuite) -> None:
     labels = [_label(e) for e in suite.encoders]
     if len(set(labels)) != len(labels):
         raise ConfigError(f"suite {suite.name}: encoder labels must be unique, got {labels}")
+    folders = [_folder(lb) for lb in labels]
+    if len(set(folders)) != len(folders):
+        raise ConfigError(f"suite {suite.name}: encoder labels {labels} give the same folder names "
+                          f"{folders}; make them differ in letters or digits")
     names = [b.name for b in suite.benchmarks]
     if len(set(names)) != len(names) or not all(names):
         raise ConfigError(f"suite {suite.name}: benchmark names must be unique and non-empty, got {names}")
@@ -173,7 +184,7 @@ def run_suite(suite: BenchSuite) -> dict[str, Any]:
             data = resolved[b.name]
             caches = {}
             for split in (b.train_split, b.test_split):
-                cache_dir = out / "cache" / label / _data_key(data) / split
+                cache_dir = out / "cache" / _folder(label) / _data_key(data) / split
                 views = replace(suite.views, clip_len=enc.clip_len or suite.views.clip_len,
                                 frame_step=enc.frame_step or suite.views.frame_step)
                 cfg = ExtractConfig(
@@ -190,7 +201,8 @@ def run_suite(suite: BenchSuite) -> dict[str, Any]:
                 caches[split] = cache_dir
             pcfg = ProbeConfig(
                 train_cache=str(caches[b.train_split]), test_cache=str(caches[b.test_split]),
-                out=str(out / "results" / label / b.name), probes=list(suite.probes), classes=b.classes,
+                out=str(out / "results" / _folder(label) / _folder(b.name)), probes=list(suite.probes),
+                classes=b.classes,
                 classes_file=expand_path(b.classes_file, f"benchmark {b.name}"), benchmark=b.name,
                 linear=suite.linear, knn=suite.knn, attentive=suite.attentive, seed=suite.seed,
                 device=suite.device, progress=suite.progress,
@@ -234,12 +246,15 @@ def _mean(xs: list[float]) -> float:
 def tabulate(encs: list[BenchEncoder], benches: list[Benchmark], probes: list[str],
              cells: dict[tuple[str, str], dict[str, Any]]) -> list[dict[str, Any]]:
     """Rows (encoder, probe): top-1 per benchmark (appearance ones first), group averages, overall."""
+    from common.report import checkpoint_id
+
     order = sorted(benches, key=lambda b: GROUPS.index(b.group))
     rows = []
     for enc in encs:
         label = _label(enc)
+        ckpt = checkpoint_id(cells[(label, order[0].name)]["train"]["checkpoint_sha256"])
         for probe in probes:
-            row: dict[str, Any] = {"encoder": label, "probe": probe}
+            row: dict[str, Any] = {"encoder": label, "checkpoint": ckpt, "probe": probe}
             by_group: dict[str, list[float]] = {g: [] for g in GROUPS}
             for b in order:
                 top1 = cells[(label, b.name)]["results"][probe]["top1"]
@@ -268,25 +283,33 @@ def write_bench_report(suite: BenchSuite, rows: list[dict[str, Any]],
             "test_split": c["test"]["split"], "dataset": c["train"]["dataset"], "classes": c["classes"],
             "results": c["results"],
         }
+    chance = {b.name: 100.0 / len(next(c for (_, n), c in cells.items() if n == b.name)["classes"])
+              for b in order}
+    notes = [f"{label}/{bname}: {n}" for (label, bname), c in cells.items() for n in c.get("notes", [])]
     meta = {
         "suite": suite.name,
         "metric": "top-1 accuracy (%) on the test split; views combined per video",
         "appearance benchmarks": ", ".join(b.name for b in order if b.group == "appearance") or "none",
         "motion benchmarks": ", ".join(b.name for b in order if b.group == "motion") or "none",
         "probes": ", ".join(suite.probes),
-        "chance level (%)": ", ".join(
-            f"{b.name} {100.0 / len(next(c for (_, n), c in cells.items() if n == b.name)['classes']):.2f}"
-            for b in order),
+        "chance level (%)": ", ".join(f"{b.name} {chance[b.name]:.2f}" for b in order),
         "suite_config_hash": config_hash(suite),
+        "notes": notes,
         "cells": records,
         "config": to_dict(suite),
     }
-    write_table(rows, out / "table", f"Video probing: {suite.name}", meta=meta)
+    footnotes = ["checkpoint: random:<seed> = random weights (a baseline, not a trained encoder), none = no "
+                 "weights (a hand-designed encoder), else the first 12 hex digits of the weights' sha256",
+                 *notes]
+    write_table(rows, out / "table", f"Video probing: {suite.name}", meta=meta, footnotes=footnotes)
     cols = [b.name for b in order] + [c for c in ("appearance avg", "motion avg") if c in rows[0]]
+    group_chance = {f"{g} avg": _mean([chance[b.name] for b in order if b.group == g]) for g in GROUPS}
+    col_chance = [chance.get(c, group_chance.get(c)) for c in cols]
     for probe in suite.probes:
-        values = {r["encoder"]: [r[c] for c in cols] for r in rows if r["probe"] == probe}
+        values = {f"{r['encoder']} [{r['checkpoint']}]": [r[c] for c in cols] for r in rows
+                  if r["probe"] == probe}
         bar_chart_png(values, out / f"table_{probe}.png", title=f"{suite.name}: {probe} probe, top-1 (%)",
-                      ylabel="top-1 (%)", labels=cols)
+                      ylabel="top-1 (%)", labels=cols, chance=col_chance)
 
 
 def format_table(rows: list[dict[str, Any]]) -> str:

@@ -174,6 +174,7 @@ def run_linear(train: VideoSplit, test: VideoSplit, cfg: LinearProbeConfig) -> d
         "top1": 100.0 * ev["top1"], "top5": 100.0 * ev["top5"], "mean_class": 100.0 * ev["mean_class"],
         "best": {kk: result.best[kk] for kk in ("lr", "wd") if kk in result.best},
         "selected_on": result.meta.get("selected_on"), "heads": len(result.heads),
+        "notes": list(result.meta.get("notes", [])),
     }
 
 
@@ -208,7 +209,7 @@ def run_knn(train: VideoSplit, test: VideoSplit, cfg: KnnConfig, progress: bool 
                        num_classes=k_cls)[0]
     n_bank = sum(f.shape[0] for f in bank)
     return {"top1": 100.0 * row["top1"], "top5": 100.0 * row["top5"], "mean_class": 100.0 * row["mean_class"],
-            "k": min(cfg.k, n_bank)}
+            "k": min(cfg.k, n_bank), "notes": list(row.get("notes", []))}
 
 
 # --------------------------------------------------------------------------------------- attentive
@@ -253,7 +254,8 @@ def run_attentive(train: VideoSplit, test: VideoSplit, cfg: AttentiveConfig, see
     result = train_attentive_probe(tr, None, ccfg, class_names=train.class_names)
     ev = evaluate_attentive_probe(result, te, view_average=True, device=device)
     return {"top1": 100.0 * ev["top1"], "top5": 100.0 * ev["top5"], "mean_class": 100.0 * ev["mean_class"],
-            "heads": heads, "val_top1": 100.0 * result.val["top1"]}
+            "heads": heads, "val_top1": 100.0 * result.val["top1"],
+            "notes": list(result.meta.get("notes", []))}
 
 
 # --------------------------------------------------------------------------------------------- run
@@ -281,7 +283,10 @@ def run_probes(cfg: ProbeConfig) -> dict[str, Any]:
     keep = select_classes(cfg.classes, names, kinds)
     train = load_split(cfg.train_cache, keep, names)
     test = load_split(cfg.test_cache, keep, list(test_cache.meta.get("class_names") or names))
+    from common.probes.notes import top5_notes
+
     results: dict[str, Any] = {}
+    notes = top5_notes(len(keep))
     for probe in cfg.probes:
         t0 = time.perf_counter()
         if probe == "linear":
@@ -293,6 +298,7 @@ def run_probes(cfg: ProbeConfig) -> dict[str, Any]:
             res = run_attentive(train, test, cfg.attentive, cfg.seed, cfg.device, cfg.progress)
         res["seconds"] = round(time.perf_counter() - t0, 3)
         results[probe] = res
+        notes += [f"{probe}: {n}" for n in res.get("notes", [])]
         log.info("%s: top1 %.2f  top5 %.2f  mean-class %.2f", probe, res["top1"], res["top5"],
                  res["mean_class"])
     return {
@@ -305,20 +311,22 @@ def run_probes(cfg: ProbeConfig) -> dict[str, Any]:
         "benchmark": cfg.benchmark or train_cache.key.dataset,
         "probe_config_hash": config_hash(cfg),
         "padding": {"train": train_cache.meta.get("padding"), "test": test_cache.meta.get("padding")},
+        "notes": notes,
     }
 
 
 def write_probe_report(cfg: ProbeConfig, outcome: dict[str, Any]) -> tuple[Path, Path]:
     """``probe.md`` / ``probe.json`` (one row per probe) and the resolved ``config.yaml`` in ``cfg.out``."""
-    from common.report import write_table
+    from common.report import checkpoint_id, write_table
 
     if not cfg.out:
         raise ConfigError("out is not set (the report folder)")
     out = Path(cfg.out)
     save_config(cfg, out)
     rows = []
+    ckpt = checkpoint_id(outcome["train"]["checkpoint_sha256"])
     for probe, r in outcome["results"].items():
-        row = {"probe": probe, "top1": round(r["top1"], 2), "top5": round(r["top5"], 2),
+        row = {"probe": probe, "checkpoint": ckpt, "top1": round(r["top1"], 2), "top5": round(r["top5"], 2),
                "mean_class": round(r["mean_class"], 2)}
         if probe == "linear":
             row["setting"] = f"lr {r['best'].get('lr')}, wd {r['best'].get('wd')}"
@@ -340,7 +348,13 @@ def write_probe_report(cfg: ProbeConfig, outcome: dict[str, Any]) -> tuple[Path,
         "padded_videos": {k: (v or {}).get("count") for k, v in (outcome.get("padding") or {}).items()},
         "padding": outcome.get("padding"),
         "metrics": "percent; views combined per video (softmax mean / kNN votes summed)",
+        "chance level (%)": round(100.0 / len(outcome["classes"]), 2),
+        "notes": list(outcome.get("notes", [])),
         "details": outcome["results"],
         "config": to_dict(cfg),
     }
-    return write_table(rows, out / "probe", f"Probes: {tr['encoder']} on {outcome['benchmark']}", meta=meta)
+    footnotes = ["checkpoint: random:<seed> = random weights (a baseline, not a trained encoder), none = no "
+                 "weights (a hand-designed encoder), else the first 12 hex digits of the weights' sha256",
+                 *meta["notes"]]
+    return write_table(rows, out / "probe", f"Probes: {tr['encoder']} on {outcome['benchmark']}", meta=meta,
+                       footnotes=footnotes)

@@ -195,12 +195,15 @@ def frame_grid(
     out_path: str | os.PathLike,
     col_titles: Sequence[str] | None = None,
     title: str | None = None,
+    colorbar: Any = None,
 ) -> np.ndarray:
-    """A PNG grid: one row per (name, frames (T, H, W, 3) uint8), the frames ``columns`` side by side."""
+    """A PNG grid: one row per (name, frames (T, H, W, 3) uint8), the frames ``columns`` side by side;
+    ``colorbar``: a ``common.render.ColorBar`` under it."""
     from common.render import compose_grid
 
     cells = [[frames[c] for c in columns] for _, frames in rows]
-    return compose_grid(cells, out_path, col_titles=col_titles, row_titles=[r[0] for r in rows], title=title)
+    return compose_grid(cells, out_path, col_titles=col_titles, row_titles=[r[0] for r in rows], title=title,
+                        colorbar=colorbar)
 
 
 def write_video_file(path: str | os.PathLike, frames: np.ndarray, fps: float = 8.0) -> Path:
@@ -303,9 +306,14 @@ def visualize_video(
     pca = upsample_maps(token_pca_colors(tokens, seed=seed), (h, w), upsample)[tidx]
     rows: list[tuple[str, np.ndarray]] = [("input", frames_in), ("PCA", pca)]
     q = None
+    colorbar = None
     if query is not None:
+        from common.render import similarity_colorbar
+
         q = tuple(int(v) for v in query)
-        sim_col, _ = token_similarity_colors(tokens, q, cmap=cmap)
+        sim_col, sim_raw = token_similarity_colors(tokens, q, cmap=cmap)
+        colorbar = similarity_colorbar(sim_raw.reshape(-1), cmap, f"cosine similarity to token (t, y, x) = "
+                                       f"({q[0]}, {q[1]}, {q[2]}), boxed")
         sim = upsample_maps(sim_col, (h, w), upsample)[tidx]
         ph, pw = h / hh, w / ww
         box = (int(q[1] * ph), int(q[2] * pw), int((q[1] + 1) * ph), int((q[2] + 1) * pw))
@@ -322,6 +330,7 @@ def visualize_video(
         png,
         col_titles=[f"frame {int(frame_indices[c]) if frame_indices is not None else c}" for c in columns],
         title=title,
+        colorbar=colorbar,
     )
     video = None
     if video_format:

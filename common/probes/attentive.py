@@ -229,6 +229,11 @@ def train_attentive_probe(
         meta={"selected_on": selected_on, "train_rows": n, "val_rows": val.num_rows, "steps": total},
     )
     result.val = evaluate_attentive_probe(result, val, device=device)
+    if val is not train and val.has_groups:
+        from common.probes.notes import val_groups_notes
+
+        result.meta["notes"] = val_groups_notes(val.groups(), "video(s)", "attentive probe",
+                                               "gives the reported validation score")
     result.val.pop("confusion", None)
     return result
 

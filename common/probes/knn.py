@@ -154,6 +154,9 @@ def evaluate_knn(
         inv_t = torch.from_numpy(inv)
         votes = {k: torch.zeros(len(uniq), k_classes).index_add_(0, inv_t, v) for k, v in votes.items()}
         yq = yg
+    from common.probes.notes import knn_notes
+
+    n_train = train.num_rows
     rows = []
     for k in cfg.ks:
         v = votes[k]
@@ -170,6 +173,9 @@ def evaluate_knn(
                 "num_queries": int(len(yq)),
             }
         )
+        notes = knn_notes([k], n_train)
+        if notes:
+            rows[-1]["notes"] = notes
     return rows
 
 

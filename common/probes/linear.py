@@ -822,6 +822,11 @@ def train_linear_probe(
     if np.isnan(vals).all():
         raise InputError(None, f"every head gave a NaN validation {metric}")
     best_h = int(np.nanargmax(vals))
+    from common.probes.notes import grid_edge_notes, val_groups_notes
+
+    notes = grid_edge_notes(table[best_h], cfg.lrs, cfg.wds)
+    if val is not train and val.has_groups:
+        notes += val_groups_notes(val.groups(), "group(s) (scenes / videos)")
     return LinearProbeResult(
         state_dict=heads.head_state(best_h),
         norm=norm,
@@ -837,6 +842,7 @@ def train_linear_probe(
             "val_rows": val.num_rows,
             "streamed": not in_ram,
             "steps": total,
+            "notes": notes,
         },
         all_heads={"weight": heads.W.permute(1, 2, 0).contiguous().cpu(), "bias": heads.b.clone().cpu()}
         if cfg.keep_all_heads

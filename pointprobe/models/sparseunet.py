@@ -22,10 +22,12 @@ results do not depend on how a batch is split across processes.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import logging
 import math
 import warnings
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 import torch
@@ -40,6 +42,31 @@ with warnings.catch_warnings():  # spconv 2.3 uses the deprecated torch.cuda.amp
     warnings.simplefilter("ignore", FutureWarning)
     import spconv.pytorch as spconv
     from spconv.core import ConvAlgo
+
+
+class _DropFxTracingNotice(logging.Filter):
+    """Drops torch.fx's "is_fx_tracing will return true for both ..." notice (nothing else)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("is_fx_tracing will return true")
+
+
+_FX_NOTICE = _DropFxTracingNotice()
+
+
+@contextlib.contextmanager
+def quiet_fx_tracing_notice() -> Iterator[None]:
+    """Around ``spconv.SparseConvTensor(...)``: spconv's class is torch.fx-proxyable, so building one
+    calls ``torch.fx.is_fx_tracing()``, which logs a deprecation notice (once per process, on every
+    run) that says nothing about this model. The notice is a log record, not a Python warning: a
+    filter on torch.fx's logger drops that one message while the block runs."""
+    fx_log = logging.getLogger("torch.fx._symbolic_trace")
+    fx_log.addFilter(_FX_NOTICE)
+    try:
+        yield
+    finally:
+        fx_log.removeFilter(_FX_NOTICE)
+
 
 __all__ = [
     "SparseUNet",
@@ -309,7 +336,8 @@ class SparseUNet(PointEncoder):
         extent = point.grid_coord.max(0).values.long() + 1
         shape = (((extent + mult - 1) // mult) * mult).clamp_min(mult).tolist()
         indices = torch.cat([point.batch.int().unsqueeze(1), point.grid_coord.int()], 1).contiguous()
-        st = spconv.SparseConvTensor(x, indices, shape, point.num_samples)
+        with quiet_fx_tracing_notice():
+            st = spconv.SparseConvTensor(x, indices, shape, point.num_samples)
         seeds = point.cache.get("drop_path_seed")
         if seeds is not None:
             st.drop_path_seed = seeds  # read by the residual blocks

@@ -19,13 +19,14 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def _probe(args: argparse.Namespace) -> int:
     from common.cli import load_cli_config
-    from common.report import markdown_table
+    from common.report import checkpoint_id, markdown_table
     from videoprobe.probe import ProbeConfig, run_probes, write_probe_report
 
     cfg = load_cli_config(ProbeConfig, args)
     outcome = run_probes(cfg)
     md, _ = write_probe_report(cfg, outcome)
-    rows = [{"probe": k, "top1": round(v["top1"], 2), "top5": round(v["top5"], 2),
+    ckpt = checkpoint_id(outcome["train"]["checkpoint_sha256"])
+    rows = [{"probe": k, "checkpoint": ckpt, "top1": round(v["top1"], 2), "top5": round(v["top5"], 2),
              "mean_class": round(v["mean_class"], 2)} for k, v in outcome["results"].items()]
     print(markdown_table(rows))
     print(f"report: {md}")

@@ -64,4 +64,8 @@ def create_video_encoder(name: str, checkpoint: str | None = None, seed: int = 0
     if checkpoint in ("", "none", "None", "random"):
         checkpoint = None
     enc = partial(factory, name)(checkpoint=checkpoint, seed=seed, **kw)
+    if str(getattr(enc, "checkpoint_id", "")).startswith("random:"):
+        from common.report import warn_random_weights
+
+        warn_random_weights(name, seed)
     return enc.freeze()
