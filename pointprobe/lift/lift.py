@@ -96,8 +96,8 @@ class FusionSpec:
     rule: str = "sensor"  # visibility rule: sensor (default) | openscene (OpenScene's, for fidelity)
     occlusion_threshold: float = 0.25  # openscene: |depth - z| <= threshold * depth (or <= threshold m)
     occlusion_relative: bool = True  # openscene: threshold relative to the depth (else metres)
-    depth_tol_abs: float = 0.02  # sensor: |depth - z| <= depth_tol_abs + depth_tol_rel * depth
-    depth_tol_rel: float = 0.01
+    depth_tol_abs: float = 0.01  # sensor: |depth - z| <= depth_tol_abs + depth_tol_rel * depth
+    depth_tol_rel: float = 0.005
     min_cos: float = 0.2  # sensor: drop views where |cos(point normal, view ray)| < min_cos (grazing)
     angle_power: float = 1.0  # sensor: view weight |cos|^angle_power / z^distance_power
     distance_power: float = 1.0
