@@ -149,12 +149,16 @@ def test_fusion_matches_reference_loop():
 # ------------------------------------------------------------------------------- generated scenes
 @pytest.fixture(scope="module")
 def synth(tmp_path_factory) -> tuple[Path, Path]:
-    """4 generated scenes (train 2 / val 1 / test 1), 6 frames of 320x240 each, preprocessed."""
+    """4 generated scenes (train 2 / val 1 / test 1), 6 frames of 320x240 each, preprocessed. The
+    generator's first ("loop") camera path: these tests pin the projection math on the data they were
+    written for (the pixel-footprint bound below measures from the nearest camera, which on that small
+    loop is one that sees the point; the "walk" path passes cameras with their backs to a wall)."""
     from pointprobe.data.preprocess import preprocess_dataset
     from pointprobe.data.synth import generate_dataset
 
     root = tmp_path_factory.mktemp("lift")
-    generate_dataset(root / "raw", 4, seed=5, frames_per_scene=6, image_size=(W, H), progress=False)
+    generate_dataset(root / "raw", 4, seed=5, frames_per_scene=6, image_size=(W, H), progress=False,
+                     camera_path="loop")
     preprocess_dataset(root / "raw", root / "pre", workers=1, progress=False, log=lambda *a, **k: None)
     return root / "raw", root / "pre"
 
@@ -374,7 +378,7 @@ def test_occluded_points_do_not_get_the_occluders_frame(tmp_path, rule):
     np.testing.assert_allclose(res.features[~unseen].sum(1), 1, atol=1e-6)
     # the box's side faces (x or y = +-0.2, 0.85 <= z <= 1.0) are hidden from A behind its front face
     # (z = 0.8) but within a quarter of its depth: OpenScene's relative test lets A's value through, the
-    # sensor rule (2 cm + 1 %) does not
+    # sensor rule (1 cm + 0.5 % of the depth) does not
     side = masks["box_side"] & (coord[:, 2] >= 0.85) & (coord[:, 2] <= 1.0)
     assert side.sum() >= 40
     if rule == "openscene":
@@ -603,6 +607,11 @@ def test_lift_command_writes_probeable_caches(synth, tmp_path):
             "fusion.occlusion_relative=false", "fusion.occlusion_threshold=0.03"]
     assert main(args) == 0
     assert (out / "config.yaml").is_file() and (out / "coverage.json").is_file()
+    import json
+
+    per_scene = json.loads((out / "coverage.json").read_text())["meta"]["seen fraction per scene"]
+    assert sorted(per_scene["val"]) == list_scenes(pre, "val")
+    assert all(0.05 < v < 1 for split in per_scene.values() for v in split.values())
     for split in ("train", "val"):
         cache = FeatureCache(out / split)
         assert cache.items() == list_scenes(pre, split)
@@ -643,3 +652,8 @@ def test_lift_config_errors(tmp_path):
         run_lift(cfg)
     with pytest.raises(ConfigError, match="fusion.image_size"):
         load_config(LiftConfig, None, ["fusion.image_size=[1,2,3]"])
+    for bad, key in (("fusion.rule=zbuffer", "fusion.rule"), ("fusion.min_cos=1.5", "fusion.min_cos"),
+                     ("fusion.max_depth=-1", "fusion.max_depth")):
+        cfg = load_config(LiftConfig, None, [bad, f"out={tmp_path}"])
+        with pytest.raises(ConfigError, match=key):
+            run_lift(cfg)

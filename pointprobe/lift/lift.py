@@ -101,6 +101,7 @@ class FusionSpec:
     min_cos: float = 0.2  # sensor: drop views where |cos(point normal, view ray)| < min_cos (grazing)
     angle_power: float = 1.0  # sensor: view weight |cos|^angle_power / z^distance_power
     distance_power: float = 1.0
+    max_depth: float = 0.0  # sensor: drop views farther than this many metres (0 = no limit)
     color_intrinsics: bool = True  # read features at the colour camera's projection (when it differs)
     point_chunk: int = 262_144  # points projected at once (memory bound)
 
@@ -136,6 +137,8 @@ def validate(cfg: LiftConfig) -> None:
     if f.depth_tol_abs < 0 or f.depth_tol_rel < 0 or f.depth_tol_abs + f.depth_tol_rel <= 0:
         raise ConfigError("config keys 'fusion.depth_tol_abs' / 'fusion.depth_tol_rel' must be >= 0, "
                           "not both 0")
+    if f.max_depth < 0:
+        raise ConfigError(f"config key 'fusion.max_depth' must be >= 0 (0 = no limit), got {f.max_depth}")
     if not 0 <= f.min_cos < 1:
         raise ConfigError(f"config key 'fusion.min_cos' must be in [0, 1), got {f.min_cos}")
     if not cfg.data.raw:
@@ -147,7 +150,7 @@ def visibility_rule(f: FusionSpec) -> VisibilityRule:
     if f.rule == "openscene":
         return VisibilityRule.openscene(f.occlusion_threshold, f.occlusion_relative)
     return VisibilityRule("sensor", tol_abs=f.depth_tol_abs, tol_rel=f.depth_tol_rel, min_cos=f.min_cos,
-                          angle_power=f.angle_power, distance_power=f.distance_power)
+                          angle_power=f.angle_power, distance_power=f.distance_power, max_depth=f.max_depth)
 
 
 # ---------------------------------------------------------------------------------------------- frames

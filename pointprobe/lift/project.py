@@ -15,8 +15,9 @@ Visibility: a point is seen by a frame when it lies in front of the camera, its 
 * ``sensor`` (the default of ``pointprobe lift``): ``|depth[v, u] - z| <= tol_abs + tol_rel *
   depth[v, u]`` (a tolerance that follows a depth sensor's noise, 1 cm + 0.5 % by default, instead of a
   quarter of the depth); with point normals, views at grazing angles (``|cos(normal, ray)| < min_cos``)
-  are dropped, and views are weighted by ``|cos|^angle_power / z^distance_power`` (head-on, close
-  views count more).
+  are dropped, so are views farther than ``max_depth`` (when > 0; a depth sensor's noise there is as
+  large as the gaps between surfaces), and views are weighted by ``|cos|^angle_power /
+  z^distance_power`` (head-on, close views count more).
 
 Feature look-up: a (D, h, w) feature map covering the whole (W, H) image (patch features at any
 stride) is upsampled bilinearly to pixels (``align_corners=False``, edges clamped) and read at the
@@ -56,8 +57,9 @@ class VisibilityRule:
     """Which (frame, point) pairs count as views of a point, and how much each view weighs.
 
     ``openscene``: depth test ``|d - z| <= threshold * d`` (``relative``) or ``<= threshold`` m, plain
-    mean. ``sensor``: ``|d - z| <= tol_abs + tol_rel * d``; with normals, drop views where
-    ``|cos(normal, ray)| < min_cos`` and weight views by ``|cos|^angle_power / z^distance_power``.
+    mean. ``sensor``: ``|d - z| <= tol_abs + tol_rel * d``, views with ``z > max_depth`` (when > 0)
+    dropped; with normals, drop views where ``|cos(normal, ray)| < min_cos``; weight views by
+    ``|cos|^angle_power / z^distance_power``.
     """
 
     name: str = "sensor"
@@ -68,6 +70,7 @@ class VisibilityRule:
     min_cos: float = 0.2
     angle_power: float = 1.0
     distance_power: float = 1.0
+    max_depth: float = 0.0  # sensor: drop views farther than this (metres along z; 0 = no limit)
 
     def __post_init__(self) -> None:
         if self.name not in RULES:
@@ -251,7 +254,7 @@ class FusionAccumulator:
         """(keep mask, weight) of visible pairs under the rule (grazing test, angle and distance weight)."""
         r = self.rule
         w = z.clamp(min=1e-3).pow(-r.distance_power) if r.distance_power else torch.ones_like(z)
-        keep = torch.ones_like(z, dtype=torch.bool)
+        keep = z <= r.max_depth if r.max_depth > 0 else torch.ones_like(z, dtype=torch.bool)
         if nrm is not None:
             R, t = w2c[:, :3, :3], w2c[:, :3, 3]
             centre = -(R.transpose(1, 2) @ t[:, :, None])[:, :, 0]  # camera centres (F, 3)
@@ -259,7 +262,7 @@ class FusionAccumulator:
             n = nrm[n_idx]
             cos = (n * ray).sum(1).abs() / ray.norm(dim=1).clamp(min=1e-9)
             cos = torch.where(n.abs().sum(1) > 0, cos, torch.ones_like(cos))  # no normal: head-on
-            keep = cos >= r.min_cos
+            keep = keep & (cos >= r.min_cos)
             if r.angle_power:
                 w = w * cos.clamp(min=1e-6).pow(r.angle_power)
         return keep, w
