@@ -378,7 +378,7 @@ def test_occluded_points_do_not_get_the_occluders_frame(tmp_path, rule):
     np.testing.assert_allclose(res.features[~unseen].sum(1), 1, atol=1e-6)
     # the box's side faces (x or y = +-0.2, 0.85 <= z <= 1.0) are hidden from A behind its front face
     # (z = 0.8) but within a quarter of its depth: OpenScene's relative test lets A's value through, the
-    # sensor rule (1 cm + 0.5 % of the depth) does not
+    # sensor rule (0.5 cm + 0.5 % of the depth) does not
     side = masks["box_side"] & (coord[:, 2] >= 0.85) & (coord[:, 2] <= 1.0)
     assert side.sum() >= 40
     if rule == "openscene":

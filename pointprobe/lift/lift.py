@@ -7,12 +7,14 @@ are projected into all frames of a batch at once (:mod:`pointprobe.lift.project`
 depth-based occlusion test, bilinear read of the feature map at the point's pixel, mean over the views
 that see the point. Points seen by no frame keep zero features and ``visible_count`` 0.
 
-The OpenScene occlusion rule (``|depth - z| <= 0.25 * depth``) is generous: a surface up to a quarter of
-the depth behind an occluder passes (a wall 50 cm behind a chair seen from 3 m). Measured on generated
-rooms (160x120 frames, rendered per-pixel coordinates lifted as features): with it, 25-47 % of
-the points counted as seen received a value from a surface more than 5 cm away; with an absolute
-threshold of 3 cm (``occlusion_relative: false``, ``occlusion_threshold: 0.03``) every seen point
-stayed within 5 cm, at the cost of about a quarter fewer seen points (depth noise).
+Visibility (``fusion.rule``, :class:`pointprobe.lift.project.VisibilityRule`): the default ``sensor``
+rule keeps a view when ``|depth - z| <= depth_tol_abs + depth_tol_rel * depth`` (0.5 cm + 0.5 %),
+drops grazing views (``|cos(normal, ray)| < min_cos`` = 0.2, with the scene's point normals) and
+weights views by ``|cos| / z``. ``fusion.rule=openscene`` is OpenScene's rule (``|depth - z| <= 0.25 *
+depth``, plain mean), kept for fidelity with that code; it is generous: a surface up to a quarter of the
+depth behind an occluder passes (a wall 50 cm behind a chair seen from 3 m), and on generated rooms
+44-49 % of the points it counts as seen take a value from a surface more than 5 cm away (oracle
+benchmark, ``tools/bench_lift_fidelity.py``, section ``bench_lift_fidelity`` of docs/benchmarks.md).
 
 Output: one ``common.cache`` per split under ``out/`` (``features`` (N, D), ``labels``,
 ``visible_count`` (N,) int32 per scene), with the same meta keys as ``pointprobe extract`` so that
@@ -96,7 +98,7 @@ class FusionSpec:
     rule: str = "sensor"  # visibility rule: sensor (default) | openscene (OpenScene's, for fidelity)
     occlusion_threshold: float = 0.25  # openscene: |depth - z| <= threshold * depth (or <= threshold m)
     occlusion_relative: bool = True  # openscene: threshold relative to the depth (else metres)
-    depth_tol_abs: float = 0.01  # sensor: |depth - z| <= depth_tol_abs + depth_tol_rel * depth
+    depth_tol_abs: float = 0.005  # sensor: |depth - z| <= depth_tol_abs + depth_tol_rel * depth
     depth_tol_rel: float = 0.005
     min_cos: float = 0.2  # sensor: drop views where |cos(point normal, view ray)| < min_cos (grazing)
     angle_power: float = 1.0  # sensor: view weight |cos|^angle_power / z^distance_power

@@ -13,7 +13,7 @@ Visibility: a point is seen by a frame when it lies in front of the camera, its 
 * ``openscene`` (OpenScene's multi-view fusion): ``|depth[v, u] - z| <= threshold * depth[v, u]``
   (relative, default 0.25) or ``<= threshold`` metres (absolute); every view counts the same.
 * ``sensor`` (the default of ``pointprobe lift``): ``|depth[v, u] - z| <= tol_abs + tol_rel *
-  depth[v, u]`` (a tolerance that follows a depth sensor's noise, 1 cm + 0.5 % by default, instead of a
+  depth[v, u]`` (a tolerance that follows a depth sensor's noise, 0.5 cm + 0.5 % by default, instead of a
   quarter of the depth); with point normals, views at grazing angles (``|cos(normal, ray)| < min_cos``)
   are dropped, so are views farther than ``max_depth`` (when > 0; a depth sensor's noise there is as
   large as the gaps between surfaces), and views are weighted by ``|cos|^angle_power /
@@ -65,7 +65,7 @@ class VisibilityRule:
     name: str = "sensor"
     threshold: float = 0.25
     relative: bool = True
-    tol_abs: float = 0.01
+    tol_abs: float = 0.005
     tol_rel: float = 0.005
     min_cos: float = 0.2
     angle_power: float = 1.0
