@@ -149,12 +149,16 @@ def test_fusion_matches_reference_loop():
 # ------------------------------------------------------------------------------- generated scenes
 @pytest.fixture(scope="module")
 def synth(tmp_path_factory) -> tuple[Path, Path]:
-    """4 generated scenes (train 2 / val 1 / test 1), 6 frames of 320x240 each, preprocessed."""
+    """4 generated scenes (train 2 / val 1 / test 1), 6 frames of 320x240 each, preprocessed. The
+    generator's first ("loop") camera path: these tests pin the projection math on the data they were
+    written for (the pixel-footprint bound below measures from the nearest camera, which on that small
+    loop is one that sees the point; the "walk" path passes cameras with their backs to a wall)."""
     from pointprobe.data.preprocess import preprocess_dataset
     from pointprobe.data.synth import generate_dataset
 
     root = tmp_path_factory.mktemp("lift")
-    generate_dataset(root / "raw", 4, seed=5, frames_per_scene=6, image_size=(W, H), progress=False)
+    generate_dataset(root / "raw", 4, seed=5, frames_per_scene=6, image_size=(W, H), progress=False,
+                     camera_path="loop")
     preprocess_dataset(root / "raw", root / "pre", workers=1, progress=False, log=lambda *a, **k: None)
     return root / "raw", root / "pre"
 
@@ -191,7 +195,7 @@ def test_lifted_coordinates_are_the_points_own(synth):
         d, mesh, scene, poses, K, gt = _scene_gt(raw, pre, name, split)
         maps = gt["xyz"].transpose(0, 3, 1, 2).copy()
         fusion = FusionSpec(frame_stride=1, image_size=(W, H), batch_frames=4, occlusion_threshold=thr,
-                            occlusion_relative=False)
+                            occlusion_relative=False, rule="openscene")
         res = lift_scene(d, scene.coord, _gt_fn(maps), 3, fusion)
         seen = res.visible_count > 0
         assert seen.mean() > 0.05
@@ -224,7 +228,8 @@ def test_lifted_instance_ids_on_generated_scene(synth):
     maps = np.zeros((len(poses), D, H, W), np.float32)
     fi, vi, ui = np.nonzero(tri >= 0)
     maps[fi, tri[fi, vi, ui], vi, ui] = 1
-    fusion = FusionSpec(frame_stride=1, image_size=(W, H), batch_frames=6, occlusion_threshold=0.25)
+    fusion = FusionSpec(frame_stride=1, image_size=(W, H), batch_frames=6, occlusion_threshold=0.25,
+                        rule="openscene")
     res = lift_scene(d, scene.coord, _gt_fn(maps), D, fusion)
     # independent visibility + neighbourhood check (numpy, per frame)
     from pointprobe.data import frames as fr
@@ -324,24 +329,30 @@ def _write_occlusion_scene(d: Path) -> tuple[np.ndarray, np.ndarray, dict, np.nd
     hid = np.stack([hidden(coord + s) for s in shifts])
     wall = part == 0
     masks = {"wall": wall, "hidden_from_a": wall & hid.all(0), "clear_for_a": wall & ~hid.any(0),
-             "behind_wall": part == 7}
+             "behind_wall": part == 7,
+             "box_side": (part >= 1) & (part <= 6) & (np.abs(coord[:, :2]).max(1) > 0.199)
+             & (coord[:, 2] > 0.801) & (coord[:, 2] < 1.199)}
     return coord, faces, masks, poses
 
 
-def test_occluded_points_do_not_get_the_occluders_frame(tmp_path):
+def _frame_value(batch):
+    """Frame i has the one-hot value e_i everywhere (160x120, 2 channels)."""
+    out = torch.zeros(len(batch.indices), 2, 120, 160)
+    for k, i in enumerate(batch.indices):
+        out[k, i] = 1
+    return out
+
+
+@pytest.mark.parametrize("rule", ["openscene", "sensor"])
+def test_occluded_points_do_not_get_the_occluders_frame(tmp_path, rule):
+    from pointprobe.data.scannet import vertex_normals
     from pointprobe.lift.lift import FusionSpec, lift_scene
 
     coord, faces, masks, poses = _write_occlusion_scene(tmp_path)
-
-    def frame_value(batch):  # frame i has the one-hot value e_i everywhere
-        out = torch.zeros(len(batch.indices), 2, 120, 160)
-        for k, i in enumerate(batch.indices):
-            out[k, i] = 1
-        return out
-
-    fusion = FusionSpec(frame_stride=1, image_size=(160, 120))  # defaults: margin 10, 0.25 relative
+    frame_value = _frame_value
+    fusion = FusionSpec(frame_stride=1, image_size=(160, 120), rule=rule)  # margin 10 (0.25 relative)
     with pytest.warns(UserWarning, match="NaN/inf poses"):
-        res = lift_scene(tmp_path, coord, frame_value, 2, fusion)
+        res = lift_scene(tmp_path, coord, frame_value, 2, fusion, normal=vertex_normals(coord, faces))
     assert res.frames_used == 2 and res.frames_skipped == 1
     hidden, wall = masks["hidden_from_a"], masks["wall"]
     assert hidden.sum() > 300  # the box hides a good part of the wall from camera A
@@ -365,6 +376,76 @@ def test_occluded_points_do_not_get_the_occluders_frame(tmp_path):
     assert (unseen & wall).sum() > 100 and (res.features[unseen] == 0).all()
     # every seen point's features are a mean of one-hot frame values: rows sum to 1
     np.testing.assert_allclose(res.features[~unseen].sum(1), 1, atol=1e-6)
+    # the box's side faces (x or y = +-0.2, 0.85 <= z <= 1.0) are hidden from A behind its front face
+    # (z = 0.8) but within a quarter of its depth: OpenScene's relative test lets A's value through, the
+    # sensor rule (0.5 cm + 0.5 % of the depth) does not
+    side = masks["box_side"] & (coord[:, 2] >= 0.85) & (coord[:, 2] <= 1.0)
+    assert side.sum() >= 40
+    if rule == "openscene":
+        assert (res.features[side, 0] > 0).mean() > 0.5
+    else:
+        assert (res.features[side, 0] == 0).all()
+
+
+def _write_grazing_scene(d: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A plane x = 0 (y in [-1, 1], z in [1, 6]) seen at grazing angles by camera A (at x = -0.5 looking
+    along +z) and head-on by camera B (at (-2.5, 0, 3.2) looking along +x), 160x120 noise-free depth.
+    Returns (points, faces, poses)."""
+    from pointprobe.data.frames import write_frame, write_intrinsics
+    from pointprobe.data.synth import camera_intrinsics
+
+    ny, nz = 41, 101
+    yy, zz = np.meshgrid(np.linspace(-1, 1, ny), np.linspace(1, 6, nz), indexing="ij")
+    coord = np.stack([np.zeros(yy.size), yy.ravel(), zz.ravel()], 1)
+    i = np.arange(ny * nz).reshape(ny, nz)
+    q = np.stack([i[:-1, :-1], i[1:, :-1], i[1:, 1:], i[:-1, 1:]], -1).reshape(-1, 4)
+    faces = np.concatenate([q[:, [0, 1, 2]], q[:, [0, 2, 3]]])
+    A, B = np.eye(4), np.eye(4)
+    A[:3, 3] = [-0.5, 0, 0]
+    B[:3, :3] = np.stack([[0, 0, -1.0], [0, 1.0, 0], [1.0, 0, 0]], 1)  # right, down, forward (+x)
+    B[:3, 3] = [-2.5, 0, 3.2]
+    poses = np.stack([A, B])
+    w, h = 160, 120
+    K = camera_intrinsics(w, h)
+    gt = _raycast(coord, faces, poses, K, w, h)
+    write_intrinsics(d, K, K)
+    for k in range(2):
+        write_frame(d, k, np.full((h, w, 3), 128, np.uint8), gt["z"][k], poses[k])
+    return coord, faces, poses
+
+
+def test_grazing_views_are_dropped_and_views_weighted(tmp_path):
+    """The sensor rule drops views whose ray meets the surface at a grazing angle (|cos| < min_cos) and
+    weights the others by |cos| / z; OpenScene's rule keeps grazing views and takes a plain mean."""
+    from pointprobe.data.scannet import vertex_normals
+    from pointprobe.lift.lift import FusionSpec, lift_scene
+
+    coord, faces, poses = _write_grazing_scene(tmp_path)
+    normal = vertex_normals(coord, faces)
+    np.testing.assert_allclose(np.abs(normal[:, 0]), 1, atol=1e-6)
+    cos, z = [], []
+    for P in poses:
+        ray = coord - P[:3, 3]
+        cos.append(np.abs((ray * normal).sum(1)) / np.linalg.norm(ray, axis=1))
+        z.append((coord - P[:3, 3]) @ P[:3, 2])
+    res = {}
+    for rule in ("openscene", "sensor"):
+        fusion = FusionSpec(frame_stride=1, image_size=(160, 120), rule=rule, min_cos=0.2)
+        res[rule] = lift_scene(tmp_path, coord, _frame_value, 2, fusion, normal=normal)
+    grazing = cos[0] < 0.15
+    # OpenScene: camera A's grazing views count (many such points carry A's value)
+    assert (grazing & (res["openscene"].features[:, 0] > 0)).sum() > 100
+    # sensor rule: never a grazing view; those points seen by B carry B's value only
+    sensor = res["sensor"]
+    assert (sensor.features[grazing, 0] == 0).all()
+    by_b = grazing & (sensor.visible_count > 0)
+    assert by_b.sum() > 100 and np.allclose(sensor.features[by_b], [0, 1])
+    # points seen by both cameras: weighted mean with weights |cos| / z per view
+    both = sensor.visible_count == 2
+    assert both.sum() > 20 and (cos[0][both] >= 0.2).all()
+    wa, wb = cos[0][both] / z[0][both], cos[1][both] / z[1][both]
+    np.testing.assert_allclose(sensor.features[both, 0], wa / (wa + wb), atol=1e-4)
+    np.testing.assert_allclose(res["openscene"].features[both, 0], 0.5, atol=1e-6)
 
 
 def test_features_are_read_where_the_colour_camera_sees_the_point(tmp_path):
@@ -526,6 +607,11 @@ def test_lift_command_writes_probeable_caches(synth, tmp_path):
             "fusion.occlusion_relative=false", "fusion.occlusion_threshold=0.03"]
     assert main(args) == 0
     assert (out / "config.yaml").is_file() and (out / "coverage.json").is_file()
+    import json
+
+    per_scene = json.loads((out / "coverage.json").read_text())["meta"]["seen fraction per scene"]
+    assert sorted(per_scene["val"]) == list_scenes(pre, "val")
+    assert all(0.05 < v < 1 for split in per_scene.values() for v in split.values())
     for split in ("train", "val"):
         cache = FeatureCache(out / split)
         assert cache.items() == list_scenes(pre, split)
@@ -566,3 +652,8 @@ def test_lift_config_errors(tmp_path):
         run_lift(cfg)
     with pytest.raises(ConfigError, match="fusion.image_size"):
         load_config(LiftConfig, None, ["fusion.image_size=[1,2,3]"])
+    for bad, key in (("fusion.rule=zbuffer", "fusion.rule"), ("fusion.min_cos=1.5", "fusion.min_cos"),
+                     ("fusion.max_depth=-1", "fusion.max_depth")):
+        cfg = load_config(LiftConfig, None, [bad, f"out={tmp_path}"])
+        with pytest.raises(ConfigError, match=key):
+            run_lift(cfg)

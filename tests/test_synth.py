@@ -143,7 +143,14 @@ def test_rendered_depth_lands_on_the_mesh(data):
             assert (f.depth > 0).mean() > 0.6
             pts, _ = fr.backproject_depth(f.depth, K, f.pose)
             dist = scene.compute_distance(o3d.core.Tensor(pts.astype(np.float32))).numpy()
-            assert np.median(dist) < 0.01 and np.percentile(dist, 95) < 0.04, (name, f.index)
+            # the walk path looks across whole rooms (depths up to 6 m, where the noise model's sigma is
+            # ~3 cm): within 3 m the old absolute bounds hold, everywhere the error stays within the noise
+            z = f.depth[f.depth > 0]  # same order as backproject_depth
+            near = z < 3.0
+            if near.sum() > 500:
+                assert np.median(dist[near]) < 0.01 and np.percentile(dist[near], 95) < 0.04, (name, f.index)
+            sigma = 0.5 * (0.0012 + 0.0019 * (z - 0.4) ** 2)
+            assert np.median(dist / sigma) < 1.0 and np.percentile(dist / sigma, 95) < 3.0, (name, f.index)
 
 
 def test_render_matches_a_triangle_computed_by_hand():
@@ -197,3 +204,83 @@ def test_synth_cli_rejects_bad_arguments(tmp_path, capsys):
     assert e.value.code == 2 and "image size must look like 320x240" in capsys.readouterr().err
     assert main(["synth", "--out", str(tmp_path), "--scenes", "0"]) == 2
     assert "--scenes must be >= 1" in capsys.readouterr().err
+
+
+def test_label_maps_agree_with_the_labels_of_the_vertices_hit(data):
+    """label-filt / instance-filt hold, per pixel, the label id (label table ``id``) and objectId + 1 of
+    the surface the pixel's ray hits: checked against an independent ray cast and the vertex labels."""
+    o3d = pytest.importorskip("open3d")
+    from PIL import Image
+
+    raw, pre = data
+    lm = read_label_map(raw / "scannetv2-labels.combined.tsv")
+    id_to_nyu = np.zeros(max(lm.raw_to_id.values()) + 1, np.int64)
+    for r, i in lm.raw_to_id.items():
+        id_to_nyu[i] = lm.raw_to_nyu40[r]
+    for split in ("train", "val"):
+        for name in list_scenes(pre, split)[:1]:
+            d = raw / "scans" / name
+            lab = read_ply(d / f"{name}_vh_clean_2.labels.ply")
+            nyu = lab.vertex["label"].astype(np.int64)
+            inst = load_scene(pre / split / name).instance
+            rc = o3d.t.geometry.RaycastingScene()
+            rc.add_triangles(o3d.core.Tensor(lab.coord), o3d.core.Tensor(lab.faces.astype(np.uint32)))
+            K = fr.read_intrinsics(d)
+            u, v = np.meshgrid(np.arange(160, dtype=np.float32), np.arange(120, dtype=np.float32))
+            cam = np.stack([(u - K[0, 2]) / K[0, 0], (v - K[1, 2]) / K[1, 1], np.ones_like(u)], -1)
+            for i in fr.frame_indices(d):
+                pose = fr.read_frame(d, i).pose
+                rays = np.concatenate([np.broadcast_to(pose[:3, 3], cam.shape), cam @ pose[:3, :3].T], -1)
+                hit = rc.cast_rays(o3d.core.Tensor(rays.astype(np.float32)))
+                prim = hit["primitive_ids"].numpy().astype(np.int64)
+                valid = np.isfinite(hit["t_hit"].numpy())
+                labels = np.asarray(Image.open(d / "label-filt" / f"{i}.png")).astype(np.int64)
+                insts = np.asarray(Image.open(d / "instance-filt" / f"{i}.png")).astype(np.int64)
+                assert labels.shape == (120, 160) and valid.mean() > 0.6
+                corner = lab.faces[np.where(valid, prim, 0)]  # (H, W, 3): the hit triangle's vertices
+                # a pose written with 6 decimals may move a ray across a triangle edge: allow a few pixels
+                same = (id_to_nyu[labels] == nyu[corner[..., 0]]) & (insts == inst[corner[..., 0]] + 1)
+                assert same[valid].mean() > 0.995, (name, i, same[valid].mean())
+                assert (labels[~valid] == 0).all() and (insts[~valid] == 0).all()
+                # the hit triangle's three vertices carry one label (labels are per object part)
+                assert (nyu[corner[valid]] == nyu[corner[valid][:, :1]]).all()
+
+
+def test_walk_camera_path_covers_the_room():
+    """The default ``walk`` path (along the walls, looking inwards and across) sees far more of a room
+    than the old small ``loop`` with the same frame count: vertices in a frame (10 px margin), not
+    hidden (a ray from the camera reaches them), not at a grazing angle (|cos| >= 0.2)."""
+    o3d = pytest.importorskip("open3d")
+    from pointprobe.data.scannet import vertex_normals
+
+    def coverage(scene) -> float:
+        rc = o3d.t.geometry.RaycastingScene()
+        rc.add_triangles(o3d.core.Tensor(scene.coord), o3d.core.Tensor(scene.faces.astype(np.uint32)))
+        nrm = vertex_normals(scene.coord, scene.faces)
+        K = camera_intrinsics(320, 240)
+        seen = np.zeros(len(scene.coord), bool)
+        for P in scene.camera_room_poses:
+            T = scene.room_to_world @ P
+            ray = scene.coord - T[:3, 3]
+            cam = ray @ T[:3, :3]
+            z = np.maximum(cam[:, 2], 1e-6)
+            u, v = K[0, 0] * cam[:, 0] / z + K[0, 2], K[1, 1] * cam[:, 1] / z + K[1, 2]
+            dist = np.linalg.norm(ray, axis=1)
+            cos = np.abs((nrm * ray).sum(1)) / dist
+            inside = (cam[:, 2] > 0.05) & (u >= 10) & (u < 310) & (v >= 10) & (v < 230)
+            cand = np.flatnonzero(inside & (cos >= 0.2))
+            rays = np.concatenate([np.broadcast_to(T[:3, 3], (len(cand), 3)), ray[cand] / dist[cand, None]],
+                                  1)
+            t = rc.cast_rays(o3d.core.Tensor(rays.astype(np.float32)))["t_hit"].numpy()
+            seen[cand[t > dist[cand] - 0.02]] = True
+        return float(seen.mean())
+
+    walk = generate_scene(SEED, 1, frames=30)
+    loop = generate_scene(SEED, 1, frames=30, camera_path="loop")
+    np.testing.assert_array_equal(walk.coord, loop.coord)  # the path does not change the room
+    cw, cl = coverage(walk), coverage(loop)
+    assert cw > 0.55 and cw > cl + 0.1, (cw, cl)
+    heights = [P[2, 3] for P in walk.camera_room_poses]
+    assert 1.1 < min(heights) and max(heights) < 1.8 and np.ptp(heights) > 0.3
+    with pytest.raises(ValueError, match="unknown camera path"):
+        generate_scene(SEED, 1, frames=2, camera_path="orbit")

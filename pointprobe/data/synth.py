@@ -9,6 +9,8 @@
         sceneXXXX_00_vh_clean_2.labels.ply     same mesh, vertex property label = nyu40 id
         sceneXXXX_00_vh_clean_2.0.010000.segs.json, sceneXXXX_00.aggregation.json, sceneXXXX_00.txt
         color/N.jpg depth/N.png pose/N.txt intrinsic/intrinsic_{color,depth}.txt   (ray-cast frames)
+        label-filt/N.png instance-filt/N.png   per-pixel label (the label table's ``id``) and instance
+                                               (objectId + 1) of the surface each ray hits, 16-bit, 0 = none
 
 A scene is a room of one of five types (bedroom, living room, office, kitchen, bathroom) with
 walls (door and window openings), floor, doors, windows, curtains, pictures and furniture built from
@@ -35,7 +37,7 @@ from pointprobe.data.synth_geometry import Obj, box, cylinder, merge, rect, rot_
 
 # fmt: off
 __all__ = ["generate_dataset", "generate_scene", "SynthScene", "RAW_TO_NYU40", "NYU40_NAMES", "ROOM_TYPES",
-           "write_label_table", "camera_intrinsics", "render_frames"]
+           "write_label_table", "camera_intrinsics", "render_frames", "vertex_label_ids", "CAMERA_PATHS"]
 # fmt: on
 
 ROOM_TYPES = ("bedroom", "living room", "office", "kitchen", "bathroom")
@@ -676,7 +678,73 @@ def _build(rng_seed, kind: str, factor: float) -> tuple[Room, float]:
     return room, tw
 
 
-def _camera_poses(room: Room, rng: np.random.Generator, n: int) -> list[np.ndarray]:
+CAMERA_PATHS = ("walk", "loop")
+
+
+def _pose(p: np.ndarray, z: float, yaw: float, pitch: float, roll: float) -> np.ndarray:
+    """Camera-to-room pose (OpenCV axes) at (p, z) looking along yaw/pitch, rolled by ``roll``."""
+    fwd = np.array([np.cos(yaw) * np.cos(pitch), np.sin(yaw) * np.cos(pitch), np.sin(pitch)])
+    right = np.cross(fwd, [0, 0, 1.0])
+    right /= np.linalg.norm(right)
+    down = np.cross(fwd, right)
+    r2 = np.cos(roll) * right + np.sin(roll) * down
+    d2 = -np.sin(roll) * right + np.cos(roll) * down
+    T = np.eye(4)
+    T[:3, :3] = np.stack([r2, d2, fwd], axis=1)
+    T[:3, 3] = [p[0], p[1], z]
+    return T
+
+
+def _camera_poses(room: Room, rng: np.random.Generator, n: int, path: str = "walk") -> list[np.ndarray]:
+    """Camera-to-room poses of ``n`` frames along ``path``.
+
+    ``walk`` (default), like a hand-held scan: one lap along the walls (about 0.4 m in from them, moved
+    towards the centre where furniture is in the way), at heights 1.15-1.75 m; each frame looks either
+    across the room at a point of the far side at any height up its wall, or inwards at the floor and
+    furniture of the middle (pitches from -0.85 to +0.1 rad). ``loop`` (the generator's first path): a
+    small loop around the centre, looking outwards.
+    """
+    if path not in CAMERA_PATHS:
+        raise ValueError(f"unknown camera path {path!r} (expected one of {', '.join(CAMERA_PATHS)})")
+    if path == "loop":
+        return _camera_loop(room, rng, n)
+    poses = []
+    c = np.array([room.W / 2, room.D / 2])
+    ix, iy = min(0.4, 0.3 * room.W), min(0.4, 0.3 * room.D)
+    w, d = room.W - 2 * ix, room.D - 2 * iy
+    perim = 2 * (w + d)
+    s0, sgn = rng.uniform(0, perim), float(rng.choice([-1.0, 1.0]))
+
+    def on_lap(s: float) -> np.ndarray:
+        s = s % perim
+        for origin, step, length in (((ix, iy), (1, 0), w), ((ix + w, iy), (0, 1), d),
+                                     ((ix + w, iy + d), (-1, 0), w), ((ix, iy + d), (0, -1), d)):
+            if s <= length:
+                return np.asarray(origin, float) + s * np.asarray(step, float)
+            s -= length
+        return np.array([ix, iy])
+
+    for k in range(n):
+        s = s0 + sgn * perim * (k + rng.uniform(-0.3, 0.3)) / max(n, 1)
+        z = rng.uniform(1.15, 1.75)
+        p = _free_spot(room, on_lap(s), z)
+        if rng.random() < 0.5:  # across: the far side of the room, anywhere up its wall
+            target = c + (c - p) * rng.uniform(0.6, 1.2) + rng.normal(0, 0.25, 2) * [room.W, room.D]
+            aim = rng.uniform(0.2, room.H - 0.2)
+        else:  # inwards: the floor and furniture in the middle of the room
+            target = c + rng.uniform(-0.3, 0.3, 2) * [room.W, room.D]
+            aim = rng.uniform(0.0, 0.8)
+        target = np.clip(target, 0.1, [room.W - 0.1, room.D - 0.1])
+        to = target - p
+        if np.linalg.norm(to) < 0.5:  # standing on the target: look at the centre or along the lap
+            to = c - p if np.linalg.norm(c - p) > 0.3 else np.array([np.cos(s), np.sin(s)])
+        yaw = math.atan2(to[1], to[0]) + rng.normal(0, 0.1)
+        pitch = float(np.clip(-math.atan2(z - aim, max(np.linalg.norm(to), 0.5)), -0.85, 0.1))
+        poses.append(_pose(p, z, yaw, pitch, rng.normal(0, 0.03)))
+    return poses
+
+
+def _camera_loop(room: Room, rng: np.random.Generator, n: int) -> list[np.ndarray]:
     """Camera-to-room poses on a loop around the room centre, looking outwards and slightly down."""
     poses = []
     c = np.array([room.W / 2, room.D / 2])
@@ -688,17 +756,7 @@ def _camera_poses(room: Room, rng: np.random.Generator, n: int) -> list[np.ndarr
         p = _free_spot(room, c + np.array([a * np.cos(th), b * np.sin(th)]), z)
         yaw = th + rng.uniform(-0.8, 0.8)
         pitch = rng.uniform(-0.55, -0.2)
-        fwd = np.array([np.cos(yaw) * np.cos(pitch), np.sin(yaw) * np.cos(pitch), np.sin(pitch)])
-        right = np.cross(fwd, [0, 0, 1.0])
-        right /= np.linalg.norm(right)
-        down = np.cross(fwd, right)
-        roll = rng.normal(0, 0.03)
-        r2 = np.cos(roll) * right + np.sin(roll) * down
-        d2 = -np.sin(roll) * right + np.cos(roll) * down
-        T = np.eye(4)
-        T[:3, :3] = np.stack([r2, d2, fwd], axis=1)
-        T[:3, 3] = [p[0], p[1], z]
-        poses.append(T)
+        poses.append(_pose(p, z, yaw, pitch, rng.normal(0, 0.03)))
     return poses
 
 
@@ -756,8 +814,10 @@ def _segments(coord: np.ndarray, part_of_v: np.ndarray, size: float = 0.4) -> np
     return first[inv]
 
 
-def generate_scene(seed: int, index: int, frames: int = 15, room_type: str | None = None) -> SynthScene:
-    """Generate scene ``index`` of the dataset with ``seed`` (deterministic), in world coordinates."""
+def generate_scene(seed: int, index: int, frames: int = 15, room_type: str | None = None,
+                   camera_path: str = "walk") -> SynthScene:
+    """Generate scene ``index`` of the dataset with ``seed`` (deterministic), in world coordinates, with
+    ``frames`` camera poses along ``camera_path`` (``walk``: along the walls, like a scan; ``loop``)."""
     seq = np.random.SeedSequence([int(seed), int(index)])
     layout_seed, noise_seed = seq.spawn(2)
     rng = np.random.default_rng(noise_seed)
@@ -811,7 +871,7 @@ def generate_scene(seed: int, index: int, frames: int = 15, room_type: str | Non
     corners = np.array([[0, 0, 0], [room.W, 0, 0], [0, room.D, 0], [room.W, room.D, 0]]) @ G[:3, :3].T
     G[:3, 3] = -corners.min(0) + [rng.uniform(0.2, 1.5), rng.uniform(0.2, 1.5), rng.uniform(-0.05, 0.05)]
     world = v @ G[:3, :3].T + G[:3, 3]
-    poses = _camera_poses(room, rng, frames)
+    poses = _camera_poses(room, rng, frames, camera_path)
     return SynthScene(
         name=f"scene{index:04d}_00",
         room_type=kind,
@@ -845,12 +905,15 @@ def render_frames(
     rng: np.random.Generator | None = None,
     noise: bool = True,
     nthreads: int = 0,
-) -> list[tuple[np.ndarray, np.ndarray]]:
+    return_hits: bool = False,
+) -> list[tuple[np.ndarray, np.ndarray]] | tuple[list[tuple[np.ndarray, np.ndarray]], dict]:
     """Ray-cast (colour uint8 (H,W,3), depth float32 metres (H,W)) for each camera-to-world pose.
 
     Colour is the barycentric blend of the hit triangle's vertex colours; depth is the distance
     along the camera z axis (0 where no surface is hit). With ``noise``: depth noise growing with
-    distance, dropouts at grazing angles, and colour noise.
+    distance, dropouts at grazing angles, and colour noise. With ``return_hits``: also a dict with
+    ``prim`` (F, H, W) int64, the triangle each pixel's ray hits (-1 = none), and ``xyz`` (F, H, W, 3)
+    float32, the (noise-free) world point it hits.
     """
     import open3d as o3d
 
@@ -892,7 +955,25 @@ def render_frames(
         depth[drop] = 0
         img += rng.standard_normal(img.shape, np.float32) * 2.5
     img = np.clip(np.round(img), 0, 255).astype(np.uint8)
-    return [(img[i], depth[i]) for i in range(len(poses))]
+    frames = [(img[i], depth[i]) for i in range(len(poses))]
+    if not return_hits:
+        return frames
+    t0 = np.where(valid, t_hit, 0.0).astype(np.float32)[..., None]
+    xyz = rays[..., :3] + rays[..., 3:] * t0
+    return frames, {"prim": np.where(valid, prim, -1), "xyz": xyz}
+
+
+def vertex_label_ids(scene: SynthScene) -> tuple[np.ndarray, np.ndarray]:
+    """Per vertex: the label table ``id`` of its annotated object (0 = unannotated) and the object's
+    instance number ``objectId + 1`` (0 = none), as the label-filt / instance-filt maps hold them."""
+    seg_label, seg_inst = {}, {}
+    for g in scene.groups:
+        for sg in g["segments"]:
+            seg_label[sg], seg_inst[sg] = _ID200[g["label"]], g["objectId"] + 1
+    segs, inv = np.unique(scene.seg_indices, return_inverse=True)
+    label_id = np.array([seg_label.get(int(x), 0) for x in segs], np.int64)[inv]
+    inst = np.array([seg_inst.get(int(x), 0) for x in segs], np.int64)[inv]
+    return label_id, inst
 
 
 # ------------------------------------------------------------------------------------------ writing
@@ -973,10 +1054,27 @@ def write_scene(
     (d / f"{scene.name}.txt").write_text("\n".join(info) + "\n")
     if world_poses:
         write_intrinsics(d, K, K)
-        frames = render_frames(scene.coord, scene.faces, scene.color, world_poses, K, W, H, rng=rng)
+        frames, hits = render_frames(scene.coord, scene.faces, scene.color, world_poses, K, W, H, rng=rng,
+                                     return_hits=True)
+        label_id, inst = vertex_label_ids(scene)
+        corner = scene.faces[np.maximum(hits["prim"], 0), 0]
+        label_maps = np.where(hits["prim"] >= 0, label_id[corner], 0).astype(np.uint16)
+        inst_maps = np.where(hits["prim"] >= 0, inst[corner], 0).astype(np.uint16)
         for i, ((img, depth), pose) in enumerate(zip(frames, world_poses)):
             write_frame(d, i, img, depth, pose)
+            write_label_maps(d, i, label_maps[i], inst_maps[i])
     return d
+
+
+def write_label_maps(scene_dir: str | os.PathLike, index: int, labels: np.ndarray,
+                     instances: np.ndarray) -> None:
+    """Write ``label-filt/index.png`` and ``instance-filt/index.png`` (16-bit PNG, 0 = none)."""
+    from PIL import Image
+
+    d = Path(scene_dir)
+    for sub, arr in (("label-filt", labels), ("instance-filt", instances)):
+        (d / sub).mkdir(parents=True, exist_ok=True)
+        Image.fromarray(np.asarray(arr, np.uint16)).save(d / sub / f"{index}.png", compress_level=1)
 
 
 def write_label_table(path: str | os.PathLike, counts: dict[str, int] | None = None) -> Path:
@@ -1012,8 +1110,8 @@ def split_names(names: list[str], seed: int, fractions: tuple[float, float, floa
 
 
 def _one(args: tuple) -> tuple[str, Counter]:
-    out, seed, index, frames, image_size = args
-    scene = generate_scene(seed, index, frames=frames)
+    out, seed, index, frames, image_size, camera_path = args
+    scene = generate_scene(seed, index, frames=frames, camera_path=camera_path)
     write_scene(scene, Path(out) / "scans", image_size, rng=np.random.default_rng([int(seed), int(index), 1]))
     return scene.name, Counter(g["label"] for g in scene.groups)
 
@@ -1027,15 +1125,21 @@ def generate_dataset(
     workers: int = 1,
     progress: bool = True,
     split_fractions: tuple[float, float, float] = (0.6, 0.2, 0.2),
+    camera_path: str = "walk",
 ) -> dict[str, list[str]]:
-    """Write ``n_scenes`` synthetic scenes in the raw ScanNet layout under ``out``; returns the splits."""
+    """Write ``n_scenes`` synthetic scenes in the raw ScanNet layout under ``out``; returns the splits.
+
+    ``frames_per_scene`` frames are ray-cast per scene along ``camera_path`` (``walk``: one lap along
+    the walls looking inwards and across, like a scan; ``loop``: the first generator's small loop)."""
     from common.progress import progress as progress_bar
 
     if n_scenes < 1:
         raise ValueError("n_scenes must be >= 1")
     out = Path(out)
     (out / "scans").mkdir(parents=True, exist_ok=True)
-    jobs = [(str(out), seed, i, frames_per_scene, tuple(image_size)) for i in range(n_scenes)]
+    if camera_path not in CAMERA_PATHS:
+        raise ValueError(f"unknown camera path {camera_path!r} (expected one of {', '.join(CAMERA_PATHS)})")
+    jobs = [(str(out), seed, i, frames_per_scene, tuple(image_size), camera_path) for i in range(n_scenes)]
     counts: Counter = Counter()
     names = []
     bar = progress_bar(total=n_scenes, desc="synth", unit="scene", disable=not progress)

@@ -7,12 +7,14 @@ are projected into all frames of a batch at once (:mod:`pointprobe.lift.project`
 depth-based occlusion test, bilinear read of the feature map at the point's pixel, mean over the views
 that see the point. Points seen by no frame keep zero features and ``visible_count`` 0.
 
-The OpenScene occlusion rule (``|depth - z| <= 0.25 * depth``) is generous: a surface up to a quarter of
-the depth behind an occluder passes (a wall 50 cm behind a chair seen from 3 m). Measured on generated
-rooms (160x120 frames, rendered per-pixel coordinates lifted as features): with it, 25-47 % of
-the points counted as seen received a value from a surface more than 5 cm away; with an absolute
-threshold of 3 cm (``occlusion_relative: false``, ``occlusion_threshold: 0.03``) every seen point
-stayed within 5 cm, at the cost of about a quarter fewer seen points (depth noise).
+Visibility (``fusion.rule``, :class:`pointprobe.lift.project.VisibilityRule`): the default ``sensor``
+rule keeps a view when ``|depth - z| <= depth_tol_abs + depth_tol_rel * depth`` (0.5 cm + 0.5 %),
+drops grazing views (``|cos(normal, ray)| < min_cos`` = 0.2, with the scene's point normals) and
+weights views by ``|cos| / z``. ``fusion.rule=openscene`` is OpenScene's rule (``|depth - z| <= 0.25 *
+depth``, plain mean), kept for fidelity with that code; it is generous: a surface up to a quarter of the
+depth behind an occluder passes (a wall 50 cm behind a chair seen from 3 m), and on generated rooms
+44-49 % of the points it counts as seen take a value from a surface more than 5 cm away (oracle
+benchmark, ``tools/bench_lift_fidelity.py``, section ``bench_lift_fidelity`` of docs/benchmarks.md).
 
 Output: one ``common.cache`` per split under ``out/`` (``features`` (N, D), ``labels``,
 ``visible_count`` (N,) int32 per scene), with the same meta keys as ``pointprobe extract`` so that
@@ -43,7 +45,7 @@ from common.cache import CacheKey, CacheWriter, FeatureCache, merge_manifests
 from common.config import config_hash, save_config
 from common.errors import ConfigError, InputError
 from pointprobe.lift.image_encoders import ImageEncoder, ImageEncoderRecord, create_image_encoder
-from pointprobe.lift.project import FusionAccumulator, world_to_camera
+from pointprobe.lift.project import RULES, FusionAccumulator, PairHook, VisibilityRule, world_to_camera
 
 log = logging.getLogger(__name__)
 
@@ -93,8 +95,15 @@ class FusionSpec:
     image_size: tuple[int, int] = (320, 240)  # (W, H) colour and depth are resized to
     batch_frames: int = 16  # frames encoded and projected together
     margin: int = 10  # pixels at the border where points are dropped
-    occlusion_threshold: float = 0.25  # |depth - z| <= threshold * depth (relative) or <= threshold (m)
-    occlusion_relative: bool = True
+    rule: str = "sensor"  # visibility rule: sensor (default) | openscene (OpenScene's, for fidelity)
+    occlusion_threshold: float = 0.25  # openscene: |depth - z| <= threshold * depth (or <= threshold m)
+    occlusion_relative: bool = True  # openscene: threshold relative to the depth (else metres)
+    depth_tol_abs: float = 0.005  # sensor: |depth - z| <= depth_tol_abs + depth_tol_rel * depth
+    depth_tol_rel: float = 0.005
+    min_cos: float = 0.2  # sensor: drop views where |cos(point normal, view ray)| < min_cos (grazing)
+    angle_power: float = 1.0  # sensor: view weight |cos|^angle_power / z^distance_power
+    distance_power: float = 1.0
+    max_depth: float = 0.0  # sensor: drop views farther than this many metres (0 = no limit)
     color_intrinsics: bool = True  # read features at the colour camera's projection (when it differs)
     point_chunk: int = 262_144  # points projected at once (memory bound)
 
@@ -125,8 +134,25 @@ def validate(cfg: LiftConfig) -> None:
         raise ConfigError(f"config key 'fusion.margin' ({f.margin}) leaves no pixels of {list(f.image_size)}")
     if f.occlusion_threshold <= 0:
         raise ConfigError("config key 'fusion.occlusion_threshold' must be > 0")
+    if f.rule not in RULES:
+        raise ConfigError(f"config key 'fusion.rule': expected one of {', '.join(RULES)}, got {f.rule!r}")
+    if f.depth_tol_abs < 0 or f.depth_tol_rel < 0 or f.depth_tol_abs + f.depth_tol_rel <= 0:
+        raise ConfigError("config keys 'fusion.depth_tol_abs' / 'fusion.depth_tol_rel' must be >= 0, "
+                          "not both 0")
+    if f.max_depth < 0:
+        raise ConfigError(f"config key 'fusion.max_depth' must be >= 0 (0 = no limit), got {f.max_depth}")
+    if not 0 <= f.min_cos < 1:
+        raise ConfigError(f"config key 'fusion.min_cos' must be in [0, 1), got {f.min_cos}")
     if not cfg.data.raw:
         raise ConfigError("config key 'data.raw' is empty: give the raw ScanNet root with the RGB-D frames")
+
+
+def visibility_rule(f: FusionSpec) -> VisibilityRule:
+    """The projection module's rule for a fusion spec."""
+    if f.rule == "openscene":
+        return VisibilityRule.openscene(f.occlusion_threshold, f.occlusion_relative)
+    return VisibilityRule("sensor", tol_abs=f.depth_tol_abs, tol_rel=f.depth_tol_rel, min_cos=f.min_cos,
+                          angle_power=f.angle_power, distance_power=f.distance_power, max_depth=f.max_depth)
 
 
 # ---------------------------------------------------------------------------------------------- frames
@@ -244,11 +270,17 @@ def encoder_feature_fn(encoder: ImageEncoder, device: torch.device) -> FeatureFn
 
 
 def lift_scene(scene_dir: str | Path, coord: np.ndarray, features: ImageEncoder | FeatureFn, dim: int,
-               fusion: FusionSpec, device: str | torch.device = "cpu", progress: bool = False) -> LiftResult:
+               fusion: FusionSpec, device: str | torch.device = "cpu", progress: bool = False,
+               normal: np.ndarray | None = None,
+               pair_hook: Callable[[FrameBatch, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor,
+                                    torch.Tensor], None] | None = None) -> LiftResult:
     """Lift 2D features of a scene's frames onto ``coord`` (N, 3) world points.
 
     ``features``: an image encoder or any function ``FrameBatch -> (B, dim, h, w)`` maps covering the
-    frames (tests render known per-pixel values this way).
+    frames (tests render known per-pixel values this way). ``normal`` (N, 3): point normals for the
+    ``sensor`` rule's grazing-angle test and angle weight (without them only the depth test and the
+    distance weight apply). ``pair_hook(batch, f_idx, point_idx, u, v, weight)`` sees every fused view
+    (benchmarks measure where each value came from).
     """
     from common.progress import progress as progress_bar
 
@@ -258,8 +290,15 @@ def lift_scene(scene_dir: str | Path, coord: np.ndarray, features: ImageEncoder 
     if coord.ndim != 2 or coord.shape[1] != 3 or not np.isfinite(coord).all():
         raise InputError(scene_dir, f"points must be a finite (N, 3) array, got shape {coord.shape}")
     frames, skipped = select_frames(scene_dir, fusion.frame_stride, fusion.max_frames)
+    nrm = None
+    if normal is not None:
+        normal = np.asarray(normal)
+        if normal.shape != coord.shape:
+            raise InputError(scene_dir, f"normals have shape {normal.shape}, points {coord.shape}")
+        nrm = torch.from_numpy(np.nan_to_num(normal.astype(np.float32)))
     acc = FusionAccumulator(torch.from_numpy(coord.astype(np.float32)), dim, fusion.margin,
-                            fusion.occlusion_threshold, fusion.occlusion_relative, fusion.point_chunk, device)
+                            fusion.occlusion_threshold, fusion.occlusion_relative, fusion.point_chunk, device,
+                            rule=visibility_rule(fusion), normal=nrm)
     if frames:
         size = tuple(fusion.image_size)
         K_depth, K_color = scene_intrinsics(scene_dir, frames[0], size, fusion.color_intrinsics)
@@ -278,7 +317,11 @@ def lift_scene(scene_dir: str | Path, coord: np.ndarray, features: ImageEncoder 
                     raise InputError(scene_dir, f"feature maps have shape {tuple(maps.shape)}, expected "
                                                 f"({len(fb.indices)}, {dim}, h, w)")
                 w2c = world_to_camera(torch.from_numpy(fb.poses))
-                acc.add(maps, torch.from_numpy(fb.depths), w2c, Kd, Kc)
+                hook: PairHook | None = None
+                if pair_hook is not None:
+                    def hook(*pair, fb=fb):  # noqa: E306
+                        pair_hook(fb, *pair)
+                acc.add(maps, torch.from_numpy(fb.depths), w2c, Kd, Kc, hook=hook)
     feats = acc.mean().cpu().numpy()
     count = acc.count.cpu().numpy().astype(np.int32)
     return LiftResult(feats, count, len(frames), len(skipped), acc.pairs)
@@ -320,8 +363,10 @@ def _scene_sources(cfg: LiftConfig, split: str) -> list[_SceneSource]:
     return out[: cfg.data.limit] if cfg.data.limit else out
 
 
-def _load_points(src: _SceneSource, cfg: LiftConfig, label_map: Any) -> tuple[np.ndarray, np.ndarray]:
-    """(coord (N, 3), labels (N,)) of a scene, checked against the raw mesh's vertex count."""
+def _load_points(src: _SceneSource, cfg: LiftConfig,
+                 label_map: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(coord (N, 3), labels (N,), normals (N, 3)) of a scene, checked against the raw mesh's vertex
+    count."""
     from pointprobe.data.scannet import load_scene, raw_scene_files, read_raw_scene
 
     if src.points is not None:
@@ -333,16 +378,15 @@ def _load_points(src: _SceneSource, cfg: LiftConfig, label_map: Any) -> tuple[np
                                          "vertices (the preprocessed and raw scenes do not match)")
     else:
         scene = read_raw_scene(src.frames_dir, label_map)
-    return scene.coord, scene.labels(cfg.data.label_set)
+    return scene.coord, scene.labels(cfg.data.label_set), scene.normal
 
 
 def lift_cache_key(cfg: LiftConfig, rec: ImageEncoderRecord, split: str) -> CacheKey:
     """The cache key: image encoder + weights hash + every setting that changes the features."""
     f = cfg.fusion
     prep = {"frame_stride": f.frame_stride, "max_frames": f.max_frames, "image_size": list(f.image_size),
-            "margin": f.margin, "occlusion_threshold": f.occlusion_threshold,
-            "occlusion_relative": f.occlusion_relative, "color_intrinsics": f.color_intrinsics,
-            "fusion": "mean", "upsample": "bilinear"}
+            "margin": f.margin, "color_intrinsics": f.color_intrinsics, "upsample": "bilinear",
+            "rule": asdict(visibility_rule(f))}
     enc_cfg = {"image_encoder": rec.name, "config": rec.config}
     dataset = str(Path(cfg.data.root or cfg.data.raw).resolve())
     return CacheKey(encoder=f"lift/{rec.name}", checkpoint_sha256=rec.checkpoint_sha256,
@@ -358,8 +402,10 @@ def _encoder_meta(cfg: LiftConfig, rec: ImageEncoderRecord) -> dict:
 
 
 def coverage_summary(cache: FeatureCache) -> dict:
-    """Seen fractions of one lifted-feature cache (from its ``visible_count`` arrays)."""
+    """Seen fractions of one lifted-feature cache (from its ``visible_count`` arrays), overall and
+    ``per_scene`` (scene -> fraction of its points seen)."""
     n = seen = lab = lab_seen = views = 0
+    per_scene: dict[str, float] = {}
     for item in cache.items():
         a = cache.load(item, ("labels", "visible_count"))
         c = np.asarray(a["visible_count"])
@@ -369,9 +415,10 @@ def coverage_summary(cache: FeatureCache) -> dict:
         lab += int((y >= 0).sum())
         lab_seen += int(((y >= 0) & (c > 0)).sum())
         views += int(c.sum())
+        per_scene[item] = float((c > 0).mean()) if c.size else 0.0
     return {"scenes": len(cache), "points": n, "seen_fraction": seen / n if n else 0.0,
             "labelled_points": lab, "labelled_seen_fraction": lab_seen / lab if lab else float("nan"),
-            "mean_views_per_seen_point": views / seen if seen else 0.0}
+            "mean_views_per_seen_point": views / seen if seen else 0.0, "per_scene": per_scene}
 
 
 def _pick_device(name: str) -> torch.device:
@@ -418,8 +465,8 @@ def run_lift(cfg: LiftConfig, features: FeatureFn | None = None, dim: int | None
 
         def compute(name: str, sources: dict[str, _SceneSource] = sources) -> dict:
             src = sources[name]
-            coord, labels = _load_points(src, cfg, label_map)
-            res = lift_scene(src.frames_dir, coord, fn, int(dim), cfg.fusion, device)
+            coord, labels, normal = _load_points(src, cfg, label_map)
+            res = lift_scene(src.frames_dir, coord, fn, int(dim), cfg.fusion, device, normal=normal)
             log.info("%s: %d frames (%d skipped), %.1f%% of %d points seen", name, res.frames_used,
                      res.frames_skipped, 100 * res.coverage, len(coord))
             return {"features": res.features, "labels": labels, "visible_count": res.visible_count}
@@ -433,7 +480,9 @@ def run_lift(cfg: LiftConfig, features: FeatureFn | None = None, dim: int | None
         gathered = dist.all_gather_object(errors)
         failures[split] = {k: v for part in gathered for k, v in part.items()}
     if dist.is_main() and coverage:
-        rows = [{"split": s, **c} for s, c in coverage.items()]
+        rows = [{"split": s, **{k: v for k, v in c.items() if k != "per_scene"}} for s, c in coverage.items()]
         write_table(rows, out / "coverage", f"Coverage of {rec.name} features lifted to 3D",
-                    meta={"image encoder": rec.name, "fusion": asdict(cfg.fusion)}, float_format=".4f")
+                    meta={"image encoder": rec.name, "fusion": asdict(cfg.fusion),
+                          "seen fraction per scene": {s: c["per_scene"] for s, c in coverage.items()}},
+                    float_format=".4f")
     return {"failures": failures, "coverage": coverage}

@@ -6,27 +6,39 @@ z forward. A point ``p`` (world) maps to ``c = R^T (p - t)`` (R, t of the pose) 
 centres at integers). Everything is vectorised over many frames at once: (F, N) projections in one
 tensor expression, then only the (frame, point) pairs that land inside the image are gathered.
 
-Visibility (OpenScene's multi-view fusion): a point is seen by a frame when it lies in front of the
-camera, its pixel is at least ``margin`` pixels from every border, the depth map has a measurement
-there, and ``|depth[v, u] - z| <= threshold * depth[v, u]`` (relative, default 0.25) or
-``<= threshold`` metres (absolute).
+Visibility: a point is seen by a frame when it lies in front of the camera, its pixel is at least
+``margin`` pixels from every border, the depth map has a measurement there, and the depth test of the
+``VisibilityRule`` passes:
+
+* ``openscene`` (OpenScene's multi-view fusion): ``|depth[v, u] - z| <= threshold * depth[v, u]``
+  (relative, default 0.25) or ``<= threshold`` metres (absolute); every view counts the same.
+* ``sensor`` (the default of ``pointprobe lift``): ``|depth[v, u] - z| <= tol_abs + tol_rel *
+  depth[v, u]`` (a tolerance that follows a depth sensor's noise, 0.5 cm + 0.5 % by default, instead of a
+  quarter of the depth); with point normals, views at grazing angles (``|cos(normal, ray)| < min_cos``)
+  are dropped, so are views farther than ``max_depth`` (when > 0; a depth sensor's noise there is as
+  large as the gaps between surfaces), and views are weighted by ``|cos|^angle_power /
+  z^distance_power`` (head-on, close views count more).
 
 Feature look-up: a (D, h, w) feature map covering the whole (W, H) image (patch features at any
 stride) is upsampled bilinearly to pixels (``align_corners=False``, edges clamped) and read at the
 point's pixel. Only the needed pixels are evaluated (four corners per pair), which equals
 ``F.interpolate(map, (H, W), mode="bilinear")[..., v, u]`` without materialising the (D, H, W) map.
-Fusion is the mean over the views that see a point (a running scatter-add, ``index_add_``, of the
-sampled features and of a count per point; ``common.scatter.segment_reduce`` computes the same sums
-but allocates an (N, D) result per call); points seen by no view keep zero features and a zero count.
+Fusion is the (weighted) mean over the views that see a point (a running scatter-add, ``index_add_``,
+of the weighted sampled features, of the weights and of a view count per point;
+``common.scatter.segment_reduce`` computes the same sums but allocates an (N, D) result per call);
+points seen by no view keep zero features and a zero count.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 
 __all__ = [
+    "RULES",
+    "VisibilityRule",
     "Projection",
     "world_to_camera",
     "project_points",
@@ -35,6 +47,53 @@ __all__ = [
     "sample_feature_maps",
     "FusionAccumulator",
 ]
+
+
+RULES = ("sensor", "openscene")
+
+
+@dataclass(frozen=True)
+class VisibilityRule:
+    """Which (frame, point) pairs count as views of a point, and how much each view weighs.
+
+    ``openscene``: depth test ``|d - z| <= threshold * d`` (``relative``) or ``<= threshold`` m, plain
+    mean. ``sensor``: ``|d - z| <= tol_abs + tol_rel * d``, views with ``z > max_depth`` (when > 0)
+    dropped; with normals, drop views where ``|cos(normal, ray)| < min_cos``; weight views by
+    ``|cos|^angle_power / z^distance_power``.
+    """
+
+    name: str = "sensor"
+    threshold: float = 0.25
+    relative: bool = True
+    tol_abs: float = 0.005
+    tol_rel: float = 0.005
+    min_cos: float = 0.2
+    angle_power: float = 1.0
+    distance_power: float = 1.0
+    max_depth: float = 0.0  # sensor: drop views farther than this (metres along z; 0 = no limit)
+
+    def __post_init__(self) -> None:
+        if self.name not in RULES:
+            raise ValueError(f"unknown visibility rule {self.name!r} (expected one of {', '.join(RULES)})")
+
+    @classmethod
+    def openscene(cls, threshold: float = 0.25, relative: bool = True) -> VisibilityRule:
+        """OpenScene's rule (relative 0.25, plain mean) or its absolute-threshold variant."""
+        return cls("openscene", threshold=float(threshold), relative=bool(relative))
+
+    def tolerance(self) -> tuple[float, float]:
+        """(absolute metres, fraction of the measured depth) of the depth test."""
+        if self.name == "openscene":
+            return (0.0, self.threshold) if self.relative else (self.threshold, 0.0)
+        return self.tol_abs, self.tol_rel
+
+    @property
+    def weighted(self) -> bool:
+        """Whether views get unequal weights or grazing views are dropped (needs normals for the angle)."""
+        return self.name == "sensor"
+
+
+PairHook = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], None]
 
 
 def world_to_camera(poses: torch.Tensor) -> torch.Tensor:
@@ -90,10 +149,13 @@ def visible_pairs(
     threshold: float = 0.25,
     relative: bool = True,
     min_depth: float = 1e-3,
+    tolerance: tuple[float, float] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(frame index (P,), point index (P,)) of the (frame, point) pairs that pass the visibility test.
 
-    ``depth`` (F, H, W) metres (0 = no measurement). Pairs are ordered by frame, then point.
+    ``depth`` (F, H, W) metres (0 = no measurement). Pairs are ordered by frame, then point. The depth
+    test is ``|d - z| <= threshold * d`` (``relative``) or ``<= threshold``; ``tolerance`` = (a, r)
+    replaces it by ``|d - z| <= a + r * d``.
     """
     F_, H, W = depth.shape
     u, v, z = proj.u, proj.v, proj.z
@@ -103,7 +165,10 @@ def visible_pairs(
         return f_idx, n_idx
     uu, vv, zz = u[f_idx, n_idx], v[f_idx, n_idx], z[f_idx, n_idx]
     d = depth[f_idx, vv, uu].to(zz.dtype)
-    tol = threshold * d if relative else torch.full_like(d, threshold)
+    if tolerance is not None:
+        tol = tolerance[0] + tolerance[1] * d
+    else:
+        tol = threshold * d if relative else torch.full_like(d, threshold)
     ok = (d > 0) & ((d - zz).abs() <= tol)
     return f_idx[ok], n_idx[ok]
 
@@ -150,31 +215,63 @@ def sample_feature_maps(
 
 
 class FusionAccumulator:
-    """Running sum of features and view count per point; ``mean()`` gives the fused features.
+    """Running weighted sum of features, weights and view count per point; ``mean()`` gives the fused
+    features.
 
     ``add(maps, depth, w2c, K_depth, K_color)`` handles one batch of F frames: projects every point
     into every frame at once, keeps the visible pairs and adds their sampled features. With
     ``K_color`` given (a colour camera whose intrinsics differ from the depth camera's, both scaled to
     the feature image size), visibility uses the depth projection and features are read at the colour
-    projection (pairs whose colour pixel falls outside the image are dropped).
+    projection (pairs whose colour pixel falls outside the image are dropped). ``rule`` (default:
+    OpenScene's with ``threshold``/``relative``) decides visibility and view weights; ``normal`` (N, 3)
+    point normals enable its grazing-angle test and angle weight (zero normals count as head-on).
     """
 
     def __init__(self, coord: torch.Tensor, dim: int, margin: int = 10, threshold: float = 0.25,
-                 relative: bool = True, point_chunk: int = 262_144, device: torch.device | str = "cpu"):
+                 relative: bool = True, point_chunk: int = 262_144, device: torch.device | str = "cpu",
+                 rule: VisibilityRule | None = None, normal: torch.Tensor | None = None):
         self.device = torch.device(device)
         self.coord = coord.to(self.device, torch.float32)
         self.n = int(coord.shape[0])
         self.sum = torch.zeros(self.n, dim, dtype=torch.float32, device=self.device)
+        self.weight = torch.zeros(self.n, dtype=torch.float32, device=self.device)
         self.count = torch.zeros(self.n, dtype=torch.int64, device=self.device)
+        self.rule = rule if rule is not None else VisibilityRule.openscene(threshold, relative)
         self.margin, self.threshold, self.relative = int(margin), float(threshold), bool(relative)
+        self.normal = None
+        if normal is not None:
+            if tuple(normal.shape) != (self.n, 3):
+                raise ValueError(f"normals have shape {tuple(normal.shape)}, expected ({self.n}, 3)")
+            nrm = normal.to(self.device, torch.float32)
+            length = nrm.norm(dim=1, keepdim=True)
+            self.normal = torch.where(length > 0.5, nrm / length.clamp(min=1e-12), torch.zeros_like(nrm))
         self.point_chunk = max(1, int(point_chunk))
         self.pairs = 0  # visible (frame, point) pairs fused so far
         self.projections = 0  # (frame, point) projections computed so far
 
+    def _weights(self, pts: torch.Tensor, nrm: torch.Tensor | None, w2c: torch.Tensor, f_idx: torch.Tensor,
+                 n_idx: torch.Tensor, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(keep mask, weight) of visible pairs under the rule (grazing test, angle and distance weight)."""
+        r = self.rule
+        w = z.clamp(min=1e-3).pow(-r.distance_power) if r.distance_power else torch.ones_like(z)
+        keep = z <= r.max_depth if r.max_depth > 0 else torch.ones_like(z, dtype=torch.bool)
+        if nrm is not None:
+            R, t = w2c[:, :3, :3], w2c[:, :3, 3]
+            centre = -(R.transpose(1, 2) @ t[:, :, None])[:, :, 0]  # camera centres (F, 3)
+            ray = pts[n_idx] - centre[f_idx]
+            n = nrm[n_idx]
+            cos = (n * ray).sum(1).abs() / ray.norm(dim=1).clamp(min=1e-9)
+            cos = torch.where(n.abs().sum(1) > 0, cos, torch.ones_like(cos))  # no normal: head-on
+            keep = keep & (cos >= r.min_cos)
+            if r.angle_power:
+                w = w * cos.clamp(min=1e-6).pow(r.angle_power)
+        return keep, w
+
     def add(self, maps: torch.Tensor, depth: torch.Tensor, w2c: torch.Tensor, K_depth: torch.Tensor,
-            K_color: torch.Tensor | None = None) -> None:
+            K_color: torch.Tensor | None = None, hook: PairHook | None = None) -> None:
         """Fuse one batch: ``maps`` (F, D, h, w), ``depth`` (F, H, W), ``w2c`` (F, 4, 4), ``K`` (3, 3)
-        or (F, 3, 3)."""
+        or (F, 3, 3). ``hook(f_idx, point_idx, u, v, weight)`` sees every fused pair (frame index in the
+        batch, point index, pixel where the feature is read, view weight)."""
         dev = self.device
         maps, depth = maps.to(dev), depth.to(dev)
         w2c = w2c.to(dev, torch.float32)  # float32: sub-micron error for room-sized coordinates
@@ -182,38 +279,50 @@ class FusionAccumulator:
         H, W = depth.shape[-2:]
         F_, D, h, w = maps.shape
         flat = None if (h, w) == (H, W) else maps.permute(0, 2, 3, 1).reshape(F_ * h * w, D).float()
+        tol = self.rule.tolerance()
         for start in range(0, self.n, self.point_chunk):
             pts = self.coord[start : start + self.point_chunk]
             proj = project_points(pts, w2c, K_depth)
-            f_idx, n_idx = visible_pairs(proj, depth, self.margin, self.threshold, self.relative)
+            f_idx, n_idx = visible_pairs(proj, depth, self.margin, tolerance=tol)
             self.projections += int(proj.z.numel())
+            wt = torch.ones(f_idx.numel(), dtype=torch.float32, device=dev)
+            if self.rule.weighted and f_idx.numel():
+                nrm = None if self.normal is None else self.normal[start : start + self.point_chunk]
+                keep, wt = self._weights(pts, nrm, w2c, f_idx, n_idx, proj.z[f_idx, n_idx])
+                f_idx, n_idx, wt = f_idx[keep], n_idx[keep], wt[keep]
             if K_color is not None:
                 pc = project_points(pts, w2c, K_color.to(dev, torch.float32))
                 u, v = pc.u[f_idx, n_idx], pc.v[f_idx, n_idx]
                 ok = (u >= 0) & (u < W) & (v >= 0) & (v < H)
-                f_idx, n_idx, u, v = f_idx[ok], n_idx[ok], u[ok], v[ok]
+                f_idx, n_idx, u, v, wt = f_idx[ok], n_idx[ok], u[ok], v[ok], wt[ok]
             else:
                 u, v = proj.u[f_idx, n_idx], proj.v[f_idx, n_idx]
             if f_idx.numel() == 0:
                 continue
             idx = n_idx + start
-            self._accumulate(maps, flat, f_idx, u, v, idx, (W, H))
+            self._accumulate(maps, flat, f_idx, u, v, idx, (W, H), wt)
+            self.weight.index_add_(0, idx, wt)
             self.count.index_add_(0, idx, torch.ones_like(idx))
             self.pairs += int(idx.numel())
+            if hook is not None:
+                hook(f_idx, idx, u, v, wt)
 
     def _accumulate(self, maps: torch.Tensor, flat: torch.Tensor | None, f_idx: torch.Tensor, u: torch.Tensor,
-                    v: torch.Tensor, idx: torch.Tensor, image_size: tuple[int, int]) -> None:
-        """Add the bilinearly read features of pairs (f_idx, u, v) to the rows ``idx`` of ``sum``.
+                    v: torch.Tensor, idx: torch.Tensor, image_size: tuple[int, int],
+                    wt: torch.Tensor) -> None:
+        """Add the bilinearly read, ``wt``-weighted features of pairs (f_idx, u, v) to the rows ``idx`` of
+        ``sum``.
 
         Stride 1: a plain gather. Coarser maps: the reads are a sparse (points x cells) matrix of bilinear
         weights (4 per pair) times the (cells x D) feature table, one ``torch.sparse.mm`` per batch, so no
         (pairs x 4 x D) temporaries are made (this is what makes wide ViT features fast).
         """
         if flat is None:
-            self.sum.index_add_(0, idx, maps.permute(0, 2, 3, 1)[f_idx, v, u].float())
+            self.sum.index_add_(0, idx, maps.permute(0, 2, 3, 1)[f_idx, v, u].float() * wt[:, None])
             return
         h, w = maps.shape[2:]
         cells, weights = bilinear_cells(f_idx, u, v, image_size, (w, h))
+        weights = weights * wt[:, None]
         rows, inv = torch.unique(idx, return_inverse=True)
         S = torch.sparse_coo_tensor(torch.stack([inv.repeat_interleave(4), cells.reshape(-1)]),
                                     weights.reshape(-1), (rows.numel(), flat.shape[0]),
@@ -221,5 +330,5 @@ class FusionAccumulator:
         self.sum.index_add_(0, rows, torch.sparse.mm(S, flat))
 
     def mean(self) -> torch.Tensor:
-        """(N, D) fused features; rows of points seen by no view are zero."""
-        return self.sum / self.count.clamp(min=1)[:, None].to(self.sum.dtype)
+        """(N, D) fused features (weighted mean over views); rows of points seen by no view are zero."""
+        return self.sum / self.weight.clamp(min=1e-30)[:, None]
