@@ -17,11 +17,16 @@ import torch
 from tqdm import tqdm
 
 from common.errors import InputError
-from common.sampling import grid_sample, grid_sample_test
+from common.sampling import Align, grid_sample, grid_sample_test
 
 from .structure import PointBatch, PointEncoder
 
 Sampling = Literal["canonical", "first", "train", "test"]
+# Voxelisation of every point encoder run (encode_points, extract, featviz, label, lift/distill views,
+# pre-training views): the Sonata release's GridSample, voxel borders at multiples of the grid size
+# after the centre shift (``floor(c / g) - min(floor(c / g))``). "min" (``floor((c - min) / g)``) moves
+# every border and so the serialization codes and patches: release weights then give other features.
+DEFAULT_ALIGN: Align = "world"
 # Chunk origins are moved by multiples of this many voxels, so pooling cells (any power-of-two stride
 # product up to 256) fall where they would in the whole scene.
 _ALIGN = 256
@@ -167,11 +172,13 @@ def encode_points(model: PointEncoder, coord, color=None, normal=None, levels: i
                   autocast: str | torch.dtype | None = "auto", sampling: Sampling = "canonical",
                   seed: int = 0, max_points: int | None = 400_000, chunk_margin: float = 1.0,
                   source: str | None = None, progress: bool = False,
-                  out_dtype: torch.dtype = torch.float32, align: str = "min") -> torch.Tensor:
+                  out_dtype: torch.dtype = torch.float32, align: Align = DEFAULT_ALIGN) -> torch.Tensor:
     """Features (N, D) on the CPU for the N input points of one scene (float32, or ``out_dtype``:
     float16 halves the copy back from a GPU and the memory, e.g. for a float16 feature cache).
-    ``align``: voxel borders at ``floor((c - min) / grid_size)`` (``"min"``, default) or, as the Sonata
-    release's GridSample does after its CenterShift, at multiples of ``grid_size`` (``"world"``).
+    ``align``: voxel borders, as the Sonata release's GridSample puts them after its CenterShift, at
+    multiples of ``grid_size`` (``"world"``, default: release checkpoints give the release's features) or
+    at ``floor((c - min) / grid_size)`` (``"min"``: reproduces caches and probes made before "world"
+    became the default).
 
     coord (N, 3) metres; color (N, 3) in [0, 255]; normal (N, 3); numpy arrays or tensors. Inputs the
     encoder expects but that are not given (``model.feat_keys``) are zero-filled with a warning.
