@@ -110,3 +110,53 @@ def test_label_reads_grid_align_of_the_probe():
     assert old.grid_align == "min"  # a probe trained on a cache made before "world" was the default
     new = extract_config_for_probe(spec, {"grid_size": 0.02, "grid_align": "world", "tta": [[0.0, False]]})
     assert new.grid_align == "world" and new.tta == 1
+
+
+def release_grid_coord_float32(xyz: np.ndarray) -> np.ndarray:
+    """The release's CenterShift on a float32 array (shift and result rounded to float32), then the
+    voxel ``floor(shifted / g)`` (float64 division) minus its minimum, written out by hand."""
+    lo, hi = xyz.min(0), xyz.max(0)
+    shift = np.array([(lo[0] + hi[0]) / 2, (lo[1] + hi[1]) / 2, lo[2]], dtype=np.float32)
+    shifted = xyz - shift
+    assert shifted.dtype == np.float32
+    g = np.floor(shifted.astype(np.float64) / GRID).astype(np.int64)
+    return g - g.min(0)
+
+
+def test_float32_points_on_voxel_borders_get_the_release_voxels(release_model, monkeypatch):
+    """float32 clouds (ScanNet files, generated rooms) are centre-shifted in float32 as the release
+    does: points lying on voxel borders then fall in the release's voxel, not its neighbour."""
+    rng = np.random.default_rng(5)
+    n = 3000
+    xyz = rng.uniform([0.0, 0.0, 0.0], [3.0, 2.0, 1.0], (n, 3)).astype(np.float32)
+    xyz[:2] = [[0.0, 0.0, 0.0], [3.0, 2.0, 1.0]]
+    xyz = xyz + np.float32([12.3456, -7.891, 0.377])  # bounding box sums that round in float32
+    # snap a third of the points onto voxel borders of the release's frame
+    lo, hi = xyz.min(0), xyz.max(0)
+    shift = np.array([(lo[0] + hi[0]) / 2, (lo[1] + hi[1]) / 2, lo[2]], dtype=np.float32)
+    snap = np.arange(2, n, 3)
+    xyz[snap] = (np.round((xyz[snap] - shift) / GRID) * GRID + shift).astype(np.float32)
+    expected = release_grid_coord_float32(xyz)
+    # the float64 arithmetic used before puts some of these points in another voxel
+    lo64, hi64 = xyz.astype(np.float64).min(0), xyz.astype(np.float64).max(0)
+    s64 = xyz - np.array([(lo64[0] + hi64[0]) / 2, (lo64[1] + hi64[1]) / 2, lo64[2]])
+    g64 = np.floor(s64 / GRID).astype(np.int64)
+    assert (g64 - g64.min(0) != expected).any(axis=1).sum() > 0
+    seen: list[PointBatch] = []
+    encode = release_model.encode
+
+    def spy(point, levels=None):
+        seen.append(point)
+        return encode(point, levels)
+
+    monkeypatch.setattr(release_model, "encode", spy)
+    rgb = rng.uniform(0, 255, (n, 3)).astype(np.float32)
+    nrm = rng.normal(size=(n, 3)).astype(np.float32)
+    f = encode_points(release_model, xyz, rgb, nrm, grid_size=GRID, max_points=None, sampling="first")
+    _, first, inv = np.unique(expected, axis=0, return_index=True, return_inverse=True)
+    got = seen[0].grid_coord.numpy()
+    assert np.array_equal(np.unique(got, axis=0), expected[first])
+    # the row encoded for each voxel is a point of that voxel, and every point reads its voxel's row
+    voxel_row = {tuple(g): i for i, g in enumerate(got)}
+    assert all(np.array_equal(expected[r], got[voxel_row[tuple(expected[r])]]) for r in range(n))
+    assert torch.equal(f, f[first[inv.ravel()]])
