@@ -191,7 +191,7 @@ def scene_inputs(coord: np.ndarray, color: np.ndarray, normal: np.ndarray, feat_
     """One training view of a scene: (rows of the input points kept (M,), coord (M, 3), grid_coord
     (M, 3), feat (M, C)), with ``encode_points``' input features after augmentation."""
     from common.sampling import grid_sample, sphere_crop
-    from pointprobe.models.preprocess import DEFAULT_ALIGN, center_shift
+    from pointprobe.models.preprocess import center_shift
 
     xyz = coord.astype(np.float64)
     nrm = normal.astype(np.float64)
@@ -203,7 +203,7 @@ def scene_inputs(coord: np.ndarray, color: np.ndarray, normal: np.ndarray, feat_
         xyz = xyz @ R.T * rng.uniform(0.9, 1.1)
         nrm = nrm @ R.T
     xyz = center_shift(xyz)  # of the whole scene, as encode_points does before grid sampling
-    gs = grid_sample(xyz, grid_size, mode="train", seed=rng, align=DEFAULT_ALIGN)  # as encode_points
+    gs = grid_sample(xyz, grid_size, mode="train", seed=rng)
     rows, gc = gs.index, gs.grid_coord
     if rows.shape[0] > max_points:
         keep = sphere_crop(xyz[rows], max_points, rng=rng)

@@ -22,8 +22,8 @@ from common.sampling import Align, grid_sample, grid_sample_test
 from .structure import PointBatch, PointEncoder
 
 Sampling = Literal["canonical", "first", "train", "test"]
-# Voxelisation of every point encoder run (encode_points, extract, featviz, label, lift/distill views,
-# pre-training views): the Sonata release's GridSample, voxel borders at multiples of the grid size
+# Voxelisation of every point encoder run on a scene (encode_points: extract, featviz, label, distill
+# predictions): the Sonata release's GridSample, voxel borders at multiples of the grid size
 # after the centre shift (``floor(c / g) - min(floor(c / g))``). "min" (``floor((c - min) / g)``) moves
 # every border and so the serialization codes and patches: release weights then give other features.
 DEFAULT_ALIGN: Align = "world"

@@ -27,7 +27,6 @@ from scipy.spatial import cKDTree
 from common.errors import InputError
 from common.sampling import grid_patch_mask, grid_sample, sphere_crop
 from common.scatter import segment_reduce
-from pointprobe.models.preprocess import DEFAULT_ALIGN
 from pointprobe.models.structure import PointBatch
 
 __all__ = [
@@ -175,9 +174,8 @@ def augment_geometry(coord: np.ndarray, normal: np.ndarray, cfg: ViewConfig,
 def _finish_view(coord: np.ndarray, origin: np.ndarray, color01: np.ndarray, normal: np.ndarray,
                  cfg: ViewConfig, rng: np.random.Generator, mask: np.ndarray | None = None,
                  feat: np.ndarray | None = None) -> View:
-    """Grid-sample the augmented points (one per voxel; voxel borders as ``encode_points`` puts them)
-    and build the view."""
-    gs = grid_sample(coord, cfg.grid_size, mode="train", seed=rng, align=DEFAULT_ALIGN)
+    """Grid-sample the augmented points (one per voxel) and build the view."""
+    gs = grid_sample(coord, cfg.grid_size, mode="train", seed=rng)
     k = np.sort(gs.index)  # keep the crop's order
     grid = gs.grid_coord[np.argsort(gs.index)]
     c = coord[k].astype(np.float32)
