@@ -53,7 +53,7 @@ class ExtractConfig:
     out: str = "runs/features"  # output folder: one feature cache per split in OUT/<split>
     grid_size: float = 0.02  # voxel size in metres (Sonata: 0.02)
     sampling: str = "canonical"  # canonical | first | test (Pointcept test mode, k passes)
-    grid_align: str = "min"  # voxel borders: min (floor((c - min) / g)) | world (at multiples of g: release)
+    grid_align: str = "world"  # voxel borders: world (multiples of g: the release) | min (floor((c-min)/g))
     dtype: str = "float16"  # features in the cache: float16 | float32
     device: str = "auto"  # auto | cpu | cuda
     max_points: int = 400_000  # larger scenes are encoded in spatial chunks
@@ -165,7 +165,8 @@ def feature_dim(model: Any, levels: int | None) -> int:
 
 def cache_key(rec: EncoderRecord, cfg: ExtractConfig, split: str) -> CacheKey:
     prep = {"center_shift": True, "grid_size": cfg.grid_size, "color": "/255", "sampling": cfg.sampling,
-            **({"grid_align": cfg.grid_align} if cfg.grid_align != "min" else {}),
+            # recorded for every encoder: a cache made before it was (origin "min") is refused
+            **({"grid_align": cfg.grid_align} if rec.name != RAW else {}),
             "feat": "coord,color,normal", "levels": rec.levels,
             "tta": [list(v) for v in tta_views(cfg.tta)] if rec.name != RAW else []}
     return CacheKey(encoder=rec.name, checkpoint_sha256=rec.checkpoint_sha256,

@@ -64,6 +64,15 @@ def encoder_from_probe(meta: dict) -> PointEncoderSpec:
                             levels=enc.get("levels"), label=enc.get("label"))
 
 
+def extract_config_for_probe(spec: PointEncoderSpec, prep: dict) -> ExtractConfig:
+    """The extraction settings of the cache a probe was trained on (its key's ``preprocessing``), so
+    new scenes get features the probe knows. A key without ``grid_align`` is from a cache made before
+    the release's voxelisation ("world") became the default: its voxels were "min"-aligned."""
+    return ExtractConfig(encoder=spec, grid_size=float(prep.get("grid_size", 0.02)),
+                         sampling=prep.get("sampling", "canonical"), grid_align=prep.get("grid_align", "min"),
+                         tta=max(1, len(prep.get("tta") or [])))
+
+
 def label_scenes(probe_path: str, scenes: list[str], out: str, device: str = "auto") -> dict[str, str]:
     """Predict classes for each scene; write ``<scene>.ply`` (class colours + label) and ``.npy``."""
     from pointprobe.data.ply import write_ply
@@ -71,10 +80,7 @@ def label_scenes(probe_path: str, scenes: list[str], out: str, device: str = "au
     result = load_probe(probe_path)
     spec = encoder_from_probe(result.meta)
     key = result.meta.get("cache_key", {})
-    prep = key.get("preprocessing", {})
-    cfg = ExtractConfig(encoder=spec, grid_size=float(prep.get("grid_size", 0.02)),
-                        sampling=prep.get("sampling", "canonical"), grid_align=prep.get("grid_align", "min"),
-                        tta=max(1, len(prep.get("tta") or [])))
+    cfg = extract_config_for_probe(spec, key.get("preprocessing", {}))
     dev = pick_device(device)
     model, rec = build_encoder(spec, dev)
     if spec.name != RAW and spec.checkpoint and rec.checkpoint_sha256 != key.get("checkpoint_sha256"):

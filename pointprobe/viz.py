@@ -303,8 +303,10 @@ def point_features(
     grid_size: float = 0.02,
     device: str | None = None,
     progress: bool = False,
+    align: str = "world",
 ) -> np.ndarray:
-    """(N, D) float32 features of every input point (``encode_points`` with the official preprocessing)."""
+    """(N, D) float32 features of every input point (``encode_points`` with the official preprocessing;
+    ``align``: voxel borders, ``"world"`` as the Sonata release, see ``encode_points``)."""
     import torch
 
     from pointprobe.models import encode_points
@@ -320,6 +322,7 @@ def point_features(
             device=device,
             source=pts.source,
             progress=progress,
+            align=align,
         )
     return f.float().cpu().numpy()
 

@@ -330,8 +330,9 @@ def test_encode_points_is_invariant_to_input_order(tiny):
     g = encode_points(tiny, xyz[perm], rgb[perm], nrm[perm], grid_size=0.03)
     assert f.shape == (20_000, 112) and f.dtype == torch.float32
     assert torch.allclose(g, f[perm], atol=1e-5)
-    # points of one voxel share one feature row
-    gc = np.floor((xyz - xyz.min(0)) / 0.03).astype(np.int64)
+    # points of one voxel (the release's: borders at multiples of the grid after the centre shift)
+    # share one feature row
+    gc = np.floor(center_shift(xyz) / 0.03).astype(np.int64)
     _, inv = np.unique(gc, axis=0, return_inverse=True)
     first = np.unique(inv, return_index=True)[1]
     assert torch.equal(f, f[first[inv.ravel()]])
@@ -343,7 +344,8 @@ def test_encode_points_preprocessing_matches_manual_pipeline(tiny):
     f = encode_points(tiny, xyz, rgb, nrm, grid_size=0.04, sampling="first")
     lo, hi = xyz.min(0), xyz.max(0)
     shifted = xyz - np.array([(lo[0] + hi[0]) / 2, (lo[1] + hi[1]) / 2, lo[2]])
-    gc = np.floor((shifted - shifted.min(0)) / 0.04).astype(np.int64)
+    gc = np.floor(shifted / 0.04).astype(np.int64)  # the release's GridSample (the default, "world")
+    gc -= gc.min(0)
     _, first, inv = np.unique(gc, axis=0, return_index=True, return_inverse=True)
     feat = np.concatenate([shifted, rgb / 255, nrm], 1)[first]
     point = PointBatch.create(torch.tensor(shifted[first], dtype=torch.float32), torch.tensor(gc[first]),

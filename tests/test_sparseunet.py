@@ -273,7 +273,9 @@ def test_encode_points_world_aligned_grid_matches_release_voxelisation():
     world = encode_points(model, c, color, normal, sampling="first", align="world", max_points=None)
     torch.testing.assert_close(world, expected, rtol=1e-5, atol=1e-5)
     default = encode_points(model, c, color, normal, sampling="first", max_points=None)
-    assert not torch.allclose(default, world, atol=1e-3)  # the default alignment voxelises differently
+    assert torch.equal(default, world)  # the release's voxelisation is the default
+    old = encode_points(model, c, color, normal, sampling="first", max_points=None, align="min")
+    assert not torch.allclose(old, world, atol=1e-3)  # the other origin voxelises differently
 
 
 def test_canonical_index_equals_one_lexsort_of_every_row():

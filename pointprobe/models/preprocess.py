@@ -17,11 +17,16 @@ import torch
 
 from common.errors import InputError
 from common.progress import progress as progress_bar
-from common.sampling import grid_sample, grid_sample_test
+from common.sampling import Align, grid_sample, grid_sample_test
 
 from .structure import PointBatch, PointEncoder
 
 Sampling = Literal["canonical", "first", "train", "test"]
+# Voxelisation of every point encoder run on a scene (encode_points: extract, featviz, label, distill
+# predictions): the Sonata release's GridSample, voxel borders at multiples of the grid size
+# after the centre shift (``floor(c / g) - min(floor(c / g))``). "min" (``floor((c - min) / g)``) moves
+# every border and so the serialization codes and patches: release weights then give other features.
+DEFAULT_ALIGN: Align = "world"
 # Chunk origins are moved by multiples of this many voxels, so pooling cells (any power-of-two stride
 # product up to 256) fall where they would in the whole scene.
 _ALIGN = 256
@@ -36,7 +41,8 @@ def _as_array(x, name: str, n: int | None, source: str | None) -> np.ndarray | N
         raise InputError(source, f"{name} must have shape {want}, got {a.shape}")
     if not np.issubdtype(a.dtype, np.number):
         raise InputError(source, f"{name} must be numeric, got dtype {a.dtype}")
-    a = a.astype(np.float64 if name == "coord" else np.float32)
+    # coordinates keep float32 (the release's arithmetic for float32 clouds), anything else -> float64
+    a = a.astype((a.dtype if a.dtype == np.float32 else np.float64) if name == "coord" else np.float32)
     if not np.isfinite(a).all():
         bad = int((~np.isfinite(a).all(axis=1)).sum())
         raise InputError(source, f"{name} contains NaN or inf ({bad} of {a.shape[0]} points)")
@@ -44,9 +50,14 @@ def _as_array(x, name: str, n: int | None, source: str | None) -> np.ndarray | N
 
 
 def center_shift(coord: np.ndarray) -> np.ndarray:
-    """Release CenterShift(apply_z=True): x, y centred on the bounding-box middle, z minimum at 0."""
+    """Release CenterShift(apply_z=True): x, y centred on the bounding-box middle, z minimum at 0.
+
+    Computed in the dtype of ``coord``, as the release does (its transform works on the array it is
+    given): for float32 points the shift and the shifted coordinates are rounded to float32, and that
+    rounding decides the voxel of a point lying on a voxel border (doing it in float64 moved 19 of
+    78k points of a generated room to the neighbouring voxel, and features then differ by O(1))."""
     lo, hi = coord.min(axis=0), coord.max(axis=0)
-    shift = np.array([(lo[0] + hi[0]) / 2, (lo[1] + hi[1]) / 2, lo[2]])
+    shift = np.array([(lo[0] + hi[0]) / 2, (lo[1] + hi[1]) / 2, lo[2]], dtype=coord.dtype)
     return coord - shift
 
 
@@ -168,11 +179,13 @@ def encode_points(model: PointEncoder, coord, color=None, normal=None, levels: i
                   autocast: str | torch.dtype | None = "auto", sampling: Sampling = "canonical",
                   seed: int = 0, max_points: int | None = 400_000, chunk_margin: float = 1.0,
                   source: str | None = None, progress: bool = False,
-                  out_dtype: torch.dtype = torch.float32, align: str = "min") -> torch.Tensor:
+                  out_dtype: torch.dtype = torch.float32, align: Align = DEFAULT_ALIGN) -> torch.Tensor:
     """Features (N, D) on the CPU for the N input points of one scene (float32, or ``out_dtype``:
     float16 halves the copy back from a GPU and the memory, e.g. for a float16 feature cache).
-    ``align``: voxel borders at ``floor((c - min) / grid_size)`` (``"min"``, default) or, as the Sonata
-    release's GridSample does after its CenterShift, at multiples of ``grid_size`` (``"world"``).
+    ``align``: voxel borders, as the Sonata release's GridSample puts them after its CenterShift, at
+    multiples of ``grid_size`` (``"world"``, default: release checkpoints give the release's features) or
+    at ``floor((c - min) / grid_size)`` (``"min"``: reproduces caches and probes made before "world"
+    became the default).
 
     coord (N, 3) metres; color (N, 3) in [0, 255]; normal (N, 3); numpy arrays or tensors. Inputs the
     encoder expects but that are not given (``model.feat_keys``) are zero-filled with a warning.

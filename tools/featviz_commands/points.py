@@ -43,6 +43,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--grid-size", type=float, default=0.02, help="grid sampling size in metres (default 0.02)"
     )
+    p.add_argument(
+        "--grid-align", choices=("world", "min"), default="world",
+        help="voxel borders: world = at multiples of the grid size after the centre shift, as the Sonata "
+        "release (default); min = from the scene minimum (as caches made before world was the default)",
+    )
     p.add_argument("--device", default="cpu", help="torch device (default cpu)")
     q = p.add_mutually_exclusive_group()
     q.add_argument(
@@ -97,7 +102,7 @@ def run(args: argparse.Namespace) -> int:
         feats = (
             raw_features(pts)
             if model is None
-            else point_features(model, pts, args.levels, args.grid_size, args.device)
+            else point_features(model, pts, args.levels, args.grid_size, args.device, align=args.grid_align)
         )
     pred = None
     if args.pred:
