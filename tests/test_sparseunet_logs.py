@@ -44,3 +44,24 @@ def test_forward_logs_no_fx_tracing_notice():
     finally:
         fx_log.removeHandler(keep)
         fx_trace.is_fx_tracing_warning.cache_clear()
+
+
+def test_ptv3_forward_logs_no_fx_tracing_notice():
+    import torch.fx._symbolic_trace as fx_trace
+
+    from pointprobe.models import create_encoder, encode_points
+
+    fx_trace.is_fx_tracing_warning.cache_clear()
+    keep = _Keep()
+    fx_log = logging.getLogger(fx_trace.__name__)
+    fx_log.addHandler(keep)
+    try:
+        model = create_encoder("ptv3_tiny").eval()
+        xyz = np.random.default_rng(0).random((400, 3)).astype(np.float32)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # colour and normals zero-filled
+            encode_points(model, xyz)
+        assert not [r for r in keep.records if "is_fx_tracing" in r.getMessage()]
+    finally:
+        fx_log.removeHandler(keep)
+        fx_trace.is_fx_tracing_warning.cache_clear()

@@ -34,6 +34,7 @@ from torch.nn.init import trunc_normal_
 from common.errors import ConfigError, InputError
 from common.scatter import segment_reduce
 
+from ._fx import quiet_fx_tracing_notice
 from .serialization import ORDERS, serialize
 from .structure import PointBatch, PointEncoder
 
@@ -570,7 +571,8 @@ class PointTransformerV3(PointEncoder):
         spconv = _spconv()
         indices = torch.cat([point.batch[:, None], point.grid_coord], dim=1).int().contiguous()
         shape = (point.grid_coord.max(0).values + 96).tolist()
-        point.sparse = spconv.SparseConvTensor(point.feat, indices, shape, point.num_samples)
+        with quiet_fx_tracing_notice():
+            point.sparse = spconv.SparseConvTensor(point.feat, indices, shape, point.num_samples)
 
     def forward(self, point: PointBatch | Mapping[str, torch.Tensor]) -> PointBatch:
         """Encode a point batch; returns the deepest level, linked to the finer ones by ``parent``."""

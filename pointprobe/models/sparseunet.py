@@ -22,12 +22,10 @@ results do not depend on how a batch is split across processes.
 """
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import logging
 import math
 import warnings
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 
 import torch
@@ -36,36 +34,13 @@ import torch.nn.functional as F
 
 from common.errors import CheckpointError, ConfigError, InputError
 from common.scatter import segment_reduce
+from pointprobe.models._fx import quiet_fx_tracing_notice
 from pointprobe.models.structure import PointBatch, PointEncoder
 
 with warnings.catch_warnings():  # spconv 2.3 uses the deprecated torch.cuda.amp decorators
     warnings.simplefilter("ignore", FutureWarning)
     import spconv.pytorch as spconv
     from spconv.core import ConvAlgo
-
-
-class _DropFxTracingNotice(logging.Filter):
-    """Drops torch.fx's "is_fx_tracing will return true for both ..." notice (nothing else)."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return not str(record.msg).startswith("is_fx_tracing will return true")
-
-
-_FX_NOTICE = _DropFxTracingNotice()
-
-
-@contextlib.contextmanager
-def quiet_fx_tracing_notice() -> Iterator[None]:
-    """Around ``spconv.SparseConvTensor(...)``: spconv's class is torch.fx-proxyable, so building one
-    calls ``torch.fx.is_fx_tracing()``, which logs a deprecation notice (once per process, on every
-    run) that says nothing about this model. The notice is a log record, not a Python warning: a
-    filter on torch.fx's logger drops that one message while the block runs."""
-    fx_log = logging.getLogger("torch.fx._symbolic_trace")
-    fx_log.addFilter(_FX_NOTICE)
-    try:
-        yield
-    finally:
-        fx_log.removeFilter(_FX_NOTICE)
 
 
 __all__ = [
