@@ -104,6 +104,20 @@ def test_extract_default_and_cache_key_record_grid_align(tmp_path):
     assert "grid_align" not in cache_key(_record(RAW), cfg, "train").preprocessing
 
 
+def test_cache_of_the_float64_centre_shift_is_refused(tmp_path):
+    key = cache_key(_record(), ExtractConfig(), "train")
+    assert key.preprocessing["center_shift"] == "input dtype"
+    # an opt-in "world" cache written while the centre shift was computed in float64
+    old_key = type(key)(**{**key.to_dict(), "preprocessing": {**key.preprocessing, "center_shift": True}})
+    writer = CacheWriter(tmp_path / "train", old_key, 4, dtype="float32")
+    writer.fill(["scene0000_00"], lambda name: {"features": np.zeros((3, 4), np.float32),
+                                                "labels": np.zeros(3, np.int64)}, progress=False)
+    writer.close()
+    with pytest.raises(CacheError, match=r"preprocessing\.center_shift=true but this run has input dtype"):
+        CacheWriter(tmp_path / "train", key, 4, dtype="float32")
+    assert cache_key(_record(RAW), ExtractConfig(), "train").preprocessing["center_shift"] is True
+
+
 def test_label_reads_grid_align_of_the_probe():
     spec = ExtractConfig().encoder
     old = extract_config_for_probe(spec, {"grid_size": 0.02, "sampling": "canonical", "tta": []})
