@@ -166,7 +166,8 @@ def feature_dim(model: Any, levels: int | None) -> int:
 def cache_key(rec: EncoderRecord, cfg: ExtractConfig, split: str) -> CacheKey:
     # the centre shift is computed in the points' own dtype (float32 for ScanNet files) as the release
     # does; caches made when it was done in float64 (a few border points in other voxels) are refused
-    prep = {"center_shift": True if rec.name == RAW else "input dtype", "grid_size": cfg.grid_size, "color": "/255", "sampling": cfg.sampling,
+    prep = {"center_shift": True if rec.name == RAW else "input dtype", "grid_size": cfg.grid_size,
+            "color": "/255", "sampling": cfg.sampling,
             # recorded for every encoder: a cache made before it was (origin "min") is refused
             **({"grid_align": cfg.grid_align} if rec.name != RAW else {}),
             "feat": "coord,color,normal", "levels": rec.levels,
