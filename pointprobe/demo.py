@@ -12,8 +12,6 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import torch
-
 from common.config import load_config, save_config
 
 log = logging.getLogger(__name__)
@@ -62,8 +60,7 @@ def run_demo(cfg: PointDemoConfig) -> dict:
     pcfg = load_config(PretrainConfig, cfg.pretrain_config, [f"data.root={data}", *cfg.pretrain_overrides])
     summary = run_pretrain(pcfg, out / "pretrain")
     ckpt_path = Path(summary["encoder"])
-    ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)
-    arch, arch_cfg = ckpt.get("arch", "ptv3"), dict(ckpt["config"])
+    arch, arch_cfg = summary["arch"], dict(summary["config"])  # what encoder.pth holds, without re-reading it
 
     specs = {
         "pretrained": PointEncoderSpec(name=arch, checkpoint=str(ckpt_path),

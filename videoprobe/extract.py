@@ -140,7 +140,7 @@ def _known_key_fields(cfg: ExtractConfig) -> dict[str, Any]:
     """Cache key fields known without building the encoder: dataset, split and, for a checkpoint file,
     its hash (random init may be "random:<seed>" or "none" for parameter-free encoders: left to the
     full check, which still comes before any write)."""
-    from common.hashing import sha256_file
+    from common.checkpoint import sha256_file
 
     fields: dict[str, Any] = {"dataset": dataset_name(cfg.data), "split": cfg.data.split}
     ck = cfg.encoder.checkpoint

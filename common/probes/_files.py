@@ -1,21 +1,16 @@
-"""Probe files: plain dicts written atomically with ``torch.save`` and read back with ``weights_only``."""
+"""Probe files: plain dicts written and read through :mod:`common.checkpoint` (atomic ``torch.save``,
+``weights_only`` read with no opt-in to unpickle: a probe file is always this project's own)."""
 from __future__ import annotations
 
 from pathlib import Path
 
-import torch
-
+from common.checkpoint import load_checkpoint, save_checkpoint
 from common.errors import CheckpointError
 
 
 def write_probe_file(payload: dict, path: str | Path) -> Path:
-    """Write ``payload`` to ``path`` through a temporary file renamed into place."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(payload, tmp)
-    tmp.replace(path)
-    return path
+    """Write ``payload`` to ``path`` atomically (``common.checkpoint.save_checkpoint``)."""
+    return save_checkpoint(payload, path)
 
 
 def read_probe_file(path: str | Path, fmt: str, kind: str) -> dict:
@@ -24,10 +19,7 @@ def read_probe_file(path: str | Path, fmt: str, kind: str) -> dict:
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: no such probe file")
-    try:
-        d = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - any unpickling failure is a bad file
-        raise CheckpointError(f"{path}: cannot read probe file ({type(e).__name__}: {e})") from None
+    d = load_checkpoint(path, hint=None, kind="probe file")
     if not isinstance(d, dict) or d.get("format") != fmt:
         raise CheckpointError(f"{path}: not a probesuite {kind} probe file")
     return d

@@ -293,7 +293,7 @@ _FORMAT = "probesuite.attentive_probe"
 
 
 def save_attentive_probe(result: AttentiveProbeResult, path: str | Path) -> Path:
-    """``torch.save`` a plain dict (loadable with ``weights_only=True``)."""
+    """Save a plain dict atomically through ``common.checkpoint`` (read back with ``weights_only``)."""
     payload = {
         "format": _FORMAT,
         "version": 1,

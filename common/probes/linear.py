@@ -958,7 +958,7 @@ _FORMAT = "probesuite.linear_probe"
 
 
 def save_probe(result: LinearProbeResult, path: str | Path) -> Path:
-    """Save a trained probe with ``torch.save`` (plain tensors / lists / dicts, loadable weights_only)."""
+    """Save a trained probe (plain tensors / lists / dicts) atomically through ``common.checkpoint``."""
     payload = {
         "format": _FORMAT,
         "version": 1,

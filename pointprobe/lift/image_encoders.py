@@ -24,7 +24,6 @@ upsamples it bilinearly to pixels.
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from common.checkpoint import load_checkpoint, sha256_file, strip_prefixes
 from common.errors import CheckpointError, ConfigError
 
 __all__ = [
@@ -230,15 +230,7 @@ class ImageEncoderRecord:
     config: dict
 
 
-def file_sha256(path: str | os.PathLike) -> str:
-    """Hex sha256 of a file (streamed)."""
-    import hashlib
-
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(1 << 22):
-            h.update(block)
-    return h.hexdigest()
+file_sha256 = sha256_file  # hex sha256 of a weights file (common.checkpoint)
 
 
 def _hub_dir(hub_dir: str | None) -> Path:
@@ -255,10 +247,7 @@ def _hub_repo_dir(hub: Path, repo: str) -> Path | None:
 
 
 def _load_state_dict(path: Path) -> dict:
-    try:
-        sd = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - any unreadable file is a checkpoint problem
-        raise CheckpointError(f"{path}: cannot read weights ({type(e).__name__}: {e})") from None
+    sd = load_checkpoint(path, hint=None, kind="weights")  # weights_only: a pickled object is refused
     if isinstance(sd, dict):
         for key in ("teacher", "model", "state_dict"):
             if key in sd and isinstance(sd[key], dict):
@@ -266,7 +255,7 @@ def _load_state_dict(path: Path) -> dict:
                 break
     if not isinstance(sd, dict) or not sd:
         raise CheckpointError(f"{path}: not a state dict")
-    return {k.removeprefix("module.").removeprefix("backbone."): v for k, v in sd.items()}
+    return strip_prefixes(sd, ("module.", "backbone."))
 
 
 def _create_hub(name: str, checkpoint: str | None, hub_dir: str | None, input_height: int) -> tuple[

@@ -9,8 +9,8 @@ Three layouts are read (always with ``torch.load(weights_only=True)``, through
   tensor shapes (Sonata / Sonata-small) or given with ``config=``.
 - This project's checkpoints (:func:`save_encoder`): ``{"arch", "config", "state_dict", "meta"}``.
 
-The state dict must match the model exactly; otherwise ``CheckpointError`` lists the missing,
-unexpected and wrongly shaped keys (never a silent partial load).
+Reading, writing, strict loading, prefix stripping and hashing are ``common.checkpoint``'s; this
+module only knows the point encoders' key layouts (which prefixes, which config inference).
 """
 from __future__ import annotations
 
@@ -22,24 +22,25 @@ from typing import Any
 
 import torch
 
-from common.checkpoint import load_checkpoint, save_checkpoint
+from common.checkpoint import (
+    load_checkpoint,
+    load_state_dict_strict,
+    save_checkpoint,
+    select_prefix,
+    sha256_file,
+)
+from common.checkpoint import strip_prefixes as _strip
 from common.errors import CheckpointError, ConfigError
-from common.hashing import sha256_file
 
 from .structure import PointEncoder
 
 HUB_REPO = "facebook/sonata"
 HUB_FILES = {"sonata": "sonata.pth", "sonata_small": "sonata_small.pth"}
-STRIP_PREFIXES = ("student.backbone.", "backbone.")
-_MAX_LISTED = 8
+WRAPPER_PREFIXES = ("module.",)  # DDP
+STRIP_PREFIXES = ("student.backbone.", "backbone.")  # Pointcept Sonata training files: the student backbone
 
-
-def checkpoint_sha256(path: str | os.PathLike) -> str:
-    """Hex sha256 of a checkpoint file (recorded with every cache and result)."""
-    try:
-        return sha256_file(path)
-    except OSError as e:
-        raise CheckpointError(f"{path}: cannot read checkpoint ({e.strerror or e})") from None
+# hex sha256 of a checkpoint file (recorded with every cache and result)
+checkpoint_sha256 = sha256_file
 
 
 def _hub_cache_dir() -> Path:
@@ -92,21 +93,13 @@ def resolve_checkpoint(path_or_name: str | os.PathLike) -> Path:
 
 def strip_prefixes(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Drop ``module.`` and keep the backbone: ``student.backbone.`` (Pointcept Sonata) or ``backbone.``."""
-    sd = {(k[len("module."):] if k.startswith("module.") else k): v for k, v in state_dict.items()}
-    for prefix in STRIP_PREFIXES:
-        sub = {k[len(prefix):]: v for k, v in sd.items() if k.startswith(prefix)}
-        if sub:
-            return sub
-    return sd
+    return select_prefix(_strip(state_dict, WRAPPER_PREFIXES), STRIP_PREFIXES)
 
 
 def read_checkpoint(path: str | os.PathLike, trust: bool = False) -> dict[str, Any]:
     """``torch.load(path, weights_only=True)`` (``common.checkpoint.load_checkpoint``: known harmless
     classes allowed, anything else refused unless ``trust``) with errors turned into ``CheckpointError``."""
-    p = Path(path)
-    if not p.exists():
-        raise CheckpointError(f"{path}: no such checkpoint file")
-    ckpt = load_checkpoint(p, trust=trust, hint="encoder.trust_checkpoint=true")
+    ckpt = load_checkpoint(path, trust=trust, hint="encoder.trust_checkpoint=true")
     if not isinstance(ckpt, Mapping):
         raise CheckpointError(f"{path}: checkpoint is a {type(ckpt).__name__}, expected a dict")
     return dict(ckpt)
@@ -153,31 +146,6 @@ def infer_ptv3_config(sd: Mapping[str, torch.Tensor], path: str | os.PathLike) -
     )
 
 
-def _listed(items: list[str]) -> str:
-    more = f", ... {len(items) - _MAX_LISTED} more" if len(items) > _MAX_LISTED else ""
-    return ", ".join(items[:_MAX_LISTED]) + more
-
-
-def check_state_dict(model: torch.nn.Module, sd: Mapping[str, torch.Tensor], path: str | os.PathLike) -> None:
-    """Raise ``CheckpointError`` unless ``sd`` has exactly the model's keys with the model's shapes."""
-    own = model.state_dict()
-    missing = [k for k in own if k not in sd]
-    unexpected = [k for k in sd if k not in own]
-    wrong = [f"{k} (file {list(sd[k].shape)} vs model {list(own[k].shape)})"
-             for k in own if k in sd and tuple(sd[k].shape) != tuple(own[k].shape)]
-    if missing or unexpected or wrong:
-        parts = []
-        if missing:
-            parts.append(f"{len(missing)} missing: {_listed(missing)}")
-        if unexpected:
-            parts.append(f"{len(unexpected)} unexpected: {_listed(unexpected)}")
-        if wrong:
-            parts.append(f"{len(wrong)} wrongly shaped: {_listed(wrong)}")
-        arch = getattr(model, "arch", type(model).__name__)
-        raise CheckpointError(f"{path}: state dict does not match the {arch} model built from its config; "
-                              + "; ".join(parts))
-
-
 def build_from_checkpoint(ckpt: Mapping[str, Any], path: str | os.PathLike,
                           config: Mapping[str, Any] | None = None) -> PointEncoder:
     """Build the encoder a checkpoint dict describes and load its weights (strict)."""
@@ -213,8 +181,9 @@ def build_from_checkpoint(ckpt: Mapping[str, Any], path: str | os.PathLike,
         model = ENCODERS[arch](**cfg)
     except ConfigError as e:
         raise CheckpointError(f"{path}: bad encoder config: {e}") from None
-    check_state_dict(model, sd, path)
-    model.load_state_dict(sd, strict=True)
+    built = getattr(model, "arch", type(model).__name__)
+    load_state_dict_strict(model, sd, path, style="counted", sep="; ",
+                           what=f"state dict does not match the {built} model built from its config")
     return model
 
 
@@ -234,8 +203,6 @@ def load_encoder(path_or_name: str | os.PathLike, device: str | torch.device = "
 
 def save_encoder(model: PointEncoder, path: str | os.PathLike, **meta: Any) -> Path:
     """Write ``{"arch", "config", "state_dict", "meta"}`` atomically; ``meta`` holds plain values only."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     ckpt = {
         "arch": model.arch,
         "config": dict(model.config),

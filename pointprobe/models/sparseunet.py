@@ -32,6 +32,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from common.checkpoint import load_checkpoint, load_state_dict_strict, save_checkpoint
 from common.errors import CheckpointError, ConfigError, InputError
 from common.scatter import segment_reduce
 from pointprobe.models._fx import quiet_fx_tracing_notice
@@ -377,28 +378,20 @@ def create_sparseunet(**cfg) -> SparseUNet:
 
 
 def save_sparseunet(model: SparseUNet, path: str | Path) -> Path:
-    """Write the release format ``{"config", "state_dict", "arch": "sparseunet"}`` (atomically)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """Write the release format ``{"config", "state_dict", "arch": "sparseunet"}`` (atomically, through
+    ``common.checkpoint``; ``pointprobe.models.save_encoder`` writes the same plus ``meta``)."""
     sd = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save({"config": dict(model.config), "state_dict": sd, "arch": ARCH}, tmp)
-    tmp.replace(path)
-    return path
+    return save_checkpoint({"config": dict(model.config), "state_dict": sd, "arch": ARCH}, path)
 
 
 def load_sparseunet(path_or_ckpt: str | Path | dict, strict: bool = True) -> SparseUNet:
-    """Build a SparseUNet from a release-format file (or the already-loaded dict)."""
+    """Build a SparseUNet from a release-format file (or the already-loaded dict); ``strict=False``
+    lets the file lack the mask token."""
     if isinstance(path_or_ckpt, dict):
         ckpt, name = path_or_ckpt, "<checkpoint>"
     else:
         name = str(path_or_ckpt)
-        if not Path(name).is_file():
-            raise CheckpointError(f"{name}: checkpoint not found")
-        try:
-            ckpt = torch.load(name, map_location="cpu", weights_only=True)
-        except Exception as e:  # noqa: BLE001 - any unreadable file is a user error
-            raise CheckpointError(f"{name}: cannot read checkpoint ({type(e).__name__}: {e})") from None
+        ckpt = load_checkpoint(name)
     if not isinstance(ckpt, dict) or "config" not in ckpt or "state_dict" not in ckpt:
         raise CheckpointError(f"{name}: not a release-format checkpoint (needs 'config' and 'state_dict')")
     if ckpt.get("arch", ARCH) != ARCH:
@@ -411,10 +404,6 @@ def load_sparseunet(path_or_ckpt: str | Path | dict, strict: bool = True) -> Spa
     for k, v in sd.items():
         if v.is_floating_point() and not torch.isfinite(v).all():
             raise CheckpointError(f"{name}: tensor {k} has NaN/inf")
-    missing, unexpected = model.load_state_dict(sd, strict=False)
-    if not strict:
-        missing = [k for k in missing if k != "mask_token"]
-    if missing or unexpected:
-        raise CheckpointError(
-            f"{name}: state_dict mismatch (missing {missing[:5]}, unexpected {unexpected[:5]})")
+    load_state_dict_strict(model, sd, name, what="state_dict mismatch", sep="; ", style="counted",
+                           allow_missing=() if strict else ("mask_token",))
     return model

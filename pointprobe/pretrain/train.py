@@ -666,27 +666,25 @@ class Pretrainer:
             _link_or_copy(self.out / "encoder.pth", self.out / "encoders" / f"step_{self.step:07d}.pth")
         return path
 
-    def export(self, path: str | os.PathLike) -> Path:
-        """The teacher (or student) backbone in the release format ``{"arch","config","state_dict"}``."""
+    def export_record(self) -> tuple[str, dict]:
+        """(arch, config) of the exported backbone: its config with ``drop_path`` 0 (inference)."""
         src = self.teacher if self.cfg.train.export == "teacher" else self.student
-        bb = src.backbone
+        return src.backbone.arch, {**dict(src.backbone.config), "drop_path": 0.0}
+
+    def export(self, path: str | os.PathLike) -> Path:
+        """The teacher (or student) backbone in the release format ``{"arch","config","state_dict","meta"}``
+        (``pointprobe.models.save_encoder``, the one encoder writer)."""
+        from pointprobe.models import save_encoder
+
+        bb = (self.teacher if self.cfg.train.export == "teacher" else self.student).backbone
         meta = {"source": "pointprobe pretrain", "step": self.step, "config_hash": config_hash(self.cfg),
                 "which": self.cfg.train.export}
+        orig = bb.config
+        bb.config = self.export_record()[1]
         try:
-            from pointprobe.models import save_encoder
-        except ImportError:  # TODO(lead): pointprobe.models.save_encoder is the one writer once it lands
-            save_encoder = None
-        cfg_export = {**dict(bb.config), "drop_path": 0.0}
-        if save_encoder is not None:
-            orig = bb.config
-            bb.config = cfg_export
-            try:
-                return save_encoder(bb, path, **meta)
-            finally:
-                bb.config = orig
-        return save_checkpoint({"arch": bb.arch, "config": cfg_export,
-                                "state_dict": {k: v.detach().cpu() for k, v in bb.state_dict().items()},
-                                "meta": meta}, path)
+            return save_encoder(bb, path, **meta)
+        finally:
+            bb.config = orig
 
     # -- loop --------------------------------------------------------------------------------------
     def run(self, max_steps: int | None = None) -> dict:
@@ -817,5 +815,6 @@ def run_pretrain(cfg: PretrainConfig, out_dir: str | os.PathLike, resume: str | 
         last = trainer.run()
     finally:
         trainer.close()
-    return {"step": trainer.step, "encoder": str(out / "encoder.pth"), "last": last, "out": str(out),
-            "interrupted": trainer.interrupted}
+    arch, enc_cfg = trainer.export_record()
+    return {"step": trainer.step, "encoder": str(out / "encoder.pth"), "arch": arch, "config": enc_cfg,
+            "last": last, "out": str(out), "interrupted": trainer.interrupted}

@@ -1,4 +1,4 @@
-"""The one interface every video encoder implements, plus checkpoint reading and strict loading.
+"""The one interface every video encoder implements; checkpoints through ``common.checkpoint``.
 
 An encoder maps a clip ``(B, C, T, H, W)`` float in [0, 1] to ``EncoderOutput(tokens, pooled)``;
 it applies its own normalisation (``mean`` / ``std``). ``tokens`` is ``(B, T', H', W', token_dim)``
@@ -18,7 +18,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from common.checkpoint import load_checkpoint
+from common.checkpoint import load_checkpoint, load_state_dict_strict
+from common.checkpoint import strip_prefixes as strip_prefixes  # noqa: F401  (layouts: vit, zoo, framewise)
 from common.errors import CheckpointError
 from common.probes import assert_frozen  # noqa: F401  (re-exported by videoprobe.models)
 
@@ -144,56 +145,10 @@ def unwrap_state_dict(obj: Any, path: str | Path, wrappers: Iterable[str]) -> di
     raise CheckpointError(f"{path}: not a state dict (got {type(obj).__name__})")
 
 
-def strip_prefixes(sd: dict[str, torch.Tensor], prefixes: Iterable[str]) -> dict[str, torch.Tensor]:
-    """Remove the first matching prefix from every key (prefixes are tried in order, repeatedly)."""
-    prefixes = list(prefixes)
-    out = {}
-    for k, v in sd.items():
-        changed = True
-        while changed:
-            changed = False
-            for p in prefixes:
-                if k.startswith(p):
-                    k = k[len(p):]
-                    changed = True
-                    break
-        out[k] = v
-    return out
-
-
-def state_dict_diff(
-    model: nn.Module, sd: Mapping[str, torch.Tensor]
-) -> tuple[list[str], list[str], list[str]]:
-    """(missing, unexpected, wrong-shape) keys of ``sd`` against ``model.state_dict()``."""
-    own = model.state_dict()
-    missing = sorted(k for k in own if k not in sd)
-    unexpected = sorted(k for k in sd if k not in own)
-    wrong = sorted(
-        f"{k}: checkpoint {tuple(sd[k].shape)} vs model {tuple(own[k].shape)}"
-        for k in own
-        if k in sd and tuple(sd[k].shape) != tuple(own[k].shape)
-    )
-    return missing, unexpected, wrong
-
-
-def _clip_list(keys: list[str], n: int = 6) -> str:
-    more = f", ... (+{len(keys) - n} more)" if len(keys) > n else ""
-    return ", ".join(keys[:n]) + more
-
-
 def load_strict(model: nn.Module, sd: Mapping[str, torch.Tensor], path: str | Path) -> None:
-    """``load_state_dict(strict=True)`` with a readable diff as ``CheckpointError`` on any mismatch."""
-    missing, unexpected, wrong = state_dict_diff(model, sd)
-    if missing or unexpected or wrong:
-        parts = []
-        if missing:
-            parts.append(f"missing {len(missing)} [{_clip_list(missing)}]")
-        if unexpected:
-            parts.append(f"unexpected {len(unexpected)} [{_clip_list(unexpected)}]")
-        if wrong:
-            parts.append(f"wrong shape {len(wrong)} [{_clip_list(wrong, 4)}]")
-        raise CheckpointError(f"{path}: checkpoint does not fit {type(model).__name__}: " + "; ".join(parts))
-    model.load_state_dict(dict(sd), strict=True)
+    """``load_state_dict(strict=True)`` with a readable diff as ``CheckpointError`` on any mismatch
+    (``common.checkpoint.load_state_dict_strict``: ``missing N [...]; unexpected N [...]; wrong shape``)."""
+    load_state_dict_strict(model, sd, path, style="bracketed")
 
 
 def offline() -> bool:

@@ -22,8 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from common.checkpoint import sha256_file
 from common.errors import CheckpointError, ConfigError
-from common.hashing import sha256_file
 from videoprobe.models.base import (
     IMAGENET_MEAN,
     IMAGENET_STD,

@@ -27,8 +27,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from common.checkpoint import select_prefix, sha256_file
 from common.errors import CheckpointError, ConfigError
-from common.hashing import sha256_file
 from videoprobe.models.base import (
     IMAGENET_MEAN,
     IMAGENET_STD,
@@ -244,8 +244,7 @@ def extract_vit_state_dict(obj: Any, path: str | Path, family: Family) -> dict[s
                 break
     sd = unwrap_state_dict(obj, path, ["model", "module", "state_dict", "model_state"])
     sd = strip_prefixes(sd, ["module.", "backbone."])
-    if any(k.startswith("encoder.") for k in sd):  # VideoMAE pre-training file: encoder + decoder
-        sd = {k[len("encoder."):]: v for k, v in sd.items() if k.startswith("encoder.")}
+    sd = select_prefix(sd, ["encoder."])  # VideoMAE pre-training file: encoder + decoder
     return {k: v for k, v in sd.items() if not k.startswith("head.")}
 
 
