@@ -326,4 +326,4 @@ def run_probe(cfg: SegProbeConfig) -> dict:
     from common.report import jsonable
 
     (out / "details.json").write_text(json.dumps(jsonable(detail), indent=1) + "\n")
-    return {"rows": rows, "records": records, "out": str(out)}
+    return {"rows": rows, "md_rows": md_rows, "records": records, "out": str(out)}

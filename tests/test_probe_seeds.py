@@ -197,3 +197,12 @@ def test_video_refuses_selection_on_the_test_split(video_caches, tmp_path):
         run_probes(cfg)
     cfg.allow_select_on_test = True
     assert run_probes(cfg)["selection"]["eval_is_selection_split"] is True
+
+
+def test_video_caches_without_split_names_are_not_taken_for_one_split(tmp_path):
+    rng = np.random.default_rng(1)
+    _vcache(tmp_path / "tr", "", 4, rng, dataset="")
+    _vcache(tmp_path / "te", "", 2, rng, dataset="")
+    cfg = _video_cfg(tmp_path, tmp_path / "p")
+    cfg.train_cache, cfg.test_cache, cfg.probes = str(tmp_path / "tr"), str(tmp_path / "te"), ["knn"]
+    assert run_probes(cfg)["selection"]["eval_is_selection_split"] is False

@@ -388,7 +388,8 @@ def check_selection_split(cfg: ProbeConfig, train: FeatureCache, test: FeatureCa
     selected_on = (f"held-out {vf:g} of the training videos ({where})" if vf > 0
                    else f"the training videos themselves ({where})")
     same = (Path(cfg.train_cache).resolve() == Path(cfg.test_cache).resolve()
-            or (train.key.dataset, train.key.split) == (test.key.dataset, test.key.split))
+            or (bool(test.key.split) and (train.key.dataset, train.key.split)
+                == (test.key.dataset, test.key.split)))
     if same and not cfg.allow_select_on_test:
         raise ConfigError(f"train_cache and test_cache hold the same split ({test.key.dataset} "
                           f"[{test.key.split}]): probes would be chosen on the test split; set "
