@@ -281,6 +281,9 @@ def run_probe(cfg: SegProbeConfig) -> dict:
                      if selection["eval_is_selection"] else ""),
                  "checkpoint: random:<seed> = random weights (a baseline, not a trained encoder), "
                  "none = no weights (input features), else the first 12 hex digits of the weights' sha256"]
+    if multi:
+        footnotes.append(f"train scenes, train points, best lr, best wd: of the first seed ({seeds[0]}); "
+                         "every seed's in details.json (records[].per_seed)")
     if absent:
         footnotes.append(f"{len(absent)} of {k} classes are absent from the {cfg.eval_split} split: "
                          f"{', '.join(absent)}")
