@@ -291,15 +291,21 @@ def display_row(row: dict) -> dict:
 def _html(rows: list[dict], skipped: list[str]) -> str:
     cols = list(rows[0])
     head = "".join(f"<th>{html.escape(c)}</th>" for c in cols)
-    body = "\n".join("<tr>" + "".join(f"<td>{html.escape(str(r.get(c, '')))}</td>" for c in cols) + "</tr>"
-                     for r in rows)
+    nowrap = {"value", "chance", "majority", "seeds", "checkpoint", "metric"}
+
+    def td(r: dict, c: str) -> str:
+        cls = ' class="nowrap"' if c in nowrap else ""
+        return f"<td{cls}>{html.escape(str(r.get(c, '')))}</td>"
+
+    body = "\n".join("<tr>" + "".join(td(r, c) for c in cols) + "</tr>" for r in rows)
     notes = "".join(f"<li>{html.escape(n)}</li>" for n in NOTES + [f"skipped: {s}" for s in skipped])
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>Comparison of runs</title>
 <style>
 body {{ font-family: system-ui, sans-serif; margin: 1.5em; color: #222; }}
 table {{ border-collapse: collapse; font-size: 13px; }}
-th, td {{ border: 1px solid #ccc; padding: 4px 8px; text-align: left; white-space: nowrap; }}
+th, td {{ border: 1px solid #ccc; padding: 4px 8px; text-align: left; vertical-align: top; max-width: 18em; }}
+td.nowrap {{ white-space: nowrap; max-width: none; }}
 th {{ background: #f0f0f0; position: sticky; top: 0; }}
 tr:nth-child(even) td {{ background: #fafafa; }}
 </style></head>
