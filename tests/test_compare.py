@@ -64,7 +64,9 @@ def test_compare_table_equals_the_source_jsons(runs, tmp_path, capsys):
         assert r["chance"] == pytest.approx(100 / 3) and r["majority"] == pytest.approx(100 / 3)
     bt = json.loads((bench / "table.json").read_text())
     for r, s in zip(rows[4:], bt["rows"]):
-        assert r["value"] == s["SYN"] and r["majority"] is None  # bench cells keep no class histogram
+        assert r["value"] == s["SYN"] and r["majority"] == pytest.approx(100 / 3)  # balanced test split
+        assert r["std"] is None and [r["ci_low"], r["ci_high"]] == bt["meta"]["cells"]["tiny/SYN"]["results"][
+            s["probe"]]["spread"]["top1"]["ci"]
     # only the keys that differ; the three point/video runs differ in e.g. scene_fraction and seeds
     # config keys: only those that differ between runs of one kind (the two point probes here)
     assert rep["differing_config_keys"] == ["scene_fraction", "seeds"]
