@@ -206,3 +206,28 @@ def test_video_caches_without_split_names_are_not_taken_for_one_split(tmp_path):
     cfg = _video_cfg(tmp_path, tmp_path / "p")
     cfg.train_cache, cfg.test_cache, cfg.probes = str(tmp_path / "tr"), str(tmp_path / "te"), ["knn"]
     assert run_probes(cfg)["selection"]["eval_is_selection_split"] is False
+
+
+def test_video_attentive_seeds_and_per_video_predictions(tmp_path):
+    """The attentive probe's per-video predictions (for the bootstrap) reproduce its reported numbers."""
+    rng = np.random.default_rng(2)
+    for split, n in (("train", 6), ("test", 4)):
+        key = CacheKey(encoder="videomae_vit_tiny", checkpoint_sha256="random:0", config_hash="1" * 16,
+                       dataset="synth", split=split)
+        with CacheWriter(tmp_path / split, key, D, meta={"class_names": CLASSES, "crops_per_clip": 1}) as w:
+            for c in range(3):
+                for i in range(n):
+                    tok = np.eye(D, dtype=np.float32)[c] + rng.normal(0, 0.5, (2, 1, 2, 2, D))
+                    tok = tok.astype(np.float32)
+                    w.write(f"v_{c}_{i}", tok.mean((1, 2, 3)), np.full(2, c), tokens=tok)
+    cfg = ProbeConfig(train_cache=str(tmp_path / "train"), test_cache=str(tmp_path / "test"),
+                      out=str(tmp_path / "p"), probes=["attentive"], progress=False, seeds=[0, 1], n_boot=100)
+    cfg.attentive.epochs, cfg.attentive.batch_size = 3, 4
+    outcome = run_probes(cfg)
+    att = outcome["results"]["attentive"]
+    pv = outcome["per_video"]["attentive"]
+    labels, pred = np.array(pv["labels"]), np.array(pv["pred"])
+    per_seed = [p["top1"] for p in att["per_seed"]]
+    for j in range(2):
+        assert 100 * np.mean(pred[j] == labels) == pytest.approx(per_seed[j], abs=1e-9)
+    assert att["spread"]["top1"]["std"] == pytest.approx(np.std(per_seed, ddof=1), abs=1e-9)

@@ -303,7 +303,7 @@ def run_attentive(train: VideoSplit, test: VideoSplit, cfg: AttentiveConfig, see
     ev = evaluate_attentive_probe(result, te, view_average=True, device=device)
     from common.probes.attentive import predict_attentive
 
-    probs = [torch.softmax(predict_attentive(result, _sequences(test, i), device=device), 1)
+    probs = [torch.softmax(predict_attentive(result, np.array(_sequences(test, i)), device=device), 1)
              for i in test.ids]
     return {"top1": 100.0 * ev["top1"], "top5": 100.0 * ev["top5"], "mean_class": 100.0 * ev["mean_class"],
             "heads": heads, "val_top1": 100.0 * result.val["top1"],
