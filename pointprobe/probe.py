@@ -35,7 +35,7 @@ from common.probes.linear import (
     train_linear_probe,
 )
 from common.sampling import limit_labels, subset_items
-from common.stats import STD_DDOF, bootstrap_ci, format_spread, mean_std
+from common.stats import STD_DDOF, bootstrap_sum_ci, format_spread, mean_std
 
 log = logging.getLogger(__name__)
 
@@ -201,16 +201,17 @@ def aggregate_seeds(runs: list[dict], n_boot: int, boot_seed: int) -> dict:
     conf = np.stack([r["scene_confusion"] for r in runs], axis=1)  # (scenes, seeds, C, C)
     rec["seeds"] = [r["seed"] for r in runs]
     rec["spread"] = {}
-    for m in SPREAD_METRICS:
+
+    def stat(summed: np.ndarray) -> list[float]:  # summed: (seeds, C, C) of one resample of scenes
+        segs = [segmentation_metrics(c) for c in summed]
+        return [float(np.mean([100 * sg[m] for sg in segs])) for m in SPREAD_METRICS]
+
+    lo, hi = bootstrap_sum_ci(conf, stat, n_boot=n_boot, seed=boot_seed)
+    for j, m in enumerate(SPREAD_METRICS):
         mean, std = mean_std([r[m] for r in runs])
-
-        def stat(sample: np.ndarray, m: str = m) -> float:
-            summed = sample.sum(0)
-            return float(np.mean([100 * segmentation_metrics(c)[m] for c in summed]))
-
-        ci = bootstrap_ci(conf, stat, n_boot=n_boot, seed=boot_seed)
         rec[m] = mean
-        rec["spread"][m] = {"mean": mean, "std": std, "ci": list(ci), "per_seed": [r[m] for r in runs]}
+        rec["spread"][m] = {"mean": mean, "std": std, "ci": [float(lo[j]), float(hi[j])],
+                            "per_seed": [r[m] for r in runs]}
     iou = np.array([r["iou"] for r in runs], dtype=np.float64)  # (seeds, C), NaN where a class is absent
     with warnings.catch_warnings():  # a class absent for every seed stays NaN
         warnings.simplefilter("ignore", RuntimeWarning)

@@ -54,3 +54,19 @@ def test_bad_arguments_are_config_errors():
 def test_format_spread():
     assert format_spread(43.5, 0.4, [42.1, 44.8]) == "43.50 ± 0.40 [42.10, 44.80]"
     assert format_spread(43.5, None, [42.1, 44.8]) == "43.50 [42.10, 44.80]"
+
+
+def test_bootstrap_sum_ci_equals_the_resampling_bootstrap():
+    from common.metrics import segmentation_metrics
+    from common.stats import bootstrap_sum_ci
+
+    conf = np.random.default_rng(2).integers(0, 30, size=(11, 2, 4, 4))  # (scenes, seeds, C, C)
+
+    def stat_sum(summed):
+        return [np.mean([segmentation_metrics(c)[m] for c in summed]) for m in ("mIoU", "allAcc")]
+
+    lo, hi = bootstrap_sum_ci(conf, stat_sum, n_boot=150, seed=9, chunk=16)
+    for j, m in enumerate(("mIoU", "allAcc")):
+        ref = bootstrap_ci(conf, lambda s, m=m: np.mean([segmentation_metrics(c)[m] for c in s.sum(0)]),
+                           n_boot=150, seed=9)
+        assert (lo[j], hi[j]) == pytest.approx(ref, abs=1e-12)
