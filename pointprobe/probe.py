@@ -61,7 +61,7 @@ class SegProbeConfig:
     seeds: list[int] = field(default_factory=list)  # several seeds (mean ± std); empty = [seed]
     n_boot: int = 1000  # bootstrap resamples of the evaluation scenes (95 % interval)
     bootstrap_seed: int = 0  # seed of the bootstrap resampling
-    allow_select_on_test: bool = False  # allow train_split == eval_split (head chosen on evaluated scenes)
+    allow_select_on_test: bool = False  # allow train_split == eval_split or train_split == test
     probe: LinearProbeConfig = field(default_factory=_seg_linear_defaults)  # linear probe (lr x wd sweep)
 
 
@@ -185,6 +185,9 @@ def check_selection_split(cfg: SegProbeConfig) -> dict:
     if same and not cfg.allow_select_on_test:
         raise ConfigError(f"train_split and eval_split are both '{cfg.eval_split}': the head would be chosen "
                           "on the evaluation split; set allow_select_on_test=true to do it anyway")
+    if cfg.train_split == "test" and not cfg.allow_select_on_test:
+        raise ConfigError("train_split is 'test': the head would be trained and chosen on the test split; "
+                          "set allow_select_on_test=true to do it anyway")
     if same:
         log.warning("the evaluation split '%s' is also the selection split (allow_select_on_test=true): "
                     "its numbers are optimistic", cfg.eval_split)

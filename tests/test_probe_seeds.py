@@ -231,3 +231,19 @@ def test_video_attentive_seeds_and_per_video_predictions(tmp_path):
     for j in range(2):
         assert 100 * np.mean(pred[j] == labels) == pytest.approx(per_seed[j], abs=1e-9)
     assert att["spread"]["top1"]["std"] == pytest.approx(np.std(per_seed, ddof=1), abs=1e-9)
+
+
+def test_training_on_a_test_split_is_refused(point_features, tmp_path):
+    import shutil
+
+    shutil.copytree(point_features / "train", point_features / "test")
+    cfg = _point_cfg(point_features, tmp_path / "p", train_split="test", eval_split="val")
+    with pytest.raises(ConfigError, match="train_split is 'test'"):
+        run_probe(cfg)
+    rng = np.random.default_rng(3)
+    _vcache(tmp_path / "a", "test", 3, rng, dataset="ucf101")
+    _vcache(tmp_path / "b", "val", 3, rng, dataset="ucf101")
+    vcfg = _video_cfg(tmp_path, tmp_path / "v")
+    vcfg.train_cache, vcfg.test_cache = str(tmp_path / "a"), str(tmp_path / "b")
+    with pytest.raises(ConfigError, match="'test' split"):
+        run_probes(vcfg)

@@ -394,6 +394,9 @@ def check_selection_split(cfg: ProbeConfig, train: FeatureCache, test: FeatureCa
         raise ConfigError(f"train_cache and test_cache hold the same split ({test.key.dataset} "
                           f"[{test.key.split}]): probes would be chosen on the test split; set "
                           "allow_select_on_test=true to do it anyway")
+    if train.key.split == "test" and not cfg.allow_select_on_test:
+        raise ConfigError(f"{cfg.train_cache}: the training cache is a 'test' split: probes would be trained "
+                          "and chosen on it; set allow_select_on_test=true to do it anyway")
     if same:
         log.warning("the test split %s [%s] is also the selection split (allow_select_on_test=true): "
                     "its numbers are optimistic", test.key.dataset, test.key.split)
