@@ -117,3 +117,22 @@ def test_console_module_answers_help():
     r = subprocess.run([sys.executable, "-m", "common.compare_cli", "compare", "--help"], capture_output=True,
                        text=True, timeout=120)
     assert r.returncode == 0 and "RUN_DIR" in r.stdout
+
+
+def test_older_results_without_histogram_show_na(point_features, tmp_path):  # noqa: F811
+    run = tmp_path / "old"
+    run_probe(_point_cfg(point_features, run, n_boot=20))
+    table = json.loads((run / "results.json").read_text())
+    for key in ("eval_class_histogram", "num_classes", "seeds"):
+        del table["meta"][key]
+    for k in ("mIoU std", "mIoU ci_low", "mIoU ci_high", "seeds"):
+        del table["rows"][0][k]
+    (run / "results.json").write_text(json.dumps(table))
+    from common.compare import compare_runs
+
+    res = compare_runs([run], tmp_path / "r")
+    row = res["rows"][0]
+    assert row["majority"] is None and row["chance"] == pytest.approx(5.0)  # 20 classes from per_class_iou
+    assert row["value"] == table["rows"][0]["mIoU"] and row["std"] is None and row["seeds"] == [0]
+    md = (tmp_path / "r" / "compare.md").read_text()
+    assert "| n/a |" in md
