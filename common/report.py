@@ -113,8 +113,12 @@ def write_table(
     meta: Mapping[str, Any] | None = None,
     float_format: str = ".4g",
     footnotes: Sequence[str] | None = None,
+    md_rows: Sequence[Mapping[str, Any]] | None = None,
 ) -> tuple[Path, Path]:
     """Write ``<out_stem>.md`` (title, meta list, table, footnotes) and ``<out_stem>.json``.
+
+    ``md_rows``: other rows for the markdown table only (e.g. ``43.5 ± 0.4 [42.1, 44.8]`` cells where
+    the JSON keeps separate numeric fields); its columns are its own keys.
 
     The JSON holds ``title``, ``columns``, ``rows``, ``meta`` (encoder, checkpoint sha, config,
     split, ... as given) and ``footnotes``; NaN becomes null. Returns (md_path, json_path).
@@ -136,7 +140,8 @@ def write_table(
         md.append(f"- {k}: {text}")
     if meta:
         md.append("")
-    md.append(markdown_table(rows, columns, float_format))
+    md.append(markdown_table(rows, columns, float_format) if md_rows is None
+              else markdown_table(md_rows, None, float_format))
     if footnotes:
         md += ["", "Notes:", ""] + [f"- {note}" for note in footnotes]
     md_path = out_stem.with_name(out_stem.name + ".md")

@@ -5,11 +5,19 @@ linear probe (``common.probes.linear``, lr x wd grid in one pass, head chosen on
 scenes) on the training split, evaluate the chosen head on every point of the evaluation split, and
 write one table for all encoders side by side (markdown + JSON), per-class IoU (table + bar chart PNG)
 and the trained probes.
+
+With ``seeds=[0,1,2]`` every encoder is probed once per seed (the seed draws the scene / point subsets
+of the data-efficiency settings, the held-out selection scenes and the data order; the linear heads
+start at zero). The table reports the mean over seeds, the standard deviation (ddof=1, two or more
+seeds) and a 95 % percentile-bootstrap interval over evaluation scenes (per-scene confusion matrices
+resampled with replacement, ``n_boot`` times, ``bootstrap_seed``; each resample's metric is averaged
+over seeds). One seed (the default, ``seed``) gives the single-run numbers.
 """
 from __future__ import annotations
 
 import dataclasses
 import logging
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -27,6 +35,7 @@ from common.probes.linear import (
     train_linear_probe,
 )
 from common.sampling import limit_labels, subset_items
+from common.stats import STD_DDOF, bootstrap_sum_ci, format_spread, mean_std
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +58,10 @@ class SegProbeConfig:
     points_per_scene: int = 0  # limited annotations: labelled points kept per training scene (0 = all)
     max_train_points: int = 2_000_000  # cap on labelled training points (random subset; 0 = no cap)
     seed: int = 0  # seed of the scene / point subsets and the probe
+    seeds: list[int] = field(default_factory=list)  # several seeds (mean ± std); empty = [seed]
+    n_boot: int = 1000  # bootstrap resamples of the evaluation scenes (95 % interval)
+    bootstrap_seed: int = 0  # seed of the bootstrap resampling
+    allow_select_on_test: bool = False  # allow train_split == eval_split or train_split == test
     probe: LinearProbeConfig = field(default_factory=_seg_linear_defaults)  # linear probe (lr x wd sweep)
 
 
@@ -84,8 +97,21 @@ def training_data(cache: FeatureCache, cfg: SegProbeConfig) -> tuple[ProbeData, 
     return ProbeData(chunks, groups=list(range(len(items))), names=items), items
 
 
-def probe_one(folder: str | Path, cfg: SegProbeConfig, out: Path, name: str | None = None) -> dict:
-    """Train on ``folder/train_split``, evaluate on ``folder/eval_split``; returns the result record."""
+def scene_confusions(result, cache: FeatureCache, num_classes: int, device: str = "cpu") -> np.ndarray:
+    """(scenes, C, C) confusion matrices of the chosen head, one per evaluation scene (cache order)."""
+    out = np.zeros((len(cache), num_classes, num_classes), dtype=np.int64)
+    for g, it in enumerate(cache.items()):
+        if not (np.asarray(cache[it]["labels"]) >= 0).any():
+            continue  # no labelled point: an all-zero matrix
+        ev = evaluate_linear_probe(result, ProbeData.from_cache(cache, items=[it]), device=device)
+        out[g] = ev["confusion"]
+    return out
+
+
+def probe_one(folder: str | Path, cfg: SegProbeConfig, out: Path, name: str | None = None,
+              seed_index: int = 0) -> dict:
+    """Train on ``folder/train_split``, evaluate on ``folder/eval_split`` with ``cfg.seed``; returns the
+    result record (``scene_confusion``: the per-scene confusion matrices, for the bootstrap)."""
     train_cache = _cache(folder, cfg.train_split)
     eval_cache = _cache(folder, cfg.eval_split)
     for what, a, b in (("encoder", train_cache.key.encoder, eval_cache.key.encoder),
@@ -104,11 +130,13 @@ def probe_one(folder: str | Path, cfg: SegProbeConfig, out: Path, name: str | No
     evaluation = ProbeData.from_cache(eval_cache)
     scores = evaluate_linear_probe(result, evaluation, device=pcfg.device)
     seg = segmentation_metrics(scores["confusion"])
+    scene_conf = scene_confusions(result, eval_cache, len(class_names), pcfg.device)
     from common.report import slug
 
     safe = slug(label, "encoder")
     result.meta.update({"encoder": enc, "cache_key": train_cache.key.to_dict(), "features": str(folder)})
-    probe_path = save_probe(result, out / f"probe_{safe}.pt")
+    suffix = "" if seed_index == 0 else f"_seed{cfg.seed}"
+    probe_path = save_probe(result, out / f"probe_{safe}{suffix}.pt")
     return {
         "name": label,
         "encoder": train_cache.key.encoder,
@@ -132,7 +160,70 @@ def probe_one(folder: str | Path, cfg: SegProbeConfig, out: Path, name: str | No
         "class_names": class_names,
         "probe": str(probe_path),
         "features": str(folder),
+        "seed": cfg.seed,
+        "selected_on": result.meta.get("selected_on"),
+        "scene_confusion": scene_conf,
     }
+
+
+SPREAD_METRICS = ("mIoU", "mAcc", "allAcc")
+
+
+def spread_note(n_seeds: int, n_boot: int, boot_seed: int, groups: str) -> str:
+    """The footnote saying what ``mean ± std [low, high]`` means."""
+    head = (f"mean ± standard deviation over {n_seeds} seeds (ddof=1)" if n_seeds > 1 else "one seed")
+    return (f"metrics: {head} [95 % percentile-bootstrap interval over the evaluation {groups}, "
+            f"{n_boot} resamples with replacement, bootstrap seed {boot_seed}]")
+
+
+def check_selection_split(cfg: SegProbeConfig) -> dict:
+    """Where the head is chosen, and whether that is the evaluation split (refused unless allowed)."""
+    vf = cfg.probe.val_fraction
+    selected_on = (f"held-out {vf:g} of the '{cfg.train_split}' scenes" if vf > 0 else
+                   f"the '{cfg.train_split}' training scenes themselves (val_fraction=0)")
+    same = cfg.train_split == cfg.eval_split
+    if same and not cfg.allow_select_on_test:
+        raise ConfigError(f"train_split and eval_split are both '{cfg.eval_split}': the head would be chosen "
+                          "on the evaluation split; set allow_select_on_test=true to do it anyway")
+    if cfg.train_split == "test" and not cfg.allow_select_on_test:
+        raise ConfigError("train_split is 'test': the head would be trained and chosen on the test split; "
+                          "set allow_select_on_test=true to do it anyway")
+    if same:
+        log.warning("the evaluation split '%s' is also the selection split (allow_select_on_test=true): "
+                    "its numbers are optimistic", cfg.eval_split)
+    else:
+        log.info("head selection on %s; evaluation on the '%s' split", selected_on, cfg.eval_split)
+    return {"selected_on": selected_on, "eval_is_selection": same}
+
+
+def aggregate_seeds(runs: list[dict], n_boot: int, boot_seed: int) -> dict:
+    """One record from the per-seed records: metrics as means over seeds (one seed: its values), with
+    ``spread[metric] = {mean, std, ci, per_seed}``, ``iou_std`` (per class, None for one seed) and
+    ``per_seed`` (each seed's metrics)."""
+    rec = {k: v for k, v in runs[0].items() if k != "scene_confusion"}
+    conf = np.stack([r["scene_confusion"] for r in runs], axis=1)  # (scenes, seeds, C, C)
+    rec["seeds"] = [r["seed"] for r in runs]
+    rec["spread"] = {}
+
+    def stat(summed: np.ndarray) -> list[float]:  # summed: (seeds, C, C) of one resample of scenes
+        segs = [segmentation_metrics(c) for c in summed]
+        return [float(np.mean([100 * sg[m] for sg in segs])) for m in SPREAD_METRICS]
+
+    lo, hi = bootstrap_sum_ci(conf, stat, n_boot=n_boot, seed=boot_seed)
+    for j, m in enumerate(SPREAD_METRICS):
+        mean, std = mean_std([r[m] for r in runs])
+        rec[m] = mean
+        rec["spread"][m] = {"mean": mean, "std": std, "ci": [float(lo[j]), float(hi[j])],
+                            "per_seed": [r[m] for r in runs]}
+    iou = np.array([r["iou"] for r in runs], dtype=np.float64)  # (seeds, C), NaN where a class is absent
+    with warnings.catch_warnings():  # a class absent for every seed stays NaN
+        warnings.simplefilter("ignore", RuntimeWarning)
+        rec["iou"] = list(iou[0]) if len(runs) == 1 else [float(v) for v in np.nanmean(iou, 0)]
+        rec["iou_std"] = ([None] * iou.shape[1] if len(runs) == 1 else
+                          [float(v) for v in np.nanstd(iou, 0, ddof=STD_DDOF)])
+    rec["per_seed"] = [{k: r[k] for k in ("seed", *SPREAD_METRICS, "iou", "best_lr", "best_wd",
+                                          "train_scenes", "train_points", "probe")} for r in runs]
+    return rec
 
 
 def run_probe(cfg: SegProbeConfig) -> dict:
@@ -145,12 +236,24 @@ def run_probe(cfg: SegProbeConfig) -> dict:
         raise ConfigError(f"config key 'names' has {len(cfg.names)} entries for {len(cfg.features)} features")
     if not 0 < cfg.scene_fraction <= 1:
         raise ConfigError(f"config key 'scene_fraction' must be in (0, 1], got {cfg.scene_fraction}")
+    seeds = list(cfg.seeds) or [cfg.seed]
+    if len(set(seeds)) != len(seeds):
+        raise ConfigError(f"config key 'seeds' repeats a seed: {seeds}")
+    selection = check_selection_split(cfg)
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out)
     records = []
+    confusions = {}
     for i, folder in enumerate(cfg.features):
-        records.append(probe_one(folder, cfg, out, cfg.names[i] if cfg.names else None))
+        runs = [probe_one(folder, dataclasses.replace(cfg, seed=s), out, cfg.names[i] if cfg.names else None,
+                          seed_index=j) for j, s in enumerate(seeds)]
+        rec = aggregate_seeds(runs, cfg.n_boot, cfg.bootstrap_seed)
+        for r in runs:
+            confusions[f"{rec['name']}/seed{r['seed']}"] = r.pop("scene_confusion")
+        records.append(rec)
+    np.savez_compressed(out / "scene_confusion.npz", **confusions)
+    multi = len(seeds) > 1
     class_names = records[0]["class_names"]
     k = len(class_names)
     rows = [{"encoder": r["name"], "checkpoint": checkpoint_id(r["checkpoint_sha256"]), "dim": r["dim"],
@@ -158,24 +261,49 @@ def run_probe(cfg: SegProbeConfig) -> dict:
              "allAcc": r["allAcc"],
              "train scenes": r["train_scenes"], "train points": r["train_points"], "best lr": r["best_lr"],
              "best wd": r["best_wd"]} for r in records]
+    for row, r in zip(rows, records):  # spread columns (JSON); the markdown shows them in the metric cells
+        for m in SPREAD_METRICS:
+            row[f"{m} std"] = r["spread"][m]["std"]
+            row[f"{m} ci_low"], row[f"{m} ci_high"] = r["spread"][m]["ci"]
+        row["seeds"] = seeds
+    md_rows = []
+    for row, r in zip(rows, records):
+        md = {k: v for k, v in row.items() if not k.endswith((" std", " ci_low", " ci_high"))}
+        for m in SPREAD_METRICS:
+            md[m] = format_spread(r[m], r["spread"][m]["std"], r["spread"][m]["ci"])
+        md["seeds"] = ",".join(str(s) for s in seeds)
+        md_rows.append(md)
     setting = (f"{cfg.scene_fraction:.0%} of training scenes" +
                (f", {cfg.points_per_scene} labelled points per scene" if cfg.points_per_scene else ""))
     notes = [f"{r['name']}: {n}" for r in records for n in r["notes"]]
     support = records[0]["support"]  # one evaluation split: the same for every encoder
     absent = [c for c, t in zip(class_names, support) if t == 0]
     footnotes = [MIOU_RULE + "; 'mIoU classes' says over how many of the classes each mIoU is averaged",
+                 spread_note(len(seeds), cfg.n_boot, cfg.bootstrap_seed, "scenes"),
+                 f"head selection: {selection['selected_on']}" + (
+                     " -- the evaluation split is also the selection split (allow_select_on_test=true)"
+                     if selection["eval_is_selection"] else ""),
                  "checkpoint: random:<seed> = random weights (a baseline, not a trained encoder), "
                  "none = no weights (input features), else the first 12 hex digits of the weights' sha256"]
+    if multi:
+        footnotes.append(f"train scenes, train points, best lr, best wd: of the first seed ({seeds[0]}); "
+                         "every seed's in details.json (records[].per_seed)")
     if absent:
         footnotes.append(f"{len(absent)} of {k} classes are absent from the {cfg.eval_split} split: "
                          f"{', '.join(absent)}")
     meta = {"task": "semantic segmentation, linear probe on frozen features",
             "train split": cfg.train_split, "eval split": cfg.eval_split, "setting": setting,
             "config_hash": config_hash(cfg), "notes": notes, "config": asdict(cfg),
+            "seeds": seeds, "std_ddof": STD_DDOF if multi else None,
+            "bootstrap": {"n_boot": cfg.n_boot, "seed": cfg.bootstrap_seed, "level": 0.95,
+                          "resampled": "evaluation scenes"},
+            "selected_on": selection["selected_on"],
+            "eval_is_selection_split": selection["eval_is_selection"],
+            "num_classes": len(class_names), "eval_class_histogram": records[0]["support"],
             "encoders": [{k: r[k] for k in ("name", "encoder", "checkpoint_sha256", "config_hash",
                                             "features")} for r in records]}
     write_table(rows, out / "results", f"Linear probe, {cfg.eval_split} split ({setting})", meta=meta,
-                float_format=".2f", footnotes=footnotes + notes)
+                float_format=".2f", footnotes=footnotes + notes, md_rows=md_rows)
     per_class = []
     for j, c in enumerate(class_names):
         row = {"class": c, f"{cfg.eval_split} points": support[j]}
@@ -183,12 +311,16 @@ def run_probe(cfg: SegProbeConfig) -> dict:
             status = class_presence([r["support"][j]], [r["predicted"][j]])[0]
             row[r["name"]] = r["iou"][j] if status == "present" else (
                 "absent (predicted: 0)" if status == "absent, predicted" else "absent")
+            if multi:
+                row[f"{r['name']} std"] = r["iou_std"][j] if status == "present" else None
         per_class.append(row)
     per_class_notes = [
         "absent: the class does not occur in the evaluation split and is not predicted, it is left out of "
         "the mIoU; absent (predicted: 0): it does not occur but the probe predicts it on some points, it "
         "counts as IoU 0 (Pointcept's rule)",
-        *(f"mIoU of {r['name']} is averaged over {r['mean_classes']} of {k} classes" for r in records)]
+        *(f"mIoU of {r['name']} is averaged over {r['mean_classes']} of {k} classes" for r in records),
+        *([f"IoU: mean over seeds {seeds}; '<encoder> std': standard deviation over seeds (ddof=1)"]
+          if multi else [])]
     write_table(per_class, out / "per_class_iou", "Per-class IoU (%)",
                 meta={"eval split": cfg.eval_split, "absent classes": absent},
                 float_format=".1f", footnotes=per_class_notes)
@@ -201,4 +333,4 @@ def run_probe(cfg: SegProbeConfig) -> dict:
     from common.report import jsonable
 
     (out / "details.json").write_text(json.dumps(jsonable(detail), indent=1) + "\n")
-    return {"rows": rows, "records": records, "out": str(out)}
+    return {"rows": rows, "md_rows": md_rows, "records": records, "out": str(out)}

@@ -281,7 +281,7 @@ def write_bench_report(suite: BenchSuite, rows: list[dict[str, Any]],
             "encoder": c["train"]["encoder"], "checkpoint_sha256": c["train"]["checkpoint_sha256"],
             "feature_config_hash": c["train"]["feature_config_hash"], "train_split": c["train"]["split"],
             "test_split": c["test"]["split"], "dataset": c["train"]["dataset"], "classes": c["classes"],
-            "results": c["results"],
+            "results": c["results"], "test_class_histogram": c.get("test_class_histogram"),
         }
     chance = {b.name: 100.0 / len(next(c for (_, n), c in cells.items() if n == b.name)["classes"])
               for b in order}

@@ -16,6 +16,12 @@ Reported: top-1, top-5 and mean-class accuracy, in percent.
 
 ``classes`` restricts both splits to a subset of classes (relabelled 0..K'-1): a list of names, or
 "appearance" / "motion" from a ``classes.json`` (the generated dataset writes one).
+
+``seeds=[0,1,2]`` runs the linear and attentive probes once per seed (held-out selection videos, data
+order, the attentive probe's initialisation; kNN has no randomness and runs once). Every metric is
+reported as the mean over seeds, the standard deviation (ddof=1, two or more seeds) and a 95 %
+percentile-bootstrap interval over test videos (``n_boot`` resamples with replacement, seed
+``bootstrap_seed``; each resample's metric is averaged over seeds).
 """
 from __future__ import annotations
 
@@ -28,15 +34,44 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from common.cache import FeatureCache
 from common.config import config_hash, save_config, to_dict
 from common.errors import CacheError, ConfigError, InputError
-from common.probes.linear import LinearProbeConfig, ProbeData, evaluate_linear_probe, train_linear_probe
+from common.probes.linear import (
+    LinearProbeConfig,
+    ProbeData,
+    evaluate_linear_probe,
+    predict,
+    train_linear_probe,
+)
+from common.stats import STD_DDOF, bootstrap_ci, format_spread, mean_std
 
 log = logging.getLogger(__name__)
 
 PROBES = ("linear", "knn", "attentive")
+METRICS = ("top1", "top5", "mean_class")
+
+
+def _per_video(probs: list[torch.Tensor], labels: np.ndarray) -> dict[str, list[int]]:
+    """Predicted class and top-5 hit of every video from its (views, K) probabilities / votes."""
+    pred, top5 = [], []
+    for p, y in zip(probs, labels):
+        v = p.double().sum(0)
+        pred.append(int(v.argmax()))
+        top5.append(int(int(y) in v.topk(min(5, v.numel())).indices.tolist()))
+    return {"pred": pred, "top5": top5}
+
+
+def video_metrics(labels: np.ndarray, pred: np.ndarray, top5: np.ndarray, num_classes: int) -> dict:
+    """top1 / top5 / mean_class (percent) from per-video labels, predictions and top-5 hits."""
+    from common.metrics import confusion_matrix, segmentation_metrics
+
+    conf = confusion_matrix(np.asarray(pred), np.asarray(labels), num_classes)
+    return {"top1": 100.0 * float(np.mean(np.asarray(pred) == np.asarray(labels))),
+            "top5": 100.0 * float(np.mean(top5)),
+            "mean_class": 100.0 * segmentation_metrics(conf)["mAcc"]}
 
 
 # ------------------------------------------------------------------------------------------ config
@@ -73,6 +108,10 @@ class ProbeConfig:
     knn: KnnConfig = field(default_factory=KnnConfig)  # kNN settings (TWLV-I recipe)
     attentive: AttentiveConfig = field(default_factory=AttentiveConfig)  # attentive probe (V-JEPA style)
     seed: int = 0  # seed of the probes
+    seeds: list[int] = field(default_factory=list)  # several seeds (mean ± std); empty = [seed]
+    n_boot: int = 1000  # bootstrap resamples of the test videos (95 % interval)
+    bootstrap_seed: int = 0  # seed of the bootstrap resampling
+    allow_select_on_test: bool = False  # allow the same cache / split for training (selection) and test
     device: str = "cpu"  # cpu | cuda
     progress: bool = True  # progress bar (terminal) / a line every PROBESUITE_PROGRESS_SECONDS (logs)
 
@@ -170,11 +209,12 @@ def run_linear(train: VideoSplit, test: VideoSplit, cfg: LinearProbeConfig) -> d
     lcfg = dataclasses.replace(cfg, num_classes=k, task="classification", view_average=True)
     result = train_linear_probe(_probe_data(train), None, lcfg, class_names=train.class_names)
     ev = evaluate_linear_probe(result, _probe_data(test), view_average=True)
+    probs = [torch.softmax(predict(result, np.array(test.features(i))), 1) for i in test.ids]
     return {
         "top1": 100.0 * ev["top1"], "top5": 100.0 * ev["top5"], "mean_class": 100.0 * ev["mean_class"],
         "best": {kk: result.best[kk] for kk in ("lr", "wd") if kk in result.best},
         "selected_on": result.meta.get("selected_on"), "heads": len(result.heads),
-        "notes": list(result.meta.get("notes", [])),
+        "notes": list(result.meta.get("notes", [])), "per_video": _per_video(probs, test.labels),
     }
 
 
@@ -208,8 +248,16 @@ def run_knn(train: VideoSplit, test: VideoSplit, cfg: KnnConfig, progress: bool 
     row = evaluate_knn(data(bank, train.labels, train.ids), data(queries, test.labels, test.ids), ccfg,
                        num_classes=k_cls)[0]
     n_bank = sum(f.shape[0] for f in bank)
+    from common.probes.knn import knn_votes
+
+    bank_x = torch.from_numpy(np.concatenate(bank).astype(np.float32))
+    bank_y = torch.from_numpy(np.concatenate([np.full(f.shape[0], y) for f, y in zip(bank, train.labels)]))
+    ccfg.progress = False
+    votes = knn_votes((bank_x, bank_y), np.concatenate(queries), k_cls, ccfg)[cfg.k]
+    bounds = np.cumsum([0] + [q.shape[0] for q in queries])
+    per_video = _per_video([votes[a:b] for a, b in zip(bounds[:-1], bounds[1:])], test.labels)
     return {"top1": 100.0 * row["top1"], "top5": 100.0 * row["top5"], "mean_class": 100.0 * row["mean_class"],
-            "k": min(cfg.k, n_bank), "notes": list(row.get("notes", []))}
+            "k": min(cfg.k, n_bank), "notes": list(row.get("notes", [])), "per_video": per_video}
 
 
 # --------------------------------------------------------------------------------------- attentive
@@ -253,9 +301,13 @@ def run_attentive(train: VideoSplit, test: VideoSplit, cfg: AttentiveConfig, see
                            num_classes=len(train.class_names), seed=seed, device=device, progress=progress)
     result = train_attentive_probe(tr, None, ccfg, class_names=train.class_names)
     ev = evaluate_attentive_probe(result, te, view_average=True, device=device)
+    from common.probes.attentive import predict_attentive
+
+    probs = [torch.softmax(predict_attentive(result, np.array(_sequences(test, i)), device=device), 1)
+             for i in test.ids]
     return {"top1": 100.0 * ev["top1"], "top5": 100.0 * ev["top5"], "mean_class": 100.0 * ev["mean_class"],
             "heads": heads, "val_top1": 100.0 * result.val["top1"],
-            "notes": list(result.meta.get("notes", []))}
+            "notes": list(result.meta.get("notes", [])), "per_video": _per_video(probs, test.labels)}
 
 
 # --------------------------------------------------------------------------------------------- run
@@ -278,6 +330,10 @@ def run_probes(cfg: ProbeConfig) -> dict[str, Any]:
         if getattr(train_cache.key, f) != getattr(test_cache.key, f):
             raise CacheError(f"{cfg.test_cache}: {f} differs from the train cache {cfg.train_cache} "
                              "(features of different encoders / settings)")
+    seeds = list(cfg.seeds) or [cfg.seed]
+    if len(set(seeds)) != len(seeds):
+        raise ConfigError(f"config key 'seeds' repeats a seed: {seeds}")
+    selection = check_selection_split(cfg, train_cache, test_cache)
     names = list(train_cache.meta.get("class_names") or [])
     kinds = _kinds_file(cfg, train_cache) if cfg.classes in ("appearance", "motion") else None
     keep = select_classes(cfg.classes, names, kinds)
@@ -287,15 +343,20 @@ def run_probes(cfg: ProbeConfig) -> dict[str, Any]:
 
     results: dict[str, Any] = {}
     notes = top5_notes(len(keep))
+    per_video: dict[str, Any] = {}
     for probe in cfg.probes:
         t0 = time.perf_counter()
-        if probe == "linear":
-            lcfg = dataclasses.replace(cfg.linear, seed=cfg.seed, device=cfg.device, progress=cfg.progress)
-            res = run_linear(train, test, lcfg)
-        elif probe == "knn":
-            res = run_knn(train, test, cfg.knn, cfg.progress)
-        else:
-            res = run_attentive(train, test, cfg.attentive, cfg.seed, cfg.device, cfg.progress)
+        runs = []
+        for seed in (seeds if probe != "knn" else seeds[:1]):  # kNN has no randomness
+            if probe == "linear":
+                lcfg = dataclasses.replace(cfg.linear, seed=seed, device=cfg.device, progress=cfg.progress)
+                runs.append(run_linear(train, test, lcfg))
+            elif probe == "knn":
+                runs.append(run_knn(train, test, cfg.knn, cfg.progress))
+            else:
+                runs.append(run_attentive(train, test, cfg.attentive, seed, cfg.device, cfg.progress))
+        res, per_video[probe] = aggregate_seeds(runs, seeds if probe != "knn" else seeds[:1], test.labels,
+                                                len(keep), cfg.n_boot, cfg.bootstrap_seed)
         res["seconds"] = round(time.perf_counter() - t0, 3)
         results[probe] = res
         notes += [f"{probe}: {n}" for n in res.get("notes", [])]
@@ -312,7 +373,66 @@ def run_probes(cfg: ProbeConfig) -> dict[str, Any]:
         "probe_config_hash": config_hash(cfg),
         "padding": {"train": train_cache.meta.get("padding"), "test": test_cache.meta.get("padding")},
         "notes": notes,
+        "seeds": seeds,
+        "selection": selection,
+        "test_class_histogram": [int(v) for v in np.bincount(test.labels, minlength=len(keep))],
+        "per_video": per_video,
     }
+
+
+def check_selection_split(cfg: ProbeConfig, train: FeatureCache, test: FeatureCache) -> dict[str, Any]:
+    """Where the linear head is chosen (held-out training videos), and whether that is the test split:
+    the same cache folder, or the same dataset and split name. Refused unless allow_select_on_test."""
+    vf = cfg.linear.val_fraction
+    where = f"{train.key.dataset} [{train.key.split}]"
+    selected_on = (f"held-out {vf:g} of the training videos ({where})" if vf > 0
+                   else f"the training videos themselves ({where})")
+    same = (Path(cfg.train_cache).resolve() == Path(cfg.test_cache).resolve()
+            or (bool(test.key.split) and (train.key.dataset, train.key.split)
+                == (test.key.dataset, test.key.split)))
+    if same and not cfg.allow_select_on_test:
+        raise ConfigError(f"train_cache and test_cache hold the same split ({test.key.dataset} "
+                          f"[{test.key.split}]): probes would be chosen on the test split; set "
+                          "allow_select_on_test=true to do it anyway")
+    if train.key.split == "test" and not cfg.allow_select_on_test:
+        raise ConfigError(f"{cfg.train_cache}: the training cache is a 'test' split: probes would be trained "
+                          "and chosen on it; set allow_select_on_test=true to do it anyway")
+    if same:
+        log.warning("the test split %s [%s] is also the selection split (allow_select_on_test=true): "
+                    "its numbers are optimistic", test.key.dataset, test.key.split)
+    else:
+        log.info("linear head selection on %s; kNN and attentive settings are fixed (no selection); "
+                 "test on %s [%s]", selected_on, test.key.dataset, test.key.split)
+    return {"selected_on": selected_on, "eval_is_selection_split": same}
+
+
+def aggregate_seeds(runs: list[dict[str, Any]], seeds: list[int], labels: np.ndarray, num_classes: int,
+                    n_boot: int, boot_seed: int) -> tuple[dict[str, Any], dict[str, Any]]:
+    """One result from the per-seed results (metrics: means over seeds; one seed: its values) with
+    ``spread[metric] = {mean, std, ci, per_seed}``; and the per-video predictions of every seed."""
+    res = {k: v for k, v in runs[0].items() if k != "per_video"}
+    pred = np.array([r["per_video"]["pred"] for r in runs], dtype=np.int64).T  # (videos, seeds)
+    top5 = np.array([r["per_video"]["top5"] for r in runs], dtype=np.int64).T
+    stacked = np.concatenate([np.asarray(labels, dtype=np.int64)[:, None], pred, top5], axis=1)
+    s = len(runs)
+    res["seeds"] = list(seeds)
+    res["spread"] = {}
+    for m in METRICS:
+        mean, std = mean_std([r[m] for r in runs])
+
+        def stat(sample: np.ndarray, m: str = m) -> float:
+            return float(np.mean([video_metrics(sample[:, 0], sample[:, 1 + j], sample[:, 1 + s + j],
+                                                num_classes)[m] for j in range(s)]))
+
+        ci = bootstrap_ci(stacked, stat, n_boot=n_boot, seed=boot_seed)
+        res[m] = mean
+        res["spread"][m] = {"mean": mean, "std": std, "ci": list(ci), "per_seed": [r[m] for r in runs]}
+    if s > 1:
+        res["per_seed"] = [{"seed": sd, **{k: v for k, v in r.items() if k != "per_video"}}
+                           for sd, r in zip(seeds, runs)]
+    videos = {"labels": [int(v) for v in labels], "seeds": list(seeds),
+              "pred": pred.T.tolist(), "top5": top5.T.tolist()}
+    return res, videos
 
 
 def write_probe_report(cfg: ProbeConfig, outcome: dict[str, Any]) -> tuple[Path, Path]:
@@ -323,7 +443,7 @@ def write_probe_report(cfg: ProbeConfig, outcome: dict[str, Any]) -> tuple[Path,
         raise ConfigError("out is not set (the report folder)")
     out = Path(cfg.out)
     save_config(cfg, out)
-    rows = []
+    rows, md_rows = [], []
     ckpt = checkpoint_id(outcome["train"]["checkpoint_sha256"])
     for probe, r in outcome["results"].items():
         row = {"probe": probe, "checkpoint": ckpt, "top1": round(r["top1"], 2), "top5": round(r["top5"], 2),
@@ -334,7 +454,16 @@ def write_probe_report(cfg: ProbeConfig, outcome: dict[str, Any]) -> tuple[Path,
             row["setting"] = f"k {r['k']}, T {cfg.knn.temperature}"
         else:
             row["setting"] = f"{r['heads']} heads, {cfg.attentive.epochs} epochs"
+        md = dict(row)
+        for m in METRICS:
+            sp = (r.get("spread") or {}).get(m)
+            if sp:
+                row[f"{m} std"] = sp["std"]
+                row[f"{m} ci_low"], row[f"{m} ci_high"] = sp["ci"]
+                md[m] = format_spread(r[m], sp["std"], sp["ci"])
+        row["seeds"] = md["seeds"] = r.get("seeds", [cfg.seed])
         rows.append(row)
+        md_rows.append(md)
     tr, te = outcome["train"], outcome["test"]
     meta = {
         "benchmark": outcome["benchmark"],
@@ -349,12 +478,31 @@ def write_probe_report(cfg: ProbeConfig, outcome: dict[str, Any]) -> tuple[Path,
         "padding": outcome.get("padding"),
         "metrics": "percent; views combined per video (softmax mean / kNN votes summed)",
         "chance level (%)": round(100.0 / len(outcome["classes"]), 2),
+        "num_classes": len(outcome["classes"]),
+        "test_class_histogram": outcome.get("test_class_histogram"),
+        "seeds": outcome.get("seeds", [cfg.seed]),
+        "std_ddof": STD_DDOF if len(outcome.get("seeds", [cfg.seed])) > 1 else None,
+        "bootstrap": {"n_boot": cfg.n_boot, "seed": cfg.bootstrap_seed, "level": 0.95,
+                      "resampled": "test videos"},
+        "selected_on": (outcome.get("selection") or {}).get("selected_on"),
+        "eval_is_selection_split": (outcome.get("selection") or {}).get("eval_is_selection_split"),
         "notes": list(outcome.get("notes", [])),
         "details": outcome["results"],
         "config": to_dict(cfg),
     }
+    n_seeds = len(meta["seeds"])
     footnotes = ["checkpoint: random:<seed> = random weights (a baseline, not a trained encoder), none = no "
                  "weights (a hand-designed encoder), else the first 12 hex digits of the weights' sha256",
+                 ("metrics: " + (f"mean ± standard deviation over {n_seeds} seeds (ddof=1; kNN: one run, "
+                                 "it has no randomness)" if n_seeds > 1 else "one seed") +
+                  f" [95 % percentile-bootstrap interval over the test videos, {cfg.n_boot} resamples, "
+                  f"bootstrap seed {cfg.bootstrap_seed}]"),
                  *meta["notes"]]
+    if outcome.get("per_video"):
+        import json as _json
+
+        from common.report import jsonable
+
+        (out / "per_video.json").write_text(_json.dumps(jsonable(outcome["per_video"])) + "\n")
     return write_table(rows, out / "probe", f"Probes: {tr['encoder']} on {outcome['benchmark']}", meta=meta,
-                       footnotes=footnotes)
+                       footnotes=footnotes, md_rows=md_rows)

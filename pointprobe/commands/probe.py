@@ -11,7 +11,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         "probe",
         help="linear probe (mIoU, per-class IoU, mAcc, allAcc) on cached features of one or more encoders",
         description="Example:\n  pointprobe probe features=[runs/sonata,runs/raw] out=runs/probe\n"
-        "  pointprobe probe features=[runs/sonata] scene_fraction=0.05 out=runs/probe-5pct",
+        "  pointprobe probe features=[runs/sonata] scene_fraction=0.05 out=runs/probe-5pct\n"
+        "  pointprobe probe features=[runs/sonata] seeds=[0,1,2] out=runs/probe-3seeds  "
+        "(mean ± std [95 % bootstrap CI over scenes])",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--config", default="configs/point/probe.yaml", help="YAML config (default: %(default)s)")
@@ -27,6 +29,6 @@ def run(args: argparse.Namespace) -> int:
 
     cfg = load_cli_config(SegProbeConfig, args)
     res = run_probe(cfg)
-    print(markdown_table(res["rows"], float_format=".2f"))
+    print(markdown_table(res["md_rows"], float_format=".2f"))
     print(f"\nresults: {res['out']}/results.md (+ .json, per_class_iou.png, probe_*.pt)")
     return 0
