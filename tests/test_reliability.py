@@ -252,9 +252,10 @@ def one_thread():
 
 
 def test_pretrain_truncated_last_checkpoint_falls_back_to_previous(tmp_path, monkeypatch, caplog, one_thread):
-    """The resumed run ends bit-identical to an uninterrupted one. One thread: with two, the first training
-    run in a process sums some floats differently from the later ones (1.5e-8 between two identical
-    4-step runs, nothing saved or loaded), which is what made this comparison differ by 7e-12 before."""
+    """The resumed run ends bit-identical to an uninterrupted one. One thread: with two, identical runs in
+    one process do not always agree bit for bit (1.5e-8 between the first and the second of three
+    4-step runs, nothing saved or loaded; see docs/design.md, Reliability), so the comparison would
+    depend on what ran before it in the process."""
     import signal
 
     from pointprobe.pretrain.train import Pretrainer, run_pretrain
