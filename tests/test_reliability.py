@@ -219,7 +219,8 @@ def _weights(path: Path) -> dict:
     return torch.load(path, weights_only=True)["state_dict"]
 
 
-def test_pretrain_sigterm_then_resume_equals_uninterrupted(tmp_path, monkeypatch, capsys):
+def test_pretrain_sigterm_then_resume_equals_uninterrupted(tmp_path, monkeypatch, capsys, one_thread):
+    """One thread: see test_pretrain_truncated_last_checkpoint_falls_back_to_previous."""
     import signal
 
     from pointprobe.cli import main
@@ -229,7 +230,7 @@ def test_pretrain_sigterm_then_resume_equals_uninterrupted(tmp_path, monkeypatch
     root = _write_dataset(tmp_path / "data", 3)
     out = tmp_path / "run"
     args = ["pretrain", f"data.root={root}", f"out={out}", *TINY, "train.steps=4", "train.batch_size=2",
-            "train.save_every=0"]
+            "train.save_every=0", "train.threads=1"]
     assert main([*args, f"out={tmp_path / 'ref'}"]) == 0  # the uninterrupted reference
     _signal_at(monkeypatch, Pretrainer, 2, signal.SIGTERM)
     rc = main(args)
