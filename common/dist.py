@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import datetime
 import os
+import time
 from collections.abc import Sequence
 from typing import Any, TypeVar
 
@@ -229,6 +230,11 @@ def cleanup() -> None:
 
 
 # ------------------------------------------------------------------------------------------ preemption
+def _now() -> float:
+    """The clock of ``save_every_minutes`` (monotonic seconds; tests replace it)."""
+    return time.monotonic()
+
+
 class StopSignals:
     """Preemption handling for training loops: ``SIGTERM`` (SLURM / schedulers), ``SIGINT`` (Ctrl-C),
     ``SIGUSR1`` (SLURM ``--signal``) set a flag instead of killing the process; the loop calls
@@ -269,9 +275,8 @@ class StopSignals:
 
     def __enter__(self) -> StopSignals:
         import threading
-        import time
 
-        self._last_save = time.monotonic()
+        self._last_save = _now()
         if threading.current_thread() is threading.main_thread():
             for s in self.signums:
                 self._old[s] = self._signal.signal(s, self._handler)
@@ -284,15 +289,11 @@ class StopSignals:
 
     def mark_saved(self) -> None:
         """A checkpoint was just written: restart the ``save_every_minutes`` clock."""
-        import time
-
-        self._last_save = time.monotonic()
+        self._last_save = _now()
 
     def poll(self) -> tuple[bool, bool]:
         """(stop now, save now), the same on every rank."""
-        import time
-
-        save = bool(self.save_every_s) and time.monotonic() - self._last_save >= self.save_every_s
+        save = bool(self.save_every_s) and _now() - self._last_save >= self.save_every_s
         flags = torch.tensor([1.0 if self.received else 0.0, 1.0 if save else 0.0], dtype=torch.float64)
         flags = all_reduce_tensor(flags, "max")
         return bool(flags[0] > 0), bool(flags[1] > 0)

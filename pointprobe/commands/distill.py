@@ -27,6 +27,12 @@ def run(args: argparse.Namespace) -> int:
 
     cfg = load_cli_config(DistillConfig, args)
     result = run_distill(cfg)
+    if result.get("interrupted"):
+        from common.dist import INTERRUPTED_EXIT
+
+        print(f"interrupted at step {result['step']} ({result['interrupted']}), resumable: rerun the same "
+              "command", file=sys.stderr)
+        return INTERRUPTED_EXIT
     last = result["history"][-1] if result["history"] else {}
     loss = last.get("loss", float("nan"))
     print(f"distill: encoder {result['encoder']} (epoch {last.get('epoch')}, loss {loss:.4f}"

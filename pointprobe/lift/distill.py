@@ -94,6 +94,9 @@ class DistillTrainSpec:
     threads: int = 0  # torch CPU threads (0 = leave as is)
     val_every: int = 1  # epochs between validations (0 = only at the end)
     progress: bool = True
+    save_every_minutes: float = 0.0  # also a mid-epoch last.pth when this much time passed since the last
+    # caught: finish the current step, write last.pth, exit with status 3 ("interrupted, resumable")
+    stop_signals: list[str] = field(default_factory=lambda: ["SIGTERM", "SIGINT", "SIGUSR1"])
 
 
 @dataclass
@@ -110,8 +113,8 @@ class DistillConfig:
 
 # Settings that may change between a run and its resumption (everything else must match).
 _RESUMABLE = {("train", "epochs"), ("train", "device"), ("train", "threads"), ("train", "progress"),
-              ("train", "val_every"), ("out",), ("resume",), ("export_predictions",), ("predict_splits",),
-              ("dtype",)}
+              ("train", "val_every"), ("train", "save_every_minutes"), ("train", "stop_signals"), ("out",),
+              ("resume",), ("export_predictions",), ("predict_splits",), ("dtype",)}
 
 
 def _training_hash(cfg: DistillConfig) -> str:
@@ -276,6 +279,11 @@ class Distiller:
         self.epoch = 0
         self.step = 0
         self.history: list[dict] = []
+        # position inside the current epoch (a checkpoint written between two steps of an epoch)
+        self.batch_in_epoch = 0
+        self.epoch_losses: list[float] = []
+        self.epoch_rng: str | None = None  # JSON of the epoch generator's state after batch_in_epoch
+        self.interrupted: str | None = None
         self.train_hash = _training_hash(cfg)
         self.offset = np.zeros(self.train_data.dim, np.float32)
         self.radius = 0.0  # mean norm of the centred training targets (0: predictions are not rescaled)
@@ -286,7 +294,8 @@ class Distiller:
     def state(self) -> dict:
         return {"model": self.model.state_dict(), "opt": self.opt.state_dict(), "epoch": self.epoch,
                 "step": self.step, "history": self.history, "train_hash": self.train_hash,
-                "torch_rng": torch.get_rng_state()}
+                "torch_rng": torch.get_rng_state(), "batch_in_epoch": self.batch_in_epoch,
+                "epoch_losses": list(self.epoch_losses), "epoch_rng": self.epoch_rng or ""}
 
     def save(self, path: Path) -> None:
         """Atomic write; the replaced checkpoint stays as ``last.prev.pth`` for :meth:`resume`."""
@@ -323,6 +332,12 @@ class Distiller:
             raise CheckpointError(f"{path}: does not fit this model ({str(e).splitlines()[0]})") from None
         self.epoch, self.step, self.history = int(st["epoch"]), int(st["step"]), list(st["history"])
         torch.set_rng_state(st["torch_rng"])
+        # written between two steps of an epoch (a signal, save_every_minutes); older files: epoch ends
+        self.batch_in_epoch = int(st.get("batch_in_epoch", 0))
+        self.epoch_losses = [float(x) for x in st.get("epoch_losses", [])]
+        self.epoch_rng = st.get("epoch_rng") or None
+        if self.batch_in_epoch and self.epoch_rng is None:
+            raise CheckpointError(f"{path}: mid-epoch checkpoint without the epoch's generator state")
 
     # -- training -----------------------------------------------------------------------------------
     def _batch(self, scene_ids: list[int], rng: np.random.Generator
@@ -352,17 +367,23 @@ class Distiller:
         return (point, torch.from_numpy(np.concatenate(targets)).to(dev),
                 torch.from_numpy(np.concatenate(masks)).to(dev))
 
-    def train_epoch(self) -> float:
+    def train_epoch(self, signals: Any = None, last: Path | None = None) -> float | None:
+        """Train the rest of epoch ``self.epoch`` (from ``batch_in_epoch``); returns its mean loss, or None
+        when ``signals`` (a ``common.dist.StopSignals``) asked to stop: ``last`` was then written after
+        the step in progress and ``self.interrupted`` names the signal."""
         from common.progress import progress
 
         t = self.cfg.train
         rng = np.random.default_rng([t.seed, self.epoch])
         order = rng.permutation(len(self.train_data))
+        start = self.batch_in_epoch
+        if start:  # resumed between two steps: the generator continues where the checkpoint left it
+            rng.bit_generator.state = json.loads(self.epoch_rng or "")
         total = t.epochs * self.steps_per_epoch
         warmup = int(round(t.warmup_epochs * self.steps_per_epoch))
         self.model.train()
-        losses = []
-        bar = progress(range(self.steps_per_epoch), desc=f"distill epoch {self.epoch + 1}/{t.epochs}",
+        losses = list(self.epoch_losses)
+        bar = progress(range(start, self.steps_per_epoch), desc=f"distill epoch {self.epoch + 1}/{t.epochs}",
                        unit="step", disable=not t.progress, leave=False)
         for b in bar:
             ids = [int(i) for i in order[b * t.batch_scenes : (b + 1) * t.batch_scenes]]
@@ -370,18 +391,31 @@ class Distiller:
             for g in self.opt.param_groups:
                 g["lr"] = t.lr * _lr_factor(self.step, total, warmup)
             pred = self.model(point)
-            if not bool(mask.any()):
-                self.step += 1
-                continue  # no seen point in these crops: nothing to learn from
-            loss = cosine_loss(pred[mask], target[mask])
-            self.opt.zero_grad(set_to_none=True)
-            loss.backward()
-            if t.clip_grad > 0:
-                nn.utils.clip_grad_norm_(self.model.parameters(), t.clip_grad)
-            self.opt.step()
+            if bool(mask.any()):  # else no seen point in these crops: nothing to learn from
+                loss = cosine_loss(pred[mask], target[mask])
+                self.opt.zero_grad(set_to_none=True)
+                loss.backward()
+                if t.clip_grad > 0:
+                    nn.utils.clip_grad_norm_(self.model.parameters(), t.clip_grad)
+                self.opt.step()
+                losses.append(float(loss.detach()))
+                bar.set_postfix(loss=f"{losses[-1]:.4f}")
             self.step += 1
-            losses.append(float(loss.detach()))
-            bar.set_postfix(loss=f"{losses[-1]:.4f}")
+            self.batch_in_epoch, self.epoch_losses = b + 1, losses
+            self.epoch_rng = json.dumps(rng.bit_generator.state)
+            if signals is None:
+                continue
+            stop, save_due = signals.poll()
+            if stop:  # a mid-epoch checkpoint; rerunning continues with the next batch of this epoch
+                if last is not None:
+                    self.save(last)
+                self.interrupted = signals.received or "a signal to another rank"
+                bar.close()
+                return None
+            if save_due and last is not None and b + 1 < self.steps_per_epoch:
+                self.save(last)
+                signals.mark_saved()
+        self.batch_in_epoch, self.epoch_losses, self.epoch_rng = 0, [], None
         return float(np.mean(losses)) if losses else float("nan")
 
     @torch.no_grad()
@@ -450,6 +484,10 @@ class Distiller:
                 "val_cosine_centred": centred / n if n else nan, "val_points": n}
 
     def run(self) -> dict:
+        """Train to ``train.epochs`` and export; stopped by one of ``train.stop_signals``, it returns
+        ``{"interrupted": signal name, "epoch", "step", "history"}`` after writing ``last.pth``."""
+        from common.dist import StopSignals
+
         t = self.cfg.train
         self.out.mkdir(parents=True, exist_ok=True)
         save_config(self.cfg, self.out)
@@ -457,19 +495,32 @@ class Distiller:
         if self.cfg.resume:
             used = self.resume(last)
             if used is not None:
-                log.info("resumed from %s at epoch %d", used, self.epoch)
-        while self.epoch < t.epochs:
-            loss = self.train_epoch()
-            self.epoch += 1
-            rec: dict[str, Any] = {"epoch": self.epoch, "step": self.step, "loss": loss}
-            if self.val_data is not None and ((t.val_every and self.epoch % t.val_every == 0)
-                                              or self.epoch == t.epochs):
-                rec.update(self.validate())
-            self.history.append(rec)
-            log.info("epoch %d: %s", self.epoch, json.dumps(rec))
-            self.save(last)
-            (self.out / "history.json").write_text(json.dumps(self.history, indent=1) + "\n")
+                log.info("resumed from %s at epoch %d step %d", used, self.epoch, self.step)
+        self.interrupted = None
+        with StopSignals(t.stop_signals, t.save_every_minutes) as signals:
+            while self.epoch < t.epochs:
+                if not self._epoch(signals, last):
+                    return {"interrupted": self.interrupted, "epoch": self.epoch, "step": self.step,
+                            "history": self.history}
+                signals.mark_saved()
         return self.export()
+
+    def _epoch(self, signals: Any, last: Path) -> bool:
+        """One (rest of an) epoch, validation, ``last.pth`` and ``history.json``; False when interrupted."""
+        t = self.cfg.train
+        loss = self.train_epoch(signals, last)
+        if loss is None:
+            return False
+        self.epoch += 1
+        rec: dict[str, Any] = {"epoch": self.epoch, "step": self.step, "loss": loss}
+        if self.val_data is not None and ((t.val_every and self.epoch % t.val_every == 0)
+                                          or self.epoch == t.epochs):
+            rec.update(self.validate())
+        self.history.append(rec)
+        log.info("epoch %d: %s", self.epoch, json.dumps(rec))
+        self.save(last)
+        (self.out / "history.json").write_text(json.dumps(self.history, indent=1) + "\n")
+        return True
 
     # -- export -------------------------------------------------------------------------------------
     def export(self) -> dict:
