@@ -92,6 +92,19 @@ def _need_file(path: Path, what: str) -> Path:
     return path
 
 
+def _json_list(path: Path, what: str, of: str = "entries") -> tuple[Path, list]:
+    """``path`` (which must exist) parsed as a JSON list; a missing file, invalid JSON or another type is
+    an ``InputError`` naming the file."""
+    path = _need_file(path, what)
+    try:
+        data = json.loads(path.read_text())
+    except ValueError as e:
+        raise InputError(path, f"invalid JSON: {e}") from e
+    if not isinstance(data, list):
+        raise InputError(path, f"expected a JSON list of {of}")
+    return path, data
+
+
 def _lines(path: Path) -> list[tuple[int, str]]:
     """Every non-empty line (stripped) with its 1-based line number.  No list format of these
     benchmarks has comments: HMDB51 names often start with ``#``
@@ -395,13 +408,7 @@ def read_ssv2(labels_json: str | os.PathLike, annotation_json: str | os.PathLike
     "[" and "]" removed, looked up in ``labels.json``; entries without a template (test set) get -1."""
     names = ssv2_class_names(labels_json)
     index = {n: i for i, n in enumerate(names)}
-    annotation_json = _need_file(Path(annotation_json), "SSv2 annotation file")
-    try:
-        entries = json.loads(annotation_json.read_text())
-    except ValueError as e:
-        raise InputError(annotation_json, f"invalid JSON: {e}") from e
-    if not isinstance(entries, list):
-        raise InputError(annotation_json, "expected a JSON list of entries")
+    annotation_json, entries = _json_list(Path(annotation_json), "SSv2 annotation file")
     root = Path(video_root)
     items = []
     for n, e in enumerate(entries, 1):
@@ -426,12 +433,8 @@ def read_ssv2(labels_json: str | os.PathLike, annotation_json: str | os.PathLike
 def diving48_class_names(vocab_json: str | os.PathLike) -> list[str]:
     """``Diving48_vocab.json``: a list of 48 [take-off, somersaults, twists, flight position] lists;
     class i = the four words joined by spaces ("Back 15som 05Twis FREE")."""
-    vocab_json = _need_file(Path(vocab_json), "Diving48 vocabulary")
-    try:
-        vocab = json.loads(vocab_json.read_text())
-    except ValueError as e:
-        raise InputError(vocab_json, f"invalid JSON: {e}") from e
-    if not isinstance(vocab, list) or not vocab:
+    vocab_json, vocab = _json_list(Path(vocab_json), "Diving48 vocabulary", of="class descriptions")
+    if not vocab:
         raise InputError(vocab_json, "expected a JSON list of class descriptions")
     names = []
     for n, v in enumerate(vocab, 1):
@@ -453,13 +456,7 @@ def read_diving48(annotation_json: str | os.PathLike, vocab_json: str | os.PathL
     (label indexes the vocabulary; frames ``start_frame`` .. ``end_frame - 1`` of ``<vid_name>.mp4`` are
     sampled).  Classes: all 48 of ``Diving48_vocab.json``, whatever labels this split holds."""
     names = diving48_class_names(vocab_json)
-    annotation_json = _need_file(Path(annotation_json), "Diving48 annotation file")
-    try:
-        entries = json.loads(annotation_json.read_text())
-    except ValueError as e:
-        raise InputError(annotation_json, f"invalid JSON: {e}") from e
-    if not isinstance(entries, list):
-        raise InputError(annotation_json, "expected a JSON list of entries")
+    annotation_json, entries = _json_list(Path(annotation_json), "Diving48 annotation file")
     root = Path(video_root)
     items = []
     for n, e in enumerate(entries, 1):
