@@ -6,7 +6,7 @@ import logging
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from common.errors import ProbeSuiteError
 
@@ -76,3 +76,15 @@ def run_cli(parser: argparse.ArgumentParser, argv: list[str] | None = None) -> i
         print("interrupted: finished items are kept; run the same command again to resume", file=sys.stderr)
         return 130
     return int(rc or 0)
+
+
+def build_without_weights(factory: Callable[[str], Any], name: str) -> tuple[Any, Any]:
+    """``factory(name)`` on torch's meta device (no memory for its weights) for listing commands;
+    built on the CPU when one of its layers cannot be made there. Returns (model, device)."""
+    import torch
+
+    try:
+        with torch.device("meta"):
+            return factory(name), torch.device("meta")
+    except (RuntimeError, NotImplementedError):
+        return factory(name), torch.device("cpu")

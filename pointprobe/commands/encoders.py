@@ -19,31 +19,19 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def _build_meta(name: str) -> Any:
-    """The encoder ``name`` without allocating its weights (meta device; CPU when that fails)."""
-    import torch
-
-    from pointprobe.models import create_encoder
-
-    try:
-        with torch.device("meta"):
-            return create_encoder(name)
-    except (RuntimeError, NotImplementedError):
-        return create_encoder(name)
-
-
 def encoder_rows() -> list[dict[str, Any]]:
     """One row per entry of ``pointprobe.models.ENCODERS``, derived from the model it builds."""
     import math
 
+    from common.cli import build_without_weights
     from pointprobe.extract import ExtractConfig
-    from pointprobe.models import ENCODERS
+    from pointprobe.models import ENCODERS, create_encoder
     from pointprobe.models.load import HUB_FILES, HUB_REPO
 
     grid = ExtractConfig().grid_size
     rows = []
     for name in ENCODERS:
-        m = _build_meta(name)
+        m, _ = build_without_weights(create_encoder, name)
         cfg = getattr(m, "config", {}) or {}
         strides = cfg.get("stride") or cfg.get("strides") or []
         if name in HUB_FILES:

@@ -19,19 +19,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def _build(name: str) -> Any:
-    """Encoder ``name`` with random init, on the meta device when it can be built there (no memory)."""
-    import torch
-
-    from videoprobe.models import create_video_encoder
-
-    try:
-        with torch.device("meta"):
-            return create_video_encoder(name), torch.device("meta")
-    except (RuntimeError, NotImplementedError):
-        return create_video_encoder(name), torch.device("cpu")
-
-
 def _token_grid(enc: Any, device: Any) -> str:
     """(T', H', W') of the tokens of one clip of the encoder's own size."""
     import torch
@@ -53,12 +40,13 @@ def _token_grid(enc: Any, device: Any) -> str:
 
 def encoder_rows() -> list[dict[str, Any]]:
     """One row per entry of ``videoprobe.models.VIDEO_ENCODERS``, derived from the model it builds."""
-    from videoprobe.models import VIDEO_ENCODERS
+    from common.cli import build_without_weights
+    from videoprobe.models import VIDEO_ENCODERS, create_video_encoder
     from videoprobe.models.zoo import ZOO_SPECS
 
     rows = []
     for name in VIDEO_ENCODERS:
-        enc, device = _build(name)
+        enc, device = build_without_weights(create_video_encoder, name)
         d = enc.describe()
         params = sum(p.numel() for p in enc.parameters())
         if d["checkpoint_sha256"] == "none":
