@@ -963,7 +963,7 @@ def fill_cache(
     compute: Callable[[Any], Mapping[str, Any]],
     *,
     meta: Mapping[str, Any] | None = None,
-    item_id: Callable[[Any], str] = _as_id,
+    item_id: Callable[[Any], str] | None = None,
     prefetch: Callable[[list[Any]], Iterable[Any]] | None = None,
     fsync: bool = False,
     progress: bool = True,
@@ -989,6 +989,7 @@ def fill_cache(
     from common import dist
 
     path = Path(path)
+    item_id = item_id or _as_id
     rank, world = dist.rank(), dist.world_size()
     mine = dist.shard(list(items))
     with CacheWriter(path, key, feature_dim, dtype, rank=rank, world_size=world, meta=meta,
