@@ -29,9 +29,11 @@ import dataclasses
 import datetime
 import hashlib
 import json
+import logging
 import os
 import re
-from collections.abc import Callable, Iterable, Iterator, Mapping
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -41,6 +43,8 @@ import numpy as np
 from common.errors import CacheError, InputError
 from common.paths import disk_error, disk_errors, sweep_stale_temps
 from common.progress import progress as progress_bar
+
+log = logging.getLogger(__name__)
 
 try:  # advisory lock so two writers never share one rank's journal (POSIX only)
     import fcntl
@@ -52,7 +56,10 @@ __all__ = [
     "CacheKey",
     "CacheWriter",
     "FeatureCache",
+    "FillResult",
     "MissingItemError",
+    "fill_cache",
+    "is_cache_entry",
     "merge_manifests",
     "check_existing_cache",
     "item_stem",
@@ -64,6 +71,7 @@ MANIFEST = "manifest.json"
 SHARDS = "shards"
 DTYPES = ("float32", "float16")
 _JOURNAL_RE = re.compile(r"^manifest\.rank(\d+)\.jsonl$")
+_ENTRY_RE = re.compile(r"^(manifest\.json|manifest\.rank\d+\.jsonl|shards|\..*)$")
 _ARRAY_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _UNSAFE_RE = re.compile(r"[^A-Za-z0-9_-]+")
 _SAFE_FILE_RE = re.compile(r"^shards/[0-9a-f]{2}/[A-Za-z0-9_.-]+\.npy$")  # what _array_relpath writes
@@ -214,6 +222,12 @@ def _array_relpath(item_id: str, name: str, generation: int) -> str:
 def journal_path(path: str | Path, rank: int) -> Path:
     """The journal file of ``rank`` inside cache folder ``path``."""
     return Path(path) / f"manifest.rank{rank}.jsonl"
+
+
+def is_cache_entry(name: str) -> bool:
+    """True for a name the cache itself puts in its folder (manifest, rank journals, ``shards``, hidden
+    temporaries); anything else in the folder was put there by someone else."""
+    return bool(_ENTRY_RE.match(name))
 
 
 def _journals(path: Path) -> list[tuple[int, Path]]:
@@ -698,16 +712,7 @@ class CacheWriter:
         if self._fd is None:
             raise CacheError(f"{self.path}: writer is closed")
         todo = [i for i in items if not self.has(i)]
-        failures: dict[str, str] = {}
-        for item_id in progress_bar(todo, desc=desc, unit="item", disable=not progress):
-            try:
-                arrays = dict(compute(item_id))
-                if "features" not in arrays:
-                    raise CacheError(f"item {item_id!r}: compute() returned no 'features'")
-                self.write(item_id, **arrays)
-            except (InputError, CacheError) as e:
-                failures[item_id] = str(e)
-        return failures
+        return _fill_items(self, todo, compute, progress=progress, desc=desc)
 
     # -- closing
 
@@ -794,6 +799,14 @@ class FeatureCache:
         self.unmerged_journals: list[Path] = list(st.journals)
         self._items = st.items
         self._check_files(verify)
+
+    @staticmethod
+    def exists(path: str | Path) -> bool:
+        """True when ``path`` holds a feature cache: a merged manifest, or the rank journal(s) of a run
+        that is under way or was interrupted (readable too). Reads no record; opening may still fail
+        on a corrupt one."""
+        p = Path(path)
+        return (p / MANIFEST).is_file() or bool(_journals(p))
 
     def _check_files(self, verify: bool) -> None:
         entries = [(item, name, a) for item, e in self._items.items() for name, a in e["arrays"].items()]
@@ -896,3 +909,107 @@ class FeatureCache:
     def __repr__(self) -> str:
         return (f"FeatureCache({str(self.path)!r}, items={len(self)}, feature_dim={self.feature_dim}, "
                 f"dtype={self.dtype}, encoder={self.key.encoder!r})")
+
+
+# -------------------------------------------------------------------------------------------- filling
+
+
+def _as_id(item: Any) -> str:
+    return item
+
+
+def _fill_items(writer: CacheWriter, todo: Sequence[Any], compute: Callable[[Any], Mapping[str, Any]], *,
+                item_id: Callable[[Any], str] = _as_id,
+                prefetch: Callable[[list[Any]], Iterable[Any]] | None = None, progress: bool = True,
+                desc: str = "extract", unit: str = "item", print_failures: bool = False) -> dict[str, str]:
+    """Write ``compute(input)`` of every item of ``todo`` (inputs: the items, or ``prefetch(todo)`` in
+    the same order); an ``InputError`` / ``CacheError`` is recorded as ``{item_id: message}``."""
+    from common.progress import progress_write
+
+    failures: dict[str, str] = {}
+    inputs = list(todo) if prefetch is None else prefetch(list(todo))
+    with progress_bar(total=len(todo), desc=desc, unit=unit, disable=not progress) as bar:
+        for item, value in zip(todo, inputs, strict=True):
+            bar.update(1)
+            iid = item_id(item)
+            try:
+                arrays = dict(compute(value))
+                if "features" not in arrays:
+                    raise CacheError(f"item {iid!r}: compute() returned no 'features'")
+                writer.write(iid, **arrays)
+            except (InputError, CacheError) as e:
+                failures[iid] = str(e)
+                if print_failures:
+                    progress_write(f"skipped {iid}: {e}")
+    return failures
+
+
+@dataclass
+class FillResult:
+    """What ``fill_cache`` did: the failures of every rank, and this rank's counts and loop time."""
+
+    failures: dict[str, str]  # {item_id: one-line message}, gathered from every rank
+    written: int  # items this rank wrote
+    skipped: int  # items of this rank's shard already in the cache
+    seconds: float = 0.0  # this rank's time in the item loop (without opening, closing, merging)
+
+
+def fill_cache(
+    path: str | Path,
+    key: CacheKey,
+    feature_dim: int,
+    dtype: str,
+    items: Sequence[Any],
+    compute: Callable[[Any], Mapping[str, Any]],
+    *,
+    meta: Mapping[str, Any] | None = None,
+    item_id: Callable[[Any], str] | None = None,
+    prefetch: Callable[[list[Any]], Iterable[Any]] | None = None,
+    fsync: bool = False,
+    progress: bool = True,
+    progress_desc: str = "extract",
+    progress_unit: str = "item",
+    print_failures: bool = False,
+) -> FillResult:
+    """The extraction skeleton: fill the cache at ``path`` with every item of ``items`` on all ranks.
+
+    This rank takes its shard (``common.dist.shard``: every rank must pass the same ``items`` in the
+    same order), opens its ``CacheWriter`` (a cache of another key is refused there, before anything
+    is written), skips items already recorded, and writes ``compute(x)`` (``{"features": (n, D),
+    "labels": ..., <extra arrays>}``) of the others; then closes, waits at a barrier, rank 0 merges
+    the journals into the manifest, and the failures of all ranks are gathered on every rank.
+
+    ``item_id(item)`` is the item's id in the cache (default: the item, a string). ``prefetch(todo)``
+    (optional) yields compute's input for each item still to do, in order (e.g. a ``DataLoader``
+    decoding in worker processes); by default compute gets the item. An ``InputError`` or
+    ``CacheError`` of an item is recorded in ``failures`` (and printed with ``print_failures``) and the
+    loop goes on; any other exception leaves the journal as it is (every finished item stays recorded
+    and a rerun resumes) and propagates.
+    """
+    from common import dist
+
+    path = Path(path)
+    item_id = item_id or _as_id
+    rank, world = dist.rank(), dist.world_size()
+    mine = dist.shard(list(items))
+    with CacheWriter(path, key, feature_dim, dtype, rank=rank, world_size=world, meta=meta,
+                     fsync=fsync) as writer:
+        todo = [it for it in mine if not writer.has(item_id(it))]
+        skipped = len(mine) - len(todo)
+        if skipped:
+            log.info("%s: %d of %d %ss already in the cache, skipping them", path, skipped, len(mine),
+                     progress_unit)
+        t0 = time.perf_counter()
+        failures = _fill_items(writer, todo, compute, item_id=item_id, prefetch=prefetch, progress=progress,
+                               desc=progress_desc, unit=progress_unit, print_failures=print_failures)
+        seconds = time.perf_counter() - t0
+        written = writer.n_written
+        # leaving the block closes the journal (a single process also merges); on an exception or
+        # Ctrl-C it only releases it: every finished item stays recorded and the next run resumes
+    dist.barrier()
+    if world > 1 and dist.is_main():
+        merge_manifests(path)
+    gathered: dict[str, str] = {}
+    for part in dist.all_gather_object(failures):
+        gathered.update(part)
+    return FillResult(gathered, written, skipped, seconds)

@@ -14,6 +14,9 @@ Typical extraction loop::
     if dist.is_main():
         ...                                 # merge, report
     dist.cleanup()
+
+Feature extraction wraps exactly this loop in ``common.cache.fill_cache``; ``pick_device`` chooses the
+rank's device.
 """
 from __future__ import annotations
 
@@ -45,6 +48,7 @@ __all__ = [
     "broadcast_object",
     "all_reduce_tensor",
     "device_for_rank",
+    "pick_device",
     "cleanup",
     "StopSignals",
     "INTERRUPTED_EXIT",
@@ -221,6 +225,20 @@ def device_for_rank() -> torch.device:
             raise ConfigError(f"LOCAL_RANK={lr} but only {n} CUDA device(s) are visible")
         return torch.device("cuda", lr)
     return torch.device("cpu")
+
+
+def pick_device(name: str = "auto") -> torch.device:
+    """The device a command runs on: ``"auto"`` -> this rank's CUDA device when CUDA is available, else
+    the CPU; any other name (``cpu``, ``cuda``, ``cuda:1``) as given. A ``cuda`` name without CUDA is a
+    ``ConfigError``."""
+    if name == "auto":
+        return device_for_rank()
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"device {name!r} asked for but CUDA is not available")
+    try:
+        return torch.device(name)
+    except RuntimeError:
+        raise ConfigError(f"device {name!r} is not a device name (auto, cpu, cuda, cuda:N)") from None
 
 
 def cleanup() -> None:

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from common import dist
-from common.cache import CacheKey, CacheWriter, merge_manifests
+from common.cache import CacheKey, fill_cache
 from common.config import config_hash, save_config
 from common.errors import ConfigError, InputError
 
@@ -58,13 +58,6 @@ class ExtractConfig:
     device: str = "auto"  # auto | cpu | cuda
     max_points: int = 400_000  # larger scenes are encoded in spatial chunks
     tta: int = 1  # test-time augmentation: mean of features over this many views (see tta_views)
-
-
-def pick_device(name: str) -> torch.device:
-    """``auto`` -> the rank's CUDA device when available, else the CPU."""
-    if name == "auto":
-        return dist.device_for_rank()
-    return torch.device(name)
 
 
 @dataclass
@@ -239,7 +232,7 @@ def extract(cfg: ExtractConfig, progress: bool = True) -> dict[str, dict[str, st
         fields = {"checkpoint_sha256": sha, "preprocessing": k.preprocessing, "dataset": k.dataset,
                   "split": split, **({"encoder": enc_name} if enc_name else {})}
         check_existing_cache(out / split, fields, dtype=cfg.dtype)
-    device = pick_device(cfg.device)
+    device = dist.pick_device(cfg.device)
     model, rec = build_encoder(cfg.encoder, device)
     dim = feature_dim(model, cfg.encoder.levels)
     for split in cfg.data.splits:
@@ -251,11 +244,8 @@ def extract(cfg: ExtractConfig, progress: bool = True) -> dict[str, dict[str, st
     failures: dict[str, dict[str, str]] = {}
     for split in cfg.data.splits:
         names = names_of[split]
-        key = cache_key(rec, cfg, split)
         meta = {"encoder": asdict(rec), "config": asdict(cfg), "label_set": cfg.data.label_set,
                 "num_scenes": len(names)}
-        writer = CacheWriter(out / split, key, dim, dtype=cfg.dtype,
-                             rank=dist.rank(), world_size=dist.world_size(), meta=meta)
 
         def compute(name: str, split: str = split) -> dict:
             folder = Path(cfg.data.root) / split / name
@@ -266,11 +256,7 @@ def extract(cfg: ExtractConfig, progress: bool = True) -> dict[str, dict[str, st
                 raise InputError(folder, f"{feats.shape[0]} features for {labels.shape[0]} labels")
             return {"features": feats, "labels": labels}
 
-        errors = writer.fill(dist.shard(names), compute, progress=progress)
-        writer.close(merge=False)
-        dist.barrier()
-        if dist.is_main():
-            merge_manifests(out / split)
-        gathered = dist.all_gather_object(errors)
-        failures[split] = {k: v for part in gathered for k, v in part.items()}
+        res = fill_cache(out / split, cache_key(rec, cfg, split), dim, cfg.dtype, names, compute, meta=meta,
+                         progress=progress)
+        failures[split] = res.failures
     return failures

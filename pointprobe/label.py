@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from common.dist import pick_device
 from common.errors import CheckpointError, InputError
 from common.metrics import confusion_matrix, segmentation_metrics
 from common.probes.linear import load_probe, predict
@@ -15,7 +16,6 @@ from pointprobe.extract import (
     ExtractConfig,
     PointEncoderSpec,
     build_encoder,
-    pick_device,
     scene_features,
 )
 from pointprobe.labels import label_colors

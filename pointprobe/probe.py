@@ -67,7 +67,7 @@ class SegProbeConfig:
 
 def _cache(folder: str | Path, split: str) -> FeatureCache:
     path = Path(folder) / split
-    if not (path / "manifest.json").exists() and not any(path.glob("manifest.rank*.jsonl")):
+    if not FeatureCache.exists(path):
         raise InputError(path, f"no feature cache for split '{split}' (run `pointprobe extract` first)")
     return FeatureCache(path)
 

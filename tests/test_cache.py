@@ -18,7 +18,10 @@ from common.cache import (
     CacheKey,
     CacheWriter,
     FeatureCache,
+    FillResult,
     MissingItemError,
+    fill_cache,
+    is_cache_entry,
     item_stem,
     journal_path,
     merge_manifests,
@@ -464,6 +467,118 @@ def test_fill_collects_failures(tmp_path):
     check_items(FeatureCache(tmp_path / "c"), ["a", "b"])
 
 
+def _compute_with_failures(i: str):
+    if i == "broken":
+        raise InputError(f"/data/{i}.ply", "truncated file")
+    if i == "nan":
+        return {"features": np.full((2, D), np.nan)}
+    return item_data(i)
+
+
+def test_fill_cache_single_process(tmp_path):
+    path = tmp_path / "c"
+    res = fill_cache(path, make_key(), D, "float32", ["a", "broken", "nan", "b"], _compute_with_failures,
+                     meta={"run": 1}, progress=False)
+    assert isinstance(res, FillResult)
+    assert set(res.failures) == {"broken", "nan"}
+    assert res.failures["broken"] == "/data/broken.ply: truncated file"
+    assert "NaN/inf" in res.failures["nan"]
+    assert (res.written, res.skipped) == (2, 0) and res.seconds >= 0
+    # closed and merged: one manifest, no journal left
+    assert (path / "manifest.json").is_file() and not list(path.glob("manifest.rank*.jsonl"))
+    cache = FeatureCache(path, expect_key=make_key(), verify=True)
+    assert cache.items() == ["a", "b"] and cache.meta == {"run": 1}
+    check_items(cache, ["a", "b"])
+
+
+def test_fill_cache_resume_skips_done_items(tmp_path):
+    path = tmp_path / "c"
+    fill_cache(path, make_key(), D, "float32", ["a", "broken", "b"], _compute_with_failures, progress=False)
+    seen: list[str] = []
+
+    def compute(i: str):
+        seen.append(i)
+        return item_data(i)
+
+    res = fill_cache(path, make_key(), D, "float32", ["a", "b", "broken", "c"], compute, progress=False)
+    assert seen == ["broken", "c"]  # done items are not recomputed; the failed one is retried
+    assert (res.written, res.skipped, res.failures) == (2, 2, {})
+    assert FeatureCache(path).items() == ["a", "b", "broken", "c"]
+
+
+def test_fill_cache_killed_mid_run_keeps_finished_items(tmp_path):
+    path = tmp_path / "c"
+
+    def compute(i: str):
+        if i == "c":
+            raise RuntimeError("killed")
+        return item_data(i)
+
+    with pytest.raises(RuntimeError, match="killed"):
+        fill_cache(path, make_key(), D, "float32", ["a", "b", "c", "d"], compute, progress=False)
+    assert not (path / "manifest.json").exists() and FeatureCache.exists(path)  # journal only
+    assert FeatureCache(path).items() == ["a", "b"]
+    res = fill_cache(path, make_key(), D, "float32", ["a", "b", "c", "d"], item_data, progress=False)
+    assert (res.written, res.skipped) == (2, 2)
+    check_items(FeatureCache(path, verify=True), ["a", "b", "c", "d"])
+
+
+def test_fill_cache_refuses_other_key_before_computing(tmp_path):
+    path = tmp_path / "c"
+    fill_cache(path, make_key(), D, "float32", ["a"], item_data, progress=False)
+    with pytest.raises(CacheError, match="checkpoint_sha256="):
+        fill_cache(path, make_key(checkpoint_sha256="cd34" * 16), D, "float32", ["b"],
+                   lambda i: pytest.fail("computed"), progress=False)
+    assert FeatureCache(path).items() == ["a"]
+
+
+def test_fill_cache_item_id_prefetch_and_printed_failures(tmp_path, capsys):
+    path = tmp_path / "c"
+    items = [("v1", 0), ("v2", 1), ("v3", 2)]
+    fill_cache(path, make_key(), D, "float32", items[:1], lambda rec: item_data(rec["id"]),
+               item_id=lambda it: it[0], prefetch=lambda todo: ({"id": it[0]} for it in todo), progress=False)
+    asked: list[list] = []
+
+    def prefetch(todo):
+        asked.append(list(todo))
+        for vid, k in todo:  # a decoding stage: a bad file gives its message instead of raising
+            yield {"id": vid, "error": "bad.mp4: cannot decode" if k == 2 else None}
+
+    def compute(rec):
+        if rec["error"] is not None:
+            raise InputError(None, rec["error"])
+        return item_data(rec["id"])
+
+    res = fill_cache(path, make_key(), D, "float32", items, compute, item_id=lambda it: it[0],
+                     prefetch=prefetch, progress=False, progress_unit="video", print_failures=True)
+    assert asked == [[("v2", 1), ("v3", 2)]]  # only what is still to do is prefetched
+    assert res.failures == {"v3": "bad.mp4: cannot decode"} and (res.written, res.skipped) == (1, 1)
+    assert "skipped v3: bad.mp4: cannot decode" in capsys.readouterr().err
+    assert FeatureCache(path).items() == ["v1", "v2"]
+
+
+def test_feature_cache_exists(tmp_path):
+    path = tmp_path / "c"
+    assert not FeatureCache.exists(path)  # no folder
+    path.mkdir()
+    (path / "manifest.txt").write_text("not a cache\n")
+    assert not FeatureCache.exists(path)  # a folder of other things
+    w = CacheWriter(path, make_key(), D, rank=1, world_size=2, fsync=False)
+    write_items(w, ["a"])
+    assert FeatureCache.exists(path)  # a run under way: its journal
+    w.close()
+    merge_manifests(path)
+    assert not list(path.glob("manifest.rank*.jsonl")) and FeatureCache.exists(path)  # merged
+    assert not FeatureCache.exists(path / "shards")
+
+
+def test_is_cache_entry():
+    for name in ("manifest.json", "manifest.rank0.jsonl", "manifest.rank12.jsonl", "shards", ".x.tmp1"):
+        assert is_cache_entry(name), name
+    for name in ("manifest.rank.jsonl", "extract_config.yaml", "notes.txt", "manifest.json.bak"):
+        assert not is_cache_entry(name), name
+
+
 # --------------------------------------------------------------------------------------- item ids
 
 
@@ -517,6 +632,31 @@ TORCHRUN_EXTRACT = textwrap.dedent(
 )
 
 
+TORCHRUN_FILL = textwrap.dedent(
+    """
+    import json, sys
+    sys.path.insert(0, sys.argv[2])
+    from common import dist
+    from common.cache import fill_cache
+    from common.errors import InputError
+    from tests.test_cache import make_key, item_data
+
+    assert dist.init_from_env()
+    items = [f"s{i}" for i in range(7)]
+
+    def compute(i):
+        if i in ("s2", "s3"):  # one failure on each rank (s2 -> rank 0, s3 -> rank 1)
+            raise InputError(i, "unreadable")
+        return item_data(i)
+
+    res = fill_cache(sys.argv[1], make_key(), 8, "float32", items, compute, progress=False)
+    with open(f"{sys.argv[1]}.rank{dist.rank()}.json", "w") as f:
+        json.dump({"failures": res.failures, "written": res.written, "skipped": res.skipped}, f)
+    dist.cleanup()
+    """
+)
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -541,3 +681,26 @@ def test_torchrun_two_ranks_extract_into_one_cache(tmp_path):
     cache = FeatureCache(path, expect_key=make_key(), verify=True)
     assert cache.items() == ids and cache.meta == {"world_size": 2}
     check_items(cache, ids)
+
+
+@pytest.mark.dist
+@pytest.mark.slow
+def test_torchrun_two_ranks_fill_cache_gathers_failures(tmp_path):
+    script = tmp_path / "fill.py"
+    script.write_text(TORCHRUN_FILL)
+    path = tmp_path / "cache"
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")}
+    env.update(OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="", PYTHONPATH=str(REPO))
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1",
+           f"--master_port={_free_port()}", str(script), str(path), str(REPO)]
+    proc = subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    res = [json.loads((tmp_path / f"cache.rank{r}.json").read_text()) for r in range(2)]
+    expected = {"s2": "s2: unreadable", "s3": "s3: unreadable"}
+    assert res[0]["failures"] == expected and res[1]["failures"] == expected  # gathered on every rank
+    assert [(r["written"], r["skipped"]) for r in res] == [(3, 0), (2, 0)]
+    assert not list(path.glob("manifest.rank*.jsonl"))  # merged by rank 0
+    cache = FeatureCache(path, expect_key=make_key(), verify=True)
+    assert cache.items() == ["s0", "s1", "s4", "s5", "s6"]
+    check_items(cache, cache.items())

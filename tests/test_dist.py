@@ -150,3 +150,24 @@ def test_torchrun_two_processes(tmp_path):
         assert x["mean"] == [1.5]
         assert x["max"] == [1.0] and x["min"] == [0.0]
         assert x["bcast"] == {"from": 0}
+
+
+def test_pick_device(monkeypatch, no_torchrun_env):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert dist.pick_device() == torch.device("cpu")  # auto without CUDA
+    assert dist.pick_device("auto") == torch.device("cpu")
+    assert dist.pick_device("cpu") == torch.device("cpu")
+    for name in ("cuda", "cuda:1"):
+        with pytest.raises(ConfigError, match=rf"device '{name}' asked for but CUDA is not available"):
+            dist.pick_device(name)
+    with pytest.raises(ConfigError, match="'gpu0' is not a device name"):
+        dist.pick_device("gpu0")
+    # with CUDA: auto is this rank's device, a name is taken as given
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    assert dist.pick_device() == torch.device("cuda", 1)
+    assert dist.pick_device("cuda") == torch.device("cuda")
+    monkeypatch.setenv("LOCAL_RANK", "2")
+    with pytest.raises(ConfigError, match="LOCAL_RANK=2 but only 2 CUDA device"):
+        dist.pick_device()

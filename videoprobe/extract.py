@@ -18,7 +18,6 @@ import os
 import re
 import shutil
 import sys
-import time
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,11 +26,18 @@ from typing import Any
 import numpy as np
 import torch
 
-from common.cache import CacheKey, CacheWriter, FeatureCache, check_existing_cache, merge_manifests
+from common.cache import (
+    CacheKey,
+    CacheWriter,
+    FeatureCache,
+    check_existing_cache,
+    fill_cache,
+    is_cache_entry,
+)
 from common.config import config_hash, save_config, to_dict
 from common.errors import CacheError, ConfigError, InputError
 from common.paths import check_item_name
-from common.progress import progress, progress_write
+from common.progress import progress
 
 log = logging.getLogger(__name__)
 
@@ -113,17 +119,6 @@ def resolve_views(cfg: ViewsConfig, enc: Any) -> dict[str, Any]:
         "size": size,
         "short_side": short,
     }
-
-
-def pick_device(name: str) -> torch.device:
-    """"auto" -> this rank's CUDA device when available, else the CPU."""
-    from common import dist
-
-    if name == "auto":
-        return dist.device_for_rank()
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"device {name!r} asked for but CUDA is not available")
-    return torch.device(name)
 
 
 def build_encoder(spec: EncoderConfig) -> Any:
@@ -254,39 +249,18 @@ class ExtractResult:
         return self.clips / self.seconds if self.seconds > 0 else float("nan")
 
 
-def _run(cfg: ExtractConfig, enc: Any, spec: Any, todo: list[Any], writer: CacheWriter, device: torch.device,
-         rank: int, world: int) -> tuple[dict[str, str], int]:
-    """Decode, encode and write every item of ``todo``; returns (failures, number of views encoded)."""
-    failures: dict[str, str] = {}
-    n_clips = 0
-    loader = torch.utils.data.DataLoader(
-        _ViewsDataset(todo, spec, cfg.encoder.seed), batch_size=1, shuffle=False,
-        num_workers=cfg.num_workers, collate_fn=_collate,
-    )
-    desc = f"extract {enc.name}" + (f" [rank {rank}]" if world > 1 else "")
-    with progress(total=len(todo), desc=desc, unit="video", disable=not cfg.progress) as bar:
+def _decoded(cfg: ExtractConfig, spec: Any) -> Any:
+    """``prefetch`` for ``fill_cache``: the decoded views of each video still to do, in order, decoded by
+    ``cfg.num_workers`` DataLoader workers."""
+    def prefetch(todo: list[Any]) -> Any:
+        loader = torch.utils.data.DataLoader(
+            _ViewsDataset(todo, spec, cfg.encoder.seed), batch_size=1, shuffle=False,
+            num_workers=cfg.num_workers, collate_fn=_collate,
+        )
         for batch in loader:
-            for rec in batch:
-                bar.update(1)
-                it = rec["item"]
-                if rec["error"] is not None:
-                    failures[it.video_id] = rec["error"]
-                    progress_write(f"skipped {it.video_id}: {rec['error']}")
-                    continue
-                video = rec["video"]
-                pooled, tokens = encode_views(enc, video, cfg.batch_size, device, cfg.save_tokens,
-                                              cfg.token_grid, cfg.precision)
-                n_clips += video.shape[0]
-                extra: dict[str, Any] = {"frame_indices": rec["frame_indices"], "video_info": rec["info"]}
-                if tokens is not None:
-                    extra["tokens"] = tokens.numpy().astype(cfg.tokens_dtype)
-                labels = np.full(pooled.shape[0], it.label, dtype=np.int64)
-                try:
-                    writer.write(it.video_id, pooled.numpy(), labels, **extra)
-                except CacheError as e:  # e.g. NaN features from a broken clip: report, go on
-                    failures[it.video_id] = str(e)
-                    progress_write(f"skipped {it.video_id}: {e}")
-    return failures, n_clips
+            yield from batch
+
+    return prefetch
 
 
 def extract(cfg: ExtractConfig, encoder: Any | None = None) -> ExtractResult:
@@ -303,7 +277,7 @@ def extract(cfg: ExtractConfig, encoder: Any | None = None) -> ExtractResult:
     items, class_names = load_items(cfg.data)
     if encoder is None:
         check_existing_cache(Path(cfg.out), _known_key_fields(cfg), dtype=cfg.dtype)
-    device = pick_device(cfg.device)
+    device = dist.pick_device(cfg.device)
     enc = encoder if encoder is not None else build_encoder(cfg.encoder)
     enc = enc.freeze().to(device)
     views = resolve_views(cfg.views, enc)
@@ -324,31 +298,35 @@ def extract(cfg: ExtractConfig, encoder: Any | None = None) -> ExtractResult:
             "num_views": spec.num_views, "crops_per_clip": spec.crops_per_clip, "num_clips": spec.num_clips}
     out = Path(cfg.out)
     dim = int(enc.embed_dim)
-    with CacheWriter(out, key, dim, cfg.dtype, rank=rank, world_size=world, meta=meta,
-                     fsync=cfg.fsync) as writer:
-        if rank == 0:
-            save_config(cfg, out / "extract_config.yaml")
-        mine = dist.shard(items)
-        todo = [it for it in mine if not writer.has(it.video_id)]
-        skipped = len(mine) - len(todo)
-        if skipped:
-            log.info("%s: %d of %d videos already in the cache, skipping them", out, skipped, len(mine))
-        t0 = time.perf_counter()
-        failures, n_clips = _run(cfg, enc, spec, todo, writer, device, rank, world)
-        seconds = time.perf_counter() - t0
-        written = writer.n_written
-        # leaving the block closes the journal (a single process also merges); on an exception or
-        # Ctrl-C it only releases it: every finished item stays recorded and the next run resumes
-    dist.barrier()
-    all_failures: dict[str, str] = {}
-    for part in dist.all_gather_object(failures):
-        all_failures.update(part)
-    if rank == 0 and world > 1:
-        merge_manifests(out)
-    if rank == 0 and (out / "manifest.json").exists():
+    # the full key is checked before the config is written: a refused run writes nothing
+    check_existing_cache(out, key.to_dict(), feature_dim=dim, dtype=cfg.dtype)
+    if rank == 0:
+        save_config(cfg, out / "extract_config.yaml")
+    n_clips = 0
+
+    def compute(rec: dict[str, Any]) -> dict[str, Any]:
+        nonlocal n_clips
+        if rec["error"] is not None:
+            raise InputError(None, rec["error"])  # the decoding worker's message, as it was
+        video = rec["video"]
+        pooled, tokens = encode_views(enc, video, cfg.batch_size, device, cfg.save_tokens, cfg.token_grid,
+                                      cfg.precision)
+        n_clips += video.shape[0]
+        arrays: dict[str, Any] = {"features": pooled.numpy(),
+                                  "labels": np.full(pooled.shape[0], rec["item"].label, dtype=np.int64),
+                                  "frame_indices": rec["frame_indices"], "video_info": rec["info"]}
+        if tokens is not None:
+            arrays["tokens"] = tokens.numpy().astype(cfg.tokens_dtype)
+        return arrays
+
+    res = fill_cache(out, key, dim, cfg.dtype, items, compute, meta=meta, item_id=lambda it: it.video_id,
+                     prefetch=_decoded(cfg, spec), fsync=cfg.fsync, progress=cfg.progress,
+                     progress_desc=f"extract {enc.name}" + (f" [rank {rank}]" if world > 1 else ""),
+                     progress_unit="video", print_failures=True)
+    if rank == 0 and FeatureCache.exists(out):
         record_padding(out, (spec.clip_len - 1) * spec.frame_step + 1)
     dist.barrier()
-    return ExtractResult(out, written, skipped, all_failures, seconds, n_clips)
+    return ExtractResult(out, res.written, res.skipped, res.failures, res.seconds, n_clips)
 
 
 def record_padding(out: str | Path, span: int) -> dict[str, Any]:
@@ -530,9 +508,6 @@ def _twlv_class_names(src: Path, recs: dict[str, _Rec], failures: dict[str, str]
     return names, origin
 
 
-_CACHE_ENTRIES = re.compile(r"^(manifest\.json|manifest\.rank\d+\.jsonl|shards|\..*)$")
-
-
 def import_twlv(src: str | Path, out: str | Path, encoder: str = "twlv-import", split: str | None = None,
                 class_names: list[str] | None = None, dtype: str = "float32", num_classes: int | None = None,
                 stats: dict | None = None) -> int:
@@ -578,7 +553,7 @@ def import_twlv(src: str | Path, out: str | Path, encoder: str = "twlv-import", 
         try:
             old = FeatureCache(out)
         except CacheError as e:
-            if (out / "manifest.json").exists() or any(out.glob("manifest.rank*.jsonl")):
+            if FeatureCache.exists(out):
                 raise
             raise CacheError(f"{out}: exists and is not a feature cache; choose another folder") from e
         parts = old.key.describe_diff(key)
@@ -591,7 +566,7 @@ def import_twlv(src: str | Path, out: str | Path, encoder: str = "twlv-import", 
     rebuild = old is not None and (any(old.meta.get(k) != v for k, v in meta.items())
                                    or bool(set(old.items()) - set(recs)))
     if rebuild:
-        extra = [p.name for p in out.iterdir() if not _CACHE_ENTRIES.match(p.name)]
+        extra = [p.name for p in out.iterdir() if not is_cache_entry(p.name)]
         if extra:
             raise CacheError(f"{out}: the class names or videos differ from the cache's and the folder also "
                              f"holds {extra[0]!r}; import into a new folder")

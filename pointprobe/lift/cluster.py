@@ -188,7 +188,7 @@ def _open(folder: str | Path, split: str) -> Any:
     from common.cache import FeatureCache
 
     path = Path(folder) / split
-    if not (path / "manifest.json").exists() and not any(path.glob("manifest.rank*.jsonl")):
+    if not FeatureCache.exists(path):
         raise InputError(path, f"no feature cache for split '{split}'")
     return FeatureCache(path)
 
@@ -345,7 +345,7 @@ def run_cluster(cfg: ClusterConfig, progress: bool = True) -> dict:
         raise ConfigError(f"config key 'names' has {len(cfg.names)} entries for {len(cfg.features)} features")
     if cfg.k < 0 or cfg.max_fit_points < 1:
         raise ConfigError("config keys 'k' must be >= 0 and 'max_fit_points' >= 1")
-    device = dist.device_for_rank() if cfg.device == "auto" else torch.device(cfg.device)
+    device = dist.pick_device(cfg.device)
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out)

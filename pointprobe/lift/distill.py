@@ -258,7 +258,7 @@ class Distiller:
         t = cfg.train
         if t.threads > 0:
             torch.set_num_threads(t.threads)
-        self.device = (dist.device_for_rank() if t.device == "auto" else torch.device(t.device))
+        self.device = dist.pick_device(t.device)
         self.out = Path(cfg.out)
         self.train_data = DistillScenes(cfg.data.lifted, cfg.data.root, cfg.data.train_split,
                                         cfg.data.max_scenes)

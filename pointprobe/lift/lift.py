@@ -41,7 +41,7 @@ import numpy as np
 import torch
 
 from common import dist
-from common.cache import CacheKey, CacheWriter, FeatureCache, merge_manifests
+from common.cache import CacheKey, FeatureCache, fill_cache
 from common.config import config_hash, save_config
 from common.errors import ConfigError, InputError
 from pointprobe.lift.image_encoders import ImageEncoder, ImageEncoderRecord, create_image_encoder
@@ -421,10 +421,6 @@ def coverage_summary(cache: FeatureCache) -> dict:
             "mean_views_per_seen_point": views / seen if seen else 0.0, "per_scene": per_scene}
 
 
-def _pick_device(name: str) -> torch.device:
-    return dist.device_for_rank() if name == "auto" else torch.device(name)
-
-
 def run_lift(cfg: LiftConfig, features: FeatureFn | None = None, dim: int | None = None) -> dict:
     """Lift every scene of every split into ``cfg.out/<split>`` caches; returns ``{"failures": {split:
     {scene: error}}, "coverage": {split: summary}}``. ``features``/``dim`` replace the image encoder
@@ -434,7 +430,7 @@ def run_lift(cfg: LiftConfig, features: FeatureFn | None = None, dim: int | None
 
     validate(cfg)
     dist.init_from_env()
-    device = _pick_device(cfg.device)
+    device = dist.pick_device(cfg.device)
     if features is None:
         spec = cfg.image_encoder
         encoder, rec = create_image_encoder(spec.name, spec.checkpoint, spec.hub_dir, spec.input_height,
@@ -460,8 +456,6 @@ def run_lift(cfg: LiftConfig, features: FeatureFn | None = None, dim: int | None
                 "label_set": cfg.data.label_set, "num_scenes": len(sources), "lifted": True,
                 "coverage": "per-scene array visible_count (views that saw each point; 0 = unseen, features "
                             "zero); per-split fractions in ../coverage.json"}
-        writer = CacheWriter(out / split, lift_cache_key(cfg, rec, split), int(dim), dtype=cfg.dtype,
-                             rank=dist.rank(), world_size=dist.world_size(), meta=meta)
 
         def compute(name: str, sources: dict[str, _SceneSource] = sources) -> dict:
             src = sources[name]
@@ -471,14 +465,11 @@ def run_lift(cfg: LiftConfig, features: FeatureFn | None = None, dim: int | None
                      res.frames_skipped, 100 * res.coverage, len(coord))
             return {"features": res.features, "labels": labels, "visible_count": res.visible_count}
 
-        errors = writer.fill(dist.shard(list(sources)), compute, progress=cfg.progress, desc=f"lift {split}")
-        writer.close(merge=False)
-        dist.barrier()
+        filled = fill_cache(out / split, lift_cache_key(cfg, rec, split), int(dim), cfg.dtype, list(sources),
+                            compute, meta=meta, progress=cfg.progress, progress_desc=f"lift {split}")
+        failures[split] = filled.failures
         if dist.is_main():
-            merge_manifests(out / split)
             coverage[split] = coverage_summary(FeatureCache(out / split))
-        gathered = dist.all_gather_object(errors)
-        failures[split] = {k: v for part in gathered for k, v in part.items()}
     if dist.is_main() and coverage:
         rows = [{"split": s, **{k: v for k, v in c.items() if k != "per_scene"}} for s, c in coverage.items()]
         write_table(rows, out / "coverage", f"Coverage of {rec.name} features lifted to 3D",
