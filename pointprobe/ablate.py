@@ -153,7 +153,8 @@ def run_ablation(cfg: AblateConfig) -> dict:
         for a in cfg.ablations:
             with torch.no_grad():
                 f = scene_features(model, ablate_scene(scene, a, cfg), ecfg, dev)
-            f = np.asarray(f, dtype=np.float32)
+            # as the cache stored them (its writer casts, e.g. raw float32 inputs to float16), then float32
+            f = np.asarray(f).astype(dtype, copy=False).astype(np.float32)
             if a == "full":
                 full = f
             elif full is not None:  # mean relative change of the features against the full inputs
@@ -215,7 +216,8 @@ def run_ablation(cfg: AblateConfig) -> dict:
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     md, js = write_table(rows, out / "ablation",
-                         f"Input ablations: {meta['encoder']} on {cfg.split} ({len(scenes)} scenes)",
+                         f"Input ablations: {meta['encoder']} on {cfg.split} ({len(scenes)} scene"
+                         f"{'s' if len(scenes) != 1 else ''})",
                          meta={k: v for k, v in meta.items()
                                if k not in ("per_class_iou", "class_names", "config", "notes")}
                          | {"details": meta},

@@ -41,39 +41,43 @@ def probed(tmp_path_factory):
     assert main(["synth", "--out", str(root / "raw"), "--scenes", "4", "--seed", "5",
                  "--frames-per-scene", "0", "--no-progress"]) == 0
     assert main(["preprocess", "--raw", str(root / "raw"), "--out", str(root / "data")]) == 0
-    feats = root / "su"
-    assert main(["extract", f"data.root={root / 'data'}", f"out={feats}", *SMALL]) == 0
-    assert main(["probe", f"features=[{feats}]", f"out={root / 'probe'}", *FAST_PROBE]) == 0
+    assert main(["extract", f"data.root={root / 'data'}", f"out={root / 'su'}", *SMALL]) == 0
+    # raw: the input features themselves, stored as float16 by the cache writer
+    assert main(["extract", f"data.root={root / 'data'}", f"out={root / 'raw'}", "encoder.name=raw"]) == 0
+    assert main(["probe", f"features=[{root / 'su'},{root / 'raw'}]", f"out={root / 'probe'}",
+                 *FAST_PROBE]) == 0
     return root
 
 
 @pytest.mark.slow
 def test_full_row_equals_probe_and_removed_colour_changes_features(probed, tmp_path):
     res = json.loads((probed / "probe" / "results.json").read_text())
-    (probe,) = sorted((probed / "probe").glob("probe_*.pt"))
-    out = tmp_path / "abl"
-    assert main(["ablate", "--probe", str(probe), "--data", str(probed / "data"), "--split", "val",
-                 "--out", str(out)]) == 0
-    table = json.loads((out / "ablation.json").read_text())
-    rows = {r["ablation"]: r for r in table["rows"]}
-    assert list(rows) == ["full", "no_color", "no_normal", "est_normal", "no_color_est_normal"]
-    (probe_row,) = res["rows"]
-    for m in ("mIoU", "mAcc", "allAcc"):  # the same split, the same features: the same numbers
-        assert rows["full"][m] == pytest.approx(probe_row[m], abs=1e-9), m
-        assert rows["full"][f"drop {m}"] == 0.0
-        for a, r in rows.items():
-            assert r[f"drop {m}"] == pytest.approx(rows["full"][m] - r[m], abs=1e-9), (a, m)
-    assert rows["full"]["feature change"] == 0.0
-    for a in ("no_color", "no_normal", "est_normal", "no_color_est_normal"):
-        assert rows[a]["feature change"] > 1e-3, a  # the encoder sees other inputs
-    assert all(r["checkpoint"] == "random:0" for r in rows.values())
-    md = (out / "ablation.md").read_text()
-    assert "no_color_est_normal" in md and "drop mIoU" in md and "open3d" in md
+    for name, enc, ckpt in (("sparseunet_random_init", "sparseunet (random init)", "random:0"),
+                            ("raw", "raw", "none")):
+        probe = probed / "probe" / f"probe_{name}.pt"
+        out = tmp_path / name
+        assert main(["ablate", "--probe", str(probe), "--data", str(probed / "data"), "--split", "val",
+                     "--out", str(out)]) == 0
+        table = json.loads((out / "ablation.json").read_text())
+        rows = {r["ablation"]: r for r in table["rows"]}
+        assert list(rows) == ["full", "no_color", "no_normal", "est_normal", "no_color_est_normal"]
+        probe_row = next(r for r in res["rows"] if r["encoder"] == enc)
+        for m in ("mIoU", "mAcc", "allAcc"):  # the same split, the same features: the same numbers
+            assert rows["full"][m] == pytest.approx(probe_row[m], abs=1e-9), (name, m)
+            assert rows["full"][f"drop {m}"] == 0.0
+            for a, r in rows.items():
+                assert r[f"drop {m}"] == pytest.approx(rows["full"][m] - r[m], abs=1e-9), (a, m)
+        assert rows["full"]["feature change"] == 0.0
+        for a in ("no_color", "no_normal", "est_normal", "no_color_est_normal"):
+            assert rows[a]["feature change"] > 1e-3, (name, a)  # the encoder sees other inputs
+        assert all(r["checkpoint"] == ckpt for r in rows.values())
+        md = (out / "ablation.md").read_text()
+        assert "no_color_est_normal" in md and "drop mIoU" in md and "open3d" in md
 
 
 @pytest.mark.slow
 def test_ablation_library_options_and_errors(probed, tmp_path):
-    (probe,) = sorted((probed / "probe").glob("probe_*.pt"))
+    probe = probed / "probe" / "probe_sparseunet_random_init.pt"
     cfg = AblateConfig(probe=str(probe), data=str(probed / "data"), split="val", out=str(tmp_path / "a"),
                        ablations=["no_color"], limit=1, dtype="float32")
     res = run_ablation(cfg)
