@@ -59,7 +59,7 @@ def scalar_groups(keys: Iterable[str], x: str = "step") -> dict[str, list[str]]:
 
 def _write_csv(rows: list[dict], path: Path, x: str) -> list[str]:
     cols = [x] + sorted({k for r in rows for k in r} - {x})
-    tmp = path.with_name(path.name + ".tmp")
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
     with open(tmp, "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=cols, restval="")
         w.writeheader()
@@ -105,7 +105,7 @@ def _plot(rows: list[dict], groups: dict[str, list[str]], path: Path, x: str, ti
         axes.flat[0].text(0.5, 0.5, "no scalars recorded", ha="center", va="center")
     fig.suptitle(title, fontsize=11)
     fig.tight_layout(rect=(0, 0, 1, 1 - 0.35 / (3.0 * nrows)))
-    tmp = path.with_name(path.stem + ".tmp.png")
+    tmp = path.with_name(f"{path.stem}.{os.getpid()}.tmp.png")
     fig.savefig(tmp, dpi=100)
     plt.close(fig)
     os.replace(tmp, path)
