@@ -137,6 +137,10 @@ def probe_one(folder: str | Path, cfg: SegProbeConfig, out: Path, name: str | No
     result.meta.update({"encoder": enc, "cache_key": train_cache.key.to_dict(), "features": str(folder)})
     suffix = "" if seed_index == 0 else f"_seed{cfg.seed}"
     probe_path = save_probe(result, out / f"probe_{safe}{suffix}.pt")
+    from common.curves import write_probe_curves
+
+    write_probe_curves(result.meta.get("history") or [], out, f"curves_{safe}{suffix}",
+                       title=f"linear probe {label} (seed {cfg.seed}), chosen head")
     return {
         "name": label,
         "encoder": train_cache.key.encoder,

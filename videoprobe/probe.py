@@ -215,6 +215,7 @@ def run_linear(train: VideoSplit, test: VideoSplit, cfg: LinearProbeConfig) -> d
         "best": {kk: result.best[kk] for kk in ("lr", "wd") if kk in result.best},
         "selected_on": result.meta.get("selected_on"), "heads": len(result.heads),
         "notes": list(result.meta.get("notes", [])), "per_video": _per_video(probs, test.labels),
+        "history": result.meta.get("history") or [],
     }
 
 
@@ -498,6 +499,13 @@ def write_probe_report(cfg: ProbeConfig, outcome: dict[str, Any]) -> tuple[Path,
                   f" [95 % percentile-bootstrap interval over the test videos, {cfg.n_boot} resamples, "
                   f"bootstrap seed {cfg.bootstrap_seed}]"),
                  *meta["notes"]]
+    lin = outcome["results"].get("linear") or {}
+    if lin.get("history"):  # the first seed's chosen head, per epoch
+        from common.curves import write_probe_curves
+
+        sd = (lin.get("seeds") or [cfg.seed])[0]
+        write_probe_curves(lin["history"], out, "curves_linear",
+                           title=f"linear probe (seed {sd}), chosen head")
     if outcome.get("per_video"):
         import json as _json
 

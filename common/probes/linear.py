@@ -781,7 +781,12 @@ def train_linear_probe(
     loss_sum = torch.zeros(heads.H, dtype=torch.float64, device=device)
     bar = progress(total=total, desc=f"linear probe ({heads.H} heads)", unit="epoch",
                    disable=not cfg.progress, leave=False)
-    for _epoch in range(cfg.epochs):
+    # per-epoch curves: every head's mean training loss, and (when the snapshots fit) its weights, to score
+    # the chosen head on the validation set after each epoch once the choice is made
+    epoch_loss: list[list[float]] = []
+    snaps: list[tuple[torch.Tensor, torch.Tensor]] = []
+    keep_snaps = cfg.epochs > 1 and 4 * (heads.W.numel() + heads.b.numel()) * cfg.epochs <= _SNAPSHOT_BYTES
+    for epoch in range(cfg.epochs):
         loss_sum.zero_()
         for xb, yb in _train_batches(
             train, in_ram, x_all if in_ram else None, y_all if in_ram else None, norm, cfg, gen, rng, device
@@ -791,8 +796,11 @@ def train_linear_probe(
             loss_sum += loss.double() * xb.shape[0]
             step += 1
             bar.update(1)
+        epoch_loss.append((loss_sum / n).cpu().tolist())
+        if keep_snaps and epoch < cfg.epochs - 1:
+            snaps.append((heads.W.detach().cpu().clone(), heads.b.detach().cpu().clone()))
     bar.close()
-    train_loss = (loss_sum / n).cpu().tolist()
+    train_loss = epoch_loss[-1]
     # heads never mix (separate columns of one matmul), so a diverged head (lr too large) only spoils itself
     diverged = (~torch.isfinite(heads.W).all(0).all(1) | ~torch.isfinite(heads.b).all(1)).cpu()
 
@@ -824,6 +832,8 @@ def train_linear_probe(
     best_h = int(np.nanargmax(vals))
     from common.probes.notes import grid_edge_notes, val_groups_notes
 
+    history = _head_history(best_h, epoch_loss, snaps, scores[best_h], metric, val, train, in_ram,
+                            (x_all, y_all) if in_ram else None, norm, num_classes, cfg, device)
     notes = grid_edge_notes(table[best_h], cfg.lrs, cfg.wds)
     if val is not train and val.has_groups:
         notes += val_groups_notes(val.groups(), "group(s) (scenes / videos)")
@@ -843,11 +853,39 @@ def train_linear_probe(
             "streamed": not in_ram,
             "steps": total,
             "notes": notes,
+            "history": history,
         },
         all_heads={"weight": heads.W.permute(1, 2, 0).contiguous().cpu(), "bias": heads.b.clone().cpu()}
         if cfg.keep_all_heads
         else None,
     )
+
+
+_SNAPSHOT_BYTES = 256 * 2**20  # per-epoch weight snapshots kept for the validation curve, at most
+
+
+def _head_history(best_h: int, epoch_loss: list[list[float]],
+                  snaps: list[tuple[torch.Tensor, torch.Tensor]], final: dict, metric: str, val: ProbeData,
+                  train: ProbeData, in_ram: bool, xy: tuple | None, norm: Mapping, num_classes: int,
+                  cfg: LinearProbeConfig, device: torch.device) -> list[dict]:
+    """The chosen head's curve: ``{"epoch", "train_loss", "val_loss", "val_<metric>"}`` per epoch
+    (validation scores of the earlier epochs only when their weight snapshots were kept: see
+    ``_SNAPSHOT_BYTES``)."""
+    hist = [{"epoch": e + 1, "train_loss": float(losses[best_h])} for e, losses in enumerate(epoch_loss)]
+    same = in_ram and val is train
+    for e, (W, b) in enumerate(snaps):
+        w = W[:, best_h, :].to(device)
+        bias = b[best_h].to(device)
+        scorer = _score_heads(
+            lambda x, w=w, bias=bias: (x.float() @ w + bias).unsqueeze(1),
+            val if not same else (xy[0], xy[1], train.groups()),
+            norm, 1, num_classes, cfg.task, cfg.view_average and val.has_groups, cfg.eval_batch_size,
+            cfg.window_rows, device, normalized=same,
+        )
+        res = scorer.result()[0]
+        hist[e].update({"val_loss": float(res["loss"]), f"val_{metric}": float(res[metric])})
+    hist[-1].update({"val_loss": float(final["loss"]), f"val_{metric}": float(final[metric])})
+    return hist
 
 
 def _train_batches(

@@ -520,6 +520,12 @@ class Distiller:
         log.info("epoch %d: %s", self.epoch, json.dumps(rec))
         self.save(last)
         (self.out / "history.json").write_text(json.dumps(self.history, indent=1) + "\n")
+        if self.epoch == t.epochs:  # the end: curves.csv + curves.png beside history.json
+            from common.curves import write_curves
+
+            write_curves(self.history, self.out, "curves", x="epoch", title="pointprobe distill",
+                         groups={"loss": ["loss"], "validation cosine": [
+                             "val_cosine", "val_cosine_mean_baseline", "val_cosine_centred"]})
         return True
 
     # -- export -------------------------------------------------------------------------------------

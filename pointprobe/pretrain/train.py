@@ -815,6 +815,10 @@ def run_pretrain(cfg: PretrainConfig, out_dir: str | os.PathLike, resume: str | 
         last = trainer.run()
     finally:
         trainer.close()
+    if dist.is_main():  # the whole log (a resumed run's steps once each) as curves.csv + curves.png
+        from common.curves import read_jsonl, write_curves
+
+        write_curves(read_jsonl(out / "log.jsonl"), out, "curves", x="step", title="pointprobe pretrain")
     arch, enc_cfg = trainer.export_record()
     return {"step": trainer.step, "encoder": str(out / "encoder.pth"), "arch": arch, "config": enc_cfg,
             "last": last, "out": str(out), "interrupted": trainer.interrupted}
