@@ -92,14 +92,15 @@ def ablate_scene(scene, ablation: str, cfg: AblateConfig):
 
 def _cache_dtype(meta: dict, split: str) -> str:
     """The dtype of the cache the probe was trained on (its eval split's, else its train split's)."""
-    import json
+    from common.cache import FeatureCache
+    from common.errors import CacheError
 
     folder = meta.get("features")
     for s in (split, (meta.get("cache_key") or {}).get("split")):
-        if folder and s and (Path(folder) / s / "manifest.json").is_file():
+        if folder and s and FeatureCache.exists(Path(folder) / s):
             try:
-                return str(json.loads((Path(folder) / s / "manifest.json").read_text())["dtype"])
-            except (OSError, ValueError, KeyError):
+                return FeatureCache(Path(folder) / s).dtype
+            except CacheError:
                 continue
     return "float16"  # `pointprobe extract`'s default
 
@@ -119,11 +120,12 @@ def run_ablation(cfg: AblateConfig) -> dict:
     ``cfg.out`` and returns ``{"rows", "meta", "md", "json"}``."""
     import torch
 
+    from common.dist import pick_device
     from common.metrics import segmentation_metrics
     from common.probes.linear import ProbeData, evaluate_linear_probe, load_probe
     from common.report import checkpoint_id, write_table
     from pointprobe.data.scannet import load_scene
-    from pointprobe.extract import RAW, build_encoder, pick_device, scene_features
+    from pointprobe.extract import RAW, build_encoder, scene_features
     from pointprobe.label import encoder_from_probe, extract_config_for_probe
 
     cfg.validate()

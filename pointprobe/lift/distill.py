@@ -151,7 +151,7 @@ class DistillScenes:
         from common.cache import FeatureCache
 
         path = Path(lifted) / split
-        if not (path / "manifest.json").is_file() and not any(path.glob("manifest.rank*.jsonl")):
+        if not FeatureCache.exists(path):
             raise InputError(path, f"no lifted-feature cache for split '{split}' (run `pointprobe lift`)")
         self.cache = FeatureCache(path)
         self.root, self.split = Path(root), split
