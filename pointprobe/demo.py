@@ -88,7 +88,7 @@ def run_demo(cfg: PointDemoConfig) -> dict:
         _stage("PCA picture of the pre-trained features", t0)
         picture = pca_picture(out, data)
     _stage("done", t0)
-    return {"rows": res["rows"], "probe": str(out / "probe"), "picture": picture}
+    return {"rows": res["rows"], "md_rows": res["md_rows"], "probe": str(out / "probe"), "picture": picture}
 
 
 def pca_picture(out: Path, data: Path) -> str | None:

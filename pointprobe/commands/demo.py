@@ -26,7 +26,7 @@ def run(args: argparse.Namespace) -> int:
     cfg = load_cli_config(PointDemoConfig, args, None, [f"out={args.out}", *args.overrides])
     res = run_demo(cfg)
     print()
-    print(markdown_table(res["rows"], float_format=".2f"))
+    print(markdown_table(res["md_rows"], float_format=".2f"))
     print(f"\ntables: {res['probe']}/results.md, per_class_iou.png")
     if res["picture"]:
         print(f"picture: {res['picture']}")
