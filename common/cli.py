@@ -88,3 +88,18 @@ def build_without_weights(factory: Callable[[str], Any], name: str) -> tuple[Any
             return factory(name), torch.device("meta")
     except (RuntimeError, NotImplementedError):
         return factory(name), torch.device("cpu")
+
+
+def print_rows(rows: list[dict[str, Any]], as_json: bool, footer: str = "") -> int:
+    """A listing command's output: JSON, or a markdown table followed by ``footer``; returns 0."""
+    import json
+
+    from common.report import markdown_table
+
+    if as_json:
+        print(json.dumps(rows, indent=1))
+        return 0
+    print(markdown_table(rows))
+    if footer:
+        print("\n" + footer)
+    return 0

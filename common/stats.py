@@ -34,6 +34,19 @@ def mean_std(values: Sequence[float]) -> tuple[float, float | None]:
     return mean, (float(np.std(v, ddof=STD_DDOF)) if v.size >= 2 else None)
 
 
+def _resamples(groups: Any, n_boot: int, seed: int, alpha: float, what: str) -> tuple[np.ndarray, np.ndarray]:
+    """The per-group array and the (n_boot, G) group indices of the resamples (checked arguments)."""
+    arr = np.asarray(groups)
+    if arr.ndim == 0 or arr.shape[0] == 0:
+        raise ConfigError(f"{what}: no evaluation groups")
+    if n_boot < 1:
+        raise ConfigError(f"bootstrap n_boot must be >= 1, got {n_boot}")
+    if not 0 < alpha < 1:
+        raise ConfigError(f"bootstrap alpha must be in (0, 1), got {alpha}")
+    g = arr.shape[0]
+    return arr, np.random.default_rng(seed).integers(0, g, size=(n_boot, g))
+
+
 def bootstrap_ci(per_group_stats: Any, statistic: Callable[[np.ndarray], float], n_boot: int = N_BOOT,
                  seed: int = BOOTSTRAP_SEED, alpha: float = ALPHA) -> tuple[float, float]:
     """Percentile bootstrap interval of ``statistic`` over resampled groups.
@@ -42,15 +55,7 @@ def bootstrap_ci(per_group_stats: Any, statistic: Callable[[np.ndarray], float],
     confusion matrices, or (G, S) per-video correctness for S seeds); ``statistic`` maps a resampled
     array of the same layout to one number.
     """
-    arr = np.asarray(per_group_stats)
-    if arr.ndim == 0 or arr.shape[0] == 0:
-        raise ConfigError("bootstrap_ci: no evaluation groups")
-    if n_boot < 1:
-        raise ConfigError(f"bootstrap n_boot must be >= 1, got {n_boot}")
-    if not 0 < alpha < 1:
-        raise ConfigError(f"bootstrap alpha must be in (0, 1), got {alpha}")
-    g = arr.shape[0]
-    idx = np.random.default_rng(seed).integers(0, g, size=(n_boot, g))
+    arr, idx = _resamples(per_group_stats, n_boot, seed, alpha, "bootstrap_ci")
     values = np.array([statistic(arr[i]) for i in idx], dtype=np.float64)
     if np.isnan(values).all():
         return float("nan"), float("nan")
@@ -66,16 +71,9 @@ def bootstrap_sum_ci(per_group_counts: Any, statistic: Callable[[np.ndarray], Se
     as multiplicities @ counts (one matrix product per ``chunk`` resamples instead of copying every
     resample). ``statistic`` maps a summed array (``per_group_counts.shape[1:]``) to a vector of values;
     returns (low, high) vectors."""
-    arr = np.asarray(per_group_counts)
-    if arr.ndim == 0 or arr.shape[0] == 0:
-        raise ConfigError("bootstrap_sum_ci: no evaluation groups")
-    if n_boot < 1:
-        raise ConfigError(f"bootstrap n_boot must be >= 1, got {n_boot}")
-    if not 0 < alpha < 1:
-        raise ConfigError(f"bootstrap alpha must be in (0, 1), got {alpha}")
+    arr, idx = _resamples(per_group_counts, n_boot, seed, alpha, "bootstrap_sum_ci")
     g = arr.shape[0]
     flat = arr.reshape(g, -1).astype(np.float64)  # integer counts: exact in float64 below 2**53
-    idx = np.random.default_rng(seed).integers(0, g, size=(n_boot, g))
     values = []
     for s in range(0, n_boot, chunk):
         mult = np.stack([np.bincount(i, minlength=g) for i in idx[s:s + chunk]]).astype(np.float64)

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 from typing import Any
 
 
@@ -53,15 +52,12 @@ def encoder_rows() -> list[dict[str, Any]]:
     return rows
 
 
-def run(args: argparse.Namespace) -> int:
-    from common.report import markdown_table
-
-    rows = encoder_rows()
-    if args.json:
-        print(json.dumps(rows, indent=1))
-        return 0
-    print(markdown_table(rows))
-    print("\nraw: the input features themselves (encoder.name=raw, no model, dim = input channels).\n"
+FOOTER = ("raw: the input features themselves (encoder.name=raw, no model, dim = input channels).\n"
           "grid: the voxel size pointprobe extract uses (grid_size=...), then the encoder's total "
           "down-sampling.\nRandom weights are recorded as random:<seed> in every cache and table.")
-    return 0
+
+
+def run(args: argparse.Namespace) -> int:
+    from common.cli import print_rows
+
+    return print_rows(encoder_rows(), args.json, FOOTER)

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 from typing import Any
 
 
@@ -69,14 +68,11 @@ def encoder_rows() -> list[dict[str, Any]]:
     return rows
 
 
-def run(args: argparse.Namespace) -> int:
-    from common.report import markdown_table
-
-    rows = encoder_rows()
-    if args.json:
-        print(json.dumps(rows, indent=1))
-        return 0
-    print(markdown_table(rows))
-    print("\nclip: frames per clip x frame step of the encoder's recipe (views.clip_len / views.frame_step "
+FOOTER = ("clip: frames per clip x frame step of the encoder's recipe (views.clip_len / views.frame_step "
           "override it);\nvideos shorter than frames x step are padded by repeating the last frame.")
-    return 0
+
+
+def run(args: argparse.Namespace) -> int:
+    from common.cli import print_rows
+
+    return print_rows(encoder_rows(), args.json, FOOTER)
