@@ -3,6 +3,7 @@ scalar group), plus TensorBoard event files when the optional ``tensorboard`` pa
 from __future__ import annotations
 
 import csv
+import io
 import logging
 import math
 import numbers
@@ -58,14 +59,15 @@ def scalar_groups(keys: Iterable[str], x: str = "step") -> dict[str, list[str]]:
 
 
 def _write_csv(rows: list[dict], path: Path, x: str) -> list[str]:
+    from common.report import atomic_write_text
+
     cols = [x] + sorted({k for r in rows for k in r} - {x})
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=cols, restval="")
-        w.writeheader()
-        for r in rows:
-            w.writerow({k: ("" if r.get(k) is None else r[k]) for k in cols if k in r})
-    os.replace(tmp, path)
+    buf = io.StringIO(newline="")
+    w = csv.DictWriter(buf, fieldnames=cols, restval="")
+    w.writeheader()
+    for r in rows:
+        w.writerow({k: ("" if r.get(k) is None else r[k]) for k in cols if k in r})
+    atomic_write_text(path, buf.getvalue())
     return cols
 
 

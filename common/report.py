@@ -98,9 +98,11 @@ def markdown_table(
     return "\n".join(lines)
 
 
-def _atomic_write(path: Path, text: str) -> None:
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write ``text`` to a temporary named by this process, then rename it over ``path`` (two writers in
+    one folder never move each other's temporary)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
     tmp.write_text(text)
     tmp.replace(path)
 
@@ -146,7 +148,7 @@ def write_table(
         md += ["", "Notes:", ""] + [f"- {note}" for note in footnotes]
     md_path = out_stem.with_name(out_stem.name + ".md")
     json_path = out_stem.with_name(out_stem.name + ".json")
-    _atomic_write(md_path, "\n".join(md) + "\n")
+    atomic_write_text(md_path, "\n".join(md) + "\n")
     payload = {
         "title": title,
         "columns": list(columns),
@@ -154,7 +156,7 @@ def write_table(
         "meta": jsonable(meta or {}),
         "footnotes": list(footnotes or []),
     }
-    _atomic_write(json_path, json.dumps(payload, indent=2) + "\n")
+    atomic_write_text(json_path, json.dumps(payload, indent=2) + "\n")
     return md_path, json_path
 
 
