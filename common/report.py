@@ -103,7 +103,7 @@ def atomic_write_text(path: Path, text: str) -> None:
     one folder never move each other's temporary)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
+    tmp.write_text(text, encoding="utf-8")
     tmp.replace(path)
 
 

@@ -26,6 +26,8 @@ from collections.abc import Iterable
 from pathlib import Path
 from urllib.parse import quote
 
+from common.report import atomic_write_text
+
 HELP = "an offline HTML page (index.html) showing the pictures, tables and configs of a results folder"
 
 IMAGES = (".png", ".jpg", ".jpeg", ".gif", ".svg", ".webp")
@@ -405,7 +407,5 @@ def build_report(
         f'<meta name="viewport" content="width=device-width, initial-scale=1"><style>{_CSS}</style></head>\n'
         f"<body><h1>{_esc(title)}</h1>\n{nav}\n{body}\n</body></html>\n"
     )
-    tmp = out_path.with_name(out_path.name + ".tmp")
-    tmp.write_text(page, encoding="utf-8")
-    os.replace(tmp, out_path)
+    atomic_write_text(out_path, page)
     return out_path
