@@ -2,9 +2,10 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import logging
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -52,6 +53,21 @@ def load_cli_config(schema: type[T], args: argparse.Namespace, path: str | Path 
         sys.stdout.flush()
         raise ConfigShown
     return cfg
+
+
+def build_parser(prog: str, description: str, commands: Sequence[str]) -> argparse.ArgumentParser:
+    """A parser with the sub-commands of ``commands``, in that order (the order ``--help`` lists them).
+
+    Each entry names a module (``"pointprobe.commands.extract"``) whose ``register(subparsers)`` adds
+    its sub-command(s); modules are imported here, so keep their heavy imports inside the handlers."""
+    parser = argparse.ArgumentParser(prog=prog, description=description)
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(title="commands", metavar="COMMAND")
+    for name in commands:
+        importlib.import_module(name).register(sub)
+    for name, p in sub.choices.items():  # "pointprobe extract" for messages such as --show-config's
+        p.set_defaults(command_prog=f"{prog} {name}")
+    return parser
 
 
 def run_cli(parser: argparse.ArgumentParser, argv: list[str] | None = None) -> int:

@@ -11,7 +11,7 @@ from common.cli import run_cli
 from common.errors import InputError
 
 
-@pytest.mark.parametrize("module", ["pointprobe.cli", "videoprobe.cli", "tools.featviz"])
+@pytest.mark.parametrize("module", ["pointprobe.cli", "videoprobe.cli", "common.featviz.cli"])
 def test_help(module):
     r = subprocess.run([sys.executable, "-m", module, "--help"], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
@@ -130,3 +130,23 @@ def test_field_help_metadata_and_comments():
         "# title", "inner:  # a section", "  a: 1  # the a",
         "  b: [x, 'y # z']  # the b, said above over two lines", "name: ''", "c: 0.5  # the c",
     ]
+
+
+@pytest.mark.parametrize("module,first,last", [
+    ("pointprobe.cli", "synth", "demo"), ("videoprobe.cli", "synth", "demo"),
+    ("common.featviz.cli", "points", "report"), ("common.compare_cli", "compare", "compare"),
+])
+def test_commands_are_an_explicit_stage_ordered_list(module, first, last):
+    """Each front end lists its sub-commands explicitly (COMMANDS), and the parser keeps that order."""
+    import importlib
+
+    cli = importlib.import_module(module)
+    parser = cli.build_parser()
+    sub = next(a for a in parser._actions if isinstance(a.choices, dict))
+    names = list(sub.choices)
+    assert names[0] == first and names[-1] == last
+    assert len(cli.COMMANDS) == len(set(cli.COMMANDS))
+    if module == "pointprobe.cli":
+        assert names.index("extract") < names.index("probe") < names.index("label")
+    if module == "videoprobe.cli":
+        assert names[:4] == ["synth", "encoders", "extract", "export-twlv"]
