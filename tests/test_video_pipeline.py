@@ -185,8 +185,8 @@ def test_motion_subset_is_solved_by_motion_energy(caches, synth):
 
 
 def test_twlv_export_import_roundtrip(caches, tmp_path):
-    from videoprobe.extract import export_twlv, import_twlv
     from videoprobe.probe import KnnConfig, load_split, run_knn
+    from videoprobe.twlv import export_twlv, import_twlv
 
     n = export_twlv(caches["train"], tmp_path / "twlv")
     src = FeatureCache(caches["train"])
