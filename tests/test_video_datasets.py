@@ -274,3 +274,40 @@ def test_pytorchvideo_labeled_dataset(small_videos: list[VideoItem]) -> None:
     assert sample["video"].shape == (3, 4, 16, 16)
     assert sample["label"] == 0 and sample["video_id"] == "RedDisc"
     assert 0.0 <= float(sample["video"].min()) and float(sample["video"].max()) <= 1.0
+
+
+# ------------------------------------------------------------------------------------------ reader table
+
+
+def test_unknown_kind_is_one_config_error_listing_the_kinds(tmp_path: Path) -> None:
+    from common.errors import ConfigError
+    from videoprobe.data.datasets import KINDS
+
+    with pytest.raises(ConfigError) as e:
+        build_video_dataset("ucf-101", tmp_path, "train")
+    msg = str(e.value)
+    assert "\n" not in msg and "'ucf-101'" in msg and ", ".join(KINDS) in msg
+
+
+def test_a_new_layout_is_one_function_and_one_table_entry(tmp_path: Path, monkeypatch) -> None:
+    """A format "one video per line: <class>/<file>" added as a reader + a READERS entry is read by
+    build_video_dataset and by the extractor's load_items (config kind) with nothing else changed."""
+    from videoprobe.data import datasets
+    from videoprobe.extract import DataConfig, load_items
+
+    def read_lines(src: datasets.DataSource) -> datasets.Layout:
+        listing = src.root / f"{src.name}.txt"
+        rels = [line.strip() for line in listing.read_text().splitlines() if line.strip()]
+        names = sorted({r.split("/")[0] for r in rels})
+        items = [VideoItem(Path(r).stem, str((src.root / r).resolve()), names.index(r.split("/")[0]),
+                           src.name) for r in rels]
+        return items, names, listing
+
+    monkeypatch.setitem(datasets.READERS, "lines", read_lines)
+    touch(tmp_path, "b/2.mp4", "a/1.mp4")
+    write(tmp_path / "val.txt", "b/2.mp4\na/1.mp4\n")
+    items, names = build_video_dataset("lines", tmp_path, "validation")
+    assert names == ["a", "b"] and [(it.video_id, it.label, it.split) for it in items] == [
+        ("2", 1, "val"), ("1", 0, "val")]
+    items, names = load_items(DataConfig(kind="lines", root=str(tmp_path), split="val"))
+    assert [it.video_id for it in items] == ["1", "2"] and names == ["a", "b"]

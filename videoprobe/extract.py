@@ -36,9 +36,10 @@ log = logging.getLogger(__name__)
 # ------------------------------------------------------------------------------------------ config
 @dataclass
 class DataConfig:
-    """Which videos: a ``build_video_dataset`` kind, its root and split."""
+    """Which videos: a layout kind (``videoprobe.data.datasets.READERS``), its root and split; the file
+    keys override what the kind's reader looks for under ``root`` (``DataSource``)."""
 
-    kind: str = "ucf101"  # folder | list | ucf101 | synth | hmdb51 | kinetics | ssv2
+    kind: str = "ucf101"  # folder | list | ucf101 | synth | hmdb51 | kinetics | ssv2 | diving48
     root: str = ""  # dataset folder (layout per kind: see the README)
     split: str = "train"  # train | test | val (names per kind)
     split_id: int = 1  # UCF101 / HMDB51 split number (1-3)
