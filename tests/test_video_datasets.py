@@ -1,4 +1,4 @@
-"""Dataset layouts read from hand-written tiny list files; ClipDataset; pytorchvideo bridge."""
+"""Dataset layouts read from hand-written tiny list files; ClipDataset; the reader table."""
 from __future__ import annotations
 
 import json
@@ -12,11 +12,9 @@ from common.errors import InputError
 from videoprobe.data import (
     ClipDataset,
     ClipSpec,
-    TrainClipTransform,
     VideoItem,
     build_video_dataset,
     collate_items,
-    make_labeled_video_dataset,
     read_class_index,
 )
 from videoprobe.data.synth import render_video, write_video
@@ -263,17 +261,8 @@ def test_clip_dataset_views_and_failures(small_videos: list[VideoItem]) -> None:
         ClipDataset(small_videos, spec, strict=True)[2]
     rspec = ClipSpec(4, 2, 1, mode="random", spatial="random_resized", size=16)
     a, b = ClipDataset(small_videos[:1], rspec, seed=3), ClipDataset(small_videos[:1], rspec, seed=4)
-    assert torch.equal(a[0]["video"], a[0]["video"])  # seeded by (seed, index)
+    assert torch.equal(a[0]["video"], a[0]["video"])  # seeded by (seed, video id)
     assert not torch.equal(a[0]["video"], b[0]["video"])
-
-
-def test_pytorchvideo_labeled_dataset(small_videos: list[VideoItem]) -> None:
-    ds = make_labeled_video_dataset(small_videos[:2], clip_duration=1.0, sampler="random",
-                                    transform=TrainClipTransform(clip_len=4, size=16, seed=0), shuffle=False)
-    sample = next(iter(ds))
-    assert sample["video"].shape == (3, 4, 16, 16)
-    assert sample["label"] == 0 and sample["video_id"] == "RedDisc"
-    assert 0.0 <= float(sample["video"].min()) and float(sample["video"].max()) <= 1.0
 
 
 # ------------------------------------------------------------------------------------------ reader table
@@ -311,3 +300,16 @@ def test_a_new_layout_is_one_function_and_one_table_entry(tmp_path: Path, monkey
         ("2", 1, "val"), ("1", 0, "val")]
     items, names = load_items(DataConfig(kind="lines", root=str(tmp_path), split="val"))
     assert [it.video_id for it in items] == ["1", "2"] and names == ["a", "b"]
+
+
+def test_clip_dataset_views_follow_the_video_not_its_position(small_videos: list[VideoItem]) -> None:
+    """What a resumed or sharded extraction relies on: the same video gives the same random views
+    wherever it sits in the list; ``info`` holds [num_frames, fps]."""
+    rspec = ClipSpec(4, 2, 1, mode="random", spatial="random_resized", size=16)
+    first = ClipDataset(small_videos[:2], rspec, seed=3)[1]
+    alone = ClipDataset(small_videos[1:2], rspec, seed=3)[0]
+    assert first["video_id"] == alone["video_id"] == "MoveLeft"
+    assert torch.equal(first["video"], alone["video"])
+    assert np.array_equal(first["frame_indices"], alone["frame_indices"])
+    assert first["frame_indices"].dtype == np.int64
+    assert first["info"].tolist() == [20.0, 10.0]

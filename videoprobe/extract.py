@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import logging
 import sys
-import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -161,35 +160,6 @@ def load_items(data: DataConfig) -> tuple[list[Any], list[str]]:
     return items, list(names)
 
 
-class _ViewsDataset(torch.utils.data.Dataset):
-    """Decodes one video's views; a bad file gives an ``error`` string instead of raising."""
-
-    def __init__(self, items: list[Any], spec: Any, seed: int):
-        self.items, self.spec, self.seed = items, spec, seed
-
-    def __len__(self) -> int:
-        return len(self.items)
-
-    def __getitem__(self, i: int) -> dict[str, Any]:
-        from videoprobe.data.decode import open_video, sample_clips
-
-        it = self.items[i]
-        out: dict[str, Any] = {"item": it, "video": None, "error": None}
-        try:
-            with open_video(it.path, self.spec.backend) as reader:
-                rng = np.random.default_rng([self.seed, zlib.crc32(it.video_id.encode())])
-                video, idx = sample_clips(reader, self.spec, rng, segment=getattr(it, "segment", None))
-                out.update(video=video, frame_indices=np.asarray(idx, dtype=np.int64),
-                           info=np.array([reader.num_frames, reader.fps], dtype=np.float64))
-        except InputError as e:
-            out["error"] = str(e)
-        return out
-
-
-def _collate(batch: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    return batch
-
-
 def _pool_tokens(tokens: torch.Tensor, grid: list[int]) -> torch.Tensor:
     """Adaptive average pooling of (B, T, H, W, D) tokens to ``grid`` (0 keeps that axis)."""
     if not any(grid):
@@ -244,10 +214,12 @@ class ExtractResult:
 def _decoded(cfg: ExtractConfig, spec: Any) -> Any:
     """``prefetch`` for ``fill_cache``: the decoded views of each video still to do, in order, decoded by
     ``cfg.num_workers`` DataLoader workers."""
+    from videoprobe.data.datasets import ClipDataset, collate_items
+
     def prefetch(todo: list[Any]) -> Any:
         loader = torch.utils.data.DataLoader(
-            _ViewsDataset(todo, spec, cfg.encoder.seed), batch_size=1, shuffle=False,
-            num_workers=cfg.num_workers, collate_fn=_collate,
+            ClipDataset(todo, spec, cfg.encoder.seed), batch_size=1, shuffle=False,
+            num_workers=cfg.num_workers, collate_fn=collate_items,
         )
         for batch in loader:
             yield from batch
@@ -305,7 +277,7 @@ def extract(cfg: ExtractConfig, encoder: Any | None = None) -> ExtractResult:
                                       cfg.precision)
         n_clips += video.shape[0]
         arrays: dict[str, Any] = {"features": pooled.numpy(),
-                                  "labels": np.full(pooled.shape[0], rec["item"].label, dtype=np.int64),
+                                  "labels": np.full(pooled.shape[0], rec["label"], dtype=np.int64),
                                   "frame_indices": rec["frame_indices"], "video_info": rec["info"]}
         if tokens is not None:
             arrays["tokens"] = tokens.numpy().astype(cfg.tokens_dtype)

@@ -28,8 +28,7 @@ Torch datasets:
   does NOT raise (unless ``strict=True``): the dict has ``video=None`` and ``error`` = the one-line
   ``InputError`` message, so an extractor can record the failure and go on.  Use
   ``collate_items`` as the DataLoader ``collate_fn`` (it returns the list of dicts unchanged).
-* ``make_labeled_video_dataset(items, ...)``: pytorchvideo ``LabeledVideoDataset`` (iterable, decord,
-  video only) yielding random training clips.
+  ``videoprobe extract`` decodes through it.
 """
 from __future__ import annotations
 
@@ -39,6 +38,7 @@ import json
 import logging
 import os
 import re
+import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,7 +49,7 @@ import torch
 
 from common.errors import ConfigError, InputError
 from common.paths import inside_root
-from videoprobe.data.transforms import ClipSpec, spatial_views
+from videoprobe.data.transforms import ClipSpec
 
 log = logging.getLogger(__name__)
 
@@ -732,13 +732,14 @@ def _names_from_list(list_file: Path) -> list[str]:
 
 
 class ClipDataset(torch.utils.data.Dataset):
-    """Map-style dataset over videos, each giving all its views (for feature extraction).
+    """Map-style dataset over videos, each giving all its views (what ``videoprobe extract`` decodes).
 
     ``dataset[i]`` -> dict(video=(V, C, T, H, W) float32 in [0, 1] or None, label=int, video_id=str,
-    path=str, index=i, frame_indices=(num_clips, clip_len) int64 array or None, backend=str or None,
-    error=one-line message or None).  Decode failures are returned in ``error`` (``strict=True``
-    raises the ``InputError`` instead).  Random temporal / spatial sampling is seeded by
-    ``(seed, i)``, so a given index always gives the same views.
+    path=str, index=i, frame_indices=(num_clips, clip_len) int64 array or None, info=float64 array
+    [num_frames, fps] or None, backend=str or None, error=one-line message or None).  Decode failures
+    are returned in ``error`` (``strict=True`` raises the ``InputError`` instead).  Random temporal /
+    spatial sampling is seeded by ``(seed, crc32(video_id))``, so a video always gives the same views
+    wherever it sits in the list (a resumed or sharded extraction decodes the same clips).
     """
 
     def __init__(self, items: Sequence[VideoItem], spec: ClipSpec, seed: int = 0, strict: bool = False,
@@ -757,12 +758,14 @@ class ClipDataset(torch.utils.data.Dataset):
 
         it = self.items[i]
         out: dict[str, Any] = {"video": None, "label": it.label, "video_id": it.video_id, "path": it.path,
-                               "index": i, "frame_indices": None, "backend": None, "error": None}
+                               "index": i, "frame_indices": None, "info": None, "backend": None,
+                               "error": None}
         try:
             with open_video(it.path, self.spec.backend, self.num_threads) as reader:
-                video, idx = sample_clips(reader, self.spec, np.random.default_rng([self.seed, i]),
-                                          segment=it.segment)
-                out.update(video=video, frame_indices=idx, backend=reader.backend)
+                rng = np.random.default_rng([self.seed, zlib.crc32(it.video_id.encode())])
+                video, idx = sample_clips(reader, self.spec, rng, segment=it.segment)
+                out.update(video=video, frame_indices=np.asarray(idx, dtype=np.int64), backend=reader.backend,
+                           info=np.array([reader.num_frames, reader.fps], dtype=np.float64))
         except InputError as e:
             if self.strict:
                 raise
@@ -774,40 +777,3 @@ def collate_items(batch: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """DataLoader ``collate_fn`` for ``ClipDataset``: keep the per-video dicts as a list (views differ
     in number per video only by failures, and a failed item has ``video=None``)."""
     return batch
-
-
-class TrainClipTransform:
-    """For pytorchvideo clips: ``sample["video"]`` (C, T', H, W) float 0-255 -> (C, clip_len, size, size)
-    in [0, 1]: ``clip_len`` frames evenly spaced over the clip, then a random resized crop (or
-    ``spatial``).  Picklable (for DataLoader workers)."""
-
-    def __init__(self, clip_len: int = 16, size: int = 112, spatial: str = "random_resized",
-                 seed: int | None = None):
-        self.clip_len, self.size, self.spatial = clip_len, size, spatial
-        self.rng = np.random.default_rng(seed)
-
-    def __call__(self, sample: dict[str, Any]) -> dict[str, Any]:
-        video = sample["video"]
-        t = video.shape[1]
-        idx = torch.linspace(0, t - 1, self.clip_len).round().long()
-        clip = video[:, idx].to(torch.float32) / 255.0
-        sample["video"] = spatial_views(clip, self.spatial, self.size, rng=self.rng)[0]
-        return sample
-
-
-def make_labeled_video_dataset(items: Sequence[VideoItem], clip_duration: float = 2.0,
-                               sampler: str = "random", transform: Callable[[dict], Any] | None = None,
-                               shuffle: bool = True) -> Any:
-    """A pytorchvideo ``LabeledVideoDataset`` (IterableDataset; decord, no audio) over ``items``,
-    yielding dicts with ``video`` (C, T, H, W), ``label``, ``video_id``, ``video_name``, ``clip_index``.
-
-    ``sampler``: pytorchvideo clip sampler ("random", "uniform", ...) of ``clip_duration`` seconds.
-    Use ``TrainClipTransform`` as ``transform`` for fixed-size float clips.  (pytorchvideo's own
-    ``transforms`` module is not used: it does not import with current torchvision.)
-    """
-    from pytorchvideo.data import LabeledVideoDataset, make_clip_sampler
-
-    paths = [(it.path, {"label": it.label, "video_id": it.video_id}) for it in items]
-    video_sampler = torch.utils.data.RandomSampler if shuffle else torch.utils.data.SequentialSampler
-    return LabeledVideoDataset(paths, make_clip_sampler(sampler, clip_duration), video_sampler=video_sampler,
-                               transform=transform, decode_audio=False, decoder="decord")
