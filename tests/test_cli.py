@@ -50,7 +50,7 @@ SHOW_CONFIG_CASES = [
     ("videoprobe", ["probe", "train_cache=/nonexistent/a", "test_cache=/nonexistent/b"], "videoprobe.probe",
      "ProbeConfig", None),
     ("videoprobe", ["bench", "--suite", "configs/video/synth.yaml", "seed=5"], "videoprobe.bench",
-     "BenchSuite", "configs/video/synth.yaml"),
+     "BenchSuiteConfig", "configs/video/synth.yaml"),
 ]
 
 

@@ -100,7 +100,7 @@ def _config_keys() -> set[str]:
     from pointprobe.lift.lift import LiftConfig
     from pointprobe.pretrain.train import PretrainConfig
     from pointprobe.probe import SegProbeConfig
-    from videoprobe.bench import BenchSuite
+    from videoprobe.bench import BenchSuiteConfig
     from videoprobe.extract import ExtractConfig as VideoExtract
     from videoprobe.probe import ProbeConfig
 
@@ -116,11 +116,11 @@ def _config_keys() -> set[str]:
             inner = [a for a in typing.get_args(tp) if dataclasses.is_dataclass(a)]
             if dataclasses.is_dataclass(tp):
                 walk(tp, path)
-            for a in inner:  # list[BenchEncoder], X | None
+            for a in inner:  # list[BenchEncoderConfig], X | None
                 walk(a, path)
 
     for schema in (PointExtract, SegProbeConfig, PretrainConfig, ClusterConfig, LiftConfig, DistillConfig,
-                   PointDemoConfig, VideoExtract, ProbeConfig, BenchSuite):
+                   PointDemoConfig, VideoExtract, ProbeConfig, BenchSuiteConfig):
         walk(schema, [])
     return keys
 
