@@ -15,7 +15,9 @@ Readers (each returns ``(items, class_names)``; ``label`` indexes ``class_names`
 * ``read_ssv2(labels_json, annotation_json, video_root)``: Something-Something v2 (``labels.json``
   name -> id; entries {id, template, label, placeholders}; class = template without brackets;
   videos ``<id>.webm``).
-* ``build_video_dataset(kind, root, split, ...)`` picks the reader and the usual file names.
+* ``build_video_dataset(kind, root, split, ...)`` picks the layout reader of ``kind`` in ``READERS``
+  (one signature: ``(DataSource) -> (items, class_names, source)``; each knows its usual file names).
+  A new format = one such function + one ``READERS`` entry.
 
 A label that is not in the class list raises ``InputError(list_file, "line N: ...")``.
 
