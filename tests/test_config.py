@@ -199,3 +199,40 @@ def test_shipped_overlays_state_only_what_differs():
                     for n in ("bench_cpu", "demo"))
     assert pdemo == replace(bench, views=replace(bench.views, max_points=5000),
                             train=replace(bench.train, steps=60, log_every=5, save_every=0))
+
+
+SHIPPED = {
+    "point/cluster.yaml": "pointprobe.lift.cluster:ClusterConfig",
+    "point/distill.yaml": "pointprobe.lift.distill:DistillConfig",
+    "point/extract.yaml": "pointprobe.extract:ExtractConfig",
+    "point/lift.yaml": "pointprobe.lift.lift:LiftConfig",
+    "point/pretrain_bench_cpu.yaml": "pointprobe.pretrain.train:PretrainConfig",
+    "point/pretrain_demo.yaml": "pointprobe.pretrain.train:PretrainConfig",
+    "point/sonata_base.yaml": "pointprobe.pretrain.train:PretrainConfig",
+    "point/sonata_small.yaml": "pointprobe.pretrain.train:PretrainConfig",
+    "point/probe.yaml": "pointprobe.probe:SegProbeConfig",
+    "point/probe_demo.yaml": "pointprobe.probe:SegProbeConfig",
+    "video/extract.yaml": "videoprobe.extract:ExtractConfig",
+    "video/probe.yaml": "videoprobe.probe:ProbeConfig",
+    **{f"video/{n}.yaml": "videoprobe.bench:BenchSuiteConfig"
+       for n in ("diving48", "hmdb51", "kinetics400", "ssv2", "synth", "twlv", "ucf101")},
+}
+
+
+def test_every_shipped_config_loads_with_its_schema():
+    import importlib
+
+    from common.config import REPO_ROOT
+
+    assert sorted(SHIPPED) == sorted(p.relative_to(REPO_ROOT / "configs").as_posix()
+                                     for p in (REPO_ROOT / "configs").rglob("*.yaml"))
+    for rel, target in SHIPPED.items():
+        module, name = target.split(":")
+        load_config(getattr(importlib.import_module(module), name), f"configs/{rel}")
+    from videoprobe.bench import BenchSuiteConfig
+
+    ucf = load_config(BenchSuiteConfig, "configs/video/ucf101.yaml")
+    for n in ("diving48", "hmdb51", "kinetics400", "ssv2"):
+        suite = load_config(BenchSuiteConfig, f"configs/video/{n}.yaml")
+        assert suite.encoders == ucf.encoders and suite.linear == ucf.linear and len(suite.benchmarks) == 1
+        assert suite.benchmarks[0].data.kind != "ucf101"
