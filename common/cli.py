@@ -36,17 +36,18 @@ def add_config_args(p: argparse.ArgumentParser, default_config: str | None = Non
 
 def load_cli_config(schema: type[T], args: argparse.Namespace, path: str | Path | None = None,
                     overrides: list[str] | None = None) -> T:
-    """The command's config: ``schema`` defaults <- ``path`` (default ``args.config``) <- ``overrides``
+    """The command's config: ``schema`` defaults <- ``path`` (default ``args.config``; its ``_base_`` files
+    first) <- ``overrides``
     (default ``args.overrides``). With ``--show-config`` it prints that config as commented YAML and
     raises :class:`ConfigShown` (exit 0) before anything is run or written."""
-    from common.config import load_config, resolve_config_path, show_config
+    from common.config import config_files, load_config, show_config
 
     path = getattr(args, "config", None) if path is None else path
     overrides = list(getattr(args, "overrides", None) or []) if overrides is None else overrides
     cfg = load_config(schema, path, overrides)
     if getattr(args, "show_config", False):
         prog = getattr(args, "command_prog", None) or schema.__name__
-        source = f"defaults <- {resolve_config_path(path)}" if path else "defaults"
+        source = " <- ".join(["defaults", *(str(f) for f in (config_files(path) if path else []))])
         if overrides:
             source += " <- " + " ".join(overrides)
         print(show_config(cfg, f"{prog}: resolved config ({source})\nkey: value  # help"), end="")

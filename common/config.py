@@ -40,6 +40,7 @@ __all__ = [
     "from_dict",
     "resolve_config_path",
     "read_config_file",
+    "config_files",
     "field_help",
     "show_config",
 ]
@@ -266,12 +267,22 @@ def _read_mapping(p: Path) -> dict:
     return loaded
 
 
-def read_config_file(path: str | Path, _chain: tuple[Path, ...] = ()) -> dict:
+def config_files(path: str | Path) -> list[Path]:
+    """The files a config file is resolved from, in merge order: its ``_base_`` files (recursively),
+    then itself; ``--show-config`` names them."""
+    files: list[Path] = []
+    read_config_file(path, files=files)
+    return files
+
+
+def read_config_file(path: str | Path, _chain: tuple[Path, ...] = (),
+                     files: list[Path] | None = None) -> dict:
     """The mapping of a YAML config file with its overlays resolved.
 
     ``_base_: probe.yaml`` (or a list of files, merged in order) names the file(s) this one starts
     from, relative to this file's folder; this file's own keys are merged on top (``merge_dict``).
-    Bases may have bases; a file reached again through its own bases is a ``ConfigError``."""
+    Bases may have bases; a file reached again through its own bases is a ``ConfigError``. ``files``
+    (if given) receives every file read, in merge order."""
     p = resolve_config_path(path)
     here = p.resolve()
     if here in _chain:
@@ -280,6 +291,8 @@ def read_config_file(path: str | Path, _chain: tuple[Path, ...] = ()) -> dict:
     data = _read_mapping(p)
     bases = data.pop(BASE_KEY, None)
     if bases is None:
+        if files is not None:
+            files.append(p)
         return data
     if isinstance(bases, str):
         bases = [bases]
@@ -289,7 +302,9 @@ def read_config_file(path: str | Path, _chain: tuple[Path, ...] = ()) -> dict:
     for b in bases:
         bp = Path(b)
         merged = merge_dict(merged, read_config_file(bp if bp.is_absolute() else p.parent / bp,
-                                                     (*_chain, here)))
+                                                     (*_chain, here), files))
+    if files is not None:
+        files.append(p)
     return merge_dict(merged, data)
 
 

@@ -87,6 +87,17 @@ def test_show_config_prints_resolved_config_and_exits_0(prog, argv, module, sche
     assert list(tmp_path.iterdir()) == []  # nothing written
 
 
+def test_show_config_names_the_overlay_chain(capsys):
+    from common.config import resolve_config_path
+    from pointprobe.cli import main
+
+    argv = ["probe", "--show-config", "--config", "configs/point/probe_demo.yaml", "probe.epochs=1"]
+    assert main(argv) == 0
+    first = capsys.readouterr().out.splitlines()[0]
+    base, demo = (resolve_config_path(f"configs/point/{n}.yaml") for n in ("probe", "probe_demo"))
+    assert first.endswith(f"(defaults <- {base} <- {demo} <- probe.epochs=1)"), first
+
+
 def test_show_config_help_of_main_schemas(capsys):
     """Every top-level key of the main schemas has a help comment."""
     import dataclasses

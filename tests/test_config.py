@@ -141,6 +141,10 @@ def test_base_list_merged_in_order_and_nested(tmp_path):
     top.write_text("_base_: [b.yaml, sub/c.yaml]\nlevels: [9]\n")
     cfg = load_config(Cfg, top)
     assert (cfg.name, cfg.seed, cfg.verbose, cfg.optim.kind, cfg.levels) == ("a", 2, True, "sgd", [9])
+    from common.config import config_files
+
+    assert [f.resolve() for f in config_files(top)] == [
+        (tmp_path / n).resolve() for n in ("a.yaml", "b.yaml", "sub/c.yaml", "top.yaml")]
 
 
 def test_base_cycle_and_bad_base_are_one_line_errors(tmp_path):
