@@ -2,9 +2,10 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import logging
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -35,23 +36,39 @@ def add_config_args(p: argparse.ArgumentParser, default_config: str | None = Non
 
 def load_cli_config(schema: type[T], args: argparse.Namespace, path: str | Path | None = None,
                     overrides: list[str] | None = None) -> T:
-    """The command's config: ``schema`` defaults <- ``path`` (default ``args.config``) <- ``overrides``
+    """The command's config: ``schema`` defaults <- ``path`` (default ``args.config``; its ``_base_`` files
+    first) <- ``overrides``
     (default ``args.overrides``). With ``--show-config`` it prints that config as commented YAML and
     raises :class:`ConfigShown` (exit 0) before anything is run or written."""
-    from common.config import load_config, resolve_config_path, show_config
+    from common.config import config_files, load_config, show_config
 
     path = getattr(args, "config", None) if path is None else path
     overrides = list(getattr(args, "overrides", None) or []) if overrides is None else overrides
     cfg = load_config(schema, path, overrides)
     if getattr(args, "show_config", False):
         prog = getattr(args, "command_prog", None) or schema.__name__
-        source = f"defaults <- {resolve_config_path(path)}" if path else "defaults"
+        source = " <- ".join(["defaults", *(str(f) for f in (config_files(path) if path else []))])
         if overrides:
             source += " <- " + " ".join(overrides)
         print(show_config(cfg, f"{prog}: resolved config ({source})\nkey: value  # help"), end="")
         sys.stdout.flush()
         raise ConfigShown
     return cfg
+
+
+def build_parser(prog: str, description: str, commands: Sequence[str]) -> argparse.ArgumentParser:
+    """A parser with the sub-commands of ``commands``, in that order (the order ``--help`` lists them).
+
+    Each entry names a module (``"pointprobe.commands.extract"``) whose ``register(subparsers)`` adds
+    its sub-command(s); modules are imported here, so keep their heavy imports inside the handlers."""
+    parser = argparse.ArgumentParser(prog=prog, description=description)
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(title="commands", metavar="COMMAND")
+    for name in commands:
+        importlib.import_module(name).register(sub)
+    for name, p in sub.choices.items():  # "pointprobe extract" for messages such as --show-config's
+        p.set_defaults(command_prog=f"{prog} {name}")
+    return parser
 
 
 def run_cli(parser: argparse.ArgumentParser, argv: list[str] | None = None) -> int:

@@ -3,13 +3,21 @@ from __future__ import annotations
 
 import argparse
 
+# Sub-commands in order (``--help`` lists them so); a new one = a module with ``register(sub)`` + a line.
+COMMANDS = (
+    "common.compare_cli",  # compare: several result folders side by side
+)
+
 
 def build_parser() -> argparse.ArgumentParser:
-    """The ``probesuite`` parser (one sub-command: compare)."""
-    parser = argparse.ArgumentParser(prog="probesuite",
-                                     description="Commands over several runs of the suite.")
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    sub = parser.add_subparsers(title="commands", metavar="COMMAND")
+    """The ``probesuite`` parser with :data:`COMMANDS` in order."""
+    from common.cli import build_parser as _build_parser
+
+    return _build_parser("probesuite", "Commands over several runs of the suite.", COMMANDS)
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    """``probesuite compare RUN_DIR... --out DIR``."""
     p = sub.add_parser(
         "compare", help="one table (md, csv, json) and one HTML page of several result folders side by side",
         description="Reads result folders (pointprobe probe: results.json; videoprobe probe: probe.json; "
@@ -22,7 +30,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("runs", nargs="+", metavar="RUN_DIR", help="result folders")
     p.add_argument("--out", required=True, help="report folder")
     p.set_defaults(func=_compare)
-    return parser
 
 
 def _compare(args: argparse.Namespace) -> int:

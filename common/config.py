@@ -3,7 +3,9 @@
 A schema is a (possibly nested) dataclass. ``load_config(Schema, "configs/x.yaml", ["a.b=3"])``
 starts from the dataclass defaults, merges the YAML file, then the overrides; every key must
 exist in the schema and every value must have the declared type, otherwise a ``ConfigError``
-names the key.
+names the key. A YAML file may start from others (``_base_: probe.yaml``, paths relative to it, a
+list merged in order) and state only what differs; the dataclass holds the defaults, so a file
+states only what differs from them. The resolved config saved next to results is always complete.
 """
 from __future__ import annotations
 
@@ -37,6 +39,8 @@ __all__ = [
     "save_config",
     "from_dict",
     "resolve_config_path",
+    "read_config_file",
+    "config_files",
     "field_help",
     "show_config",
 ]
@@ -223,32 +227,91 @@ def from_dict(schema: type[T], data: dict, prefix: str = "") -> T:
 
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+BASE_KEY = "_base_"  # a config file's overlay key: the file(s) it starts from, relative to itself
+
+
+def _shipped_config(path: Path) -> Path | None:
+    """``configs/<rest>`` inside the installed ``configs`` package (package data of the wheel; the
+    source tree's ``configs/`` folder in a checkout), or None when ``path`` does not start there."""
+    parts = path.parts
+    if path.is_absolute() or len(parts) < 2 or parts[0] != "configs":
+        return None
+    from importlib.resources import files
+
+    try:
+        shipped = Path(str(files("configs").joinpath(*parts[1:])))
+    except ModuleNotFoundError:
+        return None
+    return shipped if shipped.is_file() else None
 
 
 def resolve_config_path(path: str | Path) -> Path:
-    """``path`` as given when it exists; a relative ``configs/...`` path also resolves against the
-    project folder, so the default configs work from any working directory."""
+    """``path`` as given when it exists; a relative ``configs/...`` path also resolves to the configs
+    shipped with the package (``importlib.resources``), so the default configs work from any working
+    directory and from an installed wheel."""
     p = Path(path)
     if p.is_file() or p.is_absolute():
         return p
-    alt = REPO_ROOT / p
-    return alt if alt.is_file() else p
+    return _shipped_config(p) or p
+
+
+def _read_mapping(p: Path) -> dict:
+    if not p.is_file():
+        raise ConfigError(f"{p}: config file not found")
+    try:
+        loaded = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{p}: not valid YAML ({str(e).splitlines()[0]})") from None
+    if not isinstance(loaded, dict):
+        raise ConfigError(f"{p}: top level must be a mapping")
+    return loaded
+
+
+def config_files(path: str | Path) -> list[Path]:
+    """The files a config file is resolved from, in merge order: its ``_base_`` files (recursively),
+    then itself; ``--show-config`` names them."""
+    files: list[Path] = []
+    read_config_file(path, files=files)
+    return files
+
+
+def read_config_file(path: str | Path, _chain: tuple[Path, ...] = (),
+                     files: list[Path] | None = None) -> dict:
+    """The mapping of a YAML config file with its overlays resolved.
+
+    ``_base_: probe.yaml`` (or a list of files, merged in order) names the file(s) this one starts
+    from, relative to this file's folder; this file's own keys are merged on top (``merge_dict``).
+    Bases may have bases; a file reached again through its own bases is a ``ConfigError``. ``files``
+    (if given) receives every file read, in merge order."""
+    p = resolve_config_path(path)
+    here = p.resolve()
+    if here in _chain:
+        cycle = " -> ".join(str(c) for c in (*_chain[_chain.index(here):], here))
+        raise ConfigError(f"{_chain[-1]}: {BASE_KEY} cycle {cycle}")
+    data = _read_mapping(p)
+    bases = data.pop(BASE_KEY, None)
+    if bases is None:
+        if files is not None:
+            files.append(p)
+        return data
+    if isinstance(bases, str):
+        bases = [bases]
+    if not isinstance(bases, list) or not bases or not all(isinstance(b, str) and b for b in bases):
+        raise ConfigError(f"{p}: {BASE_KEY} must be a file name or a list of file names, got {bases!r}")
+    merged: dict = {}
+    for b in bases:
+        bp = Path(b)
+        merged = merge_dict(merged, read_config_file(bp if bp.is_absolute() else p.parent / bp,
+                                                     (*_chain, here), files))
+    if files is not None:
+        files.append(p)
+    return merge_dict(merged, data)
 
 
 def load_config(schema: type[T], path: str | Path | None = None, overrides: list[str] | None = None) -> T:
-    """Defaults of ``schema`` <- YAML file ``path`` <- ``key=value`` overrides."""
-    data: dict = {}
-    if path is not None:
-        p = resolve_config_path(path)
-        if not p.is_file():
-            raise ConfigError(f"{p}: config file not found")
-        try:
-            loaded = yaml.safe_load(p.read_text()) or {}
-        except yaml.YAMLError as e:
-            raise ConfigError(f"{p}: not valid YAML ({str(e).splitlines()[0]})") from None
-        if not isinstance(loaded, dict):
-            raise ConfigError(f"{p}: top level must be a mapping")
-        data = loaded
+    """Defaults of ``schema`` <- YAML file ``path`` (its ``_base_`` overlays first) <- ``key=value``
+    overrides."""
+    data: dict = read_config_file(path) if path is not None else {}
     data = merge_dict(data, parse_overrides(overrides))
     return from_dict(schema, data)
 

@@ -11,7 +11,7 @@ from common.cli import run_cli
 from common.errors import InputError
 
 
-@pytest.mark.parametrize("module", ["pointprobe.cli", "videoprobe.cli", "tools.featviz"])
+@pytest.mark.parametrize("module", ["pointprobe.cli", "videoprobe.cli", "common.featviz.cli"])
 def test_help(module):
     r = subprocess.run([sys.executable, "-m", module, "--help"], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
@@ -50,7 +50,7 @@ SHOW_CONFIG_CASES = [
     ("videoprobe", ["probe", "train_cache=/nonexistent/a", "test_cache=/nonexistent/b"], "videoprobe.probe",
      "ProbeConfig", None),
     ("videoprobe", ["bench", "--suite", "configs/video/synth.yaml", "seed=5"], "videoprobe.bench",
-     "BenchSuite", "configs/video/synth.yaml"),
+     "BenchSuiteConfig", "configs/video/synth.yaml"),
 ]
 
 
@@ -85,6 +85,17 @@ def test_show_config_prints_resolved_config_and_exits_0(prog, argv, module, sche
     assert f"out: {out}" in text
     assert sum("  # " in line for line in text.splitlines()) >= 3  # help comments
     assert list(tmp_path.iterdir()) == []  # nothing written
+
+
+def test_show_config_names_the_overlay_chain(capsys):
+    from common.config import resolve_config_path
+    from pointprobe.cli import main
+
+    argv = ["probe", "--show-config", "--config", "configs/point/probe_demo.yaml", "probe.epochs=1"]
+    assert main(argv) == 0
+    first = capsys.readouterr().out.splitlines()[0]
+    base, demo = (resolve_config_path(f"configs/point/{n}.yaml") for n in ("probe", "probe_demo"))
+    assert first.endswith(f"(defaults <- {base} <- {demo} <- probe.epochs=1)"), first
 
 
 def test_show_config_help_of_main_schemas(capsys):
@@ -130,3 +141,23 @@ def test_field_help_metadata_and_comments():
         "# title", "inner:  # a section", "  a: 1  # the a",
         "  b: [x, 'y # z']  # the b, said above over two lines", "name: ''", "c: 0.5  # the c",
     ]
+
+
+@pytest.mark.parametrize("module,first,last", [
+    ("pointprobe.cli", "synth", "demo"), ("videoprobe.cli", "synth", "demo"),
+    ("common.featviz.cli", "points", "report"), ("common.compare_cli", "compare", "compare"),
+])
+def test_commands_are_an_explicit_stage_ordered_list(module, first, last):
+    """Each front end lists its sub-commands explicitly (COMMANDS), and the parser keeps that order."""
+    import importlib
+
+    cli = importlib.import_module(module)
+    parser = cli.build_parser()
+    sub = next(a for a in parser._actions if isinstance(a.choices, dict))
+    names = list(sub.choices)
+    assert names[0] == first and names[-1] == last
+    assert len(cli.COMMANDS) == len(set(cli.COMMANDS))
+    if module == "pointprobe.cli":
+        assert names.index("extract") < names.index("probe") < names.index("label")
+    if module == "videoprobe.cli":
+        assert names[:4] == ["synth", "encoders", "extract", "export-twlv"]

@@ -11,7 +11,13 @@ from common.compare import differing_keys, majority_baseline
 from common.compare_cli import main
 from pointprobe.probe import run_probe
 from tests.test_probe_seeds import _point_cfg, _video_cfg, point_features, video_caches  # noqa: F401
-from videoprobe.bench import BenchEncoder, Benchmark, BenchSuite, tabulate, write_bench_report
+from videoprobe.bench import (
+    BenchEncoderConfig,
+    BenchmarkConfig,
+    BenchSuiteConfig,
+    tabulate,
+    write_bench_report,
+)
 from videoprobe.probe import run_probes, write_probe_report
 
 
@@ -28,8 +34,10 @@ def runs(point_features, video_caches, tmp_path):  # noqa: F811
     outcome = run_probes(vcfg)
     write_probe_report(vcfg, outcome)
     bench = tmp_path / "runs" / "bench"
-    suite = BenchSuite(name="tiny", encoders=[BenchEncoder(name="videomae_vit_tiny", label="tiny")],
-                       benchmarks=[Benchmark(name="SYN", group="appearance")], probes=["linear", "knn"])
+    suite = BenchSuiteConfig(name="tiny",
+                             encoders=[BenchEncoderConfig(name="videomae_vit_tiny", label="tiny")],
+                             benchmarks=[BenchmarkConfig(name="SYN", group="appearance")],
+                             probes=["linear", "knn"])
     cells = {("tiny", "SYN"): json.loads(json.dumps(outcome, default=str))}
     write_bench_report(suite, tabulate(suite.encoders, suite.benchmarks, suite.probes, cells), cells, bench)
     return [a, b, v, bench]

@@ -84,7 +84,7 @@ def test_pretrain_writes_curves_and_a_resumed_run_appends_each_step_once(tmp_pat
         from test_pretrain import _cfg, _write_dataset
 
         from pointprobe.pretrain.train import run_pretrain
-    from tools.featviz_commands.report import build_report
+    from common.featviz.report import build_report
 
     root = _write_dataset(tmp_path / "data", 2)
     out = tmp_path / "run"

@@ -15,9 +15,9 @@ import torch
 
 from common import render
 from common.errors import ConfigError, InputError
+from common.featviz.cli import main
 from common.pca import pca_colors, similarity
 from pointprobe.viz import SCANNET20_PALETTE, load_points, raw_features, visualize_points
-from tools.featviz import main
 
 # ---------------------------------------------------------------------------------------- fixtures
 

@@ -38,13 +38,13 @@ def test_readme_python_block_runs(index, tmp_path):
 
 def test_readme_commands_exist():
     """Sub-commands and flags the 'running the commands yourself' section uses are real."""
-    from common.cli_discovery import build_parser
+    import importlib
 
     text = README.read_text()
     section = text.split("## After `make demo`", 1)[1].split("\n## ", 1)[0]
     assert "source .venv/bin/activate" in section and ".venv/bin/pointprobe" in section
     for prog in ("pointprobe", "videoprobe"):
-        parser = build_parser(prog, "", f"{prog}.commands")
+        parser = importlib.import_module(f"{prog}.cli").build_parser()
         sub = next(a for a in parser._actions if isinstance(a.choices, dict))
         for cmd, flag in re.findall(rf"{prog} ([a-z][a-z-]*)(?: (--[a-z-]+))?", section):
             assert cmd in sub.choices, f"{prog} {cmd}"

@@ -103,11 +103,12 @@ def test_slug_has_no_spaces_or_parentheses():
 
 def test_bench_folders_are_slugs_and_must_differ():
     from common.errors import ConfigError
-    from videoprobe.bench import BenchEncoder, Benchmark, BenchSuite, _check, _folder
+    from videoprobe.bench import BenchEncoderConfig, BenchmarkConfig, BenchSuiteConfig, _check, _folder
 
     assert _folder("frame_stats (frame-wise)") == "frame_stats_frame-wise"
-    suite = BenchSuite(encoders=[BenchEncoder(name="a", label="x (1)"), BenchEncoder(name="b", label="x 1")],
-                       benchmarks=[Benchmark(name="B")])
+    suite = BenchSuiteConfig(encoders=[BenchEncoderConfig(name="a", label="x (1)"),
+                                       BenchEncoderConfig(name="b", label="x 1")],
+                             benchmarks=[BenchmarkConfig(name="B")])
     with pytest.raises(ConfigError, match="same folder names"):
         _check(suite)
 

@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 
 from common.config import save_config
+from common.featviz.report import MAX_TEXT, build_report, input_data_reason
 from common.report import bar_chart_png, write_table
 from pointprobe.probe import SegProbeConfig
-from tools.featviz_commands.report import MAX_TEXT, build_report, input_data_reason
 
 
 def _results_folder(root: Path) -> Path:

@@ -11,8 +11,8 @@ import pytest
 
 from common.cache import CacheKey, CacheWriter, FeatureCache
 from common.errors import CacheError, InputError
-from videoprobe.extract import import_twlv
 from videoprobe.probe import KnnConfig, ProbeConfig, run_probes
+from videoprobe.twlv import import_twlv
 
 # Kinetics ids are YouTube ids + times; YouTube ids may start with '-'
 IDS = ["--6bJUbfpnQ_000017_000027", "-0CTi5dfZ5E_000010_000020", "-AfKoqdIzl4_000050_000060",

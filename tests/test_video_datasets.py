@@ -1,4 +1,4 @@
-"""Dataset layouts read from hand-written tiny list files; ClipDataset; pytorchvideo bridge."""
+"""Dataset layouts read from hand-written tiny list files; ClipDataset; the reader table."""
 from __future__ import annotations
 
 import json
@@ -12,11 +12,9 @@ from common.errors import InputError
 from videoprobe.data import (
     ClipDataset,
     ClipSpec,
-    TrainClipTransform,
     VideoItem,
     build_video_dataset,
     collate_items,
-    make_labeled_video_dataset,
     read_class_index,
 )
 from videoprobe.data.synth import render_video, write_video
@@ -263,14 +261,55 @@ def test_clip_dataset_views_and_failures(small_videos: list[VideoItem]) -> None:
         ClipDataset(small_videos, spec, strict=True)[2]
     rspec = ClipSpec(4, 2, 1, mode="random", spatial="random_resized", size=16)
     a, b = ClipDataset(small_videos[:1], rspec, seed=3), ClipDataset(small_videos[:1], rspec, seed=4)
-    assert torch.equal(a[0]["video"], a[0]["video"])  # seeded by (seed, index)
+    assert torch.equal(a[0]["video"], a[0]["video"])  # seeded by (seed, video id)
     assert not torch.equal(a[0]["video"], b[0]["video"])
 
 
-def test_pytorchvideo_labeled_dataset(small_videos: list[VideoItem]) -> None:
-    ds = make_labeled_video_dataset(small_videos[:2], clip_duration=1.0, sampler="random",
-                                    transform=TrainClipTransform(clip_len=4, size=16, seed=0), shuffle=False)
-    sample = next(iter(ds))
-    assert sample["video"].shape == (3, 4, 16, 16)
-    assert sample["label"] == 0 and sample["video_id"] == "RedDisc"
-    assert 0.0 <= float(sample["video"].min()) and float(sample["video"].max()) <= 1.0
+# ------------------------------------------------------------------------------------------ reader table
+
+
+def test_unknown_kind_is_one_config_error_listing_the_kinds(tmp_path: Path) -> None:
+    from common.errors import ConfigError
+    from videoprobe.data.datasets import KINDS
+
+    with pytest.raises(ConfigError) as e:
+        build_video_dataset("ucf-101", tmp_path, "train")
+    msg = str(e.value)
+    assert "\n" not in msg and "'ucf-101'" in msg and ", ".join(KINDS) in msg
+
+
+def test_a_new_layout_is_one_function_and_one_table_entry(tmp_path: Path, monkeypatch) -> None:
+    """A format "one video per line: <class>/<file>" added as a reader + a READERS entry is read by
+    build_video_dataset and by the extractor's load_items (config kind) with nothing else changed."""
+    from videoprobe.data import datasets
+    from videoprobe.extract import DataConfig, load_items
+
+    def read_lines(src: datasets.DataSource) -> datasets.Layout:
+        listing = src.root / f"{src.name}.txt"
+        rels = [line.strip() for line in listing.read_text().splitlines() if line.strip()]
+        names = sorted({r.split("/")[0] for r in rels})
+        items = [VideoItem(Path(r).stem, str((src.root / r).resolve()), names.index(r.split("/")[0]),
+                           src.name) for r in rels]
+        return items, names, listing
+
+    monkeypatch.setitem(datasets.READERS, "lines", read_lines)
+    touch(tmp_path, "b/2.mp4", "a/1.mp4")
+    write(tmp_path / "val.txt", "b/2.mp4\na/1.mp4\n")
+    items, names = build_video_dataset("lines", tmp_path, "validation")
+    assert names == ["a", "b"] and [(it.video_id, it.label, it.split) for it in items] == [
+        ("2", 1, "val"), ("1", 0, "val")]
+    items, names = load_items(DataConfig(kind="lines", root=str(tmp_path), split="val"))
+    assert [it.video_id for it in items] == ["1", "2"] and names == ["a", "b"]
+
+
+def test_clip_dataset_views_follow_the_video_not_its_position(small_videos: list[VideoItem]) -> None:
+    """What a resumed or sharded extraction relies on: the same video gives the same random views
+    wherever it sits in the list; ``info`` holds [num_frames, fps]."""
+    rspec = ClipSpec(4, 2, 1, mode="random", spatial="random_resized", size=16)
+    first = ClipDataset(small_videos[:2], rspec, seed=3)[1]
+    alone = ClipDataset(small_videos[1:2], rspec, seed=3)[0]
+    assert first["video_id"] == alone["video_id"] == "MoveLeft"
+    assert torch.equal(first["video"], alone["video"])
+    assert np.array_equal(first["frame_indices"], alone["frame_indices"])
+    assert first["frame_indices"].dtype == np.int64
+    assert first["info"].tolist() == [20.0, 10.0]

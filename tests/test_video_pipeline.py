@@ -185,8 +185,8 @@ def test_motion_subset_is_solved_by_motion_energy(caches, synth):
 
 
 def test_twlv_export_import_roundtrip(caches, tmp_path):
-    from videoprobe.extract import export_twlv, import_twlv
     from videoprobe.probe import KnnConfig, load_split, run_knn
+    from videoprobe.twlv import export_twlv, import_twlv
 
     n = export_twlv(caches["train"], tmp_path / "twlv")
     src = FeatureCache(caches["train"])
@@ -215,10 +215,10 @@ def test_twlv_export_import_roundtrip(caches, tmp_path):
 
 
 def test_bench_suite_table(synth, tmp_path):
-    from videoprobe.bench import BenchSuite, run_suite
+    from videoprobe.bench import BenchSuiteConfig, run_suite
 
     data = {"kind": "synth", "root": str(synth)}
-    suite = from_dict(BenchSuite, {
+    suite = from_dict(BenchSuiteConfig, {
         "name": "tiny", "out": str(tmp_path / "bench"),
         "encoders": [{"name": "frame_stats", "clip_len": 4, "frame_step": 4},
                      {"name": "motion_energy", "clip_len": 8, "frame_step": 2}],

@@ -8,7 +8,13 @@ import numpy as np
 import pytest
 
 from common.cache import CacheKey, CacheWriter
-from videoprobe.bench import BenchEncoder, Benchmark, BenchSuite, tabulate, write_bench_report
+from videoprobe.bench import (
+    BenchEncoderConfig,
+    BenchmarkConfig,
+    BenchSuiteConfig,
+    tabulate,
+    write_bench_report,
+)
 from videoprobe.probe import KnnConfig, ProbeConfig, run_probes, write_probe_report
 
 D = 6
@@ -54,9 +60,10 @@ def test_probe_table_checkpoint_and_small_data_notes(caches, tmp_path, caplog):
     assert "top-5" in (tmp_path / "probe" / "probe.md").read_text()
 
     # the bench suite table of that cell: checkpoint column, notes, chart with a chance line
-    enc = BenchEncoder(name="videomae_vit_tiny", label="vit tiny (random)")
-    suite = BenchSuite(name="tiny", encoders=[enc],
-                       benchmarks=[Benchmark(name="UCF101", group="appearance")], probes=["linear", "knn"])
+    enc = BenchEncoderConfig(name="videomae_vit_tiny", label="vit tiny (random)")
+    suite = BenchSuiteConfig(name="tiny", encoders=[enc],
+                             benchmarks=[BenchmarkConfig(name="UCF101", group="appearance")],
+                             probes=["linear", "knn"])
     cells = {("vit tiny (random)", "UCF101"): json.loads(json.dumps(outcome, default=str))}
     rows = tabulate(suite.encoders, suite.benchmarks, suite.probes, cells)
     write_bench_report(suite, rows, cells, tmp_path / "bench")

@@ -1,6 +1,6 @@
 """Benchmark suites: encoders x benchmarks x probes in one table, laid out like TWLV-I's table 3.
 
-A suite (``configs/video/<suite>.yaml``, schema ``BenchSuite``) lists encoders and benchmarks; each
+A suite (``configs/video/<suite>.yaml``, schema ``BenchSuiteConfig``) lists encoders and benchmarks; each
 benchmark is a dataset (train and test split) tagged "appearance" or "motion" (optionally a class
 subset of it, e.g. the generated dataset's appearance classes). For every encoder and benchmark the
 suite extracts both splits into ``<out>/cache/...`` (resumable; benchmarks that share a dataset share
@@ -36,7 +36,7 @@ GROUPS = ("appearance", "motion", "other")
 
 
 @dataclass
-class BenchEncoder:
+class BenchEncoderConfig:
     name: str = ""
     label: str = ""  # column label in the table (default: name)
     checkpoint: str | None = None
@@ -47,7 +47,7 @@ class BenchEncoder:
 
 
 @dataclass
-class Benchmark:
+class BenchmarkConfig:
     name: str = ""  # e.g. "K400"
     group: str = "appearance"  # appearance | motion | other
     data: DataConfig = field(default_factory=DataConfig)  # data.split is ignored
@@ -58,7 +58,7 @@ class Benchmark:
 
 
 @dataclass
-class ExtractSettings:
+class BenchExtractConfig:
     batch_size: int = 8
     num_workers: int = 0
     device: str = "auto"
@@ -70,14 +70,14 @@ class ExtractSettings:
 
 
 @dataclass
-class BenchSuite:
+class BenchSuiteConfig:
     name: str = "suite"
     out: str = "runs/video-bench"
-    encoders: list[BenchEncoder] = field(default_factory=list)
-    benchmarks: list[Benchmark] = field(default_factory=list)
+    encoders: list[BenchEncoderConfig] = field(default_factory=list)
+    benchmarks: list[BenchmarkConfig] = field(default_factory=list)
     probes: list[str] = field(default_factory=lambda: ["linear", "knn"])
     views: ViewsConfig = field(default_factory=ViewsConfig)
-    extract: ExtractSettings = field(default_factory=ExtractSettings)
+    extract: BenchExtractConfig = field(default_factory=BenchExtractConfig)
     linear: LinearProbeConfig = field(default_factory=LinearProbeConfig)
     knn: KnnConfig = field(default_factory=KnnConfig)
     attentive: AttentiveConfig = field(default_factory=AttentiveConfig)
@@ -107,7 +107,7 @@ def expand_path(value: str | None, what: str) -> str | None:
     return _VAR.sub(sub, value)
 
 
-def _label(enc: BenchEncoder) -> str:
+def _label(enc: BenchEncoderConfig) -> str:
     return enc.label or enc.name
 
 
@@ -123,7 +123,7 @@ def _data_key(data: DataConfig) -> str:
     return f"{data.kind}-{hashlib.sha256(blob.encode()).hexdigest()[:10]}"
 
 
-def _check(suite: BenchSuite) -> None:
+def _check(suite: BenchSuiteConfig) -> None:
     if not suite.encoders or not suite.benchmarks:
         raise ConfigError(f"suite {suite.name}: needs at least one encoder and one benchmark")
     labels = [_label(e) for e in suite.encoders]
@@ -141,7 +141,7 @@ def _check(suite: BenchSuite) -> None:
             raise ConfigError(f"benchmark {b.name}: group must be one of {GROUPS}, not {b.group!r}")
 
 
-def _selected(suite: BenchSuite) -> tuple[list[BenchEncoder], list[Benchmark]]:
+def _selected(suite: BenchSuiteConfig) -> tuple[list[BenchEncoderConfig], list[BenchmarkConfig]]:
     encs = [e for e in suite.encoders if not suite.only_encoders
             or _label(e) in suite.only_encoders or e.name in suite.only_encoders]
     benches = [b for b in suite.benchmarks if not suite.only_benchmarks or b.name in suite.only_benchmarks]
@@ -150,7 +150,7 @@ def _selected(suite: BenchSuite) -> tuple[list[BenchEncoder], list[Benchmark]]:
     return encs, benches
 
 
-def _resolve_data(b: Benchmark) -> DataConfig:
+def _resolve_data(b: BenchmarkConfig) -> DataConfig:
     what = f"benchmark {b.name}"
     data = replace(b.data, root=expand_path(b.data.root, what) or "",
                    list_file=expand_path(b.data.list_file, what),
@@ -167,7 +167,7 @@ def _for_split(data: DataConfig, split: str) -> DataConfig:
     return replace(data, split=split, list_file=fill(data.list_file), annotations=fill(data.annotations))
 
 
-def run_suite(suite: BenchSuite) -> dict[str, Any]:
+def run_suite(suite: BenchSuiteConfig) -> dict[str, Any]:
     """Extract, probe and tabulate every (encoder, benchmark); returns the table rows and failures."""
     _check(suite)
     encs, benches = _selected(suite)
@@ -243,7 +243,7 @@ def _mean(xs: list[float]) -> float:
     return float(np.mean(xs)) if xs else float("nan")
 
 
-def tabulate(encs: list[BenchEncoder], benches: list[Benchmark], probes: list[str],
+def tabulate(encs: list[BenchEncoderConfig], benches: list[BenchmarkConfig], probes: list[str],
              cells: dict[tuple[str, str], dict[str, Any]]) -> list[dict[str, Any]]:
     """Rows (encoder, probe): top-1 per benchmark (appearance ones first), group averages, overall."""
     from common.report import checkpoint_id
@@ -269,7 +269,7 @@ def tabulate(encs: list[BenchEncoder], benches: list[Benchmark], probes: list[st
     return rows
 
 
-def write_bench_report(suite: BenchSuite, rows: list[dict[str, Any]],
+def write_bench_report(suite: BenchSuiteConfig, rows: list[dict[str, Any]],
                        cells: dict[tuple[str, str], dict[str, Any]], out: Path) -> None:
     """``table.md`` / ``table.json`` and ``table_<probe>.png`` in ``out``."""
     from common.report import bar_chart_png, write_table

@@ -18,29 +18,37 @@ import time
 from pathlib import Path
 
 from common.probes.linear import LinearProbeConfig
-from videoprobe.bench import BenchEncoder, Benchmark, BenchSuite, ExtractSettings, format_table, run_suite
+from videoprobe.bench import (
+    BenchEncoderConfig,
+    BenchExtractConfig,
+    BenchmarkConfig,
+    BenchSuiteConfig,
+    format_table,
+    run_suite,
+)
 from videoprobe.extract import DataConfig, ViewsConfig
 from videoprobe.probe import AttentiveConfig, KnnConfig
 
 
-def demo_suite(out: Path, synth_root: Path, attentive: bool = False) -> BenchSuite:
+def demo_suite(out: Path, synth_root: Path, attentive: bool = False) -> BenchSuiteConfig:
     """The suite the demo runs (also a template for the generated-data suite YAML)."""
     data = DataConfig(kind="synth", root=str(synth_root))
     probes = ["linear", "knn"] + (["attentive"] if attentive else [])
-    return BenchSuite(
+    return BenchSuiteConfig(
         name="synthetic appearance vs motion (demo)",
         out=str(out),
         encoders=[
-            BenchEncoder(name="frame_stats", label="frame_stats (frame-wise)", clip_len=8, frame_step=4),
-            BenchEncoder(name="motion_energy", label="motion_energy", clip_len=16, frame_step=2),
+            BenchEncoderConfig(name="frame_stats", label="frame_stats (frame-wise)", clip_len=8,
+                               frame_step=4),
+            BenchEncoderConfig(name="motion_energy", label="motion_energy", clip_len=16, frame_step=2),
         ],
         benchmarks=[
-            Benchmark(name="synth-appearance", group="appearance", data=data, classes="appearance"),
-            Benchmark(name="synth-motion", group="motion", data=data, classes="motion"),
+            BenchmarkConfig(name="synth-appearance", group="appearance", data=data, classes="appearance"),
+            BenchmarkConfig(name="synth-motion", group="motion", data=data, classes="motion"),
         ],
         probes=probes,
         views=ViewsConfig(num_clips=2, spatial="center", size=64, short_side=64),
-        extract=ExtractSettings(batch_size=16, device="cpu", fsync=False),
+        extract=BenchExtractConfig(batch_size=16, device="cpu", fsync=False),
         linear=LinearProbeConfig(epochs=30, batch_size=64, val_fraction=0.2),
         knn=KnnConfig(k=20, temperature=0.1, standardize=True),
         attentive=AttentiveConfig(epochs=50, batch_size=16),

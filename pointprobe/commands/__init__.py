@@ -1,4 +1,5 @@
-"""Sub-commands of `pointprobe`: each module here defines `register(subparsers)`; the CLI finds them all.
+"""Sub-commands of `pointprobe`: each module here defines `register(subparsers)`; `pointprobe.cli.COMMANDS`
+lists them in stage order.
 
 Heavy imports (torch, open3d, ...) belong inside the handlers so that `--help` stays fast.
 """

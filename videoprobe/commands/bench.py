@@ -21,10 +21,10 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def _bench(args: argparse.Namespace) -> int:
     from common.cli import load_cli_config
-    from videoprobe.bench import BenchSuite, format_table, run_suite
+    from videoprobe.bench import BenchSuiteConfig, format_table, run_suite
     from videoprobe.extract import report_failures
 
-    suite = load_cli_config(BenchSuite, args, args.suite)
+    suite = load_cli_config(BenchSuiteConfig, args, args.suite)
     result = run_suite(suite)
     print(format_table(result["rows"]))
     print(f"table: {suite.out}/table.md")

@@ -100,7 +100,7 @@ def _extract(args: argparse.Namespace) -> int:
 
 def _export(args: argparse.Namespace) -> int:
     from common.cache import FeatureCache
-    from videoprobe.extract import TWLV_CLASS_COUNTS, export_twlv, twlv_split_name
+    from videoprobe.twlv import TWLV_CLASS_COUNTS, export_twlv, twlv_split_name
 
     n = export_twlv(args.cache, args.out, args.split)
     cache = FeatureCache(args.cache)
@@ -117,7 +117,7 @@ def _import(args: argparse.Namespace) -> int:
     import json
     from pathlib import Path
 
-    from videoprobe.extract import import_twlv
+    from videoprobe.twlv import import_twlv
 
     names = None
     if args.classes:

@@ -10,7 +10,7 @@ Main entry points::
     # -> float32 (V=6, C=3, T=16, 224, 224) in [0, 1], clip-major
     items, class_names = build_video_dataset("ucf101", "data/synth", "train")
     ds = ClipDataset(items, ClipSpec(clip_len=16, frame_step=2, num_clips=2, size=112))
-    sample = ds[0]   # dict(video, label, video_id, path, index, frame_indices, backend, error)
+    sample = ds[0]   # dict(video, label, video_id, path, index, frame_indices, info, backend, error)
 
 Unreadable or inconsistent inputs raise ``common.errors.InputError`` naming the file (``ClipDataset``
 returns the message in ``error`` instead, so that extraction can go on).
@@ -19,11 +19,9 @@ from videoprobe.data.datasets import (
     KINDS,
     VIDEO_EXTS,
     ClipDataset,
-    TrainClipTransform,
     VideoItem,
     build_video_dataset,
     collate_items,
-    make_labeled_video_dataset,
     read_class_folders,
     read_class_index,
     read_class_index_base,
@@ -48,9 +46,9 @@ from videoprobe.data.transforms import (
 )
 
 __all__ = [
-    "KINDS", "VIDEO_EXTS", "ClipDataset", "ClipSpec", "TrainClipTransform", "VideoItem", "VideoReader",
+    "KINDS", "VIDEO_EXTS", "ClipDataset", "ClipSpec", "VideoItem", "VideoReader",
     "build_video_dataset", "center_crop", "clip_indices", "collate_items", "load_clips",
-    "make_labeled_video_dataset", "make_views", "open_video", "random_resized_crop", "read_class_folders",
+    "make_views", "open_video", "random_resized_crop", "read_class_folders",
     "read_class_index", "read_class_index_base", "read_diving48",
     "read_frames", "read_hmdb51", "read_kinetics_csv", "read_path_label_list",
     "read_ssv2", "read_ucf101", "resize_short_side", "sample_clips", "spatial_views", "three_crops",

@@ -15,7 +15,9 @@ Readers (each returns ``(items, class_names)``; ``label`` indexes ``class_names`
 * ``read_ssv2(labels_json, annotation_json, video_root)``: Something-Something v2 (``labels.json``
   name -> id; entries {id, template, label, placeholders}; class = template without brackets;
   videos ``<id>.webm``).
-* ``build_video_dataset(kind, root, split, ...)`` picks the reader and the usual file names.
+* ``build_video_dataset(kind, root, split, ...)`` picks the layout reader of ``kind`` in ``READERS``
+  (one signature: ``(DataSource) -> (items, class_names, source)``; each knows its usual file names).
+  A new format = one such function + one ``READERS`` entry.
 
 A label that is not in the class list raises ``InputError(list_file, "line N: ...")``.
 
@@ -28,8 +30,7 @@ Torch datasets:
   does NOT raise (unless ``strict=True``): the dict has ``video=None`` and ``error`` = the one-line
   ``InputError`` message, so an extractor can record the failure and go on.  Use
   ``collate_items`` as the DataLoader ``collate_fn`` (it returns the list of dicts unchanged).
-* ``make_labeled_video_dataset(items, ...)``: pytorchvideo ``LabeledVideoDataset`` (iterable, decord,
-  video only) yielding random training clips.
+  ``videoprobe extract`` decodes through it.
 """
 from __future__ import annotations
 
@@ -39,6 +40,7 @@ import json
 import logging
 import os
 import re
+import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,14 +49,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from common.errors import InputError
+from common.errors import ConfigError, InputError
 from common.paths import inside_root
-from videoprobe.data.transforms import ClipSpec, spatial_views
+from videoprobe.data.transforms import ClipSpec
 
 log = logging.getLogger(__name__)
 
 VIDEO_EXTS = (".mp4", ".avi", ".webm", ".mkv", ".mov", ".m4v", ".mpg", ".mpeg", ".ogv", ".flv", ".wmv")
-KINDS = ("folder", "list", "ucf101", "synth", "hmdb51", "kinetics", "ssv2", "diving48")
 MISSING = ("keep", "skip", "error")
 
 
@@ -514,6 +515,159 @@ def _ssv2_file(dirs: Sequence[Path], stem: str, hint: str) -> Path:
     return _one_of(f"SSv2 {stem} file", cands, hint) or cands[0]
 
 
+@dataclass(frozen=True)
+class DataSource:
+    """Where one split of a dataset is: the one argument of every layout reader.
+
+    ``root`` is the dataset folder and ``split`` the split name as asked (``name``: normalised,
+    "validation" -> "val");
+    ``video_root`` / ``list_file`` / ``class_index`` / ``annotations`` name files that override the
+    ones a reader looks for under ``root`` (each reader uses the ones its layout has), ``split_id``
+    picks an official split (UCF101 / HMDB51)."""
+
+    root: Path
+    split: str
+    split_id: int = 1
+    video_root: Path | None = None
+    list_file: Path | None = None
+    class_index: Path | None = None
+    annotations: Path | None = None
+
+    @property
+    def name(self) -> str:
+        """The split's normalised name ("validation", "valid", "eval" -> "val")."""
+        return _split_name(self.split)
+
+
+# What a layout reader returns: the items, the class names (``label`` indexes them) and the file or
+# folder they were read from (named in the "found N of M listed videos" line).
+Layout = tuple[list[VideoItem], list[str], Path]
+LayoutReader = Callable[[DataSource], Layout]
+
+
+def _layout_folder(src: DataSource) -> Layout:
+    """``root/<split>/<class>/*`` if ``root/<split>`` exists, else ``root/<class>/*``."""
+    root, split = src.root, src.split
+    base = root / split if (root / split).is_dir() else root
+    names = read_class_index(src.class_index) if src.class_index else None
+    items, names = read_class_folders(base, src.name, class_names=names)
+    return items, names, base
+
+
+def _layout_list(src: DataSource) -> Layout:
+    """``list_file`` of "path label" lines; classes from ``class_index`` or the labels seen."""
+    if src.list_file is None:
+        raise InputError(src.root, "dataset kind 'list' needs list_file")
+    source = _need_file(src.list_file, "list file")
+    if src.class_index:
+        names, base_index = read_class_index_base(src.class_index)
+    else:
+        names, base_index = _names_from_list(source), 0
+    items = read_path_label_list(source, src.video_root or source.parent, names, src.name,
+                                 label_base=base_index,
+                                 class_source=src.class_index.name if src.class_index else "the class list")
+    return items, names, source
+
+
+def _layout_ucf101(src: DataSource) -> Layout:
+    """UCF101 split lists in ``root/splits`` or ``root/ucfTrainTestlist``; the ``videoprobe synth`` output."""
+    root = src.root
+    sdir = _first_existing(root / "splits", root / "ucfTrainTestlist") or root / "splits"
+    vr = src.video_root or _first_existing(root / "videos", root / "UCF-101") or root
+    items, names = read_ucf101(sdir, vr, src.name, src.split_id)
+    return items, names, sdir
+
+
+def _layout_hmdb51(src: DataSource) -> Layout:
+    """HMDB51 ``<class>_test_split<K>.txt`` files and ``<class>/<video>`` folders."""
+    root = src.root
+    if src.annotations:
+        sdir = src.annotations
+    else:
+        pattern = f"*_test_split{src.split_id}.txt"
+        cands = [d for d in (root / "splits", root / "testTrainMulti_7030_splits", root / "annotations")
+                 if d.is_dir() and any(d.glob(pattern))]
+        sdir = _one_of("HMDB51 split folder", cands, "data.annotations=<folder>") or root / "splits"
+    vr = src.video_root or _first_existing(root / "videos", root / "hmdb51_org") or root
+    items, names = read_hmdb51(sdir, vr, src.name, src.split_id)
+    return items, names, sdir
+
+
+def _layout_kinetics(src: DataSource) -> Layout:
+    """Kinetics CSVs (classes from ``class_index``, the train CSV or this CSV) and the video folders."""
+    root, sp = src.root, src.name
+    dirs = [root / "annotations", root]
+    hint = "data.annotations=<csv>"
+
+    def csv_of(s: str) -> Path | None:
+        stems = {"val": ["val", "validate", "validation"]}.get(s, [s])
+        cands = [d / f"{pre}{st}.csv" for d in dirs for pre in ("", "kinetics_") for st in stems]
+        return _one_of(f"Kinetics {s} CSV", cands, hint)
+
+    csv_file = src.annotations or (csv_of(sp) or root / "annotations" / f"{sp}.csv")
+    if src.class_index:
+        names = read_class_index(src.class_index)
+    else:
+        train_csv = None if sp == "train" else csv_of("train")
+        names = read_kinetics_csv(train_csv, root, split="train")[1] if train_csv else None
+    vr = src.video_root or _first_existing(root / f"videos_{sp}", root / "videos") or root
+    repl = _first_existing(*[base / r for base in (root, vr) for r in REPLACEMENT_DIRS])
+    items, names = read_kinetics_csv(csv_file, vr, names, sp, replacements=kinetics_replacements(repl))
+    return items, names, csv_file
+
+
+def _layout_ssv2(src: DataSource) -> Layout:
+    """Something-Something v2 JSON files (plain or 20BN names) and the ``.webm`` folder."""
+    root, sp = src.root, src.name
+    dirs = [root / "labels", root / "annotations", root]
+    labels = src.class_index or _ssv2_file(dirs, "labels", "data.class_index=<labels.json>")
+    stem = {"train": "train", "val": "validation", "test": "test"}.get(sp, sp)
+    ann = src.annotations or _ssv2_file(dirs, stem, "data.annotations=<json>")
+    vr = src.video_root or _first_existing(root / "20bn-something-something-v2", root / "videos") or root
+    items, names = read_ssv2(labels, ann, vr, sp)
+    return items, names, ann
+
+
+def _layout_diving48(src: DataSource) -> Layout:
+    """Diving48 V2 JSON files with the vocabulary and the ``rgb/`` folder; "val" reads the test split."""
+    root, sp = src.root, src.name
+    dirs = [root / "annotations", root]
+    vocab_cands = [d / "Diving48_vocab.json" for d in dirs]
+    vocab = src.class_index or (
+        _one_of("Diving48 vocabulary", vocab_cands, "data.class_index=<json>") or vocab_cands[0])
+    stem = "train" if sp == "train" else "test"
+    ann_cands = [d / f"Diving48_V2_{stem}.json" for d in dirs]
+    ann = src.annotations or (
+        _one_of(f"Diving48 {stem} file", ann_cands, "data.annotations=<json>") or ann_cands[0])
+    vr = src.video_root or _first_existing(root / "rgb", root / "videos") or root
+    items, names = read_diving48(ann, vocab, vr, sp)
+    return items, names, ann
+
+
+# kind -> layout reader. A new dataset format = one ``(DataSource) -> Layout`` function + one entry here
+# (and a line in the README's "Video dataset layouts").
+READERS: dict[str, LayoutReader] = {
+    "folder": _layout_folder,
+    "list": _layout_list,
+    "ucf101": _layout_ucf101,
+    "synth": _layout_ucf101,  # `videoprobe synth` writes the UCF101 layout
+    "hmdb51": _layout_hmdb51,
+    "kinetics": _layout_kinetics,
+    "ssv2": _layout_ssv2,
+    "diving48": _layout_diving48,
+}
+KINDS = tuple(READERS)
+
+
+def layout_reader(kind: str) -> LayoutReader:
+    """The reader of ``kind``; an unknown kind is a one-line ``ConfigError`` listing the known ones."""
+    try:
+        return READERS[kind]
+    except KeyError:
+        known = ", ".join(KINDS)
+        raise ConfigError(f"data.kind: unknown dataset kind {kind!r}; known kinds: {known}") from None
+
+
 def build_video_dataset(kind: str, root: PathArg, split: str = "train", *, split_id: int = 1,
                         video_root: PathArg | None = None, list_file: PathArg | None = None,
                         class_index: PathArg | None = None, annotations: PathArg | None = None,
@@ -549,83 +703,16 @@ def build_video_dataset(kind: str, root: PathArg, split: str = "train", *, split
     ``missing``: what to do with listed files that do not exist: "keep" (decoding reports them per
     item), "skip" (drop with one warning) or "error".
     """
-    if kind not in KINDS:
-        raise ValueError(f"unknown dataset kind {kind!r}; choose one of {', '.join(KINDS)}")
-    root = Path(root)
-    sp = _split_name(split)
-    vroot = Path(video_root) if video_root is not None else None
-    source = root
-    if kind == "folder":
-        base = root / split if (root / split).is_dir() else root
-        names = read_class_index(class_index) if class_index else None
-        items, names = read_class_folders(base, sp, class_names=names)
-        source = base
-    elif kind == "list":
-        if list_file is None:
-            raise InputError(root, "dataset kind 'list' needs list_file")
-        source = _need_file(Path(list_file), "list file")
-        if class_index:
-            names, base_index = read_class_index_base(class_index)
-        else:
-            names, base_index = _names_from_list(source), 0
-        items = read_path_label_list(source, vroot or source.parent, names, sp, label_base=base_index,
-                                     class_source=Path(class_index).name if class_index else "the class list")
-    elif kind in ("ucf101", "synth"):
-        sdir = _first_existing(root / "splits", root / "ucfTrainTestlist") or root / "splits"
-        vr = vroot or _first_existing(root / "videos", root / "UCF-101") or root
-        items, names = read_ucf101(sdir, vr, sp, split_id)
-        source = sdir
-    elif kind == "hmdb51":
-        if annotations:
-            sdir = Path(annotations)
-        else:
-            pattern = f"*_test_split{split_id}.txt"
-            cands = [d for d in (root / "splits", root / "testTrainMulti_7030_splits", root / "annotations")
-                     if d.is_dir() and any(d.glob(pattern))]
-            sdir = _one_of("HMDB51 split folder", cands, "data.annotations=<folder>") or root / "splits"
-        vr = vroot or _first_existing(root / "videos", root / "hmdb51_org") or root
-        items, names = read_hmdb51(sdir, vr, sp, split_id)
-        source = sdir
-    elif kind == "kinetics":
-        dirs = [root / "annotations", root]
-        hint = "data.annotations=<csv>"
+    reader = layout_reader(kind)
 
-        def csv_of(s: str) -> Path | None:
-            stems = {"val": ["val", "validate", "validation"]}.get(s, [s])
-            cands = [d / f"{pre}{st}.csv" for d in dirs for pre in ("", "kinetics_") for st in stems]
-            return _one_of(f"Kinetics {s} CSV", cands, hint)
+    def opt(p: PathArg | None) -> Path | None:
+        return Path(p) if p else None
 
-        csv_file = Path(annotations) if annotations else (csv_of(sp) or root / "annotations" / f"{sp}.csv")
-        if class_index:
-            names = read_class_index(class_index)
-        else:
-            train_csv = None if sp == "train" else csv_of("train")
-            names = read_kinetics_csv(train_csv, root, split="train")[1] if train_csv else None
-        vr = vroot or _first_existing(root / f"videos_{sp}", root / "videos") or root
-        repl = _first_existing(*[base / r for base in (root, vr) for r in REPLACEMENT_DIRS])
-        items, names = read_kinetics_csv(csv_file, vr, names, sp, replacements=kinetics_replacements(repl))
-        source = csv_file
-    elif kind == "ssv2":
-        dirs = [root / "labels", root / "annotations", root]
-        labels = (Path(class_index) if class_index
-                  else _ssv2_file(dirs, "labels", "data.class_index=<labels.json>"))
-        stem = {"train": "train", "val": "validation", "test": "test"}.get(sp, sp)
-        ann = Path(annotations) if annotations else _ssv2_file(dirs, stem, "data.annotations=<json>")
-        vr = vroot or _first_existing(root / "20bn-something-something-v2", root / "videos") or root
-        items, names = read_ssv2(labels, ann, vr, sp)
-        source = ann
-    else:  # diving48
-        dirs = [root / "annotations", root]
-        vocab_cands = [d / "Diving48_vocab.json" for d in dirs]
-        vocab = Path(class_index) if class_index else (
-            _one_of("Diving48 vocabulary", vocab_cands, "data.class_index=<json>") or vocab_cands[0])
-        stem = "train" if sp == "train" else "test"
-        ann_cands = [d / f"Diving48_V2_{stem}.json" for d in dirs]
-        ann = Path(annotations) if annotations else (
-            _one_of(f"Diving48 {stem} file", ann_cands, "data.annotations=<json>") or ann_cands[0])
-        vr = vroot or _first_existing(root / "rgb", root / "videos") or root
-        items, names = read_diving48(ann, vocab, vr, sp)
-        source = ann
+    src = DataSource(Path(root), split, split_id,
+                     video_root=None if video_root is None else Path(video_root),
+                     list_file=None if list_file is None else Path(list_file), class_index=opt(class_index),
+                     annotations=opt(annotations))
+    items, names, source = reader(src)
     return _apply_missing(items, missing, source), names
 
 
@@ -647,13 +734,14 @@ def _names_from_list(list_file: Path) -> list[str]:
 
 
 class ClipDataset(torch.utils.data.Dataset):
-    """Map-style dataset over videos, each giving all its views (for feature extraction).
+    """Map-style dataset over videos, each giving all its views (what ``videoprobe extract`` decodes).
 
     ``dataset[i]`` -> dict(video=(V, C, T, H, W) float32 in [0, 1] or None, label=int, video_id=str,
-    path=str, index=i, frame_indices=(num_clips, clip_len) int64 array or None, backend=str or None,
-    error=one-line message or None).  Decode failures are returned in ``error`` (``strict=True``
-    raises the ``InputError`` instead).  Random temporal / spatial sampling is seeded by
-    ``(seed, i)``, so a given index always gives the same views.
+    path=str, index=i, frame_indices=(num_clips, clip_len) int64 array or None, info=float64 array
+    [num_frames, fps] or None, backend=str or None, error=one-line message or None).  Decode failures
+    are returned in ``error`` (``strict=True`` raises the ``InputError`` instead).  Random temporal /
+    spatial sampling is seeded by ``(seed, crc32(video_id))``, so a video always gives the same views
+    wherever it sits in the list (a resumed or sharded extraction decodes the same clips).
     """
 
     def __init__(self, items: Sequence[VideoItem], spec: ClipSpec, seed: int = 0, strict: bool = False,
@@ -672,12 +760,14 @@ class ClipDataset(torch.utils.data.Dataset):
 
         it = self.items[i]
         out: dict[str, Any] = {"video": None, "label": it.label, "video_id": it.video_id, "path": it.path,
-                               "index": i, "frame_indices": None, "backend": None, "error": None}
+                               "index": i, "frame_indices": None, "info": None, "backend": None,
+                               "error": None}
         try:
             with open_video(it.path, self.spec.backend, self.num_threads) as reader:
-                video, idx = sample_clips(reader, self.spec, np.random.default_rng([self.seed, i]),
-                                          segment=it.segment)
-                out.update(video=video, frame_indices=idx, backend=reader.backend)
+                rng = np.random.default_rng([self.seed, zlib.crc32(it.video_id.encode())])
+                video, idx = sample_clips(reader, self.spec, rng, segment=it.segment)
+                out.update(video=video, frame_indices=np.asarray(idx, dtype=np.int64), backend=reader.backend,
+                           info=np.array([reader.num_frames, reader.fps], dtype=np.float64))
         except InputError as e:
             if self.strict:
                 raise
@@ -689,40 +779,3 @@ def collate_items(batch: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """DataLoader ``collate_fn`` for ``ClipDataset``: keep the per-video dicts as a list (views differ
     in number per video only by failures, and a failed item has ``video=None``)."""
     return batch
-
-
-class TrainClipTransform:
-    """For pytorchvideo clips: ``sample["video"]`` (C, T', H, W) float 0-255 -> (C, clip_len, size, size)
-    in [0, 1]: ``clip_len`` frames evenly spaced over the clip, then a random resized crop (or
-    ``spatial``).  Picklable (for DataLoader workers)."""
-
-    def __init__(self, clip_len: int = 16, size: int = 112, spatial: str = "random_resized",
-                 seed: int | None = None):
-        self.clip_len, self.size, self.spatial = clip_len, size, spatial
-        self.rng = np.random.default_rng(seed)
-
-    def __call__(self, sample: dict[str, Any]) -> dict[str, Any]:
-        video = sample["video"]
-        t = video.shape[1]
-        idx = torch.linspace(0, t - 1, self.clip_len).round().long()
-        clip = video[:, idx].to(torch.float32) / 255.0
-        sample["video"] = spatial_views(clip, self.spatial, self.size, rng=self.rng)[0]
-        return sample
-
-
-def make_labeled_video_dataset(items: Sequence[VideoItem], clip_duration: float = 2.0,
-                               sampler: str = "random", transform: Callable[[dict], Any] | None = None,
-                               shuffle: bool = True) -> Any:
-    """A pytorchvideo ``LabeledVideoDataset`` (IterableDataset; decord, no audio) over ``items``,
-    yielding dicts with ``video`` (C, T, H, W), ``label``, ``video_id``, ``video_name``, ``clip_index``.
-
-    ``sampler``: pytorchvideo clip sampler ("random", "uniform", ...) of ``clip_duration`` seconds.
-    Use ``TrainClipTransform`` as ``transform`` for fixed-size float clips.  (pytorchvideo's own
-    ``transforms`` module is not used: it does not import with current torchvision.)
-    """
-    from pytorchvideo.data import LabeledVideoDataset, make_clip_sampler
-
-    paths = [(it.path, {"label": it.label, "video_id": it.video_id}) for it in items]
-    video_sampler = torch.utils.data.RandomSampler if shuffle else torch.utils.data.SequentialSampler
-    return LabeledVideoDataset(paths, make_clip_sampler(sampler, clip_duration), video_sampler=video_sampler,
-                               transform=transform, decode_audio=False, decoder="decord")

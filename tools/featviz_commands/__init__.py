@@ -1,1 +1,0 @@
-"""Sub-commands of `featviz` (points, video, report); each module defines `register(subparsers)`."""
