@@ -115,7 +115,7 @@ def test_distill_writes_curves_beside_history(tmp_path):
 
     from common.config import load_config
     from pointprobe.data.preprocess import preprocess_dataset
-    from pointprobe.data.synth import generate_dataset
+    from pointprobe.synth import generate_dataset
     from pointprobe.lift.distill import DistillConfig, run_distill
     from pointprobe.lift.lift import LiftConfig, run_lift
 

@@ -11,7 +11,7 @@ import pytest
 from pointprobe.data import frames as fr
 from pointprobe.data.ply import read_ply
 from pointprobe.data.scannet import VALID_CLASS_IDS_20, list_scenes, load_scene, read_label_map
-from pointprobe.data.synth import camera_intrinsics, generate_dataset, generate_scene, render_frames
+from pointprobe.synth import camera_intrinsics, generate_dataset, generate_scene, render_frames
 
 SEED = 3
 N_SCENES = 5

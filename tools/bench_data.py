@@ -67,7 +67,7 @@ def main() -> int:
     import open3d as o3d
 
     from pointprobe.data.preprocess import preprocess_dataset
-    from pointprobe.data.synth import generate_dataset, generate_scene, write_scene
+    from pointprobe.synth import generate_dataset, generate_scene, write_scene
 
     rows = []
     with tempfile.TemporaryDirectory() as tmp:

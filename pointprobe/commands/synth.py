@@ -41,7 +41,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from common.errors import ConfigError
-    from pointprobe.data.synth import generate_dataset
+    from pointprobe.synth import generate_dataset
 
     if args.scenes < 1:
         raise ConfigError(f"--scenes must be >= 1, got {args.scenes}")

@@ -1,6 +1,7 @@
-"""Datasets: PLY meshes, raw ScanNet v2 scenes, Pointcept's preprocessed layout, RGB-D frames, synthetic data.
+"""Dataset readers: PLY meshes, raw ScanNet v2 scenes, Pointcept's preprocessed layout, RGB-D frames.
 
-Heavy modules (``synth``, ``frames``) are imported on use; the common readers are re-exported here.
+``frames`` is imported on use; the common readers are re-exported here. The scene generator that writes
+these layouts is its own package, ``pointprobe.synth``.
 """
 
 from pointprobe.data.ply import PlyMesh, read_ply, write_ply
