@@ -452,8 +452,8 @@ def test_features_are_read_where_the_colour_camera_sees_the_point(tmp_path):
     """ScanNet's colour and depth cameras have different intrinsics: visibility uses the depth camera,
     the feature is read at the colour camera's pixel."""
     from pointprobe.data.frames import write_intrinsics
-    from pointprobe.synth import camera_intrinsics
     from pointprobe.lift.lift import FusionSpec, lift_scene
+    from pointprobe.synth import camera_intrinsics
 
     coord, _, masks, poses = _write_occlusion_scene(tmp_path)
     K = camera_intrinsics(160, 120)

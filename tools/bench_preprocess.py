@@ -23,8 +23,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from common.benchdoc import machine_line, update_section  # noqa: E402
 from common.sampling import grid_sample  # noqa: E402
-from pointprobe.synth import generate_scene  # noqa: E402
 from pointprobe.models.preprocess import canonical_index, center_shift  # noqa: E402
+from pointprobe.synth import generate_scene  # noqa: E402
 
 
 def lexsort_all(inverse: np.ndarray, m: int, feat: np.ndarray) -> np.ndarray:
