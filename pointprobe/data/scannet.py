@@ -30,11 +30,11 @@ from pointprobe.data.ply import read_ply
 
 # fmt: off
 __all__ = [
-    "IGNORE_INDEX", "VALID_CLASS_IDS_20", "CLASS_LABELS_20", "VALID_CLASS_IDS_200", "CLASS_LABELS_200",
-    "SPLITS", "LabelMap", "Scene", "read_label_map", "read_segs", "read_aggregation", "vertex_normals",
-    "labels_from_annotations", "raw_scene_files", "read_raw_scene", "read_split_file", "find_raw_scene",
-    "load_scene", "save_scene", "scene_is_complete", "list_scenes", "ScanNetDataset", "LABEL_TABLE",
-    "SHIPPED_META", "shipped_meta_file", "raw_scene_names",
+    "IGNORE_INDEX", "VALID_CLASS_IDS_20", "CLASS_LABELS_20", "SCANNET20_PALETTE", "VALID_CLASS_IDS_200",
+    "CLASS_LABELS_200", "SPLITS", "LabelMap", "Scene", "read_label_map", "read_segs", "read_aggregation",
+    "vertex_normals", "labels_from_annotations", "raw_scene_files", "read_raw_scene", "read_split_file",
+    "find_raw_scene", "load_scene", "save_scene", "scene_is_complete", "list_scenes", "ScanNetDataset",
+    "LABEL_TABLE", "SHIPPED_META", "shipped_meta_file", "raw_scene_names",
 ]
 # fmt: on
 
@@ -51,6 +51,15 @@ CLASS_LABELS_20 = (
     "counter", "desk", "curtain", "refrigerator", "shower curtain", "toilet", "sink", "bathtub",
     "otherfurniture",
 )
+
+# The ScanNet benchmark's colours of the 20 classes (nyu40 palette entries of each class), RGB 0-255: the one
+# palette of label pictures, labelled PLY files and cluster pictures.
+SCANNET20_PALETTE = np.array([
+    (174, 199, 232), (152, 223, 138), (31, 119, 180), (255, 187, 120), (188, 189, 34),
+    (140, 86, 75), (255, 152, 150), (214, 39, 40), (197, 176, 213), (148, 103, 189),
+    (196, 156, 148), (23, 190, 207), (247, 182, 210), (219, 219, 141), (255, 127, 14),
+    (158, 218, 229), (44, 160, 44), (112, 128, 144), (227, 119, 194), (82, 84, 163),
+], dtype=np.uint8)
 
 # ScanNet200 benchmark (BenchmarkScripts/ScanNet200/scannet200_constants.py): train index i <- tsv ``id``
 # VALID_CLASS_IDS_200[i]; CLASS_LABELS_200[i] is its name.

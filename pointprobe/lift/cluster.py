@@ -294,8 +294,8 @@ def _pictures(cache: Any, cfg: ClusterConfig, out: Path, per_scene: dict[str, np
               mapping: np.ndarray, title: str) -> dict[str, str]:
     """Per scene: clusters.ply (cluster colours), matched.ply (matched class colours), panels.png."""
     from common.pca import categorical_palette
-    from pointprobe.data.scannet import load_scene
-    from pointprobe.viz import SCANNET20_PALETTE, visualize_points, write_colored_ply
+    from pointprobe.data.scannet import SCANNET20_PALETTE, load_scene
+    from pointprobe.viz import visualize_points, write_colored_ply
 
     root = _data_root(cache, cfg)
     if root is None:
