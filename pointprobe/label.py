@@ -35,9 +35,10 @@ def _read_any_scene(path: Path):
     return points_scene(load_points(path))
 
 
-def label_colors(labels: np.ndarray, num_classes: int = 20) -> np.ndarray:
-    """(N,) class ids (-1 = ignore) -> (N, 3) uint8 colours: the ScanNet 20-class palette, black for
-    ignored points; more than 20 classes use a hashed palette after the 20 colours."""
+def labelled_ply_colors(labels: np.ndarray, num_classes: int = 20) -> np.ndarray:
+    """(N,) class ids (-1 = ignore) -> (N, 3) uint8 colours of a labelled PLY: the ScanNet 20-class palette,
+    black for ignored points; more than 20 classes use a hashed palette after the 20 colours. (Pictures
+    use ``common.pca.label_colors``: float colours, grey for ignored points.)"""
     labels = np.asarray(labels).astype(np.int64)
     if num_classes <= len(SCANNET20_PALETTE):
         table = SCANNET20_PALETTE
@@ -95,7 +96,7 @@ def label_scenes(probe_path: str, scenes: list[str], out: str, device: str = "au
             scene = _read_any_scene(Path(s))
             feats = scene_features(model, scene, cfg, dev)
             pred = predict(result, torch.from_numpy(feats)).argmax(1).numpy()
-            colors = label_colors(pred, result.num_classes)
+            colors = labelled_ply_colors(pred, result.num_classes)
             vertex = {"x": scene.coord[:, 0], "y": scene.coord[:, 1], "z": scene.coord[:, 2],
                       "red": colors[:, 0], "green": colors[:, 1], "blue": colors[:, 2],
                       "label": pred.astype(np.int32)}

@@ -64,11 +64,11 @@ def test_label_reads_every_format_of_the_point_reader(tmp_path):
 
 def test_one_scannet20_palette():
     from pointprobe.data.scannet import CLASS_LABELS_20, SCANNET20_PALETTE
-    from pointprobe.label import label_colors
+    from pointprobe.label import labelled_ply_colors
 
     assert SCANNET20_PALETTE.shape == (len(CLASS_LABELS_20), 3) and SCANNET20_PALETTE.dtype == np.uint8
     assert tuple(SCANNET20_PALETTE[0]) == (174, 199, 232)  # wall, as in the ScanNet benchmark
-    c = label_colors(np.array([0, 19, -1]))
+    c = labelled_ply_colors(np.array([0, 19, -1]))
     np.testing.assert_array_equal(c, [SCANNET20_PALETTE[0], SCANNET20_PALETTE[19], (0, 0, 0)])
-    many = label_colors(np.arange(30), num_classes=30)
+    many = labelled_ply_colors(np.arange(30), num_classes=30)
     np.testing.assert_array_equal(many[:20], SCANNET20_PALETTE)
