@@ -19,7 +19,7 @@ import dataclasses
 import json
 import os
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -33,7 +33,7 @@ __all__ = [
     "IGNORE_INDEX", "VALID_CLASS_IDS_20", "CLASS_LABELS_20", "SCANNET20_PALETTE", "VALID_CLASS_IDS_200",
     "CLASS_LABELS_200", "SPLITS", "LabelMap", "Scene", "read_label_map", "read_segs", "read_aggregation",
     "vertex_normals", "labels_from_annotations", "raw_scene_files", "read_raw_scene", "read_split_file",
-    "find_raw_scene", "load_scene", "save_scene", "scene_is_complete", "list_scenes", "ScanNetDataset",
+    "find_raw_scene", "load_scene", "save_scene", "scene_is_complete", "list_scenes",
     "LABEL_TABLE", "SHIPPED_META", "shipped_meta_file", "raw_scene_names",
 ]
 # fmt: on
@@ -505,57 +505,3 @@ def list_scenes(root: str | os.PathLike, split: str) -> list[str]:
     if not d.is_dir():
         raise InputError(d, f"split folder '{split}' not found")
     return sorted(p.name for p in d.iterdir() if p.is_dir() and not p.name.startswith("."))
-
-
-class ScanNetDataset:
-    """Scenes of one split of the preprocessed layout; ``ds[i]`` is a dict of arrays.
-
-    Items: ``name``, ``coord`` (N,3) float32, ``color`` (N,3) uint8, ``normal`` (N,3) float32,
-    ``segment`` (N,) int64 from ``label_set`` (-1 = ignore), ``instance`` (N,) int64.
-    """
-
-    def __init__(
-        self,
-        root: str | os.PathLike,
-        split: str,
-        label_set: str = "segment20",
-        names: Sequence[str] | None = None,
-    ):
-        if label_set not in ("segment20", "segment200"):
-            raise ValueError(f"label_set must be 'segment20' or 'segment200', got {label_set!r}")
-        self.root = Path(root)
-        self.split = split
-        self.label_set = label_set
-        available = list_scenes(self.root, split)
-        if names is None:
-            self.names = available
-        else:
-            missing = sorted(set(names) - set(available))
-            if missing:
-                raise InputError(self.root / split / missing[0], "scene not found")
-            self.names = list(names)
-        self.class_names = CLASS_LABELS_20 if label_set == "segment20" else CLASS_LABELS_200
-        self.num_classes = len(self.class_names)
-        self.ignore_index = IGNORE_INDEX
-
-    def __len__(self) -> int:
-        return len(self.names)
-
-    def scene(self, i: int) -> Scene:
-        """The i-th scene as a ``Scene``."""
-        return load_scene(self.root / self.split / self.names[i])
-
-    def __getitem__(self, i: int) -> dict:
-        s = self.scene(i)
-        return {
-            "name": s.name,
-            "coord": s.coord,
-            "color": s.color,
-            "normal": s.normal,
-            "segment": s.labels(self.label_set),
-            "instance": s.instance,
-        }
-
-    def __iter__(self) -> Iterator[dict]:
-        for i in range(len(self)):
-            yield self[i]
