@@ -114,7 +114,7 @@ def test_distill_writes_curves_beside_history(tmp_path):
     from test_distill_cluster import _distill_args
 
     from common.config import load_config
-    from pointprobe.data.preprocess import preprocess_dataset
+    from pointprobe.data.scannet_preprocess import preprocess_dataset
     from pointprobe.lift.distill import DistillConfig, run_distill
     from pointprobe.lift.lift import LiftConfig, run_lift
     from pointprobe.synth import generate_dataset

@@ -153,7 +153,7 @@ def synth(tmp_path_factory) -> tuple[Path, Path]:
     generator's first ("loop") camera path: these tests pin the projection math on the data they were
     written for (the pixel-footprint bound below measures from the nearest camera, which on that small
     loop is one that sees the point; the "walk" path passes cameras with their backs to a wall)."""
-    from pointprobe.data.preprocess import preprocess_dataset
+    from pointprobe.data.scannet_preprocess import preprocess_dataset
     from pointprobe.synth import generate_dataset
 
     root = tmp_path_factory.mktemp("lift")

@@ -66,7 +66,7 @@ def main() -> int:
     args = ap.parse_args()
     import open3d as o3d
 
-    from pointprobe.data.preprocess import preprocess_dataset
+    from pointprobe.data.scannet_preprocess import preprocess_dataset
     from pointprobe.synth import generate_dataset, generate_scene, write_scene
 
     rows = []

@@ -92,7 +92,7 @@ def timed(fn, repeats: int = 3) -> tuple[float, object]:
 # ------------------------------------------------------------------------------------------- data
 def scenes(root: Path, n: int) -> Path:
     """``n`` generated rooms, preprocessed (ScanNet layout) under ``root``."""
-    from pointprobe.data.preprocess import preprocess_dataset
+    from pointprobe.data.scannet_preprocess import preprocess_dataset
     from pointprobe.synth import generate_dataset
 
     generate_dataset(root / "raw", n, seed=0, frames_per_scene=0, progress=False)
