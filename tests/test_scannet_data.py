@@ -621,3 +621,11 @@ def test_frames_round_trip(tmp_path):
     (tmp_path / "pose" / "40.txt").write_text("1 2 3")
     with pytest.raises(InputError, match=r"40\.txt: expected a 4x4 matrix"):
         fr.read_frame(tmp_path, 40)
+
+
+def test_class_names_of_a_label_set():
+    from pointprobe.data.scannet import class_names
+
+    assert class_names("segment20") == CLASS_LABELS_20 and class_names("segment200") == CLASS_LABELS_200
+    with pytest.raises(InputError, match="label set 'instance' has no class list"):
+        class_names("instance")

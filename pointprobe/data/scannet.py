@@ -33,7 +33,7 @@ __all__ = [
     "IGNORE_INDEX", "VALID_CLASS_IDS_20", "CLASS_LABELS_20", "SCANNET20_PALETTE", "VALID_CLASS_IDS_200",
     "CLASS_LABELS_200", "SPLITS", "LabelMap", "Scene", "read_label_map", "read_segs", "read_aggregation",
     "vertex_normals", "labels_from_annotations", "raw_scene_files", "read_raw_scene", "read_split_file",
-    "find_raw_scene", "load_scene", "save_scene", "scene_is_complete", "list_scenes",
+    "find_raw_scene", "class_names", "load_scene", "save_scene", "scene_is_complete", "list_scenes",
     "LABEL_TABLE", "SHIPPED_META", "shipped_meta_file", "raw_scene_names",
 ]
 # fmt: on
@@ -497,6 +497,15 @@ def load_scene(folder: str | os.PathLike) -> Scene:
         labelled=labelled,
     )
     return scene.validate(folder)
+
+
+def class_names(label_set: str) -> tuple[str, ...]:
+    """The class names of a semantic label set (``segment20`` / ``segment200``), in train-index order."""
+    if label_set == "segment20":
+        return CLASS_LABELS_20
+    if label_set == "segment200":
+        return CLASS_LABELS_200
+    raise InputError(None, f"label set {label_set!r} has no class list (use segment20 or segment200)")
 
 
 def list_scenes(root: str | os.PathLike, split: str) -> list[str]:
