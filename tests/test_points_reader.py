@@ -72,3 +72,22 @@ def test_one_scannet20_palette():
     np.testing.assert_array_equal(c, [SCANNET20_PALETTE[0], SCANNET20_PALETTE[19], (0, 0, 0)])
     many = labelled_ply_colors(np.arange(30), num_classes=30)
     np.testing.assert_array_equal(many[:20], SCANNET20_PALETTE)
+
+
+def test_a_new_point_format_is_one_reader_and_one_entry(tmp_path, monkeypatch):
+    """``load_points`` dispatches on a table: registering a reader for ``.xyz`` is all a format takes."""
+    from pointprobe.data.points import FILE_READERS, PointInput, load_points
+
+    def read_xyz(path: Path) -> PointInput:
+        coord = np.loadtxt(path, ndmin=2)
+        return PointInput(path.stem, coord, None, None, None, str(path))
+
+    (tmp_path / "a.xyz").write_text("0 0 0\n1 2 3\n")
+    with pytest.raises(InputError, match=r"format '\.xyz' \(folder, \.ply, \.npy or \.npz\)"):
+        load_points(tmp_path / "a.xyz")
+    monkeypatch.setitem(FILE_READERS, ".xyz", read_xyz)
+    pts = load_points(tmp_path / "a.xyz")
+    np.testing.assert_array_equal(pts.coord, [[0, 0, 0], [1, 2, 3]])
+    (tmp_path / "b.txt").write_text("x")
+    with pytest.raises(InputError, match=r"\(folder, \.ply, \.npy, \.npz or \.xyz\)"):
+        load_points(tmp_path / "b.txt")

@@ -8,7 +8,7 @@ a ``.ply``, a ``.npy`` or a ``.npz`` into a :class:`PointInput`; :func:`points_s
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,7 +18,7 @@ import numpy as np
 from common.errors import InputError
 from pointprobe.data.scannet import Scene
 
-__all__ = ["PointInput", "load_points", "points_scene", "labels_or_none"]
+__all__ = ["PointInput", "load_points", "points_scene", "labels_or_none", "FILE_READERS", "FOLDER_READERS"]
 
 
 @dataclass
@@ -118,6 +118,88 @@ def _load_raw_folder(folder: Path) -> PointInput:
     )
 
 
+def _read_preprocessed_folder(path: Path) -> PointInput:
+    from pointprobe.data.scannet import load_scene
+
+    s = load_scene(path)
+    return PointInput(
+        s.name,
+        s.coord.astype(np.float64),
+        s.color,
+        s.normal,
+        labels_or_none(s.segment20) if s.labelled else None,
+        str(path),
+    )
+
+
+def _read_ply(path: Path) -> PointInput:
+    from pointprobe.data.ply import read_ply
+    from pointprobe.data.scannet import vertex_normals
+
+    mesh = read_ply(path)
+    if not mesh.has("x", "y", "z"):
+        raise InputError(path, "vertices lack x/y/z")
+    coord = mesh.coord
+    normal = mesh.normal
+    if normal is None and len(mesh.faces):
+        normal = vertex_normals(coord, mesh.faces)
+    names = mesh.vertex.dtype.names or ()
+    labels = next((mesh.vertex[k] for k in _LABEL_KEYS if k in names), None)
+    arrays = {"coord": coord, "color": mesh.color, "normal": normal, "labels": labels}
+    return _from_arrays(path.stem, path, arrays)
+
+
+def _read_npy(path: Path) -> PointInput:
+    try:
+        a = np.load(path, allow_pickle=False)
+    except (ValueError, OSError, EOFError) as e:
+        raise InputError(path, f"cannot read array ({e})") from None
+    if a.ndim != 2 or a.shape[1] not in (3, 6, 9):
+        raise InputError(path, f"expected an (N, 3|6|9) array of coord[, color[, normal]], got {a.shape}")
+    return _from_arrays(
+        path.stem,
+        path,
+        {
+            "coord": a[:, :3],
+            "color": a[:, 3:6] if a.shape[1] >= 6 else None,
+            "normal": a[:, 6:9] if a.shape[1] == 9 else None,
+        },
+    )
+
+
+def _read_npz(path: Path) -> PointInput:
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            d = {k: z[k] for k in z.files}
+    except (ValueError, OSError, EOFError) as e:
+        raise InputError(path, f"cannot read archive ({e})") from None
+    if "coord" not in d:
+        raise InputError(path, f"no 'coord' array (has: {', '.join(sorted(d)) or 'none'})")
+    return _from_arrays(
+        path.stem,
+        path,
+        {
+            "coord": d["coord"],
+            "color": _first_key(d, ("color", "colors", "rgb")),
+            "normal": _first_key(d, ("normal", "normals")),
+            "labels": _first_key(d, _LABEL_KEYS),
+        },
+    )
+
+
+# The readers: a new format is one reader function and one entry. Scene folders: (the file that marks the
+# kind, {name} = the folder's name; what it is, for errors; reader), tried in order. Files: suffix -> reader.
+FOLDER_READERS: tuple[tuple[str, str, Callable[[Path], PointInput]], ...] = (
+    ("coord.npy", "a preprocessed scene (coord.npy, color.npy, ...)", _read_preprocessed_folder),
+    ("{name}_vh_clean_2.ply", "a raw ScanNet scene ({name}_vh_clean_2.ply)", _load_raw_folder),
+)
+FILE_READERS: dict[str, Callable[[Path], PointInput]] = {
+    ".ply": _read_ply,
+    ".npy": _read_npy,
+    ".npz": _read_npz,
+}
+
+
 def load_points(path: str | os.PathLike) -> PointInput:
     """Read a scene: a preprocessed folder (``coord.npy`` ...), a raw ScanNet scene folder
     (``<name>_vh_clean_2.ply``; labels when the segs / aggregation files and the label table are there),
@@ -127,77 +209,17 @@ def load_points(path: str | os.PathLike) -> PointInput:
     if not path.exists():
         raise InputError(path, "no such scene file or folder")
     if path.is_dir():
-        if (path / "coord.npy").is_file():
-            from pointprobe.data.scannet import load_scene
-
-            s = load_scene(path)
-            return PointInput(
-                s.name,
-                s.coord.astype(np.float64),
-                s.color,
-                s.normal,
-                labels_or_none(s.segment20) if s.labelled else None,
-                str(path),
-            )
-        if (path / f"{path.name}_vh_clean_2.ply").is_file():
-            return _load_raw_folder(path)
-        raise InputError(
-            path,
-            "folder is neither a preprocessed scene (coord.npy, color.npy, ...) nor a raw "
-            f"ScanNet scene ({path.name}_vh_clean_2.ply)",
-        )
+        for marker, _what, reader in FOLDER_READERS:
+            if (path / marker.format(name=path.name)).is_file():
+                return reader(path)
+        kinds = " nor ".join(what.format(name=path.name) for _, what, _ in FOLDER_READERS)
+        raise InputError(path, f"folder is neither {kinds}")
     suffix = path.suffix.lower()
-    if suffix == ".ply":
-        from pointprobe.data.ply import read_ply
-        from pointprobe.data.scannet import vertex_normals
-
-        mesh = read_ply(path)
-        if not mesh.has("x", "y", "z"):
-            raise InputError(path, "vertices lack x/y/z")
-        coord = mesh.coord
-        normal = mesh.normal
-        if normal is None and len(mesh.faces):
-            normal = vertex_normals(coord, mesh.faces)
-        names = mesh.vertex.dtype.names or ()
-        labels = next((mesh.vertex[k] for k in _LABEL_KEYS if k in names), None)
-        return _from_arrays(
-            path.stem, path, {"coord": coord, "color": mesh.color, "normal": normal, "labels": labels}
-        )
-    if suffix == ".npy":
-        try:
-            a = np.load(path, allow_pickle=False)
-        except (ValueError, OSError, EOFError) as e:
-            raise InputError(path, f"cannot read array ({e})") from None
-        if a.ndim != 2 or a.shape[1] not in (3, 6, 9):
-            raise InputError(path, f"expected an (N, 3|6|9) array of coord[, color[, normal]], got {a.shape}")
-        return _from_arrays(
-            path.stem,
-            path,
-            {
-                "coord": a[:, :3],
-                "color": a[:, 3:6] if a.shape[1] >= 6 else None,
-                "normal": a[:, 6:9] if a.shape[1] == 9 else None,
-            },
-        )
-    if suffix == ".npz":
-        try:
-            with np.load(path, allow_pickle=False) as z:
-                d = {k: z[k] for k in z.files}
-        except (ValueError, OSError, EOFError) as e:
-            raise InputError(path, f"cannot read archive ({e})") from None
-        if "coord" not in d:
-            raise InputError(path, f"no 'coord' array (has: {', '.join(sorted(d)) or 'none'})")
-        return _from_arrays(
-            path.stem,
-            path,
-            {
-                "coord": d["coord"],
-                "color": _first_key(d, ("color", "colors", "rgb")),
-                "normal": _first_key(d, ("normal", "normals")),
-                "labels": _first_key(d, _LABEL_KEYS),
-            },
-        )
-    raise InputError(path, f"unsupported scene format '{suffix}' (folder, .ply, .npy or .npz)")
+    reader = FILE_READERS.get(suffix)
+    if reader is None:
+        *first, last = FILE_READERS
+        raise InputError(path, f"unsupported scene format '{suffix}' (folder, {', '.join(first)} or {last})")
+    return reader(path)
 
 
 def points_scene(pts: PointInput) -> Scene:
