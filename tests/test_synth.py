@@ -310,3 +310,28 @@ def test_synth_cli_camera_path(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["synth", "--help"])
     assert "{" + ",".join(CAMERA_PATHS) + "}" in capsys.readouterr().out  # the CLI offers every path
+
+
+def test_the_generator_is_its_own_room():
+    """``pointprobe.synth`` writes for the readers of ``pointprobe.data``; the readers never import the
+    generator, and the generator imports no pipeline stage (only common, pointprobe.data and itself)."""
+    import ast
+    from pathlib import Path
+
+    import pointprobe
+
+    root = Path(pointprobe.__file__).parent
+
+    def imports(folder: str) -> set[str]:
+        out = set()
+        for f in (root / folder).glob("*.py"):
+            for n in ast.walk(ast.parse(f.read_text())):
+                if isinstance(n, ast.ImportFrom) and n.module:
+                    out.add(n.module)
+                elif isinstance(n, ast.Import):
+                    out.update(a.name for a in n.names)
+        return out
+
+    assert not {m for m in imports("data") if m.startswith("pointprobe.synth")}
+    inner = {m for m in imports("synth") if m.startswith("pointprobe")}
+    assert inner and all(m.startswith(("pointprobe.data", "pointprobe.synth")) for m in inner), inner
