@@ -35,11 +35,11 @@ def _stage(name: str, t0: float) -> None:
 
 def run_demo(cfg: PointDemoConfig) -> dict:
     """Run every stage; returns the probe result rows and output paths."""
-    from pointprobe.data.preprocess import preprocess_dataset
-    from pointprobe.data.synth import generate_dataset
+    from pointprobe.data.scannet_preprocess import preprocess_dataset
     from pointprobe.extract import ExtractConfig, PointDataSpec, PointEncoderSpec, extract
     from pointprobe.pretrain.train import PretrainConfig, run_pretrain
     from pointprobe.probe import SegProbeConfig, run_probe
+    from pointprobe.synth import generate_dataset
 
     t0 = time.time()
     out = Path(cfg.out)

@@ -70,14 +70,14 @@ def run(args: argparse.Namespace) -> int:
     import numpy as np
 
     from common.errors import ConfigError, InputError
+    from pointprobe.data.points import load_points
     from pointprobe.viz import (
         cache_features,
         load_point_encoder,
-        load_points,
         parse_xyz,
         point_features,
-        raw_features,
         visualize_points,
+        zscored_input_features,
     )
 
     sources = [bool(args.checkpoint), bool(args.encoder), bool(args.cache)]
@@ -100,7 +100,7 @@ def run(args: argparse.Namespace) -> int:
             args.checkpoint, args.encoder, args.random_init, args.seed, args.device
         )
         feats = (
-            raw_features(pts)
+            zscored_input_features(pts)
             if model is None
             else point_features(model, pts, args.levels, args.grid_size, args.device, align=args.grid_align)
         )

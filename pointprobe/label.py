@@ -11,6 +11,7 @@ from common.dist import pick_device
 from common.errors import CheckpointError, InputError
 from common.metrics import confusion_matrix, segmentation_metrics
 from common.probes.linear import load_probe, predict
+from pointprobe.data.scannet import SCANNET20_PALETTE
 from pointprobe.extract import (
     RAW,
     ExtractConfig,
@@ -18,37 +19,38 @@ from pointprobe.extract import (
     build_encoder,
     scene_features,
 )
-from pointprobe.labels import label_colors
 
 log = logging.getLogger(__name__)
+IGNORE_RGB = np.array([0, 0, 0], dtype=np.uint8)  # colour of unlabelled points in label pictures
 
 
 def _read_any_scene(path: Path):
-    """A preprocessed scene folder or a PLY point cloud / mesh (labels unknown)."""
-    from pointprobe.data.scannet import IGNORE_INDEX, Scene, load_scene
+    """A preprocessed scene folder (with its labels), or any scene ``load_points`` reads (a ``.ply``, a raw
+    ScanNet folder, ``.npy`` / ``.npz``) with labels unknown."""
+    from pointprobe.data.points import load_points, points_scene
+    from pointprobe.data.scannet import load_scene
 
-    if path.is_dir():
+    if path.is_dir() and (path / "coord.npy").is_file():
         return load_scene(path)
-    if path.suffix.lower() == ".ply":
-        from pointprobe.data.ply import read_ply
-        from pointprobe.data.scannet import vertex_normals
+    return points_scene(load_points(path))
 
-        mesh = read_ply(path)
-        v = mesh.vertex
-        coord = np.stack([v["x"], v["y"], v["z"]], 1).astype(np.float32)
-        names = v.dtype.names
-        color = (np.stack([v["red"], v["green"], v["blue"]], 1).astype(np.uint8)
-                 if "red" in names else np.zeros_like(coord, dtype=np.uint8))
-        if "nx" in names:
-            normal = np.stack([v["nx"], v["ny"], v["nz"]], 1).astype(np.float32)
-        elif mesh.faces is not None and len(mesh.faces):
-            normal = vertex_normals(coord, mesh.faces)
-        else:
-            normal = np.zeros_like(coord)
-        none = np.full(len(coord), IGNORE_INDEX, dtype=np.int64)
-        scene = Scene(path.stem, coord, color, normal, none, none.copy(), none.copy(), labelled=False)
-        return scene.validate(path)
-    raise InputError(path, "not a scene folder or a .ply file")
+
+def labelled_ply_colors(labels: np.ndarray, num_classes: int = 20) -> np.ndarray:
+    """(N,) class ids (-1 = ignore) -> (N, 3) uint8 colours of a labelled PLY: the ScanNet 20-class palette,
+    black for ignored points; more than 20 classes use a hashed palette after the 20 colours. (Pictures
+    use ``common.pca.label_colors``: float colours, grey for ignored points.)"""
+    labels = np.asarray(labels).astype(np.int64)
+    if num_classes <= len(SCANNET20_PALETTE):
+        table = SCANNET20_PALETTE
+    else:
+        rng = np.random.default_rng(12345)
+        table = rng.integers(40, 256, size=(num_classes, 3)).astype(np.uint8)
+        table[: len(SCANNET20_PALETTE)] = SCANNET20_PALETTE
+    out = np.empty((labels.shape[0], 3), dtype=np.uint8)
+    valid = labels >= 0
+    out[valid] = table[labels[valid] % len(table)]
+    out[~valid] = IGNORE_RGB
+    return out
 
 
 def encoder_from_probe(meta: dict) -> PointEncoderSpec:
@@ -94,7 +96,7 @@ def label_scenes(probe_path: str, scenes: list[str], out: str, device: str = "au
             scene = _read_any_scene(Path(s))
             feats = scene_features(model, scene, cfg, dev)
             pred = predict(result, torch.from_numpy(feats)).argmax(1).numpy()
-            colors = label_colors(pred, result.num_classes)
+            colors = labelled_ply_colors(pred, result.num_classes)
             vertex = {"x": scene.coord[:, 0], "y": scene.coord[:, 1], "z": scene.coord[:, 2],
                       "red": colors[:, 0], "green": colors[:, 1], "blue": colors[:, 2],
                       "label": pred.astype(np.int32)}

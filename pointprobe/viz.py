@@ -1,10 +1,10 @@
 """Zero-shot visualisation of point features: PCA colours, a similarity map, k-means and label colours
 painted on the original points, written as coloured PLY files and rendered side by side in one PNG.
 
-Used by ``featviz points`` and the point demo. Reading scenes: :func:`load_points` (preprocessed
-folder, raw ScanNet folder, ``.ply``, ``.npy`` / ``.npz``). Features: :func:`load_point_encoder` +
-:func:`point_features`, :func:`raw_features` or :func:`cache_features`. Pictures:
-:func:`visualize_points` / :func:`render_feature_panels`.
+Used by ``featviz points`` and the point demo. Reading scenes: :func:`pointprobe.data.points.load_points`
+(preprocessed folder, raw ScanNet folder, ``.ply``, ``.npy`` / ``.npz``). Features:
+:func:`load_point_encoder` + :func:`point_features`, :func:`zscored_input_features` (no encoder) or
+:func:`cache_features`. Pictures: :func:`visualize_points` / :func:`render_feature_panels`.
 """
 
 from __future__ import annotations
@@ -18,16 +18,15 @@ from typing import Any
 import numpy as np
 
 from common.errors import ConfigError, InputError
+from pointprobe.data.points import PointInput, labels_or_none
+from pointprobe.data.scannet import SCANNET20_PALETTE
 
 __all__ = [
-    "SCANNET20_PALETTE",
-    "PointInput",
-    "load_points",
     "parse_xyz",
     "nearest_point",
     "load_point_encoder",
     "point_features",
-    "raw_features",
+    "zscored_input_features",
     "cache_features",
     "write_colored_ply",
     "PointVizResult",
@@ -35,211 +34,7 @@ __all__ = [
     "render_feature_panels",
 ]
 
-# ScanNet benchmark colours of the 20 classes (wall, floor, cabinet, ..., otherfurniture), RGB 0-255.
-SCANNET20_PALETTE = np.array(
-    [
-        (174, 199, 232),
-        (152, 223, 138),
-        (31, 119, 180),
-        (255, 187, 120),
-        (188, 189, 34),
-        (140, 86, 75),
-        (255, 152, 150),
-        (214, 39, 40),
-        (197, 176, 213),
-        (148, 103, 189),
-        (196, 156, 148),
-        (23, 190, 207),
-        (247, 182, 210),
-        (219, 219, 141),
-        (255, 127, 14),
-        (158, 218, 229),
-        (44, 160, 44),
-        (112, 128, 144),
-        (227, 119, 194),
-        (82, 84, 163),
-    ],
-    dtype=np.uint8,
-)
 _GREY = np.array([0.62, 0.62, 0.62], dtype=np.float32)
-
-
-@dataclass
-class PointInput:
-    """One scene's points: coord (N, 3) float64, color (N, 3) uint8 or None, normal (N, 3) or None,
-    labels (N,) int64 (-1 = unknown) or None."""
-
-    name: str
-    coord: np.ndarray
-    color: np.ndarray | None
-    normal: np.ndarray | None
-    labels: np.ndarray | None
-    source: str
-
-    def __len__(self) -> int:
-        return len(self.coord)
-
-
-def _colors_uint8(c: np.ndarray | None, path: Path) -> np.ndarray | None:
-    if c is None:
-        return None
-    c = np.asarray(c)
-    if c.ndim != 2 or c.shape[1] < 3:
-        raise InputError(path, f"color must be (N, 3), got {c.shape}")
-    c = c[:, :3]
-    if c.dtype.kind == "f":
-        if not np.isfinite(c).all():
-            raise InputError(path, "color holds NaN/inf")
-        c = c * 255.0 if c.max(initial=0) <= 1.0 else c
-    return np.clip(np.rint(c), 0, 255).astype(np.uint8)
-
-
-def _labels_or_none(a: np.ndarray | None) -> np.ndarray | None:
-    if a is None:
-        return None
-    a = np.asarray(a).reshape(-1).astype(np.int64)
-    return a if (a >= 0).any() else None
-
-
-def _from_arrays(name: str, path: Path, d: dict[str, np.ndarray]) -> PointInput:
-    coord = np.asarray(d["coord"], dtype=np.float64)
-    if coord.ndim != 2 or coord.shape[1] != 3:
-        raise InputError(path, f"coord must be (N, 3), got {coord.shape}")
-    if len(coord) == 0:
-        raise InputError(path, "point cloud is empty (0 points)")
-    if not np.isfinite(coord).all():
-        raise InputError(path, f"coord holds NaN/inf in {int((~np.isfinite(coord)).any(1).sum())} rows")
-    n = len(coord)
-    out: dict[str, Any] = {}
-    for key in ("color", "normal", "labels"):
-        v = d.get(key)
-        if v is not None and len(v) != n:
-            raise InputError(path, f"{key} has {len(v)} rows, coord has {n}")
-        out[key] = v
-    normal = None if out["normal"] is None else np.asarray(out["normal"], dtype=np.float32)
-    if normal is not None and (normal.shape != (n, 3) or not np.isfinite(normal).all()):
-        raise InputError(path, f"normal must be finite (N, 3), got {normal.shape}")
-    return PointInput(
-        name, coord, _colors_uint8(out["color"], path), normal, _labels_or_none(out["labels"]), str(path)
-    )
-
-
-def _first_key(d: Any, keys: Sequence[str]) -> np.ndarray | None:
-    for k in keys:
-        if k in d:
-            return np.asarray(d[k])
-    return None
-
-
-_LABEL_KEYS = ("segment20", "segment", "labels", "label", "semantic")
-
-
-def _load_raw_folder(folder: Path) -> PointInput:
-    from pointprobe.data.scannet import raw_scene_files, read_label_map, read_raw_scene
-
-    files = raw_scene_files(folder)
-    tsv = next(
-        (
-            p / "scannetv2-labels.combined.tsv"
-            for p in (folder, folder.parent, folder.parent.parent)
-            if (p / "scannetv2-labels.combined.tsv").is_file()
-        ),
-        None,
-    )
-    has_ann = files["segs"].is_file() and files["aggregation"].is_file()
-    label_map = read_label_map(tsv) if tsv is not None and has_ann else None
-    scene = read_raw_scene(folder, label_map, with_labels=label_map is not None)
-    labels = scene.segment20 if scene.labelled else None
-    return PointInput(
-        scene.name,
-        scene.coord.astype(np.float64),
-        scene.color,
-        scene.normal,
-        _labels_or_none(labels),
-        str(folder),
-    )
-
-
-def load_points(path: str | os.PathLike) -> PointInput:
-    """Read a scene: a preprocessed folder (``coord.npy`` ...), a raw ScanNet scene folder
-    (``<name>_vh_clean_2.ply``; labels when the segs / aggregation files and the label table are there),
-    a ``.ply`` (x, y, z, optional colours, normals, ``label``), a ``.npy`` (N, 3 / 6 / 9: coord, color,
-    normal) or a ``.npz`` (``coord`` and optional ``color``, ``normal``, ``segment20`` / ``labels``)."""
-    path = Path(path)
-    if not path.exists():
-        raise InputError(path, "no such scene file or folder")
-    if path.is_dir():
-        if (path / "coord.npy").is_file():
-            from pointprobe.data.scannet import load_scene
-
-            s = load_scene(path)
-            return PointInput(
-                s.name,
-                s.coord.astype(np.float64),
-                s.color,
-                s.normal,
-                _labels_or_none(s.segment20) if s.labelled else None,
-                str(path),
-            )
-        if (path / f"{path.name}_vh_clean_2.ply").is_file():
-            return _load_raw_folder(path)
-        raise InputError(
-            path,
-            "folder is neither a preprocessed scene (coord.npy, color.npy, ...) nor a raw "
-            f"ScanNet scene ({path.name}_vh_clean_2.ply)",
-        )
-    suffix = path.suffix.lower()
-    if suffix == ".ply":
-        from pointprobe.data.ply import read_ply
-        from pointprobe.data.scannet import vertex_normals
-
-        mesh = read_ply(path)
-        if not mesh.has("x", "y", "z"):
-            raise InputError(path, "vertices lack x/y/z")
-        coord = mesh.coord
-        normal = mesh.normal
-        if normal is None and len(mesh.faces):
-            normal = vertex_normals(coord, mesh.faces)
-        names = mesh.vertex.dtype.names or ()
-        labels = next((mesh.vertex[k] for k in _LABEL_KEYS if k in names), None)
-        return _from_arrays(
-            path.stem, path, {"coord": coord, "color": mesh.color, "normal": normal, "labels": labels}
-        )
-    if suffix == ".npy":
-        try:
-            a = np.load(path, allow_pickle=False)
-        except (ValueError, OSError, EOFError) as e:
-            raise InputError(path, f"cannot read array ({e})") from None
-        if a.ndim != 2 or a.shape[1] not in (3, 6, 9):
-            raise InputError(path, f"expected an (N, 3|6|9) array of coord[, color[, normal]], got {a.shape}")
-        return _from_arrays(
-            path.stem,
-            path,
-            {
-                "coord": a[:, :3],
-                "color": a[:, 3:6] if a.shape[1] >= 6 else None,
-                "normal": a[:, 6:9] if a.shape[1] == 9 else None,
-            },
-        )
-    if suffix == ".npz":
-        try:
-            with np.load(path, allow_pickle=False) as z:
-                d = {k: z[k] for k in z.files}
-        except (ValueError, OSError, EOFError) as e:
-            raise InputError(path, f"cannot read archive ({e})") from None
-        if "coord" not in d:
-            raise InputError(path, f"no 'coord' array (has: {', '.join(sorted(d)) or 'none'})")
-        return _from_arrays(
-            path.stem,
-            path,
-            {
-                "coord": d["coord"],
-                "color": _first_key(d, ("color", "colors", "rgb")),
-                "normal": _first_key(d, ("normal", "normals")),
-                "labels": _first_key(d, _LABEL_KEYS),
-            },
-        )
-    raise InputError(path, f"unsupported scene format '{suffix}' (folder, .ply, .npy or .npz)")
 
 
 def parse_xyz(text: str) -> np.ndarray:
@@ -327,8 +122,9 @@ def point_features(
     return f.float().cpu().numpy()
 
 
-def raw_features(pts: PointInput) -> np.ndarray:
-    """Input features without an encoder: z-scored columns of (centred coord, colour / 255, normal)."""
+def zscored_input_features(pts: PointInput) -> np.ndarray:
+    """Input features without an encoder, for pictures: z-scored columns of (centred coord, colour / 255,
+    normal) (not ``pointprobe.extract.raw_features``, the 9 unscaled channels a ``raw`` cache stores)."""
     parts = [pts.coord - pts.coord.mean(axis=0)]
     if pts.color is not None:
         parts.append(pts.color.astype(np.float64) / 255.0)
@@ -386,7 +182,7 @@ def cache_features(
         "item": item,
         "cache_config_hash": key.config_hash,
     }
-    return np.ascontiguousarray(per_point), _labels_or_none(lab), record
+    return np.ascontiguousarray(per_point), labels_or_none(lab), record
 
 
 # ------------------------------------------------------------------------------------------- outputs

@@ -114,10 +114,10 @@ def test_distill_writes_curves_beside_history(tmp_path):
     from test_distill_cluster import _distill_args
 
     from common.config import load_config
-    from pointprobe.data.preprocess import preprocess_dataset
-    from pointprobe.data.synth import generate_dataset
+    from pointprobe.data.scannet_preprocess import preprocess_dataset
     from pointprobe.lift.distill import DistillConfig, run_distill
     from pointprobe.lift.lift import LiftConfig, run_lift
+    from pointprobe.synth import generate_dataset
 
     generate_dataset(tmp_path / "raw", 2, seed=2, frames_per_scene=3, image_size=(120, 90), progress=False)
     preprocess_dataset(tmp_path / "raw", tmp_path / "pre", workers=1, progress=False,

@@ -126,9 +126,9 @@ def test_cluster_config_errors(tmp_path):
 @pytest.fixture(scope="module")
 def lifted(tmp_path_factory) -> tuple[Path, Path, Path]:
     """3 generated scenes (train 1, val 1, test 1; 4 frames at 160x120), lifted with the rgb encoder."""
-    from pointprobe.data.preprocess import preprocess_dataset
-    from pointprobe.data.synth import generate_dataset
+    from pointprobe.data.scannet_preprocess import preprocess_dataset
     from pointprobe.lift.lift import LiftConfig, run_lift
+    from pointprobe.synth import generate_dataset
 
     root = tmp_path_factory.mktemp("distill")
     generate_dataset(root / "raw", 3, seed=2, frames_per_scene=4, image_size=(160, 120), progress=False)

@@ -17,7 +17,9 @@ from common import render
 from common.errors import ConfigError, InputError
 from common.featviz.cli import main
 from common.pca import pca_colors, similarity
-from pointprobe.viz import SCANNET20_PALETTE, load_points, raw_features, visualize_points
+from pointprobe.data.points import load_points
+from pointprobe.data.scannet import SCANNET20_PALETTE
+from pointprobe.viz import visualize_points, zscored_input_features
 
 # ---------------------------------------------------------------------------------------- fixtures
 
@@ -157,7 +159,7 @@ def test_no_renderer_still_writes_plys_and_says_so(scene, tmp_path, no_render, c
     res = visualize_points(
         pts.coord,
         pts.color,
-        raw_features(pts),
+        zscored_input_features(pts),
         tmp_path,
         labels=pts.labels,
         query=[1.5, 1.0, 0.7],
@@ -174,7 +176,7 @@ def test_no_renderer_still_writes_plys_and_says_so(scene, tmp_path, no_render, c
         "similarity.ply",
     ]
     _, rgb = _o3d_colors(tmp_path / "pca.ply")
-    np.testing.assert_allclose(rgb, pca_colors(raw_features(pts)), atol=1 / 255 + 1e-6)
+    np.testing.assert_allclose(rgb, pca_colors(zscored_input_features(pts)), atol=1 / 255 + 1e-6)
     _assert_picture(_image(res.png))
 
 
@@ -223,7 +225,7 @@ def test_points_cli_raw_random_init_and_cache(scene, tmp_path, no_render, capsys
     # a cache holding features of every other point, mapped back through an index array
     pts = load_points(scene)
     keep = np.arange(0, len(pts), 2)
-    feats = raw_features(pts)[keep]
+    feats = zscored_input_features(pts)[keep]
     key = CacheKey("raw", "none", "0" * 16, {"grid": 0.02}, "synthetic", "val")
     with CacheWriter(tmp_path / "cache", key, feats.shape[1]) as w:
         w.write("scene0000_00", feats, pts.labels[keep], index=keep)
@@ -308,7 +310,7 @@ def test_scene_formats(scene, tmp_path):
 
 def test_visualize_points_rejects_bad_input(scene, tmp_path, no_render):
     pts = load_points(scene)
-    feats = raw_features(pts)
+    feats = zscored_input_features(pts)
     bad = feats.copy()
     bad[3, 1] = np.nan
     with pytest.raises(InputError, match="NaN"):
@@ -466,7 +468,7 @@ def test_similarity_panel_has_colour_bar_and_names_query_by_coordinates(scene, t
     import matplotlib
 
     pts = load_points(scene)
-    res = visualize_points(pts.coord, pts.color, raw_features(pts), tmp_path, query=[1.5, 1.0, 0.7],
+    res = visualize_points(pts.coord, pts.color, zscored_input_features(pts), tmp_path, query=[1.5, 1.0, 0.7],
                            size=(160, 120))
     q = pts.coord[res.query_index]
     assert res.query_xyz == pytest.approx(tuple(float(v) for v in q))
@@ -474,7 +476,7 @@ def test_similarity_panel_has_colour_bar_and_names_query_by_coordinates(scene, t
     assert bar is not None and bar.cmap == "coolwarm" and f"({q[0]:.2f}, {q[1]:.2f}, {q[2]:.2f})" in bar.label
     pos = [p for p, _ in bar.ticks]
     assert len(pos) >= 3 and pos == sorted(pos)
-    sim = similarity(raw_features(pts), res.query_index)
+    sim = similarity(zscored_input_features(pts), res.query_index)
     assert bar.ticks[0][1] == f"{sim.min():.2f}" and bar.ticks[-1][1] == f"{sim.max():.2f}"
     # the PNG holds the gradient: a row runs through the colormap over >= 100 pixels (start to end colour)
     img = _image(res.png).astype(int)

@@ -7,11 +7,12 @@ import torch
 
 from common.cache import CacheWriter
 from common.errors import CacheError
+from pointprobe.data.points import PointInput
 from pointprobe.extract import RAW, EncoderRecord, ExtractConfig, cache_key
 from pointprobe.label import extract_config_for_probe
 from pointprobe.models import PointBatch, encode_points, load_encoder
 from pointprobe.models.ptv3 import PTV3_TINY_CONFIG, PointTransformerV3
-from pointprobe.viz import PointInput, point_features
+from pointprobe.viz import point_features
 
 pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning")  # spconv's torch.cuda.amp decorators
 

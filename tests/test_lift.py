@@ -153,8 +153,8 @@ def synth(tmp_path_factory) -> tuple[Path, Path]:
     generator's first ("loop") camera path: these tests pin the projection math on the data they were
     written for (the pixel-footprint bound below measures from the nearest camera, which on that small
     loop is one that sees the point; the "walk" path passes cameras with their backs to a wall)."""
-    from pointprobe.data.preprocess import preprocess_dataset
-    from pointprobe.data.synth import generate_dataset
+    from pointprobe.data.scannet_preprocess import preprocess_dataset
+    from pointprobe.synth import generate_dataset
 
     root = tmp_path_factory.mktemp("lift")
     generate_dataset(root / "raw", 4, seed=5, frames_per_scene=6, image_size=(W, H), progress=False,
@@ -270,7 +270,7 @@ def _write_occlusion_scene(d: Path) -> tuple[np.ndarray, np.ndarray, dict, np.nd
     160x120 (A at the origin looking +z, B at x = 1.5 looking at the wall centre), and a third frame
     with a NaN pose. Returns (points, faces, masks, poses)."""
     from pointprobe.data.frames import write_frame, write_intrinsics
-    from pointprobe.data.synth import camera_intrinsics
+    from pointprobe.synth import camera_intrinsics
 
     def grid_face(origin, a, b, n):
         s = np.linspace(0, 1, n)
@@ -362,7 +362,7 @@ def test_occluded_points_do_not_get_the_occluders_frame(tmp_path, rule):
     # wall points camera A does see (inside its image, away from the border) do get A's value
     w2c = np.linalg.inv(poses[0])
     c = coord @ w2c[:3, :3].T + w2c[:3, 3]
-    from pointprobe.data.synth import camera_intrinsics
+    from pointprobe.synth import camera_intrinsics
 
     K = camera_intrinsics(160, 120)
     u = np.round(K[0, 0] * c[:, 0] / c[:, 2] + K[0, 2])
@@ -392,7 +392,7 @@ def _write_grazing_scene(d: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     along +z) and head-on by camera B (at (-2.5, 0, 3.2) looking along +x), 160x120 noise-free depth.
     Returns (points, faces, poses)."""
     from pointprobe.data.frames import write_frame, write_intrinsics
-    from pointprobe.data.synth import camera_intrinsics
+    from pointprobe.synth import camera_intrinsics
 
     ny, nz = 41, 101
     yy, zz = np.meshgrid(np.linspace(-1, 1, ny), np.linspace(1, 6, nz), indexing="ij")
@@ -452,8 +452,8 @@ def test_features_are_read_where_the_colour_camera_sees_the_point(tmp_path):
     """ScanNet's colour and depth cameras have different intrinsics: visibility uses the depth camera,
     the feature is read at the colour camera's pixel."""
     from pointprobe.data.frames import write_intrinsics
-    from pointprobe.data.synth import camera_intrinsics
     from pointprobe.lift.lift import FusionSpec, lift_scene
+    from pointprobe.synth import camera_intrinsics
 
     coord, _, masks, poses = _write_occlusion_scene(tmp_path)
     K = camera_intrinsics(160, 120)

@@ -17,7 +17,6 @@ from pointprobe.data.scannet import (
     CLASS_LABELS_200,
     VALID_CLASS_IDS_20,
     VALID_CLASS_IDS_200,
-    ScanNetDataset,
     Scene,
     labels_from_annotations,
     list_scenes,
@@ -396,21 +395,16 @@ def test_load_scene_validation(tmp_path):
         load_scene(tmp_path / "nope")
 
 
-def test_dataset_iterates_scenes(tmp_path):
-    for i in range(3):
+def test_list_scenes_of_a_split(tmp_path):
+    """The split listing every reader loop uses (the test-only ``ScanNetDataset`` wrapper is gone)."""
+    for i in (2, 0, 1):
         save_scene(_scene(seed=i, name=f"scene000{i}_00"), tmp_path / "val" / f"scene000{i}_00")
-    ds = ScanNetDataset(tmp_path, "val")
-    assert len(ds) == 3 and ds.num_classes == 20 and ds.class_names[0] == "wall"
-    items = list(ds)
-    assert [it["name"] for it in items] == ["scene0000_00", "scene0001_00", "scene0002_00"]
-    np.testing.assert_array_equal(items[1]["segment"], _scene(seed=1).segment20)
-    ds200 = ScanNetDataset(tmp_path, "val", label_set="segment200", names=["scene0002_00"])
-    assert len(ds200) == 1 and ds200.num_classes == 200
-    np.testing.assert_array_equal(ds200[0]["segment"], _scene(seed=2).segment200)
-    with pytest.raises(InputError, match="scene not found"):
-        ScanNetDataset(tmp_path, "val", names=["scene0042_00"])
+    (tmp_path / "val" / ".tmp-scene0003_00").mkdir()
+    assert list_scenes(tmp_path, "val") == ["scene0000_00", "scene0001_00", "scene0002_00"]
+    one = load_scene(tmp_path / "val" / "scene0001_00")
+    np.testing.assert_array_equal(one.segment20, _scene(seed=1).segment20)
     with pytest.raises(InputError, match="split folder 'train' not found"):
-        ScanNetDataset(tmp_path, "train")
+        list_scenes(tmp_path, "train")
 
 
 # ------------------------------------------------------------------------------------- preprocess
@@ -554,7 +548,7 @@ def test_preprocess_without_split_files_uses_the_shipped_lists(tmp_path, capsys)
 
 def test_preprocess_writes_int64_labels_and_reads_int32(tmp_path):
     # issue 20 item 4: Pointcept writes int64; torch cross_entropy needs int64 targets
-    from pointprobe.data.preprocess import preprocess_dataset
+    from pointprobe.data.scannet_preprocess import preprocess_dataset
 
     root = _raw_root(tmp_path)
     _write_raw_scene(root, "scene0000_00")
@@ -575,7 +569,7 @@ def test_preprocess_writes_int64_labels_and_reads_int32(tmp_path):
 def test_instance_ids_are_object_ids_of_the_benchmark_export(tmp_path):
     # issue 20 item 5: an aggregation file (real layout) whose "id" and "objectId" differ; the ScanNet
     # benchmark's export_train_mesh_for_evaluation.py reads objectId (Pointcept reads id)
-    from pointprobe.data.preprocess import preprocess_dataset
+    from pointprobe.data.scannet_preprocess import preprocess_dataset
 
     root = _raw_root(tmp_path)
     groups = [
@@ -627,3 +621,11 @@ def test_frames_round_trip(tmp_path):
     (tmp_path / "pose" / "40.txt").write_text("1 2 3")
     with pytest.raises(InputError, match=r"40\.txt: expected a 4x4 matrix"):
         fr.read_frame(tmp_path, 40)
+
+
+def test_class_names_of_a_label_set():
+    from pointprobe.data.scannet import class_names
+
+    assert class_names("segment20") == CLASS_LABELS_20 and class_names("segment200") == CLASS_LABELS_200
+    with pytest.raises(InputError, match="label set 'instance' has no class list"):
+        class_names("instance")

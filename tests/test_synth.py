@@ -11,7 +11,7 @@ import pytest
 from pointprobe.data import frames as fr
 from pointprobe.data.ply import read_ply
 from pointprobe.data.scannet import VALID_CLASS_IDS_20, list_scenes, load_scene, read_label_map
-from pointprobe.data.synth import camera_intrinsics, generate_dataset, generate_scene, render_frames
+from pointprobe.synth import camera_intrinsics, generate_dataset, generate_scene, render_frames
 
 SEED = 3
 N_SCENES = 5
@@ -284,3 +284,54 @@ def test_walk_camera_path_covers_the_room():
     assert 1.1 < min(heights) and max(heights) < 1.8 and np.ptp(heights) > 0.3
     with pytest.raises(ValueError, match="unknown camera path"):
         generate_scene(SEED, 1, frames=2, camera_path="orbit")
+
+
+def test_synth_cli_camera_path(tmp_path, capsys):
+    """``--camera-path`` picks the generator's camera path (``walk`` default, ``loop``): the poses written
+    are those of ``generate_scene`` with that path; an unknown path is a usage error."""
+    from pointprobe.cli import main
+    from pointprobe.data.frames import read_matrix
+
+    out = tmp_path / "loop"
+    args = ["--scenes", "1", "--seed", "5", "--frames-per-scene", "2", "--image-size", "32x24",
+            "--no-progress"]
+    assert main(["synth", "--out", str(out), "--camera-path", "loop", *args]) == 0
+    scene = generate_scene(5, 0, frames=2, camera_path="loop")
+    for i, P in enumerate(scene.camera_room_poses):
+        pose = read_matrix(out / "scans" / scene.name / "pose" / f"{i}.txt")
+        np.testing.assert_allclose(pose, scene.room_to_world @ P, atol=1e-5)
+    walk = generate_scene(5, 0, frames=2)
+    assert not np.allclose(walk.camera_room_poses[0], scene.camera_room_poses[0])
+    with pytest.raises(SystemExit) as e:
+        main(["synth", "--out", str(tmp_path / "x"), "--camera-path", "orbit", *args])
+    assert e.value.code == 2 and "invalid choice" in capsys.readouterr().err
+    from pointprobe.synth import CAMERA_PATHS
+
+    with pytest.raises(SystemExit):
+        main(["synth", "--help"])
+    assert "{" + ",".join(CAMERA_PATHS) + "}" in capsys.readouterr().out  # the CLI offers every path
+
+
+def test_the_generator_is_its_own_room():
+    """``pointprobe.synth`` writes for the readers of ``pointprobe.data``; the readers never import the
+    generator, and the generator imports no pipeline stage (only common, pointprobe.data and itself)."""
+    import ast
+    from pathlib import Path
+
+    import pointprobe
+
+    root = Path(pointprobe.__file__).parent
+
+    def imports(folder: str) -> set[str]:
+        out = set()
+        for f in (root / folder).glob("*.py"):
+            for n in ast.walk(ast.parse(f.read_text())):
+                if isinstance(n, ast.ImportFrom) and n.module:
+                    out.add(n.module)
+                elif isinstance(n, ast.Import):
+                    out.update(a.name for a in n.names)
+        return out
+
+    assert not {m for m in imports("data") if m.startswith("pointprobe.synth")}
+    inner = {m for m in imports("synth") if m.startswith("pointprobe")}
+    assert inner and all(m.startswith(("pointprobe.data", "pointprobe.synth")) for m in inner), inner

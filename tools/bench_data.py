@@ -66,8 +66,8 @@ def main() -> int:
     args = ap.parse_args()
     import open3d as o3d
 
-    from pointprobe.data.preprocess import preprocess_dataset
-    from pointprobe.data.synth import generate_dataset, generate_scene, write_scene
+    from pointprobe.data.scannet_preprocess import preprocess_dataset
+    from pointprobe.synth import generate_dataset, generate_scene, write_scene
 
     rows = []
     with tempfile.TemporaryDirectory() as tmp:

@@ -97,7 +97,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     from pointprobe.data import frames as fr
     from pointprobe.data.ply import read_ply
-    from pointprobe.data.synth import generate_dataset
+    from pointprobe.synth import generate_dataset
 
     with tempfile.TemporaryDirectory() as tmp:
         generate_dataset(tmp, 1, seed=0, frames_per_scene=args.frames, image_size=(320, 240), progress=False)

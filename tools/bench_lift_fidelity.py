@@ -1,6 +1,6 @@
 """Lifting fidelity with oracle 2D features: how right are lifted values where the truth is known?
 
-Data: generated rooms (``pointprobe.data.synth``, a seed no test uses) written in the raw ScanNet layout
+Data: generated rooms (``pointprobe.synth``, a seed no test uses) written in the raw ScanNet layout
 with ray-cast RGB-D frames along the generator's ``walk`` camera path and the per-frame label maps it
 renders (``label-filt/N.png``: the label id of the surface each pixel's ray hits). The 2D "features" are
 oracles: a one-hot of the frame's label map and the frame's own colours (as JPEG-decoded, like any
@@ -56,7 +56,7 @@ def _scene_truth(scene) -> dict:
     import open3d as o3d
 
     from pointprobe.data.scannet import vertex_normals
-    from pointprobe.data.synth import vertex_label_ids
+    from pointprobe.synth import vertex_label_ids
 
     label_id, _ = vertex_label_ids(scene)
     ids = np.unique(label_id)
@@ -154,7 +154,7 @@ def main() -> None:
     ap.add_argument("--no-doc", action="store_true", help="print only, do not update docs/benchmarks.md")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    from pointprobe.data.synth import camera_intrinsics, generate_scene, write_scene
+    from pointprobe.synth import camera_intrinsics, generate_scene, write_scene
 
     W, H = (int(x) for x in args.image_size.lower().split("x"))
     K = camera_intrinsics(W, H)

@@ -3,7 +3,7 @@
 ``pointprobe.models.preprocess.canonical_index`` picks, in every voxel, the lexicographically smallest
 (coord, colour, normal) row, sorting only the voxels that hold several points. Baseline (written
 here): the direct definition, one ``np.lexsort`` of every row by (voxel, features). Both must return
-the same rows (checked). Data: generated rooms (``pointprobe.data.synth``), centre-shifted and
+the same rows (checked). Data: generated rooms (``pointprobe.synth``), centre-shifted and
 grid-sampled as ``encode_points`` does, at 2 cm (the encoders' grid) and 5 cm. Writes the section
 ``bench_preprocess`` of ``docs/benchmarks.md``.
 
@@ -23,8 +23,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from common.benchdoc import machine_line, update_section  # noqa: E402
 from common.sampling import grid_sample  # noqa: E402
-from pointprobe.data.synth import generate_scene  # noqa: E402
 from pointprobe.models.preprocess import canonical_index, center_shift  # noqa: E402
+from pointprobe.synth import generate_scene  # noqa: E402
 
 
 def lexsort_all(inverse: np.ndarray, m: int, feat: np.ndarray) -> np.ndarray:

@@ -40,8 +40,8 @@ def _log(msg: str, t0: float) -> None:
 
 def prepare_data(out: Path, scenes: int, seed: int, t0: float) -> Path:
     """Generated raw ScanNet scenes (60/20/20 % train/val/test, test keeps labels), preprocessed."""
-    from pointprobe.data.preprocess import preprocess_dataset
-    from pointprobe.data.synth import generate_dataset
+    from pointprobe.data.scannet_preprocess import preprocess_dataset
+    from pointprobe.synth import generate_dataset
 
     raw, data = out / "raw", out / "scannet"
     if not (raw / "scannetv2_test.txt").exists():

@@ -3,7 +3,7 @@
 Each check runs the same computation on the CPU and on CUDA from the same weights and inputs and
 reports the largest difference (relative to the largest value) or the mean cosine between per-point /
 per-clip features, plus GPU throughput where it matters. Nothing is downloaded: weights are random
-(seeded) and scenes are generated (``pointprobe.data.synth``). A check that fails is reported with its
+(seeded) and scenes are generated (``pointprobe.synth``). A check that fails is reported with its
 error and the others still run; the exit status is the number of failed checks.
 
 Checks: spconv sparse convolutions; SparseUNet and PTv3 (sonata_small) features in float32 and under
@@ -92,8 +92,8 @@ def timed(fn, repeats: int = 3) -> tuple[float, object]:
 # ------------------------------------------------------------------------------------------- data
 def scenes(root: Path, n: int) -> Path:
     """``n`` generated rooms, preprocessed (ScanNet layout) under ``root``."""
-    from pointprobe.data.preprocess import preprocess_dataset
-    from pointprobe.data.synth import generate_dataset
+    from pointprobe.data.scannet_preprocess import preprocess_dataset
+    from pointprobe.synth import generate_dataset
 
     generate_dataset(root / "raw", n, seed=0, frames_per_scene=0, progress=False)
     preprocess_dataset(root / "raw", root / "scannet", splits=("train", "val", "test"), workers=1)

@@ -33,7 +33,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pointprobe.data.preprocess import preprocess_dataset
+    from pointprobe.data.scannet_preprocess import preprocess_dataset
 
     splits = None if args.splits is None else [s.strip() for s in args.splits.split(",") if s.strip()]
     results = preprocess_dataset(

@@ -34,6 +34,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--image-size", type=_image_size, default=(320, 240), help="frame size WxH (default: 320x240)"
     )
+    p.add_argument(
+        "--camera-path",
+        choices=("walk", "loop"),
+        default="walk",
+        help="frame camera path: walk (one lap along the walls looking inwards and across, like a scan) or "
+        "loop (a small loop around the centre looking outwards) (default: %(default)s)",
+    )
     p.add_argument("--workers", type=int, default=1, help="processes (default: %(default)s)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
@@ -41,7 +48,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from common.errors import ConfigError
-    from pointprobe.data.synth import generate_dataset
+    from pointprobe.synth import generate_dataset
 
     if args.scenes < 1:
         raise ConfigError(f"--scenes must be >= 1, got {args.scenes}")
@@ -55,6 +62,7 @@ def run(args: argparse.Namespace) -> int:
         image_size=args.image_size,
         workers=max(1, args.workers),
         progress=not args.no_progress,
+        camera_path=args.camera_path,
     )
     print(
         f"synth: {args.scenes} scenes -> {args.out} (train {len(splits['train'])}, val {len(splits['val'])}, "

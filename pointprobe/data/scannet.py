@@ -19,7 +19,7 @@ import dataclasses
 import json
 import os
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -30,11 +30,11 @@ from pointprobe.data.ply import read_ply
 
 # fmt: off
 __all__ = [
-    "IGNORE_INDEX", "VALID_CLASS_IDS_20", "CLASS_LABELS_20", "VALID_CLASS_IDS_200", "CLASS_LABELS_200",
-    "SPLITS", "LabelMap", "Scene", "read_label_map", "read_segs", "read_aggregation", "vertex_normals",
-    "labels_from_annotations", "raw_scene_files", "read_raw_scene", "read_split_file", "find_raw_scene",
-    "load_scene", "save_scene", "scene_is_complete", "list_scenes", "ScanNetDataset", "LABEL_TABLE",
-    "SHIPPED_META", "shipped_meta_file", "raw_scene_names",
+    "IGNORE_INDEX", "VALID_CLASS_IDS_20", "CLASS_LABELS_20", "SCANNET20_PALETTE", "VALID_CLASS_IDS_200",
+    "CLASS_LABELS_200", "SPLITS", "LabelMap", "Scene", "read_label_map", "read_segs", "read_aggregation",
+    "vertex_normals", "labels_from_annotations", "raw_scene_files", "read_raw_scene", "read_split_file",
+    "find_raw_scene", "class_names", "load_scene", "save_scene", "scene_is_complete", "list_scenes",
+    "LABEL_TABLE", "SHIPPED_META", "shipped_meta_file", "raw_scene_names",
 ]
 # fmt: on
 
@@ -51,6 +51,15 @@ CLASS_LABELS_20 = (
     "counter", "desk", "curtain", "refrigerator", "shower curtain", "toilet", "sink", "bathtub",
     "otherfurniture",
 )
+
+# The ScanNet benchmark's colours of the 20 classes (nyu40 palette entries of each class), RGB 0-255: the one
+# palette of label pictures, labelled PLY files and cluster pictures.
+SCANNET20_PALETTE = np.array([
+    (174, 199, 232), (152, 223, 138), (31, 119, 180), (255, 187, 120), (188, 189, 34),
+    (140, 86, 75), (255, 152, 150), (214, 39, 40), (197, 176, 213), (148, 103, 189),
+    (196, 156, 148), (23, 190, 207), (247, 182, 210), (219, 219, 141), (255, 127, 14),
+    (158, 218, 229), (44, 160, 44), (112, 128, 144), (227, 119, 194), (82, 84, 163),
+], dtype=np.uint8)
 
 # ScanNet200 benchmark (BenchmarkScripts/ScanNet200/scannet200_constants.py): train index i <- tsv ``id``
 # VALID_CLASS_IDS_200[i]; CLASS_LABELS_200[i] is its name.
@@ -490,63 +499,18 @@ def load_scene(folder: str | os.PathLike) -> Scene:
     return scene.validate(folder)
 
 
+def class_names(label_set: str) -> tuple[str, ...]:
+    """The class names of a semantic label set (``segment20`` / ``segment200``), in train-index order."""
+    if label_set == "segment20":
+        return CLASS_LABELS_20
+    if label_set == "segment200":
+        return CLASS_LABELS_200
+    raise InputError(None, f"label set {label_set!r} has no class list (use segment20 or segment200)")
+
+
 def list_scenes(root: str | os.PathLike, split: str) -> list[str]:
     """Sorted scene names under ``root/split`` (hidden/temporary folders skipped)."""
     d = Path(root) / split
     if not d.is_dir():
         raise InputError(d, f"split folder '{split}' not found")
     return sorted(p.name for p in d.iterdir() if p.is_dir() and not p.name.startswith("."))
-
-
-class ScanNetDataset:
-    """Scenes of one split of the preprocessed layout; ``ds[i]`` is a dict of arrays.
-
-    Items: ``name``, ``coord`` (N,3) float32, ``color`` (N,3) uint8, ``normal`` (N,3) float32,
-    ``segment`` (N,) int64 from ``label_set`` (-1 = ignore), ``instance`` (N,) int64.
-    """
-
-    def __init__(
-        self,
-        root: str | os.PathLike,
-        split: str,
-        label_set: str = "segment20",
-        names: Sequence[str] | None = None,
-    ):
-        if label_set not in ("segment20", "segment200"):
-            raise ValueError(f"label_set must be 'segment20' or 'segment200', got {label_set!r}")
-        self.root = Path(root)
-        self.split = split
-        self.label_set = label_set
-        available = list_scenes(self.root, split)
-        if names is None:
-            self.names = available
-        else:
-            missing = sorted(set(names) - set(available))
-            if missing:
-                raise InputError(self.root / split / missing[0], "scene not found")
-            self.names = list(names)
-        self.class_names = CLASS_LABELS_20 if label_set == "segment20" else CLASS_LABELS_200
-        self.num_classes = len(self.class_names)
-        self.ignore_index = IGNORE_INDEX
-
-    def __len__(self) -> int:
-        return len(self.names)
-
-    def scene(self, i: int) -> Scene:
-        """The i-th scene as a ``Scene``."""
-        return load_scene(self.root / self.split / self.names[i])
-
-    def __getitem__(self, i: int) -> dict:
-        s = self.scene(i)
-        return {
-            "name": s.name,
-            "coord": s.coord,
-            "color": s.color,
-            "normal": s.normal,
-            "segment": s.labels(self.label_set),
-            "instance": s.instance,
-        }
-
-    def __iter__(self) -> Iterator[dict]:
-        for i in range(len(self)):
-            yield self[i]

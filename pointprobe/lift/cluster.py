@@ -37,6 +37,7 @@ from torch import nn
 
 from common.config import config_hash, save_config
 from common.errors import ConfigError, InputError
+from pointprobe.data.scannet import class_names as scannet_class_names
 
 log = logging.getLogger(__name__)
 
@@ -174,16 +175,6 @@ def assign_clusters(feat: torch.Tensor, centroids: torch.Tensor, chunk: int = 26
         feat) else torch.zeros(0, dtype=torch.long)
 
 
-def _num_classes(label_set: str) -> tuple[int, list[str]]:
-    from pointprobe.data.scannet import CLASS_LABELS_20, CLASS_LABELS_200
-
-    if label_set == "segment20":
-        return 20, list(CLASS_LABELS_20)
-    if label_set == "segment200":
-        return 200, list(CLASS_LABELS_200)
-    raise InputError(None, f"label set {label_set!r} has no class list (use segment20 or segment200)")
-
-
 def _open(folder: str | Path, split: str) -> Any:
     from common.cache import FeatureCache
 
@@ -237,7 +228,8 @@ def cluster_folder(folder: str | Path, cfg: ClusterConfig, out: Path, name: str 
     cache = _open(folder, cfg.split)
     fit_cache = _open(folder, cfg.fit_split) if cfg.fit_split and cfg.fit_split != cfg.split else cache
     label_set = cache.meta.get("label_set", "segment20")
-    n_classes, class_names = _num_classes(label_set)
+    class_names = list(scannet_class_names(label_set))
+    n_classes = len(class_names)
     k = cfg.k or n_classes
     label = name or cache.meta.get("encoder", {}).get("label") or cache.key.encoder
     rng = np.random.default_rng(cfg.seed)
@@ -294,8 +286,8 @@ def _pictures(cache: Any, cfg: ClusterConfig, out: Path, per_scene: dict[str, np
               mapping: np.ndarray, title: str) -> dict[str, str]:
     """Per scene: clusters.ply (cluster colours), matched.ply (matched class colours), panels.png."""
     from common.pca import categorical_palette
-    from pointprobe.data.scannet import load_scene
-    from pointprobe.viz import SCANNET20_PALETTE, visualize_points, write_colored_ply
+    from pointprobe.data.scannet import SCANNET20_PALETTE, load_scene
+    from pointprobe.viz import visualize_points, write_colored_ply
 
     root = _data_root(cache, cfg)
     if root is None:
@@ -320,7 +312,7 @@ def _pictures(cache: Any, cfg: ClusterConfig, out: Path, per_scene: dict[str, np
         col = np.where(cid[:, None] >= 0, palette[np.maximum(cid, 0)], grey)
         write_colored_ply(d / "clusters.ply", scene.coord, col, {"cluster": cid})
         matched = np.where(cid >= 0, mapping[np.maximum(cid, 0)], -1)
-        n_classes = len(_num_classes(cache.meta.get("label_set", "segment20"))[1])
+        n_classes = len(scannet_class_names(cache.meta.get("label_set", "segment20")))
         pal = (SCANNET20_PALETTE.astype(np.float32) / 255.0 if n_classes == 20
                else categorical_palette(n_classes))
         known = (matched >= 0) & (matched < len(pal))

@@ -226,8 +226,9 @@ def cosine_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 
 
 # ----------------------------------------------------------------------------------------------- model
-class DistillModel(nn.Module):
-    """Backbone + linear projection to the lifted feature dimension."""
+class LiftStudent(nn.Module):
+    """The student of 2D -> 3D feature distillation: backbone + linear projection to the lifted feature
+    dimension (not ``pointprobe.pretrain.train.DistillModel``, the self-distillation student/teacher)."""
 
     def __init__(self, backbone: nn.Module, levels: int | None, out_dim: int):
         super().__init__()
@@ -267,7 +268,7 @@ class Distiller:
         torch.manual_seed(t.seed)
         try:
             backbone = create_encoder(cfg.model.backbone, **(cfg.model.backbone_config or {}))
-            self.model = DistillModel(backbone, cfg.model.levels, self.train_data.dim).to(self.device)
+            self.model = LiftStudent(backbone, cfg.model.levels, self.train_data.dim).to(self.device)
         except (TypeError, ValueError) as e:
             raise ConfigError(f"config key 'model': {e}") from None
         decay, no_decay = [], []

@@ -1,4 +1,4 @@
-"""Triangle-mesh primitives and objects for the synthetic ScanNet-like scenes (see ``synth.py``).
+"""Triangle-mesh primitives and objects for the synthetic ScanNet-like scenes (see ``pointprobe.synth``).
 
 Every primitive returns ``(vertices (V,3) float64, triangles (T,3) int64)`` with outward-facing
 triangle winding, subdivided so that no edge is much longer than ``spacing`` metres.

@@ -12,7 +12,7 @@ import dataclasses
 
 import numpy as np
 
-from pointprobe.data.synth_geometry import Obj, basin, box, cylinder, merge, rect, wavy_sheet
+from pointprobe.synth.geometry import Obj, basin, box, cylinder, merge, rect, wavy_sheet
 
 # fmt: off
 PALETTES: dict[str, list[tuple[int, int, int]]] = {
