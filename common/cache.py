@@ -479,7 +479,7 @@ class CacheWriter:
     a ``CacheError`` names the differing fields. ``meta`` is a free JSON-able dict (the resolved config,
     the code version...) kept with the first writer's record. Writes are safe against a killed process
     either way; ``fsync=True`` also makes each item durable against a power loss, at the cost of three
-    fsyncs per item (~12 ms per small item measured here, against <1 ms without).
+    fsyncs per item (measured in docs/benchmarks.md, "Notes moved from docstrings").
     """
 
     def __init__(

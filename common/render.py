@@ -2,7 +2,7 @@
 
 open3d's ``OffscreenRenderer`` (Filament) runs headless on the CPU with Mesa's llvmpipe Vulkan driver.
 When it cannot start, Filament aborts the whole process instead of raising, so rendering runs in a
-child process (``python -m common.render --worker IN OUT``): one start-up (~2 s) renders every colour
+child process (``python -m common.render --worker IN OUT``): one start-up renders every colour
 set from every viewpoint, and a failure reaches the caller as :class:`RendererUnavailable`.
 :func:`render_or_fallback` then prints one line and draws an orthographic top view with matplotlib.
 ``PROBESUITE_NO_RENDER=1`` skips open3d on purpose (tests, machines without Mesa).

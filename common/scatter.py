@@ -4,8 +4,8 @@
 and per-voxel feature averaging use. Two backends compute the same thing:
 
 - ``"torch"``: native ``Tensor.index_add_`` (sum/mean) and ``Tensor.scatter_reduce`` with
-  ``include_self=False`` (max/min). Measured faster than torch-scatter on the CPU (see
-  ``/work/shared/reference/environment.md``), so it is the CPU default.
+  ``include_self=False`` (max/min). Faster than torch-scatter on the CPU (docs/benchmarks.md,
+  "Notes moved from docstrings"), so it is the CPU default.
 - ``"torch_scatter"``: ``torch_scatter.scatter`` (optional dependency ``probesuite[scatter]``), the
   default for CUDA tensors when it is installed with CUDA kernels.
 

@@ -1,4 +1,4 @@
-"""``videoprobe demo --out DIR``: offline end-to-end demo on generated videos (1-2 minutes, 2 cores)."""
+"""``videoprobe demo --out DIR``: offline end-to-end demo on generated videos (timing in the README)."""
 from __future__ import annotations
 
 import argparse
