@@ -333,6 +333,16 @@ def test_lora_on_ptv3_qkv_trains_and_merges(ptv3):
         torch.testing.assert_close(enc.encode(point), unmerged, rtol=1e-4, atol=1e-5)
 
 
+def test_lora_leaves_the_always_trained_head_without_adapters():
+    net = make_net()
+    prep = prepare_method(net, "lora", always=["blocks.2"], lora=LoraOptions(rank=2, targets=("qkv",)))
+    assert prep.adapted_modules == ["blocks.0.qkv", "blocks.1.qkv"]
+    assert not any(".lora_" in n for n, _ in net.blocks[2].named_parameters())
+    assert {n for n in prep.trainable if not n.startswith("blocks.2.")} == {
+        n for n, _ in net.named_parameters() if ".lora_" in n}
+    assert all(p.requires_grad for p in net.blocks[2].parameters())
+
+
 def test_lora_refuses_sparse_conv_and_unknown_targets(ptv3):
     with pytest.raises(ConfigError, match="spconv sparse convolution"):
         inject_lora(copy.deepcopy(ptv3), LoraOptions(targets=("cpe.0",)))

@@ -15,6 +15,7 @@ As with SSF, the adapter only acts when the model calls the module (``module(x)`
 """
 from __future__ import annotations
 
+import re
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -59,21 +60,26 @@ def _matches(name: str, targets: Sequence[str]) -> bool:
     return any(name == t or name.endswith("." + t) for t in targets)
 
 
-def inject_lora(model: nn.Module, options: LoraOptions | None = None,
+def inject_lora(model: nn.Module, options: LoraOptions | None = None, exclude: Sequence[str] = (),
                 adapter_name: str = "default") -> list[str]:
-    """Inject LoRA adapters into ``model`` in place; returns the adapted module names. Targets that
-    match nothing, or only modules peft does not support, raise ``ConfigError``."""
+    """Inject LoRA adapters into ``model`` in place; returns the adapted module names. ``exclude``:
+    prefixes (the head) that get no adapter. Targets that match nothing, or modules peft does not
+    support, raise ``ConfigError``."""
     peft = _peft()
     o = options or LoraOptions()
-    matched = [(n, m) for n, m in model.named_modules() if n and _matches(n, o.targets)]
+    matched = [(n, m) for n, m in model.named_modules() if n and _matches(n, o.targets)
+               and not any(n == e.rstrip(".") or n.startswith(e.rstrip(".") + ".") for e in exclude)]
     if not matched:
-        raise ConfigError(f"lora: no module of the model is named {list(o.targets)}")
+        raise ConfigError(f"lora: no module of the model is named {list(o.targets)}"
+                          + (f" outside {list(exclude)}" if exclude else ""))
     sparse = [n for n, m in matched if _is_sparse_conv(m)]
     if sparse:
         raise ConfigError(f"lora: {sparse[0]} is an spconv sparse convolution, which peft does not support "
                           f"(choose Linear / dense Conv targets)")
+    # the exact module names as one regular expression (peft full-matches a string target)
+    names_re = "|".join(re.escape(n) for n, _ in matched)
     cfg = peft.LoraConfig(r=o.rank, lora_alpha=o.alpha, lora_dropout=o.dropout,
-                          target_modules=list(o.targets), bias="none")
+                          target_modules=f"(?:{names_re})", bias="none")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
         try:

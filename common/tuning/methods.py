@@ -97,8 +97,7 @@ def prepare_method(model: nn.Module, method: str, blocks: Sequence[BlockSpec] | 
         adapted = inject_ssf(model, targets=ssf_targets, exclude=tuple(always) + tuple(ssf_exclude),
                              generator=generator)
     elif adapters == "lora":
-        adapted = [n for n in inject_lora(model, lora)
-                   if not any(n == a or n.startswith(a.rstrip(".") + ".") for a in always)]
+        adapted = inject_lora(model, lora, exclude=always)
     if METHODS[base].needs_blocks and base != "progressive" and not blocks:
         raise ConfigError(f"tuning: method '{base}' needs the encoder's block layout")
     names = select_trainable(model, base, blocks=blocks, k=k, always=always, schedule=schedule)
