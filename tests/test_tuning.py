@@ -102,21 +102,25 @@ B1 = [n for n, _ in Net().named_parameters() if n.startswith("blocks.1.")]
 # ---------------------------------------------------------------------------------- trainable sets
 
 
-@pytest.mark.parametrize("method", ["linear", "decoder", "last_k", "full", "ssf", "lora", "mezo"])
-def test_each_method_trains_only_what_it_declares(method):
+CASES = [("linear", None), ("decoder", None), ("last_k", None), ("full", None), ("ssf", None), ("lora", None),
+         ("mezo", "ssf"), ("mezo", "lora"), ("mezo", "last_k"), ("mezo", "full")]
+
+
+@pytest.mark.parametrize("method,over", CASES)
+def test_each_method_trains_only_what_it_declares(method, over):
     net = make_net()
     net.eval()  # BatchNorm running stats are buffers, but keep the forward deterministic
-    prep = prepare_method(net, method, layout(net), k=2, always=["head"],
-                          over="ssf" if method == "mezo" else None,
+    prep = prepare_method(net, method, layout(net), k=2, always=["head"], over=over,
                           lora=LoraOptions(rank=2, targets=("qkv", "proj")))
     declared = set(prep.trainable)
     expected = {
         "linear": set(HEAD), "decoder": set(HEAD), "last_k": set(HEAD + B1 + B2),
         "full": {n for n, _ in net.named_parameters()},
     }
-    if method in expected:
-        assert declared == expected[method]
-    elif method in ("ssf", "mezo"):
+    kind = over or method
+    if kind in expected:
+        assert declared == expected[kind]
+    elif kind == "ssf":
         assert declared == set(HEAD) | {n for n, _ in net.named_parameters() if ".ssf_" in n}
         assert "stem.0.ssf_scale" in declared and "blocks.0.norm.ssf_shift" in declared
         assert not any(n.startswith("head.") and "ssf" in n for n in declared)  # no adapter in the head
@@ -136,6 +140,7 @@ def test_each_method_trains_only_what_it_declares(method):
     assert moved <= declared, f"frozen parameters moved: {sorted(moved - declared)}"
     # every declared parameter moved (LoRA's A gets no gradient while B is zero; weight decay moves it)
     assert moved == declared
+    assert prep.merge(net) == (0 if kind not in ("ssf", "lora") else len(prep.adapted_modules))
 
 
 def test_blocks_by_module_or_prefix_and_errors():
@@ -438,6 +443,16 @@ def test_mezo_step_equals_hand_computed_spsa():
         else:
             assert torch.equal(p, theta[n])  # bitwise
     assert all(p.grad is None for p in net.parameters())  # no gradient buffers
+
+
+def test_mezo_weight_decay_and_seed_independence():
+    p = nn.Parameter(torch.full((3,), 2.0))
+    opt = MeZO([p], lr=0.1, eps=1e-3, seed=3, weight_decay=0.5)
+    opt.step(lambda: torch.tensor(1.0))  # flat loss: projected gradient 0, only the decay acts
+    assert opt.last_grad == 0.0
+    torch.testing.assert_close(p.detach(), torch.full((3,), 2.0 * (1 - 0.1 * 0.5)), rtol=0, atol=1e-6)
+    assert len({z_seed(0, s, i) for s in range(50) for i in range(50)}) == 2500
+    assert z_seed(0, 1, 0) != z_seed(1, 1, 0)
 
 
 def test_mezo_argument_errors():
