@@ -143,6 +143,17 @@ def test_each_method_trains_only_what_it_declares(method, over):
     assert prep.merge(net) == (0 if kind not in ("ssf", "lora") else len(prep.adapted_modules))
 
 
+def test_fixed_parameters_never_train():
+    net = make_net()
+    names = select_trainable(net, "full", fixed=["stem.1"])
+    assert "stem.0.weight" in names and not any(n.startswith("stem.1.") for n in names)
+    groups = layerwise_lr_groups(net, layout(net), lr=1e-3, decay=0.5, always=["head"], fixed=["stem.1"])
+    assert not net.stem[1].weight.requires_grad and net.stem[0].weight.requires_grad
+    assert not any(p is net.stem[1].weight for g in groups for p in g["params"])
+    sched = ProgressiveSchedule(net, layout(net), [(0.0, "stem", 1e-3)], head_lr=1e-3, fixed=["stem.1"])
+    assert set(sched.trainable_at(1, 2)) == {"stem.0.weight", "stem.0.bias"}
+
+
 def test_blocks_by_module_or_prefix_and_errors():
     net = make_net()
     res = dict(resolve_blocks(net, layout(net)))

@@ -74,14 +74,16 @@ def get_method(name: str) -> Method:
 
 
 def prepare_method(model: nn.Module, method: str, blocks: Sequence[BlockSpec] | None = None, *, k: int = 1,
-                   always: Sequence[str] = (), over: str | None = None, lora: LoraOptions | None = None,
+                   always: Sequence[str] = (), fixed: Sequence[str] = (), over: str | None = None,
+                   lora: LoraOptions | None = None,
                    ssf_targets: Sequence[str] | None = None, ssf_exclude: Sequence[str] = (),
                    schedule: ProgressiveSchedule | None = None,
                    generator: torch.Generator | None = None) -> Prepared:
     """Inject ``method``'s adapters into ``model`` (in place) and freeze what it does not train.
 
     ``always``: prefixes (head, decoder) that train in every method; adapters are not injected under
-    them. ``over`` (mezo only): one of ``MEZO_OVER``.
+    them. ``fixed``: prefixes that never train (see :func:`select_trainable`). ``over`` (mezo only):
+    one of ``MEZO_OVER``.
     """
     m = get_method(method)
     base = method
@@ -100,7 +102,7 @@ def prepare_method(model: nn.Module, method: str, blocks: Sequence[BlockSpec] | 
         adapted = inject_lora(model, lora, exclude=always)
     if METHODS[base].needs_blocks and base != "progressive" and not blocks:
         raise ConfigError(f"tuning: method '{base}' needs the encoder's block layout")
-    names = select_trainable(model, base, blocks=blocks, k=k, always=always, schedule=schedule)
+    names = select_trainable(model, base, blocks=blocks, k=k, always=always, schedule=schedule, fixed=fixed)
     return Prepared(method=method, trainable=names, adapted_modules=adapted, adapters=adapters,
                     over=over if m.zeroth_order else None)
 

@@ -5,7 +5,8 @@ A caller describes its encoder by an ordered block layout, input side first::
     blocks = [("stem", model.embedding), ("enc0", ["enc.enc0."]), ("enc1", model.enc.enc1), ...]
 
 each entry naming a block by a module of ``model`` or by parameter-name prefixes. Parameters named by
-``always`` prefixes (the head, a decoder) train in every method; everything else follows the method:
+``always`` prefixes (the head, a decoder) train in every method; ``fixed`` prefixes never train (parameters
+the model keeps fixed by design, as V-JEPA's sinusoidal ``pos_embed``); everything else follows the method:
 
 - ``linear`` / ``decoder``: the encoder is frozen (only ``always`` trains);
 - ``last_k``: the last ``k`` blocks of the layout train;
@@ -101,11 +102,13 @@ def set_trainable(model: nn.Module, names: Iterable[str]) -> list[str]:
 
 
 def select_trainable(model: nn.Module, method: str, blocks: Sequence[BlockSpec] | None = None, k: int = 1,
-                     always: Sequence[str] = (), schedule: ProgressiveSchedule | None = None) -> list[str]:
+                     always: Sequence[str] = (), schedule: ProgressiveSchedule | None = None,
+                     fixed: Sequence[str] = ()) -> list[str]:
     """Freeze ``model`` except what ``method`` trains; returns the trainable parameter names.
 
     ``always``: prefixes that train in every method (head, decoder). ``progressive`` returns the set
     of step 0 (pass ``schedule`` to use its first stage; without one only ``always`` trains).
+    ``fixed``: prefixes that never train, whatever the method.
     """
     always_set = _always_names(model, always)
     if method in ("linear", "decoder"):
@@ -128,7 +131,8 @@ def select_trainable(model: nn.Module, method: str, blocks: Sequence[BlockSpec] 
     else:
         raise ConfigError(f"tuning: unknown trainable set '{method}' (linear, decoder, last_k, progressive, "
                           f"full, ssf, lora)")
-    return set_trainable(model, names)
+    fixed_set = set(_always_names(model, fixed))
+    return set_trainable(model, [n for n in names if n not in fixed_set])
 
 
 def layerwise_decay_factors(n_blocks: int, decay: float) -> list[float]:
@@ -140,21 +144,24 @@ def layerwise_decay_factors(n_blocks: int, decay: float) -> list[float]:
 
 
 def layerwise_lr_groups(model: nn.Module, blocks: Sequence[BlockSpec], lr: float, decay: float,
-                        always: Sequence[str] = (), weight_decay: float = 0.0) -> list[dict[str, Any]]:
+                        always: Sequence[str] = (), weight_decay: float = 0.0,
+                        fixed: Sequence[str] = ()) -> list[dict[str, Any]]:
     """Optimizer parameter groups for ``full``: every parameter trains; block i gets
     ``lr * decay ** (n - i)``, ``always`` gets ``lr``. A trainable parameter in no block and not under
-    ``always`` raises ``ConfigError`` (the layout must cover the encoder)."""
-    layout = resolve_blocks(model, blocks)
+    ``always`` raises ``ConfigError`` (the layout must cover the encoder). ``fixed`` prefixes stay
+    frozen and in no group."""
+    fixed_set = set(_always_names(model, fixed))
+    layout = [(b, [n for n in ns if n not in fixed_set]) for b, ns in resolve_blocks(model, blocks)]
     named = dict(model.named_parameters())
     factors = layerwise_decay_factors(len(layout), decay)
     head = set(_always_names(model, always))
     covered = {n for _, ns in layout for n in ns}
-    stray = [n for n in named if n not in covered and n not in head]
+    stray = [n for n in named if n not in covered and n not in head and n not in fixed_set]
     if stray:
         raise ConfigError(f"tuning: parameter(s) {stray[:5]} are in no declared block and not under "
                           f"always={list(always)}")
-    for p in named.values():
-        p.requires_grad_(True)
+    for n, p in named.items():
+        p.requires_grad_(n not in fixed_set)
     groups = [{"name": b, "params": [named[n] for n in ns if n not in head], "param_names": [n for n in ns
               if n not in head], "lr": lr * f, "lr_factor": f, "weight_decay": weight_decay}
               for (b, ns), f in zip(layout, factors)]
@@ -185,9 +192,10 @@ class ProgressiveSchedule:
 
     def __init__(self, model: nn.Module, blocks: Sequence[BlockSpec],
                  stages: Sequence[tuple[float, str | Sequence[str], float]], head_lr: float,
-                 always: Sequence[str] = ()):
+                 always: Sequence[str] = (), fixed: Sequence[str] = ()):
         self.model = model
-        self.layout = dict(resolve_blocks(model, blocks))
+        fixed_set = set(_always_names(model, fixed))
+        self.layout = {b: [n for n in ns if n not in fixed_set] for b, ns in resolve_blocks(model, blocks)}
         self.head = _always_names(model, always)
         self.head_lr = head_lr
         parsed: list[Stage] = []
