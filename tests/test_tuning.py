@@ -284,6 +284,18 @@ def test_ssf_merge_adds_missing_bias_and_affine():
     assert net[0].bias is not None and net[1].weight is not None and net[2].bias is not None
 
 
+def test_ssf_keeps_the_autocast_dtype():
+    """Under bf16 autocast a Linear returns bf16; its SSF must not promote the stream to float32."""
+    m = nn.Linear(4, 4)
+    m_parent = nn.Sequential(m)
+    inject_ssf(m_parent)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = m_parent(torch.randn(2, 4))
+    assert out.dtype == torch.bfloat16
+    out.float().sum().backward()
+    assert m_parent[0].ssf_scale.grad is not None and m_parent[0].ssf_scale.grad.dtype == torch.float32
+
+
 def tiny_points(n: int = 300, seed: int = 0):
     from pointprobe.models import PointBatch
 

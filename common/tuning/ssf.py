@@ -69,7 +69,8 @@ class SSF(nn.Module):
     def _affine(self, x: torch.Tensor) -> torch.Tensor:
         shape = [1] * x.dim()
         shape[self.dim] = -1
-        return x * self.ssf_scale.view(shape) + self.ssf_shift.view(shape)
+        # in the output's dtype: under autocast a bf16 stream stays bf16 (grads still reach fp32 params)
+        return x * self.ssf_scale.view(shape).to(x.dtype) + self.ssf_shift.view(shape).to(x.dtype)
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         out = self.inner(*args, **kwargs)
