@@ -338,7 +338,7 @@ def randomize_lora_b(model: nn.Module, seed: int = 0) -> None:
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for n, p in model.named_parameters():
-            if ".lora_B." in n:
+            if ".lora_B" in n:
                 p.copy_(torch.randn(p.shape, generator=g) * 0.1)
 
 
@@ -371,9 +371,34 @@ def test_lora_leaves_the_always_trained_head_without_adapters():
     assert all(p.requires_grad for p in net.blocks[2].parameters())
 
 
-def test_lora_refuses_sparse_conv_and_unknown_targets(ptv3):
-    with pytest.raises(ConfigError, match="spconv sparse convolution"):
-        inject_lora(copy.deepcopy(ptv3), LoraOptions(targets=("cpe.0",)))
+def test_lora_on_ptv3_sparse_conv_position_encoding_merges(ptv3):
+    """peft has no spconv layer: the CPE SubMConv3d gets the own low-rank kernel delta."""
+    enc = copy.deepcopy(ptv3)
+    keys = list(enc.state_dict())
+    adapted = inject_lora(enc, LoraOptions(rank=2, alpha=4, targets=("cpe.0", "qkv")))
+    assert "enc.enc0.block0.cpe.0" in adapted and "enc.enc0.block0.attn.qkv" in adapted
+    names = select_trainable(enc, "lora")
+    assert "enc.enc0.block0.cpe.0.parametrizations.weight.0.lora_A" in names
+    assert not any(n.endswith("parametrizations.weight.original") for n in names)  # the kernel stays frozen
+    point = tiny_points()
+    check_adapters_reached(enc, lambda: enc.encode(point))
+    randomize_lora_b(enc)
+    with torch.no_grad():
+        unmerged = enc.encode(point)
+        assert not torch.allclose(unmerged, ptv3.encode(point), atol=1e-4)
+    # gradients reach the sparse-conv adapters
+    enc.encode(point).square().mean().backward()
+    lora_b = dict(enc.named_parameters())["enc.enc0.block0.cpe.0.parametrizations.weight.0.lora_B"]
+    assert lora_b.grad is not None and lora_b.grad.abs().sum() > 0
+    assert merge_lora(enc) == 6
+    assert list(enc.state_dict()) == keys
+    with torch.no_grad():
+        torch.testing.assert_close(enc.encode(point), unmerged, rtol=1e-4, atol=1e-5)
+
+
+def test_lora_refuses_bad_options_and_unknown_targets(ptv3):
+    with pytest.raises(ConfigError, match="dropout"):
+        inject_lora(copy.deepcopy(ptv3), LoraOptions(targets=("cpe.0",), dropout=0.1))
     with pytest.raises(ConfigError, match="no module of the model is named"):
         inject_lora(make_net(), LoraOptions(targets=("nope",)))
     with pytest.raises(ConfigError, match="rank"):

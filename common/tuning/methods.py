@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from common.errors import ConfigError
-from common.tuning.lora import LoraOptions, inject_lora, merge_lora
+from common.tuning.lora import LoraOptions, has_kernel_lora, inject_lora, merge_lora
 from common.tuning.ssf import SSF, inject_ssf, merge_ssf
 from common.tuning.trainable import BlockSpec, ProgressiveSchedule, select_trainable
 
@@ -108,13 +108,14 @@ def prepare_method(model: nn.Module, method: str, blocks: Sequence[BlockSpec] | 
 
 
 def adapter_modules(model: nn.Module) -> dict[str, nn.Module]:
-    """SSF wrappers and peft LoRA layers of ``model`` by name."""
+    """SSF wrappers, peft LoRA layers and kernel-LoRA modules of ``model`` by name."""
     out: dict[str, nn.Module] = {n: mod for n, mod in model.named_modules() if isinstance(mod, SSF)}
     try:
         from peft.tuners.tuners_utils import BaseTunerLayer
     except ImportError:  # pragma: no cover - peft not installed
         return out
-    out.update({n: mod for n, mod in model.named_modules() if isinstance(mod, BaseTunerLayer)})
+    out.update({n: mod for n, mod in model.named_modules() if isinstance(mod, BaseTunerLayer)
+                or has_kernel_lora(mod)})
     return out
 
 
