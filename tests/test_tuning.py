@@ -331,6 +331,44 @@ def test_ssf_merge_equals_unmerged_on_ptv3(ptv3):
         torch.testing.assert_close(enc.encode(point), unmerged, rtol=1e-4, atol=1e-5)
 
 
+def test_ssf_and_lora_merge_on_sparseunet():
+    """SparseUNet's convs are bias-free spconv convs: a merged SSF shift would need a bias, which spconv
+    refuses on the CPU in eval mode, so SSF skips them (norms and linears still get SSF); LoRA uses the
+    kernel delta on every conv, the strided and inverse ones included."""
+    from pointprobe.models.sparseunet import create_sparseunet
+
+    torch.manual_seed(0)
+    base = create_sparseunet(channels=(8, 16, 24), depths=(1, 1, 1), norm="bn", decoder_channels=[8, 8],
+                             decoder_depths=[1, 1]).eval()
+    randomize_batchnorm(base)
+    point = tiny_points()
+    with torch.no_grad():
+        ref = base.encode(point)
+    for kind in ("ssf", "lora"):  # BatchNorm (eval, random running stats): the harder fold; LN is in PTv3
+        enc = copy.deepcopy(base)
+        keys = list(enc.state_dict())
+        if kind == "ssf":
+            wrapped = inject_ssf(enc, generator=torch.Generator().manual_seed(1))
+            convs = [n for n, m in base.named_modules() if type(m).__module__.startswith("spconv")]
+            assert convs and not set(convs) & set(wrapped)
+            assert any(n.endswith("norm1") or ".norm" in n for n in wrapped)
+        else:
+            wrapped = inject_lora(enc, LoraOptions(rank=2, targets=("conv1", "conv2", "conv", "up")))
+            assert {"levels.0.0.conv1", "downs.0.conv", "ups.0.up"} <= set(wrapped)
+            randomize_lora_b(enc)
+        check_adapters_reached(enc, lambda e=enc: e.encode(point))
+        with torch.no_grad():
+            unmerged = enc.encode(point)
+            assert not torch.allclose(unmerged, ref, atol=1e-4)
+            (merge_ssf if kind == "ssf" else merge_lora)(enc)
+            merged = list(enc.state_dict())
+            if kind == "lora":
+                assert merged == keys
+            else:  # bias-free Linears (the skip projections) gain the folded shift as a bias
+                assert set(keys) <= set(merged) and all(k.endswith(".bias") for k in set(merged) - set(keys))
+            torch.testing.assert_close(enc.encode(point), unmerged, rtol=1e-4, atol=1e-5)
+
+
 # ---------------------------------------------------------------------------------- LoRA
 
 

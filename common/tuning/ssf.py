@@ -7,8 +7,10 @@ back, so the merged model has the original layout and parameter names (a bias is
 had none).
 
 Supported modules: ``nn.Linear``, ``nn.LayerNorm`` (1-D normalized shape), ``nn.BatchNorm1d/2d/3d``,
-``nn.Conv1d/2d/3d`` and spconv sparse convolutions (weight layout (out, k, k, k, in), output a
-``SparseConvTensor`` whose features get the scale and shift). A module must be called through
+``nn.Conv1d/2d/3d`` and spconv sparse convolutions that have a bias (weight layout (out, k, k, k, in),
+output a ``SparseConvTensor`` whose features get the scale and shift; PTv3's CPE). Bias-free spconv
+convolutions (SparseUNet) are skipped: the merged shift would need a bias, and spconv refuses a bias
+on the CPU in eval mode; their following norm carries the SSF. A module must be called through
 ``module(x)``: code that reads ``module.weight`` and calls ``F.linear`` itself bypasses the wrapper
 (:class:`SSF` has no ``weight``, so such code fails loudly instead of silently skipping SSF).
 """
@@ -42,7 +44,8 @@ def ssf_channels(m: nn.Module) -> tuple[int, int] | None:
         return m.num_features, 1
     if isinstance(m, _CONV):
         return m.out_channels, 1
-    if _is_sparse_conv(m) and not getattr(m, "transposed", False) and not getattr(m, "inverse", False):
+    if (_is_sparse_conv(m) and not getattr(m, "transposed", False) and not getattr(m, "inverse", False)
+            and m.bias is not None):
         return m.out_channels, -1
     return None
 
