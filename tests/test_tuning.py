@@ -470,14 +470,41 @@ def test_lora_on_video_vit_merges():
         torch.testing.assert_close(vit.encode(clip).pooled, unmerged, rtol=1e-4, atol=1e-5)
 
 
-def test_adapters_bypassed_by_videomae_split_qkv_bias_are_reported():
-    """VideoMAE's attention calls F.linear(x, self.qkv.weight, bias) itself: an adapter on qkv would never
-    run (LoRA silently; SSF fails on .weight). check_adapters_reached names it instead of training nothing."""
-    vit = video_vit("videomae")
-    inject_lora(vit, LoraOptions(rank=2, targets=("qkv", "proj")))
+def test_lora_reaches_videomae_split_qkv_bias():
+    """VideoMAE's attention adds its split q/v bias after calling qkv (it used to call F.linear on qkv.weight
+    itself, so a LoRA on qkv never ran): the adapters are reached and the merged model gives the same
+    output."""
+    torch.manual_seed(0)
+    vit = video_vit("videomae").eval()
     clip = torch.randn(1, 3, 4, 32, 32)
-    with pytest.raises(ConfigError, match=r"never called .*attn\.qkv"):
-        check_adapters_reached(vit, lambda: vit.encode(clip))
+    inject_lora(vit, LoraOptions(rank=2, targets=("qkv",)))
+    check_adapters_reached(vit, lambda: vit.encode(clip))
+    for n, p in vit.named_parameters():
+        if "lora_B" in n:
+            torch.nn.init.normal_(p, std=0.05)
+    with torch.no_grad():
+        before = vit.encode(clip).pooled
+        merge_lora(vit)
+        after = vit.encode(clip).pooled
+    torch.testing.assert_close(after, before, atol=1e-5, rtol=1e-5)
+
+
+def test_adapters_bypassed_by_a_module_are_reported():
+    """A module that reads an adapted layer's .weight itself bypasses the adapter: check_adapters_reached
+    names it instead of training nothing."""
+
+    class Bypass(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.qkv = nn.Linear(8, 8)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return F.linear(x, self.qkv.weight, self.qkv.bias)
+
+    net = Bypass()
+    inject_lora(net, LoraOptions(rank=2, targets=("qkv",)))
+    with pytest.raises(ConfigError, match=r"never called .*qkv"):
+        check_adapters_reached(net, lambda: net(torch.randn(2, 8)))
 
 
 # ---------------------------------------------------------------------------------- MeZO

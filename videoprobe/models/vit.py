@@ -103,8 +103,10 @@ class Attention(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, n, d = x.shape
         if self.bias_mode == "split":
+            # the bias added after the module call (not F.linear on its weight) so that adapters wrapping
+            # qkv (LoRA, SSF) take part in the forward
             bias = torch.cat([self.q_bias, torch.zeros_like(self.v_bias), self.v_bias])
-            qkv = F.linear(x, self.qkv.weight, bias)
+            qkv = self.qkv(x) + bias
         else:
             qkv = self.qkv(x)
         q, k, v = qkv.reshape(b, n, 3, self.num_heads, d // self.num_heads).permute(2, 0, 3, 1, 4)
