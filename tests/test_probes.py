@@ -34,9 +34,10 @@ from common.probes.attentive import (
     save_attentive_probe,
     train_attentive_probe,
 )
+from common.probes.engine import HeadGrid
 from common.probes.knn import KnnConfig, evaluate_knn, knn_votes
-from common.probes.linear import _Heads, apply_normalizer, fit_normalizer
 from common.probes.logreg import LogRegConfig, fit_logreg, train_logreg_probe
+from common.probes.normalize import apply_normalizer, fit_normalizer
 
 FAST = dict(progress=False)
 
@@ -147,7 +148,8 @@ def test_multi_head_equals_single_head(optimizer):
 def test_batched_gradient_matches_autograd():
     torch.manual_seed(0)
     cfg = LinearProbeConfig()
-    heads = _Heads(7, 4, torch.tensor([0.1, 0.2, 0.3]), torch.zeros(3), cfg, torch.device("cpu"))
+    heads = HeadGrid(7, 4, torch.tensor([0.1, 0.2, 0.3]), torch.zeros(3), cfg.optimizer, cfg.momentum,
+                     cfg.betas, torch.device("cpu"))
     heads.W.normal_()
     heads.b.normal_()
     x, y = torch.randn(33, 7), torch.randint(0, 4, (33,))

@@ -21,7 +21,8 @@ from torch import nn
 
 from common.errors import CheckpointError, ConfigError, InputError
 from common.probes._files import read_probe_file, write_probe_file
-from common.probes.linear import ProbeData, _lr_factor, _score_heads, _train_batches
+from common.probes.data import ProbeData
+from common.probes.engine import lr_factor, score_heads, train_batches
 from common.progress import progress
 
 __all__ = [
@@ -34,9 +35,6 @@ __all__ = [
     "save_attentive_probe",
     "load_attentive_probe",
 ]
-
-_NONE = {"mode": "none"}
-
 
 class _CrossBlock(nn.Module):
     def __init__(self, dim: int, num_heads: int, mlp_ratio: float) -> None:
@@ -202,9 +200,10 @@ def train_attentive_probe(
     model.train()
     for epoch in range(cfg.epochs):
         tot, cnt = 0.0, 0
-        for xb, yb in _train_batches(train, in_ram, x_all, y_all, _NONE, cfg, gen, rng, device):
+        for xb, yb in train_batches(train, cfg.batch_size, loaded=(x_all, y_all) if in_ram else None,
+                                    window_rows=cfg.window_rows, gen=gen, rng=rng, device=device):
             for g in opt.param_groups:
-                g["lr"] = cfg.lr * _lr_factor(step, total, warmup)
+                g["lr"] = cfg.lr * lr_factor(step, total, warmup)
             loss = nn.functional.cross_entropy(model(xb), yb)
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -251,17 +250,17 @@ def evaluate_attentive_probe(
     model = result.model(device)
     va = result.config.get("view_average", True) if view_average is None else view_average
     bs = batch_size or result.config.get("eval_batch_size", 512)
-    scorer = _score_heads(
+    scorer = score_heads(
         lambda x: model(x).unsqueeze(1),
         data,
-        _NONE,
-        1,
-        result.num_classes,
-        "classification",
-        va and data.has_groups,
-        bs,
-        16384,
-        torch.device(device),
+        norm=None,
+        num_heads=1,
+        num_classes=result.num_classes,
+        task="classification",
+        view_average=va and data.has_groups,
+        batch_size=bs,
+        window_rows=16384,
+        device=torch.device(device),
     )
     out = scorer.result()[0]
     out["confusion"] = scorer.confusion(0)

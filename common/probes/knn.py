@@ -8,7 +8,6 @@ once, so neither the (queries x train) similarity matrix nor the training set ha
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -17,7 +16,7 @@ import torch.nn.functional as F
 
 from common.errors import ConfigError, InputError
 from common.metrics import confusion_matrix, segmentation_metrics, topk_accuracy
-from common.probes.linear import ProbeData
+from common.probes.data import ProbeData
 from common.progress import progress
 
 __all__ = ["KnnConfig", "knn_votes", "evaluate_knn"]
@@ -178,7 +177,3 @@ def evaluate_knn(
             rows[-1]["notes"] = notes
     return rows
 
-
-def best_k(rows: Sequence[dict], metric: str = "top1") -> dict:
-    """The row with the highest ``metric`` (choose k on validation data, not on the test set)."""
-    return max(rows, key=lambda r: r[metric])
