@@ -13,12 +13,11 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.neighbors import KNeighborsClassifier
 
 from common.errors import CheckpointError, ConfigError, InputError
+from common.freeze import NotFrozenError, assert_frozen, freeze
 from common.metrics import confusion_matrix, segmentation_metrics
 from common.probes import (
     LinearProbeConfig,
-    NotFrozenError,
     ProbeData,
-    assert_frozen,
     evaluate_linear_probe,
     load_probe,
     predict,
@@ -460,3 +459,11 @@ def test_assert_frozen():
     enc[1].train()
     with pytest.raises(NotFrozenError, match="training mode"):
         assert_frozen(enc)
+
+
+def test_freeze_makes_a_module_pass_assert_frozen():
+    enc = torch.nn.Sequential(torch.nn.Linear(3, 3), torch.nn.BatchNorm1d(3))
+    assert freeze(enc) is enc
+    assert not enc.training and not enc[1].training
+    assert not any(p.requires_grad for p in enc.parameters())
+    assert_frozen(enc, "enc")
