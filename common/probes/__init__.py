@@ -1,5 +1,10 @@
 """Probes on frozen features: multi-head linear (``linear``), L-BFGS logistic regression (``logreg``),
-cosine kNN (``knn``) and a V-JEPA-style attentive probe (``attentive``).
+cosine kNN (``knn``) and a V-JEPA-style attentive probe (``attentive``), one table of them
+(:data:`PROBES`, :mod:`common.probes.registry`: the contract).
+
+Modules: ``data`` (ProbeData: the cached training source), ``normalize`` (feature statistics), ``engine``
+(batches, the vectorised head grid, schedules, scoring: public, explicit parameters), one module per
+probe, ``registry`` (the contract and the table), ``notes`` (small-data warnings).
 
 The encoder is never trained by a probe: features come from the cache, and code that computes them
 live freezes the encoder with :func:`common.freeze.freeze` (checked by ``common.freeze.assert_frozen``).
@@ -18,7 +23,7 @@ from common.probes.attentive import (
     save_attentive_probe,
     train_attentive_probe,
 )
-from common.probes.knn import KnnConfig, evaluate_knn, knn_votes
+from common.probes.knn import KnnConfig, KnnProbeResult, evaluate_knn, fit_knn, knn_votes
 from common.probes.linear import (
     LinearProbeConfig,
     LinearProbeResult,
@@ -32,8 +37,14 @@ from common.probes.linear import (
     train_linear_probe,
 )
 from common.probes.logreg import LogRegConfig, fit_logreg, train_logreg_probe
+from common.probes.registry import PROBES, ProbeResult, ProbeSpec, get_probe, load_probe_result
 
 __all__ = [
+    "PROBES",
+    "ProbeSpec",
+    "ProbeResult",
+    "get_probe",
+    "load_probe_result",
     "ProbeData",
     "LinearProbeConfig",
     "LinearProbeResult",
@@ -48,6 +59,8 @@ __all__ = [
     "fit_logreg",
     "train_logreg_probe",
     "KnnConfig",
+    "KnnProbeResult",
+    "fit_knn",
     "knn_votes",
     "evaluate_knn",
     "AttentiveProbe",

@@ -113,6 +113,41 @@ class LinearProbeResult:
     meta: dict = field(default_factory=dict)
     all_heads: dict[str, torch.Tensor] | None = None  # {"weight": (H, K, D), "bias": (H, K)} if kept
 
+    # ------------------------------------------------------------------ the probe contract
+    @property
+    def trainable_params(self) -> int:
+        """Parameters of the kept head (the whole grid trained is in ``meta["grid_params"]``)."""
+        return int(sum(v.numel() for v in self.state_dict.values()))
+
+    def evaluate(self, data: ProbeData, view_average: bool | None = None, device: str | torch.device = "cpu",
+                 **kw: Any) -> dict:
+        """:func:`evaluate_linear_probe` of this probe."""
+        return evaluate_linear_probe(self, data, view_average=view_average, device=device, **kw)
+
+    def group_scores(self, data: ProbeData, device: str | torch.device = "cpu") -> np.ndarray:
+        """(G, K) softmax probabilities summed over each group's rows (groups in sorted order)."""
+        x, _, g = data.load()
+        return np.stack([torch.softmax(predict(self, x[torch.from_numpy(g == u)], device=device), 1)
+                         .double().sum(0).numpy() for u in np.unique(g)])
+
+    def summary(self) -> dict:
+        """What the command reports besides the scores: the chosen hyper-parameters (``setting``)."""
+        if self.config.get("probe") == "logreg":
+            best = {"C": self.best.get("C")}
+            setting = f"C {best['C']:.3g}"
+        else:
+            best = {k: self.best[k] for k in ("lr", "wd") if k in self.best}
+            setting = f"lr {self.best.get('lr')}, wd {self.best.get('wd')}"
+        return {"best": best, "selected_on": self.meta.get("selected_on"), "heads": len(self.heads),
+                "history": self.meta.get("history") or [], "setting": setting}
+
+    def save(self, path: str | Path) -> Path:
+        return save_probe(self, path)
+
+    @classmethod
+    def load(cls, path: str | Path) -> LinearProbeResult:
+        return load_probe(path)
+
     def linear(self) -> torch.nn.Linear:
         """The best head as an ``nn.Linear`` (apply :func:`apply_normalizer` with ``norm`` first)."""
         k, d = self.state_dict["weight"].shape
@@ -276,6 +311,7 @@ def train_linear_probe(
             "val_rows": val.num_rows,
             "streamed": not in_ram,
             "steps": total,
+            "grid_params": heads.num_params,
             "notes": notes,
             "history": history,
         },
