@@ -106,3 +106,53 @@ def test_head_grid_trains_from_a_live_batch_iterator():
     xg = centers[yg] + torch.randn(400, 5)
     grouped = grid.scores([(xg, yg, np.arange(400) // 4)], groups=np.arange(100))  # views averaged by group
     assert grouped[1]["top1"] >= 0.9
+
+
+def test_video_probe_sections_start_from_the_command_defaults():
+    """`knn.ks=[5]` on the command line keeps the video defaults of the other knn keys (T 0.1, one mean
+    vector per training video), not the common class's (T 0.07, every view)."""
+    from common.config import load_config
+    from videoprobe.probe import ProbeConfig
+
+    cfg = load_config(ProbeConfig, None, ["knn.ks=[5]", "attentive.epochs=3"])
+    assert cfg.knn.ks == [5] and cfg.knn.temperature == 0.1 and cfg.knn.bank == "group"
+    assert cfg.attentive.epochs == 3 and cfg.attentive.num_heads == 0
+    assert load_config(ProbeConfig).knn.temperature == 0.1
+
+
+def _video_cache(tmp_path, split: str, seed: int, n: int = 15):
+    """A small video feature cache (3 views per video, 3 classes) through the TWLV-I import."""
+    import json
+
+    from videoprobe.extract import import_twlv
+
+    rng = np.random.default_rng(seed)
+    centres = np.random.default_rng(99).normal(size=(3, 8)) * 3
+    src = tmp_path / "twlv" / split
+    src.mkdir(parents=True)
+    for i in range(n):
+        y = i % 3
+        c = (centres[y] + rng.normal(size=(3, 8)) * 0.5).astype(np.float32)
+        np.save(src / f"vid{i:03d}_c.npy", c)
+        (src / f"vid{i:03d}.json").write_text(json.dumps({"annotation": y, "duration": 3.0, "frames": 90}))
+    import_twlv(src, tmp_path / f"cache_{split}", split=split, class_names=["a", "b", "c"])
+    return tmp_path / f"cache_{split}"
+
+
+def test_videoprobe_reaches_logreg_and_refuses_unknown_probes(tmp_path):
+    from common.probes.logreg import LogRegConfig
+    from videoprobe.probe import ProbeConfig, run_probes, write_probe_report
+
+    train, test = _video_cache(tmp_path, "train", 0), _video_cache(tmp_path, "test", 1, n=9)
+    cfg = ProbeConfig(train_cache=str(train), test_cache=str(test), out=str(tmp_path / "out"),
+                      probes=["logreg"], logreg=LogRegConfig(val_fraction=0.2, refine_steps=1),
+                      progress=False)
+    res = run_probes(cfg)["results"]["logreg"]
+    assert res["top1"] == 100.0 and res["setting"].startswith("C ")
+    assert res["trainable_params"] == 3 * 8 + 3
+    md, _ = write_probe_report(cfg, run_probes(cfg))
+    assert "logreg" in md.read_text()
+    cfg.probes = ["linear", "svm"]
+    with pytest.raises(ConfigError, match=r"unknown probe type for classification 'svm'; "
+                                          r"known: linear, logreg, knn, attentive$"):
+        run_probes(cfg)
