@@ -156,3 +156,34 @@ def test_videoprobe_reaches_logreg_and_refuses_unknown_probes(tmp_path):
     with pytest.raises(ConfigError, match=r"unknown probe type for classification 'svm'; "
                                           r"known: linear, logreg, knn, attentive$"):
         run_probes(cfg)
+
+
+def test_pointprobe_reaches_logreg_and_refuses_non_segmentation_probes(tmp_path):
+    import dataclasses
+    import json
+
+    from common.cache import CacheKey, CacheWriter
+    from common.probes.linear import LinearProbeResult
+    from pointprobe.probe import SegProbeConfig, run_probe
+
+    rng = np.random.default_rng(0)
+    folder = tmp_path / "feat"
+    key = CacheKey(encoder="sparseunet", checkpoint_sha256="random:0", config_hash="0" * 16)
+    for split, n in (("train", 3), ("val", 2)):
+        with CacheWriter(folder / split, dataclasses.replace(key, split=split), 8,
+                         meta={"label_set": "segment20"}) as w:
+            for i in range(n):
+                y = rng.integers(0, 4, 200)
+                w.write(f"scene{i:04d}_00", np.eye(8, dtype=np.float32)[y] * 3 +
+                        rng.normal(0, 0.05, (200, 8)).astype(np.float32), y)
+    cfg = SegProbeConfig(features=[str(folder)], out=str(tmp_path / "out"), probe_type="logreg", n_boot=10)
+    cfg.logreg.cs, cfg.logreg.refine_steps, cfg.logreg.progress = [1.0], 0, False
+    res = run_probe(cfg)
+    rec = res["records"][0]
+    assert rec["mIoU"] > 90 and rec["probe_type"] == "logreg" and rec["trainable_params"] == 20 * 8 + 20
+    assert isinstance(LinearProbeResult.load(rec["probe"]), LinearProbeResult)
+    meta = json.loads((tmp_path / "out" / "results.json").read_text())["meta"]
+    assert meta["config"]["probe_type"] == "logreg"
+    cfg.probe_type = "knn"
+    with pytest.raises(ConfigError, match=r"probe type for segmentation 'knn'; known: linear, logreg$"):
+        run_probe(cfg)
