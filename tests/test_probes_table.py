@@ -187,3 +187,20 @@ def test_pointprobe_reaches_logreg_and_refuses_non_segmentation_probes(tmp_path)
     cfg.probe_type = "knn"
     with pytest.raises(ConfigError, match=r"probe type for segmentation 'knn'; known: linear, logreg$"):
         run_probe(cfg)
+
+
+def test_probe_data_is_a_batch_source_the_grid_trains_on():
+    data = _data("features", 0)
+    batches = list(data.batches(10, np.random.default_rng(0), window_rows=16))
+    x = torch.cat([b[0] for b in batches])
+    assert all(b[0].shape[0] <= 10 for b in batches) and x.shape == (data.num_rows, 6)
+    assert sorted(np.concatenate([b[2] for b in batches]).tolist()) == sorted(data.groups().tolist())
+    y_all = torch.cat([b[1] for b in batches])
+    assert torch.equal(torch.sort(y_all).values, torch.sort(torch.from_numpy(data.labels())).values)
+    from common.probes.engine import HeadGrid
+
+    grid = HeadGrid(6, 3, [0.1], [0.0])
+    for _ in range(5):
+        for xb, yb, _g in data.batches(16, np.random.default_rng(1)):
+            grid.train_step(xb, yb)
+    assert grid.scores(data.batches(64), groups=data.groups())[0]["top1"] > 0.8  # views averaged per group

@@ -212,6 +212,21 @@ class ProbeData:
                 i += len(c.rows)
         return x.to(device), torch.from_numpy(self.labels()).to(device), self.groups()
 
+    def batches(
+        self,
+        batch_size: int,
+        rng: np.random.Generator | None = None,
+        window_rows: int = 262144,
+        device: str | torch.device = "cpu",
+    ) -> Iterator[tuple[torch.Tensor, torch.Tensor, np.ndarray]]:
+        """The engine's training source: ``(x float32, y int64, group)`` batches of ``batch_size`` rows
+        (the last of each window shorter), read window by window (shuffled with ``rng``; without:
+        storage order)."""
+        for xw, yw, gw in self.iter_windows(window_rows, rng):
+            xt, yt = torch.from_numpy(xw).to(device), torch.from_numpy(yw).to(device)
+            for s in range(0, len(yw), batch_size):
+                yield xt[s : s + batch_size], yt[s : s + batch_size], gw[s : s + batch_size]
+
     def iter_windows(
         self, window_rows: int, rng: np.random.Generator | None = None, unit_rows: int = 8192
     ) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:

@@ -295,10 +295,7 @@ def eval_batches(data: ProbeData | tuple, batch_size: int, window_rows: int) -> 
         for s in range(0, x.shape[0], batch_size):
             yield x[s : s + batch_size], y[s : s + batch_size], g[s : s + batch_size]
         return
-    for xw, yw, gw in data.iter_windows(window_rows):
-        xt, yt = torch.from_numpy(xw), torch.from_numpy(yw)
-        for s in range(0, xt.shape[0], batch_size):
-            yield xt[s : s + batch_size], yt[s : s + batch_size], gw[s : s + batch_size]
+    yield from data.batches(batch_size, None, window_rows)
 
 
 def score_batches(
