@@ -121,21 +121,18 @@ def test_video_probe_sections_start_from_the_command_defaults():
 
 
 def _video_cache(tmp_path, split: str, seed: int, n: int = 15):
-    """A small video feature cache (3 views per video, 3 classes) through the TWLV-I import."""
-    import json
-
-    from videoprobe.extract import import_twlv
+    """A small video feature cache as `videoprobe extract` writes it: 3 views per video, 3 classes."""
+    from common.cache import CacheKey, CacheWriter
 
     rng = np.random.default_rng(seed)
     centres = np.random.default_rng(99).normal(size=(3, 8)) * 3
-    src = tmp_path / "twlv" / split
-    src.mkdir(parents=True)
-    for i in range(n):
-        y = i % 3
-        c = (centres[y] + rng.normal(size=(3, 8)) * 0.5).astype(np.float32)
-        np.save(src / f"vid{i:03d}_c.npy", c)
-        (src / f"vid{i:03d}.json").write_text(json.dumps({"annotation": y, "duration": 3.0, "frames": 90}))
-    import_twlv(src, tmp_path / f"cache_{split}", split=split, class_names=["a", "b", "c"])
+    key = CacheKey(encoder="frame_stats", checkpoint_sha256="none", config_hash="0" * 16, dataset="tiny",
+                   split=split)
+    with CacheWriter(tmp_path / f"cache_{split}", key, 8, meta={"class_names": ["a", "b", "c"]}) as w:
+        for i in range(n):
+            y = i % 3
+            w.write(f"vid{i:03d}", (centres[y] + rng.normal(size=(3, 8)) * 0.5).astype(np.float32),
+                    np.full(3, y))
     return tmp_path / f"cache_{split}"
 
 
