@@ -215,7 +215,12 @@ def from_dict(schema: type[T], data: dict, prefix: str = "") -> T:
     kwargs = {}
     for name, f in fields.items():
         if name in data:
-            kwargs[name] = _coerce(data[name], hints[name], prefix + name)
+            value = data[name]
+            if dataclasses.is_dataclass(hints[name]) and isinstance(value, dict) and (
+                f.default_factory is not dataclasses.MISSING  # type: ignore[misc]
+            ):  # a section given in part starts from its field's default, not from its class's
+                value = merge_dict(to_dict(f.default_factory()), value)  # type: ignore[misc]
+            kwargs[name] = _coerce(value, hints[name], prefix + name)
         elif dataclasses.is_dataclass(hints[name]) and f.default is dataclasses.MISSING and (
             f.default_factory is dataclasses.MISSING  # type: ignore[misc]
         ):

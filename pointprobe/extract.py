@@ -18,6 +18,7 @@ from common import dist
 from common.cache import CacheKey, fill_cache
 from common.config import config_hash, save_config
 from common.errors import ConfigError, InputError
+from common.freeze import freeze
 
 log = logging.getLogger(__name__)
 
@@ -93,9 +94,7 @@ def build_encoder(spec: PointEncoderSpec, device: torch.device) -> tuple[Any, En
         from common.report import warn_random_weights
 
         warn_random_weights(spec.name, spec.seed, log)
-    model.eval()
-    for p in model.parameters():
-        p.requires_grad_(False)
+    freeze(model)
     rec = EncoderRecord(getattr(model, "arch", spec.name) if spec.checkpoint else spec.name, label,
                         spec.checkpoint, sha, dict(getattr(model, "config", spec.config)), spec.levels)
     return model, rec

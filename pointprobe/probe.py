@@ -27,13 +27,10 @@ from common.cache import FeatureCache
 from common.config import config_hash, save_config
 from common.errors import ConfigError, InputError
 from common.metrics import MIOU_RULE, class_presence, segmentation_metrics
-from common.probes.linear import (
-    LinearProbeConfig,
-    ProbeData,
-    evaluate_linear_probe,
-    save_probe,
-    train_linear_probe,
-)
+from common.probes.data import ProbeData
+from common.probes.linear import LinearProbeConfig
+from common.probes.logreg import LogRegConfig
+from common.probes.registry import PROBES, configure, get_probe
 from common.sampling import limit_labels, subset_items
 from common.stats import STD_DDOF, bootstrap_sum_ci, format_spread, mean_std
 
@@ -43,6 +40,10 @@ log = logging.getLogger(__name__)
 def _seg_linear_defaults() -> LinearProbeConfig:
     return LinearProbeConfig(task="segmentation", lrs=[1e-3, 3e-3, 1e-2, 3e-2], wds=[0.0, 1e-3],
                              epochs=5, batch_size=4096, normalize="standardize", val_fraction=0.15)
+
+
+def _seg_logreg_defaults() -> LogRegConfig:
+    return LogRegConfig(task="segmentation", val_fraction=0.15)
 
 
 @dataclass
@@ -62,7 +63,18 @@ class SegProbeConfig:
     n_boot: int = 1000  # bootstrap resamples of the evaluation scenes (95 % interval)
     bootstrap_seed: int = 0  # seed of the bootstrap resampling
     allow_select_on_test: bool = False  # allow train_split == eval_split or train_split == test
+    probe_type: str = "linear"  # a segmentation probe of common.probes.PROBES: linear | logreg
     probe: LinearProbeConfig = field(default_factory=_seg_linear_defaults)  # linear probe (lr x wd sweep)
+    logreg: LogRegConfig = field(default_factory=_seg_logreg_defaults)  # probe_type=logreg: L-BFGS, C sweep
+
+
+def probe_settings(cfg: SegProbeConfig):
+    """The settings of ``cfg.probe_type``: section ``probe`` for linear, else the section of its name
+    (a table probe without one: its config class's defaults)."""
+    spec = get_probe(cfg.probe_type, task="segmentation")
+    if cfg.probe_type == "linear":
+        return cfg.probe
+    return getattr(cfg, cfg.probe_type, None) or spec.config_class()
 
 
 def _cache(folder: str | Path, split: str) -> FeatureCache:
@@ -103,7 +115,7 @@ def scene_confusions(result, cache: FeatureCache, num_classes: int, device: str 
     for g, it in enumerate(cache.items()):
         if not (np.asarray(cache[it]["labels"]) >= 0).any():
             continue  # no labelled point: an all-zero matrix
-        ev = evaluate_linear_probe(result, ProbeData.from_cache(cache, items=[it]), device=device)
+        ev = result.evaluate(ProbeData.from_cache(cache, items=[it]), device=device)
         out[g] = ev["confusion"]
     return out
 
@@ -123,24 +135,26 @@ def probe_one(folder: str | Path, cfg: SegProbeConfig, out: Path, name: str | No
     enc = train_cache.meta.get("encoder", {})
     label = name or enc.get("label") or train_cache.key.encoder
     train, items = training_data(train_cache, cfg)
-    pcfg = dataclasses.replace(cfg.probe, task="segmentation", num_classes=len(class_names), seed=cfg.seed)
-    log.info("probe %s: %d training scenes, %d labelled points, dim %d", label, len(items), train.num_rows,
-             train_cache.feature_dim)
-    result = train_linear_probe(train, None, pcfg, class_names=class_names)
+    spec = PROBES[cfg.probe_type]
+    pcfg = configure(probe_settings(cfg), task="segmentation", num_classes=len(class_names), seed=cfg.seed)
+    device = getattr(pcfg, "device", "cpu")
+    log.info("probe %s (%s): %d training scenes, %d labelled points, dim %d", label, cfg.probe_type,
+             len(items), train.num_rows, train_cache.feature_dim)
+    result = spec.fit(train, None, pcfg, class_names)
     evaluation = ProbeData.from_cache(eval_cache)
-    scores = evaluate_linear_probe(result, evaluation, device=pcfg.device)
+    scores = result.evaluate(evaluation, device=device)
     seg = segmentation_metrics(scores["confusion"])
-    scene_conf = scene_confusions(result, eval_cache, len(class_names), pcfg.device)
+    scene_conf = scene_confusions(result, eval_cache, len(class_names), device)
     from common.report import slug
 
     safe = slug(label, "encoder")
     result.meta.update({"encoder": enc, "cache_key": train_cache.key.to_dict(), "features": str(folder)})
     suffix = "" if seed_index == 0 else f"_seed{cfg.seed}"
-    probe_path = save_probe(result, out / f"probe_{safe}{suffix}.pt")
+    probe_path = result.save(out / f"probe_{safe}{suffix}.pt")
     from common.curves import write_probe_curves
 
     write_probe_curves(result.meta.get("history") or [], out, f"curves_{safe}{suffix}",
-                       title=f"linear probe {label} (seed {cfg.seed}), chosen head")
+                       title=f"{cfg.probe_type} probe {label} (seed {cfg.seed}), chosen head")
     return {
         "name": label,
         "encoder": train_cache.key.encoder,
@@ -160,6 +174,8 @@ def probe_one(folder: str | Path, cfg: SegProbeConfig, out: Path, name: str | No
         "notes": list(result.meta.get("notes", [])),
         "best_lr": result.best.get("lr"),
         "best_wd": result.best.get("wd"),
+        "probe_type": cfg.probe_type,
+        "trainable_params": result.trainable_params,
         "heads": result.heads,
         "class_names": class_names,
         "probe": str(probe_path),
@@ -182,7 +198,7 @@ def spread_note(n_seeds: int, n_boot: int, boot_seed: int, groups: str) -> str:
 
 def check_selection_split(cfg: SegProbeConfig) -> dict:
     """Where the head is chosen, and whether that is the evaluation split (refused unless allowed)."""
-    vf = cfg.probe.val_fraction
+    vf = probe_settings(cfg).val_fraction
     selected_on = (f"held-out {vf:g} of the '{cfg.train_split}' scenes" if vf > 0 else
                    f"the '{cfg.train_split}' training scenes themselves (val_fraction=0)")
     same = cfg.train_split == cfg.eval_split
@@ -236,6 +252,7 @@ def run_probe(cfg: SegProbeConfig) -> dict:
 
     if not cfg.features:
         raise ConfigError("config key 'features' is empty: give the folders written by `pointprobe extract`")
+    get_probe(cfg.probe_type, task="segmentation")  # an unknown probe_type: one ConfigError naming the known
     if cfg.names and len(cfg.names) != len(cfg.features):
         raise ConfigError(f"config key 'names' has {len(cfg.names)} entries for {len(cfg.features)} features")
     if not 0 < cfg.scene_fraction <= 1:

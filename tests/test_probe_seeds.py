@@ -14,7 +14,7 @@ import pytest
 from common.cache import CacheKey, CacheWriter
 from common.errors import ConfigError
 from pointprobe.probe import SegProbeConfig, run_probe
-from videoprobe.probe import KnnConfig, ProbeConfig, run_probes, write_probe_report
+from videoprobe.probe import ProbeConfig, knn_defaults, run_probes, write_probe_report
 
 D = 8
 
@@ -139,7 +139,7 @@ def video_caches(tmp_path):
 
 def _video_cfg(caches, out, **kw):
     cfg = ProbeConfig(train_cache=str(caches / "train"), test_cache=str(caches / "test"), out=str(out),
-                      probes=["linear", "knn"], knn=KnnConfig(k=5), progress=False, **kw)
+                      probes=["linear", "knn"], knn=knn_defaults(ks=[5]), progress=False, **kw)
     cfg.linear.lrs, cfg.linear.wds = [0.001, 0.01, 0.1], [0.0]
     cfg.linear.epochs, cfg.linear.batch_size, cfg.linear.val_fraction = 4, 4, 0.3
     return cfg

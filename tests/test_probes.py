@@ -13,12 +13,11 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.neighbors import KNeighborsClassifier
 
 from common.errors import CheckpointError, ConfigError, InputError
+from common.freeze import NotFrozenError, assert_frozen, freeze
 from common.metrics import confusion_matrix, segmentation_metrics
 from common.probes import (
     LinearProbeConfig,
-    NotFrozenError,
     ProbeData,
-    assert_frozen,
     evaluate_linear_probe,
     load_probe,
     predict,
@@ -34,9 +33,10 @@ from common.probes.attentive import (
     save_attentive_probe,
     train_attentive_probe,
 )
+from common.probes.engine import HeadGrid
 from common.probes.knn import KnnConfig, evaluate_knn, knn_votes
-from common.probes.linear import _Heads, apply_normalizer, fit_normalizer
 from common.probes.logreg import LogRegConfig, fit_logreg, train_logreg_probe
+from common.probes.normalize import apply_normalizer, fit_normalizer
 
 FAST = dict(progress=False)
 
@@ -147,7 +147,8 @@ def test_multi_head_equals_single_head(optimizer):
 def test_batched_gradient_matches_autograd():
     torch.manual_seed(0)
     cfg = LinearProbeConfig()
-    heads = _Heads(7, 4, torch.tensor([0.1, 0.2, 0.3]), torch.zeros(3), cfg, torch.device("cpu"))
+    heads = HeadGrid(7, 4, torch.tensor([0.1, 0.2, 0.3]), torch.zeros(3), cfg.optimizer, cfg.momentum,
+                     cfg.betas, torch.device("cpu"))
     heads.W.normal_()
     heads.b.normal_()
     x, y = torch.randn(33, 7), torch.randint(0, 4, (33,))
@@ -458,3 +459,11 @@ def test_assert_frozen():
     enc[1].train()
     with pytest.raises(NotFrozenError, match="training mode"):
         assert_frozen(enc)
+
+
+def test_freeze_makes_a_module_pass_assert_frozen():
+    enc = torch.nn.Sequential(torch.nn.Linear(3, 3), torch.nn.BatchNorm1d(3))
+    assert freeze(enc) is enc
+    assert not enc.training and not enc[1].training
+    assert not any(p.requires_grad for p in enc.parameters())
+    assert_frozen(enc, "enc")

@@ -11,7 +11,7 @@ import pytest
 
 from common.cache import CacheKey, CacheWriter, FeatureCache
 from common.errors import CacheError, InputError
-from videoprobe.probe import KnnConfig, ProbeConfig, run_probes
+from videoprobe.probe import ProbeConfig, knn_defaults, run_probes
 from videoprobe.twlv import import_twlv
 
 # Kinetics ids are YouTube ids + times; YouTube ids may start with '-'
@@ -38,7 +38,7 @@ def _twlv_folder(d: Path, labels: list[int], seed: int = 0, clips: int = 3, ids:
 
 
 def _probe(train: Path, test: Path) -> dict:
-    cfg = ProbeConfig(train_cache=str(train), test_cache=str(test), probes=["knn"], knn=KnnConfig(k=2),
+    cfg = ProbeConfig(train_cache=str(train), test_cache=str(test), probes=["knn"], knn=knn_defaults(ks=[2]),
                       progress=False)
     return run_probes(cfg)
 

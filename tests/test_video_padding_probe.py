@@ -59,7 +59,7 @@ def test_padding_recorded_in_cache_meta_and_probe_json(lists: Path, tmp_path: Pa
 
     cfg = from_dict(ProbeConfig, {"train_cache": str(tmp_path / "train"),
                                   "test_cache": str(tmp_path / "test"),
-                                  "out": str(tmp_path / "probe"), "probes": ["knn"], "knn": {"k": 2},
+                                  "out": str(tmp_path / "probe"), "probes": ["knn"], "knn": {"ks": [2]},
                                   "progress": False})
     outcome = run_probes(cfg)  # the test cache's classes are ["0", "1"], the train cache's ["0", "1", "2"]
     assert outcome["classes"] == ["0", "1", "2"] and outcome["num_test_videos"] == 2

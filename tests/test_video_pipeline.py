@@ -139,7 +139,7 @@ def test_probes_cli_report_and_records(caches, tmp_path, capsys):
     out = tmp_path / "probe"
     rc = cli(["probe", f"train_cache={caches['train']}", f"test_cache={caches['test']}", f"out={out}",
               "probes=[linear,knn,attentive]", "linear.epochs=5", "linear.batch_size=8",
-              "linear.val_fraction=0.25", "attentive.epochs=3", "attentive.batch_size=8", "knn.k=5",
+              "linear.val_fraction=0.25", "attentive.epochs=3", "attentive.batch_size=8", "knn.ks=[5]",
               "progress=false"])
     assert rc == 0, capsys.readouterr().err
     rep = json.loads((out / "probe.json").read_text())
@@ -153,10 +153,10 @@ def test_probes_cli_report_and_records(caches, tmp_path, capsys):
 
 
 def test_knn_matches_reference_loop(caches):
-    from videoprobe.probe import KnnConfig, load_split, run_knn
+    from videoprobe.probe import knn_defaults, load_split, run_probe
 
     train, test = load_split(caches["train"], None), load_split(caches["test"], None)
-    res = run_knn(train, test, KnnConfig(k=3, temperature=0.1))
+    res = run_probe("knn", train, test, knn_defaults(ks=[3], temperature=0.1), progress=False)
     # independent reference: per test view, the 3 most similar training videos (mean of views)
     bank = np.stack([train.features(i).mean(0) for i in train.ids]).astype(np.float64)
     bank /= np.linalg.norm(bank, axis=1, keepdims=True)
@@ -172,7 +172,7 @@ def test_knn_matches_reference_loop(caches):
 
 
 def test_motion_subset_is_solved_by_motion_energy(caches, synth):
-    from videoprobe.probe import KnnConfig, load_split, run_knn, select_classes
+    from videoprobe.probe import knn_defaults, load_split, run_probe, select_classes
 
     names = json.loads((synth / "classes.json").read_text())
     keep = select_classes("motion", sorted(CLASSES), synth / "classes.json")
@@ -181,11 +181,11 @@ def test_motion_subset_is_solved_by_motion_energy(caches, synth):
     # MoveLeft vs MoveRight differ only in the direction of motion (same looks, same positions)
     train, test = load_split(caches["train"], keep), load_split(caches["test"], keep)
     assert list(train.labels) == [0, 0, 1, 1] and train.class_names == keep
-    assert run_knn(train, test, KnnConfig(k=3))["top1"] == 100.0
+    assert run_probe("knn", train, test, knn_defaults(ks=[3]), progress=False)["top1"] == 100.0
 
 
 def test_twlv_export_import_roundtrip(caches, tmp_path):
-    from videoprobe.probe import KnnConfig, load_split, run_knn
+    from videoprobe.probe import knn_defaults, load_split, run_probe
     from videoprobe.twlv import export_twlv, import_twlv
 
     n = export_twlv(caches["train"], tmp_path / "twlv")
@@ -206,9 +206,10 @@ def test_twlv_export_import_roundtrip(caches, tmp_path):
     import_twlv(tmp_path / "twlv" / "val", tmp_path / "imp_test", class_names=names)  # a test cache -> val
     imported = FeatureCache(tmp_path / "imp_train")
     np.testing.assert_allclose(imported[item]["features"], c)
-    a = run_knn(load_split(caches["train"], None), load_split(caches["test"], None), KnnConfig(k=3))
+    a = run_probe("knn", load_split(caches["train"], None), load_split(caches["test"], None),
+                  knn_defaults(ks=[3]), progress=False)
     imp = {s: load_split(tmp_path / f"imp_{s}", None) for s in ("train", "test")}
-    b = run_knn(imp["train"], imp["test"], KnnConfig(k=3))
+    b = run_probe("knn", imp["train"], imp["test"], knn_defaults(ks=[3]), progress=False)
     assert a["top1"] == b["top1"]
     with pytest.raises(CacheError):  # a different encoder name cannot reuse the cache
         import_twlv(d, tmp_path / "imp_train", encoder="other", class_names=names)
@@ -224,7 +225,7 @@ def test_bench_suite_table(synth, tmp_path):
                      {"name": "motion_energy", "clip_len": 8, "frame_step": 2}],
         "benchmarks": [{"name": "app", "group": "appearance", "data": data, "classes": "appearance"},
                        {"name": "mot", "group": "motion", "data": data, "classes": "motion"}],
-        "probes": ["knn"], "views": {"num_clips": 1, "size": 64}, "knn": {"k": 3},
+        "probes": ["knn"], "views": {"num_clips": 1, "size": 64}, "knn": {"ks": [3]},
         "extract": {"fsync": False}, "progress": False,
     })
     res = run_suite(suite)

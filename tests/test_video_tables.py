@@ -15,7 +15,7 @@ from videoprobe.bench import (
     tabulate,
     write_bench_report,
 )
-from videoprobe.probe import KnnConfig, ProbeConfig, run_probes, write_probe_report
+from videoprobe.probe import ProbeConfig, knn_defaults, run_probes, write_probe_report
 
 D = 6
 CLASSES = ["ApplyEyeMakeup", "Biking", "Diving"]
@@ -41,7 +41,7 @@ def caches(tmp_path):
 
 def test_probe_table_checkpoint_and_small_data_notes(caches, tmp_path, caplog):
     cfg = ProbeConfig(train_cache=str(caches / "train"), test_cache=str(caches / "test"),
-                      out=str(tmp_path / "probe"), probes=["linear", "knn"], knn=KnnConfig(k=50),
+                      out=str(tmp_path / "probe"), probes=["linear", "knn"], knn=knn_defaults(ks=[50]),
                       progress=False)
     cfg.linear.epochs, cfg.linear.batch_size, cfg.linear.val_fraction = 3, 8, 0.1
     cfg.linear.lrs, cfg.linear.wds = [1e-3, 1e-2], [0.0]
@@ -78,7 +78,7 @@ def test_probe_cli_prints_checkpoint_column(caches, tmp_path, capsys):
     from videoprobe.cli import main
 
     rc = main(["probe", f"train_cache={caches / 'train'}", f"test_cache={caches / 'test'}",
-               f"out={tmp_path / 'p'}", "probes=[knn]", "knn.k=3", "progress=false"])
+               f"out={tmp_path / 'p'}", "probes=[knn]", "knn.ks=[3]", "progress=false"])
     assert rc == 0
     out = capsys.readouterr().out
     assert "| probe | checkpoint |" in out and "| knn | random:0 |" in out

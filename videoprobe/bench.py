@@ -26,9 +26,11 @@ import numpy as np
 
 from common.config import config_hash, save_config, to_dict
 from common.errors import ConfigError
+from common.probes.attentive import AttentiveConfig
+from common.probes.knn import KnnConfig
 from common.probes.linear import LinearProbeConfig
 from videoprobe.extract import DataConfig, EncoderConfig, ExtractConfig, ViewsConfig, extract
-from videoprobe.probe import AttentiveConfig, KnnConfig, ProbeConfig, run_probes, write_probe_report
+from videoprobe.probe import ProbeConfig, attentive_defaults, knn_defaults, run_probes, write_probe_report
 
 log = logging.getLogger(__name__)
 
@@ -79,8 +81,8 @@ class BenchSuiteConfig:
     views: ViewsConfig = field(default_factory=ViewsConfig)
     extract: BenchExtractConfig = field(default_factory=BenchExtractConfig)
     linear: LinearProbeConfig = field(default_factory=LinearProbeConfig)
-    knn: KnnConfig = field(default_factory=KnnConfig)
-    attentive: AttentiveConfig = field(default_factory=AttentiveConfig)
+    knn: KnnConfig = field(default_factory=knn_defaults)
+    attentive: AttentiveConfig = field(default_factory=attentive_defaults)
     only_encoders: list[str] = field(default_factory=list)  # run a subset (labels or names)
     only_benchmarks: list[str] = field(default_factory=list)
     seed: int = 0

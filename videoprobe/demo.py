@@ -27,7 +27,7 @@ from videoprobe.bench import (
     run_suite,
 )
 from videoprobe.extract import DataConfig, ViewsConfig
-from videoprobe.probe import AttentiveConfig, KnnConfig
+from videoprobe.probe import attentive_defaults, knn_defaults
 
 
 def demo_suite(out: Path, synth_root: Path, attentive: bool = False) -> BenchSuiteConfig:
@@ -50,8 +50,8 @@ def demo_suite(out: Path, synth_root: Path, attentive: bool = False) -> BenchSui
         views=ViewsConfig(num_clips=2, spatial="center", size=64, short_side=64),
         extract=BenchExtractConfig(batch_size=16, device="cpu", fsync=False),
         linear=LinearProbeConfig(epochs=30, batch_size=64, val_fraction=0.2),
-        knn=KnnConfig(k=20, temperature=0.1, standardize=True),
-        attentive=AttentiveConfig(epochs=50, batch_size=16),
+        knn=knn_defaults(ks=[20], standardize=True),
+        attentive=attentive_defaults(epochs=50, batch_size=16),
     )
 
 

@@ -1,4 +1,5 @@
-"""Action-recognition probes on cached video features: linear, kNN and attentive.
+"""Action-recognition probes on cached video features: any probe of the table ``common.probes.PROBES``
+(linear, kNN, attentive, logreg), each with its settings in the config section of its name.
 
 Inputs are two caches written by ``videoprobe extract`` (train and test split of one dataset, same
 encoder). Every probe scores a test video by combining its views: the linear and attentive probes
@@ -13,6 +14,10 @@ Reported: top-1, top-5 and mean-class accuracy, in percent.
 * attentive: ``common.probes.attentive``: V-JEPA's frozen-evaluation probe on the cached tokens (one
   learned query, one cross-attention block, a linear classifier); the tokens of a video's temporal
   clips are concatenated (one sequence per spatial crop); AdamW with a cosine schedule.
+* logreg: ``common.probes.logreg``: L-BFGS logistic regression, C chosen on held-out training videos.
+
+A probe's rows are per-view features (``ProbeSpec.rows == "features"``) or per-crop token sequences
+(``"tokens"``), grouped by video; an unknown probe name is a ``ConfigError`` naming the known ones.
 
 ``classes`` restricts both splits to a subset of classes (relabelled 0..K'-1): a list of names, or
 "appearance" / "motion" from a ``classes.json`` (the generated dataset writes one).
@@ -39,26 +44,24 @@ import torch
 from common.cache import FeatureCache
 from common.config import config_hash, save_config, to_dict
 from common.errors import CacheError, ConfigError, InputError
-from common.probes.linear import (
-    LinearProbeConfig,
-    ProbeData,
-    evaluate_linear_probe,
-    predict,
-    train_linear_probe,
-)
+from common.probes.attentive import AttentiveConfig
+from common.probes.data import ProbeData
+from common.probes.knn import KnnConfig
+from common.probes.linear import LinearProbeConfig
+from common.probes.logreg import LogRegConfig
+from common.probes.registry import PROBES, configure, get_probe
 from common.stats import STD_DDOF, bootstrap_ci, format_spread, mean_std
 
 log = logging.getLogger(__name__)
 
-PROBES = ("linear", "knn", "attentive")
 METRICS = ("top1", "top5", "mean_class")
 
 
-def _per_video(probs: list[torch.Tensor], labels: np.ndarray) -> dict[str, list[int]]:
-    """Predicted class and top-5 hit of every video from its (views, K) probabilities / votes."""
+def _per_video(scores: np.ndarray, labels: np.ndarray) -> dict[str, list[int]]:
+    """Predicted class and top-5 hit of every video from its (videos, K) summed probabilities / votes."""
     pred, top5 = [], []
-    for p, y in zip(probs, labels):
-        v = p.double().sum(0)
+    for p, y in zip(scores, labels):
+        v = torch.from_numpy(np.asarray(p, dtype=np.float64))
         pred.append(int(v.argmax()))
         top5.append(int(int(y) in v.topk(min(5, v.numel())).indices.tolist()))
     return {"pred": pred, "top5": top5}
@@ -75,24 +78,16 @@ def video_metrics(labels: np.ndarray, pred: np.ndarray, top5: np.ndarray, num_cl
 
 
 # ------------------------------------------------------------------------------------------ config
-@dataclass
-class KnnConfig:
-    k: int = 200  # neighbours
-    temperature: float = 0.1  # vote weight exp(cos / temperature)
-    bank: str = "video"  # "video": one mean vector per training video | "view": every view
-    query: str = "view"  # "view": votes summed over a test video's views | "video": its mean vector
-    standardize: bool = False  # z-score with the bank statistics before L2 (mixed scales)
+def knn_defaults(**kw: Any) -> KnnConfig:
+    """TWLV-I's kNN: k = 200, T = 0.1, one mean vector per training video, votes summed over a test
+    video's views (``kw`` overrides)."""
+    return dataclasses.replace(KnnConfig(ks=[200], temperature=0.1, bank="group", query="row"), **kw)
 
 
-@dataclass
-class AttentiveConfig:
-    epochs: int = 20  # training epochs
-    lr: float = 1e-3  # AdamW learning rate
-    weight_decay: float = 0.01  # AdamW weight decay
-    batch_size: int = 256  # videos per step
-    num_heads: int = 0  # 0: the largest of 16, 12, 8, 6, 4, 3, 2, 1 dividing the token dim
-    mlp_ratio: float = 4.0  # hidden size of the block's MLP / token dim
-    val_fraction: float = 0.1  # training videos held out to report a validation score
+def attentive_defaults(**kw: Any) -> AttentiveConfig:
+    """V-JEPA's frozen evaluation with num_heads = 0 (auto: the largest of 16/12/8/... dividing the
+    token dim) (``kw`` overrides)."""
+    return dataclasses.replace(AttentiveConfig(num_heads=0), **kw)
 
 
 @dataclass
@@ -100,13 +95,14 @@ class ProbeConfig:
     train_cache: str = ""  # cache folder of the training split (`videoprobe extract`)
     test_cache: str = ""  # cache folder of the test split
     out: str = ""  # output folder: probe.md, probe.json, config.yaml
-    probes: list[str] = field(default_factory=lambda: ["linear", "knn"])  # any of linear, knn, attentive
+    probes: list[str] = field(default_factory=lambda: ["linear", "knn"])  # linear, knn, attentive, logreg
     classes: str = "all"  # all | appearance | motion | comma-separated class names
     classes_file: str | None = None  # classes.json; default: <dataset root>/classes.json
     benchmark: str = ""  # a name for the records (default: the train cache's dataset)
     linear: LinearProbeConfig = field(default_factory=LinearProbeConfig)  # linear probe (lr x wd sweep)
-    knn: KnnConfig = field(default_factory=KnnConfig)  # kNN settings (TWLV-I recipe)
-    attentive: AttentiveConfig = field(default_factory=AttentiveConfig)  # attentive probe (V-JEPA style)
+    knn: KnnConfig = field(default_factory=knn_defaults)  # kNN settings (TWLV-I recipe)
+    attentive: AttentiveConfig = field(default_factory=attentive_defaults)  # attentive probe (V-JEPA style)
+    logreg: LogRegConfig = field(default_factory=LogRegConfig)  # L-BFGS logistic regression (C sweep)
     seed: int = 0  # seed of the probes
     seeds: list[int] = field(default_factory=list)  # several seeds (mean ± std); empty = [seed]
     n_boot: int = 1000  # bootstrap resamples of the test videos (95 % interval)
@@ -198,72 +194,9 @@ def load_split(path: str | Path, keep: list[str] | None, class_names: list[str] 
 
 
 def _probe_data(split: VideoSplit) -> ProbeData:
+    """One row per view (features), grouped by video."""
     chunks = [(split.features(i), np.full(split.cache.n(i), y)) for i, y in zip(split.ids, split.labels)]
     return ProbeData(chunks, groups=list(range(len(split.ids))), names=split.ids)
-
-
-# ------------------------------------------------------------------------------------------ linear
-def run_linear(train: VideoSplit, test: VideoSplit, cfg: LinearProbeConfig) -> dict[str, Any]:
-    """Multi-head linear probe; softmax averaged over each test video's views."""
-    k = len(train.class_names)
-    lcfg = dataclasses.replace(cfg, num_classes=k, task="classification", view_average=True)
-    result = train_linear_probe(_probe_data(train), None, lcfg, class_names=train.class_names)
-    ev = evaluate_linear_probe(result, _probe_data(test), view_average=True)
-    probs = [torch.softmax(predict(result, np.array(test.features(i))), 1) for i in test.ids]
-    return {
-        "top1": 100.0 * ev["top1"], "top5": 100.0 * ev["top5"], "mean_class": 100.0 * ev["mean_class"],
-        "best": {kk: result.best[kk] for kk in ("lr", "wd") if kk in result.best},
-        "selected_on": result.meta.get("selected_on"), "heads": len(result.heads),
-        "notes": list(result.meta.get("notes", [])), "per_video": _per_video(probs, test.labels),
-        "history": result.meta.get("history") or [],
-    }
-
-
-# --------------------------------------------------------------------------------------------- kNN
-def run_knn(train: VideoSplit, test: VideoSplit, cfg: KnnConfig, progress: bool = False) -> dict[str, Any]:
-    """TWLV-I kNN (``common.probes.knn``): cosine, exp(sim / T) weights, votes summed over a video's views."""
-    from common.probes.knn import KnnConfig as CommonKnn
-    from common.probes.knn import evaluate_knn
-
-    if cfg.bank not in ("video", "view") or cfg.query not in ("video", "view"):
-        raise ConfigError("knn.bank and knn.query must be 'video' or 'view'")
-
-    def rows(split: VideoSplit, mode: str) -> list[np.ndarray]:
-        feats = [split.features(i) for i in split.ids]
-        return [f.mean(0, keepdims=True) for f in feats] if mode == "video" else feats
-
-    bank, queries = rows(train, cfg.bank), rows(test, cfg.query)
-    if cfg.standardize:
-        stacked = np.concatenate(bank).astype(np.float64)
-        mean, std = stacked.mean(0), np.maximum(stacked.std(0), 1e-6)
-        bank = [((f - mean) / std).astype(np.float32) for f in bank]
-        queries = [((f - mean) / std).astype(np.float32) for f in queries]
-
-    def data(feats: list[np.ndarray], labels: np.ndarray, names: list[str]) -> ProbeData:
-        return ProbeData([(f, np.full(f.shape[0], y)) for f, y in zip(feats, labels)],
-                         groups=list(range(len(feats))), names=names)
-
-    k_cls = len(train.class_names)
-    ccfg = CommonKnn(ks=[cfg.k], temperature=cfg.temperature, weighting="exp", group_vote=True,
-                     progress=progress)
-    row = evaluate_knn(data(bank, train.labels, train.ids), data(queries, test.labels, test.ids), ccfg,
-                       num_classes=k_cls)[0]
-    n_bank = sum(f.shape[0] for f in bank)
-    from common.probes.knn import knn_votes
-
-    bank_x = torch.from_numpy(np.concatenate(bank).astype(np.float32))
-    bank_y = torch.from_numpy(np.concatenate([np.full(f.shape[0], y) for f, y in zip(bank, train.labels)]))
-    ccfg.progress = False
-    votes = knn_votes((bank_x, bank_y), np.concatenate(queries), k_cls, ccfg)[cfg.k]
-    bounds = np.cumsum([0] + [q.shape[0] for q in queries])
-    per_video = _per_video([votes[a:b] for a, b in zip(bounds[:-1], bounds[1:])], test.labels)
-    return {"top1": 100.0 * row["top1"], "top5": 100.0 * row["top5"], "mean_class": 100.0 * row["mean_class"],
-            "k": min(cfg.k, n_bank), "notes": list(row.get("notes", [])), "per_video": per_video}
-
-
-# --------------------------------------------------------------------------------------- attentive
-def _auto_heads(dim: int) -> int:
-    return next(h for h in (16, 12, 8, 6, 4, 3, 2, 1) if dim % h == 0)
 
 
 def _sequences(split: VideoSplit, item: str) -> np.ndarray:
@@ -277,38 +210,36 @@ def _sequences(split: VideoSplit, item: str) -> np.ndarray:
     return np.ascontiguousarray(tok.reshape(crops, -1, d))
 
 
-def run_attentive(train: VideoSplit, test: VideoSplit, cfg: AttentiveConfig, seed: int = 0,
-                  device: str = "cpu", progress: bool = True) -> dict[str, Any]:
-    """V-JEPA attentive probe (``common.probes.attentive``) on token sequences; softmax averaged over a
-    test video's crops. The training videos' ``val_fraction`` is held out for the reported validation."""
-    from common.probes.attentive import AttentiveConfig as CommonAttentive
-    from common.probes.attentive import evaluate_attentive_probe, train_attentive_probe
+def _token_data(split: VideoSplit) -> ProbeData:
+    """One row per spatial crop: the tokens of a video's temporal clips concatenated, grouped by video."""
+    seqs = [_sequences(split, i) for i in split.ids]
+    lengths = {s.shape[1] for s in seqs}
+    if len(lengths) != 1:
+        raise InputError(split.cache.path, f"token sequences differ in length ({sorted(lengths)[:4]})")
+    return ProbeData([(s, np.full(s.shape[0], y)) for s, y in zip(seqs, split.labels)],
+                     groups=list(range(len(seqs))), names=split.ids)
 
-    def data(split: VideoSplit) -> ProbeData:
-        seqs = [_sequences(split, i) for i in split.ids]
-        lengths = {s.shape[1] for s in seqs}
-        if len(lengths) != 1:
-            raise InputError(split.cache.path, f"token sequences differ in length ({sorted(lengths)[:4]})")
-        return ProbeData([(s, np.full(s.shape[0], y)) for s, y in zip(seqs, split.labels)],
-                         groups=list(range(len(seqs))), names=split.ids)
 
-    tr, te = data(train), data(test)
-    dim = tr.feature_shape[-1]
-    heads = cfg.num_heads or _auto_heads(dim)
-    if dim % heads:
-        raise ConfigError(f"attentive.num_heads={heads} does not divide the token dim {dim}")
-    ccfg = CommonAttentive(num_heads=heads, mlp_ratio=cfg.mlp_ratio, lr=cfg.lr, weight_decay=cfg.weight_decay,
-                           epochs=cfg.epochs, batch_size=cfg.batch_size, val_fraction=cfg.val_fraction,
-                           num_classes=len(train.class_names), seed=seed, device=device, progress=progress)
-    result = train_attentive_probe(tr, None, ccfg, class_names=train.class_names)
-    ev = evaluate_attentive_probe(result, te, view_average=True, device=device)
-    from common.probes.attentive import predict_attentive
+ROWS = {"features": _probe_data, "tokens": _token_data}  # ProbeSpec.rows -> the rows of a split
 
-    probs = [torch.softmax(predict_attentive(result, np.array(_sequences(test, i)), device=device), 1)
-             for i in test.ids]
+
+def run_probe(name: str, train: VideoSplit, test: VideoSplit, probe_cfg: Any, seed: int = 0,
+              device: str = "cpu", progress: bool = True) -> dict[str, Any]:
+    """Fit the table probe ``name`` (``common.probes.PROBES``) on ``train``, score ``test``: percentages,
+    the probe's summary (``setting`` ...), notes, and per-video predictions (views combined: softmax
+    probabilities averaged, kNN votes summed)."""
+    spec = get_probe(name, task="classification")
+    k = len(train.class_names)
+    pcfg = configure(probe_cfg, num_classes=k, task="classification", view_average=True, seed=seed,
+                     device=device, progress=progress)
+    rows = ROWS[spec.rows]
+    tr, te = rows(train), rows(test)
+    result = spec.fit(tr, None, pcfg, train.class_names)
+    ev = result.evaluate(te, view_average=True, device=device)
+    notes = list(ev.get("notes") or result.meta.get("notes", []))
     return {"top1": 100.0 * ev["top1"], "top5": 100.0 * ev["top5"], "mean_class": 100.0 * ev["mean_class"],
-            "heads": heads, "val_top1": 100.0 * result.val["top1"],
-            "notes": list(result.meta.get("notes", [])), "per_video": _per_video(probs, test.labels)}
+            **result.summary(), "trainable_params": result.trainable_params, "notes": notes,
+            "per_video": _per_video(result.group_scores(te), test.labels)}
 
 
 # --------------------------------------------------------------------------------------------- run
@@ -320,9 +251,10 @@ def _record(cache: FeatureCache) -> dict[str, Any]:
 
 def run_probes(cfg: ProbeConfig) -> dict[str, Any]:
     """Train and evaluate every probe in ``cfg.probes``; returns {probe: scores} plus records."""
-    bad = [p for p in cfg.probes if p not in PROBES]
-    if bad or not cfg.probes:
+    if not cfg.probes:
         raise ConfigError(f"probes must be a non-empty list of {', '.join(PROBES)}; got {cfg.probes}")
+    for p in cfg.probes:
+        get_probe(p, task="classification")  # an unknown name: one ConfigError naming the known ones
     if not cfg.train_cache or not cfg.test_cache:
         raise ConfigError("train_cache and test_cache must both be set")
     train_cache = FeatureCache(cfg.train_cache)
@@ -347,17 +279,12 @@ def run_probes(cfg: ProbeConfig) -> dict[str, Any]:
     per_video: dict[str, Any] = {}
     for probe in cfg.probes:
         t0 = time.perf_counter()
-        runs = []
-        for seed in (seeds if probe != "knn" else seeds[:1]):  # kNN has no randomness
-            if probe == "linear":
-                lcfg = dataclasses.replace(cfg.linear, seed=seed, device=cfg.device, progress=cfg.progress)
-                runs.append(run_linear(train, test, lcfg))
-            elif probe == "knn":
-                runs.append(run_knn(train, test, cfg.knn, cfg.progress))
-            else:
-                runs.append(run_attentive(train, test, cfg.attentive, seed, cfg.device, cfg.progress))
-        res, per_video[probe] = aggregate_seeds(runs, seeds if probe != "knn" else seeds[:1], test.labels,
-                                                len(keep), cfg.n_boot, cfg.bootstrap_seed)
+        run_seeds = seeds if PROBES[probe].seeded else seeds[:1]  # kNN has no randomness: one run
+        section = getattr(cfg, probe, None) or PROBES[probe].config_class()  # a new table probe: defaults
+        runs = [run_probe(probe, train, test, section, seed, cfg.device, cfg.progress)
+                for seed in run_seeds]
+        res, per_video[probe] = aggregate_seeds(runs, run_seeds, test.labels, len(keep), cfg.n_boot,
+                                                cfg.bootstrap_seed)
         res["seconds"] = round(time.perf_counter() - t0, 3)
         results[probe] = res
         notes += [f"{probe}: {n}" for n in res.get("notes", [])]
@@ -448,13 +375,7 @@ def write_probe_report(cfg: ProbeConfig, outcome: dict[str, Any]) -> tuple[Path,
     ckpt = checkpoint_id(outcome["train"]["checkpoint_sha256"])
     for probe, r in outcome["results"].items():
         row = {"probe": probe, "checkpoint": ckpt, "top1": round(r["top1"], 2), "top5": round(r["top5"], 2),
-               "mean_class": round(r["mean_class"], 2)}
-        if probe == "linear":
-            row["setting"] = f"lr {r['best'].get('lr')}, wd {r['best'].get('wd')}"
-        elif probe == "knn":
-            row["setting"] = f"k {r['k']}, T {cfg.knn.temperature}"
-        else:
-            row["setting"] = f"{r['heads']} heads, {cfg.attentive.epochs} epochs"
+               "mean_class": round(r["mean_class"], 2), "setting": r["setting"]}
         md = dict(row)
         for m in METRICS:
             sp = (r.get("spread") or {}).get(m)

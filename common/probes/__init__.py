@@ -1,41 +1,19 @@
 """Probes on frozen features: multi-head linear (``linear``), L-BFGS logistic regression (``logreg``),
-cosine kNN (``knn``) and a V-JEPA-style attentive probe (``attentive``).
+cosine kNN (``knn``) and a V-JEPA-style attentive probe (``attentive``), one table of them
+(:data:`PROBES`, :mod:`common.probes.registry`: the contract).
+
+Modules: ``data`` (ProbeData: the cached training source), ``normalize`` (feature statistics), ``engine``
+(batches, the vectorised head grid, schedules, scoring: public, explicit parameters), one module per
+probe, ``registry`` (the contract and the table), ``notes`` (small-data warnings).
 
 The encoder is never trained by a probe: features come from the cache, and code that computes them
-live calls :func:`assert_frozen` on the encoder first.
+live freezes the encoder with :func:`common.freeze.freeze` (checked by ``common.freeze.assert_frozen``).
 """
 
 from __future__ import annotations
 
-import torch
-
-from common.errors import ProbeSuiteError
-
-
-class NotFrozenError(ProbeSuiteError):
-    """An encoder that must be frozen is in training mode or has trainable parameters."""
-
-
-def assert_frozen(module: torch.nn.Module, name: str | None = None) -> None:
-    """Raise :class:`NotFrozenError` if ``module`` (or a sub-module) is in training mode or any of its
-    parameters requires grad. Call ``module.eval().requires_grad_(False)`` to freeze an encoder."""
-    label = name or type(module).__name__
-    training = [n or "<root>" for n, m in module.named_modules() if m.training]
-    if training:
-        raise NotFrozenError(
-            f"{label} is in training mode ({len(training)} module(s), e.g. {training[0]}); "
-            "call .eval() before probing"
-        )
-    trainable = [n for n, p in module.named_parameters() if p.requires_grad]
-    if trainable:
-        raise NotFrozenError(
-            f"{label} has {len(trainable)} parameter(s) that require grad "
-            f"(e.g. {trainable[0]}); call .requires_grad_(False)"
-        )
-
-
 # re-exports (the submodules do not import this package's namespace, so there is no cycle)
-from common.probes.attentive import (  # noqa: E402
+from common.probes.attentive import (
     AttentiveConfig,
     AttentiveProbe,
     AttentiveProbeResult,
@@ -45,8 +23,8 @@ from common.probes.attentive import (  # noqa: E402
     save_attentive_probe,
     train_attentive_probe,
 )
-from common.probes.knn import KnnConfig, evaluate_knn, knn_votes  # noqa: E402
-from common.probes.linear import (  # noqa: E402
+from common.probes.knn import KnnConfig, KnnProbeResult, evaluate_knn, fit_knn, knn_votes
+from common.probes.linear import (
     LinearProbeConfig,
     LinearProbeResult,
     ProbeData,
@@ -58,11 +36,15 @@ from common.probes.linear import (  # noqa: E402
     save_probe,
     train_linear_probe,
 )
-from common.probes.logreg import LogRegConfig, fit_logreg, train_logreg_probe  # noqa: E402
+from common.probes.logreg import LogRegConfig, fit_logreg, train_logreg_probe
+from common.probes.registry import PROBES, ProbeResult, ProbeSpec, get_probe, load_probe_result
 
 __all__ = [
-    "NotFrozenError",
-    "assert_frozen",
+    "PROBES",
+    "ProbeSpec",
+    "ProbeResult",
+    "get_probe",
+    "load_probe_result",
     "ProbeData",
     "LinearProbeConfig",
     "LinearProbeResult",
@@ -77,6 +59,8 @@ __all__ = [
     "fit_logreg",
     "train_logreg_probe",
     "KnnConfig",
+    "KnnProbeResult",
+    "fit_knn",
     "knn_votes",
     "evaluate_knn",
     "AttentiveProbe",

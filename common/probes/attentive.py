@@ -21,12 +21,14 @@ from torch import nn
 
 from common.errors import CheckpointError, ConfigError, InputError
 from common.probes._files import read_probe_file, write_probe_file
-from common.probes.linear import ProbeData, _lr_factor, _score_heads, _train_batches
+from common.probes.data import ProbeData
+from common.probes.engine import lr_factor, score_heads, train_batches
 from common.progress import progress
 
 __all__ = [
     "AttentiveProbe",
     "AttentiveConfig",
+    "auto_heads",
     "AttentiveProbeResult",
     "train_attentive_probe",
     "evaluate_attentive_probe",
@@ -34,9 +36,6 @@ __all__ = [
     "save_attentive_probe",
     "load_attentive_probe",
 ]
-
-_NONE = {"mode": "none"}
-
 
 class _CrossBlock(nn.Module):
     def __init__(self, dim: int, num_heads: int, mlp_ratio: float) -> None:
@@ -90,11 +89,16 @@ class AttentiveProbe(nn.Module):
         return self.head(q[:, 0])
 
 
+def auto_heads(dim: int) -> int:
+    """The largest of 16, 12, 8, 6, 4, 3, 2, 1 that divides ``dim``."""
+    return next(h for h in (16, 12, 8, 6, 4, 3, 2, 1) if dim % h == 0)
+
+
 @dataclass
 class AttentiveConfig:
     """Settings of the attentive probe (defaults from V-JEPA's frozen evaluation)."""
 
-    num_heads: int = 16
+    num_heads: int = 16  # 0: the largest of 16, 12, 8, 6, 4, 3, 2, 1 dividing the token dim
     depth: int = 1
     mlp_ratio: float = 4.0
     lr: float = 1e-3
@@ -117,6 +121,8 @@ class AttentiveConfig:
     def validate(self) -> None:
         if self.epochs < 1 or self.batch_size < 1 or self.lr <= 0:
             raise ConfigError("attentive: epochs, batch_size and lr must be positive")
+        if self.num_heads < 0:
+            raise ConfigError(f"attentive.num_heads must be >= 0 (0 = auto), got {self.num_heads}")
         if self.metric not in ("top1", "mean_class"):
             raise ConfigError(f"attentive.metric must be top1 or mean_class, not {self.metric!r}")
         if not 0.0 <= self.val_fraction < 1.0:
@@ -135,6 +141,34 @@ class AttentiveProbeResult:
     history: list[dict]
     config: dict
     meta: dict = field(default_factory=dict)
+
+    # ------------------------------------------------------------------ the probe contract
+    @property
+    def trainable_params(self) -> int:
+        return int(sum(p.numel() for p in self.model().parameters()))
+
+    def evaluate(self, data: ProbeData, view_average: bool | None = None, device: str | torch.device = "cpu",
+                 **kw: Any) -> dict:
+        """:func:`evaluate_attentive_probe` of this probe."""
+        return evaluate_attentive_probe(self, data, view_average=view_average, device=device, **kw)
+
+    def group_scores(self, data: ProbeData, device: str | torch.device = "cpu") -> np.ndarray:
+        """(G, K) softmax probabilities summed over each group's rows (groups in sorted order)."""
+        x, _, g = data.load()
+        return np.stack([torch.softmax(predict_attentive(self, x[torch.from_numpy(g == u)], device=device), 1)
+                         .double().sum(0).numpy() for u in np.unique(g)])
+
+    def summary(self) -> dict:
+        heads = self.model_kwargs["num_heads"]
+        return {"heads": heads, "val_top1": 100.0 * self.val["top1"],
+                "setting": f"{heads} heads, {self.config['epochs']} epochs"}
+
+    def save(self, path: str | Path) -> Path:
+        return save_attentive_probe(self, path)
+
+    @classmethod
+    def load(cls, path: str | Path) -> AttentiveProbeResult:
+        return load_attentive_probe(path)
 
     def model(self, device: str | torch.device = "cpu") -> AttentiveProbe:
         m = AttentiveProbe(**self.model_kwargs)
@@ -179,7 +213,8 @@ def train_attentive_probe(
     if int(train.labels().max()) >= k:
         raise InputError(None, f"training label {int(train.labels().max())} >= num_classes {k}")
     torch.manual_seed(cfg.seed)
-    model = AttentiveProbe(train.dim, cfg.num_heads, k, cfg.mlp_ratio, cfg.depth).to(device)
+    model = AttentiveProbe(train.dim, cfg.num_heads or auto_heads(train.dim), k, cfg.mlp_ratio,
+                           cfg.depth).to(device)
     decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and n != "query"]
     no_decay = [p for n, p in model.named_parameters() if p.ndim < 2 or n == "query"]
     opt = torch.optim.AdamW(
@@ -202,9 +237,10 @@ def train_attentive_probe(
     model.train()
     for epoch in range(cfg.epochs):
         tot, cnt = 0.0, 0
-        for xb, yb in _train_batches(train, in_ram, x_all, y_all, _NONE, cfg, gen, rng, device):
+        for xb, yb in train_batches(train, cfg.batch_size, loaded=(x_all, y_all) if in_ram else None,
+                                    window_rows=cfg.window_rows, gen=gen, rng=rng, device=device):
             for g in opt.param_groups:
-                g["lr"] = cfg.lr * _lr_factor(step, total, warmup)
+                g["lr"] = cfg.lr * lr_factor(step, total, warmup)
             loss = nn.functional.cross_entropy(model(xb), yb)
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -251,17 +287,17 @@ def evaluate_attentive_probe(
     model = result.model(device)
     va = result.config.get("view_average", True) if view_average is None else view_average
     bs = batch_size or result.config.get("eval_batch_size", 512)
-    scorer = _score_heads(
+    scorer = score_heads(
         lambda x: model(x).unsqueeze(1),
         data,
-        _NONE,
-        1,
-        result.num_classes,
-        "classification",
-        va and data.has_groups,
-        bs,
-        16384,
-        torch.device(device),
+        norm=None,
+        num_heads=1,
+        num_classes=result.num_classes,
+        task="classification",
+        view_average=va and data.has_groups,
+        batch_size=bs,
+        window_rows=16384,
+        device=torch.device(device),
     )
     out = scorer.result()[0]
     out["confusion"] = scorer.confusion(0)

@@ -4,35 +4,50 @@ Features are L2-normalised; each query's k most similar training rows vote for t
 ``exp(sim / T)`` (or 1 with ``weighting="uniform"``); with groups the votes of a video's clips are summed
 before the arg-max. The search is a chunked matmul with a running top-k, streaming the training rows
 once, so neither the (queries x train) similarity matrix nor the training set has to fit in memory.
+
+As a probe of the common contract (:func:`fit_knn` -> :class:`KnnProbeResult`) the "training" stores the
+bank: every training row, or one mean row per group (``bank="group"``: a video's views averaged), with
+optional z-scoring by the bank's statistics (``standardize``); queries are rows or group means
+(``query``). Nothing is trained (0 trainable parameters); the first of ``ks`` is the reported k.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from common.errors import ConfigError, InputError
+from common.errors import CheckpointError, ConfigError, InputError
 from common.metrics import confusion_matrix, segmentation_metrics, topk_accuracy
-from common.probes.linear import ProbeData
+from common.probes._files import read_probe_file, write_probe_file
+from common.probes.data import ProbeData
 from common.progress import progress
 
-__all__ = ["KnnConfig", "knn_votes", "evaluate_knn"]
+__all__ = ["KnnConfig", "KnnProbeResult", "knn_votes", "evaluate_knn", "fit_knn"]
+
+BANK_MODES = ("row", "group")
 
 
 @dataclass
 class KnnConfig:
     """Settings of the kNN probe."""
 
-    ks: list[int] = field(default_factory=lambda: [10, 20, 100, 200])
+    ks: list[int] = field(default_factory=lambda: [10, 20, 100, 200])  # the first is the reported k
     temperature: float = 0.07  # DINOv2 0.07, TWLV-I 0.1
     weighting: str = "exp"  # "exp": exp(sim / T) | "uniform": one vote per neighbour
     group_vote: bool = True  # sum votes over the rows of a group (a video's clips)
     query_chunk: int = 2048
     window_rows: int = 65536  # training rows per matmul block
+    bank: str = "row"  # "row": every training row | "group": one mean row per group (a video's views)
+    query: str = "row"  # "row": votes summed over a test group's rows | "group": the group's mean row
+    standardize: bool = False  # z-score with the bank's statistics before L2 (features of mixed scales)
+    num_classes: int = 0  # 0: 1 + largest label seen
     device: str = "cpu"
     progress: bool = True
 
@@ -43,6 +58,9 @@ class KnnConfig:
             raise ConfigError(f"knn.temperature must be > 0, got {self.temperature}")
         if self.weighting not in ("exp", "uniform"):
             raise ConfigError(f"knn.weighting must be 'exp' or 'uniform', not {self.weighting!r}")
+        if self.bank not in BANK_MODES or self.query not in BANK_MODES:
+            raise ConfigError(f"knn.bank and knn.query must be 'row' or 'group', not {self.bank!r}, "
+                              f"{self.query!r}")
 
 
 @torch.no_grad()
@@ -179,6 +197,125 @@ def evaluate_knn(
     return rows
 
 
-def best_k(rows: Sequence[dict], metric: str = "top1") -> dict:
-    """The row with the highest ``metric`` (choose k on validation data, not on the test set)."""
-    return max(rows, key=lambda r: r[metric])
+
+# ------------------------------------------------------------------------------ probe contract
+def _group_means(x: np.ndarray, y: np.ndarray, g: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """One mean row per group (in sorted group order), its label and id; a group's rows share a label."""
+    uniq, inv = np.unique(g, return_inverse=True)
+    xs = np.stack([x[inv == i].mean(0) for i in range(len(uniq))]) if len(uniq) else x[:0]
+    ys = np.full(len(uniq), -1, dtype=np.int64)
+    ys[inv] = y
+    if not np.array_equal(ys[inv], y):
+        raise InputError(None, "kNN: rows of one group (video) carry different labels")
+    return xs, ys, uniq
+
+
+@dataclass
+class KnnProbeResult:
+    """A kNN probe: the bank (rows, labels), its z-scoring statistics (``norm``: mean / std or None)."""
+
+    bank_x: torch.Tensor  # (N, D) float32, z-scored when standardize
+    bank_y: torch.Tensor  # (N,) int64
+    norm: dict | None
+    num_classes: int
+    class_names: list[str] | None
+    config: dict
+    meta: dict = field(default_factory=dict)
+
+    @property
+    def trainable_params(self) -> int:
+        return 0
+
+    def _cfg(self) -> KnnConfig:
+        return KnnConfig(**self.config)
+
+    def _prepare(self, x: np.ndarray) -> np.ndarray:
+        if self.norm is None:
+            return x.astype(np.float32, copy=False)
+        mean, std = self.norm["mean"].numpy(), self.norm["std"].numpy()
+        return ((x - mean) / std).astype(np.float32)
+
+    def _queries(self, data: ProbeData) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        x, y, g = data.load()
+        xn, yn = x.numpy(), y.numpy()
+        if self.config.get("query") == "group":
+            xn, yn, g = _group_means(xn, yn, g)
+        return self._prepare(xn), yn, g
+
+    def _bank(self) -> ProbeData:
+        return ProbeData([(self.bank_x.numpy(), self.bank_y.numpy())])
+
+    def evaluate(self, data: ProbeData, view_average: bool | None = None, device: str | None = None,
+                 **_: Any) -> dict:
+        """The reported k's top1 / top5 / mean_class (fractions; votes summed over a group's rows when
+        ``group_vote``), ``k`` (capped at the bank size), ``per_k`` (one row per k), ``num_rows``."""
+        cfg = self._cfg()
+        if view_average is not None:
+            cfg.group_vote = view_average
+        if device is not None:
+            cfg.device = str(device)
+        xq, yq, gq = self._queries(data)
+        rows = evaluate_knn(self._bank(), ProbeData([(xq, yq)], [gq] if data.has_groups else None), cfg,
+                            self.num_classes)
+        out = {m: rows[0][m] for m in ("top1", "top5", "mean_class")}
+        out.update(k=min(cfg.ks[0], self.bank_x.shape[0]), per_k=rows, num_rows=data.num_rows,
+                   notes=list(rows[0].get("notes", [])))
+        return out
+
+    @torch.no_grad()
+    def group_scores(self, data: ProbeData) -> np.ndarray:
+        """(G, K) neighbour votes of the reported k summed over each group's query rows (sorted groups)."""
+        cfg = dataclasses.replace(self._cfg(), progress=False)
+        xq, _, gq = self._queries(data)
+        votes = knn_votes((self.bank_x, self.bank_y), xq, self.num_classes, cfg)[cfg.ks[0]]
+        uniq, inv = np.unique(gq, return_inverse=True)
+        return np.stack([votes[inv == i].double().sum(0).numpy() for i in range(len(uniq))])
+
+    def summary(self) -> dict:
+        k = min(self.config["ks"][0], self.bank_x.shape[0])
+        return {"k": k, "setting": f"k {k}, T {self.config['temperature']}"}
+
+    def save(self, path: str | Path) -> Path:
+        payload = {"format": _FORMAT, "version": 1,
+                   **{f.name: getattr(self, f.name) for f in dataclasses.fields(self)}}
+        return write_probe_file(payload, path)
+
+    @classmethod
+    def load(cls, path: str | Path) -> KnnProbeResult:
+        d = read_probe_file(path, _FORMAT, "knn")
+        names = [f.name for f in dataclasses.fields(cls)]
+        missing = [k for k in names if k not in d]
+        if missing:
+            raise CheckpointError(f"{path}: probe file lacks {missing}")
+        return cls(**{k: d[k] for k in names})
+
+
+_FORMAT = "probesuite.knn_probe"
+
+
+def fit_knn(train: ProbeData, val: ProbeData | None = None, cfg: KnnConfig | None = None,
+            class_names: Sequence[str] | None = None) -> KnnProbeResult:
+    """Build the bank from ``train`` (``val`` is not used: kNN has nothing to select)."""
+    cfg = cfg or KnnConfig()
+    cfg.validate()
+    if len(train.feature_shape) != 1:
+        raise InputError(None, f"kNN: rows must be (n, dim) features, got shape {train.feature_shape}")
+    if train.num_rows == 0:
+        raise InputError(None, "kNN: no labelled training rows")
+    x, y, g = train.load()
+    xb, yb = x.numpy(), y.numpy()
+    if cfg.bank == "group":
+        xb, yb, _ = _group_means(xb, yb, g)
+    norm = None
+    if cfg.standardize:
+        stacked = xb.astype(np.float64)
+        norm = {"mean": torch.from_numpy(stacked.mean(0)),
+                "std": torch.from_numpy(np.maximum(stacked.std(0), 1e-6))}
+        xb = ((xb - norm["mean"].numpy()) / norm["std"].numpy()).astype(np.float32)
+    k = cfg.num_classes or int(yb.max()) + 1
+    if class_names is not None and len(class_names) != k:
+        raise InputError(None, f"{len(class_names)} class names for {k} classes")
+    return KnnProbeResult(torch.from_numpy(np.ascontiguousarray(xb, dtype=np.float32)),
+                          torch.from_numpy(np.ascontiguousarray(yb)), norm, k,
+                          list(class_names) if class_names is not None else None, dataclasses.asdict(cfg),
+                          {"bank_rows": int(xb.shape[0]), "train_rows": train.num_rows})

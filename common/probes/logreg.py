@@ -20,13 +20,10 @@ import torch
 import torch.nn.functional as F
 
 from common.errors import ConfigError, InputError
-from common.probes.linear import (
-    LinearProbeResult,
-    ProbeData,
-    _score_heads,
-    apply_normalizer,
-    fit_normalizer,
-)
+from common.probes.data import ProbeData
+from common.probes.engine import score_heads
+from common.probes.linear import LinearProbeResult
+from common.probes.normalize import apply_normalizer, fit_normalizer
 from common.progress import progress
 
 __all__ = ["LogRegConfig", "fit_logreg", "train_logreg_probe"]
@@ -177,18 +174,17 @@ def train_logreg_probe(
         dt = time.perf_counter() - t0
         fits[log_c] = (w, b)
         wf, bf = w.float(), b.float()
-        s = _score_heads(
+        s = score_heads(
             lambda z: (z @ wf.t() + bf).unsqueeze(1),
             val_rows,
-            norm,
-            1,
-            k,
-            cfg.task,
-            va,
-            65536,
-            262144,
-            device,
-            normalized=True,
+            norm=None,  # normalised once above
+            num_heads=1,
+            num_classes=k,
+            task=cfg.task,
+            view_average=va,
+            batch_size=65536,
+            window_rows=262144,
+            device=device,
         ).result()[0]
         table[log_c] = {"C": c, "iters": it, "fit_s": round(dt, 3), **{f"val_{m}": v for m, v in s.items()}}
         bar.update(1)

@@ -35,6 +35,7 @@ from torch import nn
 
 from common.checkpoint import load_checkpoint, sha256_file, strip_prefixes
 from common.errors import CheckpointError, ConfigError
+from common.freeze import freeze
 
 __all__ = [
     "ImageEncoder",
@@ -165,9 +166,7 @@ class _ViTBase(ImageEncoder):
 
     def __init__(self, model: nn.Module, name: str, patch: int, dim: int, input_height: int = 0):
         super().__init__()
-        self.model = model.eval()
-        for p in self.model.parameters():
-            p.requires_grad_(False)
+        self.model = freeze(model)
         self.name, self.stride, self.dim = name, int(patch), int(dim)
         self.input_height = int(input_height)
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)

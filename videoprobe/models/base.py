@@ -21,7 +21,8 @@ from torch import nn
 from common.checkpoint import load_checkpoint, load_state_dict_strict
 from common.checkpoint import strip_prefixes as strip_prefixes  # noqa: F401  (layouts: vit, zoo, framewise)
 from common.errors import CheckpointError
-from common.probes import assert_frozen  # noqa: F401  (re-exported by videoprobe.models)
+from common.freeze import assert_frozen as assert_frozen  # re-exported by videoprobe.models
+from common.freeze import freeze
 
 log = logging.getLogger(__name__)
 
@@ -87,10 +88,7 @@ class VideoEncoder(nn.Module):
 
     def freeze(self) -> VideoEncoder:
         """Eval mode and no gradients: the state every extraction runs in."""
-        self.eval()
-        for p in self.parameters():
-            p.requires_grad_(False)
-        return self
+        return freeze(self)
 
     def describe(self) -> dict[str, Any]:
         """The facts a cache key / result record needs about this encoder."""
