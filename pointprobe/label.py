@@ -11,14 +11,9 @@ from common.dist import pick_device
 from common.errors import CheckpointError, InputError
 from common.metrics import confusion_matrix, segmentation_metrics
 from common.probes.linear import load_probe, predict
-from pointprobe.extract import (
-    RAW,
-    ExtractConfig,
-    PointEncoderSpec,
-    build_encoder,
-    scene_features,
-)
+from pointprobe.extract import ExtractConfig, scene_features
 from pointprobe.labels import label_colors
+from pointprobe.models.registry import RAW, PointEncoderSpec, build_encoder
 
 log = logging.getLogger(__name__)
 

@@ -195,7 +195,7 @@ def scene_inputs(coord: np.ndarray, color: np.ndarray, normal: np.ndarray, feat_
     """One training view of a scene: (rows of the input points kept (M,), coord (M, 3), grid_coord
     (M, 3), feat (M, C)), with ``encode_points``' input features after augmentation."""
     from common.sampling import grid_sample, sphere_crop
-    from pointprobe.models.preprocess import center_shift
+    from pointprobe.models.encode import center_shift
 
     xyz = coord.astype(np.float64)
     nrm = normal.astype(np.float64)

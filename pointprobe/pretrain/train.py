@@ -47,7 +47,7 @@ from common.config import config_hash, save_config, to_dict
 from common.errors import CheckpointError, ConfigError, InputError
 from common.paths import sweep_stale_temps
 from common.progress import progress
-from pointprobe.models.sparseunet import upcast
+from pointprobe.models.structure import upcast
 from pointprobe.models.structure import PointBatch, PointEncoder
 from pointprobe.pretrain.ema import copy_weights, ema_update
 from pointprobe.pretrain.heads import PrototypeHead
@@ -284,7 +284,7 @@ class DistillModel(nn.Module):
     def level(self, point: PointBatch) -> PointBatch:
         """Backbone + up-cast: the head level with concatenated features."""
         out = self.backbone(point)
-        return upcast(out, self.upcast_steps)
+        return upcast(out, steps=self.upcast_steps)
 
     def forward(self, masked: PointBatch, local: PointBatch | None) -> dict:
         """Student pass: both inputs in one call (one DDP forward per backward)."""
