@@ -103,3 +103,60 @@ def test_checkpoint_round_trip_through_build_encoder(name, tmp_path):
     loaded, rec = build_encoder(PointEncoderSpec(name=name, checkpoint=str(train_path),
                                                  config=dict(model.config)), torch.device("cpu"))
     assert torch.equal(encode_points(loaded, coord, color, normal), ref)
+
+
+@pytest.mark.parametrize("name", ["ptv3_tiny", "sparseunet"])
+def test_one_upcast_for_every_encoder(name):
+    from common.errors import ConfigError
+    from pointprobe.models import PointBatch, upcast
+
+    model = _small(name)
+    coord, color, normal = _scene(800)
+    grid = np.floor((coord - coord.min(0)) / 0.05).astype(np.int64)
+    feat = np.concatenate([coord, color / 255.0, normal], 1).astype(np.float32)[:, : model.in_channels]
+    point = PointBatch.create(torch.from_numpy(coord), torch.from_numpy(grid), torch.from_numpy(feat))
+    with torch.no_grad():
+        out = model(point)
+        depth = len(out.levels()) - 1
+        assert torch.equal(upcast(out).feat, model.encode(point))
+        assert torch.equal(upcast(out, 0).feat, model.encode(point, 0))
+        assert len(upcast(out, steps=1)) == len(out.levels()[-2])
+        for bad in ({"steps": depth + 1}, {"levels": 2, "steps": 1}, {"levels": -1}):
+            with pytest.raises(ConfigError, match="upcast"):
+                upcast(out, **bad)
+
+
+def test_cache_key_preprocessing_is_the_recipe():
+    """The key's preprocessing is Preprocessing.key() plus levels and views: the same fields and values
+    as the literal cache_key wrote before the recipe was one dataclass (caches stay valid)."""
+    from pointprobe.extract import ExtractConfig, cache_key
+    from pointprobe.models import RAW, EncoderRecord, Preprocessing
+
+    rec = EncoderRecord("ptv3", "x", None, "random:0", {}, None)
+    cfg = ExtractConfig(grid_size=0.03, sampling="first", grid_align="min", tta=2)
+    assert cfg.preprocessing == Preprocessing(grid_size=0.03, sampling="first", align="min")
+    assert cache_key(rec, cfg, "val").preprocessing == {
+        "center_shift": "input dtype", "grid_size": 0.03, "color": "/255", "sampling": "first",
+        "grid_align": "min", "feat": "coord,color,normal", "levels": None,
+        "tta": [[0.0, False], [90.0, False]]}
+    raw = EncoderRecord(RAW, RAW, None, "none", {}, None)
+    assert cache_key(raw, ExtractConfig(), "val").preprocessing == {
+        "center_shift": True, "grid_size": 0.02, "color": "/255", "sampling": "canonical",
+        "feat": "coord,color,normal", "levels": None, "tta": []}
+
+
+def test_encode_points_takes_the_recipe():
+    from common.errors import ConfigError
+    from pointprobe.models import Preprocessing
+
+    model = _small("sparseunet")
+    coord, color, normal = _scene(600)
+    prep = Preprocessing(grid_size=0.05, sampling="first", align="min")
+    a = encode_points(model, coord, color, normal, prep=prep)
+    assert torch.equal(a, encode_points(model, coord, color, normal, grid_size=0.05, sampling="first",
+                                        align="min"))
+    assert not torch.equal(a, encode_points(model, coord, color, normal, prep=Preprocessing(grid_size=0.05)))
+    with pytest.raises(ConfigError, match="not both"):
+        encode_points(model, coord, color, normal, prep=prep, grid_size=0.05)
+    with pytest.raises(ConfigError, match="unknown option"):
+        encode_points(model, coord, color, normal, grid=0.05)

@@ -609,7 +609,7 @@ class PointTransformerV3(PointEncoder):
 
     def block_layout(self) -> BlockLayout:
         """The transformer blocks, stage by stage (pooling and embedding belong to no block)."""
-        return ptv3_block_layout(self.config["enc_depths"])
+        return ptv3_block_layout([stage.depth for stage in self.enc.values()])
 
 
 def ptv3_block_layout(enc_depths: Sequence[int]) -> BlockLayout:

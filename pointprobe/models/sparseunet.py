@@ -344,8 +344,8 @@ class SparseUNet(PointEncoder):
 
     def block_layout(self) -> BlockLayout:
         """The residual blocks, level by level (stem, down-sampling, decoder and mask token: no block)."""
-        return [(f"levels.{lvl}.{b}", [f"levels.{lvl}.{b}."]) for lvl, d in enumerate(self.config["depths"])
-                for b in range(int(d))]
+        return [(f"levels.{lvl}.{b}", [f"levels.{lvl}.{b}."]) for lvl, blocks in enumerate(self.levels)
+                for b in range(len(blocks))]
 
 
 def create_sparseunet(**cfg) -> SparseUNet:
