@@ -424,10 +424,11 @@ class Distiller:
         """Predicted lifted features (N, D) of every input point (``encode_points`` preprocessing, eval
         mode). With centred targets the cosine loss fixes only directions: the prediction is the mean
         training target plus the predicted direction scaled to the mean norm of the centred targets."""
-        from pointprobe.models import encode_points
+        from pointprobe.models import Preprocessing, encode_points
 
         f = encode_points(self.model.backbone, coord, color, normal, levels=self.cfg.model.levels,
-                          grid_size=self.cfg.train.grid_size, device=self.device, source=source)
+                          prep=Preprocessing(grid_size=self.cfg.train.grid_size), device=self.device,
+                          source=source)
         return self.project(self.model.head(f.to(self.device)).float().cpu())
 
     def project(self, out: torch.Tensor) -> torch.Tensor:

@@ -12,7 +12,7 @@ Three layouts are read (always with ``torch.load(weights_only=True)``, through
 Reading, writing, strict loading, prefix stripping and hashing are ``common.checkpoint``'s; this
 module only knows the point encoders' key layouts (which prefixes, which config inference). Building a
 model from a checkpoint needs the encoder table: ``registry.load_encoder`` (this module imports no
-other module of the package but ``structure`` and, lazily, ``ptv3``'s presets).
+other module of the package but ``structure`` and ``ptv3``'s presets).
 """
 from __future__ import annotations
 
@@ -33,6 +33,7 @@ from common.checkpoint import (
 from common.checkpoint import strip_prefixes as _strip
 from common.errors import CheckpointError
 
+from .ptv3 import SONATA_CONFIG, SONATA_SMALL_CONFIG
 from .structure import PointEncoder
 
 HUB_REPO = "facebook/sonata"
@@ -131,8 +132,6 @@ def _ptv3_shapes(sd: Mapping[str, torch.Tensor]) -> tuple[int, list[int], list[i
 
 def infer_ptv3_config(sd: Mapping[str, torch.Tensor], path: str | os.PathLike) -> dict[str, Any]:
     """Config of a Pointcept checkpoint without one: the Sonata preset whose shapes match."""
-    from .ptv3 import SONATA_CONFIG, SONATA_SMALL_CONFIG
-
     shapes = _ptv3_shapes(sd)
     if shapes is None:
         raise CheckpointError(f"{path}: no config in the checkpoint and the state dict is not a PTv3 encoder "
