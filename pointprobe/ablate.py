@@ -125,8 +125,9 @@ def run_ablation(cfg: AblateConfig) -> dict:
     from common.probes.linear import ProbeData, evaluate_linear_probe, load_probe
     from common.report import checkpoint_id, write_table
     from pointprobe.data.scannet import load_scene
-    from pointprobe.extract import RAW, build_encoder, scene_features
+    from pointprobe.extract import scene_features
     from pointprobe.label import encoder_from_probe, extract_config_for_probe
+    from pointprobe.models.registry import RAW, build_encoder
 
     cfg.validate()
     if not cfg.probe or not cfg.data:

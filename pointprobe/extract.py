@@ -18,25 +18,16 @@ from common import dist
 from common.cache import CacheKey, fill_cache
 from common.config import config_hash, save_config
 from common.errors import ConfigError, InputError
-from common.freeze import freeze
+from pointprobe.models.encode import Preprocessing, center_shift
+from pointprobe.models.registry import (
+    RAW,
+    EncoderRecord,
+    PointEncoderSpec,
+    build_encoder,
+    encoder_identity,
+)
 
 log = logging.getLogger(__name__)
-
-RAW = "raw"
-
-
-@dataclass
-class PointEncoderSpec:
-    """Which encoder: a table name (random init with ``seed``), a checkpoint file, or ``raw``."""
-
-    name: str = "sonata_small"  # pointprobe.models.ENCODERS name, or "raw" (input features as features)
-    checkpoint: str | None = None  # file or release name (sonata, sonata_small); overrides random init
-    seed: int = 0  # seed of the random initialisation when no checkpoint is given
-    config: dict = field(default_factory=dict)  # constructor overrides (random init, or checkpoint config)
-    levels: int | None = None  # up-cast levels (None = all; Sonata base: 4 -> 1232 channels)
-    label: str | None = None  # display name in tables (default: name or checkpoint file name)
-    # load a checkpoint that pickles classes beyond the harmless list (full unpickling: it can run code)
-    trust_checkpoint: bool = False
 
 
 @dataclass
@@ -60,50 +51,14 @@ class ExtractConfig:
     max_points: int = 400_000  # larger scenes are encoded in spatial chunks
     tta: int = 1  # test-time augmentation: mean of features over this many views (see tta_views)
 
-
-@dataclass
-class EncoderRecord:
-    """What every cache entry and result records about its encoder."""
-
-    name: str
-    label: str
-    checkpoint: str | None
-    checkpoint_sha256: str
-    config: dict
-    levels: int | None
-
-
-def build_encoder(spec: PointEncoderSpec, device: torch.device) -> tuple[Any, EncoderRecord]:
-    """(model or None for raw, record). Checkpoints are hashed; random init is seeded."""
-    if spec.name == RAW:
-        rec = EncoderRecord(RAW, spec.label or RAW, None, "none", {"features": "coord,color,normal"}, None)
-        return None, rec
-    from pointprobe.models import checkpoint_sha256, create_encoder, load_encoder
-
-    if spec.checkpoint:
-        model = load_encoder(spec.checkpoint, device=device, config=spec.config or None,
-                             trust=spec.trust_checkpoint)
-        path = getattr(model, "checkpoint_path", spec.checkpoint)
-        sha = checkpoint_sha256(path)
-        label = spec.label or Path(spec.checkpoint).stem
-    else:
-        torch.manual_seed(spec.seed)
-        model = create_encoder(spec.name, **spec.config).to(device)
-        sha = f"random:{spec.seed}"
-        label = spec.label or f"{spec.name} (random init)"
-        from common.report import warn_random_weights
-
-        warn_random_weights(spec.name, spec.seed, log)
-    freeze(model)
-    rec = EncoderRecord(getattr(model, "arch", spec.name) if spec.checkpoint else spec.name, label,
-                        spec.checkpoint, sha, dict(getattr(model, "config", spec.config)), spec.levels)
-    return model, rec
+    @property
+    def preprocessing(self) -> Preprocessing:
+        """The recipe these keys name (passed to ``encode_points`` and hashed into the cache key)."""
+        return Preprocessing(grid_size=self.grid_size, sampling=self.sampling, align=self.grid_align)
 
 
 def raw_features(coord: np.ndarray, color: np.ndarray, normal: np.ndarray) -> np.ndarray:
     """The input features themselves (the Sonata preprocessing without an encoder): 9 channels."""
-    from pointprobe.models.preprocess import center_shift
-
     xyz = center_shift(coord.astype(np.float64)).astype(np.float32)
     return np.concatenate([xyz, color.astype(np.float32) / 255.0, normal.astype(np.float32)], 1)
 
@@ -137,6 +92,7 @@ def scene_features(model: Any, scene: Any, cfg: ExtractConfig, device: torch.dev
     from pointprobe.models import encode_points
 
     acc = None
+    prep = cfg.preprocessing
     views = tta_views(cfg.tta)
     # a float16 cache with one view: encode straight to float16 (half the copy back from a GPU)
     out_dtype = torch.float16 if cfg.dtype == "float16" and len(views) == 1 else torch.float32
@@ -144,9 +100,9 @@ def scene_features(model: Any, scene: Any, cfg: ExtractConfig, device: torch.dev
         coord, normal = scene.coord, scene.normal
         if angle or flip:
             coord, normal = _augment(coord, angle, flip), _augment(normal, angle, flip)
-        f = encode_points(model, coord, scene.color, normal, levels=cfg.encoder.levels,
-                          grid_size=cfg.grid_size, device=device, sampling=cfg.sampling, align=cfg.grid_align,
-                          max_points=cfg.max_points, source=scene.name, out_dtype=out_dtype).numpy()
+        f = encode_points(model, coord, scene.color, normal, levels=cfg.encoder.levels, prep=prep,
+                          device=device, max_points=cfg.max_points, source=scene.name,
+                          out_dtype=out_dtype).numpy()
         acc = f if acc is None else acc + f
     return acc / len(views)
 
@@ -156,30 +112,14 @@ def feature_dim(model: Any, levels: int | None) -> int:
 
 
 def cache_key(rec: EncoderRecord, cfg: ExtractConfig, split: str) -> CacheKey:
-    # the centre shift is computed in the points' own dtype (float32 for ScanNet files) as the release
-    # does; caches made when it was done in float64 (a few border points in other voxels) are refused
-    prep = {"center_shift": True if rec.name == RAW else "input dtype", "grid_size": cfg.grid_size,
-            "color": "/255", "sampling": cfg.sampling,
-            # recorded for every encoder: a cache made before it was (origin "min") is refused
-            **({"grid_align": cfg.grid_align} if rec.name != RAW else {}),
-            "feat": "coord,color,normal", "levels": rec.levels,
-            "tta": [list(v) for v in tta_views(cfg.tta)] if rec.name != RAW else []}
+    """The key of a split's cache: encoder identity, the preprocessing recipe (``Preprocessing.key``),
+    up-cast levels and test-time views, dataset and split."""
+    raw = rec.name == RAW
+    prep = {**cfg.preprocessing.key(raw=raw), "levels": rec.levels,
+            "tta": [] if raw else [list(v) for v in tta_views(cfg.tta)]}
     return CacheKey(encoder=rec.name, checkpoint_sha256=rec.checkpoint_sha256,
                     config_hash=config_hash({"encoder": rec.config, "levels": rec.levels}),
                     preprocessing=prep, dataset=str(Path(cfg.data.root).resolve()), split=split)
-
-
-def _identity(spec: PointEncoderSpec) -> tuple[str | None, str]:
-    """(encoder name or None when only the built model knows it, checkpoint sha256 / random:<seed>),
-    without building the encoder: a checkpoint is only hashed."""
-    if spec.name == RAW:
-        return RAW, "none"
-    if spec.checkpoint:
-        from pointprobe.models import checkpoint_sha256
-        from pointprobe.models.load import resolve_checkpoint
-
-        return None, checkpoint_sha256(resolve_checkpoint(spec.checkpoint))
-    return spec.name, f"random:{spec.seed}"
 
 
 def _free_space_check(out: Path, names: dict[str, list[str]], root: str, dim: int, dtype: str) -> None:
@@ -223,7 +163,7 @@ def extract(cfg: ExtractConfig, progress: bool = True) -> dict[str, dict[str, st
         names = list_scenes(cfg.data.root, split)
         names_of[split] = names[: cfg.data.limit] if cfg.data.limit else names
     # what the key holds before the encoder exists
-    enc_name, sha = _identity(cfg.encoder)
+    enc_name, sha = encoder_identity(cfg.encoder)
     levels = None if cfg.encoder.name == RAW else cfg.encoder.levels
     pre = EncoderRecord(enc_name or cfg.encoder.name, "", cfg.encoder.checkpoint, sha, {}, levels)
     for split in cfg.data.splits:

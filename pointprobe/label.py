@@ -12,13 +12,8 @@ from common.errors import CheckpointError, InputError
 from common.metrics import confusion_matrix, segmentation_metrics
 from common.probes.linear import load_probe, predict
 from pointprobe.data.scannet import SCANNET20_PALETTE
-from pointprobe.extract import (
-    RAW,
-    ExtractConfig,
-    PointEncoderSpec,
-    build_encoder,
-    scene_features,
-)
+from pointprobe.extract import ExtractConfig, scene_features
+from pointprobe.models.registry import RAW, PointEncoderSpec, build_encoder
 
 log = logging.getLogger(__name__)
 IGNORE_RGB = np.array([0, 0, 0], dtype=np.uint8)  # colour of unlabelled points in label pictures

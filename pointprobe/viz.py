@@ -67,11 +67,11 @@ def load_point_encoder(
     a randomly initialised encoder (seeded); ``name == "raw"``: no model (input features).
 
     The record holds ``encoder``, ``checkpoint`` and ``checkpoint_sha256`` (``random:<seed>`` / ``none``).
-    Encoders are built as ``pointprobe extract`` builds them (:func:`pointprobe.extract.build_encoder`).
+    Encoders are built as ``pointprobe extract`` builds them (``pointprobe.models.build_encoder``).
     """
     import torch
 
-    from pointprobe.extract import PointEncoderSpec, build_encoder
+    from pointprobe.models.registry import PointEncoderSpec, build_encoder
 
     if checkpoint is None and name is None:
         raise ConfigError(

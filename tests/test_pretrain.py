@@ -19,17 +19,15 @@ from common.errors import ConfigError
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore")
+    from pointprobe.models.ptv3 import ptv3_block_layout
+    from pointprobe.models.structure import block_index
+    from pointprobe.pretrain.config import PretrainConfig
     from pointprobe.pretrain.ema import copy_weights, ema_update
     from pointprobe.pretrain.heads import PrototypeHead
     from pointprobe.pretrain.loss import distill_loss, sinkhorn_knopp
+    from pointprobe.pretrain.model import param_groups
     from pointprobe.pretrain.schedules import one_cycle_factor, step_values, warmup_then_constant
-    from pointprobe.pretrain.train import (
-        PretrainConfig,
-        Pretrainer,
-        block_index,
-        param_groups,
-        run_pretrain,
-    )
+    from pointprobe.pretrain.trainer import Pretrainer, run_pretrain
     from pointprobe.pretrain.views import (
         ViewConfig,
         collate_views,
@@ -295,9 +293,10 @@ def test_schedules_match_torch_one_cycle():
 def test_layer_decay_groups(tmp_path):
     root = _write_dataset(tmp_path / "data", 2)
     tr = Pretrainer(_cfg(root, "optim.layer_decay=0.5"))
-    cfg = dict(tr.student.backbone.config)
-    assert block_index("backbone.levels.2.0.conv1.weight", cfg) == 2
-    assert block_index("enc.enc1.block2.attn.qkv.weight", {"enc_depths": [3, 3]}) == 5
+    layout = tr.student.backbone.block_layout()  # the encoder declares its blocks (depths [1, 1, 1])
+    assert [name for name, _ in layout] == ["levels.0.0", "levels.1.0", "levels.2.0"]
+    assert block_index("backbone.levels.2.0.conv1.weight", layout) == 2
+    assert block_index("enc.enc1.block2.attn.qkv.weight", ptv3_block_layout([3, 3])) == 5
     groups = param_groups(tr.student, 0.5)
     scale = {id(p): g["lr_scale"] for g in groups for p in g["params"]}
     decay = {id(p): g["decay"] for g in groups for p in g["params"]}
@@ -307,6 +306,25 @@ def test_layer_decay_groups(tmp_path):
     assert scale[id(named["mask_head.mlp.0.weight"])] == 1.0
     assert not decay[id(named["backbone.mask_token"])] and not decay[id(named["mask_head.mlp.0.bias"])]
     assert decay[id(named["backbone.levels.0.0.conv1.weight"])]
+    tr.close()
+
+
+def test_layer_decay_needs_a_declared_block_layout(tmp_path, monkeypatch):
+    """An encoder that declares no blocks is refused when layer-wise decay is asked for (it used to
+    train silently without decay); with layer_decay=1.0 it trains, every scale 1."""
+    from pointprobe.models import ENCODERS
+    from pointprobe.models.sparseunet import SparseUNet
+    from pointprobe.models.structure import PointEncoder
+
+    class NoLayout(SparseUNet):
+        block_layout = PointEncoder.block_layout  # declares nothing
+
+    monkeypatch.setitem(ENCODERS, "nolayout", lambda **cfg: NoLayout(**cfg))
+    root = _write_dataset(tmp_path / "data", 2)
+    with pytest.raises(ConfigError, match=r"optim\.layer_decay.*declares no block layout"):
+        Pretrainer(_cfg(root, "model.backbone=nolayout", "optim.layer_decay=0.5"))
+    tr = Pretrainer(_cfg(root, "model.backbone=nolayout", "optim.layer_decay=1.0"))
+    assert {g["lr_scale"] for g in tr.groups} == {1.0}
     tr.close()
 
 
@@ -419,7 +437,8 @@ import torch
 torch.set_num_threads(1)
 from common import dist
 from common.config import load_config
-from pointprobe.pretrain.train import PretrainConfig, Pretrainer
+from pointprobe.pretrain.config import PretrainConfig
+from pointprobe.pretrain.trainer import Pretrainer
 dist.init_from_env()
 cfg = load_config(PretrainConfig, None, json.loads(sys.argv[1]))
 tr = Pretrainer(cfg)

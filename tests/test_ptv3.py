@@ -11,7 +11,7 @@ import torch
 from common.errors import ConfigError, InputError
 from common.sampling import grid_sample
 from pointprobe.models import ENCODERS, PointBatch, create_encoder, encode_points, upcast
-from pointprobe.models.preprocess import center_shift, spatial_chunks
+from pointprobe.models.encode import center_shift, spatial_chunks
 from pointprobe.models.ptv3 import count_parameters, patch_plan
 from pointprobe.models.serialization import serialize
 
@@ -202,16 +202,16 @@ def test_forward_levels_and_upcast(tiny):
         mean /= torch.bincount(coarse.pooling_inverse)[:, None]
         assert torch.allclose(coarse.coord, mean, atol=1e-5)
     l0, l1, l2 = levels
-    full = upcast(out)
+    full = upcast(out).feat
     manual = torch.cat([l0.feat, torch.cat([l1.feat, l2.feat[l2.pooling_inverse]], 1)[l1.pooling_inverse]], 1)
     assert full.shape == (len(point), 112) == (len(point), tiny.feature_dim())
     assert torch.equal(full, manual)
-    one = upcast(out, 1)  # concatenate one step, then copy down
+    one = upcast(out, 1).feat  # concatenate one step, then copy down
     assert one.shape[1] == tiny.feature_dim(1) == 96
     assert torch.equal(one, torch.cat([l1.feat, l2.feat[l2.pooling_inverse]], 1)[l1.pooling_inverse])
-    mid = upcast(out, 1, to_input=False)
+    mid = upcast(out, 1, steps=1).feat  # stop at the level reached
     assert mid.shape == (len(l1), 96)
-    assert torch.equal(upcast(out, 0), l2.feat[l2.pooling_inverse][l1.pooling_inverse])
+    assert torch.equal(upcast(out, 0).feat, l2.feat[l2.pooling_inverse][l1.pooling_inverse])
     with pytest.raises(ConfigError):
         upcast(out, 3)
     # the input batch is not modified by forward

@@ -16,9 +16,8 @@ with warnings.catch_warnings():
         create_sparseunet,
         load_sparseunet,
         save_sparseunet,
-        upcast,
     )
-    from pointprobe.models.structure import PointBatch
+    from pointprobe.models.structure import PointBatch, upcast
 
 SMALL = dict(channels=(8, 16, 24, 32), depths=(1, 1, 1, 1))
 
@@ -72,8 +71,8 @@ def test_forward_backward_shapes_cpu():
     assert feat.shape == (len(b["feat"]), 8 + 16 + 24 + 32) == (len(b["feat"]), model.feature_dim())
     assert model.feature_dim(0) == 32 and model.feature_dim(2) == 16 + 24 + 32
     assert model.encode(b, 2).shape == (len(b["feat"]), 16 + 24 + 32)
-    assert upcast(out, 2).feat.shape == (sizes[1], 16 + 24 + 32)
-    assert upcast(out, 3, concat=1).feat.shape == (sizes[0], 24 + 32)
+    assert upcast(out, steps=2).feat.shape == (sizes[1], 16 + 24 + 32)
+    assert upcast(out, 1, steps=3).feat.shape == (sizes[0], 24 + 32)
     feat.square().mean().backward()
     grads = [p.grad for p in model.parameters() if p.requires_grad]
     assert all(g is not None and torch.isfinite(g).all() for g in grads)
@@ -252,7 +251,7 @@ def test_encode_points_out_dtype_float16_is_the_float32_result_rounded(max_point
 def test_encode_points_world_aligned_grid_matches_release_voxelisation():
     """align="world": voxels floor(c / g) - min after the centre shift, as the release's GridSample."""
     from pointprobe.models import ENCODERS, encode_points
-    from pointprobe.models.preprocess import center_shift
+    from pointprobe.models.encode import center_shift
     from pointprobe.models.structure import PointBatch
 
     torch.manual_seed(0)
@@ -281,7 +280,7 @@ def test_encode_points_world_aligned_grid_matches_release_voxelisation():
 def test_canonical_index_equals_one_lexsort_of_every_row():
     """The fast path (only multi-point voxels sorted) picks what a lexsort of all rows picks,
     including among identical rows (the lowest row), and the choice ignores the input order."""
-    from pointprobe.models.preprocess import canonical_index
+    from pointprobe.models.encode import canonical_index
 
     rng = np.random.default_rng(0)
     n, m = 5000, 3000

@@ -69,7 +69,7 @@ def worker(args: argparse.Namespace) -> dict:
 
     from common.sampling import grid_sample
     from pointprobe.models import encode_points
-    from pointprobe.models.preprocess import center_shift
+    from pointprobe.models.encode import center_shift
 
     torch.manual_seed(0)
     device = torch.device(args.device)

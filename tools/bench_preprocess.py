@@ -1,6 +1,6 @@
 """Benchmark the input-order-independent choice of one point per voxel (``encode_points`` default).
 
-``pointprobe.models.preprocess.canonical_index`` picks, in every voxel, the lexicographically smallest
+``pointprobe.models.encode.canonical_index`` picks, in every voxel, the lexicographically smallest
 (coord, colour, normal) row, sorting only the voxels that hold several points. Baseline (written
 here): the direct definition, one ``np.lexsort`` of every row by (voxel, features). Both must return
 the same rows (checked). Data: generated rooms (``pointprobe.synth``), centre-shifted and
@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from common.benchdoc import machine_line, update_section  # noqa: E402
 from common.sampling import grid_sample  # noqa: E402
-from pointprobe.models.preprocess import canonical_index, center_shift  # noqa: E402
+from pointprobe.models.encode import canonical_index, center_shift  # noqa: E402
 from pointprobe.synth import generate_scene  # noqa: E402
 
 

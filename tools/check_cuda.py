@@ -223,7 +223,7 @@ def check_throughput(scene, quick: bool) -> dict:
         # the network alone (batch already on the GPU, output left there): what the CPU-side grid
         # sampling, feature assembly and the copy of (N, D) float32 features back cost on top
         from common.sampling import grid_sample
-        from pointprobe.models.preprocess import center_shift
+        from pointprobe.models.encode import center_shift
         from pointprobe.models.structure import PointBatch
 
         xyz = center_shift(coord)

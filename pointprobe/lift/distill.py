@@ -195,7 +195,7 @@ def scene_inputs(coord: np.ndarray, color: np.ndarray, normal: np.ndarray, feat_
     """One training view of a scene: (rows of the input points kept (M,), coord (M, 3), grid_coord
     (M, 3), feat (M, C)), with ``encode_points``' input features after augmentation."""
     from common.sampling import grid_sample, sphere_crop
-    from pointprobe.models.preprocess import center_shift
+    from pointprobe.models.encode import center_shift
 
     xyz = coord.astype(np.float64)
     nrm = normal.astype(np.float64)
@@ -425,10 +425,11 @@ class Distiller:
         """Predicted lifted features (N, D) of every input point (``encode_points`` preprocessing, eval
         mode). With centred targets the cosine loss fixes only directions: the prediction is the mean
         training target plus the predicted direction scaled to the mean norm of the centred targets."""
-        from pointprobe.models import encode_points
+        from pointprobe.models import Preprocessing, encode_points
 
         f = encode_points(self.model.backbone, coord, color, normal, levels=self.cfg.model.levels,
-                          grid_size=self.cfg.train.grid_size, device=self.device, source=source)
+                          prep=Preprocessing(grid_size=self.cfg.train.grid_size), device=self.device,
+                          source=source)
         return self.project(self.model.head(f.to(self.device)).float().cpu())
 
     def project(self, out: torch.Tensor) -> torch.Tensor:

@@ -10,7 +10,9 @@ Three layouts are read (always with ``torch.load(weights_only=True)``, through
 - This project's checkpoints (:func:`save_encoder`): ``{"arch", "config", "state_dict", "meta"}``.
 
 Reading, writing, strict loading, prefix stripping and hashing are ``common.checkpoint``'s; this
-module only knows the point encoders' key layouts (which prefixes, which config inference).
+module only knows the point encoders' key layouts (which prefixes, which config inference). Building a
+model from a checkpoint needs the encoder table: ``registry.load_encoder`` (this module imports no
+other module of the package but ``structure`` and ``ptv3``'s presets).
 """
 from __future__ import annotations
 
@@ -24,14 +26,14 @@ import torch
 
 from common.checkpoint import (
     load_checkpoint,
-    load_state_dict_strict,
     save_checkpoint,
     select_prefix,
     sha256_file,
 )
 from common.checkpoint import strip_prefixes as _strip
-from common.errors import CheckpointError, ConfigError
+from common.errors import CheckpointError
 
+from .ptv3 import SONATA_CONFIG, SONATA_SMALL_CONFIG
 from .structure import PointEncoder
 
 HUB_REPO = "facebook/sonata"
@@ -130,8 +132,6 @@ def _ptv3_shapes(sd: Mapping[str, torch.Tensor]) -> tuple[int, list[int], list[i
 
 def infer_ptv3_config(sd: Mapping[str, torch.Tensor], path: str | os.PathLike) -> dict[str, Any]:
     """Config of a Pointcept checkpoint without one: the Sonata preset whose shapes match."""
-    from .ptv3 import SONATA_CONFIG, SONATA_SMALL_CONFIG
-
     shapes = _ptv3_shapes(sd)
     if shapes is None:
         raise CheckpointError(f"{path}: no config in the checkpoint and the state dict is not a PTv3 encoder "
@@ -144,61 +144,6 @@ def infer_ptv3_config(sd: Mapping[str, torch.Tensor], path: str | os.PathLike) -
         f"channels={shapes[2]}) match no Sonata preset; give encoder.config={{...}} (enc_num_head, order, "
         f"...; Python: load_encoder(..., config=...))"
     )
-
-
-def build_from_checkpoint(ckpt: Mapping[str, Any], path: str | os.PathLike,
-                          config: Mapping[str, Any] | None = None) -> PointEncoder:
-    """Build the encoder a checkpoint dict describes and load its weights (strict)."""
-    from . import ENCODERS
-
-    sd = ckpt.get("state_dict")
-    if sd is None and ckpt and all(isinstance(v, torch.Tensor) for v in ckpt.values()):
-        sd = ckpt  # a bare state dict
-    if not isinstance(sd, Mapping) or not sd:
-        raise CheckpointError(f"{path}: no state_dict in checkpoint (top-level keys: {sorted(ckpt)[:8]})")
-    sd = strip_prefixes(sd)
-    arch = ckpt.get("arch", "ptv3")
-    if arch not in ENCODERS:
-        raise CheckpointError(f"{path}: unknown encoder arch {arch!r}; available: {sorted(ENCODERS)}")
-    cfg = ckpt.get("config")
-    if cfg is not None and not isinstance(cfg, Mapping):
-        raise CheckpointError(f"{path}: config is a {type(cfg).__name__}, expected a dict")
-    if cfg is None:
-        if arch == "ptv3":
-            try:
-                cfg = infer_ptv3_config(sd, path)
-            except CheckpointError:
-                if config is None:
-                    raise
-                cfg = {}
-        elif config is None:
-            raise CheckpointError(f"{path}: no config in the checkpoint; give encoder.config={{...}} "
-                                  f"(Python: load_encoder(..., config=...))")
-        else:
-            cfg = {}
-    cfg = {**cfg, **(config or {})}
-    try:
-        model = ENCODERS[arch](**cfg)
-    except ConfigError as e:
-        raise CheckpointError(f"{path}: bad encoder config: {e}") from None
-    built = getattr(model, "arch", type(model).__name__)
-    load_state_dict_strict(model, sd, path, style="counted", sep="; ",
-                           what=f"state dict does not match the {built} model built from its config")
-    return model
-
-
-def load_encoder(path_or_name: str | os.PathLike, device: str | torch.device = "cpu",
-                 config: Mapping[str, Any] | None = None, trust: bool = False) -> PointEncoder:
-    """Encoder from a checkpoint file or release name (``sonata``, ``sonata_small``), in eval mode.
-
-    ``config`` overrides (or, for Pointcept checkpoints of non-preset shape, supplies) the constructor
-    config. The model gets ``checkpoint_path`` set; hash the file with :func:`checkpoint_sha256`.
-    ``trust``: also load a file that pickles classes beyond the safe list (full unpickling, warned).
-    """
-    path = resolve_checkpoint(path_or_name)
-    model = build_from_checkpoint(read_checkpoint(path, trust=trust), path, config)
-    model.checkpoint_path = str(path)
-    return model.to(device).eval()
 
 
 def save_encoder(model: PointEncoder, path: str | os.PathLike, **meta: Any) -> Path:

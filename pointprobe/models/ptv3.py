@@ -36,7 +36,7 @@ from common.scatter import segment_reduce
 
 from ._fx import quiet_fx_tracing_notice
 from .serialization import ORDERS, serialize
-from .structure import PointBatch, PointEncoder
+from .structure import BlockLayout, PointBatch, PointEncoder, upcast
 
 try:  # optional CUDA kernel
     import flash_attn  # type: ignore[import-not-found]
@@ -605,29 +605,17 @@ class PointTransformerV3(PointEncoder):
     def encode(self, point: PointBatch, levels: int | None = None) -> torch.Tensor:
         """Features (N, feature_dim(levels)) of every row of ``point`` (see :func:`upcast`)."""
         self.feature_dim(levels)
-        return upcast(self.forward(point), levels)
+        return upcast(self.forward(point), levels).feat
+
+    def block_layout(self) -> BlockLayout:
+        """The transformer blocks, stage by stage (pooling and embedding belong to no block)."""
+        return ptv3_block_layout([stage.depth for stage in self.enc.values()])
 
 
-def upcast(out: PointBatch, levels: int | None = None, to_input: bool = True) -> torch.Tensor:
-    """Walk a pooled hierarchy back towards its input rows.
-
-    The first ``levels`` steps concatenate ``[parent.feat, child.feat[inverse]]`` (Sonata's linear-probe
-    recipe: all levels -> 48+96+192+384+512 = 1232 channels); the remaining steps copy features down
-    unchanged (the PCA demo's "2 levels + copy": 1088 channels). ``levels=None`` means every level.
-    With ``to_input=False`` the features are returned at the level reached after ``levels`` steps.
-    """
-    n_pool = len(out.levels()) - 1
-    levels = n_pool if levels is None else levels
-    if not 0 <= levels <= n_pool:
-        raise ConfigError(f"upcast: levels must be in [0, {n_pool}], got {levels}")
-    node, feat = out, out.feat
-    for step in range(n_pool):
-        if not to_input and step == levels:
-            break
-        up = feat[node.pooling_inverse]
-        feat = torch.cat([node.parent.feat, up.to(node.parent.feat.dtype)], dim=-1) if step < levels else up
-        node = node.parent
-    return feat
+def ptv3_block_layout(enc_depths: Sequence[int]) -> BlockLayout:
+    """``enc.enc{s}.block{b}`` for every stage ``s`` and block ``b`` (the release's parameter names)."""
+    return [(f"enc.enc{s}.block{b}", [f"enc.enc{s}.block{b}."]) for s, d in enumerate(enc_depths)
+            for b in range(int(d))]
 
 
 def count_parameters(model: nn.Module) -> tuple[int, int]:

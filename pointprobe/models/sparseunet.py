@@ -36,7 +36,7 @@ from common.checkpoint import load_checkpoint, load_state_dict_strict, save_chec
 from common.errors import CheckpointError, ConfigError, InputError
 from common.scatter import segment_reduce
 from pointprobe.models._fx import quiet_fx_tracing_notice
-from pointprobe.models.structure import PointBatch, PointEncoder
+from pointprobe.models.structure import BlockLayout, PointBatch, PointEncoder, upcast
 
 with warnings.catch_warnings():  # spconv 2.3 uses the deprecated torch.cuda.amp decorators
     warnings.simplefilter("ignore", FutureWarning)
@@ -46,7 +46,6 @@ with warnings.catch_warnings():  # spconv 2.3 uses the deprecated torch.cuda.amp
 
 __all__ = [
     "SparseUNet",
-    "upcast",
     "create_sparseunet",
     "save_sparseunet",
     "load_sparseunet",
@@ -157,28 +156,6 @@ class UpBlock(nn.Module):
         for b in self.blocks:
             h = b(h)
         return h
-
-
-def upcast(point: PointBatch, steps: int | None = None, concat: int | None = None) -> PointBatch:
-    """Walk ``steps`` pooling levels back from ``point`` (an encoder output), concatenating features.
-
-    At each step the parent's features are concatenated with the child's features indexed by the
-    pooling inverse (the Sonata up-cast). ``steps`` defaults to all levels; only the first ``concat``
-    steps (default all) concatenate, the rest just copy features down. Returns the reached level
-    (a ``PointBatch`` whose ``feat`` is the up-cast feature); its ``parent`` chain is kept.
-    """
-    depth = len(point.levels()) - 1
-    steps = depth if steps is None else steps
-    if not 0 <= steps <= depth:
-        raise ValueError(f"upcast: steps must be in [0, {depth}], got {steps}")
-    concat = steps if concat is None else concat
-    node, feat = point, point.feat
-    for i in range(steps):
-        parent = node.parent
-        up = feat[node.pooling_inverse]
-        feat = torch.cat([parent.feat, up.to(parent.feat.dtype)], 1) if i < concat else up
-        node = parent
-    return dataclasses.replace(node, feat=feat)
 
 
 def _voxel_keys(idx: torch.Tensor, shape: torch.Tensor) -> torch.Tensor:
@@ -363,7 +340,12 @@ class SparseUNet(PointEncoder):
         concat = steps if levels is None else levels
         if not 0 <= concat <= steps:
             raise ValueError(f"levels must be in [0, {steps}], got {levels}")
-        return upcast(out, steps, concat).feat
+        return upcast(out, concat, steps).feat
+
+    def block_layout(self) -> BlockLayout:
+        """The residual blocks, level by level (stem, down-sampling, decoder and mask token: no block)."""
+        return [(f"levels.{lvl}.{b}", [f"levels.{lvl}.{b}."]) for lvl, blocks in enumerate(self.levels)
+                for b in range(len(blocks))]
 
 
 def create_sparseunet(**cfg) -> SparseUNet:

@@ -7,6 +7,7 @@ hierarchy can be walked back ("up-cast") to the input rows.
 """
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -14,7 +15,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from common.errors import InputError
+from common.errors import ConfigError, InputError
+
+# One residual/transformer block of an encoder: (block name, parameter-name prefixes relative to the
+# encoder), listed input side first. See :meth:`PointEncoder.block_layout`.
+BlockLayout = list[tuple[str, list[str]]]
 
 # Which inputs feed the input feature, by the encoder's number of input channels (concatenated in order).
 FEAT_KEYS_BY_CHANNELS: dict[int, tuple[str, ...]] = {
@@ -138,11 +143,27 @@ class PointEncoder(nn.Module):
     - ``encode(point, levels) -> Tensor (N, D)``: one feature row per row of the input ``point``;
       ``feature_dim(levels)`` gives D. ``levels`` means what the architecture says (PTv3: number of
       up-cast concatenation steps); encoders without a hierarchy ignore it.
+
+    What pre-training (``pointprobe.pretrain``) needs of an encoder, beyond the above:
+
+    - constructor keys ``drop_path`` (stochastic depth rate of the student; the teacher gets 0.0) and
+      ``mask_token`` (``True``: a learned token replaces the rows where ``PointBatch.mask`` is set);
+    - :meth:`block_layout` when layer-wise lr decay is not 1.0 (an encoder that declares no layout is
+      refused then, never silently trained without decay). The same ordered list serves "unfreeze the
+      last k blocks".
     """
 
     arch: str = ""
     config: dict
     in_channels: int
+
+    def block_layout(self) -> BlockLayout:
+        """The encoder's blocks in depth order (input side first), each ``(name, prefixes)``: a parameter
+        ``p`` of ``named_parameters()`` belongs to the block when ``p`` starts with one of the prefixes;
+        parameters of no block (stem, pooling, mask token) belong to none. Encoders that do not declare
+        one raise ``NotImplementedError``."""
+        raise NotImplementedError(f"encoder {self.arch or type(self).__name__!r} declares no block layout "
+                                  f"(PointEncoder.block_layout)")
 
     @property
     def feat_keys(self) -> tuple[str, ...]:
@@ -156,3 +177,38 @@ class PointEncoder(nn.Module):
 
     def encode(self, point: PointBatch, levels: int | None = None) -> torch.Tensor:
         raise NotImplementedError
+
+
+def block_index(name: str, layout: BlockLayout) -> int | None:
+    """Depth index (in ``layout``) of the block parameter ``name`` belongs to, or None. A prefix matches
+    at the start of ``name`` or after a dot (so ``backbone.``-prefixed names of a wrapper match too)."""
+    for i, (_, prefixes) in enumerate(layout):
+        for p in prefixes:
+            if name.startswith(p) or f".{p}" in name:
+                return i
+    return None
+
+
+def upcast(point: PointBatch, levels: int | None = None, steps: int | None = None) -> PointBatch:
+    """Walk a pooled hierarchy back from ``point`` (an encoder output) towards its input rows.
+
+    ``steps`` pooling steps are walked (default: all, down to the input rows); the first ``levels`` of
+    them (default: all walked) concatenate ``[parent.feat, child.feat[inverse]]`` (the Sonata up-cast:
+    all levels of Sonata -> 48+96+192+384+512 = 1232 channels), the remaining ones copy the features down
+    unchanged (the PCA demo's "2 levels + copy"). Returns the level reached, its ``feat`` replaced by the
+    up-cast features (the ``parent`` chain is kept). Out-of-range values raise ``ConfigError``.
+    """
+    depth = len(point.levels()) - 1
+    steps = depth if steps is None else steps
+    if not 0 <= steps <= depth:
+        raise ConfigError(f"upcast: steps must be in [0, {depth}], got {steps}")
+    levels = steps if levels is None else levels
+    if not 0 <= levels <= steps:
+        raise ConfigError(f"upcast: levels must be in [0, {steps}], got {levels}")
+    node, feat = point, point.feat
+    for i in range(steps):
+        parent = node.parent
+        up = feat[node.pooling_inverse]
+        feat = torch.cat([parent.feat, up.to(parent.feat.dtype)], 1) if i < levels else up
+        node = parent
+    return dataclasses.replace(node, feat=feat)

@@ -1,5 +1,9 @@
 """Per-point features of a scene with the official Sonata preprocessing.
 
+The recipe is one value, :class:`Preprocessing` (grid size, sampling, voxel alignment; the fixed centre
+shift, colour scaling and input feature keys), passed to ``encode_points`` and recorded in feature
+cache keys (``Preprocessing.key``), so what encodes a scene and what a cache says about it cannot drift.
+
 ``encode_points``: CenterShift (x, y centred on the bounding-box middle, min z -> 0), grid sampling at
 0.02 m, colour / 255, feature = concat(coord, color, normal) (as many as the encoder's
 ``in_channels`` asks for), encoder forward, up-cast, then the grid-sampling inverse gives a feature to
@@ -10,12 +14,13 @@ from __future__ import annotations
 import contextlib
 import warnings
 from collections.abc import Iterator
-from typing import Literal
+from dataclasses import dataclass, fields
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 import torch
 
-from common.errors import InputError
+from common.errors import ConfigError, InputError
 from common.progress import progress as progress_bar
 from common.sampling import Align, grid_sample, grid_sample_test
 
@@ -27,6 +32,52 @@ Sampling = Literal["canonical", "first", "train", "test"]
 # after the centre shift (``floor(c / g) - min(floor(c / g))``). "min" (``floor((c - min) / g)``) moves
 # every border and so the serialization codes and patches: release weights then give other features.
 DEFAULT_ALIGN: Align = "world"
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """How a scene's points become an encoder's input batch (the Sonata release's recipe).
+
+    Options: ``grid_size`` (voxel size, metres), ``sampling`` (which point represents a voxel:
+    ``canonical`` | ``first`` | ``train`` (random, ``seed``) | ``test`` (Pointcept's k passes)),
+    ``align`` (voxel borders: ``world`` = multiples of the grid after the centre shift, as the release;
+    ``min`` = ``floor((c - min) / g)``, caches made before "world" became the default). Fixed parts,
+    recorded in :meth:`key`: the centre shift (x, y on the bounding-box middle, min z -> 0, computed in
+    the points' own dtype), colour / 255, input features taken from ``coord, color, normal`` in the
+    order and number the encoder's ``feat_keys`` ask for.
+    """
+
+    grid_size: float = 0.02
+    sampling: Sampling = "canonical"
+    align: Align = DEFAULT_ALIGN
+    seed: int = 0  # of sampling="train" only
+
+    CENTER_SHIFT: ClassVar[str] = "input dtype"  # computed in the dtype of the coordinates given
+    COLOR_SCALE: ClassVar[float] = 255.0
+    FEAT_KEYS: ClassVar[tuple[str, ...]] = ("coord", "color", "normal")
+
+    def key(self, raw: bool = False) -> dict[str, Any]:
+        """The cache-key fields of this recipe. ``raw``: the key of input features without an encoder
+        (``pointprobe.extract.raw_features``: centre shift in float64, no voxels, so no alignment)."""
+        out: dict[str, Any] = {"center_shift": True if raw else self.CENTER_SHIFT,
+                               "grid_size": self.grid_size, "color": f"/{self.COLOR_SCALE:g}",
+                               "sampling": self.sampling, "feat": ",".join(self.FEAT_KEYS)}
+        if not raw:  # recorded for every encoder: a cache made before it was (origin "min") is refused
+            out["grid_align"] = self.align
+        return out
+
+    @classmethod
+    def of(cls, prep: Preprocessing | None = None, **recipe: Any) -> Preprocessing:
+        """``prep``, or the default recipe with the options in ``recipe`` (not both)."""
+        unknown = sorted(set(recipe) - {f.name for f in fields(cls)})
+        if unknown:
+            raise ConfigError(f"preprocessing: unknown option(s) {unknown}; known: "
+                              f"{[f.name for f in fields(cls)]}")
+        if prep is not None and recipe:
+            raise ConfigError(f"preprocessing: give prep or the options {sorted(recipe)}, not both")
+        return prep if prep is not None else cls(**recipe)
+
+
 # Chunk origins are moved by multiples of this many voxels, so pooling cells (any power-of-two stride
 # product up to 256) fall where they would in the whole scene.
 _ALIGN = 256
@@ -175,16 +226,17 @@ def encode_sampled(model: PointEncoder, coord: np.ndarray, grid_coord: np.ndarra
 
 
 def encode_points(model: PointEncoder, coord, color=None, normal=None, levels: int | None = None,
-                  grid_size: float = 0.02, device: str | torch.device | None = None,
-                  autocast: str | torch.dtype | None = "auto", sampling: Sampling = "canonical",
-                  seed: int = 0, max_points: int | None = 400_000, chunk_margin: float = 1.0,
-                  source: str | None = None, progress: bool = False,
-                  out_dtype: torch.dtype = torch.float32, align: Align = DEFAULT_ALIGN) -> torch.Tensor:
+                  prep: Preprocessing | None = None, device: str | torch.device | None = None,
+                  autocast: str | torch.dtype | None = "auto", max_points: int | None = 400_000,
+                  chunk_margin: float = 1.0, source: str | None = None, progress: bool = False,
+                  out_dtype: torch.dtype = torch.float32, **recipe: Any) -> torch.Tensor:
     """Features (N, D) on the CPU for the N input points of one scene (float32, or ``out_dtype``:
     float16 halves the copy back from a GPU and the memory, e.g. for a float16 feature cache).
-    ``align``: voxel borders, as the Sonata release's GridSample puts them after its CenterShift, at
-    multiples of ``grid_size`` (``"world"``, default: release checkpoints give the release's features) or
-    at ``floor((c - min) / grid_size)`` (``"min"``: reproduces caches and probes made before "world"
+    ``prep``: the :class:`Preprocessing` recipe (default: the release's); its options may instead be
+    given as keywords (``grid_size=``, ``sampling=``, ``align=``, ``seed=``). ``align``: voxel borders,
+    as the Sonata release's GridSample puts them after its CenterShift, at multiples of ``grid_size``
+    (``"world"``, default: release checkpoints give the release's features) or at
+    ``floor((c - min) / grid_size)`` (``"min"``: reproduces caches and probes made before "world"
     became the default).
 
     coord (N, 3) metres; color (N, 3) in [0, 255]; normal (N, 3); numpy arrays or tensors. Inputs the
@@ -198,6 +250,8 @@ def encode_points(model: PointEncoder, coord, color=None, normal=None, levels: i
     Scenes with more than ``max_points`` voxels are encoded in spatial chunks with ``chunk_margin``
     metres of context (None: always in one pass). NaN/inf or empty input raises ``InputError``.
     """
+    prep = Preprocessing.of(prep, **recipe)
+    grid_size, sampling, align, seed = prep.grid_size, prep.sampling, prep.align, prep.seed
     xyz = _as_array(coord, "coord", None, source)
     n = xyz.shape[0]
     if n == 0:
@@ -217,7 +271,7 @@ def encode_points(model: PointEncoder, coord, color=None, normal=None, levels: i
                           f"using zeros", stacklevel=2)
             value = np.zeros((n, 3), dtype=np.float32)
         elif key == "color":
-            value = value / 255.0
+            value = value / Preprocessing.COLOR_SCALE
         parts.append(value.astype(np.float32))
     feat = np.concatenate(parts, axis=1)
 

@@ -1,0 +1,123 @@
+"""Pre-training config schema: the sections of ``pretrain.yaml`` and their cross-field checks."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from common.errors import ConfigError
+from pointprobe.pretrain.views import ViewConfig
+
+__all__ = ["DataSection", "ModelSection", "LossSection", "OptimSection", "TrainSection", "PretrainConfig",
+           "validate_config"]
+
+
+@dataclass
+class DataSection:
+    root: str = ""  # preprocessed layout: {root}/{split}/{scene}/{coord,color,normal}.npy
+    split: str = "train"  # split folder the scenes are read from
+    max_scenes: int = 0  # 0 = every scene of the split
+    cache_in_memory: bool = True  # keep the scenes in memory after the first read
+
+
+@dataclass
+class ModelSection:
+    backbone: str = "sparseunet"  # "sparseunet" or a name of pointprobe.models.ENCODERS (ptv3, sonata, ...)
+    backbone_config: dict[str, Any] = field(default_factory=dict)  # constructor overrides
+    drop_path: float = 0.3  # student; the teacher has none
+    upcast_steps: int = 2  # levels up-cast (concatenated) below the deepest for the heads
+    head_hidden: int = 4096
+    head_bottleneck: int = 256
+    num_prototypes: int = 4096
+
+
+@dataclass
+class LossSection:
+    mask_weight: float = 2 / 8
+    roll_weight: float = 2 / 8
+    unmask_weight: float = 4 / 8
+    student_temp: float = 0.1
+    teacher_temp_start: float = 0.04
+    teacher_temp_base: float = 0.07
+    sinkhorn_iters: int = 3
+    match_radius: float = 0.32
+    mask_size_start: float = 0.1
+    mask_size_base: float = 0.4
+    mask_ratio_start: float = 0.3
+    mask_ratio_base: float = 0.7
+    warmup_ratio: float = 0.05  # curriculum length (mask size / ratio, teacher temperature)
+    momentum_start: float = 0.994
+    momentum_end: float = 1.0
+
+
+@dataclass
+class OptimSection:
+    lr: float = 0.004
+    layer_decay: float = 0.9
+    weight_decay_start: float = 0.04
+    weight_decay_end: float = 0.2
+    pct_start: float = 0.05
+    div_factor: float = 10.0
+    final_div_factor: float = 1000.0
+    clip_grad: float = 3.0  # 0 = off
+    # prototypes are not updated during this fraction of the steps (SwAV / DINO freeze them at first):
+    # with few steps it keeps the student from flattening its outputs by merging prototypes
+    freeze_prototypes_ratio: float = 0.0
+    betas: tuple[float, float] = (0.9, 0.999)
+
+
+@dataclass
+class TrainSection:
+    steps: int = 1000  # optimiser steps
+    batch_size: int = 4  # scenes per optimiser step, over every rank and micro-batch
+    accum_steps: int = 1  # micro-batches per step
+    seed: int = 0  # seed of weights, views and data order
+    device: str = "auto"  # auto | cpu | cuda
+    amp: bool = True  # bf16 autocast on CUDA (never on the CPU)
+    threads: int = 0  # torch CPU threads (0 = leave as is)
+    log_every: int = 10  # a log.jsonl line every N steps
+    save_every: int = 200  # checkpoint + encoder.pth every N steps (0 = only at the end)
+    save_every_minutes: float = 0.0  # also a checkpoint when this much time passed since the last (0 = off)
+    # caught: finish the step, write a checkpoint, exit with status 3 ("interrupted, resumable")
+    stop_signals: list[str] = field(default_factory=lambda: ["SIGTERM", "SIGINT", "SIGUSR1"])
+    keep_checkpoints: int = 2  # step_N.pth files kept (at least 2: a damaged last one falls back)
+    export: str = "teacher"  # teacher | student backbone written to encoder.pth
+    keep_encoders: bool = False  # also keep encoders/step_N.pth at every save (probe along training)
+    prefetch: bool = True  # build the next micro-batch's views in a background thread
+    progress: bool = True  # progress bar (terminal) / a line every PROBESUITE_PROGRESS_SECONDS (logs)
+
+
+@dataclass
+class PretrainConfig:
+    data: DataSection = field(default_factory=DataSection)  # scenes in the preprocessed layout
+    views: ViewConfig = field(default_factory=ViewConfig)  # crops, masks, augmentations
+    model: ModelSection = field(default_factory=ModelSection)  # backbone and heads
+    loss: LossSection = field(default_factory=LossSection)  # self-distillation losses and curricula
+    optim: OptimSection = field(default_factory=OptimSection)  # AdamW with layer decay, OneCycle schedule
+    train: TrainSection = field(default_factory=TrainSection)  # steps, batch, checkpoints
+    out: str = ""  # output folder: encoder.pth, last.pth, log.jsonl, config.yaml (resumes there)
+
+
+def validate_config(cfg: PretrainConfig) -> None:
+    """Cross-field checks; raise ``ConfigError`` naming the key."""
+    t = cfg.train
+    if t.steps < 1:
+        raise ConfigError("config key 'train.steps' must be >= 1")
+    if t.batch_size < 1 or t.accum_steps < 1:
+        raise ConfigError("config keys 'train.batch_size' and 'train.accum_steps' must be >= 1")
+    if t.batch_size % t.accum_steps:
+        raise ConfigError(f"config key 'train.batch_size' ({t.batch_size}) must be a multiple of "
+                          f"'train.accum_steps' ({t.accum_steps})")
+    if t.export not in ("teacher", "student"):
+        raise ConfigError(f"config key 'train.export' must be teacher or student, got {t.export!r}")
+    if t.device not in ("auto", "cpu", "cuda"):
+        raise ConfigError(f"config key 'train.device' must be auto, cpu or cuda, got {t.device!r}")
+    if cfg.views.global_views < 1 or cfg.views.local_views < 0:
+        raise ConfigError("config keys 'views.global_views' >= 1 and 'views.local_views' >= 0")
+    if cfg.loss.roll_weight > 0 and cfg.views.global_views < 2:
+        raise ConfigError("config key 'loss.roll_weight' > 0 needs views.global_views >= 2")
+    if cfg.loss.unmask_weight > 0 and cfg.views.local_views < 1:
+        raise ConfigError("config key 'loss.unmask_weight' > 0 needs views.local_views >= 1")
+    if cfg.loss.mask_weight + cfg.loss.roll_weight + cfg.loss.unmask_weight <= 0:
+        raise ConfigError("config keys 'loss.*_weight': at least one must be positive")
+    if cfg.model.upcast_steps < 0:
+        raise ConfigError("config key 'model.upcast_steps' must be >= 0")

@@ -1,0 +1,75 @@
+"""What pre-training trains: the backbone (any ``pointprobe.models.ENCODERS`` name, built with a mask
+token and drop path), the two prototype heads, and the optimiser's parameter groups (layer-wise lr decay
+over the blocks the encoder declares in ``PointEncoder.block_layout``)."""
+from __future__ import annotations
+
+import torch.nn as nn
+
+from common.errors import ConfigError
+from pointprobe.models.registry import create_encoder
+from pointprobe.models.structure import PointBatch, PointEncoder, block_index, upcast
+from pointprobe.pretrain.config import ModelSection
+from pointprobe.pretrain.heads import PrototypeHead
+
+__all__ = ["build_backbone", "DistillModel", "head_in_channels", "block_index", "param_groups"]
+
+
+def build_backbone(cfg: ModelSection, drop_path: float) -> PointEncoder:
+    """The backbone named ``cfg.backbone`` with a mask token and ``drop_path`` (what pre-training needs
+    of an encoder: see ``PointEncoder``)."""
+    return create_encoder(cfg.backbone, **{**cfg.backbone_config, "drop_path": drop_path, "mask_token": True})
+
+
+class DistillModel(nn.Module):
+    """Backbone + mask head + unmask head (the student; the teacher is a copy without drop path)."""
+
+    def __init__(self, backbone: PointEncoder, head_in: int, cfg: ModelSection):
+        super().__init__()
+        self.backbone = backbone
+        self.mask_head = PrototypeHead(head_in, cfg.head_hidden, cfg.head_bottleneck, cfg.num_prototypes)
+        self.unmask_head = PrototypeHead(head_in, cfg.head_hidden, cfg.head_bottleneck, cfg.num_prototypes)
+        self.upcast_steps = cfg.upcast_steps
+
+    def level(self, point: PointBatch) -> PointBatch:
+        """Backbone + up-cast: the head level with concatenated features."""
+        out = self.backbone(point)
+        return upcast(out, steps=self.upcast_steps)
+
+    def forward(self, masked: PointBatch, local: PointBatch | None) -> dict:
+        """Student pass: both inputs in one call (one DDP forward per backward)."""
+        m = self.level(masked)
+        res = {"masked": m, "masked_logits": self.mask_head(m.feat)}
+        if local is not None:
+            lv = self.level(local)
+            res["local"] = lv
+            res["local_logits"] = self.unmask_head(lv.feat)
+        return res
+
+
+def head_in_channels(backbone: PointEncoder, upcast_steps: int) -> int:
+    """Width of the up-cast features the heads see."""
+    return backbone.feature_dim(upcast_steps)
+
+
+def param_groups(model: DistillModel, layer_decay: float) -> list[dict]:
+    """AdamW groups: lr scale ``layer_decay ** (n_blocks - 1 - block)`` for the encoder's blocks (its
+    ``block_layout()``, 1 for every other parameter); no weight decay on biases, norms and the mask token.
+    With ``layer_decay != 1`` an encoder that declares no block layout is a ``ConfigError``."""
+    layout: list = []
+    if layer_decay != 1.0:
+        try:
+            layout = model.backbone.block_layout()
+        except NotImplementedError as e:
+            raise ConfigError(f"config key 'optim.layer_decay' is {layer_decay} but {e}; declare it or set "
+                              f"optim.layer_decay=1.0") from None
+    n_blocks = len(layout)
+    groups: dict[tuple[float, bool], list] = {}
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        idx = block_index(name[len("backbone."):], layout) if name.startswith("backbone.") else None
+        scale = layer_decay ** (n_blocks - 1 - idx) if idx is not None else 1.0
+        decay = not (p.ndim <= 1 or name.endswith(".bias") or "mask_token" in name)
+        groups.setdefault((scale, decay), []).append(p)
+    return [{"params": ps, "lr_scale": s, "decay": d}
+            for (s, d), ps in sorted(groups.items(), key=lambda x: x[0])]
