@@ -27,6 +27,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import datetime
+import errno
 import hashlib
 import json
 import logging
@@ -390,13 +391,27 @@ def _atomic_write_text(path: Path, text: str) -> None:
         os.replace(tmp, path)
 
 
+_LOCK_HELD = (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES)
+_warned_no_locks = False
+
+
 def _try_lock(fd: int) -> bool:
+    """Take the journal's advisory lock: False when another process holds it. A filesystem that does not
+    implement locks (NFS without a lock daemon, Lustre without ``-o flock``: ENOLCK, ENOSYS, EOPNOTSUPP)
+    counts as unlocked, with one warning: each rank writes its own journal, so ranks never share one."""
+    global _warned_no_locks
     if fcntl is None:
         return True
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        return False
+    except OSError as e:
+        if e.errno in _LOCK_HELD:
+            return False
+        if not _warned_no_locks:
+            _warned_no_locks = True
+            log.warning("this filesystem does not support file locks (%s); the cache cannot detect two "
+                        "writers of the same rank, so run one extraction per cache folder at a time",
+                        os.strerror(e.errno) if e.errno else e)
     return True
 
 
