@@ -876,6 +876,10 @@ class FeatureCache:
         """Names of the arrays stored for ``item_id`` (``features`` first)."""
         return list(self._entry(item_id)["arrays"])
 
+    def array_nbytes(self, item_id: str) -> dict[str, int]:
+        """``{array name: bytes of its data}`` for ``item_id`` (from the manifest, no file is read)."""
+        return {name: int(a["nbytes"]) for name, a in self._entry(item_id)["arrays"].items()}
+
     @property
     def total_rows(self) -> int:
         """Sum of feature rows over every item."""
