@@ -196,3 +196,17 @@ def test_a_held_lock_still_refuses_a_second_writer(tmp_path):
     with CacheWriter(tmp_path / "c", make_key(), 8):
         with pytest.raises(CacheError, match="another writer with rank 0"):
             CacheWriter(tmp_path / "c", make_key(), 8)
+
+
+def test_device_follows_the_local_rank_on_a_second_node(monkeypatch):
+    """On node 1 of two with one GPU each, global rank 1 is local rank 0: it must use cuda:0."""
+    import torch
+
+    from common import dist
+
+    for k, v in {"RANK": "1", "WORLD_SIZE": "2", "LOCAL_RANK": "0", "LOCAL_WORLD_SIZE": "1"}.items():
+        monkeypatch.setenv(k, v)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    assert dist.local_rank() == 0 and dist.env_world_size() == 2
+    assert dist.pick_device() == torch.device("cuda", 0)

@@ -90,10 +90,13 @@ def _extract(args: argparse.Namespace) -> int:
 
     cfg = load_cli_config(ExtractConfig, args)
     if getattr(args, "dry_run", False):
+        import os
+
         from videoprobe.extract import dry_run
 
-        report = dry_run(cfg)
-        print("\n".join(report.lines(cfg)))
+        report = dry_run(cfg)  # no process group: under torchrun only rank 0 prints
+        if os.environ.get("RANK", "0") == "0":
+            print("\n".join(report.lines(cfg)))
         return 0
     res = extract(cfg)
     from common import dist
