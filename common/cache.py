@@ -969,7 +969,7 @@ class FillResult:
 
     failures: dict[str, str]  # {item_id: one-line message}, gathered from every rank
     written: int  # items this rank wrote
-    skipped: int  # items of this rank's shard already in the cache
+    skipped: int  # items already in the cache, counted over this rank's strided slice of all items
     seconds: float = 0.0  # this rank's time in the item loop (without opening, closing, merging)
 
 
@@ -992,8 +992,9 @@ def fill_cache(
 ) -> FillResult:
     """The extraction skeleton: fill the cache at ``path`` with every item of ``items`` on all ranks.
 
-    This rank takes its shard (``common.dist.shard``: every rank must pass the same ``items`` in the
-    same order), opens its ``CacheWriter`` (a cache of another key is refused there, before anything
+    This rank takes its shard of the items not yet cached (``common.dist.shard`` of them: every rank
+    must pass the same ``items`` in the same order, and reads the cache before any rank writes), opens
+    its ``CacheWriter`` (a cache of another key is refused there, before anything
     is written), skips items already recorded, and writes ``compute(x)`` (``{"features": (n, D),
     "labels": ..., <extra arrays>}``) of the others; then closes, waits at a barrier, rank 0 merges
     the journals into the manifest, and the failures of all ranks are gathered on every rank.
@@ -1010,14 +1011,19 @@ def fill_cache(
     path = Path(path)
     item_id = item_id or _as_id
     rank, world = dist.rank(), dist.world_size()
-    mine = dist.shard(list(items))
+    items = list(items)
+    # the items still to do are shared out, not all items: after a lost rank or node, a rerun with any
+    # world size splits the rest evenly (no rank idles at the final barrier for the others' backlog).
+    # Every rank reads the cache before any rank writes, so all see the same list.
+    cached = set(_read_state(path).items) if path.is_dir() else set()
+    dist.barrier()
+    skipped = sum(item_id(it) in cached for it in dist.shard(items))  # the ranks' counts add up
+    mine = dist.shard([it for it in items if item_id(it) not in cached])
     with CacheWriter(path, key, feature_dim, dtype, rank=rank, world_size=world, meta=meta,
                      fsync=fsync) as writer:
         todo = [it for it in mine if not writer.has(item_id(it))]
-        skipped = len(mine) - len(todo)
         if skipped:
-            log.info("%s: %d of %d %ss already in the cache, skipping them", path, skipped, len(mine),
-                     progress_unit)
+            log.info("%s: %d %ss already in the cache, skipping them", path, skipped, progress_unit)
         t0 = time.perf_counter()
         failures = _fill_items(writer, todo, compute, item_id=item_id, prefetch=prefetch, progress=progress,
                                desc=progress_desc, unit=progress_unit, print_failures=print_failures)

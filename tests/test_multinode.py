@@ -210,3 +210,45 @@ def test_device_follows_the_local_rank_on_a_second_node(monkeypatch):
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
     assert dist.local_rank() == 0 and dist.env_world_size() == 2
     assert dist.pick_device() == torch.device("cuda", 0)
+
+
+RESUME_FILL = textwrap.dedent(
+    """
+    import json, sys
+    sys.path.insert(0, sys.argv[2])
+    from common import dist
+    from common.cache import fill_cache
+    from tests.test_cache import make_key, item_data
+
+    assert dist.init_from_env()
+    items = [f"s{i}" for i in range(8)]
+    res = fill_cache(sys.argv[1], make_key(), 8, "float32", items, item_data, progress=False)
+    with open(f"{sys.argv[1]}.rank{dist.rank()}.json", "w") as f:
+        json.dump({"written": res.written, "skipped": res.skipped}, f)
+    dist.cleanup()
+    """
+)
+
+
+@pytest.mark.dist
+@pytest.mark.slow
+def test_rerun_after_a_lost_node_shares_the_rest_evenly(tmp_path):
+    """Node 0's strided share is cached, node 1's was lost: the rerun on two nodes gives each rank half
+    of what is left (not all of it to rank 1 while rank 0 waits at the barrier, where a long wait hits
+    the process group's timeout)."""
+    import json
+
+    from common.cache import fill_cache
+    from tests.test_cache import item_data, make_key
+
+    path = tmp_path / "cache"
+    fill_cache(path, make_key(), 8, "float32", [f"s{i}" for i in range(0, 8, 2)], item_data, progress=False)
+    script = tmp_path / "fill.py"
+    script.write_text(RESUME_FILL)
+    procs = two_nodes([str(script), str(path), str(REPO)])
+    assert all(p.returncode == 0 for p in procs), _tail(procs)
+    res = [json.loads((tmp_path / f"cache.rank{r}.json").read_text()) for r in range(2)]
+    assert [r["written"] for r in res] == [2, 2]
+    assert sum(r["skipped"] for r in res) == 4
+    cache = FeatureCache(path, expect_key=make_key(), verify=True)
+    assert cache.items() == [f"s{i}" for i in range(8)] and not cache.unmerged_journals
