@@ -100,3 +100,12 @@ def test_dry_run_estimate_matches_the_real_cache(videos, tmp_path):
     assert est.est_bytes == real  # same views and dims per video: exact
     again = dry_run(cfg)
     assert again.cached == 4 and again.to_do == 0 and again.est_seconds == 0
+
+
+def test_scan_with_workers_finds_the_same_broken_video(videos):
+    from videoprobe.data.datasets import build_video_dataset
+    from videoprobe.extract import scan_videos
+
+    items, _ = build_video_dataset("list", "", "all", list_file=videos / "all.txt")
+    one = scan_videos(items, "auto", 0)
+    assert list(one) == ["zz_broken"] and scan_videos(items, "auto", 2) == one

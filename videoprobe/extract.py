@@ -452,6 +452,42 @@ class DryRun:
         return out
 
 
+class _OpenCheck(torch.utils.data.Dataset):
+    """``(video id, None or the one-line problem)`` of opening each video (dry-run scan)."""
+
+    def __init__(self, items: list[Any], backend: str):
+        self.items, self.backend = items, backend
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, i: int) -> tuple[str, str | None]:
+        from videoprobe.data.decode import open_video
+
+        it = self.items[i]
+        try:
+            with open_video(it.path, self.backend):
+                pass
+        except InputError as e:
+            return it.video_id, str(e)
+        return it.video_id, None
+
+
+def scan_videos(items: list[Any], backend: str, num_workers: int = 0,
+                progress: bool = False) -> dict[str, str]:
+    """``{video id: problem}`` of the videos that do not open (``num_workers`` processes)."""
+    from common.progress import progress as progress_bar
+
+    loader = torch.utils.data.DataLoader(_OpenCheck(items, backend), batch_size=64, shuffle=False,
+                                         num_workers=num_workers, collate_fn=list)
+    bad: dict[str, str] = {}
+    with progress_bar(total=len(items), desc="scan", unit="video", disable=not progress) as bar:
+        for batch in loader:
+            bar.update(len(batch))
+            bad.update({vid: msg for vid, msg in batch if msg is not None})
+    return bad
+
+
 def _human(n: float) -> str:
     for unit in ("B", "kB", "MB", "GB", "TB"):
         if abs(n) < 1000 or unit == "TB":
@@ -461,26 +497,17 @@ def _human(n: float) -> str:
 
 
 def dry_run(cfg: ExtractConfig, encoder: Any | None = None, n_encode: int = 3) -> DryRun:
-    """Scan the split (open every video), decode and encode ``n_encode`` readable ones, and estimate the
-    cache size and extraction time; writes nothing (``out`` is not created)."""
+    """Scan the split (open every video, in ``num_workers`` processes), decode and encode ``n_encode``
+    readable ones, and estimate the cache size and extraction time; writes nothing (``out`` is not
+    created)."""
     from common import dist
-    from common.progress import progress as progress_bar
-    from videoprobe.data.decode import open_video
     from videoprobe.data.transforms import ClipSpec
 
     items, _ = load_items(cfg.data)
     device = dist.pick_device(cfg.device)
     enc = (encoder if encoder is not None else build_encoder(cfg.encoder)).freeze().to(device)
     spec = ClipSpec(backend=cfg.data.backend, **resolve_views(cfg.views, enc))
-    unreadable: dict[str, str] = {}
-    with progress_bar(total=len(items), desc="scan", unit="video", disable=not cfg.progress) as bar:
-        for it in items:
-            bar.update(1)
-            try:
-                with open_video(it.path, cfg.data.backend):
-                    pass
-            except InputError as e:
-                unreadable[it.video_id] = str(e)
+    unreadable = scan_videos(items, cfg.data.backend, cfg.num_workers, cfg.progress)
     readable = [it for it in items if it.video_id not in unreadable]
     sample = sample_videos(cfg, enc, spec, device, readable, n_encode)
     unreadable.update(sample.failures)  # opened but did not decode
