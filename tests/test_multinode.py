@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import errno
 import os
-import socket
 import subprocess
 import sys
 import textwrap
@@ -15,6 +14,7 @@ import numpy as np
 import pytest
 
 from common.cache import CacheWriter, FeatureCache, journal_path
+from tests.test_dist import _free_port
 
 REPO = Path(__file__).resolve().parent.parent
 TORCHRUN_ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT",
@@ -23,12 +23,6 @@ CLASSES = ["RedDisc", "MoveLeft"]
 VIDEO_ARGS = ["data.kind=synth", "encoder.name=motion_energy", "views.num_clips=2", "views.clip_len=4",
               "views.frame_step=1", "views.size=32", "save_tokens=true", "progress=false", "fsync=false",
               "device=cpu"]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _env() -> dict[str, str]:

@@ -100,6 +100,9 @@ def test_dry_run_estimate_matches_the_real_cache(videos, tmp_path):
     assert est.est_bytes == real  # same views and dims per video: exact
     again = dry_run(cfg)
     assert again.cached == 4 and again.to_do == 0 and again.est_seconds == 0
+    assert not any("would refuse" in line for line in est.lines(cfg))
+    cfg.token_budget_gb = 1e-6
+    assert "the token cache is over token_budget_gb=1e-06: extract would refuse" in est.lines(cfg)
 
 
 def test_scan_with_workers_finds_the_same_broken_video(videos):
