@@ -27,6 +27,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import datetime
+import errno
 import hashlib
 import json
 import logging
@@ -390,13 +391,27 @@ def _atomic_write_text(path: Path, text: str) -> None:
         os.replace(tmp, path)
 
 
+_LOCK_HELD = (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES)
+_warned_no_locks = False
+
+
 def _try_lock(fd: int) -> bool:
+    """Take the journal's advisory lock: False when another process holds it. A filesystem that does not
+    implement locks (NFS without a lock daemon, Lustre without ``-o flock``: ENOLCK, ENOSYS, EOPNOTSUPP)
+    counts as unlocked, with one warning: each rank writes its own journal, so ranks never share one."""
+    global _warned_no_locks
     if fcntl is None:
         return True
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        return False
+    except OSError as e:
+        if e.errno in _LOCK_HELD:
+            return False
+        if not _warned_no_locks:
+            _warned_no_locks = True
+            log.warning("this filesystem does not support file locks (%s); the cache cannot detect two "
+                        "writers of the same rank, so run one extraction per cache folder at a time",
+                        os.strerror(e.errno) if e.errno else e)
     return True
 
 
@@ -861,6 +876,10 @@ class FeatureCache:
         """Names of the arrays stored for ``item_id`` (``features`` first)."""
         return list(self._entry(item_id)["arrays"])
 
+    def array_nbytes(self, item_id: str) -> dict[str, int]:
+        """``{array name: bytes of its data}`` for ``item_id`` (from the manifest, no file is read)."""
+        return {name: int(a["nbytes"]) for name, a in self._entry(item_id)["arrays"].items()}
+
     @property
     def total_rows(self) -> int:
         """Sum of feature rows over every item."""
@@ -950,7 +969,7 @@ class FillResult:
 
     failures: dict[str, str]  # {item_id: one-line message}, gathered from every rank
     written: int  # items this rank wrote
-    skipped: int  # items of this rank's shard already in the cache
+    skipped: int  # items already in the cache, counted over this rank's strided slice of all items
     seconds: float = 0.0  # this rank's time in the item loop (without opening, closing, merging)
 
 
@@ -973,8 +992,9 @@ def fill_cache(
 ) -> FillResult:
     """The extraction skeleton: fill the cache at ``path`` with every item of ``items`` on all ranks.
 
-    This rank takes its shard (``common.dist.shard``: every rank must pass the same ``items`` in the
-    same order), opens its ``CacheWriter`` (a cache of another key is refused there, before anything
+    This rank takes its shard of the items not yet cached (``common.dist.shard`` of them: every rank
+    must pass the same ``items`` in the same order, and reads the cache before any rank writes), opens
+    its ``CacheWriter`` (a cache of another key is refused there, before anything
     is written), skips items already recorded, and writes ``compute(x)`` (``{"features": (n, D),
     "labels": ..., <extra arrays>}``) of the others; then closes, waits at a barrier, rank 0 merges
     the journals into the manifest, and the failures of all ranks are gathered on every rank.
@@ -991,14 +1011,19 @@ def fill_cache(
     path = Path(path)
     item_id = item_id or _as_id
     rank, world = dist.rank(), dist.world_size()
-    mine = dist.shard(list(items))
+    items = list(items)
+    # the items still to do are shared out, not all items: after a lost rank or node, a rerun with any
+    # world size splits the rest evenly (no rank idles at the final barrier for the others' backlog).
+    # Every rank reads the cache before any rank writes, so all see the same list.
+    cached = set(_read_state(path).items) if path.is_dir() else set()
+    dist.barrier()
+    skipped = sum(item_id(it) in cached for it in dist.shard(items))  # the ranks' counts add up
+    mine = dist.shard([it for it in items if item_id(it) not in cached])
     with CacheWriter(path, key, feature_dim, dtype, rank=rank, world_size=world, meta=meta,
                      fsync=fsync) as writer:
         todo = [it for it in mine if not writer.has(item_id(it))]
-        skipped = len(mine) - len(todo)
         if skipped:
-            log.info("%s: %d of %d %ss already in the cache, skipping them", path, skipped, len(mine),
-                     progress_unit)
+            log.info("%s: %d %ss already in the cache, skipping them", path, skipped, progress_unit)
         t0 = time.perf_counter()
         failures = _fill_items(writer, todo, compute, item_id=item_id, prefetch=prefetch, progress=progress,
                                desc=progress_desc, unit=progress_unit, print_failures=print_failures)

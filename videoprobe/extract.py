@@ -84,6 +84,9 @@ class ExtractConfig:
     token_grid: list[int] = field(default_factory=lambda: [0, 0, 0])  # pool tokens to (T, H, W); 0 = keep
     dtype: str = "float32"  # pooled features in the cache
     tokens_dtype: str = "float16"  # tokens in the cache: float16 | float32
+    # save_tokens only: refuse (before writing anything) when the token cache, estimated from the first
+    # video x the number of videos, would exceed this many GB (1e9 bytes); 0 = no limit
+    token_budget_gb: float = 20.0
     batch_size: int = 8  # views per encoder forward
     precision: str = "fp32"  # fp32 | bf16 | fp16 (autocast; bf16/fp16 mainly for CUDA)
     num_workers: int = 0  # decoding processes (DataLoader workers)
@@ -196,6 +199,113 @@ def encode_views(enc: Any, views: torch.Tensor, batch_size: int, device: torch.d
     return torch.cat(pooled), (torch.cat(toks) if want_tokens else None)
 
 
+# ------------------------------------------------------------------------------------ estimates
+def _item_arrays(cfg: ExtractConfig, enc: Any, device: torch.device, rec: dict[str, Any]) -> dict[str, Any]:
+    """The cache arrays of one decoded video record (``ClipDataset`` item); an ``InputError`` when it
+    did not decode."""
+    if rec["error"] is not None:
+        raise InputError(None, rec["error"])  # the decoding worker's message, as it was
+    video = rec["video"]
+    pooled, tokens = encode_views(enc, video, cfg.batch_size, device, cfg.save_tokens, cfg.token_grid,
+                                  cfg.precision)
+    arrays: dict[str, Any] = {"features": pooled.numpy(),
+                              "labels": np.full(pooled.shape[0], rec["label"], dtype=np.int64),
+                              "frame_indices": rec["frame_indices"], "video_info": rec["info"]}
+    if tokens is not None:
+        arrays["tokens"] = tokens.numpy().astype(cfg.tokens_dtype)
+    return arrays
+
+
+def stored_bytes(arrays: dict[str, Any], dtype: str) -> dict[str, int]:
+    """Bytes one video takes in the cache: ``pooled`` (features in the cache dtype plus labels, frame
+    indices and video info), ``tokens`` and ``total`` (array data, without the .npy headers)."""
+    tok = int(np.asarray(arrays["tokens"]).nbytes) if "tokens" in arrays else 0
+    pooled = sum(int(np.asarray(a).nbytes) for k, a in arrays.items() if k not in ("features", "tokens"))
+    pooled += int(np.asarray(arrays["features"]).size) * np.dtype(dtype).itemsize
+    return {"pooled": pooled, "tokens": tok, "total": pooled + tok}
+
+
+@dataclass
+class Sample:
+    """A few videos decoded and encoded outside the cache: their stored bytes and wall seconds."""
+
+    ids: list[str]
+    bytes: list[dict[str, int]]
+    seconds: list[float]
+    failures: dict[str, str]
+    arrays: list[dict[str, Any]] = field(default_factory=list)  # kept only with keep_arrays
+
+
+def sample_videos(cfg: ExtractConfig, enc: Any, spec: Any, device: torch.device, items: list[Any],
+                  n: int, max_tries: int = 20, keep_arrays: bool = False) -> Sample:
+    """Decode and encode the first ``n`` readable videos of ``items`` (at most ``max_tries`` tried),
+    timing each (decode + encode); nothing is written. The decoding is the extraction's own (same
+    clips, same seed), so kept arrays are what extraction would store."""
+    import time
+
+    from videoprobe.data.datasets import ClipDataset
+
+    ds = ClipDataset(items[:max_tries], spec, cfg.encoder.seed)
+    out = Sample([], [], [], {})
+    for i in range(len(ds)):
+        if len(out.ids) >= n:
+            break
+        t0 = time.perf_counter()
+        rec = ds[i]
+        try:
+            arrays = _item_arrays(cfg, enc, device, rec)
+        except InputError as e:
+            out.failures[items[i].video_id] = str(e)
+            continue
+        out.seconds.append(time.perf_counter() - t0)
+        out.ids.append(items[i].video_id)
+        out.bytes.append(stored_bytes(arrays, cfg.dtype))
+        if keep_arrays:
+            out.arrays.append(arrays)
+    return out
+
+
+def cached_token_bytes(out: str | Path) -> int | None:
+    """Token bytes of one video already in the cache at ``out`` (None when it holds none)."""
+    if not FeatureCache.exists(out):
+        return None
+    cache = FeatureCache(out)
+    for item in cache.items()[:1]:
+        return cache.array_nbytes(item).get("tokens")
+    return None
+
+
+def check_token_budget(cfg: ExtractConfig, per_video: int, n_items: int) -> int:
+    """The estimated token cache size in bytes (``per_video`` x ``n_items``); a ``ConfigError`` when it
+    exceeds ``token_budget_gb``."""
+    est = per_video * n_items
+    if cfg.token_budget_gb > 0 and est > cfg.token_budget_gb * 1e9:
+        raise ConfigError(
+            f"{cfg.out}: save_tokens would store about {_human(est)} of tokens "
+            f"({_human(per_video)} per video x {n_items} videos), over "
+            f"token_budget_gb={cfg.token_budget_gb:g}; raise token_budget_gb, pool with token_grid, or keep "
+            "pooled features only (save_tokens=false)")
+    return est
+
+
+def record_bytes_per_video(out: str | Path) -> dict[str, Any]:
+    """Store the mean stored bytes per video (``pooled``, ``tokens``, ``total``, from the manifest) as
+    ``bytes_per_video`` in the cache meta."""
+    from common.cache import update_meta
+
+    cache = FeatureCache(out)
+    sums = {"pooled": 0, "tokens": 0}
+    for item in cache.items():
+        for name, nb in cache.array_nbytes(item).items():
+            sums["tokens" if name == "tokens" else "pooled"] += nb
+    n = max(1, len(cache))
+    info = {k: int(round(v / n)) for k, v in sums.items()}
+    info["total"] = info["pooled"] + info["tokens"]
+    info["videos"] = len(cache)
+    update_meta(out, bytes_per_video=info)
+    return info
+
+
 # ------------------------------------------------------------------------------------------- main
 @dataclass
 class ExtractResult:
@@ -264,23 +374,24 @@ def extract(cfg: ExtractConfig, encoder: Any | None = None) -> ExtractResult:
     dim = int(enc.embed_dim)
     # the full key is checked before the config is written: a refused run writes nothing
     check_existing_cache(out, key.to_dict(), feature_dim=dim, dtype=cfg.dtype)
+    # so is the token budget: from a video already cached, else from the first readable video, encoded
+    # here (the same on every rank) and reused when this rank extracts it
+    ready: dict[str, dict[str, Any]] = {}
+    if cfg.save_tokens:
+        per_video = cached_token_bytes(out)
+        if per_video is None:
+            sample = sample_videos(cfg, enc, spec, device, items, 1, keep_arrays=True)
+            ready = dict(zip(sample.ids, sample.arrays, strict=True))
+            per_video = sample.bytes[0]["tokens"] if sample.ids else 0
+        check_token_budget(cfg, per_video, len(items))
     if rank == 0:
         save_config(cfg, out / "extract_config.yaml")
     n_clips = 0
 
     def compute(rec: dict[str, Any]) -> dict[str, Any]:
         nonlocal n_clips
-        if rec["error"] is not None:
-            raise InputError(None, rec["error"])  # the decoding worker's message, as it was
-        video = rec["video"]
-        pooled, tokens = encode_views(enc, video, cfg.batch_size, device, cfg.save_tokens, cfg.token_grid,
-                                      cfg.precision)
-        n_clips += video.shape[0]
-        arrays: dict[str, Any] = {"features": pooled.numpy(),
-                                  "labels": np.full(pooled.shape[0], rec["label"], dtype=np.int64),
-                                  "frame_indices": rec["frame_indices"], "video_info": rec["info"]}
-        if tokens is not None:
-            arrays["tokens"] = tokens.numpy().astype(cfg.tokens_dtype)
+        arrays = ready.pop(rec["video_id"], None) or _item_arrays(cfg, enc, device, rec)
+        n_clips += rec["video"].shape[0]
         return arrays
 
     res = fill_cache(out, key, dim, cfg.dtype, items, compute, meta=meta, item_id=lambda it: it.video_id,
@@ -289,8 +400,127 @@ def extract(cfg: ExtractConfig, encoder: Any | None = None) -> ExtractResult:
                      progress_unit="video", print_failures=True)
     if rank == 0 and FeatureCache.exists(out):
         record_padding(out, (spec.clip_len - 1) * spec.frame_step + 1)
+        record_bytes_per_video(out)
     dist.barrier()
     return ExtractResult(out, res.written, res.skipped, res.failures, res.seconds, n_clips)
+
+
+# ---------------------------------------------------------------------------------------- dry run
+@dataclass
+class DryRun:
+    """What ``extract`` would do: videos found, already cached, unreadable, and the estimates."""
+
+    items: int  # videos in the split (after data.limit)
+    cached: int  # of those, already in the cache at ``out``
+    unreadable: dict[str, str]  # video id -> one-line problem (opening failed, or decoding a sampled one)
+    sampled: list[str]  # the videos decoded and encoded for the estimates
+    bytes_per_video: dict[str, int]  # mean stored bytes of the sampled videos: pooled, tokens, total
+    seconds_per_video: float  # decode + encode on this machine (first sample left out when there are more)
+    world_size: int
+
+    @property
+    def to_do(self) -> int:
+        return max(0, self.items - self.cached - len(self.unreadable))
+
+    @property
+    def est_bytes(self) -> int:
+        """Cache size once complete (array data of every readable video)."""
+        return self.bytes_per_video.get("total", 0) * (self.items - len(self.unreadable))
+
+    @property
+    def est_seconds(self) -> float:
+        """Time for the videos still to do, split over the ranks."""
+        return self.seconds_per_video * self.to_do / max(1, self.world_size)
+
+    def lines(self, cfg: ExtractConfig) -> list[str]:
+        b = self.bytes_per_video
+        out = [f"dry run of {cfg.out or '(out not set)'}: {self.items} videos, {self.cached} already cached, "
+               f"{len(self.unreadable)} unreadable, {self.to_do} to extract",
+               f"sampled {len(self.sampled)} video(s): {b.get('pooled', 0) / 1e3:.1f} kB pooled + "
+               f"{b.get('tokens', 0) / 1e6:.2f} MB tokens per video, "
+               f"{self.seconds_per_video:.2f} s per video",
+               f"estimated cache size {_human(self.est_bytes)}; estimated time "
+               f"{self.est_seconds / 3600:.2f} h ({self.est_seconds:.0f} s) on {self.world_size} rank(s) "
+               "like this one"]
+        budget = cfg.token_budget_gb * 1e9
+        if cfg.save_tokens and budget > 0 and b.get("tokens", 0) * self.items > budget:
+            out.append(f"the token cache is over token_budget_gb={cfg.token_budget_gb:g}: "
+                       "extract would refuse")
+        if self.unreadable:
+            out.append(f"{len(self.unreadable)} video(s) would fail:")
+            out += [f"  {vid}: {msg}" for vid, msg in sorted(self.unreadable.items())]
+        return out
+
+
+class _OpenCheck(torch.utils.data.Dataset):
+    """``(video id, None or the one-line problem)`` of opening each video (dry-run scan)."""
+
+    def __init__(self, items: list[Any], backend: str):
+        self.items, self.backend = items, backend
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, i: int) -> tuple[str, str | None]:
+        from videoprobe.data.decode import open_video
+
+        it = self.items[i]
+        try:
+            with open_video(it.path, self.backend):
+                pass
+        except InputError as e:
+            return it.video_id, str(e)
+        return it.video_id, None
+
+
+def scan_videos(items: list[Any], backend: str, num_workers: int = 0,
+                progress: bool = False) -> dict[str, str]:
+    """``{video id: problem}`` of the videos that do not open (``num_workers`` processes)."""
+    from common.progress import progress as progress_bar
+
+    loader = torch.utils.data.DataLoader(_OpenCheck(items, backend), batch_size=64, shuffle=False,
+                                         num_workers=num_workers, collate_fn=list)
+    bad: dict[str, str] = {}
+    with progress_bar(total=len(items), desc="scan", unit="video", disable=not progress) as bar:
+        for batch in loader:
+            bar.update(len(batch))
+            bad.update({vid: msg for vid, msg in batch if msg is not None})
+    return bad
+
+
+def _human(n: float) -> str:
+    for unit in ("B", "kB", "MB", "GB", "TB"):
+        if abs(n) < 1000 or unit == "TB":
+            return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
+        n /= 1000
+    return f"{n:.1f} TB"
+
+
+def dry_run(cfg: ExtractConfig, encoder: Any | None = None, n_encode: int = 3) -> DryRun:
+    """Scan the split (open every video, in ``num_workers`` processes), decode and encode ``n_encode``
+    readable ones, and estimate the cache size and extraction time; writes nothing (``out`` is not
+    created)."""
+    from common import dist
+    from videoprobe.data.transforms import ClipSpec
+
+    items, _ = load_items(cfg.data)
+    device = dist.pick_device(cfg.device)
+    enc = (encoder if encoder is not None else build_encoder(cfg.encoder)).freeze().to(device)
+    spec = ClipSpec(backend=cfg.data.backend, **resolve_views(cfg.views, enc))
+    unreadable = scan_videos(items, cfg.data.backend, cfg.num_workers, cfg.progress)
+    readable = [it for it in items if it.video_id not in unreadable]
+    sample = sample_videos(cfg, enc, spec, device, readable, n_encode)
+    unreadable.update(sample.failures)  # opened but did not decode
+    cached = 0
+    if cfg.out and FeatureCache.exists(cfg.out):
+        have = set(FeatureCache(cfg.out).items())
+        cached = sum(it.video_id in have for it in items)
+    n = len(sample.ids)
+    bpv = ({k: int(round(sum(b[k] for b in sample.bytes) / n)) for k in ("pooled", "tokens", "total")}
+           if n else {})
+    secs = sample.seconds[1:] if n > 1 else sample.seconds
+    return DryRun(len(items), cached, unreadable, sample.ids, bpv, sum(secs) / len(secs) if secs else 0.0,
+                  dist.env_world_size())
 
 
 def record_padding(out: str | Path, span: int) -> dict[str, Any]:

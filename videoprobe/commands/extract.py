@@ -42,6 +42,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         epilog=LAYOUTS, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add_config_args(p)
+    p.add_argument("--dry-run", action="store_true",
+                   help="scan the videos, decode and encode three, print the video count, the estimated "
+                        "cache size and time on this machine and the videos that would fail; write nothing")
     p.set_defaults(func=_extract)
 
     e = sub.add_parser(
@@ -86,6 +89,15 @@ def _extract(args: argparse.Namespace) -> int:
     from videoprobe.extract import ExtractConfig, extract, report_failures
 
     cfg = load_cli_config(ExtractConfig, args)
+    if getattr(args, "dry_run", False):
+        import os
+
+        from videoprobe.extract import dry_run
+
+        report = dry_run(cfg)  # no process group: under torchrun only rank 0 prints
+        if os.environ.get("RANK", "0") == "0":
+            print("\n".join(report.lines(cfg)))
+        return 0
     res = extract(cfg)
     from common import dist
 
