@@ -49,6 +49,9 @@ RULES: dict[str, FusionSpec] = {
     "sensor 1 cm + 0.5 %, grazing cut, cos/z weights": FusionSpec(depth_tol_abs=0.01, depth_tol_rel=0.005),
     DEFAULT_NAME: DEFAULT,
     "sensor 0.5 cm + 0.5 %, grazing cut, cos/z weights, views <= 5 m": FusionSpec(max_depth=5.0),
+    "sensor 0.5 cm + 0.5 % + 1 footprint x tan, grazing cut, cos/z weights": FusionSpec(slope_tol=1.0),
+    "sensor 0.5 cm + 0.5 %, grazing cut, cos/z weights, edge pixels (3x3 range > 5 %) dropped":
+        FusionSpec(edge_tol=0.05),
 }
 
 
@@ -152,6 +155,7 @@ def main() -> None:
     ap.add_argument("--image-size", default="320x240")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--no-doc", action="store_true", help="print only, do not update docs/benchmarks.md")
+    ap.add_argument("--rules", nargs="*", default=None, help="only rules whose name contains one of these")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     from pointprobe.synth import camera_intrinsics, generate_scene, write_scene
@@ -174,6 +178,8 @@ def main() -> None:
                 if nf == args.frames[0]:
                     rooms.append(f"{scene.room_type} ({len(scene.coord)} vertices)")
                 for name, spec in RULES.items():
+                    if args.rules and not any(x in name for x in args.rules):
+                        continue
                     spec = replace(spec, frame_stride=1, image_size=(W, H), batch_frames=8)
                     r = measure(d, scene, truth, spec, K)
                     results.setdefault((name, nf), []).append(r)
@@ -202,6 +208,8 @@ def main() -> None:
     ]
     for nf in args.frames:
         for name in RULES:
+            if (name, nf) not in mean:
+                continue
             m = mean[(name, nf)]
             lines.append(f"| {name} | {nf} | {100 * m['coverage']:.1f} % | {100 * m['accuracy']:.2f} % | "
                          f"{100 * m['accuracy_clear']:.2f} % | {100 * m['contact_share']:.1f} % | "
