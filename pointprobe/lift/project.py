@@ -17,7 +17,10 @@ Visibility: a point is seen by a frame when it lies in front of the camera, its 
   quarter of the depth); with point normals, views at grazing angles (``|cos(normal, ray)| < min_cos``)
   are dropped, so are views farther than ``max_depth`` (when > 0; a depth sensor's noise there is as
   large as the gaps between surfaces), and views are weighted by ``|cos|^angle_power /
-  z^distance_power`` (head-on, close views count more).
+  z^distance_power`` (head-on, close views count more). Two options, off by default (measured, not
+  better on the oracle benchmark): ``slope_tol`` adds ``slope_tol * (z / f) * tan(incidence)`` to the
+  tolerance (the depth change across a pixel footprint on a slanted surface), ``edge_tol`` drops pixels at
+  a depth discontinuity (their 3x3 depth range, :func:`depth_range`, above ``edge_tol * d``).
 
 Feature look-up: a (D, h, w) feature map covering the whole (W, H) image (patch features at any
 stride) is upsampled bilinearly to pixels (``align_corners=False``, edges clamped) and read at the
