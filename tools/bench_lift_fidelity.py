@@ -49,6 +49,7 @@ RULES: dict[str, FusionSpec] = {
     "sensor 1 cm + 0.5 %, grazing cut, cos/z weights": FusionSpec(depth_tol_abs=0.01, depth_tol_rel=0.005),
     DEFAULT_NAME: DEFAULT,
     "sensor 0.5 cm + 0.5 %, grazing cut, cos/z weights, views <= 5 m": FusionSpec(max_depth=5.0),
+    "sensor 0.5 cm + 0.5 %, grazing cut at cos 0.1 (84 deg), cos/z weights": FusionSpec(min_cos=0.1),
     "sensor 0.5 cm + 0.5 % + 0.5 footprint x tan, grazing cut, cos/z weights": FusionSpec(slope_tol=0.5),
     "sensor 0.5 cm + 0.5 % + 1 footprint x tan, grazing cut, cos/z weights": FusionSpec(slope_tol=1.0),
     "sensor 0.5 cm + 0.5 %, grazing cut, cos/z weights, edge pixels (3x3 range > 5 %) dropped":
