@@ -13,11 +13,17 @@ visibility rule. Per rule and frame count:
   90th percentile over seen vertices (JPEG, shading blend and colour noise put a floor of a few /255);
 * far-source fraction: seen vertices at least one of whose fused views read a pixel whose ray hits the
   mesh more than 5 cm from the vertex (the value came, at least partly, from another surface).
+* recall of visible: the fraction of the vertices the frames' cameras can see at all (inside an image,
+  nothing on the ray from the camera to the vertex: ray-cast on the mesh) that the rule counts as seen.
+
+Geometry bounds on coverage, whatever the rule: the vertices visible from the frames' cameras, and per
+room the vertices visible from ``--ceiling-cameras`` free-standing cameras anywhere in it.
 
 Targets (issue 17), default rule at 30 frames: accuracy >= 97 %, coverage >= 85 %, far-source <= 2 %.
 Writes the section ``bench_lift_fidelity`` of ``docs/benchmarks.md``.
 
     OMP_NUM_THREADS=2 python tools/bench_lift_fidelity.py [--scenes 3] [--frames 15 30 45] [--seed 917]
+        [--image-size 640x480] [--rules NAME_PART ...] [--no-doc]
 """
 
 from __future__ import annotations
