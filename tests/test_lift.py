@@ -4,6 +4,7 @@ image encoders (offline errors, a fake local torch hub), the lift command and it
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -653,7 +654,121 @@ def test_lift_config_errors(tmp_path):
     with pytest.raises(ConfigError, match="fusion.image_size"):
         load_config(LiftConfig, None, ["fusion.image_size=[1,2,3]"])
     for bad, key in (("fusion.rule=zbuffer", "fusion.rule"), ("fusion.min_cos=1.5", "fusion.min_cos"),
-                     ("fusion.max_depth=-1", "fusion.max_depth")):
+                     ("fusion.max_depth=-1", "fusion.max_depth"), ("fusion.slope_tol=-1", "fusion.slope_tol"),
+                     ("fusion.edge_tol=-0.1", "fusion.edge_tol")):
         cfg = load_config(LiftConfig, None, [bad, f"out={tmp_path}"])
         with pytest.raises(ConfigError, match=key):
             run_lift(cfg)
+
+
+def _write_slanted_scene(d: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, torch.Tensor]:
+    """A floor y = 1 (x in [-2, 2], z in [0.9, 4.5]; 2 cm vertex spacing) seen obliquely (incidence 42-78
+    degrees) by one camera at the origin pitched 30 degrees down from +z (y is down), with a 0.3 m box
+    floating 0.2 m above the floor at z = 2.2 in front of it; 160x120 noise-free depth. Returns (points,
+    faces, part (0 floor, 1 box), pose, (2, 120, 160) one-hot of the part each pixel shows)."""
+    from pointprobe.data.frames import write_frame, write_intrinsics
+    from pointprobe.synth import camera_intrinsics
+
+    def grid(origin, a, b, na, nb):
+        uu, vv = np.meshgrid(np.linspace(0, 1, na), np.linspace(0, 1, nb), indexing="ij")
+        pts = origin + uu.reshape(-1, 1) * a + vv.reshape(-1, 1) * b
+        i = np.arange(na * nb).reshape(na, nb)
+        q = np.stack([i[:-1, :-1], i[1:, :-1], i[1:, 1:], i[:-1, 1:]], -1).reshape(-1, 4)
+        return pts, np.concatenate([q[:, [0, 1, 2]], q[:, [0, 2, 3]]])
+
+    parts = [grid(np.array([-2.0, 1.0, 0.9]), np.array([4.0, 0, 0]), np.array([0, 0, 3.6]), 201, 181)]
+    lo, s = np.array([-0.15, 0.5, 2.2]), 0.3
+    e = np.eye(3) * s
+    for axis in range(3):
+        for side in (0, 1):
+            parts.append(grid(lo + side * e[axis], e[(axis + 1) % 3], e[(axis + 2) % 3], 11, 11))
+    coord = np.concatenate([p for p, _ in parts])
+    offs = np.cumsum([0] + [len(p) for p, _ in parts])
+    faces = np.concatenate([f + o for (_, f), o in zip(parts, offs)])
+    part = np.concatenate([np.full(len(p), min(k, 1)) for k, (p, _) in enumerate(parts)])
+    w, h = 160, 120
+    K = camera_intrinsics(w, h)
+    pose = np.eye(4)
+    a = np.deg2rad(30)
+    pose[:3, :3] = np.stack([[1.0, 0, 0], [0, np.cos(a), -np.sin(a)], [0, np.sin(a), np.cos(a)]], 1)
+    gt = _raycast(coord, faces, pose[None], K, w, h)
+    write_intrinsics(d, K, K)
+    write_frame(d, 0, np.full((h, w, 3), 128, np.uint8), gt["z"][0], pose)
+    face_part = part[faces[:, 0]]
+    shows = torch.zeros(2, h, w)
+    for k in (0, 1):
+        shows[k] = torch.from_numpy((gt["prim"][0] >= 0) & (face_part[gt["prim"][0]] == k))
+    return coord, faces, part, pose, shows
+
+
+def test_slope_tolerance_sees_a_slanted_floor_without_leaking_from_a_box_in_front(tmp_path):
+    """Seen obliquely, the depth at a floor vertex's pixel centre differs from the vertex's own depth by up
+    to ~0.7 pixel footprints (z / f) times tan(incidence): a sensor-noise tolerance alone drops such
+    views, ``slope_tol`` (tolerance + slope_tol * (z / f) * tan) keeps every floor vertex in view, and
+    the floor hidden behind the floating box still gets nothing."""
+    import open3d as o3d
+
+    from pointprobe.data.scannet import vertex_normals
+    from pointprobe.lift.lift import FusionSpec, lift_scene
+    from pointprobe.synth import camera_intrinsics
+
+    coord, faces, part, pose, shows = _write_slanted_scene(tmp_path)
+
+    def surface(batch):  # which surface (floor, box) each pixel shows
+        return shows[None].expand(len(batch.indices), 2, 120, 160)
+
+    normal = vertex_normals(coord, faces)
+    K = camera_intrinsics(160, 120)
+    c = coord @ pose[:3, :3]  # camera at the origin
+    u = np.round(K[0, 0] * c[:, 0] / c[:, 2] + K[0, 2])
+    v = np.round(K[1, 1] * c[:, 1] / c[:, 2] + K[1, 2])
+    in_view = (c[:, 2] > 0) & (u >= 10) & (u < 150) & (v >= 10) & (v < 110)
+    rc = o3d.t.geometry.RaycastingScene()
+    rc.add_triangles(o3d.core.Tensor(coord.astype(np.float32)), o3d.core.Tensor(faces.astype(np.uint32)))
+    dist = np.linalg.norm(coord, axis=1)
+    rays = np.concatenate([np.zeros_like(coord), coord / dist[:, None]], 1).astype(np.float32)
+    t = rc.cast_rays(o3d.core.Tensor(rays))["t_hit"].numpy()
+    floor = (part == 0) & in_view
+    # clear cases: floor vertices 6 cm (> 2 px) from the box's silhouette and from the floor's border
+    hidden = floor & (t < dist - 0.05)
+    deep = hidden.copy()
+    shifts = [np.array(s) * 0.06 for s in ((1, 0, 0), (-1, 0, 0), (0, 0, 1), (0, 0, -1))]
+    near_box = np.zeros(len(coord), bool)
+    for s in shifts:
+        q = coord + s
+        dq = np.linalg.norm(q, axis=1)
+        tq = rc.cast_rays(o3d.core.Tensor(np.concatenate([np.zeros_like(q), q / dq[:, None]], 1)
+                                          .astype(np.float32)))["t_hit"].numpy()
+        near_box |= ~np.isfinite(tq) | (tq < dq - 0.05)
+        deep &= tq < dq - 0.05
+    cos = np.abs(coord[:, 1]) / dist
+    # not grazing (min_cos 0.2) and 30 cm (> 2 px there) from the floor's far border
+    clear = floor & ~hidden & ~near_box & (cos > 0.21) & (coord[:, 2] < 4.2)
+    assert deep.sum() > 200 and clear.sum() > 5000 and cos[clear].min() > 0.2 and cos[clear].max() < 0.8
+    fusion = FusionSpec(frame_stride=1, image_size=(160, 120), depth_tol_abs=0.002, depth_tol_rel=0.0)
+    strict = lift_scene(tmp_path, coord, surface, 2, fusion, normal=normal)
+    assert (strict.visible_count[clear] == 0).mean() > 0.2  # the slant defeats a noise-only tolerance
+    sloped = lift_scene(tmp_path, coord, surface, 2, replace(fusion, slope_tol=1.0), normal=normal)
+    assert (sloped.visible_count[clear] == 1).all()
+    # no leak: the floor behind the box is not seen, and no floor vertex reads a pixel showing the box
+    assert (sloped.visible_count[deep] == 0).all()
+    seen_floor = (part == 0) & (sloped.visible_count > 0)
+    assert (sloped.features[seen_floor, 1] == 0).all() and (sloped.features[seen_floor, 0] == 1).all()
+    box_front = ((part == 1) & (np.abs(coord[:, 2] - 2.2) < 1e-6) & (np.abs(coord[:, 0]) < 0.12)
+                 & (np.abs(coord[:, 1] - 0.65) < 0.12))  # inside the front face, away from its edges
+    assert box_front.sum() >= 40 and (sloped.visible_count[box_front] == 1).all()
+    assert (sloped.features[box_front, 1] == 1).all()
+
+
+def test_depth_range_marks_discontinuities_not_slopes():
+    """``depth_range``: the 3x3 range of measured depths is large across an object's edge, about two pixel
+    footprints times tan(incidence) on a slanted plane, and ignores missing measurements."""
+    from pointprobe.lift.project import depth_range
+
+    d = torch.full((1, 6, 8), 2.0)
+    d[0, :, 4:] = 3.0  # an edge between columns 3 and 4
+    d[0, 0, 0] = 0.0  # a dropout
+    r = depth_range(d)[0]
+    assert torch.allclose(r[:, 3:5], torch.tensor(1.0)) and (r[:, :3] == 0).all() and (r[:, 5:] == 0).all()
+    ramp = 2.0 + 0.01 * torch.arange(8.0)[None, None].expand(1, 6, 8)
+    assert torch.allclose(depth_range(ramp)[0, 2, 2:6], torch.tensor(0.02), atol=1e-6)

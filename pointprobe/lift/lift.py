@@ -104,6 +104,8 @@ class FusionSpec:
     angle_power: float = 1.0  # sensor: view weight |cos|^angle_power / z^distance_power
     distance_power: float = 1.0
     max_depth: float = 0.0  # sensor: drop views farther than this many metres (0 = no limit)
+    slope_tol: float = 0.0  # sensor: + slope_tol * (z / focal) * tan(incidence) on the depth tolerance
+    edge_tol: float = 0.0  # sensor: drop pixels whose 3x3 depth range > edge_tol * depth (0 = off)
     color_intrinsics: bool = True  # read features at the colour camera's projection (when it differs)
     point_chunk: int = 262_144  # points projected at once (memory bound)
 
@@ -141,6 +143,10 @@ def validate(cfg: LiftConfig) -> None:
                           "not both 0")
     if f.max_depth < 0:
         raise ConfigError(f"config key 'fusion.max_depth' must be >= 0 (0 = no limit), got {f.max_depth}")
+    if f.slope_tol < 0:
+        raise ConfigError(f"config key 'fusion.slope_tol' must be >= 0 (0 = off), got {f.slope_tol}")
+    if f.edge_tol < 0:
+        raise ConfigError(f"config key 'fusion.edge_tol' must be >= 0 (0 = off), got {f.edge_tol}")
     if not 0 <= f.min_cos < 1:
         raise ConfigError(f"config key 'fusion.min_cos' must be in [0, 1), got {f.min_cos}")
     if not cfg.data.raw:
@@ -152,7 +158,8 @@ def visibility_rule(f: FusionSpec) -> VisibilityRule:
     if f.rule == "openscene":
         return VisibilityRule.openscene(f.occlusion_threshold, f.occlusion_relative)
     return VisibilityRule("sensor", tol_abs=f.depth_tol_abs, tol_rel=f.depth_tol_rel, min_cos=f.min_cos,
-                          angle_power=f.angle_power, distance_power=f.distance_power, max_depth=f.max_depth)
+                          angle_power=f.angle_power, distance_power=f.distance_power, max_depth=f.max_depth,
+                          slope_tol=f.slope_tol, edge_tol=f.edge_tol)
 
 
 # ---------------------------------------------------------------------------------------------- frames
