@@ -102,6 +102,9 @@ def test_train_batches_shapes_labels_seeded_augmentation_and_shards(synth_root):
     epoch1 = {int(g): x for b in task.train_batches(1, 0, 1) for g, x in zip(b.groups, b.inputs)}
     epoch0 = {int(g): x for b in batches for g, x in zip(b.groups, b.inputs)}
     assert all(not torch.equal(epoch0[g], epoch1[g]) for g in epoch0)  # new crops every epoch
+    other = {int(g): x for b in make_task(synth_root, seed=1).train_batches(0, 0, 1)
+             for g, x in zip(b.groups, b.inputs)}
+    assert any(not torch.equal(epoch0[g], other[g]) for g in epoch0)  # and per seed
     # two ranks: disjoint, equal shares, together one process's batch of twice the size at each step
     r0 = list(task.train_batches(0, 0, 2))
     r1 = list(task.train_batches(0, 1, 2))

@@ -1,6 +1,8 @@
 """issue 14: the AutoVP-style visual prompt (padding border + output label mapping)."""
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import pytest
 import torch
@@ -66,11 +68,16 @@ def test_only_the_prompt_and_label_map_train_after_a_step():
     moved = {n for n, p in model.named_parameters() if not torch.equal(p, before[n])}
     assert moved == declared  # every prompt pixel gets a gradient; the encoder stays bitwise unchanged
     assert prep.merge(model) == 0
-    # the prompt changes what the encoder sees; removing it restores the plain encoder
+    # removing the prompt restores the plain encoder; a deep copy keeps its own prompt and hook
+    clip = torch.rand(1, 3, 4, 32, 32)
     with torch.no_grad():
-        prompted = enc(torch.rand(1, 3, 4, 32, 32)).pooled
+        prompted = enc(clip).pooled
+        twin = copy.deepcopy(enc)
+        remove_prompt(twin)
+        assert not prompt_names(twin) and not torch.allclose(twin(clip).pooled, prompted)
+        torch.testing.assert_close(enc(clip).pooled, prompted)  # the original still prompts its input
         remove_prompt(enc)
-        assert not prompt_names(enc) and enc(torch.rand(1, 3, 4, 32, 32)).pooled.shape == prompted.shape
+        torch.testing.assert_close(enc(clip).pooled, twin(clip).pooled)
 
 
 def test_prompt_method_needs_an_injected_prompt():

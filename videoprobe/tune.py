@@ -87,6 +87,9 @@ class PromptConfig:
 
 @dataclass
 class VideoTuneTaskConfig:
+    """The video task's part of a ``videoprobe tune`` config (``data.split`` is unused: the splits are
+    ``train_split`` / ``eval_split``)."""
+
     data: DataConfig = field(default_factory=DataConfig)
     encoder: EncoderConfig = field(default_factory=EncoderConfig)
     train_split: str = "train"

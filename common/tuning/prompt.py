@@ -97,7 +97,7 @@ def inject_prompt(encoder: nn.Module, size: int, pad: int, channels: int = 3) ->
     if ref is not None:
         prompt = prompt.to(ref.device)
     encoder.add_module(PROMPT_ATTR, prompt)
-    prompt._hook = encoder.register_forward_pre_hook(_prompt_pre_hook)  # type: ignore[assignment]
+    encoder.register_forward_pre_hook(_prompt_pre_hook)  # found again by identity (deepcopy-safe)
     return prompt
 
 
@@ -106,7 +106,9 @@ def remove_prompt(encoder: nn.Module) -> PadPrompt:
     prompt = getattr(encoder, PROMPT_ATTR, None)
     if not isinstance(prompt, PadPrompt):
         raise ConfigError(f"prompt: {type(encoder).__name__} has no input prompt")
-    prompt._hook.remove()  # type: ignore[union-attr]
+    hooks = encoder._forward_pre_hooks
+    for key in [k for k, fn in hooks.items() if fn is _prompt_pre_hook]:
+        del hooks[key]
     delattr(encoder, PROMPT_ATTR)
     return prompt
 
