@@ -116,11 +116,14 @@ def test_train_batches_shapes_labels_seeded_augmentation_and_shards(synth_root):
     # features and the decoder
     with torch.no_grad():
         f = task.features(enc, batches[0].inputs)
-        dec = task.decoder(enc, 3)
-        z = dec(enc(batches[0].inputs))
+    dec = task.decoder(enc, 3)
+    logits = dec(batches[0].inputs)  # clips -> logits through the frozen encoder's tokens
     assert f.shape == (2, task.feature_dim(enc)) == (2, 48)
-    assert z.shape == (2, dec.out_dim) == (2, 48)
+    assert logits.shape == (2, 3) and dec.pooled(enc(batches[0].inputs)).shape == (2, dec.out_dim) == (2, 48)
     assert len(dec.pool.blocks) == 2
+    assert not any(n.startswith("_enc") for n, _ in dec.named_parameters())  # encoder held, not owned
+    logits.sum().backward()
+    assert all(p.grad is None for p in enc.parameters()) and dec.pool.query.grad is not None
     assert task.blocks(enc) == enc.block_layout() and task.fixed(enc) == []
 
 

@@ -101,22 +101,38 @@ class VideoTuneTaskConfig:
 
 
 class VideoDecoder(nn.Module):
-    """Attentive pooler: (B, T', H', W', D) tokens (or an ``EncoderOutput``) -> (B, D) pooled vector."""
+    """method=decoder: a frozen encoder's token grid -> attentive pooler (a learned query and ``depth``
+    cross-attention blocks, ``common.probes.attentive``) -> (B, D) -> ``Linear(D, num_classes)``.
 
-    def __init__(self, dim: int, depth: int = 3, num_heads: int = 0, mlp_ratio: float = 4.0):
+    ``forward(clips)`` runs the encoder itself (without gradients; held in a list, not a submodule, so
+    its parameters stay out of this module's) and returns logits; :meth:`pooled` maps an encoder output
+    (or its tokens) to the (B, D) vector.
+    """
+
+    def __init__(self, encoder: nn.Module, dim: int, num_classes: int, depth: int = 3, num_heads: int = 0,
+                 mlp_ratio: float = 4.0):
         super().__init__()
-        probe = AttentiveProbe(dim, num_heads or auto_heads(dim), num_classes=1, mlp_ratio=mlp_ratio,
-                               depth=depth)
-        probe.head = nn.Identity()  # the loop's head sits on top
+        self._enc = [encoder]
+        probe = AttentiveProbe(dim, num_heads or auto_heads(dim), num_classes=num_classes,
+                               mlp_ratio=mlp_ratio, depth=depth)
+        self.cls = probe.head
+        probe.head = nn.Identity()
         self.pool = probe
         self.out_dim = int(dim)
 
-    def forward(self, x: EncoderOutput | torch.Tensor) -> torch.Tensor:
+    def pooled(self, x: torch.Tensor | EncoderOutput) -> torch.Tensor:
+        """(B, D) from an ``EncoderOutput`` or its tokens (B, T', H', W', D) / (B, L, D)."""
         tokens = x.tokens if isinstance(x, EncoderOutput) else x
         if tokens is None:
             raise ConfigError("decoder: the encoder returns no tokens")
         tokens = tokens.float()
         return self.pool(tokens.reshape(tokens.shape[0], -1, tokens.shape[-1]))
+
+    def forward(self, clips: torch.Tensor) -> torch.Tensor:
+        """Clips (B, C, T, H, W) -> logits (B, num_classes)."""
+        with torch.no_grad():
+            out = self._enc[0](clips)
+        return self.cls(self.pooled(out))
 
 
 def source_head(encoder: nn.Module) -> nn.Linear:
@@ -292,13 +308,13 @@ class VideoTuneTask:
         return self._source(pooled.float()) if self._source is not None else pooled
 
     def decoder(self, encoder: nn.Module, num_classes: int) -> nn.Module | None:
-        """An attentive pooler over the encoder's tokens -> (B, token_dim); call it on ``encoder(inputs)``.
-        None for encoders without tokens' dimension (parameter-free descriptors)."""
+        """A :class:`VideoDecoder`: clips -> logits (B, num_classes) through the frozen encoder's tokens
+        and an attentive pooler. None for an encoder without a token dimension."""
         dim = int(getattr(encoder, "token_dim", 0))
         if dim <= 0:
             return None
         d = self.cfg.decoder
-        dec = VideoDecoder(dim, d.depth, d.num_heads, d.mlp_ratio)
+        dec = VideoDecoder(encoder, dim, num_classes, d.depth, d.num_heads, d.mlp_ratio)
         ref = next(encoder.parameters(), None)
         return dec if ref is None else dec.to(ref.device)
 
