@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 import torch
 
+from common.errors import ConfigError
 from common.tuning.trainable import resolve_blocks
 from videoprobe.models import VIDEO_ENCODERS, create_video_encoder
 
@@ -105,14 +106,20 @@ def test_train_batches_shapes_labels_seeded_augmentation_and_shards(synth_root):
     other = {int(g): x for b in make_task(synth_root, seed=1).train_batches(0, 0, 1)
              for g, x in zip(b.groups, b.inputs)}
     assert any(not torch.equal(epoch0[g], other[g]) for g in epoch0)  # and per seed
-    # two ranks: disjoint, equal shares, together one process's batch of twice the size at each step
+    # two ranks: disjoint equal shares; step i of both ranks together is step i of one process
     r0 = list(task.train_batches(0, 0, 2))
     r1 = list(task.train_batches(0, 1, 2))
     g0, g1 = np.concatenate([b.groups for b in r0]), np.concatenate([b.groups for b in r1])
-    assert len(g0) == len(g1) == 3 and not set(g0) & set(g1)
-    wide = make_task(synth_root, **{"clips.batch_size": 4})
-    one = next(iter(wide.train_batches(0, 0, 1)))
-    assert set(one.groups) == set(r0[0].groups) | set(r1[0].groups)
+    assert len(r0) == len(r1) == len(batches) == 3 and not set(g0) & set(g1)
+    for i, b in enumerate(batches):
+        assert set(b.groups) == set(r0[i].groups) | set(r1[i].groups)
+        for r in (r0[i], r1[i]):  # the same augmented clip whichever rank decodes it
+            for g, x in zip(r.groups, r.inputs):
+                assert torch.equal(x, b.inputs[list(b.groups).index(g)])
+    with pytest.raises(ConfigError, match="multiple of the world size"):
+        next(make_task(synth_root, **{"clips.batch_size": 3}).train_batches(0, 0, 2))
+    four = list(make_task(synth_root, **{"clips.batch_size": 4}).train_batches(0, 0, 1))
+    assert [len(b.labels) for b in four] == [4]  # full global batches only
     # features and the decoder
     with torch.no_grad():
         f = task.features(enc, batches[0].inputs)

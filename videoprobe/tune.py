@@ -60,7 +60,7 @@ class ClipsConfig:
     flip: bool = True  # training: horizontal flip with probability 1/2
     eval_clips: int = 2  # evaluation: clips per video, evenly spaced
     eval_spatial: str = "three_crop"  # evaluation: center | three_crop
-    batch_size: int = 8  # training clips per rank and step
+    batch_size: int = 8  # training clips per global step (split over torchrun ranks: a multiple of world)
     eval_batch_size: int = 4  # evaluation videos per batch (x views rows)
     num_workers: int = 0  # decoding processes
 
@@ -131,7 +131,7 @@ class VideoDecoder(nn.Module):
     def forward(self, clips: torch.Tensor) -> torch.Tensor:
         """Clips (B, C, T, H, W) -> logits (B, num_classes)."""
         with torch.no_grad():
-            out = self._enc[0](clips)
+            out = self._enc[0](_on(self._enc[0], clips))
         return self.cls(self.pooled(out))
 
 
@@ -159,6 +159,12 @@ def source_head(encoder: nn.Module) -> nn.Linear:
             head.bias.copy_(b)
     head.requires_grad_(False)
     return head.to(next(encoder.parameters()).device)
+
+
+def _on(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """``x`` on ``module``'s device (batches are built on the CPU; the loop moves only the labels)."""
+    ref = next(module.parameters(), None)
+    return x if ref is None else x.to(ref.device, non_blocking=True)
 
 
 def _epoch_seed(seed: int, epoch: int) -> int:
@@ -237,23 +243,26 @@ class VideoTuneTask:
                 yield ok
 
     def train_batches(self, epoch: int, rank: int = 0, world: int = 1) -> Iterator[TuneBatch]:
-        """Augmented training clips of ``epoch`` for ``rank`` of ``world``: the split is shuffled by
-        (seed, epoch) and dealt round-robin, every rank getting the same number of videos (the tail that
-        does not divide is left out this epoch), so step i of the ranks together is step i of one process
-        with ``world`` times the batch. Temporal position, crop and flip are drawn per
-        (seed, epoch, video)."""
+        """Augmented training clips of ``epoch``: global batches of ``clips.batch_size`` videos in an
+        order drawn from (seed, epoch), full batches only; rank r takes videos r, r + world, ... of each
+        (the same number of batches on every rank; the ranks' step i together is one process's step i).
+        Temporal position, crop and flip are drawn per (seed, epoch, video)."""
         items = self._split(self.cfg.train_split)
-        if not 0 <= rank < world or len(items) < world:
-            raise ConfigError(f"tune: rank {rank} of {world} with {len(items)} training videos")
+        bs = self.cfg.clips.batch_size
+        if not 0 <= rank < world or bs % world:
+            raise ConfigError(f"tune: clips.batch_size {bs} is not a multiple of the world size {world} "
+                              f"(rank {rank})")
+        if len(items) < bs:
+            raise ConfigError(f"tune: {len(items)} training videos, fewer than clips.batch_size {bs}")
         es = _epoch_seed(self.cfg.seed, epoch)
         order = np.random.default_rng(es).permutation(len(items))
-        per = len(items) // world
-        mine = order[rank::world][:per]
+        full = len(order) // bs * bs
+        mine = [int(i) for s in range(0, full, bs) for i in order[s:s + bs][rank::world]]
         index = {it.video_id: int(i) for i, it in enumerate(items)}
         r = self.recipe()
         spec = ClipSpec(r["clip_len"], r["frame_step"], 1, "random", "random_resized", r["size"],
                         backend=self.cfg.data.backend)
-        for group in self._loader([items[i] for i in mine], spec, es, self.cfg.clips.batch_size):
+        for group in self._loader([items[i] for i in mine], spec, es, bs // world):
             clips = []
             for it in group:
                 clip = it["video"][0]
@@ -304,7 +313,7 @@ class VideoTuneTask:
     def features(self, encoder: nn.Module, inputs: torch.Tensor) -> torch.Tensor:
         """(B, D) pooled features (or (B, S) source-class logits after ``prepare_prompt`` with a logit
         label map)."""
-        pooled = encoder(inputs).pooled
+        pooled = encoder(_on(encoder, inputs)).pooled
         return self._source(pooled.float()) if self._source is not None else pooled
 
     def decoder(self, encoder: nn.Module, num_classes: int) -> nn.Module | None:
