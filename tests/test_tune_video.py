@@ -1,6 +1,8 @@
 """issue 14, video side: the block layouts of the video encoders and the video tuning task."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -242,3 +244,22 @@ def test_flm_label_map_from_a_zoo_checkpoint_head(synth_root, tmp_path):
     enc2, _ = linear.build_encoder(torch.device("cpu"))
     lm = linear.prepare_prompt(enc2)
     assert lm.kind == "linear" and lm.linear.in_features == 400 and lm.linear.out_features == 3
+
+
+def test_a_corrupt_video_stops_training_and_is_skipped_in_evaluation(synth_root, tmp_path):
+    import shutil
+
+    from common.errors import InputError
+
+    root = tmp_path / "data"
+    shutil.copytree(synth_root, root)
+    task = make_task(root)
+    bad_train = task._split("train")[0]
+    bad_test = task._split("test")[0]
+    for it in (bad_train, bad_test):
+        Path(it.path).write_bytes(b"not a video")
+    with pytest.raises(InputError, match=Path(bad_train.path).name):
+        list(task.train_batches(0, 0, 1))
+    groups = np.concatenate([b.groups for b in task.eval_batches("test", 0, 1)])
+    assert 0 not in set(groups) and set(groups) == set(range(1, len(task._split("test"))))
+    assert bad_test.video_id in task.failures

@@ -226,8 +226,11 @@ class VideoTuneTask:
                         int(enc.frame_step), "size": size,
                         "short_side": c.short_side or max(size, int(getattr(enc, "short_side", size)))}
 
-    def _loader(self, items: list[VideoItem], spec: ClipSpec, seed: int, batch: int) -> Iterator[list[dict]]:
-        ds = ClipDataset(items, spec, seed=seed)
+    def _loader(self, items: list[VideoItem], spec: ClipSpec, seed: int, batch: int,
+                strict: bool = False) -> Iterator[list[dict]]:
+        """Decoded items in batches; a failed decode raises (``strict``) or is skipped with a warning
+        and recorded in ``self.failures``."""
+        ds = ClipDataset(items, spec, seed=seed, strict=strict)
         loader = torch.utils.data.DataLoader(ds, batch_size=batch, shuffle=False,
                                              num_workers=self.cfg.clips.num_workers, collate_fn=collate_items)
         for group in loader:
@@ -262,7 +265,9 @@ class VideoTuneTask:
         r = self.recipe()
         spec = ClipSpec(r["clip_len"], r["frame_step"], 1, "random", "random_resized", r["size"],
                         backend=self.cfg.data.backend)
-        for group in self._loader([items[i] for i in mine], spec, es, bs // world):
+        # strict: a video that fails to decode stops training (naming the file) rather than leaving
+        # one rank with fewer batches than the others
+        for group in self._loader([items[i] for i in mine], spec, es, bs // world, strict=True):
             clips = []
             for it in group:
                 clip = it["video"][0]
@@ -278,7 +283,8 @@ class VideoTuneTask:
     def eval_batches(self, split: str, rank: int = 0, world: int = 1) -> Iterator[TuneBatch]:
         """Every view (``eval_clips`` evenly spaced clips x center / three crops) of every video of
         ``split`` (rank r takes videos r, r + world, ...); rows of one video share its group id (its index
-        in the split), and its label."""
+        in the split), and its label. A video that fails to decode is skipped with a warning (it is in
+        ``self.failures``)."""
         items = self._split(split)
         r = self.recipe()
         c = self.cfg.clips
