@@ -17,8 +17,9 @@ from torch import nn
 
 from common.errors import ConfigError
 from common.tuning.lora import LoraOptions, has_kernel_lora, inject_lora, merge_lora
+from common.tuning.prompt import PROMPT_ATTR, prompt_names
 from common.tuning.ssf import SSF, inject_ssf, merge_ssf
-from common.tuning.trainable import BlockSpec, ProgressiveSchedule, select_trainable
+from common.tuning.trainable import BlockSpec, ProgressiveSchedule, select_trainable, set_trainable
 
 
 @dataclass(frozen=True)
@@ -43,6 +44,9 @@ METHODS: dict[str, Method] = {m.name: m for m in [
     Method("full", "everything trains, layer-wise learning-rate decay over the blocks", True, True),
     Method("mezo", "zeroth-order SPSA (forward passes only) over the trainable set of another method", True,
            False, zeroth_order=True),
+    Method("prompt", "AutoVP visual prompt: a trainable padding border around the resized input "
+           "(inject_prompt) and an output label map (linear or frequency-based)", True, False,
+           adapters="prompt"),
 ]}
 
 MEZO_OVER = ("ssf", "lora", "last_k", "full")
@@ -100,6 +104,18 @@ def prepare_method(model: nn.Module, method: str, blocks: Sequence[BlockSpec] | 
                              generator=generator)
     elif adapters == "lora":
         adapted = inject_lora(model, lora, exclude=always)
+    elif adapters == "prompt":  # the prompt needs a size and border: injected by the task (inject_prompt)
+        found = prompt_names(model)
+        if not found:
+            raise ConfigError("tuning: method 'prompt' but the model has no input prompt "
+                              "(inject_prompt first)")
+
+        def under(n: str, prefixes: Sequence[str]) -> bool:
+            return any(n == p.rstrip(".") or n.startswith(p.rstrip(".") + ".") for p in prefixes)
+
+        names = set_trainable(model, [n for n, _ in model.named_parameters()
+                                      if (n in found or under(n, always)) and not under(n, fixed)])
+        return Prepared(method=method, trainable=names, adapted_modules=[PROMPT_ATTR], adapters=adapters)
     if METHODS[base].needs_blocks and base != "progressive" and not blocks:
         raise ConfigError(f"tuning: method '{base}' needs the encoder's block layout")
     names = select_trainable(model, base, blocks=blocks, k=k, always=always, schedule=schedule, fixed=fixed)

@@ -32,6 +32,11 @@ KINETICS_MEAN = (0.45, 0.45, 0.45)  # pytorchvideo model zoo
 KINETICS_STD = (0.225, 0.225, 0.225)
 
 
+# The encoder's blocks for tuning: ordered (name, parameter-name prefixes relative to the encoder), input
+# side first (``common.tuning``: last-k, progressive unfreezing, layer-wise lr decay).
+BlockLayout = list[tuple[str, list[str]]]
+
+
 @dataclass
 class EncoderOutput:
     """What an encoder returns for a batch of clips."""
@@ -89,6 +94,20 @@ class VideoEncoder(nn.Module):
     def freeze(self) -> VideoEncoder:
         """Eval mode and no gradients: the state every extraction runs in."""
         return freeze(self)
+
+    def block_layout(self) -> BlockLayout:
+        """The encoder's blocks in depth order (input side first), each ``(name, prefixes)``: together they
+        hold every parameter exactly once, except those named by :meth:`fixed`. An encoder without
+        parameters has an empty layout; one with parameters that declares none raises
+        ``NotImplementedError``."""
+        if next(self.parameters(), None) is None:
+            return []
+        raise NotImplementedError(f"video encoder {self.name!r} declares no block layout "
+                                  f"(VideoEncoder.block_layout)")
+
+    def fixed(self) -> list[str]:
+        """Parameter-name prefixes that never train (kept fixed by design); none by default."""
+        return []
 
     def describe(self) -> dict[str, Any]:
         """The facts a cache key / result record needs about this encoder."""

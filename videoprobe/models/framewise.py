@@ -27,6 +27,7 @@ from common.errors import CheckpointError, ConfigError
 from videoprobe.models.base import (
     IMAGENET_MEAN,
     IMAGENET_STD,
+    BlockLayout,
     EncoderOutput,
     VideoEncoder,
     load_strict,
@@ -63,12 +64,53 @@ class FramewiseEncoder(VideoEncoder):
         self.clip_len, self.frame_step = clip_len, frame_step
         self.frames_per_chunk = frames_per_chunk
 
+    def block_layout(self) -> BlockLayout:
+        """The image backbone's blocks, input side first (prefixes under ``backbone.``): torchvision
+        ResNets: stem (conv1 + bn1), then ``layerS.B``; torchvision ViT: patch embedding (with the class
+        token and positions), ``encoder_layer_i``, the final norm; other backbones (timm): top-level
+        children in order, with ``blocks`` / ``stages`` / ``layers`` lists split into their members."""
+        bb = self.backbone
+        if next(bb.parameters(), None) is None:
+            return []
+        if all(hasattr(bb, a) for a in ("conv1", "bn1", "layer1")):  # torchvision ResNet
+            layout: BlockLayout = [("stem", ["backbone.conv1.", "backbone.bn1."])]
+            for s in range(1, 5):
+                layer = getattr(bb, f"layer{s}", None)
+                if layer is not None:
+                    layout += [(f"layer{s}.{j}", [f"backbone.layer{s}.{j}."]) for j in range(len(layer))]
+            return layout
+        if all(hasattr(bb, a) for a in ("conv_proj", "class_token", "encoder")):  # torchvision ViT
+            layers = bb.encoder.layers
+            return ([("patch_embed", ["backbone.conv_proj.", "backbone.class_token",
+                                      "backbone.encoder.pos_embedding"])]
+                    + [(n, [f"backbone.encoder.layers.{n}."]) for n, _ in layers.named_children()]
+                    + [("norm", ["backbone.encoder.ln."])])
+        return _generic_layout(bb, "backbone.")
+
     def encode(self, x: torch.Tensor) -> EncoderOutput:
         b, c, t, h, w = x.shape
         frames = x.permute(0, 2, 1, 3, 4).reshape(b * t, c, h, w)
         feats = torch.cat([self.backbone(chunk) for chunk in frames.split(self.frames_per_chunk)], dim=0)
         feats = feats.reshape(b, t, -1)
         return EncoderOutput(tokens=feats[:, :, None, None, :], pooled=feats.mean(dim=1))
+
+
+def _generic_layout(module: nn.Module, prefix: str) -> BlockLayout:
+    """Direct parameters first, then each child holding parameters in order; ``blocks`` / ``stages`` /
+    ``layers`` containers are split into one block per member."""
+    layout: BlockLayout = []
+    own = [n for n, _ in module.named_parameters(recurse=False)]
+    if own:
+        layout.append(("params", [prefix + n for n in own]))
+    for name, child in module.named_children():
+        if next(child.parameters(), None) is None:
+            continue
+        if name in ("blocks", "stages", "layers") and isinstance(child, nn.Sequential | nn.ModuleList):
+            layout += [(f"{name}.{j}", [f"{prefix}{name}.{j}."]) for j, sub in child.named_children()
+                       if next(sub.parameters(), None) is not None]
+        else:
+            layout.append((name, [f"{prefix}{name}."]))
+    return layout
 
 
 class FrameStats(nn.Module):

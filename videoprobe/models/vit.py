@@ -32,6 +32,7 @@ from common.errors import CheckpointError, ConfigError
 from videoprobe.models.base import (
     IMAGENET_MEAN,
     IMAGENET_STD,
+    BlockLayout,
     EncoderOutput,
     VideoEncoder,
     load_strict,
@@ -205,6 +206,17 @@ class VideoViT(VideoEncoder):
         else:
             self.norm = nn.LayerNorm(s.embed_dim, eps=1e-6)
         self.apply(_init_weights)
+
+    def block_layout(self) -> BlockLayout:
+        """``patch_embed`` (with a learnable stored ``pos_embed``), ``blocks.i``, then the final norm."""
+        first = ["patch_embed."] + (["pos_embed"] if self.stored_pos and self.family != "vjepa" else [])
+        last = "fc_norm." if self.final_norm == "fc_norm" else "norm."
+        blocks = [(f"blocks.{i}", [f"blocks.{i}."]) for i in range(len(self.blocks))]
+        return [("patch_embed", first), *blocks, ("norm", [last])]
+
+    def fixed(self) -> list[str]:
+        """V-JEPA's stored ``pos_embed`` is a fixed sinusoid table (never trained)."""
+        return ["pos_embed"] if self.stored_pos and self.family == "vjepa" else []
 
     def _pos(self, grid: tuple[int, int, int]) -> torch.Tensor:
         table = self.pos_embed[0] if self.stored_pos else self.pos_table[0]

@@ -31,6 +31,7 @@ from common.errors import CheckpointError, ConfigError
 from videoprobe.models.base import (
     KINETICS_MEAN,
     KINETICS_STD,
+    BlockLayout,
     EncoderOutput,
     VideoEncoder,
     load_strict,
@@ -144,6 +145,30 @@ class ZooEncoder(VideoEncoder):
     def head(self) -> nn.Module:
         """The (projection-less) classification head inside ``net``."""
         return self.net.get_submodule(self._head_path)
+
+    def block_layout(self) -> BlockLayout:
+        """MViT: ``patch_embed`` (with the cls / position embeddings), ``blocks.i``, ``norm``. The CNNs:
+        the builder's ``net.blocks`` in order (stem, then every residual block of each stage; SlowFast:
+        one block per fused stage; X3D: the head's pre/post convolutions last)."""
+        if self.family == "mvit":
+            net = self.net
+            layout: BlockLayout = [("patch_embed", ["net.patch_embed.", "net.cls_positional_encoding."])]
+            layout += [(f"blocks.{i}", [f"net.blocks.{i}."]) for i in range(len(net.blocks))]
+            if net.norm_embed is not None:
+                layout.append(("norm", ["net.norm_embed."]))
+            return layout
+        layout = []
+        for i, blk in enumerate(self.net.blocks):
+            if next(blk.parameters(), None) is None:
+                continue
+            res = getattr(blk, "res_blocks", None)
+            if isinstance(res, nn.ModuleList):
+                layout += [(f"stage{i}.block{j}", [f"net.blocks.{i}.res_blocks.{j}."])
+                           for j in range(len(res))]
+            else:
+                name = "stem" if i == 0 else ("head_pool" if i == len(self.net.blocks) - 1 else f"stage{i}")
+                layout.append((name, [f"net.blocks.{i}."]))
+        return layout
 
     # ------------------------------------------------------------------------------------ forward
     def encode(self, x: torch.Tensor) -> EncoderOutput:
