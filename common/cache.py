@@ -861,6 +861,10 @@ class FeatureCache:
         """Names of the arrays stored for ``item_id`` (``features`` first)."""
         return list(self._entry(item_id)["arrays"])
 
+    def item_bytes(self, item_id: str) -> int:
+        """Bytes of an item's files on disk (every array, as the manifest records them)."""
+        return int(sum(a["file_size"] for a in self._entry(item_id)["arrays"].values()))
+
     @property
     def total_rows(self) -> int:
         """Sum of feature rows over every item."""
