@@ -332,3 +332,129 @@ def extract(cfg: ExtractConfig, progress: bool = True) -> dict[str, dict[str, st
         dist.barrier()
         failures[split] = res.failures
     return failures
+
+
+# ------------------------------------------------------------------------------------------ dry run
+def scan_scene(folder: Path, label_set: str = "segment20") -> int:
+    """Points of a scene from its ``.npy`` headers (nothing loaded); ``InputError`` naming the first file
+    that is missing, unreadable or of the wrong shape (the scenes extraction would fail on)."""
+    def header(name: str):
+        p = folder / f"{name}.npy"
+        if not p.is_file():
+            raise InputError(p, "file not found")
+        try:
+            return np.load(p, mmap_mode="r", allow_pickle=False)
+        except (OSError, ValueError) as e:
+            raise InputError(p, f"unreadable .npy ({type(e).__name__}: {e})") from None
+
+    coord = header("coord")
+    n = int(coord.shape[0]) if coord.ndim == 2 and coord.shape[1] == 3 else -1
+    if n <= 0:
+        raise InputError(folder / "coord.npy", f"shape {coord.shape}, expected (N, 3) with N > 0")
+    for name in ("color", "normal"):
+        if header(name).shape != (n, 3):
+            raise InputError(folder / f"{name}.npy", f"shape {header(name).shape}, expected ({n}, 3)")
+    if (folder / f"{label_set}.npy").is_file() and header(label_set).shape != (n,):
+        raise InputError(folder / f"{label_set}.npy", f"shape {header(label_set).shape}, expected ({n},)")
+    return n
+
+
+def time_encoding(model: Any, cfg: ExtractConfig, device: torch.device, folders: list[Path],
+                  n_encode: int) -> tuple[int, float, dict[str, str]]:
+    """Encode up to ``n_encode`` of ``folders``: (points timed, seconds, {scene: error}). With two or
+    more scenes encoded the first is a warm-up (first-call costs) and is not timed."""
+    import time
+
+    from pointprobe.data.scannet import load_scene
+
+    timed: list[tuple[int, float]] = []
+    failed: dict[str, str] = {}
+    for folder in folders:
+        if len(timed) >= n_encode:
+            break
+        try:
+            scene = load_scene(folder)
+            t0 = time.perf_counter()
+            feats = scene_features(model, scene, cfg, device)
+            dt = time.perf_counter() - t0
+            if not np.isfinite(np.asarray(feats, dtype=np.float32)).all():
+                raise InputError(folder, "features contain NaN or inf")
+            timed.append((len(scene), dt))
+        except InputError as e:
+            failed[folder.name] = str(e)
+    if len(timed) >= 2:
+        timed = timed[1:]
+    return sum(n for n, _ in timed), sum(t for _, t in timed), failed
+
+
+def dry_run(cfg: ExtractConfig, n_encode: int = 3) -> dict:
+    """What ``extract(cfg)`` would do, without writing anything: per split the scene and point counts,
+    the estimated cache bytes (its storage mode) and time (from encoding ``n_encode`` scenes here), and
+    the scenes that would fail."""
+    from common.paths import free_bytes
+    from pointprobe.data.scannet import list_scenes
+
+    if cfg.dtype not in ("float16", "float32"):
+        raise ConfigError(f"config key 'dtype': expected float16 or float32, got {cfg.dtype!r}")
+    for split in cfg.data.splits:
+        storage_mode(cfg, split)
+    device = dist.pick_device(cfg.device)
+    model, rec = build_encoder(cfg.encoder, device)
+    dim = feature_dim(model, cfg.encoder.levels)
+    splits: dict[str, dict] = {}
+    ok_folders: list[Path] = []
+    for split in cfg.data.splits:
+        names = list_scenes(cfg.data.root, split)
+        names = names[: cfg.data.limit] if cfg.data.limit else names
+        rows: list[int | None] = []
+        failed: dict[str, str] = {}
+        for name in names:
+            folder = Path(cfg.data.root) / split / name
+            try:
+                rows.append(scan_scene(folder, cfg.data.label_set))
+                ok_folders.append(folder)
+            except InputError as e:
+                rows.append(None)
+                failed[name] = str(e)
+        splits[split] = {"mode": storage_mode(cfg, split), "scenes": len(names),
+                         "points": int(sum(r for r in rows if r is not None)),
+                         "cache_bytes": estimate_split_bytes(cfg, split, rows, dim), "failed": failed}
+    step = max(1, len(ok_folders) // max(1, n_encode))
+    spread = set(ok_folders[::step])
+    pick = ok_folders[::step] + [f for f in ok_folders if f not in spread]  # an even spread, then the rest
+    pts, secs, enc_failed = time_encoding(model, cfg, device, pick, n_encode)
+    pps = pts / secs if secs > 0 else None
+    for split, d in splits.items():
+        for k, v in enc_failed.items():
+            if (Path(cfg.data.root) / split / k).is_dir():
+                d["failed"][k] = v
+        d["seconds"] = (0.0 if d["mode"] == "none" else
+                        (d["points"] / pps / dist.world_size()) if pps else None)
+    return {"encoder": rec.label, "feature_dim": dim, "dtype": cfg.dtype, "device": str(device),
+            "encoded_points": pts, "encode_seconds": secs, "points_per_second": pps,
+            "world_size": dist.world_size(), "free_bytes": free_bytes(Path(cfg.out)), "splits": splits}
+
+
+def format_dry_run(rep: dict, out: str) -> str:
+    """The dry run's report as lines of text."""
+    from common.paths import human_bytes
+
+    pps = rep["points_per_second"]
+    lines = [f"dry run: encoder {rep['encoder']} ({rep['feature_dim']} dims, {rep['dtype']}) on "
+             f"{rep['device']}, {rep['world_size']} rank(s); nothing written to {out}",
+             f"timed {rep['encoded_points']} encoded points in {rep['encode_seconds']:.2f} s"
+             + (f" ({pps:,.0f} points/s on this machine)" if pps else " (no scene could be encoded)")]
+    total = 0
+    for split, d in rep["splits"].items():
+        total += d["cache_bytes"]
+        t = f"{d['seconds'] / 60:.1f} min" if d["seconds"] is not None else "unknown"
+        t = "none (streamed by `pointprobe probe`)" if d["mode"] == "none" else f"about {t}"
+        lines.append(f"[{split}] storage {d['mode']}: {d['scenes']} scenes, {d['points']:,} points, "
+                     f"cache about {human_bytes(d['cache_bytes'])}, encoding {t}, "
+                     f"{len(d['failed'])} would fail")
+        lines += [f"  would fail: {k}: {v}" for k, v in sorted(d["failed"].items())]
+    free = rep["free_bytes"]
+    lines.append(f"total cache about {human_bytes(total)}" +
+                 (f"; {human_bytes(free)} free at {out}" + (" (NOT ENOUGH)" if total > free else "")
+                  if free is not None else ""))
+    return "\n".join(lines)

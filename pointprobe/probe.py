@@ -499,3 +499,70 @@ def run_probe(cfg: SegProbeConfig) -> dict:
 
     (out / "details.json").write_text(json.dumps(jsonable(detail), indent=1) + "\n")
     return {"rows": rows, "md_rows": md_rows, "records": records, "out": str(out)}
+
+
+def dry_run(cfg: SegProbeConfig, n_encode: int = 3) -> dict:
+    """What ``run_probe(cfg)`` would read, without training or writing: per feature folder the training
+    scenes and labelled rows (and their float32 bytes in memory), the evaluation source and, streamed,
+    the evaluation scenes, points, estimated encoding time (``n_encode`` scenes encoded here) and the
+    scenes that would fail."""
+    from pointprobe.extract import scan_scene, time_encoding
+
+    if not cfg.features:
+        raise ConfigError("config key 'features' is empty: give the folders written by `pointprobe extract`")
+    get_probe(cfg.probe_type, task="segmentation")
+    if cfg.eval_source not in ("cache", "stream", "auto"):
+        raise ConfigError(f"config key 'eval_source': expected cache, stream or auto, "
+                          f"got {cfg.eval_source!r}")
+    check_selection_split(cfg)
+    folders = []
+    for folder in cfg.features:
+        train_cache = _cache(folder, cfg.train_split)
+        train, items = training_data(train_cache, cfg)
+        rec = {"folder": str(folder), "train_scenes": len(items), "train_rows": int(train.num_rows),
+               "train_bytes_float32": int(train.nbytes_float32), "dim": train_cache.feature_dim,
+               "storage": (train_cache.meta.get("storage") or {}).get("mode", "full")}
+        source = cfg.eval_source
+        if source == "auto":
+            source = "cache" if FeatureCache.exists(Path(folder) / cfg.eval_split) else "stream"
+        rec["eval_source"] = source
+        if source == "cache":
+            ev = _cache(folder, cfg.eval_split)
+            rec.update(eval_scenes=len(ev), eval_points=int(ev.total_rows), failed={})
+        else:
+            ecfg, model, names, device = stream_setup(folder, cfg)
+            ok, failed, points = [], {}, 0
+            for n in names:
+                try:
+                    points += scan_scene(Path(ecfg.data.root) / cfg.eval_split / n, ecfg.data.label_set)
+                    ok.append(Path(ecfg.data.root) / cfg.eval_split / n)
+                except InputError as e:
+                    failed[n] = str(e)
+            step = max(1, len(ok) // max(1, n_encode))
+            pick = ok[::step] + [f for f in ok if f not in ok[::step]]
+            pts, secs, enc_failed = time_encoding(model, ecfg, device, pick, n_encode)
+            failed.update(enc_failed)
+            pps = pts / secs if secs > 0 else None
+            rec.update(eval_scenes=len(names), eval_points=points, failed=failed, points_per_second=pps,
+                       eval_seconds=points / pps / dist.world_size() if pps else None)
+        folders.append(rec)
+    return {"features": folders, "seeds": list(cfg.seeds) or [cfg.seed]}
+
+
+def format_dry_run(rep: dict, out: str) -> str:
+    """The probe dry run's report as lines of text."""
+    from common.paths import human_bytes
+
+    lines = [f"dry run: nothing trained, nothing written to {out}; seeds {rep['seeds']}"]
+    for r in rep["features"]:
+        lines.append(f"{r['folder']}: train {r['train_scenes']} scenes ({r['storage']} storage), "
+                     f"{r['train_rows']:,} labelled rows of {r['dim']} dims = "
+                     f"{human_bytes(r['train_bytes_float32'])} as float32")
+        ev = f"eval ({r['eval_source']}): {r['eval_scenes']} scenes, {r['eval_points']:,} points"
+        if r["eval_source"] == "stream":
+            pps, t = r["points_per_second"], r["eval_seconds"]
+            ev += (f", encoder {pps:,.0f} points/s here, about {t / 60:.1f} min per pass" if pps
+                   else ", no scene could be encoded")
+        lines.append(f"  {ev}, {len(r['failed'])} would fail")
+        lines += [f"  would fail: {k}: {v}" for k, v in sorted(r["failed"].items())]
+    return "\n".join(lines)

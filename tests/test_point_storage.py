@@ -1,6 +1,8 @@
 """Point feature storage per split: labelled subsample of the training scenes, nothing for ``none``."""
 from __future__ import annotations
 
+import shutil
+
 import numpy as np
 import pytest
 
@@ -129,3 +131,28 @@ def test_probe_trains_on_subsampled_cache(data, tmp_path):
     rec = res["records"][0]
     assert rec["train_points"] == 4 * 400 and rec["train_scenes"] == 4
     assert rec["allAcc"] > 20.0  # floor / wall / furniture colours are separable by the raw features
+
+
+def test_extract_dry_run_writes_nothing(data, tmp_path, capsys):
+    from pointprobe.cli import main
+
+    bad = tmp_path / "data"
+    shutil.copytree(data, bad)
+    (bad / "train" / "scene0003_00" / "color.npy").unlink()
+    np.save(bad / "train" / "scene0004_00" / "normal.npy", np.zeros((7, 3), np.float32))
+    out = tmp_path / "out"
+    rc = main(["extract", "--dry-run", f"data.root={bad}", f"out={out}", "encoder.name=raw",
+               "storage={train: subsample, val: none}", "points_per_scene=100"])
+    text = capsys.readouterr().out
+    assert rc == 1 and not out.exists()  # scenes would fail; nothing written
+    assert "[train] storage subsample: 4 scenes" in text and "2 would fail" in text
+    assert "scene0003_00" in text and "color.npy: file not found" in text
+    assert "scene0004_00" in text and "normal.npy: shape (7, 3)" in text
+    assert "[val] storage none: 2 scenes" in text and "points/s on this machine" in text
+    # 2 readable training scenes x 100 points x (9 float16 + int64 label + int64 index)
+    assert "cache about 6.8 kB" in text
+    from pointprobe.extract import dry_run
+
+    rep = dry_run(_cfg(data, out, storage={"train": "subsample", "val": "none"}, points_per_scene=100))
+    assert rep["splits"]["train"]["cache_bytes"] == 4 * 100 * (9 * 2 + 16) and not out.exists()
+    assert rep["splits"]["val"]["cache_bytes"] == 0 and rep["splits"]["val"]["seconds"] == 0.0

@@ -90,3 +90,21 @@ def test_val_not_stored_auto_streams_and_bad_scene_reported(feats, tmp_path):
     assert any("scene0001_00 not evaluated" in n and "normal.npy" in n for n in notes)
     with pytest.raises(Exception, match="no feature cache for split 'val'"):
         run_probe(_cfg(no_val, tmp_path / "q"))  # eval_source=cache (the default) still needs the cache
+
+
+def test_probe_dry_run_trains_and_writes_nothing(feats, tmp_path, capsys):
+    from pointprobe.cli import main
+
+    _, data, out = feats
+    bad = tmp_path / "data"
+    shutil.copytree(data, bad)
+    (bad / "val" / "scene0001_00" / "coord.npy").write_bytes(b"not a npy file")
+    rc = main(["probe", "--dry-run", f"features=[{out}]", f"out={tmp_path / 'p'}", "eval_source=stream",
+               f"data_root={bad}", "device=cpu"])
+    text = capsys.readouterr().out
+    assert rc == 1 and not (tmp_path / "p").exists()
+    assert "train 4 scenes (subsample storage), 2,400 labelled rows" in text
+    assert "eval (stream): 3 scenes" in text and "points/s here" in text
+    assert "scene0001_00" in text and "coord.npy: unreadable" in text
+    assert main(["probe", "--dry-run", f"features=[{out}]", f"out={tmp_path / 'p'}"]) == 0
+    assert "eval (cache): 3 scenes" in capsys.readouterr().out and not (tmp_path / "p").exists()
