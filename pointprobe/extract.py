@@ -181,6 +181,8 @@ def scene_features(model: Any, scene: Any, cfg: ExtractConfig, device: torch.dev
         f = encode_points(model, coord, scene.color, normal, levels=cfg.encoder.levels, prep=prep,
                           device=device, max_points=cfg.max_points, source=scene.name,
                           out_dtype=out_dtype).numpy()
+        if len(views) == 1:
+            return f  # as encoded (a float16 division by 1 is a slow emulated pass over N x D)
         acc = f if acc is None else acc + f
     return acc / len(views)
 

@@ -156,3 +156,19 @@ def test_extract_dry_run_writes_nothing(data, tmp_path, capsys):
     rep = dry_run(_cfg(data, out, storage={"train": "subsample", "val": "none"}, points_per_scene=100))
     assert rep["splits"]["train"]["cache_bytes"] == 4 * 100 * (9 * 2 + 16) and not out.exists()
     assert rep["splits"]["val"]["cache_bytes"] == 0 and rep["splits"]["val"]["seconds"] == 0.0
+
+
+def test_one_view_features_are_not_copied(monkeypatch):
+    """With one view the encoded array is returned as is: no per-element pass over (N, D) float16
+    (numpy's float16 arithmetic is emulated: dividing a ScanNet-sized scene by 1 took seconds)."""
+    import torch
+
+    import pointprobe.models as models
+    from pointprobe.extract import scene_features
+
+    encoded = torch.zeros((50, 4), dtype=torch.float16)
+    monkeypatch.setattr(models, "encode_points", lambda *a, **k: encoded)
+    scene = type("S", (), {"coord": np.zeros((50, 3), np.float32), "color": np.zeros((50, 3), np.uint8),
+                           "normal": np.zeros((50, 3), np.float32), "name": "s"})()
+    out = scene_features(object(), scene, ExtractConfig(), torch.device("cpu"))
+    assert out.dtype == np.float16 and np.shares_memory(out, encoded.numpy())

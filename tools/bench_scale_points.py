@@ -28,6 +28,45 @@ DIM = 1232  # Sonata's up-cast feature width
 VAL_FRACTION = 312 / 1513
 
 
+def _randproj_class():
+    import torch
+
+    from pointprobe.models.structure import PointEncoder
+
+    class RandProj(PointEncoder):
+        """A fixed random projection of the 9 input channels (xyz, rgb, normal) to ``out_dim`` dims: a
+        cheap deterministic encoder, so the data path around it is what the bench measures."""
+
+        arch = "randproj"
+
+        def __init__(self, in_channels: int = 9, out_dim: int = DIM, seed: int = 0):
+            super().__init__()
+            self.config = {"in_channels": in_channels, "out_dim": out_dim, "seed": seed}
+            self.in_channels, self.out_dim = in_channels, out_dim
+            g = torch.Generator().manual_seed(seed)
+            w = torch.randn(in_channels, out_dim, generator=g) / in_channels ** 0.5
+            self.register_buffer("weight", w)
+
+        def feature_dim(self, levels: int | None = None) -> int:
+            return self.out_dim
+
+        def encode(self, point, levels: int | None = None):
+            return point.feat.float() @ self.weight
+
+        def forward(self, point):
+            point.feat = self.encode(point)
+            return point
+
+    return RandProj
+
+
+def register_randproj() -> None:
+    """Add ``randproj`` to ``pointprobe.models.ENCODERS`` in this process (the bench's stages only)."""
+    from pointprobe.models.registry import ENCODERS, EncoderSpec
+
+    ENCODERS.setdefault("randproj", EncoderSpec("randproj", _randproj_class()))
+
+
 def scene_sizes(n: int, seed: int = 0, median: float = 1.2e5, sigma: float = 0.45) -> np.ndarray:
     """Point counts of ``n`` scenes: log-normal around ScanNet's median, clipped to its range."""
     rng = np.random.default_rng(seed)
@@ -105,7 +144,7 @@ def _stage(cmd: list[str], env: dict, log: Path) -> dict:
     return {"seconds": wall, "peak_rss_kib": usage.ru_maxrss}  # KiB on Linux
 
 
-def run_one(n: int, work: Path, seed: int = 0) -> dict:
+def run_one(n: int, work: Path, seed: int = 0, max_train_points: int = 2_000_000) -> dict:
     """Generate ``n`` scenes, extract (train subsampled, val not stored), probe (streamed eval)."""
     root = work / f"data{n}"
     t0 = time.perf_counter()
@@ -115,12 +154,14 @@ def run_one(n: int, work: Path, seed: int = 0) -> dict:
     shutil.rmtree(feats, ignore_errors=True)
     shutil.rmtree(probe_out, ignore_errors=True)
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
-    py = [sys.executable, "-m", "pointprobe.cli"]
+    py = [sys.executable, "-m", "tools.bench_scale_points", "--stage"]
     ex = _stage(py + ["extract", f"data.root={root}", f"out={feats}", "encoder.name=randproj",
-                      "storage={train: subsample, val: none}", "device=cpu"], env, work / f"extract{n}.log")
+                      "storage={train: subsample, val: none}", f"max_train_points={max_train_points}",
+                      "device=cpu"], env, work / f"extract{n}.log")
     disk = _du(feats)
     pr = _stage(py + ["probe", f"features=[{feats}]", f"out={probe_out}", "eval_source=stream",
-                      "probe.epochs=2", "n_boot=100"], env, work / f"probe{n}.log")
+                      f"max_train_points={max_train_points}", "probe.epochs=2", "probe.wds=[0.0]",
+                      "n_boot=100", "device=cpu"], env, work / f"probe{n}.log")
     res = json.loads((probe_out / "results.json").read_text())
     return {"scenes": n, "points": int(sum(points.values())),
             "train_scenes": sum(k.startswith("train/") for k in points),
@@ -138,31 +179,41 @@ def extrapolate(rows: list[dict], key: str, n: int) -> float:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["--stage"]:  # one stage in its own process, with randproj registered
+        register_randproj()
+        from pointprobe.cli import main as cli
+
+        return cli(argv[1:])
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--scenes", type=int, nargs="+", default=[25, 50, 100])
     ap.add_argument("--work", default="/tmp/bench_scale_points")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--doc", default="docs/benchmarks.md")
     ap.add_argument("--keep", action="store_true", help="keep the generated data and caches")
+    ap.add_argument("--max-train-points", type=int, default=2_000_000,
+                    help="the probe's cap (also sizes the training subsample: cap / training scenes)")
+    ap.add_argument("--no-doc", action="store_true", help="print the rows only, leave docs/benchmarks.md")
     args = ap.parse_args(argv)
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
     rows = []
     for n in args.scenes:
-        r = run_one(n, work, args.seed)
+        r = run_one(n, work, args.seed, args.max_train_points)
         print(json.dumps(r), flush=True)
         rows.append(r)
         if not args.keep:
             for sub in (f"feat{n}", f"probe{n}"):
                 shutil.rmtree(work / sub, ignore_errors=True)
     (work / "results.json").write_text(json.dumps(rows, indent=1) + "\n")
-    write_section(rows, Path(args.doc), work, " ".join(str(n) for n in args.scenes))
+    if not args.no_doc:
+        write_section(rows, Path(args.doc), " ".join(str(n) for n in args.scenes), args.max_train_points)
     return 0
 
 
-def write_section(rows: list[dict], doc: Path, work: Path, scenes: str) -> None:
+def write_section(rows: list[dict], doc: Path, scenes: str, max_train_points: int) -> None:
     """The docs/benchmarks.md section (table, extrapolation to 1,513 scenes, log-log plot)."""
-    from common.benchdoc import write_section as put
+    from common.benchdoc import machine_line, update_section
     from common.paths import human_bytes
 
     keys = ("extract_s", "probe_s", "disk_bytes", "extract_rss_mib", "probe_rss_mib")
@@ -184,13 +235,16 @@ def write_section(rows: list[dict], doc: Path, work: Path, scenes: str) -> None:
         "ScanNet-sized point run on this machine (2 shared CPU cores): generated rooms with ScanNet's "
         "point-count spread, encoder `randproj` (fixed random projection of the 9 input channels to "
         f"{DIM} dims), `pointprobe extract` with `storage={{train: subsample, val: none}}` (default "
-        "points_per_scene = max_train_points / train scenes) and `pointprobe probe eval_source=stream` "
+        "points_per_scene = max_train_points / train scenes, max_train_points = "
+        f"{max_train_points:,}) and `pointprobe probe eval_source=stream` "
         "(val features never written). Each stage is its own process; peak RSS is that process's "
         "ru_maxrss. The last row is a log-log least-squares **extrapolation** from the measured rows, "
         "not a measurement.", "",
-        f"Command: `python -m tools.bench_scale_points --scenes {scenes}`", "", *lines, "",
-        f"![scaling](img/{png.name})"])
-    put(doc, SECTION, body)
+        f"Command: `python -m tools.bench_scale_points --scenes {scenes} "
+        f"--max-train-points {max_train_points}`",
+        "", *lines, "",
+        f"![scaling](img/{png.name})", "", f"Machine: {machine_line()}."])
+    update_section(SECTION, body, doc)
 
 
 def _plot(rows: list[dict], png: Path) -> None:
