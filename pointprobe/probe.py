@@ -308,6 +308,8 @@ def probe_folder(folder: str | Path, cfg: SegProbeConfig, seeds: list[int], out:
         return [probe_one(folder, dataclasses.replace(cfg, seed=s), out, name, seed_index=j)
                 for j, s in enumerate(seeds)], {}
     trained = [train_one(folder, dataclasses.replace(cfg, seed=s), name) for s in seeds]
+    for t in trained:  # every rank applies rank 0's heads (training may differ in the last bits across ranks)
+        t["result"] = dist.broadcast_object(t["result"])
     conf, names, failures = stream_confusions(folder, [t["result"] for t in trained], cfg,
                                               len(trained[0]["class_names"]), trained[0]["device"])
     keep = [g for g, n in enumerate(names) if n not in failures]

@@ -108,3 +108,41 @@ def test_probe_dry_run_trains_and_writes_nothing(feats, tmp_path, capsys):
     assert "scene0001_00" in text and "coord.npy: unreadable" in text
     assert main(["probe", "--dry-run", f"features=[{out}]", f"out={tmp_path / 'p'}"]) == 0
     assert "eval (cache): 3 scenes" in capsys.readouterr().out and not (tmp_path / "p").exists()
+
+
+def test_torchrun_two_ranks_same_as_one_process(tmp_path):
+    """A real 2-process torchrun (gloo): the scenes are sharded, the matrices summed, rank 0 writes; the
+    per-scene confusion matrices equal those of one process (same thread count, so the same heads)."""
+    import os
+    import socket
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parent.parent
+    data = tmp_path / "data"
+    for i in range(7):
+        write_scene(data / ("val" if i < 3 else "train") / f"scene{i:04d}_00", room_scene(2000, 40 + i))
+    out = tmp_path / "f"
+    cfg = ExtractConfig(data=PointDataSpec(root=str(data)), out=str(out),
+                        encoder=PointEncoderSpec(name="raw"), storage={"train": "subsample", "val": "none"},
+                        points_per_scene=300)
+    extract(cfg, progress=False)
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")}
+    env.update(PYTHONPATH=str(repo), OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="")
+    args = ["probe", f"features=[{out}]", "eval_source=stream", "probe.epochs=2", "n_boot=10", "device=cpu"]
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    runs = {"one": [sys.executable, "-m", "pointprobe.cli"],
+            "two": [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
+                    "--master_addr=127.0.0.1", f"--master_port={port}", "-m", "pointprobe.cli"]}
+    for name, cmd in runs.items():
+        proc = subprocess.run([*cmd, *args, f"out={tmp_path / name}"], env=env, cwd=repo, capture_output=True,
+                              text=True, timeout=300)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+    a = np.load(tmp_path / "one" / "scene_confusion.npz")
+    b = np.load(tmp_path / "two" / "scene_confusion.npz")
+    assert a.files == b.files and all(np.array_equal(a[k], b[k]) for k in a.files)
+    assert a[a.files[0]].shape[0] == 3 and a[a.files[0]].sum() > 0

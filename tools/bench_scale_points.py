@@ -163,7 +163,7 @@ def run_one(n: int, work: Path, seed: int = 0, max_train_points: int = 2_000_000
                       f"max_train_points={max_train_points}", "probe.epochs=2", "probe.wds=[0.0]",
                       "n_boot=100", "device=cpu"], env, work / f"probe{n}.log")
     res = json.loads((probe_out / "results.json").read_text())
-    return {"scenes": n, "points": int(sum(points.values())),
+    return {"scenes": n, "points": int(sum(points.values())), "max_train_points": max_train_points,
             "train_scenes": sum(k.startswith("train/") for k in points),
             "generate_s": gen_s, "extract_s": ex["seconds"], "extract_rss_mib": ex["peak_rss_kib"] / 1024,
             "probe_s": pr["seconds"], "probe_rss_mib": pr["peak_rss_kib"] / 1024, "disk_bytes": disk,
@@ -205,9 +205,14 @@ def main(argv: list[str] | None = None) -> int:
         if not args.keep:
             for sub in (f"feat{n}", f"probe{n}"):
                 shutil.rmtree(work / sub, ignore_errors=True)
-    (work / "results.json").write_text(json.dumps(rows, indent=1) + "\n")
+    res_file = work / "results.json"  # rows of earlier runs (other N, same settings) are kept
+    old = json.loads(res_file.read_text()) if res_file.exists() else []
+    merged = {r["scenes"]: r for r in old if r.get("max_train_points") == args.max_train_points}
+    merged.update({r["scenes"]: r for r in rows})
+    rows = [merged[k] for k in sorted(merged)]
+    res_file.write_text(json.dumps(rows, indent=1) + "\n")
     if not args.no_doc:
-        write_section(rows, Path(args.doc), " ".join(str(n) for n in args.scenes), args.max_train_points)
+        write_section(rows, Path(args.doc), " ".join(str(r["scenes"]) for r in rows), args.max_train_points)
     return 0
 
 
