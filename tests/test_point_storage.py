@@ -172,3 +172,17 @@ def test_one_view_features_are_not_copied(monkeypatch):
                            "normal": np.zeros((50, 3), np.float32), "name": "s"})()
     out = scene_features(object(), scene, ExtractConfig(), torch.device("cpu"))
     assert out.dtype == np.float16 and np.shares_memory(out, encoded.numpy())
+
+
+def test_bench_generator_and_extrapolation(tmp_path):
+    from tools.bench_scale_points import extrapolate, generate, scene_sizes
+
+    sizes = scene_sizes(200, seed=1)
+    assert sizes.min() >= 20_000 and sizes.max() <= 550_000 and 8e4 < np.median(sizes) < 1.6e5
+    pts = generate(tmp_path, 4, seed=2, sizes=np.array([900, 1000, 1100, 1200]))
+    assert sorted(pts) == ["train/scene0001_00", "train/scene0002_00", "train/scene0003_00",
+                           "val/scene0000_00"]
+    y = np.load(tmp_path / "val" / "scene0000_00" / "segment20.npy")
+    assert y.shape == (900,) and set(np.unique(y)) <= set(range(-1, 20)) and {0, 1} <= set(y.tolist())
+    rows = [{"scenes": n, "t": 3.0 * n ** 1.5} for n in (10, 20, 40)]
+    assert extrapolate(rows, "t", 160) == pytest.approx(3.0 * 160 ** 1.5, rel=1e-9)
