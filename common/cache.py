@@ -880,6 +880,10 @@ class FeatureCache:
         """``{array name: bytes of its data}`` for ``item_id`` (from the manifest, no file is read)."""
         return {name: int(a["nbytes"]) for name, a in self._entry(item_id)["arrays"].items()}
 
+    def item_bytes(self, item_id: str) -> int:
+        """Bytes of an item's files on disk (every array, as the manifest records them)."""
+        return int(sum(a["file_size"] for a in self._entry(item_id)["arrays"].values()))
+
     @property
     def total_rows(self) -> int:
         """Sum of feature rows over every item."""

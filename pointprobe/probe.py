@@ -12,6 +12,13 @@ start at zero). The table reports the mean over seeds, the standard deviation (d
 seeds) and a 95 % percentile-bootstrap interval over evaluation scenes (per-scene confusion matrices
 resampled with replacement, ``n_boot`` times, ``bootstrap_seed``; each resample's metric is averaged
 over seeds). One seed (the default, ``seed``) gives the single-run numbers.
+
+Evaluation source (``eval_source``): ``cache`` reads the evaluation split's feature cache; ``stream``
+runs the encoder recorded in the training cache on every evaluation scene and applies every trained
+head (one per seed) to its features on the fly, accumulating one confusion matrix per head and scene,
+so the evaluation split's features are never written (torchrun: scenes sharded over ranks, the
+matrices summed over ranks, rank 0 writes the results); ``auto`` streams when there is no cache.
+Streamed features are cast to the cache dtype first, so both sources give the same numbers.
 """
 from __future__ import annotations
 
@@ -23,6 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
+from common import dist
 from common.cache import FeatureCache
 from common.config import config_hash, save_config
 from common.errors import ConfigError, InputError
@@ -63,6 +71,9 @@ class SegProbeConfig:
     n_boot: int = 1000  # bootstrap resamples of the evaluation scenes (95 % interval)
     bootstrap_seed: int = 0  # seed of the bootstrap resampling
     allow_select_on_test: bool = False  # allow train_split == eval_split or train_split == test
+    eval_source: str = "cache"  # cache | stream (encoder on the fly, no eval features written) | auto
+    data_root: str = ""  # stream: the scenes' folder (default: data.root recorded by `pointprobe extract`)
+    device: str = "auto"  # stream: device of the encoder (auto | cpu | cuda)
     probe_type: str = "linear"  # a segmentation probe of common.probes.PROBES: linear | logreg
     probe: LinearProbeConfig = field(default_factory=_seg_linear_defaults)  # linear probe (lr x wd sweep)
     logreg: LogRegConfig = field(default_factory=_seg_logreg_defaults)  # probe_type=logreg: L-BFGS, C sweep
@@ -120,50 +131,60 @@ def scene_confusions(result, cache: FeatureCache, num_classes: int, device: str 
     return out
 
 
-def probe_one(folder: str | Path, cfg: SegProbeConfig, out: Path, name: str | None = None,
-              seed_index: int = 0) -> dict:
-    """Train on ``folder/train_split``, evaluate on ``folder/eval_split`` with ``cfg.seed``; returns the
-    result record (``scene_confusion``: the per-scene confusion matrices, for the bootstrap)."""
+def _check_same_encoder(folder: str | Path, a, b) -> None:
+    for what, x, y in (("encoder", a.encoder, b.encoder),
+                       ("checkpoint", a.checkpoint_sha256, b.checkpoint_sha256),
+                       ("config", a.config_hash, b.config_hash)):
+        if x != y:
+            raise InputError(folder, f"train and eval caches come from different {what}s ({x} vs {y})")
+
+
+def train_one(folder: str | Path, cfg: SegProbeConfig, name: str | None = None) -> dict:
+    """Train the probe of ``cfg.seed`` on ``folder/train_split``: the trained result and what the record
+    needs of the training side."""
     train_cache = _cache(folder, cfg.train_split)
-    eval_cache = _cache(folder, cfg.eval_split)
-    for what, a, b in (("encoder", train_cache.key.encoder, eval_cache.key.encoder),
-                       ("checkpoint", train_cache.key.checkpoint_sha256, eval_cache.key.checkpoint_sha256),
-                       ("config", train_cache.key.config_hash, eval_cache.key.config_hash)):
-        if a != b:
-            raise InputError(folder, f"train and eval caches come from different {what}s ({a} vs {b})")
     class_names = _class_names(train_cache)
     enc = train_cache.meta.get("encoder", {})
     label = name or enc.get("label") or train_cache.key.encoder
     train, items = training_data(train_cache, cfg)
     spec = PROBES[cfg.probe_type]
     pcfg = configure(probe_settings(cfg), task="segmentation", num_classes=len(class_names), seed=cfg.seed)
-    device = getattr(pcfg, "device", "cpu")
     log.info("probe %s (%s): %d training scenes, %d labelled points, dim %d", label, cfg.probe_type,
              len(items), train.num_rows, train_cache.feature_dim)
     result = spec.fit(train, None, pcfg, class_names)
-    evaluation = ProbeData.from_cache(eval_cache)
-    scores = result.evaluate(evaluation, device=device)
-    seg = segmentation_metrics(scores["confusion"])
-    scene_conf = scene_confusions(result, eval_cache, len(class_names), device)
+    return {"folder": folder, "cfg": cfg, "cache": train_cache, "result": result, "label": label, "enc": enc,
+            "class_names": class_names, "items": items, "train_rows": int(train.num_rows),
+            "device": getattr(pcfg, "device", "cpu")}
+
+
+def _record(t: dict, out: Path, seed_index: int, scores: dict, scene_conf: np.ndarray, eval_scenes: int,
+            eval_source: str) -> dict:
+    """The result record of one trained probe (saves the probe and its curves on rank 0)."""
     from common.report import slug
 
+    cfg, result, train_cache, label = t["cfg"], t["result"], t["cache"], t["label"]
+    seg = segmentation_metrics(np.asarray(scores["confusion"]))
     safe = slug(label, "encoder")
-    result.meta.update({"encoder": enc, "cache_key": train_cache.key.to_dict(), "features": str(folder)})
+    result.meta.update({"encoder": t["enc"], "cache_key": train_cache.key.to_dict(),
+                        "features": str(t["folder"])})
     suffix = "" if seed_index == 0 else f"_seed{cfg.seed}"
-    probe_path = result.save(out / f"probe_{safe}{suffix}.pt")
-    from common.curves import write_probe_curves
+    probe_path = out / f"probe_{safe}{suffix}.pt"
+    if dist.is_main():
+        probe_path = result.save(probe_path)
+        from common.curves import write_probe_curves
 
-    write_probe_curves(result.meta.get("history") or [], out, f"curves_{safe}{suffix}",
-                       title=f"{cfg.probe_type} probe {label} (seed {cfg.seed}), chosen head")
+        write_probe_curves(result.meta.get("history") or [], out, f"curves_{safe}{suffix}",
+                           title=f"{cfg.probe_type} probe {label} (seed {cfg.seed}), chosen head")
     return {
         "name": label,
         "encoder": train_cache.key.encoder,
         "checkpoint_sha256": train_cache.key.checkpoint_sha256,
         "config_hash": train_cache.key.config_hash,
         "dim": train_cache.feature_dim,
-        "train_scenes": len(items),
-        "train_points": int(train.num_rows),
-        "eval_scenes": len(eval_cache),
+        "train_scenes": len(t["items"]),
+        "train_points": t["train_rows"],
+        "eval_scenes": eval_scenes,
+        "eval_source": eval_source,
         "mIoU": 100 * float(scores["mIoU"]),
         "mAcc": 100 * float(scores["mAcc"]),
         "allAcc": 100 * float(scores["allAcc"]),
@@ -177,13 +198,130 @@ def probe_one(folder: str | Path, cfg: SegProbeConfig, out: Path, name: str | No
         "probe_type": cfg.probe_type,
         "trainable_params": result.trainable_params,
         "heads": result.heads,
-        "class_names": class_names,
+        "class_names": t["class_names"],
         "probe": str(probe_path),
-        "features": str(folder),
+        "features": str(t["folder"]),
         "seed": cfg.seed,
         "selected_on": result.meta.get("selected_on"),
         "scene_confusion": scene_conf,
     }
+
+
+def probe_one(folder: str | Path, cfg: SegProbeConfig, out: Path, name: str | None = None,
+              seed_index: int = 0) -> dict:
+    """Train on ``folder/train_split``, evaluate on ``folder/eval_split`` with ``cfg.seed``; returns the
+    result record (``scene_confusion``: the per-scene confusion matrices, for the bootstrap)."""
+    train_cache = _cache(folder, cfg.train_split)
+    eval_cache = _cache(folder, cfg.eval_split)
+    _check_same_encoder(folder, train_cache.key, eval_cache.key)
+    t = train_one(folder, cfg, name)
+    scores = t["result"].evaluate(ProbeData.from_cache(eval_cache), device=t["device"])
+    scene_conf = scene_confusions(t["result"], eval_cache, len(t["class_names"]), t["device"])
+    return _record(t, out, seed_index, scores, scene_conf, len(eval_cache), "cache")
+
+
+def stream_setup(folder: str | Path, cfg: SegProbeConfig, device=None):
+    """(extract config, encoder model or None for raw, evaluation scene names) for streaming the
+    evaluation split of ``folder``: the encoder recorded in the training cache, rebuilt and checked
+    against that cache's key."""
+    from common.config import from_dict
+    from pointprobe.data.scannet import list_scenes
+    from pointprobe.extract import ExtractConfig, cache_key
+    from pointprobe.models.registry import build_encoder
+
+    train_cache = _cache(folder, cfg.train_split)
+    recorded = train_cache.meta.get("config")
+    if not isinstance(recorded, dict):
+        raise InputError(Path(folder) / cfg.train_split, "the cache records no extract config (written by an "
+                         "older `pointprobe extract`?): streamed evaluation cannot rebuild its encoder")
+    ecfg = from_dict(ExtractConfig, recorded)
+    if cfg.data_root:
+        ecfg.data.root = cfg.data_root
+    device = dist.pick_device(cfg.device) if device is None else device
+    model, rec = build_encoder(ecfg.encoder, device)
+    key = cache_key(rec, ecfg, cfg.eval_split)
+    _check_same_encoder(folder, train_cache.key, key)
+    names = list_scenes(ecfg.data.root, cfg.eval_split)
+    return ecfg, model, names[: ecfg.data.limit] if ecfg.data.limit else names, device
+
+
+def stream_confusions(folder: str | Path, results: list, cfg: SegProbeConfig, num_classes: int,
+                      probe_device: str = "cpu", rank_: int | None = None,
+                      world_: int | None = None) -> tuple[np.ndarray, list[str], dict[str, str]]:
+    """(heads, scenes, C, C) confusion matrices of every trained head in ``results`` on every scene of
+    the evaluation split, computed by running the encoder scene by scene (no features written); the
+    scene names; {scene: error} of the scenes that could not be read (their matrices stay zero).
+
+    Each rank takes its ``common.dist.shard`` of the scenes (``rank_`` / ``world_`` override it, for
+    tests); under torchrun the matrices and failures are then summed / gathered over ranks."""
+    import torch
+
+    from pointprobe.data.scannet import load_scene
+    from pointprobe.extract import scene_features
+
+    ecfg, model, names, device = stream_setup(folder, cfg)
+    conf = np.zeros((len(results), len(names), num_classes, num_classes), dtype=np.int64)
+    failures: dict[str, str] = {}
+    mine = dist.shard(list(range(len(names))), rank_, world_)
+    for g in mine:
+        scene_dir = Path(ecfg.data.root) / cfg.eval_split / names[g]
+        try:
+            scene = load_scene(scene_dir)
+            labels = scene.labels(ecfg.data.label_set).astype(np.int64)
+            feats = np.asarray(scene_features(model, scene, ecfg, device)).astype(ecfg.dtype, copy=False)
+            if feats.shape[0] != labels.shape[0]:
+                raise InputError(scene_dir, f"{feats.shape[0]} features for {labels.shape[0]} labels")
+            if not np.isfinite(feats).all():
+                raise InputError(scene_dir, "features contain NaN or inf (the cache would refuse them)")
+        except InputError as e:
+            failures[names[g]] = str(e)
+            continue
+        if not (labels >= 0).any():
+            continue  # no labelled point: an all-zero matrix (as the cached path)
+        data = ProbeData([(feats, labels)], groups=[0], names=[names[g]])
+        for h, res in enumerate(results):
+            conf[h, g] = res.evaluate(data, device=probe_device)["confusion"]
+    if dist.is_distributed() and rank_ is None:
+        conf = dist.all_reduce_tensor(torch.from_numpy(conf)).numpy()
+        for part in dist.all_gather_object(failures):
+            failures.update(part)
+    return conf, names, failures
+
+
+def scores_from_confusion(conf: np.ndarray) -> dict:
+    """mIoU / mAcc / allAcc / iou / confusion of a summed (C, C) confusion matrix."""
+    seg = segmentation_metrics(conf)
+    return {"mIoU": seg["mIoU"], "mAcc": seg["mAcc"], "allAcc": seg["allAcc"], "iou": seg["iou"],
+            "confusion": conf}
+
+
+def probe_folder(folder: str | Path, cfg: SegProbeConfig, seeds: list[int], out: Path,
+                 name: str | None = None) -> tuple[list[dict], dict[str, str]]:
+    """Every seed's record of one feature folder; the evaluation split read from its cache or streamed
+    (``cfg.eval_source``); returns (records, {scene: error} of streamed scenes that failed)."""
+    source = cfg.eval_source
+    if source not in ("cache", "stream", "auto"):
+        raise ConfigError(f"config key 'eval_source': expected cache, stream or auto, got {source!r}")
+    if source == "auto":
+        source = "cache" if FeatureCache.exists(Path(folder) / cfg.eval_split) else "stream"
+    if source == "cache":
+        return [probe_one(folder, dataclasses.replace(cfg, seed=s), out, name, seed_index=j)
+                for j, s in enumerate(seeds)], {}
+    trained = [train_one(folder, dataclasses.replace(cfg, seed=s), name) for s in seeds]
+    for t in trained:  # every rank applies rank 0's heads (training may differ in the last bits across ranks)
+        t["result"] = dist.broadcast_object(t["result"])
+    conf, names, failures = stream_confusions(folder, [t["result"] for t in trained], cfg,
+                                              len(trained[0]["class_names"]), trained[0]["device"])
+    keep = [g for g, n in enumerate(names) if n not in failures]
+    if not keep:
+        raise InputError(Path(folder), f"no '{cfg.eval_split}' scene could be evaluated: "
+                         f"{next(iter(failures.values()), 'no scenes')}")
+    records = []
+    for j, t in enumerate(trained):
+        scene_conf = conf[j][keep]
+        records.append(_record(t, out, j, scores_from_confusion(scene_conf.sum(0)), scene_conf, len(keep),
+                               "stream"))
+    return records, failures
 
 
 SPREAD_METRICS = ("mIoU", "mAcc", "allAcc")
@@ -261,18 +399,25 @@ def run_probe(cfg: SegProbeConfig) -> dict:
     if len(set(seeds)) != len(seeds):
         raise ConfigError(f"config key 'seeds' repeats a seed: {seeds}")
     selection = check_selection_split(cfg)
+    if cfg.eval_source != "cache":
+        dist.init_from_env()  # streamed evaluation shards the scenes over torchrun ranks
     out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, out)
+    if dist.is_main():
+        out.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, out)
     records = []
     confusions = {}
+    stream_failures: list[str] = []
     for i, folder in enumerate(cfg.features):
-        runs = [probe_one(folder, dataclasses.replace(cfg, seed=s), out, cfg.names[i] if cfg.names else None,
-                          seed_index=j) for j, s in enumerate(seeds)]
+        runs, failed = probe_folder(folder, cfg, seeds, out, cfg.names[i] if cfg.names else None)
         rec = aggregate_seeds(runs, cfg.n_boot, cfg.bootstrap_seed)
+        stream_failures += [f"{rec['name']}: {cfg.eval_split} scene {k} not evaluated: {v}"
+                            for k, v in sorted(failed.items())]
         for r in runs:
             confusions[f"{rec['name']}/seed{r['seed']}"] = r.pop("scene_confusion")
         records.append(rec)
+    if not dist.is_main():
+        return {"rows": [], "md_rows": [], "records": records, "out": str(out)}
     np.savez_compressed(out / "scene_confusion.npz", **confusions)
     multi = len(seeds) > 1
     class_names = records[0]["class_names"]
@@ -296,7 +441,7 @@ def run_probe(cfg: SegProbeConfig) -> dict:
         md_rows.append(md)
     setting = (f"{cfg.scene_fraction:.0%} of training scenes" +
                (f", {cfg.points_per_scene} labelled points per scene" if cfg.points_per_scene else ""))
-    notes = [f"{r['name']}: {n}" for r in records for n in r["notes"]]
+    notes = [f"{r['name']}: {n}" for r in records for n in r["notes"]] + stream_failures
     support = records[0]["support"]  # one evaluation split: the same for every encoder
     absent = [c for c, t in zip(class_names, support) if t == 0]
     footnotes = [MIOU_RULE + "; 'mIoU classes' says over how many of the classes each mIoU is averaged",
@@ -315,6 +460,7 @@ def run_probe(cfg: SegProbeConfig) -> dict:
     meta = {"task": "semantic segmentation, linear probe on frozen features",
             "train split": cfg.train_split, "eval split": cfg.eval_split, "setting": setting,
             "config_hash": config_hash(cfg), "notes": notes, "config": asdict(cfg),
+            "eval_source": [r["eval_source"] for r in records],
             "seeds": seeds, "std_ddof": STD_DDOF if multi else None,
             "bootstrap": {"n_boot": cfg.n_boot, "seed": cfg.bootstrap_seed, "level": 0.95,
                           "resampled": "evaluation scenes"},
@@ -355,3 +501,70 @@ def run_probe(cfg: SegProbeConfig) -> dict:
 
     (out / "details.json").write_text(json.dumps(jsonable(detail), indent=1) + "\n")
     return {"rows": rows, "md_rows": md_rows, "records": records, "out": str(out)}
+
+
+def dry_run(cfg: SegProbeConfig, n_encode: int = 3) -> dict:
+    """What ``run_probe(cfg)`` would read, without training or writing: per feature folder the training
+    scenes and labelled rows (and their float32 bytes in memory), the evaluation source and, streamed,
+    the evaluation scenes, points, estimated encoding time (``n_encode`` scenes encoded here) and the
+    scenes that would fail."""
+    from pointprobe.extract import scan_scene, time_encoding
+
+    if not cfg.features:
+        raise ConfigError("config key 'features' is empty: give the folders written by `pointprobe extract`")
+    get_probe(cfg.probe_type, task="segmentation")
+    if cfg.eval_source not in ("cache", "stream", "auto"):
+        raise ConfigError(f"config key 'eval_source': expected cache, stream or auto, "
+                          f"got {cfg.eval_source!r}")
+    check_selection_split(cfg)
+    folders = []
+    for folder in cfg.features:
+        train_cache = _cache(folder, cfg.train_split)
+        train, items = training_data(train_cache, cfg)
+        rec = {"folder": str(folder), "train_scenes": len(items), "train_rows": int(train.num_rows),
+               "train_bytes_float32": int(train.nbytes_float32), "dim": train_cache.feature_dim,
+               "storage": (train_cache.meta.get("storage") or {}).get("mode", "full")}
+        source = cfg.eval_source
+        if source == "auto":
+            source = "cache" if FeatureCache.exists(Path(folder) / cfg.eval_split) else "stream"
+        rec["eval_source"] = source
+        if source == "cache":
+            ev = _cache(folder, cfg.eval_split)
+            rec.update(eval_scenes=len(ev), eval_points=int(ev.total_rows), failed={})
+        else:
+            ecfg, model, names, device = stream_setup(folder, cfg)
+            ok, failed, points = [], {}, 0
+            for n in names:
+                try:
+                    points += scan_scene(Path(ecfg.data.root) / cfg.eval_split / n, ecfg.data.label_set)
+                    ok.append(Path(ecfg.data.root) / cfg.eval_split / n)
+                except InputError as e:
+                    failed[n] = str(e)
+            step = max(1, len(ok) // max(1, n_encode))
+            pick = ok[::step] + [f for f in ok if f not in ok[::step]]
+            pts, secs, enc_failed = time_encoding(model, ecfg, device, pick, n_encode)
+            failed.update(enc_failed)
+            pps = pts / secs if secs > 0 else None
+            rec.update(eval_scenes=len(names), eval_points=points, failed=failed, points_per_second=pps,
+                       eval_seconds=points / pps / dist.world_size() if pps else None)
+        folders.append(rec)
+    return {"features": folders, "seeds": list(cfg.seeds) or [cfg.seed]}
+
+
+def format_dry_run(rep: dict, out: str) -> str:
+    """The probe dry run's report as lines of text."""
+    from common.paths import human_bytes
+
+    lines = [f"dry run: nothing trained, nothing written to {out}; seeds {rep['seeds']}"]
+    for r in rep["features"]:
+        lines.append(f"{r['folder']}: train {r['train_scenes']} scenes ({r['storage']} storage), "
+                     f"{r['train_rows']:,} labelled rows of {r['dim']} dims = "
+                     f"{human_bytes(r['train_bytes_float32'])} as float32")
+        ev = f"eval ({r['eval_source']}): {r['eval_scenes']} scenes, {r['eval_points']:,} points"
+        if r["eval_source"] == "stream":
+            pps, t = r["points_per_second"], r["eval_seconds"]
+            ev += (f", encoder {pps:,.0f} points/s here, about {t / 60:.1f} min per pass" if pps
+                   else ", no scene could be encoded")
+        lines.append(f"  {ev}, {len(r['failed'])} would fail")
+        lines += [f"  would fail: {k}: {v}" for k, v in sorted(r["failed"].items())]
+    return "\n".join(lines)

@@ -19,6 +19,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add_config_args(p, "configs/point/extract.yaml")
+    p.add_argument("--dry-run", action="store_true",
+                   help="scan the data, encode three scenes, print scene counts, estimated cache size and "
+                   "time and the scenes that would fail; write nothing")
     p.set_defaults(func=run)
 
 
@@ -28,6 +31,13 @@ def run(args: argparse.Namespace) -> int:
     from pointprobe.extract import ExtractConfig, extract
 
     cfg = load_cli_config(ExtractConfig, args)
+    if getattr(args, "dry_run", False):
+        from pointprobe.extract import dry_run, format_dry_run
+
+        rep = dry_run(cfg)
+        if dist.is_main():
+            print(format_dry_run(rep, cfg.out))
+        return 1 if any(d["failed"] for d in rep["splits"].values()) else 0
     failures = extract(cfg)
     n_bad = sum(len(v) for v in failures.values())
     if dist.is_main():
