@@ -11,9 +11,8 @@ N distinct names, listed with ``data.kind=list``):
 - the extraction time per video with a cheap encoder (``frame_stats``, pooled) on the first
   ``--extract`` videos of the list, extrapolated to 240k videos on one such process.
 
-Point part (ScanNet-sized: 1,513 scenes with a cheap deterministic encoder, disk / RSS / time from 100
-to 1,513 scenes): comes with the point-side storage (``points_per_scene``) of issue 15; its place is
-``point_part`` below.
+The ScanNet-sized point run is its own script, ``tools/bench_scale_points.py`` (section
+"bench_scale_points"): one stage per process, so that each stage's peak RSS is its own.
 
 Writes the section "bench_scale" of docs/benchmarks.md.
 
@@ -122,11 +121,6 @@ def video_part(tmp: Path, n_videos: int, n_extract: int) -> dict[str, Any]:
     return res
 
 
-def point_part() -> dict[str, Any] | None:
-    """ScanNet-sized point run (1,513 scenes, cheap encoder): not built yet (needs ``points_per_scene``)."""
-    return None
-
-
 def _gb(b: float) -> str:
     if b < 1e9:
         return f"{b / 1e6:,.1f} MB"
@@ -198,7 +192,6 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         res = video_part(Path(tmp), args.videos, args.extract)
     print(json.dumps(res, indent=1, default=str))
-    pts = point_part()
     md = "\n".join([
         f"Machine: {machine_line()}.",
         "",
@@ -206,9 +199,7 @@ def main(argv: list[str] | None = None) -> int:
         "",
         "### Points: ScanNet-sized",
         "",
-        "Not measured yet: the ScanNet-sized run (1,513 generated scenes, cheap encoder, disk / peak RSS / "
-        "time per stage from 100 to 1,513 scenes) comes with the point-side storage (`points_per_scene`) "
-        "and streamed evaluation of issue 15." if pts is None else json.dumps(pts),
+        "Measured by `tools/bench_scale_points.py`: section bench_scale_points below.",
     ])
     print(md)
     if not args.no_doc:
