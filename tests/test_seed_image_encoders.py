@@ -84,6 +84,14 @@ def write_release(name: str, layout: str, src: dict, path) -> None:
                            **head("local_group_head."), **head("group_head.")},
                "student_mem": {"queue": torch.zeros(4, 8)}, "teacher_mem": {"queue": torch.zeros(4, 8)},
                "optimizer": {}, "epoch": 2, "args": ARGS}
+    elif fam == "dinov2" and layout == "hub" and name.endswith("_reg"):
+        # the release adds a class position to the class token and gives registers none; timm keeps the
+        # sum in cls_token and patch-only positions: split a random class position back out
+        cls_pos = torch.randn(1, 1, D, generator=torch.Generator().manual_seed(11))
+        obj = {k: v for k, v in src.items() if k not in ("cls_token", "pos_embed", "reg_token")}
+        obj.update({"cls_token": src["cls_token"] - cls_pos,
+                    "pos_embed": torch.cat([cls_pos, src["pos_embed"]], 1),
+                    "register_tokens": src["reg_token"], "mask_token": torch.zeros(1, D)})
     elif fam == "dinov2" and layout == "hub":
         obj = {**src, "mask_token": torch.zeros(1, D)}
         if name == "dinov2_vitg14":
@@ -116,7 +124,7 @@ CASES = [("dino_vits16", "backbone"), ("dino_vits16", "full"), ("dino_vitb16", "
          ("dino_vits8", "backbone"), ("ibot_vits16", "backbone"), ("ibot_vits16", "full"),
          ("ibot_vitb16", "backbone"), ("mugs_vits16", "backbone"), ("mugs_vits16", "full"),
          ("dinov2_vits14", "hub"), ("dinov2_vits14", "teacher"), ("dinov2_vitb14", "teacher"),
-         ("dinov2_vitg14", "hub"), ("beitv2_vitb16", "pretrain")]
+         ("dinov2_vitg14", "hub"), ("dinov2_vits14_reg", "hub"), ("beitv2_vitb16", "pretrain")]
 
 
 # each release's linear protocol as the reference doc states it (n last blocks, mean patch token, through
@@ -126,6 +134,7 @@ PROTOCOL = {
     "dino_vitb16": (1, "interleave", True), "dino_vitb8": (1, "interleave", True),
     "ibot_vits16": (4, "none", True), "ibot_vitb16": (1, "concat", True), "mugs_vits16": (4, "none", True),
     **{f"dinov2_vit{s}14": (4, "concat", True) for s in "sblg"},
+    **{f"dinov2_vit{s}14_reg": (4, "concat", True) for s in "sblg"},
     "beitv2_vitb16": (1, "concat", False),
 }
 
@@ -158,7 +167,7 @@ def test_release_layout_loads_and_matches_timm(tmp_path, name, layout):
     x = torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(3))
     with torch.no_grad():
         lin, patches = vit.features(x)
-        ref_tokens = src.forward_features(x)[:, 1:]
+        ref_tokens = src.forward_features(x)[:, getattr(src, "num_prefix_tokens", 1):]
         ref_lin = expected_linear(name, src, x)
     n, avgpool, _ = PROTOCOL[name]
     assert lin.shape == (2, D * (n + (avgpool != "none")))
@@ -263,6 +272,17 @@ def test_pos_embed_resampled_as_the_releases_do_not_as_timm():
         theirs = dyn.forward_features(x)[:, 1:].reshape(1, 3, 4, D)
     assert ours.shape == (1, 3, 4, D)
     assert not torch.allclose(ours, theirs, atol=1e-4)
+
+
+def test_dinov2_registers_are_not_patches_and_take_no_position():
+    src = source_model("dinov2_vits14_reg")
+    vit = build_image_vit("dinov2_vits14_reg", **tiny("dinov2_vits14_reg"))
+    vit.model.load_state_dict(src.state_dict())
+    assert vit.num_prefix == 5 and vit.model.pos_embed.shape[1] == 4
+    x = torch.randn(1, 3, 42, 28)  # off the native grid: positions resampled for patches only
+    with torch.no_grad():
+        lin, patches = vit.features(x)
+    assert patches.shape == (1, 3, 2, D) and lin.shape == (1, 5 * D)
 
 
 def test_beit_refuses_other_grids():

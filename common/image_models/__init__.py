@@ -87,6 +87,10 @@ def extract_state_dict(obj: Any, path: str | Path, release: Release) -> dict[str
     for pattern, repl in release.renames:
         rx = re.compile(pattern)
         sd = {rx.sub(repl, k): v for k, v in sd.items()}
+    if release.fold_cls_pos and "pos_embed" in sd and "cls_token" in sd:
+        pos = sd["pos_embed"]
+        sd["cls_token"] = sd["cls_token"] + pos[:, :1]
+        sd["pos_embed"] = pos[:, 1:]
     return sd
 
 

@@ -39,6 +39,9 @@ class Release:
     n_last: int = 4
     avgpool: Avgpool = "none"
     final_norm: bool = True  # intermediate outputs through the final norm (DINO/iBOT/Mugs/DINOv2)
+    # DINOv2 with registers: the file's class position pos_embed[:, 0] is added to cls_token and
+    # removed (timm's register models keep patch-only positions; the sum is what the release computes)
+    fold_cls_pos: bool = False
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
 
@@ -88,6 +91,13 @@ RELEASES: dict[str, Release] = {
                              renames=_DINOV2_RENAMES, avgpool="concat"),
     "dinov2_vitg14": Release("dinov2", "vit_giant_patch14_dinov2", _DINOV2, drop=_DINOV2_DROP,
                              renames=_DINOV2_G_RENAMES, avgpool="concat"),
+    # DINOv2 with 4 registers (register_tokens: no position, left out of the mean patch token)
+    **{f"dinov2_vit{s}14_reg": Release("dinov2", f"vit_{size}_patch14_reg4_dinov2", _DINOV2,
+                                       drop=_DINOV2_DROP,
+                                       renames=(_DINOV2_G_RENAMES if s == "g" else _DINOV2_RENAMES)
+                                       + ((r"^register_tokens$", "reg_token"),),
+                                       avgpool="concat", fold_cls_pos=True)
+       for s, size in (("s", "small"), ("b", "base"), ("l", "large"), ("g", "giant"))},
     # BEiT v2 (microsoft/unilm beit2): shared relative position bias, no absolute pos_embed, q/v bias,
     # layer scale; linear = the last block's [CLS, mean patch] WITHOUT the final norm
     "beitv2_vitb16": Release("beitv2", "beitv2_base_patch16_224", _BEITV2, wrappers=("model", "module"),

@@ -21,18 +21,19 @@ from torch import nn
 from common.image_models.releases import Release
 
 
-def interpolate_pos_embed(pos_embed: torch.Tensor, h: int, w: int, offset: float = 0.1) -> torch.Tensor:
-    """(1, 1 + N, D) class + square patch position embedding -> (1, 1 + h*w, D), as the releases do:
-    bicubic with ``scale_factor = (h + offset) / sqrt(N)`` (rows) and ``(w + offset) / sqrt(N)``
-    (columns), no antialias; unchanged when the grid is the native one."""
-    n = pos_embed.shape[1] - 1
+def interpolate_pos_embed(pos_embed: torch.Tensor, h: int, w: int, offset: float = 0.1,
+                          num_prefix: int = 1) -> torch.Tensor:
+    """(1, num_prefix + N, D) class + square patch position embedding -> (1, num_prefix + h*w, D), as
+    the releases do: bicubic with ``scale_factor = (h + offset) / sqrt(N)`` (rows) and
+    ``(w + offset) / sqrt(N)`` (columns), no antialias; unchanged when the grid is the native one."""
+    n = pos_embed.shape[1] - num_prefix
     m = int(math.isqrt(n))
     if m * m != n:
         raise ValueError(f"position embedding of {n} patches is not a square grid")
     if (h, w) == (m, m):
         return pos_embed
     dtype = pos_embed.dtype
-    cls_pos, patch_pos = pos_embed[:, :1], pos_embed[:, 1:]
+    cls_pos, patch_pos = pos_embed[:, :num_prefix], pos_embed[:, num_prefix:]
     grid = patch_pos.float().reshape(1, m, m, -1).permute(0, 3, 1, 2)
     grid = F.interpolate(grid, scale_factor=((h + offset) / m, (w + offset) / m), mode="bicubic",
                          antialias=False)
@@ -63,6 +64,7 @@ class ImageViT(nn.Module):
         n_vec = release.n_last + (release.avgpool != "none")
         self.linear_dim = self.embed_dim * n_vec
         self.grid = tuple(int(g) for g in model.patch_embed.grid_size)
+        self.num_prefix = int(getattr(model, "num_prefix_tokens", 1))  # class (+ register) tokens
 
     # ------------------------------------------------------------------------------------------ tokens
     def _embed(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
@@ -75,13 +77,20 @@ class ImageViT(nn.Module):
         t = m.patch_embed.proj(x)  # (B, D, h, w): the conv alone, timm's size check is for timm's size
         h, w = t.shape[-2:]
         t = m.patch_embed.norm(t.flatten(2).transpose(1, 2))
-        t = torch.cat([m.cls_token.expand(b, -1, -1), t], dim=1)
-        if getattr(m, "pos_embed", None) is not None:
-            t = t + interpolate_pos_embed(m.pos_embed, h, w)
+        cls = m.cls_token.expand(b, -1, -1)
+        reg = getattr(m, "reg_token", None)
+        if getattr(m, "no_embed_class", False):  # DINOv2 with registers: patch-only pos_embed (the class
+            # position is folded into cls_token at load), registers take no position
+            t = t + interpolate_pos_embed(m.pos_embed, h, w, num_prefix=0)
+            t = torch.cat([cls, *([reg.expand(b, -1, -1)] if reg is not None else []), t], dim=1)
+        elif getattr(m, "pos_embed", None) is not None:
+            t = torch.cat([cls, t], dim=1) + interpolate_pos_embed(m.pos_embed, h, w)
+        else:
+            t = torch.cat([cls, t], dim=1)
         norm_pre = getattr(m, "norm_pre", None)
         if norm_pre is not None:
             t = norm_pre(t)
-        elif self.release.is_beit and (h, w) != self.grid:
+        if self.release.is_beit and (h, w) != self.grid:
             raise ValueError(f"{self.name}: BEiT's relative position bias is for a {self.grid[0]}x"
                              f"{self.grid[1]} patch grid ({self.grid[0] * self.patch} px), got {h}x{w}")
         return t, (int(h), int(w))
@@ -111,12 +120,12 @@ class ImageViT(nn.Module):
         if r.avgpool == "none":
             lin = torch.cat(cls, dim=-1)
         else:
-            avg = layers[-1][:, 1:].mean(dim=1)
+            avg = layers[-1][:, self.num_prefix:].mean(dim=1)
             if r.avgpool == "concat":
                 lin = torch.cat([*cls, avg], dim=-1)
             else:  # DINO ViT-B: per-channel interleave of the (single) CLS and the mean patch token
                 lin = torch.stack([torch.cat(cls, dim=-1), avg], dim=-1).reshape(x.shape[0], -1)
-        patches = normed_last[:, 1:].reshape(x.shape[0], h, w, -1)
+        patches = normed_last[:, self.num_prefix:].reshape(x.shape[0], h, w, -1)
         return lin, patches
 
     def linear_features(self, x: torch.Tensor) -> torch.Tensor:
@@ -126,7 +135,7 @@ class ImageViT(nn.Module):
     def patch_tokens(self, x: torch.Tensor) -> torch.Tensor:
         """The last block's patch tokens after the final norm, (B, h, w, D): lifting and featviz."""
         outs, (h, w) = self.block_outputs(x, last=1)
-        return self.model.norm(outs[-1])[:, 1:].reshape(x.shape[0], h, w, -1)
+        return self.model.norm(outs[-1])[:, self.num_prefix:].reshape(x.shape[0], h, w, -1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.linear_features(x)
