@@ -325,3 +325,86 @@ def test_framewise_seed_encoder_weights_only_from_a_local_file(tmp_path):
         create_video_encoder("dino_vits16_frames", "hub")
     with pytest.raises(CheckpointError, match="no such checkpoint file"):
         create_video_encoder("dino_vits16_frames", str(tmp_path / "missing.pth"))
+
+
+# ------------------------------------------------------- against the official code (opt-in, skipped here)
+def _official(monkeypatch, env: str, sub: str) -> None:
+    import os
+
+    root = os.environ.get(env)
+    if not root:
+        pytest.skip(f"set {env} to a checkout of the official repository to compare with its code")
+    monkeypatch.syspath_prepend(os.path.join(root, sub) if sub else root)
+
+
+def _randomise(m: torch.nn.Module, seed: int) -> torch.nn.Module:
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in m.parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * 0.05)
+    return m.eval()
+
+
+@pytest.mark.parametrize("registers", [0, 4])
+def test_dinov2_equals_the_official_code(tmp_path, monkeypatch, registers):
+    """PROBESUITE_DINOV2_REPO=<facebookresearch/dinov2 checkout>: ViT-S/14 hub files, 3 input sizes."""
+    _official(monkeypatch, "PROBESUITE_DINOV2_REPO", "")
+    from dinov2.models import vision_transformer as vits
+
+    ref = _randomise(vits.vit_small(patch_size=14, img_size=518, init_values=1.0, block_chunks=0,
+                                    num_register_tokens=registers, interpolate_antialias=False,
+                                    interpolate_offset=0.1), 0)
+    path = tmp_path / "hub.pth"
+    save_checkpoint(ref.state_dict(), path)
+    ours = load_image_vit("dinov2_vits14_reg" if registers else "dinov2_vits14", path)
+    for hw in ((224, 224), (518, 518), (224, 308)):
+        x = torch.randn(1, 3, *hw)
+        with torch.no_grad():
+            lin, patches = ours.features(x)
+            inter = ref.get_intermediate_layers(x, n=4, return_class_token=True, norm=True)
+        torch.testing.assert_close(lin, torch.cat([c for _, c in inter] + [inter[-1][0].mean(1)], -1))
+        torch.testing.assert_close(patches.flatten(1, 2), inter[-1][0])
+
+
+def test_dino_equals_the_official_code(tmp_path, monkeypatch):
+    """PROBESUITE_DINO_REPO=<facebookresearch/dino checkout>: ViT-S/16 full checkpoint (teacher)."""
+    _official(monkeypatch, "PROBESUITE_DINO_REPO", "")
+    import vision_transformer as dv
+
+    teacher, student = _randomise(dv.vit_small(patch_size=16), 0), _randomise(dv.vit_small(patch_size=16), 1)
+    path = tmp_path / "full.pth"
+    save_checkpoint({"student": {f"module.backbone.{k}": v for k, v in student.state_dict().items()},
+                     "teacher": {f"backbone.{k}": v for k, v in teacher.state_dict().items()},
+                     "epoch": 1, "args": ARGS}, path)
+    ours = load_image_vit("dino_vits16", path)
+    for hw in ((224, 224), (448, 448), (224, 320)):
+        x = torch.randn(1, 3, *hw)
+        with torch.no_grad():
+            lin, patches = ours.features(x)
+            inter = teacher.get_intermediate_layers(x, 4)
+        torch.testing.assert_close(lin, torch.cat([o[:, 0] for o in inter], -1))
+        torch.testing.assert_close(patches.flatten(1, 2), inter[-1][:, 1:])
+
+
+def test_beitv2_equals_the_official_code(tmp_path, monkeypatch):
+    """PROBESUITE_UNILM_REPO=<microsoft/unilm checkout>: BEiT v2 ViT-B/16 pre-training file layout."""
+    _official(monkeypatch, "PROBESUITE_UNILM_REPO", "beit2")
+    from functools import partial
+
+    import modeling_finetune as mf
+
+    ref = _randomise(mf.VisionTransformer(
+        patch_size=16, embed_dim=768, depth=12, num_heads=12, mlp_ratio=4, qkv_bias=True,
+        norm_layer=partial(torch.nn.LayerNorm, eps=1e-6), use_mean_pooling=False,
+        use_shared_rel_pos_bias=True, use_abs_pos_emb=False, init_values=0.1, num_classes=0), 0)
+    model = {k: v for k, v in ref.state_dict().items() if not k.startswith(("head.", "fc_norm."))}
+    path = tmp_path / "pt.pth"
+    save_checkpoint({"model": {**model, "mask_token": torch.zeros(1, 1, 768)}, "epoch": 1, "args": ARGS},
+                    path)
+    ours = load_image_vit("beitv2_vitb16", path)
+    x = torch.randn(2, 3, 224, 224)
+    with torch.no_grad():
+        lin, patches = ours.features(x)
+        last = ref.get_intermediate_layers(x)[-1]
+    torch.testing.assert_close(lin, torch.cat([last[:, 0], last[:, 1:].mean(1)], -1))
+    torch.testing.assert_close(patches.flatten(1, 2), ref.norm(last)[:, 1:])
