@@ -334,7 +334,11 @@ def _official(monkeypatch, env: str, sub: str) -> None:
     root = os.environ.get(env)
     if not root:
         pytest.skip(f"set {env} to a checkout of the official repository to compare with its code")
+    import sys
+
     monkeypatch.syspath_prepend(os.path.join(root, sub) if sub else root)
+    for name in [m for m in sys.modules if m.split(".")[0] in ("utils", "vision_transformer", "models")]:
+        monkeypatch.delitem(sys.modules, name)  # the releases' generic module names: their own copies
 
 
 def _randomise(m: torch.nn.Module, seed: int) -> torch.nn.Module:
@@ -408,3 +412,27 @@ def test_beitv2_equals_the_official_code(tmp_path, monkeypatch):
         last = ref.get_intermediate_layers(x)[-1]
     torch.testing.assert_close(lin, torch.cat([last[:, 0], last[:, 1:].mean(1)], -1))
     torch.testing.assert_close(patches.flatten(1, 2), ref.norm(last)[:, 1:])
+
+
+@pytest.mark.parametrize("release", ["ibot", "mugs"])
+def test_ibot_and_mugs_equal_the_official_code(tmp_path, monkeypatch, release):
+    """PROBESUITE_IBOT_REPO / PROBESUITE_MUGS_REPO: ViT-S/16 backbone files ({"state_dict": ...}); the
+    Mugs file keeps its relation block, which is not the encoder."""
+    if release == "ibot":
+        _official(monkeypatch, "PROBESUITE_IBOT_REPO", "")
+        from models.vision_transformer import vit_small
+        ref = _randomise(vit_small(patch_size=16), 0)
+    else:
+        _official(monkeypatch, "PROBESUITE_MUGS_REPO", "src")
+        from vision_transformer import vit_small
+        ref = _randomise(vit_small(patch_size=16, num_relation_blocks=1), 0)
+    path = tmp_path / "backbone.pth"
+    save_checkpoint({"state_dict": ref.state_dict()}, path)
+    ours = load_image_vit(f"{release}_vits16", path)
+    for hw in ((224, 224), (224, 320)):
+        x = torch.randn(1, 3, *hw)
+        with torch.no_grad():
+            lin, patches = ours.features(x)
+            inter = ref.get_intermediate_layers(x, 4)
+        torch.testing.assert_close(lin, torch.cat([o[:, 0] for o in inter], -1))
+        torch.testing.assert_close(patches.flatten(1, 2), inter[-1][:, 1:])
