@@ -68,14 +68,17 @@ class ImageViT(nn.Module):
 
     # ------------------------------------------------------------------------------------------ tokens
     def _embed(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
-        """Patch tokens with the class token prepended and positions added: (B, 1 + h*w, D)."""
+        """Class (+ register) tokens and patch tokens with positions added: (B, num_prefix + h*w, D)."""
         m = self.model
         b, _, hh, ww = x.shape
         if hh % self.patch or ww % self.patch:
             raise ValueError(f"{self.name}: height and width must be multiples of {self.patch}, "
                              f"got {hh}x{ww}")
+        h, w = hh // self.patch, ww // self.patch
+        if self.release.is_beit and (h, w) != self.grid:
+            raise ValueError(f"{self.name}: BEiT's relative position bias is for a {self.grid[0]}x"
+                             f"{self.grid[1]} patch grid ({self.grid[0] * self.patch} px), got {h}x{w}")
         t = m.patch_embed.proj(x)  # (B, D, h, w): the conv alone, timm's size check is for timm's size
-        h, w = t.shape[-2:]
         t = m.patch_embed.norm(t.flatten(2).transpose(1, 2))
         cls = m.cls_token.expand(b, -1, -1)
         reg = getattr(m, "reg_token", None)
@@ -90,14 +93,11 @@ class ImageViT(nn.Module):
         norm_pre = getattr(m, "norm_pre", None)
         if norm_pre is not None:
             t = norm_pre(t)
-        if self.release.is_beit and (h, w) != self.grid:
-            raise ValueError(f"{self.name}: BEiT's relative position bias is for a {self.grid[0]}x"
-                             f"{self.grid[1]} patch grid ({self.grid[0] * self.patch} px), got {h}x{w}")
         return t, (int(h), int(w))
 
     def block_outputs(self, x: torch.Tensor, last: int | None = None
                       ) -> tuple[list[torch.Tensor], tuple[int, int]]:
-        """Outputs (B, 1 + h*w, D) of the last ``last`` blocks (all by default), before the final norm."""
+        """Outputs (B, num_prefix + h*w, D) of the last ``last`` blocks (default all), before final norm."""
         m = self.model
         t, grid = self._embed(x)
         keep = self.depth if last is None else last
