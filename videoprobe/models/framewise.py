@@ -77,57 +77,6 @@ class FramewiseEncoder(VideoEncoder):
         return EncoderOutput(tokens=feats[:, :, None, None, :], pooled=feats.mean(dim=1))
 
 
-class FramewiseViTEncoder(FramewiseEncoder):
-    """A seed image ViT per frame: pooled = mean over frames of its linear-probe feature, tokens = the
-    per-frame patch tokens (B, T, h, w, D), both from one forward pass."""
-
-    def __init__(self, name: str, vit: ImageViT, crop_size: int = 224, **kw: Any):
-        super().__init__(name, vit, vit.linear_dim, vit.release.mean, vit.release.std, crop_size, **kw)
-        self.token_dim = vit.embed_dim
-        self.size_multiple = vit.patch
-
-    def encode(self, x: torch.Tensor) -> EncoderOutput:
-        b, c, t, h, w = x.shape
-        frames = x.permute(0, 2, 1, 3, 4).reshape(b * t, c, h, w)
-        lins, toks = [], []
-        for chunk in frames.split(self.frames_per_chunk):
-            lin, tok = self.backbone.features(chunk)
-            lins.append(lin)
-            toks.append(tok)
-        pooled = torch.cat(lins).reshape(b, t, -1).mean(dim=1)
-        tokens = torch.cat(toks)
-        return EncoderOutput(tokens=tokens.reshape(b, t, *tokens.shape[1:]), pooled=pooled)
-
-
-SEED_FRAME_ENCODERS = tuple(f"{r}_frames" for r in RELEASES)
-
-
-def create_seed_frames_encoder(name: str, checkpoint: str | None = None, seed: int = 0, crop_size: int = 224,
-                               arch: dict[str, Any] | None = None, **kw: Any) -> FramewiseViTEncoder:
-    """``<release>_frames``: the release's image ViT per frame, weights from a local file only.
-
-    ``checkpoint=None`` builds timm's random initialisation (``random:<seed>``, warned about by
-    ``create_video_encoder`` as for every learned encoder; used by ``videoprobe encoders``); there is no
-    hub download. ``arch``: timm overrides (tests build tiny models).
-    """
-    release = name.removesuffix("_frames")
-    if release not in RELEASES:
-        raise ConfigError(f"unknown frame-wise seed encoder '{name}' "
-                          f"(known: {', '.join(SEED_FRAME_ENCODERS)})")
-    if checkpoint == "hub":
-        raise CheckpointError(f"{name}: no hub download for the seed image encoders (offline, nothing is "
-                              f"downloaded); pass encoder.checkpoint=FILE.pth of the {release} release")
-    if checkpoint is None:
-        enc = FramewiseViTEncoder(name, build_image_vit(release, seed=seed, **(arch or {})), crop_size, **kw)
-        enc.checkpoint_id = f"random:{seed}"
-        return enc
-    path = Path(checkpoint)
-    vit = load_image_vit(release, path, **(arch or {}))
-    enc = FramewiseViTEncoder(name, vit, crop_size, **kw)
-    enc.checkpoint_path, enc.checkpoint_id = str(path), sha256_file(path)
-    return enc
-
-
 class FrameStats(nn.Module):
     """Hand-designed per-frame appearance descriptor (see the module docstring); no parameters."""
 
@@ -238,3 +187,54 @@ def create_framewise_encoder(
 
 def arch_is_vit(name: str) -> bool:
     return "vit" in name.split(":")[-1]
+
+
+class FramewiseViTEncoder(FramewiseEncoder):
+    """A seed image ViT per frame: pooled = mean over frames of its linear-probe feature, tokens = the
+    per-frame patch tokens (B, T, h, w, D), both from one forward pass."""
+
+    def __init__(self, name: str, vit: ImageViT, crop_size: int = 224, **kw: Any):
+        super().__init__(name, vit, vit.linear_dim, vit.release.mean, vit.release.std, crop_size, **kw)
+        self.token_dim = vit.embed_dim
+        self.size_multiple = vit.patch
+
+    def encode(self, x: torch.Tensor) -> EncoderOutput:
+        b, c, t, h, w = x.shape
+        frames = x.permute(0, 2, 1, 3, 4).reshape(b * t, c, h, w)
+        lins, toks = [], []
+        for chunk in frames.split(self.frames_per_chunk):
+            lin, tok = self.backbone.features(chunk)
+            lins.append(lin)
+            toks.append(tok)
+        pooled = torch.cat(lins).reshape(b, t, -1).mean(dim=1)
+        tokens = torch.cat(toks)
+        return EncoderOutput(tokens=tokens.reshape(b, t, *tokens.shape[1:]), pooled=pooled)
+
+
+SEED_FRAME_ENCODERS = tuple(f"{r}_frames" for r in RELEASES)
+
+
+def create_seed_frames_encoder(name: str, checkpoint: str | None = None, seed: int = 0, crop_size: int = 224,
+                               arch: dict[str, Any] | None = None, **kw: Any) -> FramewiseViTEncoder:
+    """``<release>_frames``: the release's image ViT per frame, weights from a local file only.
+
+    ``checkpoint=None`` builds timm's random initialisation (``random:<seed>``, warned about by
+    ``create_video_encoder`` as for every learned encoder; used by ``videoprobe encoders``); there is no
+    hub download. ``arch``: timm overrides (tests build tiny models).
+    """
+    release = name.removesuffix("_frames")
+    if release not in RELEASES:
+        raise ConfigError(f"unknown frame-wise seed encoder '{name}' "
+                          f"(known: {', '.join(SEED_FRAME_ENCODERS)})")
+    if checkpoint == "hub":
+        raise CheckpointError(f"{name}: no hub download for the seed image encoders (offline, nothing is "
+                              f"downloaded); pass encoder.checkpoint=FILE.pth of the {release} release")
+    if checkpoint is None:
+        enc = FramewiseViTEncoder(name, build_image_vit(release, seed=seed, **(arch or {})), crop_size, **kw)
+        enc.checkpoint_id = f"random:{seed}"
+        return enc
+    path = Path(checkpoint)
+    vit = load_image_vit(release, path, **(arch or {}))
+    enc = FramewiseViTEncoder(name, vit, crop_size, **kw)
+    enc.checkpoint_path, enc.checkpoint_id = str(path), sha256_file(path)
+    return enc
