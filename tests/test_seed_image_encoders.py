@@ -316,6 +316,24 @@ def test_framewise_seed_encoder_on_a_tiny_clip(tmp_path):
     torch.testing.assert_close(out.pooled, per_frame.mean(dim=1), rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("name", ["dino_vits16", "dinov2_vits14_reg", "beitv2_vitb16"])
+def test_framewise_block_layout_covers_every_parameter_once_in_order(name):
+    from videoprobe.models.framewise import create_seed_frames_encoder
+
+    enc = create_seed_frames_encoder(f"{name}_frames", None, arch=tiny(name))
+    layout = enc.block_layout()
+    assert [b for b, _ in layout] == ["stem", *(f"blocks.{i}" for i in range(DEPTH)), "norm"]
+    owner = {}
+    for i, (_, prefixes) in enumerate(layout):
+        for n, _ in enc.named_parameters():
+            if any(n == p or (p.endswith(".") and n.startswith(p)) for p in prefixes):
+                assert n not in owner, n
+                owner[n] = i
+    names = [n for n, _ in enc.named_parameters()]
+    assert set(owner) == set(names)
+    assert [owner[n] for n in names] == sorted(owner[n] for n in names)
+
+
 def test_framewise_seed_encoder_weights_only_from_a_local_file(tmp_path):
     from videoprobe.models import create_video_encoder
 

@@ -198,6 +198,21 @@ class FramewiseViTEncoder(FramewiseEncoder):
         self.token_dim = vit.embed_dim
         self.size_multiple = vit.patch
 
+    def block_layout(self) -> list[tuple[str, list[str]]]:
+        """(name, parameter-name prefixes) in depth order: the stem (patch embedding, class / register
+        tokens, positions, BEiT's shared relative position bias), each ViT block, the final norm."""
+        pre = "backbone.model."
+        stem: list[str] = []
+        for n, _ in self.backbone.model.named_parameters():
+            if n.startswith(("blocks.", "norm.")):
+                continue
+            key = n.split(".")[0] + ("." if "." in n else "")
+            if pre + key not in stem:
+                stem.append(pre + key)
+        layout = [("stem", stem)] if stem else []
+        layout += [(f"blocks.{i}", [f"{pre}blocks.{i}."]) for i in range(len(self.backbone.model.blocks))]
+        return layout + [("norm", [f"{pre}norm."])]
+
     def encode(self, x: torch.Tensor) -> EncoderOutput:
         b, c, t, h, w = x.shape
         frames = x.permute(0, 2, 1, 3, 4).reshape(b * t, c, h, w)
