@@ -14,6 +14,7 @@ import torch.nn.functional as F
 
 from common.errors import CheckpointError, ConfigError
 from videoprobe.models import VIDEO_ENCODERS, assert_frozen, create_video_encoder
+from videoprobe.models.framewise import SEED_FRAME_ENCODERS
 from videoprobe.models.vit import VIT_SIZES, VideoViT
 
 torch.set_num_threads(1)
@@ -38,8 +39,12 @@ BIG_VITS = {"videomae_vit_s", "videomae_vit_b", "videomae_vit_l", "videomae_vit_
             "vjepa_vit_l", "vjepa_vit_h"}
 
 
+# seed image encoders per frame: covered by tests/test_seed_image_encoders.py (release file layouts)
+SEED_FRAMES = set(SEED_FRAME_ENCODERS)
+
+
 def test_every_registered_encoder_is_covered():
-    assert set(VIDEO_ENCODERS) == set(SMALL) | BIG_VITS
+    assert set(VIDEO_ENCODERS) == set(SMALL) | BIG_VITS | SEED_FRAMES
 
 
 @pytest.mark.parametrize("name", sorted(SMALL))

@@ -13,7 +13,11 @@ from typing import Any
 
 from common.errors import ConfigError
 from videoprobe.models.base import EncoderOutput, VideoEncoder, assert_frozen
-from videoprobe.models.framewise import create_framewise_encoder
+from videoprobe.models.framewise import (
+    SEED_FRAME_ENCODERS,
+    create_framewise_encoder,
+    create_seed_frames_encoder,
+)
 from videoprobe.models.motion import create_motion_energy
 from videoprobe.models.vit import vit_factory
 from videoprobe.models.zoo import ZOO_SPECS, create_zoo_encoder
@@ -44,6 +48,8 @@ VIDEO_ENCODERS: dict[str, Callable[..., VideoEncoder]] = {
     "frame_resnet50": create_framewise_encoder,
     "frame_vit_b_16": create_framewise_encoder,
     "frame_stats": create_framewise_encoder,
+    # seed image encoders per frame (DINO, iBOT, Mugs, DINOv2, BEiT v2 release files; common.image_models)
+    **{name: create_seed_frames_encoder for name in SEED_FRAME_ENCODERS},
     # hand-designed motion descriptor for the offline demo
     "motion_energy": create_motion_energy,
 }

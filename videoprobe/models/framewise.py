@@ -7,6 +7,11 @@ per-frame pooled features ``(B, T, 1, 1, D)``.
 * ``frame_resnet18`` / ``frame_resnet50`` / ``frame_vit_b_16``: torchvision architectures; weights
   only from a local file (a torchvision state dict; the classifier ``fc.*`` / ``heads.*`` is ignored).
 * ``frame_timm:<model>``: any timm model when timm is installed (weights from a local file).
+* ``<release>_frames`` (``dino_vits16_frames``, ``dinov2_vits14_frames``, ... one per row of
+  ``common.image_models.RELEASES``): a seed image encoder loaded from its official checkpoint layout
+  (a local file; no hub; without one, timm's random init as ``random:<seed>``); pooled = the
+  release's linear-probe feature averaged over frames, tokens = the patch tokens of every frame
+  ``(B, T, h, w, D)``.
 * ``frame_stats``: hand-designed per-frame appearance descriptors, no learning and no weights:
   colour layout (mean/std of RGB on a 4x4 grid), a 4x4x4 RGB histogram, a hue histogram weighted by
   saturation x value (vivid colours) and gradient-orientation histograms on a 2x2 grid. A cheap,
@@ -24,6 +29,7 @@ from torch import nn
 
 from common.checkpoint import sha256_file
 from common.errors import CheckpointError, ConfigError
+from common.image_models import RELEASES, ImageViT, build_image_vit, load_image_vit
 from videoprobe.models.base import (
     IMAGENET_MEAN,
     IMAGENET_STD,
@@ -223,3 +229,69 @@ def create_framewise_encoder(
 
 def arch_is_vit(name: str) -> bool:
     return "vit" in name.split(":")[-1]
+
+
+class FramewiseViTEncoder(FramewiseEncoder):
+    """A seed image ViT per frame: pooled = mean over frames of its linear-probe feature, tokens = the
+    per-frame patch tokens (B, T, h, w, D), both from one forward pass."""
+
+    def __init__(self, name: str, vit: ImageViT, crop_size: int = 224, **kw: Any):
+        super().__init__(name, vit, vit.linear_dim, vit.release.mean, vit.release.std, crop_size, **kw)
+        self.token_dim = vit.embed_dim
+        self.size_multiple = vit.patch
+
+    def block_layout(self) -> list[tuple[str, list[str]]]:
+        """(name, parameter-name prefixes) in depth order: the stem (patch embedding, class / register
+        tokens, positions, BEiT's shared relative position bias), each ViT block, the final norm."""
+        pre = "backbone.model."
+        stem: list[str] = []
+        for n, _ in self.backbone.model.named_parameters():
+            if n.startswith(("blocks.", "norm.")):
+                continue
+            key = n.split(".")[0] + ("." if "." in n else "")
+            if pre + key not in stem:
+                stem.append(pre + key)
+        layout = [("stem", stem)] if stem else []
+        layout += [(f"blocks.{i}", [f"{pre}blocks.{i}."]) for i in range(len(self.backbone.model.blocks))]
+        return layout + [("norm", [f"{pre}norm."])]
+
+    def encode(self, x: torch.Tensor) -> EncoderOutput:
+        b, c, t, h, w = x.shape
+        frames = x.permute(0, 2, 1, 3, 4).reshape(b * t, c, h, w)
+        lins, toks = [], []
+        for chunk in frames.split(self.frames_per_chunk):
+            lin, tok = self.backbone.features(chunk)
+            lins.append(lin)
+            toks.append(tok)
+        pooled = torch.cat(lins).reshape(b, t, -1).mean(dim=1)
+        tokens = torch.cat(toks)
+        return EncoderOutput(tokens=tokens.reshape(b, t, *tokens.shape[1:]), pooled=pooled)
+
+
+SEED_FRAME_ENCODERS = tuple(f"{r}_frames" for r in RELEASES)
+
+
+def create_seed_frames_encoder(name: str, checkpoint: str | None = None, seed: int = 0, crop_size: int = 224,
+                               arch: dict[str, Any] | None = None, **kw: Any) -> FramewiseViTEncoder:
+    """``<release>_frames``: the release's image ViT per frame, weights from a local file only.
+
+    ``checkpoint=None`` builds timm's random initialisation (``random:<seed>``, warned about by
+    ``create_video_encoder`` as for every learned encoder; used by ``videoprobe encoders``); there is no
+    hub download. ``arch``: timm overrides (tests build tiny models).
+    """
+    release = name.removesuffix("_frames")
+    if release not in RELEASES:
+        raise ConfigError(f"unknown frame-wise seed encoder '{name}' "
+                          f"(known: {', '.join(SEED_FRAME_ENCODERS)})")
+    if checkpoint == "hub":
+        raise CheckpointError(f"{name}: no hub download for the seed image encoders (offline, nothing is "
+                              f"downloaded); pass encoder.checkpoint=FILE.pth of the {release} release")
+    if checkpoint is None:
+        enc = FramewiseViTEncoder(name, build_image_vit(release, seed=seed, **(arch or {})), crop_size, **kw)
+        enc.checkpoint_id = f"random:{seed}"
+        return enc
+    path = Path(checkpoint)
+    vit = load_image_vit(release, path, **(arch or {}))
+    enc = FramewiseViTEncoder(name, vit, crop_size, **kw)
+    enc.checkpoint_path, enc.checkpoint_id = str(path), sha256_file(path)
+    return enc
