@@ -772,3 +772,36 @@ def test_depth_range_marks_discontinuities_not_slopes():
     assert torch.allclose(r[:, 3:5], torch.tensor(1.0)) and (r[:, :3] == 0).all() and (r[:, 5:] == 0).all()
     ramp = 2.0 + 0.01 * torch.arange(8.0)[None, None].expand(1, 6, 8)
     assert torch.allclose(depth_range(ramp)[0, 2, 2:6], torch.tensor(0.02), atol=1e-6)
+
+
+def test_seed_release_lifts_its_patch_tokens(tmp_path):
+    """``seed:<release>`` reads the release's file strictly and gives the last block's normed patch tokens
+    as a (B, D, h, w) map: equal to the loaded ImageViT's own patch_tokens on the normalised image."""
+    pytest.importorskip("timm")
+    from common.image_models import build_image_vit
+    from pointprobe.lift.image_encoders import IMAGENET_MEAN, IMAGENET_STD, create_image_encoder
+
+    arch = {"embed_dim": 24, "num_heads": 2, "depth": 4, "img_size": 32}
+    src = build_image_vit("dino_vits16", seed=3, **arch)
+    path = tmp_path / "dino_deitsmall16_pretrain.pth"
+    torch.save(src.model.state_dict(), path)  # DINO's backbone file: timm key names, no wrapper
+    enc, rec = create_image_encoder("seed:dino_vits16", checkpoint=str(path), **arch)
+    assert (rec.dim, rec.stride, rec.checkpoint_sha256) == (24, 16, file_sha256_of(path))
+    images = torch.rand(2, 3, 48, 64, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        out = enc(images)
+        mean, std = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
+        x = (images - mean) / std
+        want = src.patch_tokens(x).permute(0, 3, 1, 2)
+    assert out.shape == (2, 24, 3, 4)
+    torch.testing.assert_close(out, want, atol=1e-5, rtol=1e-5)
+    with pytest.raises(ConfigError, match="give image_encoder.checkpoint"):
+        create_image_encoder("seed:dino_vits16")
+    with pytest.raises(ConfigError, match="unknown image encoder release"):
+        create_image_encoder("seed:nope", checkpoint=str(path))
+
+
+def file_sha256_of(path) -> str:
+    import hashlib
+
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()

@@ -19,6 +19,10 @@ upsamples it bilinearly to pixels.
   ``CheckpointError`` saying what to fetch. Output: the last layer's normalised patch tokens.
 - ``timm:<model name>`` (needs the optional ``timm`` package and a local ``checkpoint`` file): any timm
   ViT, patch tokens of ``forward_features``.
+- ``seed:<release>`` (``common.image_models``: DINO, iBOT, Mugs, DINOv2 (+ registers), BEiT v2): the
+  release's own checkpoint file (``checkpoint``, every layout that module reads), loaded strictly; the
+  last block's patch tokens after the final norm. ``image_encoder.config`` holds timm architecture
+  overrides (tests use tiny models). BEiT v2 runs only at its native 14x14 grid.
 """
 
 from __future__ import annotations
@@ -208,6 +212,13 @@ class HubViTEncoder(_ViTBase):
                               "DINO get_intermediate_layers")
 
 
+class SeedViTEncoder(_ViTBase):
+    """A seed release (``common.image_models``): the last block's patch tokens after the final norm."""
+
+    def patch_tokens(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model.patch_tokens(x).flatten(1, 2)
+
+
 class TimmViTEncoder(_ViTBase):
     """A timm ViT; patch tokens of ``forward_features`` (prefix tokens dropped)."""
 
@@ -328,6 +339,17 @@ def create_image_encoder(name: str, checkpoint: str | None = None, hub_dir: str 
             raise ConfigError(f"config key 'image_encoder.config' for {name}: {e}") from None
         rec = ImageEncoderRecord(name, None, "none", enc.dim, enc.stride, dict(config))
         return enc.eval(), rec
+    if name.startswith("seed:"):
+        from common.image_models import load_image_vit
+
+        if not checkpoint:
+            raise ConfigError(f"image encoder {name}: give image_encoder.checkpoint (the release's weights "
+                              "file); nothing is downloaded")
+        vit = load_image_vit(name[len("seed:"):], checkpoint, **config)
+        enc = SeedViTEncoder(vit, name, vit.patch, vit.embed_dim, input_height)
+        rec = ImageEncoderRecord(name, str(checkpoint), file_sha256(str(checkpoint)), enc.dim, enc.stride,
+                                 {"input_height": input_height, **config})
+        return enc.eval(), rec
     if config:
         raise ConfigError(f"config key 'image_encoder.config' is not used by {name}: {sorted(config)}")
     if name in HUB_MODELS:
@@ -336,7 +358,7 @@ def create_image_encoder(name: str, checkpoint: str | None = None, hub_dir: str 
         enc, weights = _create_timm(name, checkpoint, input_height)
     else:
         raise ConfigError(f"unknown image encoder {name!r}; available: {sorted(BUILTIN_ENCODERS)}, "
-                          f"{sorted(HUB_MODELS)} or timm:<model>")
+                          f"{sorted(HUB_MODELS)}, seed:<release> or timm:<model>")
     rec = ImageEncoderRecord(name, weights, file_sha256(weights), enc.dim, enc.stride,
                              {"input_height": input_height})
     return enc.eval(), rec
