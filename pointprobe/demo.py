@@ -36,7 +36,7 @@ def _stage(name: str, t0: float) -> None:
 def run_demo(cfg: PointDemoConfig) -> dict:
     """Run every stage; returns the probe result rows and output paths."""
     from pointprobe.data.scannet_preprocess import preprocess_dataset
-    from pointprobe.extract import ExtractConfig, PointDataSpec, PointEncoderSpec, extract
+    from pointprobe.extract import ExtractConfig, PointDataConfig, PointEncoderConfig, extract
     from pointprobe.pretrain.train import PretrainConfig, run_pretrain
     from pointprobe.probe import SegProbeConfig, run_probe
     from pointprobe.synth import generate_dataset
@@ -63,15 +63,15 @@ def run_demo(cfg: PointDemoConfig) -> dict:
     arch, arch_cfg = summary["arch"], dict(summary["config"])  # what encoder.pth holds, without re-reading it
 
     specs = {
-        "pretrained": PointEncoderSpec(name=arch, checkpoint=str(ckpt_path),
+        "pretrained": PointEncoderConfig(name=arch, checkpoint=str(ckpt_path),
                                        label=f"{arch} pre-trained (demo)"),
-        "random": PointEncoderSpec(name=arch, seed=cfg.seed, config=arch_cfg, label=f"{arch} random init"),
-        "raw": PointEncoderSpec(name="raw", label="raw input features"),
+        "random": PointEncoderConfig(name=arch, seed=cfg.seed, config=arch_cfg, label=f"{arch} random init"),
+        "raw": PointEncoderConfig(name="raw", label="raw input features"),
     }
     folders = []
     for key, spec in specs.items():
         _stage(f"extracting features: {spec.label}", t0)
-        ecfg = ExtractConfig(data=PointDataSpec(root=str(data), splits=["train", "val"]), encoder=spec,
+        ecfg = ExtractConfig(data=PointDataConfig(root=str(data), splits=["train", "val"]), encoder=spec,
                              out=str(out / "features" / key))
         failures = extract(ecfg)
         bad = {k: v for split in failures.values() for k, v in split.items()}

@@ -30,7 +30,7 @@ from pointprobe.models.encode import Preprocessing, center_shift
 from pointprobe.models.registry import (
     RAW,
     EncoderRecord,
-    PointEncoderSpec,
+    PointEncoderConfig,
     build_encoder,
     encoder_identity,
 )
@@ -39,7 +39,7 @@ log = logging.getLogger(__name__)
 
 
 @dataclass
-class PointDataSpec:
+class PointDataConfig:
     root: str = "data/scannet"  # preprocessed layout: {split}/sceneXXXX_YY/*.npy
     splits: list[str] = field(default_factory=lambda: ["train", "val"])  # one cache each: OUT/<split>
     label_set: str = "segment20"  # segment20 | segment200 (labels stored with the features)
@@ -48,8 +48,8 @@ class PointDataSpec:
 
 @dataclass
 class ExtractConfig:
-    data: PointDataSpec = field(default_factory=PointDataSpec)  # which scenes
-    encoder: PointEncoderSpec = field(default_factory=PointEncoderSpec)  # which encoder and weights
+    data: PointDataConfig = field(default_factory=PointDataConfig)  # which scenes
+    encoder: PointEncoderConfig = field(default_factory=PointEncoderConfig)  # which encoder and weights
     out: str = "runs/features"  # output folder: one feature cache per split in OUT/<split>
     grid_size: float = 0.02  # voxel size in metres (Sonata: 0.02)
     sampling: str = "canonical"  # canonical | first | test (Pointcept test mode, k passes)

@@ -13,7 +13,7 @@ from common.metrics import confusion_matrix, segmentation_metrics
 from common.probes.linear import load_probe, predict
 from pointprobe.data.scannet import SCANNET20_PALETTE
 from pointprobe.extract import ExtractConfig, scene_features
-from pointprobe.models.registry import RAW, PointEncoderSpec, build_encoder
+from pointprobe.models.registry import RAW, PointEncoderConfig, build_encoder
 
 log = logging.getLogger(__name__)
 IGNORE_RGB = np.array([0, 0, 0], dtype=np.uint8)  # colour of unlabelled points in label pictures
@@ -48,7 +48,7 @@ def labelled_ply_colors(labels: np.ndarray, num_classes: int = 20) -> np.ndarray
     return out
 
 
-def encoder_from_probe(meta: dict) -> PointEncoderSpec:
+def encoder_from_probe(meta: dict) -> PointEncoderConfig:
     """The encoder spec recorded by extraction (checkpoint path or random-init seed and config)."""
     enc = meta.get("encoder") or {}
     if not enc:
@@ -56,12 +56,12 @@ def encoder_from_probe(meta: dict) -> PointEncoderSpec:
                               "cache?)")
     sha = enc.get("checkpoint_sha256", "")
     seed = int(sha.split(":", 1)[1]) if sha.startswith("random:") else 0
-    return PointEncoderSpec(name=enc["name"], checkpoint=enc.get("checkpoint"), seed=seed,
+    return PointEncoderConfig(name=enc["name"], checkpoint=enc.get("checkpoint"), seed=seed,
                             config=dict(enc.get("config") or {}) if not enc.get("checkpoint") else {},
                             levels=enc.get("levels"), label=enc.get("label"))
 
 
-def extract_config_for_probe(spec: PointEncoderSpec, prep: dict) -> ExtractConfig:
+def extract_config_for_probe(spec: PointEncoderConfig, prep: dict) -> ExtractConfig:
     """The extraction settings of the cache a probe was trained on (its key's ``preprocessing``), so
     new scenes get features the probe knows. A key without ``grid_align`` is from a cache made before
     the release's voxelisation ("world") became the default: its voxels were "min"-aligned."""

@@ -71,7 +71,7 @@ def load_point_encoder(
     """
     import torch
 
-    from pointprobe.models.registry import PointEncoderSpec, build_encoder
+    from pointprobe.models.registry import PointEncoderConfig, build_encoder
 
     if checkpoint is None and name is None:
         raise ConfigError(
@@ -79,7 +79,7 @@ def load_point_encoder(
         )
     if checkpoint is None and name != "raw" and not random_init:
         checkpoint = name  # a release name (sonata, sonata_small) resolved from the local caches / hub
-    spec = PointEncoderSpec(name=name or "ptv3", checkpoint=None if checkpoint is None else str(checkpoint),
+    spec = PointEncoderConfig(name=name or "ptv3", checkpoint=None if checkpoint is None else str(checkpoint),
                             seed=seed, config=dict(config or {}))
     model, rec = build_encoder(spec, torch.device(device))
     if model is not None and checkpoint is not None:

@@ -218,6 +218,7 @@ SHIPPED = {
     "point/probe_demo.yaml": "pointprobe.probe:SegProbeConfig",
     "video/extract.yaml": "videoprobe.extract:ExtractConfig",
     "video/probe.yaml": "videoprobe.probe:ProbeConfig",
+    "video/tune.yaml": "videoprobe.tune:VideoTuneTaskConfig",
     **{f"video/{n}.yaml": "videoprobe.bench:BenchSuiteConfig"
        for n in ("diving48", "hmdb51", "kinetics400", "ssv2", "synth", "twlv", "ucf101")},
 }

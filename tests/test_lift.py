@@ -187,7 +187,7 @@ def _gt_fn(maps: np.ndarray):
 
 def test_lifted_coordinates_are_the_points_own(synth):
     """Lift the rendered world coordinate of every pixel: each visible point gets (close to) its own."""
-    from pointprobe.lift.lift import FusionSpec, lift_scene
+    from pointprobe.lift.lift import FusionConfig, lift_scene
 
     raw, pre = synth
     thr = 0.02
@@ -195,7 +195,7 @@ def test_lifted_coordinates_are_the_points_own(synth):
         split = next(s for s in ("train", "val", "test") if (pre / s / name).is_dir())
         d, mesh, scene, poses, K, gt = _scene_gt(raw, pre, name, split)
         maps = gt["xyz"].transpose(0, 3, 1, 2).copy()
-        fusion = FusionSpec(frame_stride=1, image_size=(W, H), batch_frames=4, occlusion_threshold=thr,
+        fusion = FusionConfig(frame_stride=1, image_size=(W, H), batch_frames=4, occlusion_threshold=thr,
                             occlusion_relative=False, rule="openscene")
         res = lift_scene(d, scene.coord, _gt_fn(maps), 3, fusion)
         seen = res.visible_count > 0
@@ -217,7 +217,7 @@ def test_lifted_coordinates_are_the_points_own(synth):
 def test_lifted_instance_ids_on_generated_scene(synth):
     """Lift one-hot instance ids (rendered per pixel); compare with an independent numpy projection:
     every point seen only where its 5x5 pixel neighbourhood shows its own instance gets its own id."""
-    from pointprobe.lift.lift import FusionSpec, lift_scene
+    from pointprobe.lift.lift import FusionConfig, lift_scene
 
     raw, pre = synth
     name = "scene0002_00"
@@ -229,7 +229,7 @@ def test_lifted_instance_ids_on_generated_scene(synth):
     maps = np.zeros((len(poses), D, H, W), np.float32)
     fi, vi, ui = np.nonzero(tri >= 0)
     maps[fi, tri[fi, vi, ui], vi, ui] = 1
-    fusion = FusionSpec(frame_stride=1, image_size=(W, H), batch_frames=6, occlusion_threshold=0.25,
+    fusion = FusionConfig(frame_stride=1, image_size=(W, H), batch_frames=6, occlusion_threshold=0.25,
                         rule="openscene")
     res = lift_scene(d, scene.coord, _gt_fn(maps), D, fusion)
     # independent visibility + neighbourhood check (numpy, per frame)
@@ -347,11 +347,11 @@ def _frame_value(batch):
 @pytest.mark.parametrize("rule", ["openscene", "sensor"])
 def test_occluded_points_do_not_get_the_occluders_frame(tmp_path, rule):
     from pointprobe.data.scannet import vertex_normals
-    from pointprobe.lift.lift import FusionSpec, lift_scene
+    from pointprobe.lift.lift import FusionConfig, lift_scene
 
     coord, faces, masks, poses = _write_occlusion_scene(tmp_path)
     frame_value = _frame_value
-    fusion = FusionSpec(frame_stride=1, image_size=(160, 120), rule=rule)  # margin 10 (0.25 relative)
+    fusion = FusionConfig(frame_stride=1, image_size=(160, 120), rule=rule)  # margin 10 (0.25 relative)
     with pytest.warns(UserWarning, match="NaN/inf poses"):
         res = lift_scene(tmp_path, coord, frame_value, 2, fusion, normal=vertex_normals(coord, faces))
     assert res.frames_used == 2 and res.frames_skipped == 1
@@ -419,7 +419,7 @@ def test_grazing_views_are_dropped_and_views_weighted(tmp_path):
     """The sensor rule drops views whose ray meets the surface at a grazing angle (|cos| < min_cos) and
     weights the others by |cos| / z; OpenScene's rule keeps grazing views and takes a plain mean."""
     from pointprobe.data.scannet import vertex_normals
-    from pointprobe.lift.lift import FusionSpec, lift_scene
+    from pointprobe.lift.lift import FusionConfig, lift_scene
 
     coord, faces, poses = _write_grazing_scene(tmp_path)
     normal = vertex_normals(coord, faces)
@@ -431,7 +431,7 @@ def test_grazing_views_are_dropped_and_views_weighted(tmp_path):
         z.append((coord - P[:3, 3]) @ P[:3, 2])
     res = {}
     for rule in ("openscene", "sensor"):
-        fusion = FusionSpec(frame_stride=1, image_size=(160, 120), rule=rule, min_cos=0.2)
+        fusion = FusionConfig(frame_stride=1, image_size=(160, 120), rule=rule, min_cos=0.2)
         res[rule] = lift_scene(tmp_path, coord, _frame_value, 2, fusion, normal=normal)
     grazing = cos[0] < 0.15
     # OpenScene: camera A's grazing views count (many such points carry A's value)
@@ -453,7 +453,7 @@ def test_features_are_read_where_the_colour_camera_sees_the_point(tmp_path):
     """ScanNet's colour and depth cameras have different intrinsics: visibility uses the depth camera,
     the feature is read at the colour camera's pixel."""
     from pointprobe.data.frames import write_intrinsics
-    from pointprobe.lift.lift import FusionSpec, lift_scene
+    from pointprobe.lift.lift import FusionConfig, lift_scene
     from pointprobe.synth import camera_intrinsics
 
     coord, _, masks, poses = _write_occlusion_scene(tmp_path)
@@ -472,7 +472,7 @@ def test_features_are_read_where_the_colour_camera_sees_the_point(tmp_path):
     w2c = np.linalg.inv(poses[0])
     c = coord @ w2c[:3, :3].T + w2c[:3, 3]
     for use_color, Kx in ((True, Kc), (False, K)):
-        fusion = FusionSpec(frame_stride=1, image_size=(160, 120), color_intrinsics=use_color, margin=12)
+        fusion = FusionConfig(frame_stride=1, image_size=(160, 120), color_intrinsics=use_color, margin=12)
         with pytest.warns(UserWarning):
             res = lift_scene(tmp_path, coord, pixel_coords, 2, fusion)
         sel = clear & (res.visible_count == 1)
@@ -485,14 +485,14 @@ def test_features_are_read_where_the_colour_camera_sees_the_point(tmp_path):
 
 
 def test_no_valid_frame_gives_all_unseen(tmp_path):
-    from pointprobe.lift.lift import FusionSpec, lift_scene
+    from pointprobe.lift.lift import FusionConfig, lift_scene
 
     coord, *_ = _write_occlusion_scene(tmp_path)
     for i in (0, 1):
         (tmp_path / "pose" / f"{i}.txt").write_text("nan " * 16)
     with pytest.warns(UserWarning, match="skipped 3 frame"):
         res = lift_scene(tmp_path, coord, lambda b: torch.zeros(len(b.indices), 4, 120, 160), 4,
-                         FusionSpec(frame_stride=1, image_size=(160, 120)))
+                         FusionConfig(frame_stride=1, image_size=(160, 120)))
     assert res.frames_used == 0 and (res.visible_count == 0).all() and (res.features == 0).all()
     assert res.features.shape == (len(coord), 4)
 
@@ -709,7 +709,7 @@ def test_slope_tolerance_sees_a_slanted_floor_without_leaking_from_a_box_in_fron
     import open3d as o3d
 
     from pointprobe.data.scannet import vertex_normals
-    from pointprobe.lift.lift import FusionSpec, lift_scene
+    from pointprobe.lift.lift import FusionConfig, lift_scene
     from pointprobe.synth import camera_intrinsics
 
     coord, faces, part, pose, shows = _write_slanted_scene(tmp_path)
@@ -745,7 +745,7 @@ def test_slope_tolerance_sees_a_slanted_floor_without_leaking_from_a_box_in_fron
     # not grazing (min_cos 0.2) and 30 cm (> 2 px there) from the floor's far border
     clear = floor & ~hidden & ~near_box & (cos > 0.21) & (coord[:, 2] < 4.2)
     assert deep.sum() > 200 and clear.sum() > 5000 and cos[clear].min() > 0.2 and cos[clear].max() < 0.8
-    fusion = FusionSpec(frame_stride=1, image_size=(160, 120), depth_tol_abs=0.002, depth_tol_rel=0.0)
+    fusion = FusionConfig(frame_stride=1, image_size=(160, 120), depth_tol_abs=0.002, depth_tol_rel=0.0)
     strict = lift_scene(tmp_path, coord, surface, 2, fusion, normal=normal)
     assert (strict.visible_count[clear] == 0).mean() > 0.2  # the slant defeats a noise-only tolerance
     sloped = lift_scene(tmp_path, coord, surface, 2, replace(fusion, slope_tol=1.0), normal=normal)

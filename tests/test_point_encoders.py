@@ -12,7 +12,7 @@ from common.checkpoint import save_checkpoint
 from pointprobe.models import (
     ENCODERS,
     EncoderSpec,
-    PointEncoderSpec,
+    PointEncoderConfig,
     build_encoder,
     create_encoder,
     encode_points,
@@ -90,7 +90,7 @@ def test_checkpoint_round_trip_through_build_encoder(name, tmp_path):
 
     # this project's layout {"arch", "config", "state_dict", "meta"}
     path = save_encoder(model, tmp_path / "enc.pth", source="test")
-    loaded, rec = build_encoder(PointEncoderSpec(name=name, checkpoint=str(path)), torch.device("cpu"))
+    loaded, rec = build_encoder(PointEncoderConfig(name=name, checkpoint=str(path)), torch.device("cpu"))
     assert rec.name == spec.arch == loaded.arch and rec.config == dict(model.config)
     assert len(rec.checkpoint_sha256) == 64
     assert not any(p.requires_grad for p in loaded.parameters())
@@ -100,7 +100,7 @@ def test_checkpoint_round_trip_through_build_encoder(name, tmp_path):
     sd = {f"module.student.backbone.{k}": v for k, v in model.state_dict().items()}
     sd["module.student.mask_head.weight"] = torch.zeros(2)  # heads are not the encoder's: ignored
     train_path = save_checkpoint({"state_dict": sd, "epoch": 3, "arch": spec.arch}, tmp_path / "train.pth")
-    loaded, rec = build_encoder(PointEncoderSpec(name=name, checkpoint=str(train_path),
+    loaded, rec = build_encoder(PointEncoderConfig(name=name, checkpoint=str(train_path),
                                                  config=dict(model.config)), torch.device("cpu"))
     assert torch.equal(encode_points(loaded, coord, color, normal), ref)
 

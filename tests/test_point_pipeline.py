@@ -117,7 +117,7 @@ def test_tta_features_are_the_mean_over_rotated_views(dataset):
     import torch
 
     from pointprobe.data.scannet import load_scene
-    from pointprobe.extract import ExtractConfig, PointEncoderSpec, _augment, build_encoder, scene_features
+    from pointprobe.extract import ExtractConfig, PointEncoderConfig, _augment, build_encoder, scene_features
     from pointprobe.models import encode_points
 
     scene_dir = next((dataset / "data" / "val").iterdir())
@@ -125,7 +125,7 @@ def test_tta_features_are_the_mean_over_rotated_views(dataset):
     keep = np.arange(0, len(scene.coord), 8)  # a lighter scene
     for key in ("coord", "color", "normal", "segment20", "segment200", "instance"):
         setattr(scene, key, getattr(scene, key)[keep])
-    spec = PointEncoderSpec(name="sparseunet", config={"channels": [8, 16], "depths": [1, 1]})
+    spec = PointEncoderConfig(name="sparseunet", config={"channels": [8, 16], "depths": [1, 1]})
     model, _ = build_encoder(spec, torch.device("cpu"))
     cfg = ExtractConfig(encoder=spec, tta=2)
     got = scene_features(model, scene, cfg, torch.device("cpu"))

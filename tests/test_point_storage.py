@@ -10,13 +10,13 @@ from common.cache import FeatureCache
 from common.errors import CacheError, ConfigError
 from pointprobe.extract import (
     ExtractConfig,
-    PointDataSpec,
+    PointDataConfig,
     extract,
     points_per_scene,
     scene_seed,
     subsample_rows,
 )
-from pointprobe.models.registry import PointEncoderSpec
+from pointprobe.models.registry import PointEncoderConfig
 from tools.bench_scale_points import room_scene, write_scene
 
 
@@ -29,7 +29,7 @@ def data(tmp_path_factory):
 
 
 def _cfg(data, out, **kw) -> ExtractConfig:
-    return ExtractConfig(data=PointDataSpec(root=str(data)), encoder=PointEncoderSpec(name="raw"),
+    return ExtractConfig(data=PointDataConfig(root=str(data)), encoder=PointEncoderConfig(name="raw"),
                          out=str(out), **kw)
 
 

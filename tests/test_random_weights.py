@@ -12,9 +12,9 @@ def _random_warnings(caplog) -> list[str]:
 
 
 def test_point_encoder_random_init_warns_once(caplog):
-    from pointprobe.extract import PointEncoderSpec, build_encoder
+    from pointprobe.extract import PointEncoderConfig, build_encoder
 
-    spec = PointEncoderSpec(name="sparseunet", seed=3, config={"channels": [8, 16], "depths": [1, 1]})
+    spec = PointEncoderConfig(name="sparseunet", seed=3, config={"channels": [8, 16], "depths": [1, 1]})
     with caplog.at_level(logging.WARNING):
         _, rec = build_encoder(spec, torch.device("cpu"))
     msgs = _random_warnings(caplog)
@@ -22,7 +22,7 @@ def test_point_encoder_random_init_warns_once(caplog):
     assert len(msgs) == 1 and "sparseunet" in msgs[0] and "random:3" in msgs[0]
     caplog.clear()
     with caplog.at_level(logging.WARNING):
-        build_encoder(PointEncoderSpec(name="raw"), torch.device("cpu"))  # no weights at all: no warning
+        build_encoder(PointEncoderConfig(name="raw"), torch.device("cpu"))  # no weights at all: no warning
     assert not _random_warnings(caplog)
 
 

@@ -8,8 +8,8 @@ import shutil
 import numpy as np
 import pytest
 
-from pointprobe.extract import ExtractConfig, PointDataSpec, extract
-from pointprobe.models.registry import PointEncoderSpec
+from pointprobe.extract import ExtractConfig, PointDataConfig, extract
+from pointprobe.models.registry import PointEncoderConfig
 from pointprobe.probe import SegProbeConfig, run_probe, stream_confusions, train_one
 from tools.bench_scale_points import room_scene, write_scene
 
@@ -28,8 +28,8 @@ def feats(tmp_path_factory):
     y = np.load(data / "val" / "scene0002_00" / "segment20.npy")
     np.save(data / "val" / "scene0002_00" / "segment20.npy", np.full_like(y, -1))
     out = root / "feats"
-    cfg = ExtractConfig(data=PointDataSpec(root=str(data)), out=str(out), grid_size=0.05,
-                        encoder=PointEncoderSpec(name="ptv3", config=TINY_PTV3, seed=3),
+    cfg = ExtractConfig(data=PointDataConfig(root=str(data)), out=str(out), grid_size=0.05,
+                        encoder=PointEncoderConfig(name="ptv3", config=TINY_PTV3, seed=3),
                         storage={"train": "subsample"}, points_per_scene=600)
     assert extract(cfg, progress=False) == {"train": {}, "val": {}}
     return root, data, out
@@ -124,8 +124,8 @@ def test_torchrun_two_ranks_same_as_one_process(tmp_path):
     for i in range(7):
         write_scene(data / ("val" if i < 3 else "train") / f"scene{i:04d}_00", room_scene(2000, 40 + i))
     out = tmp_path / "f"
-    cfg = ExtractConfig(data=PointDataSpec(root=str(data)), out=str(out),
-                        encoder=PointEncoderSpec(name="raw"), storage={"train": "subsample", "val": "none"},
+    cfg = ExtractConfig(data=PointDataConfig(root=str(data)), out=str(out),
+                        encoder=PointEncoderConfig(name="raw"), storage={"train": "subsample", "val": "none"},
                         points_per_scene=300)
     extract(cfg, progress=False)
     env = {k: v for k, v in os.environ.items()

@@ -41,25 +41,25 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from common.benchdoc import machine_line, update_section  # noqa: E402
-from pointprobe.lift.lift import FusionSpec, lift_scene  # noqa: E402
+from pointprobe.lift.lift import FusionConfig, lift_scene  # noqa: E402
 
 FAR = 0.05  # metres
-DEFAULT = FusionSpec()
+DEFAULT = FusionConfig()
 CONTACT = 0.03  # metres: a vertex this close to another label's surface has an ambiguous pixel label
 DEFAULT_NAME = "sensor 0.5 cm + 0.5 %, grazing cut, cos/z weights (default)"
-RULES: dict[str, FusionSpec] = {
-    "openscene (relative 0.25, plain mean)": FusionSpec(rule="openscene"),
-    "openscene absolute 3 cm": FusionSpec(rule="openscene", occlusion_relative=False,
+RULES: dict[str, FusionConfig] = {
+    "openscene (relative 0.25, plain mean)": FusionConfig(rule="openscene"),
+    "openscene absolute 3 cm": FusionConfig(rule="openscene", occlusion_relative=False,
                                           occlusion_threshold=0.03),
-    "sensor 2 cm + 1 %, grazing cut, cos/z weights": FusionSpec(depth_tol_abs=0.02, depth_tol_rel=0.01),
-    "sensor 1 cm + 0.5 %, grazing cut, cos/z weights": FusionSpec(depth_tol_abs=0.01, depth_tol_rel=0.005),
+    "sensor 2 cm + 1 %, grazing cut, cos/z weights": FusionConfig(depth_tol_abs=0.02, depth_tol_rel=0.01),
+    "sensor 1 cm + 0.5 %, grazing cut, cos/z weights": FusionConfig(depth_tol_abs=0.01, depth_tol_rel=0.005),
     DEFAULT_NAME: DEFAULT,
-    "sensor 0.5 cm + 0.5 %, grazing cut, cos/z weights, views <= 5 m": FusionSpec(max_depth=5.0),
-    "sensor 0.5 cm + 0.5 %, grazing cut at cos 0.1 (84 deg), cos/z weights": FusionSpec(min_cos=0.1),
-    "sensor 0.5 cm + 0.5 % + 0.5 footprint x tan, grazing cut, cos/z weights": FusionSpec(slope_tol=0.5),
-    "sensor 0.5 cm + 0.5 % + 1 footprint x tan, grazing cut, cos/z weights": FusionSpec(slope_tol=1.0),
+    "sensor 0.5 cm + 0.5 %, grazing cut, cos/z weights, views <= 5 m": FusionConfig(max_depth=5.0),
+    "sensor 0.5 cm + 0.5 %, grazing cut at cos 0.1 (84 deg), cos/z weights": FusionConfig(min_cos=0.1),
+    "sensor 0.5 cm + 0.5 % + 0.5 footprint x tan, grazing cut, cos/z weights": FusionConfig(slope_tol=0.5),
+    "sensor 0.5 cm + 0.5 % + 1 footprint x tan, grazing cut, cos/z weights": FusionConfig(slope_tol=1.0),
     "sensor 0.5 cm + 0.5 %, grazing cut, cos/z weights, edge pixels (3x3 range > 5 %) dropped":
-        FusionSpec(edge_tol=0.05),
+        FusionConfig(edge_tol=0.05),
 }
 
 
@@ -179,7 +179,7 @@ def free_cameras(scene, cast, n: int, seed: int) -> list[np.ndarray]:
     return out
 
 
-def measure(d: Path, scene, truth: dict, fusion: FusionSpec, K: np.ndarray) -> dict:
+def measure(d: Path, scene, truth: dict, fusion: FusionConfig, K: np.ndarray) -> dict:
     """Lift the oracle maps of one written scene with ``fusion``; the metrics of the module docstring."""
     per_frame: dict[int, list] = {}
 

@@ -79,25 +79,25 @@ def pretrain(out: Path, data: Path, config: str, every: int, overrides: list[str
 
 
 def encoder_specs(cfg, encoders: list[Path]) -> dict:
-    """key -> (steps, PointEncoderSpec): random init (step 0), every kept encoder, raw features."""
-    from pointprobe.extract import PointEncoderSpec
+    """key -> (steps, PointEncoderConfig): random init (step 0), every kept encoder, raw features."""
+    from pointprobe.extract import PointEncoderConfig
 
     arch = cfg.model.backbone
-    random = PointEncoderSpec(name=arch, seed=cfg.train.seed, config=dict(cfg.model.backbone_config),
+    random = PointEncoderConfig(name=arch, seed=cfg.train.seed, config=dict(cfg.model.backbone_config),
                               label=f"{arch} random init")
     specs = {"random": (0, random)}
     for path in encoders:
         step = int(path.stem.split("_")[1])
-        specs[f"step{step}"] = (step, PointEncoderSpec(name=arch, checkpoint=str(path),
+        specs[f"step{step}"] = (step, PointEncoderConfig(name=arch, checkpoint=str(path),
                                                        label=f"{arch} pre-trained {step} steps"))
-    specs["raw"] = (None, PointEncoderSpec(name="raw", label="raw input features"))
+    specs["raw"] = (None, PointEncoderConfig(name="raw", label="raw input features"))
     return specs
 
 
 def probe_encoder(out: Path, data: Path, key: str, spec, probe_config: str, probe_overrides: list[str],
                   eval_split: str, keep_features: bool, t0: float) -> dict:
     """Extract train + eval features for one encoder and probe them; resumable per encoder."""
-    from pointprobe.extract import ExtractConfig, PointDataSpec, extract
+    from pointprobe.extract import ExtractConfig, PointDataConfig, extract
     from pointprobe.probe import SegProbeConfig, run_probe
 
     feats = out / "features" / key
@@ -113,7 +113,7 @@ def probe_encoder(out: Path, data: Path, key: str, spec, probe_config: str, prob
         _log(f"{res_path} was made with other probe settings: probing again", t0)
     start = time.time()
     _log(f"extracting {spec.label}", t0)
-    ecfg = ExtractConfig(data=PointDataSpec(root=str(data), splits=["train", eval_split]), encoder=spec,
+    ecfg = ExtractConfig(data=PointDataConfig(root=str(data), splits=["train", eval_split]), encoder=spec,
                          out=str(feats))
     failures = extract(ecfg)
     bad = {k: v for split in failures.values() for k, v in split.items()}

@@ -42,7 +42,7 @@ from pointprobe.data.scannet import class_names as scannet_class_names
 log = logging.getLogger(__name__)
 
 __all__ = [
-    "StegoSpec",
+    "StegoConfig",
     "ClusterConfig",
     "StegoHead",
     "stego_correlation_loss",
@@ -55,7 +55,7 @@ __all__ = [
 
 # ---------------------------------------------------------------------------------------------- config
 @dataclass
-class StegoSpec:
+class StegoConfig:
     enabled: bool = False
     dim: int = 64  # projection width (SceneDINO: 768 -> 64)
     hidden: int = 256  # width of the non-linear branch (0 = linear projection only)
@@ -85,7 +85,7 @@ class ClusterConfig:
     kmeans_iters: int = 100
     seed: int = 0
     device: str = "auto"
-    stego: StegoSpec = field(default_factory=StegoSpec)
+    stego: StegoConfig = field(default_factory=StegoConfig)
     viz_scenes: int = 2  # scenes per folder with PLY + PNG (0 = none)
     out: str = "runs/cluster"
 
@@ -120,7 +120,7 @@ def stego_correlation_loss(f1: torch.Tensor, f2: torch.Tensor, z1: torch.Tensor,
     return (-(fd - shift) * cd.clamp(min=0)).mean()
 
 
-def train_stego_head(scenes: list[torch.Tensor], spec: StegoSpec, seed: int = 0,
+def train_stego_head(scenes: list[torch.Tensor], spec: StegoConfig, seed: int = 0,
                      device: torch.device | str = "cpu", progress: bool = False
                      ) -> tuple[StegoHead, list[float]]:
     """Train a head on per-scene feature samples ``scenes`` [(n_i, D)]; returns it (eval mode) and losses."""

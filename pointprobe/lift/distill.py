@@ -48,9 +48,9 @@ from common.errors import CacheError, CheckpointError, ConfigError, InputError
 log = logging.getLogger(__name__)
 
 __all__ = [
-    "DistillDataSpec",
-    "DistillModelSpec",
-    "DistillTrainSpec",
+    "DistillDataConfig",
+    "DistillModelConfig",
+    "DistillTrainConfig",
     "DistillConfig",
     "DistillScenes",
     "Distiller",
@@ -62,7 +62,7 @@ __all__ = [
 
 # ---------------------------------------------------------------------------------------------- config
 @dataclass
-class DistillDataSpec:
+class DistillDataConfig:
     lifted: str = "runs/lift/patchstats"  # `pointprobe lift` output (one cache per split)
     root: str = "data/scannet"  # preprocessed layout with the same scenes (points)
     train_split: str = "train"
@@ -71,14 +71,14 @@ class DistillDataSpec:
 
 
 @dataclass
-class DistillModelSpec:
+class DistillModelConfig:
     backbone: str = "sparseunet"  # pointprobe.models.ENCODERS name
     backbone_config: dict | None = None  # constructor overrides (null = the named encoder's defaults)
     levels: int | None = None  # up-cast levels fed to the projection (None = all)
 
 
 @dataclass
-class DistillTrainSpec:
+class DistillTrainConfig:
     epochs: int = 30
     batch_scenes: int = 2
     lr: float = 2e-3
@@ -101,9 +101,9 @@ class DistillTrainSpec:
 
 @dataclass
 class DistillConfig:
-    data: DistillDataSpec = field(default_factory=DistillDataSpec)
-    model: DistillModelSpec = field(default_factory=DistillModelSpec)
-    train: DistillTrainSpec = field(default_factory=DistillTrainSpec)
+    data: DistillDataConfig = field(default_factory=DistillDataConfig)
+    model: DistillModelConfig = field(default_factory=DistillModelConfig)
+    train: DistillTrainConfig = field(default_factory=DistillTrainConfig)
     out: str = "runs/distill"
     resume: bool = True  # continue from out/last.pth when it exists
     export_predictions: bool = True  # projected features of every point into out/predicted/<split>

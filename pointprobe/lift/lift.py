@@ -50,9 +50,9 @@ from pointprobe.lift.project import RULES, FusionAccumulator, PairHook, Visibili
 log = logging.getLogger(__name__)
 
 __all__ = [
-    "ImageEncoderSpec",
-    "LiftDataSpec",
-    "FusionSpec",
+    "ImageEncoderConfig",
+    "LiftDataConfig",
+    "FusionConfig",
     "LiftConfig",
     "FrameBatch",
     "LiftResult",
@@ -68,7 +68,7 @@ __all__ = [
 
 # ---------------------------------------------------------------------------------------------- config
 @dataclass
-class ImageEncoderSpec:
+class ImageEncoderConfig:
     """Which 2D encoder: ``patchstats`` / ``rgb`` (built in), a DINO(v2) hub name, or ``timm:<model>``."""
 
     name: str = "patchstats"
@@ -80,7 +80,7 @@ class ImageEncoderSpec:
 
 
 @dataclass
-class LiftDataSpec:
+class LiftDataConfig:
     raw: str = "data/scannet_raw"  # raw ScanNet root: scans/sceneXXXX_YY/{color,depth,pose,intrinsic}
     root: str = ""  # preprocessed layout {split}/sceneXXXX_YY (points, labels, splits); "" = raw meshes
     splits: list[str] = field(default_factory=lambda: ["train", "val"])
@@ -89,7 +89,7 @@ class LiftDataSpec:
 
 
 @dataclass
-class FusionSpec:
+class FusionConfig:
     frame_stride: int = 20  # every n-th frame (OpenScene: 20 on ScanNet)
     max_frames: int = 0  # at most this many frames per scene, evenly spread (0 = all selected)
     image_size: tuple[int, int] = (320, 240)  # (W, H) colour and depth are resized to
@@ -112,9 +112,9 @@ class FusionSpec:
 
 @dataclass
 class LiftConfig:
-    data: LiftDataSpec = field(default_factory=LiftDataSpec)
-    image_encoder: ImageEncoderSpec = field(default_factory=ImageEncoderSpec)
-    fusion: FusionSpec = field(default_factory=FusionSpec)
+    data: LiftDataConfig = field(default_factory=LiftDataConfig)
+    image_encoder: ImageEncoderConfig = field(default_factory=ImageEncoderConfig)
+    fusion: FusionConfig = field(default_factory=FusionConfig)
     out: str = "runs/lift"
     dtype: str = "float16"
     device: str = "auto"
@@ -153,7 +153,7 @@ def validate(cfg: LiftConfig) -> None:
         raise ConfigError("config key 'data.raw' is empty: give the raw ScanNet root with the RGB-D frames")
 
 
-def visibility_rule(f: FusionSpec) -> VisibilityRule:
+def visibility_rule(f: FusionConfig) -> VisibilityRule:
     """The projection module's rule for a fusion spec."""
     if f.rule == "openscene":
         return VisibilityRule.openscene(f.occlusion_threshold, f.occlusion_relative)
@@ -277,7 +277,7 @@ def encoder_feature_fn(encoder: ImageEncoder, device: torch.device) -> FeatureFn
 
 
 def lift_scene(scene_dir: str | Path, coord: np.ndarray, features: ImageEncoder | FeatureFn, dim: int,
-               fusion: FusionSpec, device: str | torch.device = "cpu", progress: bool = False,
+               fusion: FusionConfig, device: str | torch.device = "cpu", progress: bool = False,
                normal: np.ndarray | None = None,
                pair_hook: Callable[[FrameBatch, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor,
                                     torch.Tensor], None] | None = None) -> LiftResult:

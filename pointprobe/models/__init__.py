@@ -16,7 +16,7 @@ from .registry import (
     RAW,
     EncoderRecord,
     EncoderSpec,
-    PointEncoderSpec,
+    PointEncoderConfig,
     build_encoder,
     create_encoder,
     load_encoder,
@@ -24,7 +24,7 @@ from .registry import (
 from .structure import PointBatch, PointEncoder, upcast
 
 __all__ = [
-    "ENCODERS", "RAW", "EncoderRecord", "EncoderSpec", "PointBatch", "PointEncoder", "PointEncoderSpec",
+    "ENCODERS", "RAW", "EncoderRecord", "EncoderSpec", "PointBatch", "PointEncoder", "PointEncoderConfig",
     "PointTransformerV3", "Preprocessing", "build_encoder", "checkpoint_sha256", "create_encoder",
     "encode_points", "load_encoder", "save_encoder", "upcast",
 ]

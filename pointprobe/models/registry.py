@@ -2,7 +2,7 @@
 
 Every stage that needs a point encoder (extract, label, featviz, ablate, pretrain, distill) goes through
 this module: :func:`create_encoder` (random initial weights), :func:`load_encoder` (a checkpoint file
-or release name) and :func:`build_encoder` (either, from a :class:`PointEncoderSpec` config section,
+or release name) and :func:`build_encoder` (either, from a :class:`PointEncoderConfig` config section,
 frozen, with the :class:`EncoderRecord` every cache and result stores).
 
 A new encoder is one module (its ``PointEncoder`` subclass, see ``structure.PointEncoder`` for the
@@ -29,7 +29,7 @@ from .structure import PointEncoder
 
 log = logging.getLogger(__name__)
 
-RAW = "raw"  # PointEncoderSpec.name of "no model: the input features themselves"
+RAW = "raw"  # PointEncoderConfig.name of "no model: the input features themselves"
 
 ConfigInference = Callable[[Mapping[str, torch.Tensor], "str | os.PathLike"], dict[str, Any]]
 
@@ -156,7 +156,7 @@ def load_encoder(path_or_name: str | os.PathLike, device: str | torch.device = "
 
 # ------------------------------------------------------------------------------ config section + record
 @dataclass
-class PointEncoderSpec:
+class PointEncoderConfig:
     """Which encoder: a table name (random init with ``seed``), a checkpoint file, or ``raw``."""
 
     name: str = "sonata_small"  # pointprobe.models.ENCODERS name, or "raw" (input features as features)
@@ -181,7 +181,7 @@ class EncoderRecord:
     levels: int | None
 
 
-def build_encoder(spec: PointEncoderSpec, device: torch.device) -> tuple[Any, EncoderRecord]:
+def build_encoder(spec: PointEncoderConfig, device: torch.device) -> tuple[Any, EncoderRecord]:
     """(model or None for raw, record): frozen, in eval mode. Checkpoints are hashed; random init is
     seeded (and warned about)."""
     if spec.name == RAW:
@@ -207,7 +207,7 @@ def build_encoder(spec: PointEncoderSpec, device: torch.device) -> tuple[Any, En
     return model, rec
 
 
-def encoder_identity(spec: PointEncoderSpec) -> tuple[str | None, str]:
+def encoder_identity(spec: PointEncoderConfig) -> tuple[str | None, str]:
     """(encoder name or None when only the built model knows it, checkpoint sha256 / random:<seed>),
     without building the encoder: a checkpoint is only hashed."""
     if spec.name == RAW:

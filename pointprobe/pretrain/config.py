@@ -7,12 +7,12 @@ from typing import Any
 from common.errors import ConfigError
 from pointprobe.pretrain.views import ViewConfig
 
-__all__ = ["DataSection", "ModelSection", "LossSection", "OptimSection", "TrainSection", "PretrainConfig",
-           "validate_config"]
+__all__ = ["PretrainDataConfig", "PretrainModelConfig", "PretrainLossConfig", "PretrainOptimConfig",
+           "PretrainTrainConfig", "PretrainConfig", "validate_config"]
 
 
 @dataclass
-class DataSection:
+class PretrainDataConfig:
     root: str = ""  # preprocessed layout: {root}/{split}/{scene}/{coord,color,normal}.npy
     split: str = "train"  # split folder the scenes are read from
     max_scenes: int = 0  # 0 = every scene of the split
@@ -20,7 +20,7 @@ class DataSection:
 
 
 @dataclass
-class ModelSection:
+class PretrainModelConfig:
     backbone: str = "sparseunet"  # "sparseunet" or a name of pointprobe.models.ENCODERS (ptv3, sonata, ...)
     backbone_config: dict[str, Any] = field(default_factory=dict)  # constructor overrides
     drop_path: float = 0.3  # student; the teacher has none
@@ -31,7 +31,7 @@ class ModelSection:
 
 
 @dataclass
-class LossSection:
+class PretrainLossConfig:
     mask_weight: float = 2 / 8
     roll_weight: float = 2 / 8
     unmask_weight: float = 4 / 8
@@ -50,7 +50,7 @@ class LossSection:
 
 
 @dataclass
-class OptimSection:
+class PretrainOptimConfig:
     lr: float = 0.004
     layer_decay: float = 0.9
     weight_decay_start: float = 0.04
@@ -66,7 +66,7 @@ class OptimSection:
 
 
 @dataclass
-class TrainSection:
+class PretrainTrainConfig:
     steps: int = 1000  # optimiser steps
     batch_size: int = 4  # scenes per optimiser step, over every rank and micro-batch
     accum_steps: int = 1  # micro-batches per step
@@ -88,12 +88,14 @@ class TrainSection:
 
 @dataclass
 class PretrainConfig:
-    data: DataSection = field(default_factory=DataSection)  # scenes in the preprocessed layout
+    data: PretrainDataConfig = field(default_factory=PretrainDataConfig)  # scenes in the preprocessed layout
     views: ViewConfig = field(default_factory=ViewConfig)  # crops, masks, augmentations
-    model: ModelSection = field(default_factory=ModelSection)  # backbone and heads
-    loss: LossSection = field(default_factory=LossSection)  # self-distillation losses and curricula
-    optim: OptimSection = field(default_factory=OptimSection)  # AdamW with layer decay, OneCycle schedule
-    train: TrainSection = field(default_factory=TrainSection)  # steps, batch, checkpoints
+    model: PretrainModelConfig = field(default_factory=PretrainModelConfig)  # backbone and heads
+    # self-distillation losses and curricula
+    loss: PretrainLossConfig = field(default_factory=PretrainLossConfig)
+    # AdamW with layer decay, OneCycle schedule
+    optim: PretrainOptimConfig = field(default_factory=PretrainOptimConfig)
+    train: PretrainTrainConfig = field(default_factory=PretrainTrainConfig)  # steps, batch, checkpoints
     out: str = ""  # output folder: encoder.pth, last.pth, log.jsonl, config.yaml (resumes there)
 
 

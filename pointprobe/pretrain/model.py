@@ -8,13 +8,13 @@ import torch.nn as nn
 from common.errors import ConfigError
 from pointprobe.models.registry import create_encoder
 from pointprobe.models.structure import PointBatch, PointEncoder, block_index, upcast
-from pointprobe.pretrain.config import ModelSection
+from pointprobe.pretrain.config import PretrainModelConfig
 from pointprobe.pretrain.heads import PrototypeHead
 
 __all__ = ["build_backbone", "DistillModel", "head_in_channels", "block_index", "param_groups"]
 
 
-def build_backbone(cfg: ModelSection, drop_path: float) -> PointEncoder:
+def build_backbone(cfg: PretrainModelConfig, drop_path: float) -> PointEncoder:
     """The backbone named ``cfg.backbone`` with a mask token and ``drop_path`` (what pre-training needs
     of an encoder: see ``PointEncoder``)."""
     return create_encoder(cfg.backbone, **{**cfg.backbone_config, "drop_path": drop_path, "mask_token": True})
@@ -23,7 +23,7 @@ def build_backbone(cfg: ModelSection, drop_path: float) -> PointEncoder:
 class DistillModel(nn.Module):
     """Backbone + mask head + unmask head (the student; the teacher is a copy without drop path)."""
 
-    def __init__(self, backbone: PointEncoder, head_in: int, cfg: ModelSection):
+    def __init__(self, backbone: PointEncoder, head_in: int, cfg: PretrainModelConfig):
         super().__init__()
         self.backbone = backbone
         self.mask_head = PrototypeHead(head_in, cfg.head_hidden, cfg.head_bottleneck, cfg.num_prototypes)

@@ -6,19 +6,20 @@ Rooms: ``config`` (schema and checks), ``model`` (backbone, heads, parameter gro
 from __future__ import annotations
 
 from pointprobe.pretrain.config import (
-    DataSection,
-    LossSection,
-    ModelSection,
-    OptimSection,
     PretrainConfig,
-    TrainSection,
+    PretrainDataConfig,
+    PretrainLossConfig,
+    PretrainModelConfig,
+    PretrainOptimConfig,
+    PretrainTrainConfig,
     validate_config,
 )
 from pointprobe.pretrain.model import DistillModel, build_backbone, head_in_channels, param_groups
 from pointprobe.pretrain.trainer import Pretrainer, ScenePlan, SceneStore, run_pretrain
 
 __all__ = [
-    "PretrainConfig", "DataSection", "ModelSection", "LossSection", "OptimSection", "TrainSection",
+    "PretrainConfig", "PretrainDataConfig", "PretrainModelConfig", "PretrainLossConfig",
+    "PretrainOptimConfig", "PretrainTrainConfig",
     "validate_config", "SceneStore", "ScenePlan", "DistillModel", "Pretrainer", "run_pretrain",
     "build_backbone", "head_in_channels", "param_groups",
 ]
