@@ -9,6 +9,7 @@ import pytest
 import torch
 from torch import nn
 
+from common.errors import CheckpointError
 from common.tuning.loop import TuneBatch, Tuner, TuneSettings, method_tag, run_tuning, write_results
 
 
@@ -155,6 +156,15 @@ def test_resume_is_exact(tmp_path, method):
     assert part["stopped_at"] == 2
     again = run_tuning(task, _settings(method=method, **kw), tmp_path / "b")
     assert again["resumed"] and again["mIoU"] == full["mIoU"]
+
+
+def test_resume_refuses_a_checkpoint_of_another_config(tmp_path):
+    task = ToyTask()
+    a = Tuner(task, _settings(method="ssf"), tmp_path, torch.device("cpu"), "hash-a")
+    a.train(max_steps=2)
+    b = Tuner(task, _settings(method="ssf"), tmp_path, torch.device("cpu"), "hash-b")
+    with pytest.raises(CheckpointError, match="another configuration"):
+        b.resume()
 
 
 def test_results_table_merges_rows_and_draws_the_ladder(tmp_path):

@@ -454,13 +454,19 @@ class Tuner:
         return float(self.grid.train_step(x, y, f).mean())
 
     def _allreduce_grads(self) -> None:
+        """Sum gradients over ranks; a parameter without a gradient on every rank keeps ``grad None``
+        (as in one process: the optimizer then skips it, weight decay included)."""
         if not dist.is_distributed():
             return
-        for p in self.model.parameters():
-            if p.requires_grad:
-                if p.grad is None:
-                    p.grad = torch.zeros_like(p)
-                dist.all_reduce_tensor(p.grad)
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        has = torch.tensor([p.grad is not None for p in params], dtype=torch.int64)
+        dist.all_reduce_tensor(has)
+        for p, h in zip(params, has.tolist()):
+            if h == 0:
+                continue
+            if p.grad is None:
+                p.grad = torch.zeros_like(p)
+            dist.all_reduce_tensor(p.grad)
 
     def train_step(self, micro: list[TuneBatch]) -> float:
         s = self.s
