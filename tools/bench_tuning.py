@@ -37,7 +37,7 @@ LADDER: list[tuple[str, str, list[str]]] = [
     ("linear", "pre", []),
     ("decoder", "pre", []),
     ("ssf", "pre", []),
-    ("lora", "pre", ["tune.lora_targets=[conv1, conv2]", "tune.lora_rank=4"]),
+    ("lora", "pre", []),
     ("last_k", "pre", ["tune.k=2"]),
     ("progressive", "pre", ["tune.progressive_at=[0.2, 0.5]"]),
     ("full", "pre", []),
@@ -53,11 +53,12 @@ def _log(msg: str, t0: float) -> None:
 def tune_process(out: Path, data: Path, method: str, encoder: list[str], extra: list[str],
                  common: list[str], t0: float) -> dict:
     """One ``pointprobe tune`` process; returns its row (from the run's tuned.pth record)."""
-    args = [sys.executable, "-m", "pointprobe.cli", "tune", f"data.root={data}", f"out={out}",
+    args = [sys.executable, "-m", "pointprobe.cli", "tune", "--config", "configs/point/tune_bench_cpu.yaml",
+            f"data.root={data}", f"out={out}",
             f"tune.method={method}", *encoder, *common, *extra]
     env = dict(os.environ, PYTHONPATH=str(REPO_ROOT))
     start = time.time()
-    p = subprocess.run(args, env=env, capture_output=True, text=True)
+    p = subprocess.run(args, env=env, capture_output=True, text=True, cwd=REPO_ROOT)
     if p.returncode != 0:
         raise SystemExit(f"bench_tuning: {method} failed:\n{p.stderr[-3000:]}")
     rows = json.loads((out / "tune_results.json").read_text())["rows"]
@@ -101,10 +102,8 @@ def main(argv: list[str] | None = None) -> int:
     rnd_enc = [f"encoder.name={arch}", "encoder.config=" + json.dumps(bcfg),
                f"encoder.seed={cfg.train.seed}", f"encoder.label={arch} random init"]
     common = [f"tune.steps={args.steps}", f"tune.warmup={max(1, args.steps // 10)}",
-              f"tune.save_every={args.steps}",
-              f"tune.eval_split={args.eval_split}", "tune.select_split=val", "tune.progress=false",
-              f"aug.max_points={args.max_points}", "batch_size=2", "device=cpu", "tune.lr=0.002",
-              "tune.head_lr=0.005"]
+              f"tune.save_every={args.steps}", f"tune.eval_split={args.eval_split}",
+              f"aug.max_points={args.max_points}"]  # the rest: configs/point/tune_bench_cpu.yaml
     tout = out / "tune"
     rows = []
     tuning_start = time.time()
