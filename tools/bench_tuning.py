@@ -31,6 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from common.benchdoc import DOC, machine_line, update_section  # noqa: E402
 from common.config import REPO_ROOT  # noqa: E402
+from common.tuning.loop import write_results  # noqa: E402
 
 # method -> extra overrides (a method's own settings; the shared ones are in main)
 LADDER: list[tuple[str, str, list[str]]] = [
@@ -56,14 +57,23 @@ def tune_process(out: Path, data: Path, method: str, encoder: list[str], extra: 
     args = [sys.executable, "-m", "pointprobe.cli", "tune", "--config", "configs/point/tune_bench_cpu.yaml",
             f"data.root={data}", f"out={out}",
             f"tune.method={method}", *encoder, *common, *extra]
+    tag = method if method != "mezo" else f"mezo-{next(e.split('=')[1] for e in extra if 'over=' in e)}"
+    label = next(e.split("=", 1)[1] for e in encoder if e.startswith("encoder.label="))
+    done = out / "tune_results.json"
+    if done.is_file():  # resumable: a method finished earlier with these settings is not run again
+        for r in json.loads(done.read_text())["rows"]:
+            if r["method"] == tag and r["encoder"] == label and r.get("bench_args") == args[4:]:
+                _log(f"{tag} ({label}): done earlier, mIoU {r['mIoU']:.2f}", t0)
+                return r
     env = dict(os.environ, PYTHONPATH=str(REPO_ROOT))
     start = time.time()
     p = subprocess.run(args, env=env, capture_output=True, text=True, cwd=REPO_ROOT)
     if p.returncode != 0:
         raise SystemExit(f"bench_tuning: {method} failed:\n{p.stderr[-3000:]}")
-    rows = json.loads((out / "tune_results.json").read_text())["rows"]
-    tag = method if method != "mezo" else f"mezo-{next(e.split('=')[1] for e in extra if 'over=' in e)}"
-    row = [r for r in rows if r["method"] == tag][-1]
+    rows = json.loads(done.read_text())["rows"]
+    row = [r for r in rows if r["method"] == tag and r["encoder"] == label][-1]
+    row["bench_args"] = args[4:]
+    write_results(out, [row], "points")
     _log(f"{tag} ({' '.join(encoder)}): mIoU {row['mIoU']:.2f} in {time.time() - start:.0f} s", t0)
     return row
 
