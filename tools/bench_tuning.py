@@ -31,7 +31,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from common.benchdoc import DOC, machine_line, update_section  # noqa: E402
 from common.config import REPO_ROOT  # noqa: E402
-from common.tuning.loop import write_results  # noqa: E402
 
 # method -> extra overrides (a method's own settings; the shared ones are in main)
 LADDER: list[tuple[str, str, list[str]]] = [
@@ -60,9 +59,13 @@ def tune_process(out: Path, data: Path, method: str, encoder: list[str], extra: 
     tag = method if method != "mezo" else f"mezo-{next(e.split('=')[1] for e in extra if 'over=' in e)}"
     label = next(e.split("=", 1)[1] for e in encoder if e.startswith("encoder.label="))
     done = out / "tune_results.json"
-    if done.is_file():  # resumable: a method finished earlier with these settings is not run again
+    if done.is_file():  # resumable: a method finished earlier with this config is not run again
+        from common.config import config_hash, load_config
+        from pointprobe.tune import PointTuneConfig
+
+        h = config_hash(load_config(PointTuneConfig, str(REPO_ROOT / args[5]), args[6:]))
         for r in json.loads(done.read_text())["rows"]:
-            if r["method"] == tag and r["encoder"] == label and r.get("bench_args") == args[4:]:
+            if r["method"] == tag and r["encoder"] == label and r.get("config_hash") == h:
                 _log(f"{tag} ({label}): done earlier, mIoU {r['mIoU']:.2f}", t0)
                 return r
     env = dict(os.environ, PYTHONPATH=str(REPO_ROOT))
@@ -72,8 +75,6 @@ def tune_process(out: Path, data: Path, method: str, encoder: list[str], extra: 
         raise SystemExit(f"bench_tuning: {method} failed:\n{p.stderr[-3000:]}")
     rows = json.loads(done.read_text())["rows"]
     row = [r for r in rows if r["method"] == tag and r["encoder"] == label][-1]
-    row["bench_args"] = args[4:]
-    write_results(out, [row], "points")
     _log(f"{tag} ({' '.join(encoder)}): mIoU {row['mIoU']:.2f} in {time.time() - start:.0f} s", t0)
     return row
 
@@ -94,6 +95,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--methods", nargs="*", default=None, help="a subset of the ladder (method names)")
     ap.add_argument("--quick", action="store_true", help="8 scenes, 20 pre-training steps, 8 tuning steps")
     ap.add_argument("--no-doc", action="store_true", help="do not write docs/benchmarks.md")
+    ap.add_argument("--report-only", action="store_true",
+                    help="run nothing more: write the table and section from the rows finished so far")
     args = ap.parse_args(argv)
     if args.quick:
         args.scenes, args.pretrain_steps, args.steps, args.max_points = 8, 20, 8, 2000
@@ -120,9 +123,17 @@ def main(argv: list[str] | None = None) -> int:
     for method, which, extra in LADDER:
         if args.methods and method not in args.methods:
             continue
+        if args.report_only:
+            continue
         rows.append((which, tune_process(tout, data, method, pre_enc if which == "pre" else rnd_enc, extra,
                                          common, t0)))
     tuning_s = time.time() - tuning_start
+    if args.report_only and (tout / "tune_results.json").is_file():
+        done = json.loads((tout / "tune_results.json").read_text())["rows"]
+        rows = [("random" if "random" in r["encoder"] else "pre", r) for r in done]
+        tuning_s = sum(r["wall_s"] for r in done)
+    missing = [f"{m} ({w})" for m, w, _ in LADDER
+               if not any(r["method"].split("-")[0] == m and ww == w for ww, r in rows)]
     # the cached linear probe of the same pre-trained encoder: the baseline row
     from pointprobe.extract import PointEncoderSpec
 
@@ -130,10 +141,11 @@ def main(argv: list[str] | None = None) -> int:
     base = probe_encoder(out, data, "cached_pre", spec, "configs/point/probe.yaml",
                          ["max_train_points=500000"], args.eval_split, False, t0)
     _log(f"cached linear probe: mIoU {base['mIoU']:.2f}", t0)
+    lin0 = next((r for _, r in rows if r["method"] == "linear"), None)
     cached = {"method": "cached linear (extract + probe)", "encoder": f"{arch} pre-trained",
-              "mIoU": base["mIoU"], "trainable_params": rows[0][1]["trainable_params"] if rows else 0,
+              "mIoU": base["mIoU"], "trainable_params": lin0["trainable_params"] if lin0 else 0,
               "trainable_pct": 0.0, "total_time_s": base.get("seconds"),
-              "checkpoint_sha256": rows[0][1]["checkpoint_sha256"] if rows else ""}
+              "checkpoint_sha256": lin0["checkpoint_sha256"] if lin0 else ""}
     table = []
     for _, r in rows:
         table.append({"method": r["method"], "encoder": r["encoder"], "mIoU": r["mIoU"],
@@ -161,6 +173,8 @@ def main(argv: list[str] | None = None) -> int:
     if mezo and lin:
         ratio = mezo["peak_memory_mb"] / lin["peak_memory_mb"]
         notes.append(f"MeZO peak RSS / online linear peak RSS: {ratio:.2f} (target <= 1.3)")
+    if missing:
+        notes.append(f"not run (out of time in this run): {', '.join(missing)}")
     if lin:
         notes.append(f"online linear (live augmented features) minus cached linear: "
                      f"{lin['mIoU'] - base['mIoU']:+.2f} mIoU")

@@ -588,9 +588,10 @@ def run_tuning(task: TuneTask, settings: TuneSettings, out: str | Path, cfg: Any
     """Train (or resume) ``settings.method`` on ``task``, evaluate, write the result row.
 
     Run state lives in ``OUT/runs/<method>-<config hash>/`` (``last.pth``, ``log.jsonl``,
-    ``config.yaml``); the row is merged into ``OUT/tune_results.{md,json}`` (one row per method and
-    encoder) and ``OUT/ladder.png``. ``max_steps``: stop after that many steps (no evaluation; for
-    tests of resume). Returns the row (or ``{"stopped_at": step}``).
+    ``config.yaml``, ``tuned.pth``: the final model, adapters merged); the resolved config is also
+    ``OUT/tune_results_<method>.yaml``; the row is merged into ``OUT/tune_results.{md,json}`` (one row
+    per method and encoder) and ``OUT/ladder.png``. ``max_steps``: stop after that many steps (no
+    evaluation; for tests of resume). Returns the row (or ``{"stopped_at": step}``).
     """
     out = Path(out)
     device = device or torch.device("cpu")
@@ -598,8 +599,9 @@ def run_tuning(task: TuneTask, settings: TuneSettings, out: str | Path, cfg: Any
     run_dir = out / "runs" / f"{method_tag(settings)}-{h}"
     if dist.is_main():
         run_dir.mkdir(parents=True, exist_ok=True)
-        if cfg is not None:
+        if cfg is not None:  # in the run folder and next to the results table
             save_config(cfg, run_dir / "config.yaml")
+            save_config(cfg, out / f"{RESULTS}_{method_tag(settings)}.yaml")
     dist.barrier()
     tuner = Tuner(task, settings, run_dir, device, h)
     resumed = tuner.resume()
