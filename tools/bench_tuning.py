@@ -192,8 +192,9 @@ def main(argv: list[str] | None = None) -> int:
     if reduced:
         lines += [f"**Reduced run** ({args.pretrain_steps} pre-training steps, {args.steps} tuning steps per "
                   "method, tiny crops) on a shared, loaded 2-core machine: the numbers show that every rung "
-                  "runs and what it costs, not how the methods rank at a realistic budget. Step times depend on what "
-                  "else ran on the machine at the time and are not comparable between methods in such a run; "
+                  "runs and what it costs, not how the methods rank at a realistic budget. Step times "
+                  "depend on what else ran on the machine at the time and are not comparable between "
+                  "methods in such a run; "
                   "at this size the CPU peak RSS is dominated by the process's imports (spconv), so most "
                   "methods show the same figure.", ""]
     lines += [
