@@ -19,6 +19,7 @@ COMMANDS = (
     "pointprobe.commands.extract",  # frozen encoder -> feature cache
     "pointprobe.commands.cluster",  # unsupervised: k-means / STEGO on cached features
     "pointprobe.commands.probe",  # supervised probes on cached features
+    "pointprobe.commands.tune",  # the encoder in the loop: the tuning ladder
     "pointprobe.commands.label",  # a trained probe labels new scenes
     "pointprobe.commands.ablate",  # input ablations of a trained probe
     "pointprobe.commands.demo",  # the whole chain on synthetic scenes

@@ -216,6 +216,8 @@ SHIPPED = {
     "point/sonata_small.yaml": "pointprobe.pretrain.train:PretrainConfig",
     "point/probe.yaml": "pointprobe.probe:SegProbeConfig",
     "point/probe_demo.yaml": "pointprobe.probe:SegProbeConfig",
+    "point/tune.yaml": "pointprobe.tune:PointTuneConfig",
+    "point/tune_bench_cpu.yaml": "pointprobe.tune:PointTuneConfig",
     "video/extract.yaml": "videoprobe.extract:ExtractConfig",
     "video/probe.yaml": "videoprobe.probe:ProbeConfig",
     "video/tune.yaml": "videoprobe.tune:VideoTuneTaskConfig",

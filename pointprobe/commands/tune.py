@@ -1,0 +1,50 @@
+"""``pointprobe tune``: a point encoder in the training loop, one rung of the tuning ladder per run."""
+from __future__ import annotations
+
+import argparse
+
+from common.cli import add_show_config
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "tune",
+        help="train a method of the tuning ladder (linear online, decoder, ssf, lora, last_k, progressive, "
+             "full, mezo) with the encoder in the loop; mIoU + cost row in tune_results.md",
+        description="Example:\n  pointprobe tune tune.method=ssf encoder.name=sparseunet "
+        "encoder.checkpoint=runs/pretrain/encoder.pth data.root=data/scannet out=runs/tune\n"
+        "  pointprobe tune tune.method=mezo tune.over=lora ...   (zeroth order over a trainable set)\n"
+        "  torchrun --nproc_per_node=2 -m pointprobe.cli tune ...   (DDP: gloo on CPU, NCCL on CUDA)\n"
+        "Short keys: method=, over= mean tune.method=, tune.over=.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--config", default="configs/point/tune.yaml", help="YAML config (default: %(default)s)")
+    add_show_config(p)
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. tune.steps=100")
+    p.set_defaults(func=run)
+
+
+SHORT = ("method", "over", "steps")
+
+
+def expand_short_keys(overrides: list[str]) -> list[str]:
+    """``method=ssf`` -> ``tune.method=ssf`` (also ``over=``, ``steps=``)."""
+    out = []
+    for o in overrides:
+        key = o.split("=", 1)[0]
+        out.append(f"tune.{o}" if key in SHORT else o)
+    return out
+
+
+def run(args: argparse.Namespace) -> int:
+    from common.cli import load_cli_config
+    from common.report import markdown_table
+    from pointprobe.tune import PointTuneConfig, run_point_tune
+
+    cfg = load_cli_config(PointTuneConfig, args, overrides=expand_short_keys(list(args.overrides or [])))
+    row = run_point_tune(cfg)
+    show = {k: row.get(k) for k in ("method", "encoder", "mIoU", "trainable_params", "trainable_pct",
+                                    "peak_memory_mb", "step_time_s", "total_time_s")}
+    print(markdown_table([show], float_format=".4g"))
+    print(f"\nresults: {cfg.out}/tune_results.md (+ .json, ladder.png)")
+    return 0

@@ -1,0 +1,264 @@
+"""``pointprobe tune``: the points task of the tuning loop (``common.tuning.loop``).
+
+Training scenes are augmented live with the Sonata / Pointcept ``lin`` recipe (the pre-training's
+augmentations, ``pointprobe.pretrain.views``): grid sampling (random point per voxel), a sphere crop of
+at most ``aug.max_points`` points, colour jitter + chromatic translation, centre shift, random scale,
+z rotation, small x / y rotations, flips, jitter, then the voxel grid of the augmented points. Each
+scene's randomness is keyed by (seed, epoch, scene index), never by rank. Evaluation encodes every
+scene of a split at full resolution: grid sampling at the release's 0.02 m (canonical point per
+voxel, as ``pointprobe extract``), features copied back to every input point, mIoU over all points.
+
+``method=decoder``: ``ptv3.py`` cannot build PTv3's decoder stages (``enc_mode=False`` is refused),
+so the decoder is :class:`LevelDecoder`, a light U-Net-style MLP decoder over the frozen encoder's
+levels: from the deepest level up, ``h <- MLP(concat(level.feat, h[pooling_inverse]))`` (Linear,
+LayerNorm, GELU; ``decoder_channels`` wide), then a linear classifier.
+"""
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import nn
+
+from common import dist
+from common.errors import ConfigError, InputError
+from common.sampling import grid_sample, sphere_crop
+from common.tuning.loop import TuneBatch, TuneSettings
+from pointprobe.data.scannet import class_names, list_scenes, load_scene
+from pointprobe.models.encode import canonical_index, center_shift
+from pointprobe.models.registry import PointEncoderConfig, build_encoder
+from pointprobe.models.structure import PointBatch, block_index
+from pointprobe.pretrain.views import ViewConfig, augment_geometry, color_jitter
+
+
+@dataclass
+class TuneDataSpec:
+    root: str = "data/scannet"  # preprocessed layout: {split}/sceneXXXX_YY/*.npy
+    train_split: str = "train"  # scenes the method trains on (augmented live)
+    label_set: str = "segment20"  # segment20 | segment200
+    limit: int = 0  # at most this many scenes per split (0 = all)
+
+
+@dataclass
+class TuneAugment:
+    """The Pointcept lin recipe's training augmentation (see the module docstring)."""
+
+    grid_size: float = 0.02
+    max_points: int = 20000  # sphere crop of at most this many voxels per scene
+    scale: list[float] = field(default_factory=lambda: [0.9, 1.1])
+    rotate_z: float = 1.0  # max |angle| / pi
+    flip_p: float = 0.5
+    color_jitter_p: float = 0.8
+
+
+@dataclass
+class PointTuneConfig:
+    """Settings of ``pointprobe tune``."""
+
+    data: TuneDataSpec = field(default_factory=TuneDataSpec)
+    encoder: PointEncoderConfig = field(default_factory=PointEncoderConfig)  # which encoder and weights
+    tune: TuneSettings = field(default_factory=TuneSettings)  # method, steps, lrs, ...
+    aug: TuneAugment = field(default_factory=TuneAugment)
+    batch_size: int = 2  # scenes per global batch (split over torchrun ranks; a multiple of the world size)
+    levels: int | None = None  # up-cast levels of the features (None = all)
+    decoder_channels: int = 64  # method=decoder: width of the level decoder
+    eval_grid_size: float = 0.02  # voxel size of the full-resolution evaluation
+    out: str = "runs/tune"  # tune_results.{md,json}, ladder.png, runs/<method>-<hash>/
+    device: str = "auto"  # auto | cpu | cuda
+
+
+# -------------------------------------------------------------------------------------------- decoder
+class LevelDecoder(nn.Module):
+    """Trainable MLP decoder over a frozen point encoder's levels (deepest first, up to the input rows).
+
+    The encoder is held in a list (not a submodule): its parameters stay out of this module's.
+    """
+
+    def __init__(self, encoder: nn.Module, level_dims: list[int], num_classes: int, channels: int):
+        super().__init__()
+        self._enc = [encoder]
+        self.deep = nn.Sequential(nn.Linear(level_dims[-1], channels), nn.LayerNorm(channels), nn.GELU())
+        self.up = nn.ModuleList(nn.Sequential(nn.Linear(d + channels, channels), nn.LayerNorm(channels),
+                                              nn.GELU()) for d in level_dims[:-1][::-1])
+        self.cls = nn.Linear(channels, num_classes)
+
+    def forward(self, inputs: dict) -> torch.Tensor:
+        enc = self._enc[0]
+        with torch.no_grad():
+            top = enc(_point(inputs))
+        levels = top.levels()  # finest first
+        h = self.deep(levels[-1].feat.float())
+        for i, lvl in enumerate(levels[-2::-1]):
+            child = levels[len(levels) - 1 - i]
+            h = self.up[i](torch.cat([lvl.feat.float(), h[child.pooling_inverse]], 1))
+        inv = inputs.get("inverse")
+        return self.cls(h if inv is None else h[inv])
+
+
+def level_dims(encoder: nn.Module, probe: dict) -> list[int]:
+    """Feature width of each level of ``encoder``'s hierarchy (finest first), from one forward pass."""
+    with torch.no_grad():
+        return [int(lvl.feat.shape[1]) for lvl in encoder(_point(probe)).levels()]
+
+
+# ---------------------------------------------------------------------------------------------- task
+def _point(inputs: dict) -> PointBatch:
+    return PointBatch.create(inputs["coord"], inputs["grid_coord"], inputs["feat"], offset=inputs["offset"])
+
+
+def _feat(keys: tuple[str, ...], coord: np.ndarray, color01: np.ndarray, normal: np.ndarray) -> np.ndarray:
+    parts = {"coord": coord, "color": color01, "normal": normal}
+    return np.concatenate([parts[k].astype(np.float32) for k in keys], 1)
+
+
+class PointTuneTask:
+    """The points task of :class:`common.tuning.loop.TuneTask` (see the module docstring)."""
+
+    modality = "points"
+    metric = "miou"
+
+    def __init__(self, cfg: PointTuneConfig, device: torch.device):
+        self.cfg = cfg
+        self.device = device
+        self.class_names = list(class_names(cfg.data.label_set))
+        self._scenes: dict[str, list] = {}
+        self.feat_keys: tuple[str, ...] = ("coord", "color", "normal")
+        self.view = ViewConfig(grid_size=cfg.aug.grid_size, scale=tuple(cfg.aug.scale),
+                               rotate_z=cfg.aug.rotate_z, flip_p=cfg.aug.flip_p,
+                               color_jitter_p=cfg.aug.color_jitter_p)
+        if cfg.batch_size < 1:
+            raise ConfigError(f"tune: batch_size must be >= 1, got {cfg.batch_size}")
+
+    # -- data ----------------------------------------------------------------------------------
+    def scenes(self, split: str) -> list:
+        if split not in self._scenes:
+            names = list_scenes(self.cfg.data.root, split)
+            if self.cfg.data.limit:
+                names = names[: self.cfg.data.limit]
+            if not names:
+                raise InputError(f"{self.cfg.data.root}/{split}", "no scenes in this split")
+            self._scenes[split] = [load_scene(f"{self.cfg.data.root}/{split}/{n}") for n in names]
+        return self._scenes[split]
+
+    def _labels(self, scene) -> np.ndarray:
+        return np.asarray(scene.labels(self.cfg.data.label_set), dtype=np.int64)
+
+    def _augment(self, scene, rng: np.random.Generator) -> tuple[np.ndarray, ...]:
+        """(coord, grid_coord, feat, labels) of one augmented training view of ``scene``."""
+        v = self.view
+        gs = grid_sample(scene.coord, v.grid_size, mode="train", seed=rng, source=scene.name)
+        idx = np.sort(gs.index)
+        origin = scene.coord[idx].astype(np.float64)
+        crop = sphere_crop(origin, min(self.cfg.aug.max_points, len(origin)),
+                           center=origin[rng.integers(len(origin))], rng=rng)
+        idx = idx[crop]
+        col = color_jitter(scene.color[idx], v, rng) / 255.0
+        c, n = augment_geometry(scene.coord[idx], scene.normal[idx], v, rng)
+        g2 = grid_sample(c, v.grid_size, mode="train", seed=rng)
+        k = np.sort(g2.index)
+        grid = g2.grid_coord[np.argsort(g2.index)]
+        c32 = c[k].astype(np.float32)
+        feat = _feat(self.feat_keys, c32, col[k], n[k])
+        return c32, grid.astype(np.int64), feat, self._labels(scene)[idx][k]
+
+    @staticmethod
+    def _collate(parts: list[tuple[np.ndarray, ...]], device: torch.device) -> dict:
+        coord = np.concatenate([p[0] for p in parts])
+        grid = np.concatenate([p[1] - p[1].min(0) for p in parts])
+        feat = np.concatenate([p[2] for p in parts])
+        offset = np.cumsum([len(p[0]) for p in parts])
+        return {"coord": torch.from_numpy(coord).to(device), "grid_coord": torch.from_numpy(grid).to(device),
+                "feat": torch.from_numpy(feat).to(device), "offset": torch.from_numpy(offset).to(device),
+                "inverse": None}
+
+    def train_batches(self, epoch: int, rank: int, world: int) -> Iterator[TuneBatch]:
+        """Global batches of ``batch_size`` scenes in an order drawn from (seed, epoch); rank r takes
+        scenes r, r + world, ... of each; each scene augmented with an rng keyed by (seed, epoch, index)."""
+        bs = self.cfg.batch_size
+        if bs % world:
+            raise ConfigError(f"tune: batch_size {bs} is not a multiple of the world size {world}")
+        scenes = self.scenes(self.cfg.data.train_split)
+        seed = self.cfg.tune.seed
+        order = np.random.default_rng([seed, epoch, 7]).permutation(len(scenes))
+        for s in range(0, len(order) - bs + 1, bs):  # full global batches only: same count on every rank
+            mine = order[s: s + bs][rank::world]
+            parts = [self._augment(scenes[i], np.random.default_rng([seed, epoch, int(i)])) for i in mine]
+            inputs = self._collate(parts, self.device)
+            labels = torch.from_numpy(np.concatenate([p[3] for p in parts]))
+            groups = np.concatenate([np.full(len(p[0]), int(i), np.int64) for p, i in zip(parts, mine)])
+            yield TuneBatch(inputs, labels, groups)
+
+    def eval_batches(self, split: str, rank: int, world: int) -> Iterator[TuneBatch]:
+        """One scene per batch at full resolution (every input point scored); scenes sharded over ranks."""
+        scenes = self.scenes(split)
+        for gi in dist.shard(range(len(scenes)), rank, world):
+            sc = scenes[gi]
+            xyz = center_shift(sc.coord)
+            feat = _feat(self.feat_keys, xyz.astype(np.float32), sc.color.astype(np.float32) / 255.0,
+                         sc.normal)
+            gs = grid_sample(xyz, self.cfg.eval_grid_size, mode="first", source=sc.name, align="world")
+            index = canonical_index(gs.inverse, len(gs), feat)
+            part = (xyz[index].astype(np.float32), gs.grid_coord.astype(np.int64), feat[index], None)
+            inputs = self._collate([part], self.device)
+            inputs["inverse"] = torch.from_numpy(gs.inverse).to(self.device)
+            y = torch.from_numpy(self._labels(sc))
+            yield TuneBatch(inputs, y, np.full(len(y), gi, np.int64))
+
+    # -- encoder -------------------------------------------------------------------------------
+    def build_encoder(self, device: torch.device) -> tuple[nn.Module, dict]:
+        model, rec = build_encoder(self.cfg.encoder, device)
+        if model is None:
+            raise ConfigError("tune: encoder.name=raw has no encoder to tune")
+        self.feat_keys = tuple(model.feat_keys)
+        return model, {"encoder": rec.label, "name": rec.name, "checkpoint": rec.checkpoint,
+                       "checkpoint_sha256": rec.checkpoint_sha256}
+
+    def blocks(self, encoder: nn.Module) -> list[tuple[str, list[str]]]:
+        """The encoder's declared blocks, covering every parameter: one of no block (stem, pooling)
+        joins the next block in parameter order (the last block at the end)."""
+        layout = encoder.block_layout()
+        names = [n for n, _ in encoder.named_parameters() if n not in self.fixed(encoder)]
+        owner = [block_index(n, layout) for n in names]
+        out: list[list[str]] = [[] for _ in layout]
+        pending: list[str] = []
+        for n, b in zip(names, owner):
+            if b is None:
+                pending.append(n)
+                continue
+            out[b] += pending + [n]
+            pending = []
+        out[-1] += pending
+        return [(name, ps) for (name, _), ps in zip(layout, out) if ps]
+
+    def fixed(self, encoder: nn.Module) -> list[str]:
+        """The mask token (pre-training only) never trains."""
+        return [n for n, _ in encoder.named_parameters() if "mask_token" in n]
+
+    def feature_dim(self, encoder: nn.Module) -> int:
+        return int(encoder.feature_dim(self.cfg.levels))
+
+    def features(self, encoder: nn.Module, inputs: dict) -> torch.Tensor:
+        f = encoder.encode(_point(inputs), self.cfg.levels)
+        inv = inputs.get("inverse")
+        return f if inv is None else f[inv]
+
+    def decoder(self, encoder: nn.Module, num_classes: int) -> nn.Module | None:
+        probe = next(self.eval_batches(self.cfg.tune.eval_split, 0, 1)).inputs
+        dims = level_dims(encoder, probe)
+        return LevelDecoder(encoder, dims, num_classes, self.cfg.decoder_channels).to(self.device)
+
+
+def run_point_tune(cfg: PointTuneConfig, max_steps: int | None = None) -> dict:
+    """``pointprobe tune``: train / resume ``cfg.tune.method``, evaluate, write the result row."""
+    from common.tuning.loop import run_tuning
+
+    dist.init_from_env()
+    device = dist.pick_device(cfg.device)
+    task = PointTuneTask(cfg, device)
+    return run_tuning(task, cfg.tune, cfg.out, cfg=cfg, device=device, max_steps=max_steps)
+
+
+__all__ = ["PointTuneConfig", "PointTuneTask", "LevelDecoder", "run_point_tune", "TuneDataSpec",
+           "TuneAugment"]
