@@ -22,7 +22,7 @@ from torch import nn
 from common.errors import CheckpointError, ConfigError, InputError
 from common.probes._files import read_probe_file, write_probe_file
 from common.probes.data import ProbeData
-from common.probes.engine import lr_factor, score_heads, train_batches
+from common.probes.engine import group_softmax_sums, lr_factor, score_heads, train_batches
 from common.progress import progress
 
 __all__ = [
@@ -154,9 +154,7 @@ class AttentiveProbeResult:
 
     def group_scores(self, data: ProbeData, device: str | torch.device = "cpu") -> np.ndarray:
         """(G, K) softmax probabilities summed over each group's rows (groups in sorted order)."""
-        x, _, g = data.load()
-        return np.stack([torch.softmax(predict_attentive(self, x[torch.from_numpy(g == u)], device=device), 1)
-                         .double().sum(0).numpy() for u in np.unique(g)])
+        return group_softmax_sums(lambda x: predict_attentive(self, x, device=device), data)
 
     def summary(self) -> dict:
         heads = self.model_kwargs["num_heads"]

@@ -40,6 +40,7 @@ from common.probes.normalize import apply_normalizer
 
 __all__ = [
     "Batch",
+    "group_softmax_sums",
     "HeadGrid",
     "Scorer",
     "lr_factor",
@@ -393,3 +394,11 @@ def rebatch(blocks: Iterable[tuple[torch.Tensor, torch.Tensor]], batch_size: int
         carry_x, carry_y = (xt[full:], yt[full:]) if full < xt.shape[0] else (None, None)
     if carry_x is not None:
         yield carry_x, carry_y
+
+
+def group_softmax_sums(predict_rows: Callable[[torch.Tensor], torch.Tensor], data: ProbeData) -> np.ndarray:
+    """(G, K) softmax probabilities of ``predict_rows(x)`` (logits of a group's rows) summed over each
+    group's rows, groups in sorted order: the ``group_scores`` of every probe that outputs logits."""
+    x, _, g = data.load()
+    return np.stack([torch.softmax(predict_rows(x[torch.from_numpy(g == u)]), 1).double().sum(0).numpy()
+                     for u in np.unique(g)])

@@ -23,7 +23,7 @@ from common.errors import CheckpointError, ConfigError, InputError
 from common.metrics import segmentation_metrics
 from common.probes._files import read_probe_file, write_probe_file
 from common.probes.data import ProbeData
-from common.probes.engine import HeadGrid, lr_factor, score_heads, train_batches
+from common.probes.engine import HeadGrid, group_softmax_sums, lr_factor, score_heads, train_batches
 from common.probes.normalize import NORMALIZE_MODES, apply_normalizer, fit_normalizer
 from common.progress import progress
 
@@ -126,9 +126,7 @@ class LinearProbeResult:
 
     def group_scores(self, data: ProbeData, device: str | torch.device = "cpu") -> np.ndarray:
         """(G, K) softmax probabilities summed over each group's rows (groups in sorted order)."""
-        x, _, g = data.load()
-        return np.stack([torch.softmax(predict(self, x[torch.from_numpy(g == u)], device=device), 1)
-                         .double().sum(0).numpy() for u in np.unique(g)])
+        return group_softmax_sums(lambda x: predict(self, x, device=device), data)
 
     def summary(self) -> dict:
         """What the command reports besides the scores: the chosen hyper-parameters (``setting``)."""
