@@ -263,3 +263,147 @@ def test_a_corrupt_video_stops_training_and_is_skipped_in_evaluation(synth_root,
     groups = np.concatenate([b.groups for b in task.eval_batches("test", 0, 1)])
     assert 0 not in set(groups) and set(groups) == set(range(1, len(task._split("test"))))
     assert bad_test.video_id in task.failures
+
+
+# ------------------------------------------------------------------------ `videoprobe tune` end to end
+TINY_VIT = ["data.kind=synth", "encoder.name=videomae_vit_tiny",
+            "encoder.kwargs={num_frames: 4, img_size: 32}", "clips.frame_step=2", "clips.batch_size=2",
+            "clips.eval_batch_size=4", "clips.eval_clips=1", "clips.eval_spatial=center",
+            "tune.progress=false", "tune.steps=2", "tune.warmup=1", "tune.norm_batches=1",
+            "tune.lrs=[0.01, 0.1]", "tune.wds=[0.0]", "tune.select_split=test", "tune.eval_split=test",
+            "device=cpu", "prompt.pad=4"]
+LADDER = [("linear", []), ("ssf", []), ("lora", []), ("prompt", []), ("mezo", ["over=ssf"])]
+
+
+def _canonical(name: str) -> str:
+    """The encoder's own parameter name of an adapter-wrapped one (SSF ``inner``, peft ``base_layer``)."""
+    return name.replace(".inner.", ".").replace(".base_layer.", ".").replace(
+        ".parametrizations.weight.original", ".weight")
+
+
+def _declared_only(cfg, st: dict, method: str) -> None:
+    """In the saved checkpoint every encoder parameter outside the method's trainable set is bitwise the
+    freshly built encoder's, and the encoder parameters that train are exactly the method's adapters."""
+    from videoprobe.tune import VideoTuneTask
+
+    base, _ = VideoTuneTask(cfg).build_encoder(torch.device("cpu"))
+    base_sd = base.state_dict()
+    saved = {_canonical(n[len("encoder."):]): v for n, v in st["model"].items() if n.startswith("encoder.")}
+    trainable = {_canonical(n[len("encoder."):]) for n in st["trainable"] if n.startswith("encoder.")}
+    for k, v in base_sd.items():
+        assert k not in trainable and torch.equal(saved[k], v), f"{method}: {k} changed or trains"
+    adapters = {k for k in saved if k not in base_sd}
+    if method == "linear":
+        assert not trainable and not adapters
+    else:
+        assert adapters and trainable == adapters  # only the method's adapters / prompt train
+    if method == "prompt":
+        assert trainable and all(k.startswith("input_prompt.") for k in trainable)
+
+
+def test_videoprobe_tune_runs_the_ladder_end_to_end(synth_root, tmp_path, capsys):
+    """`videoprobe tune` (the CLI, short keys) runs linear, ssf, lora, prompt and mezo on a tiny ViT on CPU
+    into one OUT: one row per method in tune_results.{md,json}, each method training only what it
+    declares."""
+    import json
+
+    from common.config import load_config
+    from videoprobe.cli import main
+    from videoprobe.tune import VideoTuneConfig
+
+    out = tmp_path / "out"
+    rows = []
+    for method, extra in LADDER:
+        args = [f"data.root={synth_root}", f"out={out}", *TINY_VIT, f"method={method}", *extra]
+        assert main(["tune", *args]) == 0
+        assert "top1" in capsys.readouterr().out
+        cfg = load_config(VideoTuneConfig, "configs/video/tune.yaml",
+                          [a if not a.startswith(("method=", "over=")) else f"tune.{a}" for a in args])
+        tag = method if method != "mezo" else "mezo-ssf"
+        (run,) = [d for d in (out / "runs").iterdir() if d.name.startswith(tag + "-")]
+        st = torch.load(run / "last.pth", weights_only=False)
+        _declared_only(cfg, st, method)
+        if method == "mezo":
+            assert st["mezo"]["steps"] == 2 and np.isfinite(st["mezo"]["last_grad"])
+        rows = json.loads((out / "tune_results.json").read_text())["rows"]
+        row = [r for r in rows if r["method"] == tag][0]
+        assert 0.0 <= row["top1"] <= 100.0 and row["checkpoint_sha256"] == "random:0"
+        assert row["split"] == "test" and row["encoder"] == "videomae_vit_tiny"
+        if method != "linear":
+            assert 0.0 < row["trainable_pct"] < 100.0
+    assert [r["method"] for r in rows] == ["linear", "ssf", "lora", "prompt", "mezo-ssf"]
+    md = (out / "tune_results.md").read_text()
+    assert all(m in md for m in ("linear", "ssf", "lora", "prompt", "mezo-ssf"))
+    assert (out / "ladder.png").is_file()
+
+
+def _x3d_checkpoint(path: Path) -> Path:
+    """x3d_s with random weights and a random 400-class Kinetics head, in the zoo's file layout."""
+    from videoprobe.models.zoo import ZOO_SPECS, ZooEncoder
+
+    torch.manual_seed(1)
+    net = ZooEncoder("x3d_s", ZOO_SPECS["x3d_s"])
+    sd = {f"model.{k}": v for k, v in net.net.state_dict().items()}
+    sd[f"model.{net._proj_prefix}weight"] = torch.randn(400, net.embed_dim) * 0.05
+    sd[f"model.{net._proj_prefix}bias"] = torch.zeros(400)
+    torch.save({"model_state": sd}, path)
+    return path
+
+
+X3D = ["encoder.name=x3d_s", "encoder.kwargs={}", "clips.clip_len=4", "clips.size=32"]
+
+
+def test_zoo_cnn_linear_and_flm_prompt_through_the_loop(synth_root, tmp_path):
+    """x3d_s from a file: method=linear trains no encoder parameter; method=prompt with the FLM label map
+    trains only the prompt, and the head is the map on unstandardised source logits (no FeatureNorm)."""
+    from common.config import load_config
+    from common.tuning.loop import FeatureNorm, Tuner
+    from common.tuning.prompt import LabelMap
+    from videoprobe.tune import VideoTuneConfig, VideoTuneTask, run_video_tune
+
+    ck = _x3d_checkpoint(tmp_path / "X3D_S.pyth")
+    out = tmp_path / "out"
+    base = [f"data.root={synth_root}", f"out={out}", *TINY_VIT, *X3D, f"encoder.checkpoint={ck}"]
+    cfg = load_config(VideoTuneConfig, None, [*base, "tune.method=linear"])
+    row = run_video_tune(cfg)
+    assert row["method"] == "linear" and row["encoder"] == "x3d_s" and row["trainable_pct"] == 0.0
+    assert row["checkpoint_sha256"] not in ("none", "random:0") and 0.0 <= row["top1"] <= 100.0
+    (run,) = list((out / "runs").iterdir())
+    _declared_only(cfg, torch.load(run / "last.pth", weights_only=False), "linear")
+
+    pcfg = load_config(VideoTuneConfig, None, [*base, "tune.method=prompt", "prompt.label_map=flm"])
+    tuner = Tuner(VideoTuneTask(pcfg), pcfg.tune, tmp_path / "flm", torch.device("cpu"))
+    assert isinstance(tuner.model.head, LabelMap) and tuner.model.head.kind == "flm"
+    assert all(n.startswith("encoder.input_prompt.") for n in tuner.trainable) and tuner.trainable
+    tuner.estimate_norm()  # a no-op: the FLM map reads the source logits as they are
+    assert tuner.norm_ready and not any(isinstance(m, FeatureNorm) for m in tuner.model.modules())
+    prompt = tuner.model.encoder.input_prompt
+    assert tuner.cost().trainable_params == sum(p.numel() for p in prompt.parameters())
+
+
+def test_prompt_is_refused_for_a_task_without_input_prompts():
+    """The points task has no ``prepare_prompt``: method=prompt stops with one ConfigError line."""
+    from common.tuning.loop import Tuner, TuneSettings
+
+    class NoPromptTask:
+        modality = "points"
+        metric = "miou"
+        class_names = ["a", "b"]
+
+        def build_encoder(self, device):
+            return torch.nn.Linear(3, 4), {"encoder": "toy"}
+
+    with pytest.raises(ConfigError, match="method=prompt is not supported by the points task") as e:
+        Tuner(NoPromptTask(), TuneSettings(method="prompt"), "unused", torch.device("cpu"))
+    assert "\n" not in str(e.value)
+
+
+def test_prompt_parameters_are_not_counted_as_encoder_size():
+    from common.tuning import inject_prompt, trainable_counts
+
+    enc = create_video_encoder("videomae_vit_tiny", num_frames=4, img_size=32)
+    size = sum(p.numel() for p in enc.parameters())
+    enc.requires_grad_(False)
+    prompt = inject_prompt(enc, 32, 4)
+    total, enc_train, base = trainable_counts(enc)
+    assert base == size and enc_train == total == sum(p.numel() for p in prompt.parameters())

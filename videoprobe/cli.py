@@ -14,6 +14,7 @@ COMMANDS = (
     "videoprobe.commands.encoders",  # list the video encoders
     "videoprobe.commands.extract",  # frozen encoder -> feature cache (+ export-twlv, import-twlv)
     "videoprobe.commands.probe",  # linear / attentive / kNN probes on cached features
+    "videoprobe.commands.tune",  # the encoder in the loop: the tuning ladder (linear .. full, mezo, prompt)
     "videoprobe.commands.bench",  # encoders x probes benchmark table
     "videoprobe.commands.demo",  # the whole chain on synthetic videos
 )

@@ -9,7 +9,8 @@ for a prompt with a logit label map), ``decoder`` an attentive pooler over the t
 ``common.probes.attentive``'s cross-attention blocks).
 
 Config: :class:`VideoTuneTaskConfig` (``configs/video/tune.yaml``): ``data`` and ``encoder`` as in
-``videoprobe extract``, ``clips`` (recipe and batch sizes), ``decoder``, ``prompt``.
+``videoprobe extract``, ``tune`` (the loop's :class:`common.tuning.loop.TuneSettings`), ``clips`` (recipe
+and batch sizes), ``decoder``, ``prompt``, ``out``, ``device``. :func:`run_video_tune` runs it.
 """
 from __future__ import annotations
 
@@ -24,29 +25,20 @@ import numpy as np
 import torch
 from torch import nn
 
+from common import dist
 from common.errors import CheckpointError, ConfigError
 from common.probes.attentive import AttentiveProbe, auto_heads
+from common.tuning.loop import TuneBatch, TuneSettings
 from common.tuning.prompt import LabelMap, flm_mapping, inject_prompt
 from videoprobe.data.datasets import ClipDataset, VideoItem, build_video_dataset, collate_items
 from videoprobe.data.transforms import ClipSpec
 from videoprobe.extract import DataConfig, EncoderConfig, build_encoder
 from videoprobe.models.base import EncoderOutput
 
-try:  # the loop's batch type (H1, common/tuning/loop.py); the same fields here until it lands
-    from common.tuning.loop import TuneBatch  # type: ignore[import-not-found]
-except ImportError:  # pragma: no cover - depends on the merge order
-    @dataclass
-    class TuneBatch:  # type: ignore[no-redef]
-        """One batch of the tuning loop (the contract's fields)."""
-
-        inputs: Any  # (B, C, T, H, W) float clips in [0, 1]
-        labels: torch.Tensor  # (N,) int64, -1 = ignored
-        groups: np.ndarray  # (N,) int64 video index within its split
-
 log = logging.getLogger(__name__)
 
-__all__ = ["ClipsConfig", "DecoderConfig", "PromptConfig", "TuneBatch", "VideoDecoder", "VideoTuneTask",
-           "VideoTuneTaskConfig", "source_head"]
+__all__ = ["ClipsConfig", "DecoderConfig", "PromptConfig", "TuneBatch", "VideoDecoder", "VideoTuneConfig",
+           "VideoTuneTask", "VideoTuneTaskConfig", "load_task_config", "run_video_tune", "source_head"]
 
 
 @dataclass
@@ -87,17 +79,19 @@ class PromptConfig:
 
 @dataclass
 class VideoTuneTaskConfig:
-    """The video task's part of a ``videoprobe tune`` config (``data.split`` is unused: the splits are
-    ``train_split`` / ``eval_split``)."""
+    """Settings of ``videoprobe tune`` (``data.split`` is unused: training reads ``train_split``, the loop
+    selects the linear grid's head on ``tune.select_split`` and reports ``tune.eval_split``)."""
 
     data: DataConfig = field(default_factory=DataConfig)
     encoder: EncoderConfig = field(default_factory=EncoderConfig)
+    tune: TuneSettings = field(default_factory=TuneSettings)  # method, steps, lrs, eval / select split, ...
     train_split: str = "train"
-    eval_split: str = "test"
     clips: ClipsConfig = field(default_factory=ClipsConfig)
     decoder: DecoderConfig = field(default_factory=DecoderConfig)
     prompt: PromptConfig = field(default_factory=PromptConfig)
     seed: int = 0  # augmentation and shuffling
+    out: str = "runs/tune_video"  # tune_results.{md,json}, ladder.png, runs/<method>-<hash>/
+    device: str = "auto"  # auto | cpu | cuda
 
 
 class VideoDecoder(nn.Module):
@@ -357,6 +351,19 @@ class VideoTuneTask:
                 labels.append(b.labels)
         mapping = flm_mapping(torch.cat(preds), torch.cat(labels), k, n_src, unique=p.flm_unique)
         return LabelMap("flm", n_src, k, mapping).to(self._source.weight.device)
+
+
+VideoTuneConfig = VideoTuneTaskConfig  # the ``videoprobe tune`` schema (the task's config is the whole)
+
+
+def run_video_tune(cfg: VideoTuneTaskConfig, max_steps: int | None = None) -> dict:
+    """``videoprobe tune``: train / resume ``cfg.tune.method`` on live clips, evaluate, write the row."""
+    from common.tuning.loop import run_tuning
+
+    dist.init_from_env()
+    device = dist.pick_device(cfg.device)
+    task = VideoTuneTask(cfg)
+    return run_tuning(task, cfg.tune, cfg.out, cfg=cfg, device=device, max_steps=max_steps)
 
 
 def load_task_config(path: str | Path | None = None,

@@ -16,6 +16,7 @@ from common.tuning.methods import (
     prepare_method,
 )
 from common.tuning.mezo import MeZO, direction, z_seed
+from common.tuning.prompt import LabelMap, PadPrompt, flm_mapping, inject_prompt, prompt_names, remove_prompt
 from common.tuning.ssf import SSF, inject_ssf, merge_ssf
 from common.tuning.trainable import (
     ProgressiveSchedule,
@@ -28,9 +29,10 @@ from common.tuning.trainable import (
 )
 
 __all__ = [
-    "MEZO_OVER", "METHODS", "SSF", "LoraOptions", "MeZO", "Method", "PeakMemory", "Prepared",
-    "ProgressiveSchedule", "StepTimer", "TuneCost", "adapter_modules", "check_adapters_reached",
-    "direction", "discriminative_lrs", "get_method", "inject_lora", "inject_ssf", "layerwise_decay_factors",
-    "layerwise_lr_groups", "merge_lora", "merge_ssf", "prepare_method", "resolve_blocks", "select_trainable",
-    "set_trainable", "trainable_counts", "tune_cost", "z_seed",
+    "LabelMap", "LoraOptions", "METHODS", "MEZO_OVER", "MeZO", "Method", "PadPrompt", "PeakMemory",
+    "Prepared", "ProgressiveSchedule", "SSF", "StepTimer", "TuneCost", "adapter_modules",
+    "check_adapters_reached", "direction", "discriminative_lrs", "flm_mapping", "get_method", "inject_lora",
+    "inject_prompt", "inject_ssf", "layerwise_decay_factors", "layerwise_lr_groups", "merge_lora",
+    "merge_ssf", "prepare_method", "prompt_names", "remove_prompt", "resolve_blocks", "select_trainable",
+    "set_trainable", "trainable_counts", "tune_cost", "z_seed"
 ]

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from common.tuning.prompt import prompt_names
 from common.tuning.trainable import adapter_names
 
 
@@ -39,7 +40,8 @@ class TuneCost:
 
 
 def _adapter_set(model: nn.Module) -> set[str]:
-    return set(adapter_names(model, "ssf")) | set(adapter_names(model, "lora"))
+    """Parameters added by a method (SSF, LoRA, the input prompt): not part of the encoder's own size."""
+    return set(adapter_names(model, "ssf")) | set(adapter_names(model, "lora")) | set(prompt_names(model))
 
 
 def count_parameters(params: Iterable[torch.Tensor]) -> int:
@@ -54,7 +56,7 @@ def count_parameters(params: Iterable[torch.Tensor]) -> int:
 
 def trainable_counts(encoder: nn.Module, head: nn.Module | None = None) -> tuple[int, int, int]:
     """(trainable total, trainable in the encoder, encoder base size). Trainable means
-    ``requires_grad``; the base size leaves out SSF / LoRA adapter parameters."""
+    ``requires_grad``; the base size leaves out SSF / LoRA adapter and input-prompt parameters."""
     adapters = _adapter_set(encoder)
     named = dict(encoder.named_parameters())
     enc_base = count_parameters(p for n, p in named.items() if n not in adapters)

@@ -109,7 +109,7 @@ class TuneTask(Protocol):
 class TuneSettings:
     """Settings of the tuning loop (section ``tune`` of ``pointprobe tune`` / ``videoprobe tune``)."""
 
-    method: str = "linear"  # linear | decoder | ssf | lora | last_k | progressive | full | mezo
+    method: str = "linear"  # linear | decoder | ssf | lora | last_k | progressive | full | mezo | prompt
     over: str | None = None  # mezo: the trainable set it tunes (ssf | lora | last_k | full)
     steps: int = 200  # optimizer steps
     warmup: int = 10  # linear lr warm-up steps, then cosine to 0
@@ -258,6 +258,7 @@ class Tuner:
         self.encoder_initial = {k: v.detach().cpu().clone() for k, v in encoder.state_dict().items()}
         self.encoder_params = count_parameters(encoder.parameters())
         self.num_classes = len(task.class_names)
+        label_map = self._prepare_prompt(encoder) if settings.method == "prompt" else None
         dim = task.feature_dim(encoder)
         self.grid: HeadGrid | None = None
         head = decoder = None
@@ -274,8 +275,8 @@ class Tuner:
             decoder = task.decoder(encoder, self.num_classes)
             if decoder is None:
                 raise ConfigError(f"tune: method=decoder is not supported by the {task.modality} task")
-        else:
-            head = Head(dim, self.num_classes)
+        else:  # prompt with a linear / flm label map: the map is the head (on source logits, unstandardised)
+            head = label_map if label_map is not None else Head(dim, self.num_classes)
         self.model = TuneModel(task, encoder, head, decoder).to(device)
         self.blocks = block_layout(task, encoder)
         fixed = [f"encoder.{p}" for p in task.fixed(encoder)]
@@ -333,6 +334,15 @@ class Tuner:
         lrs = discriminative_lrs(self.s.lr, len(at), self.s.progressive_factor)
         return [(a, [names[i] for i in sorted(c)], lr) for a, c, lr in zip(at, chunks, lrs)]
 
+    def _prepare_prompt(self, encoder: nn.Module) -> nn.Module | None:
+        """method=prompt: the task injects its input prompt into ``encoder`` (``task.prepare_prompt``) and
+        returns the output label map to use as the head (None: the loop's standardised linear head)."""
+        prepare = getattr(self.task, "prepare_prompt", None)
+        if prepare is None:
+            raise ConfigError(f"tune: method=prompt is not supported by the {self.task.modality} task "
+                              f"(input prompts are for video and frame-wise image encoders)")
+        return prepare(encoder)
+
     def _batches(self) -> Iterator[tuple[int, TuneBatch]]:
         """(epoch, batch) forever, epoch by epoch."""
         epoch = 0
@@ -353,7 +363,8 @@ class Tuner:
     def estimate_norm(self) -> None:
         """Feature mean / std from the first ``norm_batches`` training batches (of epoch 0, over ranks)."""
         head = self.model.head
-        if head is None:
+        if head is None or not isinstance(getattr(head, "norm", None), FeatureNorm):
+            # a decoder, or a prompt's label map (FLM reads source logits as they are: no standardisation)
             self.norm_ready = True
             return
         s1 = s2 = None
