@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -161,3 +162,21 @@ def test_commands_are_an_explicit_stage_ordered_list(module, first, last):
         assert names.index("extract") < names.index("probe") < names.index("label")
     if module == "videoprobe.cli":
         assert names[:4] == ["synth", "encoders", "extract", "export-twlv"]
+
+
+def test_layering_common_knows_no_modality_and_the_modalities_not_each_other():
+    """``common`` imports neither modality; ``pointprobe`` and ``videoprobe`` never import each other
+    (import statements anywhere in the module, lazy ones included)."""
+    import ast
+
+    root = Path(__file__).resolve().parents[1]
+    forbidden = {"common": ("pointprobe", "videoprobe"), "pointprobe": ("videoprobe",),
+                 "videoprobe": ("pointprobe",)}
+    bad = []
+    for pkg, banned in forbidden.items():
+        for f in sorted((root / pkg).rglob("*.py")):
+            for n in ast.walk(ast.parse(f.read_text())):
+                names = ([n.module] if isinstance(n, ast.ImportFrom) and n.module
+                         else [a.name for a in n.names] if isinstance(n, ast.Import) else [])
+                bad += [f"{f.relative_to(root)}: {m}" for m in names if m.split(".")[0] in banned]
+    assert not bad, bad

@@ -24,27 +24,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-SHORT = ("method", "over", "steps")
-
-
-def expand_short_keys(overrides: list[str]) -> list[str]:
-    """``method=ssf`` -> ``tune.method=ssf`` (also ``over=``, ``steps=``)."""
-    out = []
-    for o in overrides:
-        key = o.split("=", 1)[0]
-        out.append(f"tune.{o}" if key in SHORT else o)
-    return out
-
-
 def run(args: argparse.Namespace) -> int:
-    from common.cli import load_cli_config
-    from common.report import markdown_table
+    from common.tuning.command import run_tune_command
     from pointprobe.tune import PointTuneConfig, run_point_tune
 
-    cfg = load_cli_config(PointTuneConfig, args, overrides=expand_short_keys(list(args.overrides or [])))
-    row = run_point_tune(cfg)
-    show = {k: row.get(k) for k in ("method", "encoder", "mIoU", "trainable_params", "trainable_pct",
-                                    "peak_memory_mb", "step_time_s", "total_time_s")}
-    print(markdown_table([show], float_format=".4g"))
-    print(f"\nresults: {cfg.out}/tune_results.md (+ .json, ladder.png)")
-    return 0
+    return run_tune_command(args, PointTuneConfig, run_point_tune, "mIoU")

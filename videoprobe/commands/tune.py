@@ -28,15 +28,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from common.cli import load_cli_config
-    from common.report import markdown_table
-    from pointprobe.commands.tune import expand_short_keys
+    from common.tuning.command import run_tune_command
     from videoprobe.tune import VideoTuneConfig, run_video_tune
 
-    cfg = load_cli_config(VideoTuneConfig, args, overrides=expand_short_keys(list(args.overrides or [])))
-    row = run_video_tune(cfg)
-    show = {k: row.get(k) for k in ("method", "encoder", "top1", "trainable_params", "trainable_pct",
-                                    "peak_memory_mb", "step_time_s", "total_time_s")}
-    print(markdown_table([show], float_format=".4g"))
-    print(f"\nresults: {cfg.out}/tune_results.md (+ .json, ladder.png)")
-    return 0
+    return run_tune_command(args, VideoTuneConfig, run_video_tune, "top1")
