@@ -237,3 +237,15 @@ def test_ddp_two_ranks_match_one_process(rooms, tmp_path, method):
         np.testing.assert_allclose(two["params"][k], one["params"][k], rtol=1e-3, atol=1e-5, err_msg=k)
     if method != "linear":  # linear: the noise above moves the 3-step mIoU of one val scene by ~2 points
         assert two["row"]["mIoU"] == pytest.approx(one["row"]["mIoU"], abs=0.5)
+
+
+@pytest.mark.parametrize("keys", [["method=nope"], ["method=mezo"], ["method=ssf", "over=lora"]])
+def test_a_refused_method_writes_nothing(tmp_path, capsys, keys):
+    """An unknown method, a mezo without over= and an over= given to another method are one error line
+    (exit 2) before the run folder or any config file is written."""
+    from pointprobe.cli import main
+
+    out = tmp_path / "tune"
+    assert main(["tune", *keys, f"out={out}"]) == 2
+    assert "error: tuning:" in capsys.readouterr().err
+    assert not out.exists()

@@ -46,7 +46,7 @@ from common.probes.engine import HeadGrid, Scorer, lr_factor
 from common.progress import progress
 from common.tuning.cost import PeakMemory, StepTimer, TuneCost, count_parameters
 from common.tuning.lora import LoraOptions
-from common.tuning.methods import Prepared, get_method, prepare_method
+from common.tuning.methods import Prepared, check_method, get_method, prepare_method
 from common.tuning.mezo import MeZO
 from common.tuning.trainable import (
     ProgressiveSchedule,
@@ -606,6 +606,8 @@ def run_tuning(task: TuneTask, settings: TuneSettings, out: str | Path, cfg: Any
     """
     out = Path(out)
     device = device or torch.device("cpu")
+    # refuse an unknown method / mezo set before anything is written (a refused command leaves no files)
+    check_method(settings.method, settings.over)
     h = config_hash(cfg if cfg is not None else settings)
     run_dir = out / "runs" / f"{method_tag(settings)}-{h}"
     if dist.is_main():

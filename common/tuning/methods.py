@@ -77,6 +77,19 @@ def get_method(name: str) -> Method:
     return METHODS[name]
 
 
+def check_method(method: str, over: str | None = None) -> str:
+    """The method whose trainable set is used (``over`` for mezo, else ``method``); one ConfigError line
+    for an unknown method, a mezo without a valid ``over`` or an ``over`` given to another method."""
+    m = get_method(method)
+    if m.zeroth_order:
+        if over not in MEZO_OVER:
+            raise ConfigError(f"tuning: mezo needs over= one of {', '.join(MEZO_OVER)}, got {over!r}")
+        return over
+    if over is not None:
+        raise ConfigError(f"tuning: over= is for mezo only, not '{method}'")
+    return method
+
+
 def prepare_method(model: nn.Module, method: str, blocks: Sequence[BlockSpec] | None = None, *, k: int = 1,
                    always: Sequence[str] = (), fixed: Sequence[str] = (), over: str | None = None,
                    lora: LoraOptions | None = None,
@@ -89,14 +102,7 @@ def prepare_method(model: nn.Module, method: str, blocks: Sequence[BlockSpec] | 
     them. ``fixed``: prefixes that never train (see :func:`select_trainable`). ``over`` (mezo only):
     one of ``MEZO_OVER``.
     """
-    m = get_method(method)
-    base = method
-    if m.zeroth_order:
-        if over not in MEZO_OVER:
-            raise ConfigError(f"tuning: mezo needs over= one of {', '.join(MEZO_OVER)}, got {over!r}")
-        base = over
-    elif over is not None:
-        raise ConfigError(f"tuning: over= is for mezo only, not '{method}'")
+    base = check_method(method, over)
     adapters = METHODS[base].adapters
     adapted: list[str] = []
     if adapters == "ssf":
@@ -120,7 +126,7 @@ def prepare_method(model: nn.Module, method: str, blocks: Sequence[BlockSpec] | 
         raise ConfigError(f"tuning: method '{base}' needs the encoder's block layout")
     names = select_trainable(model, base, blocks=blocks, k=k, always=always, schedule=schedule, fixed=fixed)
     return Prepared(method=method, trainable=names, adapted_modules=adapted, adapters=adapters,
-                    over=over if m.zeroth_order else None)
+                    over=over if METHODS[method].zeroth_order else None)
 
 
 def adapter_modules(model: nn.Module) -> dict[str, nn.Module]:
