@@ -411,12 +411,12 @@ def _encode_sampled_device(model: PointEncoder, coord: torch.Tensor, grid_coord:
                            device: torch.device, autocast, max_points: int | None, margin: float,
                            progress: bool, out_dtype: torch.dtype) -> torch.Tensor:
     """:func:`encode_sampled` of tensors on ``device``; the features stay there (one pass). A sample of
-    more than ``max_points`` voxels goes through :func:`encode_sampled`'s spatial chunks (on the CPU)."""
+    more than ``max_points`` voxels goes through :func:`encode_sampled`'s spatial chunks: its features
+    come back on the CPU (already copied back)."""
     if max_points is not None and coord.shape[0] > max_points:
-        f = encode_sampled(model, coord.cpu().numpy(), grid_coord.cpu().numpy(), feat.cpu().numpy(), levels,
-                           device, autocast, max_points, margin, progress,
-                           inverse=None if inverse is None else inverse.cpu().numpy(), out_dtype=out_dtype)
-        return f.to(device)
+        return encode_sampled(model, coord.cpu().numpy(), grid_coord.cpu().numpy(), feat.cpu().numpy(),
+                              levels, device, autocast, max_points, margin, progress,
+                              inverse=None if inverse is None else inverse.cpu().numpy(), out_dtype=out_dtype)
     gc = grid_coord - grid_coord.min(dim=0).values.div(_ALIGN, rounding_mode="floor") * _ALIGN
     point = PointBatch.create(coord.to(torch.float32), gc, feat)
     with torch.inference_mode(), _autocast_ctx(autocast, device):
@@ -463,7 +463,7 @@ def _encode_points_device(model: PointEncoder, xyz: np.ndarray, given: dict[str,
                                    disable=not progress):
                 f = _encode_sampled_device(model, coord[gs.index], gs.grid_coord, feat[gs.index], None,
                                            out_dtype=torch.float32, **kwargs)
-                acc.index_add_(0, gs.index, f)
+                acc.index_add_(0, gs.index, f.to(dev))
                 cnt.index_add_(0, gs.index, torch.ones(gs.index.shape[0], device=dev))
             return _to_host((acc / cnt[:, None]).to(out_dtype))
         if prep.sampling == "canonical":
