@@ -68,3 +68,19 @@ def test_dry_run_imports_and_runs_the_gpu_path_cpu_parts(tmp_path, capsys):
     assert "--fetch-sources" in by["flash-attn"]["status"]
     assert "5 checks ran on the CPU, 0 failed" in capsys.readouterr().out
     check_cuda.RESULTS.clear()
+
+
+def test_a_partial_run_has_its_own_section(tmp_path, monkeypatch):
+    """``--only gpu_path --doc`` writes section check_cuda_gpu_path and leaves the full table alone."""
+    from common import benchdoc
+
+    doc = tmp_path / "benchmarks.md"
+    doc.write_text("# b\n\n<!-- begin check_cuda -->\n## check_cuda\n\nfull table\n<!-- end check_cuda -->\n")
+    monkeypatch.setattr(benchdoc, "DOC", doc)
+    src = tmp_path / "check_cuda.json"
+    src.write_text(json.dumps([{"check": "encode_points / network", "ok": True, "after / network": 0.8}]))
+    assert check_cuda.section_name("") == "check_cuda"
+    assert check_cuda.main(["--render", str(src), "--only", "gpu_path", "--doc", "--out", str(tmp_path)]) == 0
+    text = doc.read_text()
+    assert "full table" in text and "<!-- begin check_cuda_gpu_path -->" in text
+    assert "`python tools/check_cuda.py --only gpu_path --sources .gpusrc`" in text

@@ -769,7 +769,14 @@ def _fmt(v: object) -> str:
     return f"{v:.3g}"
 
 
-def markdown(results: list[dict]) -> str:
+def section_name(only: str) -> str:
+    """The docs/benchmarks.md section of a run: ``check_cuda`` for every check, else named by ``--only``
+    (a partial run, e.g. ``check_cuda_gpu_path``, does not replace the full table)."""
+    names = sorted(x.strip() for x in only.split(",") if x.strip())
+    return "check_cuda" if not names else "check_cuda_" + "_".join(names)
+
+
+def markdown(results: list[dict], command: str = "python tools/check_cuda.py") -> str:
     machine = next((r["machine"] for r in results if "machine" in r), None) or machine_line()
     lines = [f"Machine: {machine}.", "",
              "Every check runs the same computation on the CPU and on CUDA from the same (seeded,",
@@ -780,8 +787,13 @@ def markdown(results: list[dict]) -> str:
     for r in results:
         nums = "; ".join(f"{k}: {_fmt(v)}" for k, v in r.items() if k not in ("check", "ok", "machine"))
         lines.append(f"| {r['check']} | {'yes' if r['ok'] else '**NO**'} | {nums} |")
-    lines += ["", "- command: `python tools/check_cuda.py`"]
+    lines += ["", f"- command: `{command}`"]
     return "\n".join(lines)
+
+
+def _command(only: str) -> str:
+    return "python tools/check_cuda.py" + (f" --only {only}" if only else "") + \
+        (" --sources .gpusrc" if "gpu_path" in only else "")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -805,11 +817,11 @@ def main(argv: list[str] | None = None) -> int:
     warnings.filterwarnings("ignore", category=FutureWarning)  # spconv's torch.cuda.amp decorators
     if args.render:
         results = json.loads(Path(args.render).read_text())
-        md = markdown(results)
+        md = markdown(results, _command(args.only))
         Path(args.out).mkdir(parents=True, exist_ok=True)
         (Path(args.out) / "check_cuda.md").write_text(md + "\n")
         if args.doc:
-            update_section("check_cuda", md)
+            update_section(section_name(args.only), md)
         return 0
     if args.dry_run:
         return dry_run(Path(args.out), args.sources)
@@ -842,11 +854,11 @@ def main(argv: list[str] | None = None) -> int:
         for name, call in calls:
             if not only or name in only:
                 call()
-    md = markdown(RESULTS)
+    md = markdown(RESULTS, _command(args.only))
     (out / "check_cuda.md").write_text(md + "\n")
     (out / "check_cuda.json").write_text(json.dumps(RESULTS, indent=1, default=str) + "\n")
     if args.doc:
-        update_section("check_cuda", md)
+        update_section(section_name(args.only), md)
     failed = sum(not r["ok"] for r in RESULTS)
     print(f"check_cuda: {len(RESULTS) - failed} passed, {failed} failed; {out / 'check_cuda.md'}")
     return failed
