@@ -1,6 +1,7 @@
 """Sampling for point clouds (numpy in, numpy out) and videos (torch tensors laid out (C, T, H, W)).
 
-Point clouds: voxel grid sampling with the inverse map (``grid_sample``, ``grid_sample_test``), k-nearest
+Point clouds: voxel grid sampling with the inverse map (``grid_sample``, ``grid_sample_test``; the
+``*_torch`` variants give the same result with torch on any device, e.g. the GPU), k-nearest
 crops (``sphere_crop``), cubic patch masking (``grid_patch_mask``, Sonata/MSC), subsets of scenes and of
 labels for data-efficient probing (``subset_items``, ``limit_labels``).
 Videos: clip frame indices (``clip_indices``) and spatial crops / resizes applied identically to every
@@ -254,6 +255,99 @@ def grid_sample_test(coord: np.ndarray, grid_size: float | Sequence[float],
     for i in range(int(counts.max())):
         index = first if i == 0 else order[starts + i % counts]
         passes.append(GridSample(index=index, inverse=inverse, grid_coord=grid_coord))
+    return passes
+
+
+# --------------------------------------------------------------------- point clouds, torch (any device)
+# The same voxels, voxel order, kept rows and inverse as the numpy functions above, computed with torch
+# on the tensors' device (the GPU path of ``encode_points``): floors in float64, an exact int64 key per
+# voxel (or a lexicographic unique of the three columns when the box has 2^63 cells or more), voxels in
+# (x, y, z) order. Inputs are checked by the caller (finite, (N, 3), non-empty).
+
+
+@dataclass
+class GridSampleTensors:
+    """``GridSample`` as torch tensors on one device: ``index`` (M,), ``inverse`` (N,), ``grid_coord``
+    (M, 3), all int64."""
+
+    index: torch.Tensor
+    inverse: torch.Tensor
+    grid_coord: torch.Tensor
+
+    def __len__(self) -> int:
+        return int(self.index.shape[0])
+
+    def numpy(self) -> GridSample:
+        """The same result as numpy arrays (``GridSample``)."""
+        return GridSample(self.index.cpu().numpy(), self.inverse.cpu().numpy(), self.grid_coord.cpu().numpy())
+
+
+def voxel_ids_torch(coord: torch.Tensor, grid_size: float | Sequence[float],
+                    align: Align = "min") -> tuple[torch.Tensor, torch.Tensor]:
+    """(voxel id (N,) int64 of every point, voxel coordinates (M, 3) int64 in (x, y, z) order) of
+    ``coord`` (N, 3) on its device; equal to the numpy path's ``_voxel_ids(_floor_columns(...))``."""
+    if align not in ("min", "world"):
+        raise ValueError(f"align must be 'min' or 'world', got {align!r}")
+    size = torch.as_tensor(_grid_size_array(grid_size), dtype=torch.float64, device=coord.device)
+    cols = coord.to(torch.float64)
+    if align == "min":
+        cols = cols - cols.min(dim=0, keepdim=True).values
+    cols = torch.floor(cols / size)
+    if align == "world":
+        cols = cols - cols.min(dim=0, keepdim=True).values
+    cols = cols.to(torch.int64)  # exact: floors of finite coordinates, >= 0
+    dims = [int(d) + 1 for d in cols.max(dim=0).values.tolist()]
+    if dims[0] * dims[1] * dims[2] < 2**63:
+        key = (cols[:, 0] * dims[1] + cols[:, 1]) * dims[2] + cols[:, 2]
+        voxels, inverse = torch.unique(key, sorted=True, return_inverse=True)
+        xy, z = voxels.div(dims[2], rounding_mode="floor"), voxels.remainder(dims[2])
+        x, y = xy.div(dims[1], rounding_mode="floor"), xy.remainder(dims[1])
+        return inverse, torch.stack([x, y, z], dim=1)
+    voxels, inverse = torch.unique(cols, sorted=True, return_inverse=True, dim=0)  # lexicographic rows
+    return inverse, voxels
+
+
+def grid_sample_torch(coord: torch.Tensor, grid_size: float | Sequence[float],
+                      mode: Literal["train", "first"] = "train", seed: Seed = None,
+                      align: Align = "min") -> GridSampleTensors:
+    """:func:`grid_sample` on ``coord``'s device, with the same result: the same voxels in the same
+    order, the same kept row per voxel (``train``: the same numpy random draws, made on the CPU) and
+    the same inverse."""
+    if mode not in ("train", "first"):
+        raise ValueError(f"grid_sample: mode must be 'train' or 'first', got {mode!r}")
+    inverse, voxels = voxel_ids_torch(coord, grid_size, align)
+    n, m = inverse.shape[0], voxels.shape[0]
+    rows = torch.arange(n, dtype=torch.int64, device=coord.device)
+    if mode == "train":
+        if n > _PACKED_MAX_ROWS:
+            raise ValueError(f"grid_sample_torch: train mode takes at most 2^32 points, got {n}")
+        # the numpy path's priority (random uint32 << 32) | row, shifted by -2^63 into int64: same order
+        draw = torch.from_numpy(_rng(seed).integers(0, 2**32, size=n, dtype=np.uint32).astype(np.int64))
+        priority = (draw.to(coord.device) - 2**31) * 2**32 + rows
+        best = torch.empty(m, dtype=torch.int64, device=coord.device)
+        best.scatter_reduce_(0, inverse, priority, "amax", include_self=False)
+        index = best & 0xFFFFFFFF
+    else:
+        index = torch.empty(m, dtype=torch.int64, device=coord.device)
+        index.scatter_reduce_(0, inverse, rows, "amin", include_self=False)
+    return GridSampleTensors(index=index, inverse=inverse, grid_coord=voxels)
+
+
+def grid_sample_test_torch(coord: torch.Tensor, grid_size: float | Sequence[float],
+                           align: Align = "min") -> list[GridSampleTensors]:
+    """:func:`grid_sample_test` on ``coord``'s device, with the same passes (same kept rows, order and
+    inverse); the passes share one ``inverse`` and one ``grid_coord`` tensor."""
+    inverse, grid_coord = voxel_ids_torch(coord, grid_size, align)
+    m = grid_coord.shape[0]
+    counts = torch.bincount(inverse, minlength=m)
+    starts = torch.zeros(m, dtype=torch.int64, device=coord.device)
+    starts[1:] = torch.cumsum(counts[:-1], 0)
+    order = torch.sort(inverse, stable=True).indices
+    first = order[starts]
+    passes = []
+    for i in range(int(counts.max())):
+        index = first if i == 0 else order[starts + i % counts]
+        passes.append(GridSampleTensors(index=index, inverse=inverse, grid_coord=grid_coord))
     return passes
 
 

@@ -10,6 +10,10 @@ Storage per split (``storage: {split: mode}``): ``full`` (every input point, the
 the kept rows of the scene) or ``none`` (nothing written: ``pointprobe probe eval_source=stream``
 evaluates such a split by running the encoder). The mode is part of the cache key and the manifest's
 ``meta.storage`` records it with the bytes of every scene.
+
+GPU path: ``device_preprocess`` (auto: on CUDA) preprocesses each scene on the encoder's device
+(``encode_points``); ``num_workers`` > 0 reads the next scenes in DataLoader worker processes while the
+encoder runs (same order, same cache as 0, which reads each scene in the main process).
 """
 from __future__ import annotations
 
@@ -26,7 +30,7 @@ from common import dist
 from common.cache import CacheKey, FeatureCache, fill_cache, update_meta
 from common.config import config_hash, save_config
 from common.errors import ConfigError, InputError
-from pointprobe.models.encode import Preprocessing, center_shift
+from pointprobe.models.encode import DEVICE_PREPROCESS, Preprocessing, center_shift
 from pointprobe.models.registry import (
     RAW,
     EncoderRecord,
@@ -64,6 +68,8 @@ class ExtractConfig:
     max_train_points: int = 2_000_000  # the probe's cap on training points the default above is sized from
     class_balanced: bool = False  # subsample: the same number of points of every class present (if it can)
     subsample_seed: int = 0  # subsample: seed (with the scene name) of the points kept
+    num_workers: int = 0  # DataLoader processes reading the next scenes while one is encoded (0: in turn)
+    device_preprocess: str = "auto"  # grid sampling etc. on the encoder device: auto (CUDA) | cpu | device
 
     @property
     def preprocessing(self) -> Preprocessing:
@@ -180,11 +186,65 @@ def scene_features(model: Any, scene: Any, cfg: ExtractConfig, device: torch.dev
             coord, normal = _augment(coord, angle, flip), _augment(normal, angle, flip)
         f = encode_points(model, coord, scene.color, normal, levels=cfg.encoder.levels, prep=prep,
                           device=device, max_points=cfg.max_points, source=scene.name,
-                          out_dtype=out_dtype).numpy()
+                          out_dtype=out_dtype, device_preprocess=cfg.device_preprocess).numpy()
         if len(views) == 1:
             return f  # as encoded (a float16 division by 1 is a slow emulated pass over N x D)
         acc = f if acc is None else acc + f
     return acc / len(views)
+
+
+@dataclass
+class LoadedScene:
+    """A scene read ahead by a DataLoader worker: its arrays and labels, or the ``InputError`` that
+    reading it raised (path, problem), raised again in the main process so the scene is reported."""
+
+    name: str
+    scene: Any = None
+    labels: np.ndarray | None = None
+    error: tuple[str | None, str] | None = None
+
+
+class SceneReader(torch.utils.data.Dataset):
+    """The scenes ``names`` of ``root/split`` as :class:`LoadedScene` items (for DataLoader workers)."""
+
+    def __init__(self, root: str, split: str, names: list[str], label_set: str) -> None:
+        self.root, self.split, self.names, self.label_set = root, split, list(names), label_set
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def __getitem__(self, i: int) -> LoadedScene:
+        from pointprobe.data.scannet import load_scene
+
+        name = self.names[i]
+        try:
+            scene = load_scene(Path(self.root) / self.split / name)
+            return LoadedScene(name, scene, scene.labels(self.label_set))
+        except InputError as e:
+            return LoadedScene(name, error=(e.path, e.problem))
+
+
+def _one(batch: list[Any]) -> Any:
+    return batch[0]
+
+
+def read_ahead(cfg: ExtractConfig, split: str) -> Any:
+    """``prefetch`` for ``fill_cache``: the scenes still to do, in order, read by ``cfg.num_workers``
+    DataLoader workers while the main process encodes (None with 0 workers: compute reads each scene)."""
+    if cfg.num_workers < 0:
+        raise ConfigError(f"config key 'num_workers': expected >= 0, got {cfg.num_workers}")
+    if cfg.num_workers == 0:
+        return None
+
+    def prefetch(todo: list[str]) -> Any:
+        if not todo:
+            return
+        loader = torch.utils.data.DataLoader(
+            SceneReader(cfg.data.root, split, todo, cfg.data.label_set), batch_size=1, shuffle=False,
+            num_workers=min(cfg.num_workers, len(todo)), collate_fn=_one)
+        yield from loader
+
+    return prefetch
 
 
 def feature_dim(model: Any, levels: int | None) -> int:
@@ -279,6 +339,11 @@ def extract(cfg: ExtractConfig, progress: bool = True) -> dict[str, dict[str, st
         raise ConfigError(f"config key 'dtype': expected float16 or float32, got {cfg.dtype!r}")
     if cfg.grid_align not in ("min", "world"):
         raise ConfigError(f"config key 'grid_align': expected min or world, got {cfg.grid_align!r}")
+    if cfg.device_preprocess not in DEVICE_PREPROCESS:
+        raise ConfigError(f"config key 'device_preprocess': expected one of {list(DEVICE_PREPROCESS)}, "
+                          f"got {cfg.device_preprocess!r}")
+    if cfg.num_workers < 0:
+        raise ConfigError(f"config key 'num_workers': expected >= 0, got {cfg.num_workers}")
     dist.init_from_env()
     out = Path(cfg.out)
     names_of: dict[str, list[str]] = {}
@@ -314,10 +379,17 @@ def extract(cfg: ExtractConfig, progress: bool = True) -> dict[str, dict[str, st
         meta = {"encoder": asdict(rec), "config": asdict(cfg), "label_set": cfg.data.label_set,
                 "num_scenes": len(names)}
 
-        def compute(name: str, split: str = split, mode: str = mode, k_keep: int = k_keep) -> dict:
-            folder = Path(cfg.data.root) / split / name
-            scene = load_scene(folder)
-            labels = scene.labels(cfg.data.label_set)
+        def compute(item: str | LoadedScene, split: str = split, mode: str = mode,
+                    k_keep: int = k_keep) -> dict:
+            if isinstance(item, LoadedScene):  # read ahead by a DataLoader worker (num_workers > 0)
+                name, folder = item.name, Path(cfg.data.root) / split / item.name
+                if item.error is not None:
+                    raise InputError(*item.error)
+                scene, labels = item.scene, item.labels
+            else:
+                name, folder = item, Path(cfg.data.root) / split / item
+                scene = load_scene(folder)
+                labels = scene.labels(cfg.data.label_set)
             feats = scene_features(model, scene, cfg, device)
             if feats.shape[0] != labels.shape[0]:
                 raise InputError(folder, f"{feats.shape[0]} features for {labels.shape[0]} labels")
@@ -328,7 +400,8 @@ def extract(cfg: ExtractConfig, progress: bool = True) -> dict[str, dict[str, st
             return {"features": feats, "labels": labels}
 
         key = cache_key(rec, cfg, split, len(names))
-        res = fill_cache(out / split, key, dim, cfg.dtype, names, compute, meta=meta, progress=progress)
+        res = fill_cache(out / split, key, dim, cfg.dtype, names, compute, meta=meta, progress=progress,
+                         prefetch=read_ahead(cfg, split))
         if dist.is_main():
             record_storage(out / split, cfg, split, len(names))
         dist.barrier()

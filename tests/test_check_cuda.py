@@ -51,3 +51,36 @@ def test_render_json_from_a_gpu_machine(tmp_path):
 @pytest.mark.parametrize("value, text", [(True, "True"), (3, "3"), (0.5, "0.5"), (0.99999, "0.999990")])
 def test_number_format(value, text):
     assert check_cuda._fmt(value) == text
+
+
+def test_dry_run_imports_and_runs_the_gpu_path_cpu_parts(tmp_path, capsys):
+    """``--dry-run`` (no GPU): the issue-15 checks run on the CPU with small data; device preprocessing
+    gives the numpy path's encoder inputs; without fetched sources the builds say so and are skipped."""
+    assert check_cuda.main(["--dry-run", "--out", str(tmp_path), "--sources", str(tmp_path / "none")]) == 0
+    results = json.loads((tmp_path / "check_cuda_dry.json").read_text())
+    by = {r["check"].split(" ")[0]: r for r in results}
+    parity = by["device"]
+    assert parity["ok"] and parity["canonical: inputs identical"] and parity["test: inputs identical"]
+    enc = by["encode_points"]
+    assert enc["ok"] and "after (device preprocess, pinned copy) / network" in enc
+    assert by["extraction"]["caches identical"]
+    assert "--fetch-sources" in by["torch-scatter"]["status"]
+    assert "--fetch-sources" in by["flash-attn"]["status"]
+    assert "5 checks ran on the CPU, 0 failed" in capsys.readouterr().out
+    check_cuda.RESULTS.clear()
+
+
+def test_a_partial_run_has_its_own_section(tmp_path, monkeypatch):
+    """``--only gpu_path --doc`` writes section check_cuda_gpu_path and leaves the full table alone."""
+    from common import benchdoc
+
+    doc = tmp_path / "benchmarks.md"
+    doc.write_text("# b\n\n<!-- begin check_cuda -->\n## check_cuda\n\nfull table\n<!-- end check_cuda -->\n")
+    monkeypatch.setattr(benchdoc, "DOC", doc)
+    src = tmp_path / "check_cuda.json"
+    src.write_text(json.dumps([{"check": "encode_points / network", "ok": True, "after / network": 0.8}]))
+    assert check_cuda.section_name("") == "check_cuda"
+    assert check_cuda.main(["--render", str(src), "--only", "gpu_path", "--doc", "--out", str(tmp_path)]) == 0
+    text = doc.read_text()
+    assert "full table" in text and "<!-- begin check_cuda_gpu_path -->" in text
+    assert "`python tools/check_cuda.py --only gpu_path --sources .gpusrc`" in text

@@ -9,9 +9,18 @@ error and the others still run; the exit status is the number of failed checks.
 Checks: spconv sparse convolutions; SparseUNet and PTv3 (sonata_small) features in float32 and under
 bf16 autocast; PTv3 / SparseUNet throughput (GPU vs this machine's CPU); Sonata-style pre-training
 steps with bf16 autocast; the same under ``torchrun`` with NCCL; ``common.scatter``; the multi-head
-linear probe; 2D->3D lifting; PCA; a VideoMAE ViT and the attentive probe.
+linear probe; 2D->3D lifting; PCA; a VideoMAE ViT and the attentive probe. The GPU path of issue 15
+(about 8 minutes, ``--only gpu_path``): device preprocessing gives the numpy path's encoder inputs;
+``encode_points`` throughput of sonata (release layout, random init) on 200k-point scenes as a fraction
+of the network alone, before (CPU preprocessing, blocking copy) and after (device preprocessing, pinned
+non-blocking copy; target >= 0.7); extraction with DataLoader workers; building torch-scatter's CUDA
+kernels from source; flash-attn for PTv3 patch attention, built from the registry's source (each step
+time-boxed; the machine reaches no registry, so the sources travel with the tree):
 
-    python tools/check_cuda.py [--out runs/check-cuda] [--quick]
+    python tools/check_cuda.py --fetch-sources .gpusrc        # here, once (pip download, no build)
+    python tools/check_cuda.py --only gpu_path --sources .gpusrc --out $OUT   # on the GPU machine
+    python tools/check_cuda.py [--out runs/check-cuda] [--quick]              # every check
+    python tools/check_cuda.py --dry-run   # no GPU: imports, and the checks' CPU parts on small data
 
 Writes ``OUT/check_cuda.md`` and ``OUT/check_cuda.json`` (the ``check_cuda`` section of
 docs/benchmarks.md is that markdown; ``--doc`` writes it there directly).
@@ -73,7 +82,8 @@ def mean_cos(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 def sync() -> None:
-    torch.cuda.synchronize()
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
 
 
 def timed(fn, repeats: int = 3) -> tuple[float, object]:
@@ -417,6 +427,338 @@ def check_video(quick: bool) -> dict:
     return out
 
 
+# ---------------------------------------------------------------- the GPU path (issue 15), time-boxed
+SCATTER_SDIST = "torch-scatter==2.1.2"
+FLASH_SDIST = "flash-attn==2.8.3.post2"
+
+
+def fetch_sources(folder: Path) -> list[Path]:
+    """Download the torch-scatter and flash-attn source archives into ``folder`` (pip, no build): the
+    GPU machine reaches no registry, so they travel with the working tree (``carry``)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, "FLASH_ATTENTION_SKIP_CUDA_BUILD": "TRUE"}
+    for req in (SCATTER_SDIST, FLASH_SDIST):
+        subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:",
+                        "--no-build-isolation", "-d", str(folder), req], check=True, env=env)
+    return sorted(folder.glob("*.tar.gz"))
+
+
+def scene_of(coord: np.ndarray, color: np.ndarray, normal: np.ndarray, n: int,
+             seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``n`` points: copies of a room side by side, ``n`` rows of them drawn without replacement."""
+    span = coord[:, 0].max() - coord[:, 0].min() + 0.5
+    copies = -(-n // len(coord))
+    c = np.concatenate([coord + np.array([i * span, 0, 0], np.float32) for i in range(copies)])
+    rows = np.sort(np.random.default_rng(seed).choice(len(c), n, replace=False))
+    return c[rows], np.tile(color, (copies, 1))[rows], np.tile(normal, (copies, 1))[rows]
+
+
+def _capture_inputs(model):
+    """Wrap ``model.encode`` to record each batch it is given (coord, grid_coord, feat on the CPU)."""
+    seen: list[tuple[torch.Tensor, ...]] = []
+    encode = model.encode
+
+    def spy(point, levels=None):
+        seen.append((point.coord.cpu(), point.grid_coord.cpu(), point.feat.cpu()))
+        return encode(point, levels)
+
+    model.encode = spy
+    return seen
+
+
+@check("device preprocessing gives the numpy path's encoder inputs (same rows, order, features)")
+def check_preprocess_parity(room, dev: str, small: bool = False) -> dict:
+    from pointprobe.models import ENCODERS, create_encoder, encode_points
+
+    torch.manual_seed(0)
+    model = create_encoder("sonata_small", **(ENCODERS["sonata_small"].smoke_config if small else {}))
+    model = model.eval().to(dev)
+    seen = _capture_inputs(model)
+    out = {}
+    for sampling in ("canonical", "test") if small else ("canonical", "train", "test"):
+        feats = []
+        for where in ("cpu", "device"):
+            seen.clear()
+            feats.append(encode_points(model, *room, device=dev, autocast=None, sampling=sampling, seed=1,
+                                       device_preprocess=where))
+            batches = list(seen)
+            if where == "cpu":
+                ref = batches
+        same = len(ref) == len(batches) and all(
+            all(torch.equal(a, b) for a, b in zip(x, y)) for x, y in zip(ref, batches))
+        out[f"{sampling}: inputs identical"] = same
+        out[f"{sampling}: fp32 feature rel diff"] = rel_diff(feats[0], feats[1])
+    del model.encode
+    out["ok"] = all(v for k, v in out.items() if k.endswith("identical"))
+    return out
+
+
+@check("encode_points / network-only throughput, sonata (release layout, random init), 200k points")
+def check_encode_fraction(room, dev: str, n_points: int, name: str = "sonata", small: bool = False) -> dict:
+    from common.sampling import grid_sample, grid_sample_torch
+    from pointprobe.models import ENCODERS, create_encoder, encode_points
+    from pointprobe.models import encode as enc
+    from pointprobe.models.encode import (
+        canonical_index,
+        canonical_index_torch,
+        center_shift,
+        center_shift_torch,
+    )
+    from pointprobe.models.structure import PointBatch
+
+    coord, color, normal = scene_of(*room, n_points)
+    torch.manual_seed(0)
+    model = create_encoder(name, **(ENCODERS[name].smoke_config if small else {})).eval().to(dev)
+    ac = "auto" if dev == "cuda" else None
+    reps = 1 if small else 3
+    out = {"encoder": name, "points": len(coord)}
+    # the network alone: the batch already on the device, the output left there (up-cast included)
+    xyz = center_shift(coord)
+    feat = np.concatenate([xyz, color / np.float32(255), normal], 1).astype(np.float32)
+    gs = grid_sample(xyz, 0.02, mode="first", align="world")
+    idx = canonical_index(gs.inverse, len(gs), feat)
+    batch = PointBatch.create(torch.from_numpy(xyz[idx].astype(np.float32)).to(dev),
+                              torch.from_numpy(gs.grid_coord).to(dev), torch.from_numpy(feat[idx]).to(dev))
+    out["voxels"] = len(gs)
+
+    def net():
+        with torch.inference_mode(), enc._autocast_ctx(ac, torch.device(dev)):
+            return model.encode(batch, None)
+
+    sec_net, _ = timed(net, reps)
+    out["network only points/s"] = round(len(coord) / sec_net)
+    # preprocessing alone: numpy on the CPU vs torch on the device
+    t_np, _ = timed(lambda: canonical_index(
+        *(lambda g: (g.inverse, len(g)))(grid_sample(center_shift(coord), 0.02, mode="first", align="world")),
+        feat), reps)
+    c_dev = torch.from_numpy(coord).to(dev)
+    f_dev = torch.from_numpy(feat).to(dev)
+
+    def prep_dev():
+        g = grid_sample_torch(center_shift_torch(c_dev), 0.02, mode="first", align="world")
+        return canonical_index_torch(g.inverse, len(g), f_dev)
+
+    t_dev, _ = timed(prep_dev, reps)
+    out["preprocess numpy ms"] = round(1000 * t_np, 1)
+    out[f"preprocess torch {dev} ms"] = round(1000 * t_dev, 1)
+    plain = enc._to_host
+    variants = [("before (cpu preprocess, blocking copy)", "cpu", False, torch.float16),
+                ("cpu preprocess, pinned copy", "cpu", True, torch.float16),
+                ("after (device preprocess, pinned copy)", "device", True, torch.float16),
+                ("after, float32 out", "device", True, torch.float32)]
+    try:
+        for label, where, pinned, dt in variants:
+            enc._to_host = plain if pinned else (lambda t: t.cpu())
+
+            def run(w=where, d=dt):
+                return encode_points(model, coord, color, normal, device=dev, autocast=ac, max_points=None,
+                                     out_dtype=d, device_preprocess=w)
+
+            sec, _ = timed(run, reps)
+            out[f"{label} points/s"] = round(len(coord) / sec)
+            out[f"{label} / network"] = round(sec_net / sec, 3)
+    finally:
+        enc._to_host = plain
+    out["target >= 0.7 met"] = out["after (device preprocess, pinned copy) / network"] >= 0.7
+    if dev == "cuda":
+        out["GPU peak memory GB"] = round(torch.cuda.max_memory_allocated() / 1e9, 2)
+    model.cpu()
+    return out
+
+
+@check("extraction with DataLoader workers (num_workers 0 vs N): same cache, wall time")
+def check_extract_workers(room, tmp: Path, dev: str, n_scenes: int, n_points: int, workers: int = 4,
+                          small: bool = False) -> dict:
+    from common.cache import FeatureCache
+    from pointprobe.extract import ExtractConfig, PointDataConfig, extract
+    from pointprobe.models import ENCODERS
+    from pointprobe.models.registry import PointEncoderConfig
+
+    root = tmp / "extract_workers"
+    for i in range(n_scenes):
+        c, rgb, nrm = scene_of(*room, n_points, seed=i)
+        folder = root / "data" / "train" / f"scene{i:04d}_00"
+        folder.mkdir(parents=True, exist_ok=True)
+        labels = np.zeros(len(c), np.int64)
+        for k, a in {"coord": c, "color": rgb, "normal": nrm, "segment20": labels, "segment200": labels,
+                     "instance": labels}.items():
+            np.save(folder / f"{k}.npy", a)
+    out = {"scenes": n_scenes, "points per scene": n_points}
+    small_cfg = dict(ENCODERS["sonata_small"].smoke_config) if small else {}
+    enc = PointEncoderConfig(name="sonata_small", config=small_cfg)
+    for w in (0, workers):  # a subsampled split: the bench times reading and encoding, not disk writes
+        cfg = ExtractConfig(data=PointDataConfig(root=str(root / "data"), splits=["train"]), encoder=enc,
+                            out=str(root / f"w{w}"), device=dev, num_workers=w,
+                            storage={"train": "subsample"}, points_per_scene=min(n_points, 20_000))
+        t = time.perf_counter()
+        extract(cfg, progress=False)
+        out[f"num_workers={w} s"] = round(time.perf_counter() - t, 2)
+    a, b = FeatureCache(root / "w0" / "train"), FeatureCache(root / f"w{workers}" / "train")
+    same = a.items() == b.items() and all(
+        np.array_equal(a.load(it, arrays=None)["features"], b.load(it, arrays=None)["features"])
+        for it in a.items())
+    out["caches identical"] = same  # on CUDA, equal only where the encoder's kernels are deterministic
+    out["ok"] = a.items() == b.items()
+    return out
+
+
+_SCATTER_VERIFY = """
+import json, time, torch
+from common.scatter import has_torch_scatter, segment_reduce
+g = torch.Generator().manual_seed(0)
+src = torch.randn(1_000_000, 64, generator=g).cuda()
+index = torch.randint(0, 50_000, (1_000_000,), generator=g).cuda()
+out = {"torch_scatter cuda kernels": has_torch_scatter(cuda=True)}
+for red in ("sum", "mean", "max"):
+    a = segment_reduce(src, index, 50_000, red, backend="torch")
+    b = segment_reduce(src, index, 50_000, red, backend="torch_scatter")
+    out[red + " rel diff vs torch"] = float((a - b).abs().max() / a.abs().max())
+for be in ("torch", "torch_scatter"):
+    segment_reduce(src, index, 50_000, "mean", backend=be); torch.cuda.synchronize()
+    t = time.perf_counter()
+    for _ in range(5):
+        segment_reduce(src, index, 50_000, "mean", backend=be)
+    torch.cuda.synchronize()
+    out[be + " mean 1M x 64 ms"] = round(1000 * (time.perf_counter() - t) / 5, 2)
+print("RESULT " + json.dumps(out))
+"""
+
+_FLASH_VERIFY = """
+import json, sys, time, numpy as np, torch
+import flash_attn
+from pointprobe.models import create_encoder, encode_points
+from pointprobe.models import ptv3
+from tools.check_cuda import scene_of, first_scene_arrays
+room = first_scene_arrays(sys.argv[1])
+coord, color, normal = scene_of(*room, 200_000)
+out = {"flash_attn": flash_attn.__version__}
+torch.manual_seed(0)
+model = create_encoder("sonata").eval().cuda()
+res = {}
+for label, fa in (("flash-attn", flash_attn), ("sdpa", None)):
+    ptv3.flash_attn = fa
+    run = lambda: encode_points(model, coord, color, normal, device="cuda", max_points=None,
+                                out_dtype=torch.float16)
+    f = run(); torch.cuda.synchronize()
+    t = time.perf_counter(); f = run(); torch.cuda.synchronize()
+    out[label + " encode_points points/s"] = round(len(coord) / (time.perf_counter() - t))
+    res[label] = f.float()
+cos = torch.nn.functional.cosine_similarity(res["flash-attn"], res["sdpa"], dim=1)
+out["mean cosine flash vs sdpa (bf16)"] = float(cos.mean())
+print("RESULT " + json.dumps(out))
+"""
+
+
+def first_scene_arrays(path: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(coord, color, normal) saved by :func:`_save_room` (for the subprocess checks)."""
+    z = np.load(path)
+    return z["coord"], z["color"], z["normal"]
+
+
+def _save_room(room, path: Path) -> Path:
+    np.savez(path, coord=room[0], color=room[1], normal=room[2])
+    return path
+
+
+def _build(sdist: Path, target: Path, env: dict, budget: float) -> tuple[str, float, str]:
+    """pip-install ``sdist`` into ``target`` against the installed torch within ``budget`` seconds:
+    (status ok | failed | timed out, seconds, last line of its output)."""
+    cmd = [sys.executable, "-m", "pip", "install", "--no-deps", "--no-build-isolation", "--no-index",
+           "--target", str(target), str(sdist)]
+    t = time.perf_counter()
+    # its own process group: on time-out the compilers it started are stopped with it
+    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+                         start_new_session=True)
+    try:
+        text, _ = p.communicate(timeout=budget)
+    except subprocess.TimeoutExpired:
+        os.killpg(p.pid, 9)
+        p.communicate()
+        return "timed out", round(time.perf_counter() - t, 1), f"no result within {budget:.0f} s"
+    tail = text.strip().splitlines()
+    return ("ok" if p.returncode == 0 else "failed"), round(time.perf_counter() - t, 1), \
+        (tail[-1][:200] if tail else "")
+
+
+def _verify(code: str, target: Path | None, args: list[str], budget: float) -> dict:
+    """Run ``code`` in a fresh interpreter with ``target`` first on the path; its ``RESULT`` json."""
+    path = [str(target)] if target else []
+    env = {**os.environ,
+           "PYTHONPATH": os.pathsep.join(path + [str(Path.cwd()), os.environ.get("PYTHONPATH", "")])}
+    p = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=budget,
+                       env=env)
+    line = next((s for s in p.stdout.splitlines() if s.startswith("RESULT ")), None)
+    if line is None:
+        err = (p.stderr.strip().splitlines() or ["no output"])[-1][:200]
+        return {"verified": False, "verify error": err}
+    return {"verified": True, **json.loads(line[len("RESULT "):])}
+
+
+def _arch_env(extra: dict) -> dict:
+    major, minor = torch.cuda.get_device_capability(0) if torch.cuda.is_available() else (9, 0)
+    return {**os.environ, "TORCH_CUDA_ARCH_LIST": f"{major}.{minor}", "MAX_JOBS": str(os.cpu_count() or 4),
+            "FORCE_CUDA": "1", **{k: v.format(arch=f"{major}{minor}") for k, v in extra.items()}}
+
+
+def _sdist(sources: Path | None, prefix: str) -> Path | None:
+    found = sorted(sources.glob(f"{prefix}-*.tar.gz")) if sources and sources.is_dir() else []
+    return found[-1] if found else None
+
+
+@check("torch-scatter CUDA kernels built from source against the installed torch")
+def check_scatter_build(sources: Path | None, tmp: Path, budget: float, dry: bool = False) -> dict:
+    sdist = _sdist(sources, "torch_scatter")
+    if sdist is None:
+        return {"ok": False, "status": f"no torch_scatter sdist in {sources} (run --fetch-sources first)"}
+    if dry:
+        return {"status": f"found {sdist.name}; not built (dry run)"}
+    status, sec, tail = _build(sdist, tmp / "ts", _arch_env({}), budget)
+    out = {"source": sdist.name, "build": status, "build s": sec, "build output": tail}
+    if status == "ok":
+        out.update(_verify(_SCATTER_VERIFY, tmp / "ts", [], 120))
+    out["ok"] = status == "ok" and bool(out.get("torch_scatter cuda kernels"))
+    return out
+
+
+@check("flash-attn for PTv3 patch attention (built from the registry's source, time-boxed)")
+def check_flash_attn(sources: Path | None, tmp: Path, room, budget: float, dry: bool = False) -> dict:
+    room_file = _save_room(room, tmp / "room.npz")
+    try:
+        import flash_attn  # noqa: F401
+
+        target, out = None, {"build": "already installed"}
+    except ImportError:
+        sdist = _sdist(sources, "flash_attn")
+        if sdist is None:
+            return {"ok": False, "status": f"no flash_attn sdist in {sources} (run --fetch-sources first)"}
+        if dry:
+            return {"status": f"found {sdist.name}; not built (dry run)"}
+        env = _arch_env({"FLASH_ATTENTION_FORCE_BUILD": "TRUE", "FLASH_ATTN_CUDA_ARCHS": "{arch}",
+                         "NVCC_THREADS": "2"})
+        status, sec, tail = _build(sdist, tmp / "fa", env, budget)
+        target = tmp / "fa"
+        out = {"source": sdist.name, "build": status, "build s": sec, "build output": tail}
+        if status != "ok":
+            out["ran"] = "PTv3 with torch SDPA only (flash-attn did not install)"
+            out["ok"] = False
+            return out
+    out.update(_verify(_FLASH_VERIFY, target, [str(room_file)], 180))
+    out["ran"] = "PTv3 sonata with flash-attn varlen and with SDPA" if out.get("verified") else "nothing"
+    out["ok"] = bool(out.get("verified"))
+    return out
+
+
+def gpu_path(room, tmp: Path, dev: str, sources: Path | None, quick: bool, dry: bool = False) -> None:
+    """The issue-15 checks in order, each bounded (about 8 minutes on an H200; seconds with ``dry``)."""
+    check_preprocess_parity(room if not dry else scene_of(*room, 800), dev, small=dry)
+    check_encode_fraction(room, dev, 1500 if dry else (100_000 if quick else 200_000),
+                          "sonata_small" if dry else "sonata", small=dry)
+    check_extract_workers(room, tmp, dev, 3 if dry else 8, 1000 if dry else 150_000, 2 if dry else 4,
+                          small=dry)
+    check_scatter_build(sources, tmp, 60 if quick else 240, dry)
+    check_flash_attn(sources, tmp, room, 60 if quick else 120, dry)
+
+
 def _fmt(v: object) -> str:
     if isinstance(v, bool) or not isinstance(v, (int, float)):
         return str(v)
@@ -427,7 +769,14 @@ def _fmt(v: object) -> str:
     return f"{v:.3g}"
 
 
-def markdown(results: list[dict]) -> str:
+def section_name(only: str) -> str:
+    """The docs/benchmarks.md section of a run: ``check_cuda`` for every check, else named by ``--only``
+    (a partial run, e.g. ``check_cuda_gpu_path``, does not replace the full table)."""
+    names = sorted(x.strip() for x in only.split(",") if x.strip())
+    return "check_cuda" if not names else "check_cuda_" + "_".join(names)
+
+
+def markdown(results: list[dict], command: str = "python tools/check_cuda.py") -> str:
     machine = next((r["machine"] for r in results if "machine" in r), None) or machine_line()
     lines = [f"Machine: {machine}.", "",
              "Every check runs the same computation on the CPU and on CUDA from the same (seeded,",
@@ -438,8 +787,13 @@ def markdown(results: list[dict]) -> str:
     for r in results:
         nums = "; ".join(f"{k}: {_fmt(v)}" for k, v in r.items() if k not in ("check", "ok", "machine"))
         lines.append(f"| {r['check']} | {'yes' if r['ok'] else '**NO**'} | {nums} |")
-    lines += ["", "- command: `python tools/check_cuda.py`"]
+    lines += ["", f"- command: `{command}`"]
     return "\n".join(lines)
+
+
+def _command(only: str) -> str:
+    return "python tools/check_cuda.py" + (f" --only {only}" if only else "") + \
+        (" --sources .gpusrc" if "gpu_path" in only else "")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -450,16 +804,27 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--only", default="", help="comma list of check function names (e.g. check_spconv)")
     ap.add_argument("--render", metavar="JSON", help="only re-render OUT/check_cuda.md (and --doc) from a "
                     "check_cuda.json written on a GPU machine")
+    ap.add_argument("--sources", type=Path, default=None,
+                    help="folder with the torch-scatter and flash-attn source archives (--fetch-sources)")
+    ap.add_argument("--fetch-sources", type=Path, metavar="DIR", help="download those archives and stop")
+    ap.add_argument("--dry-run", action="store_true", help="without a GPU: the imports and the CPU parts of "
+                    "the GPU-path checks on small data; writes nothing to docs")
     args = ap.parse_args(argv)
+    if args.fetch_sources:
+        for f in fetch_sources(args.fetch_sources):
+            print(f)
+        return 0
     warnings.filterwarnings("ignore", category=FutureWarning)  # spconv's torch.cuda.amp decorators
     if args.render:
         results = json.loads(Path(args.render).read_text())
-        md = markdown(results)
+        md = markdown(results, _command(args.only))
         Path(args.out).mkdir(parents=True, exist_ok=True)
         (Path(args.out) / "check_cuda.md").write_text(md + "\n")
         if args.doc:
-            update_section("check_cuda", md)
+            update_section(section_name(args.only), md)
         return 0
+    if args.dry_run:
+        return dry_run(Path(args.out), args.sources)
     if not torch.cuda.is_available():
         print("check_cuda: CUDA is not available on this machine; nothing to check", file=sys.stderr)
         return 2
@@ -482,18 +847,38 @@ def main(argv: list[str] | None = None) -> int:
             ("check_pretrain", lambda: check_pretrain(data, tmp, args.quick)),
             ("check_nccl", lambda: check_nccl(data, tmp)),
             ("check_throughput", lambda: check_throughput(scene, args.quick)),
+            ("gpu_path", lambda: gpu_path((scene.coord, scene.color, scene.normal), tmp, "cuda", args.sources,
+                                          args.quick)),
         ]
         only = {s.strip() for s in args.only.split(",") if s.strip()}
         for name, call in calls:
             if not only or name in only:
                 call()
-    md = markdown(RESULTS)
+    md = markdown(RESULTS, _command(args.only))
     (out / "check_cuda.md").write_text(md + "\n")
     (out / "check_cuda.json").write_text(json.dumps(RESULTS, indent=1, default=str) + "\n")
     if args.doc:
-        update_section("check_cuda", md)
+        update_section(section_name(args.only), md)
     failed = sum(not r["ok"] for r in RESULTS)
     print(f"check_cuda: {len(RESULTS) - failed} passed, {failed} failed; {out / 'check_cuda.md'}")
+    return failed
+
+
+def dry_run(out: Path, sources: Path | None) -> int:
+    """The GPU-path checks on the CPU with small data (no builds): that the script imports and its
+    CPU parts work. Writes OUT/check_cuda_dry.json; the exit status is the number of failed checks
+    other than the source lookups (which fail where the archives were not fetched)."""
+    from tools.bench_scale_points import room_scene
+
+    RESULTS.clear()
+    r = room_scene(4000, 0)
+    room = (r["coord"], r["color"], r["normal"])
+    with tempfile.TemporaryDirectory() as tmpd:
+        gpu_path(room, Path(tmpd), "cpu", sources, quick=True, dry=True)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "check_cuda_dry.json").write_text(json.dumps(RESULTS, indent=1, default=str) + "\n")
+    failed = sum(not r["ok"] for r in RESULTS if not r["check"].startswith(("torch-scatter", "flash-attn")))
+    print(f"check_cuda --dry-run: {len(RESULTS)} checks ran on the CPU, {failed} failed")
     return failed
 
 

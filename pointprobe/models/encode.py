@@ -8,6 +8,12 @@ cache keys (``Preprocessing.key``), so what encodes a scene and what a cache say
 0.02 m, colour / 255, feature = concat(coord, color, normal) (as many as the encoder's
 ``in_channels`` asks for), encoder forward, up-cast, then the grid-sampling inverse gives a feature to
 every input point. Large scenes are encoded in overlapping spatial chunks so memory stays bounded.
+
+GPU path (``device_preprocess``: ``auto`` = on CUDA): the centre shift, grid sampling, canonical
+index, feature assembly and the up-cast gather run with torch on the model's device
+(``common.sampling.grid_sample_torch``, :func:`canonical_index_torch`), with the same kept points, order,
+inverse and input features as the numpy path; features come back through pinned memory with a
+non-blocking copy and one synchronisation per scene.
 """
 from __future__ import annotations
 
@@ -22,11 +28,20 @@ import torch
 
 from common.errors import ConfigError, InputError
 from common.progress import progress as progress_bar
-from common.sampling import Align, grid_sample, grid_sample_test
+from common.sampling import (
+    Align,
+    grid_sample,
+    grid_sample_test,
+    grid_sample_test_torch,
+    grid_sample_torch,
+)
 
 from .structure import PointBatch, PointEncoder
 
 Sampling = Literal["canonical", "first", "train", "test"]
+# where encode_points preprocesses: "auto" = on the model's device when it is CUDA, else numpy on the CPU
+DevicePreprocess = Literal["auto", "cpu", "device"]
+DEVICE_PREPROCESS = ("auto", "cpu", "device")
 # Voxelisation of every point encoder run on a scene (encode_points: extract, featviz, label, distill
 # predictions): the Sonata release's GridSample, voxel borders at multiples of the grid size
 # after the centre shift (``floor(c / g) - min(floor(c / g))``). "min" (``floor((c - min) / g)``) moves
@@ -135,6 +150,38 @@ def canonical_index(inverse: np.ndarray, m: int, feat: np.ndarray) -> np.ndarray
     return index
 
 
+def center_shift_torch(coord: torch.Tensor) -> torch.Tensor:
+    """:func:`center_shift` with torch on ``coord``'s device, in its dtype (the same values)."""
+    lo, hi = coord.min(dim=0).values, coord.max(dim=0).values
+    return coord - torch.stack([(lo[0] + hi[0]) / 2, (lo[1] + hi[1]) / 2, lo[2]])
+
+
+def canonical_index_torch(inverse: torch.Tensor, m: int, feat: torch.Tensor) -> torch.Tensor:
+    """:func:`canonical_index` with torch on the tensors' device (the same rows): the lexicographic
+    order of the rows of multi-point voxels as stable sorts, last feature column first, voxel last."""
+    counts = torch.bincount(inverse, minlength=m)
+    if counts.shape[0] != m or bool((counts == 0).any()):
+        raise ValueError(f"canonical_index: inverse does not cover exactly {m} voxels")
+    index = torch.empty(m, dtype=torch.int64, device=inverse.device)
+    single = counts[inverse] == 1
+    rows = torch.nonzero(single).squeeze(1)
+    index[inverse[rows]] = rows
+    multi = torch.nonzero(~single).squeeze(1)
+    if multi.numel():
+        # -0.0 -> +0.0: numpy's comparison sort ties them, a radix sort (CUDA) would order them
+        keys = feat[multi] + 0.0
+        inv = inverse[multi]
+        order = torch.arange(multi.numel(), device=inverse.device)
+        for j in range(feat.shape[1] - 1, -1, -1):
+            order = order[torch.sort(keys[order, j], stable=True).indices]
+        order = order[torch.sort(inv[order], stable=True).indices]
+        inv = inv[order]
+        first = torch.ones(order.shape[0], dtype=torch.bool, device=inverse.device)
+        first[1:] = inv[1:] != inv[:-1]
+        index[inv[first]] = multi[order[first]]
+    return index
+
+
 def spatial_chunks(coord: np.ndarray, max_points: int, margin: float) -> list[tuple[np.ndarray, np.ndarray]]:
     """Split points into chunks: (rows, is_core) where rows = core + every point within ``margin`` of
     the core's bounding box; cores partition the points; each chunk has at most ``max_points`` rows
@@ -178,6 +225,48 @@ def _autocast_ctx(autocast: str | torch.dtype | None,
     return torch.autocast(device_type=device.type, dtype=dtype)
 
 
+def _to_host(t: torch.Tensor) -> torch.Tensor:
+    """``t`` on the CPU: from CUDA into pinned memory with a non-blocking copy and one synchronisation
+    (pinned buffers come from torch's caching host allocator, so scenes reuse them); a CPU tensor as is."""
+    if t.device.type != "cuda":
+        return t.cpu()
+    host = torch.empty(t.shape, dtype=t.dtype, pin_memory=True)
+    host.copy_(t, non_blocking=True)
+    torch.cuda.current_stream(t.device).synchronize()
+    return host
+
+
+class _HostCopies:
+    """Chunk results started back to the CPU without waiting (each into its own pinned buffer), one
+    synchronisation at the end, then written into the output."""
+
+    def __init__(self) -> None:
+        self.pending: list[tuple[torch.Tensor, torch.Tensor]] = []
+        self.cuda = False
+
+    def add(self, dst: torch.Tensor, value: torch.Tensor) -> None:
+        if value.device.type == "cuda":
+            host = torch.empty(value.shape, dtype=value.dtype, pin_memory=True)
+            host.copy_(value, non_blocking=True)
+            value, self.cuda = host, True
+        self.pending.append((dst, value))
+
+    def finish(self, out: torch.Tensor) -> torch.Tensor:
+        if self.cuda:
+            torch.cuda.synchronize()
+        for dst, value in self.pending:
+            out[dst] = value
+        self.pending.clear()
+        return out
+
+
+def use_device_preprocess(mode: str, device: torch.device) -> bool:
+    """Whether ``encode_points`` preprocesses on ``device`` (``mode``: auto | cpu | device)."""
+    if mode not in DEVICE_PREPROCESS:
+        raise ConfigError(f"device_preprocess: expected one of {list(DEVICE_PREPROCESS)}, got {mode!r}")
+    return mode == "device" or (mode == "auto" and device.type == "cuda")
+
+
 def _model_device(model: torch.nn.Module) -> torch.device:
     p = next(model.parameters(), None)
     return p.device if p is not None else torch.device("cpu")
@@ -189,7 +278,8 @@ def encode_sampled(model: PointEncoder, coord: np.ndarray, grid_coord: np.ndarra
                    out_dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """Features (``out_dtype``, on the CPU) of M grid-sampled points, chunked when M > max_points:
     (M, D), or with ``inverse`` (N,) (voxel of each input point) directly (N, D) per input point,
-    without an (M, D) intermediate. Rows are gathered on the model's device before the one copy back."""
+    without an (M, D) intermediate. Rows are gathered on the model's device before the copy back
+    (pinned, non-blocking, one synchronisation: :func:`_to_host`, :class:`_HostCopies`)."""
     m = coord.shape[0]
     if max_points is None or m <= max_points:
         chunks: list[tuple[np.ndarray, np.ndarray]] = [(np.arange(m), np.ones(m, dtype=bool))]
@@ -198,6 +288,7 @@ def encode_sampled(model: PointEncoder, coord: np.ndarray, grid_coord: np.ndarra
     n_out = m if inverse is None else inverse.shape[0]
     out = torch.empty(n_out, model.feature_dim(levels), dtype=out_dtype)
     local = np.full(m, -1, dtype=np.int64)  # voxel -> row in the current chunk (core voxels only)
+    copies = _HostCopies()
     it: Iterator = iter(chunks)
     if progress or len(chunks) > 1:
         it = progress_bar(chunks, desc="encode chunks", unit="chunk", leave=False,
@@ -213,23 +304,24 @@ def encode_sampled(model: PointEncoder, coord: np.ndarray, grid_coord: np.ndarra
         with torch.inference_mode(), _autocast_ctx(autocast, device):
             f = model.encode(point, levels)
         if inverse is None:
-            out[torch.from_numpy(rows[core])] = f[torch.from_numpy(core).to(f.device)].to(out_dtype).cpu()
+            copies.add(torch.from_numpy(rows[core]), f[torch.from_numpy(core).to(f.device)].to(out_dtype))
             continue
         if len(chunks) == 1:  # gather where the features are: one (N, D) copy back, no CPU gather
-            return f[torch.from_numpy(inverse).to(f.device)].to(out_dtype).cpu()
+            return _to_host(f[torch.from_numpy(inverse).to(f.device)].to(out_dtype))
         local[:] = -1
         local[rows[core]] = np.flatnonzero(core)
         src = local[inverse]
         dst = np.flatnonzero(src >= 0)
-        out[torch.from_numpy(dst)] = f[torch.from_numpy(src[dst]).to(f.device)].to(out_dtype).cpu()
-    return out
+        copies.add(torch.from_numpy(dst), f[torch.from_numpy(src[dst]).to(f.device)].to(out_dtype))
+    return copies.finish(out)
 
 
 def encode_points(model: PointEncoder, coord, color=None, normal=None, levels: int | None = None,
                   prep: Preprocessing | None = None, device: str | torch.device | None = None,
                   autocast: str | torch.dtype | None = "auto", max_points: int | None = 400_000,
                   chunk_margin: float = 1.0, source: str | None = None, progress: bool = False,
-                  out_dtype: torch.dtype = torch.float32, **recipe: Any) -> torch.Tensor:
+                  out_dtype: torch.dtype = torch.float32, device_preprocess: DevicePreprocess = "auto",
+                  **recipe: Any) -> torch.Tensor:
     """Features (N, D) on the CPU for the N input points of one scene (float32, or ``out_dtype``:
     float16 halves the copy back from a GPU and the memory, e.g. for a float16 feature cache).
     ``prep``: the :class:`Preprocessing` recipe (default: the release's); its options may instead be
@@ -249,6 +341,9 @@ def encode_points(model: PointEncoder, coord, color=None, normal=None, levels: i
     ``autocast="auto"`` means bf16 (fp16 without bf16 support) on CUDA and float32 on the CPU.
     Scenes with more than ``max_points`` voxels are encoded in spatial chunks with ``chunk_margin``
     metres of context (None: always in one pass). NaN/inf or empty input raises ``InputError``.
+    ``device_preprocess``: where the centre shift, grid sampling, canonical index, feature assembly and
+    up-cast gather run - ``"cpu"`` (numpy), ``"device"`` (torch on ``device``; the same points, order
+    and input features) or ``"auto"`` (``device`` on CUDA, else ``cpu``).
     """
     prep = Preprocessing.of(prep, **recipe)
     grid_size, sampling, align, seed = prep.grid_size, prep.sampling, prep.align, prep.seed
@@ -259,6 +354,10 @@ def encode_points(model: PointEncoder, coord, color=None, normal=None, levels: i
     rgb = _as_array(color, "color", n, source)
     nrm = _as_array(normal, "normal", n, source)
     given = {"color": rgb, "normal": nrm}
+    dev = torch.device(device) if device is not None else _model_device(model)
+    if use_device_preprocess(device_preprocess, dev):
+        return _encode_points_device(model, xyz, given, levels, prep, dev, autocast, max_points,
+                                     chunk_margin, source, progress, out_dtype)
     parts = []
     xyz = center_shift(xyz)
     for key in model.feat_keys:
@@ -275,7 +374,6 @@ def encode_points(model: PointEncoder, coord, color=None, normal=None, levels: i
         parts.append(value.astype(np.float32))
     feat = np.concatenate(parts, axis=1)
 
-    dev = torch.device(device) if device is not None else _model_device(model)
     if _model_device(model) != dev:
         model.to(dev)
     was_training = model.training
@@ -304,5 +402,80 @@ def encode_points(model: PointEncoder, coord, color=None, normal=None, levels: i
         else:
             raise ValueError(f"sampling must be canonical, first, train or test, got {sampling!r}")
         return encode_sampled(model, xyz[index], gs.grid_coord, feat[index], inverse=gs.inverse, **kwargs)
+    finally:
+        model.train(was_training)
+
+
+def _encode_sampled_device(model: PointEncoder, coord: torch.Tensor, grid_coord: torch.Tensor,
+                           feat: torch.Tensor, inverse: torch.Tensor | None, levels: int | None,
+                           device: torch.device, autocast, max_points: int | None, margin: float,
+                           progress: bool, out_dtype: torch.dtype) -> torch.Tensor:
+    """:func:`encode_sampled` of tensors on ``device``; the features stay there (one pass). A sample of
+    more than ``max_points`` voxels goes through :func:`encode_sampled`'s spatial chunks: its features
+    come back on the CPU (already copied back)."""
+    if max_points is not None and coord.shape[0] > max_points:
+        return encode_sampled(model, coord.cpu().numpy(), grid_coord.cpu().numpy(), feat.cpu().numpy(),
+                              levels, device, autocast, max_points, margin, progress,
+                              inverse=None if inverse is None else inverse.cpu().numpy(), out_dtype=out_dtype)
+    gc = grid_coord - grid_coord.min(dim=0).values.div(_ALIGN, rounding_mode="floor") * _ALIGN
+    point = PointBatch.create(coord.to(torch.float32), gc, feat)
+    with torch.inference_mode(), _autocast_ctx(autocast, device):
+        f = model.encode(point, levels)
+    return (f if inverse is None else f[inverse]).to(out_dtype)
+
+
+def _encode_points_device(model: PointEncoder, xyz: np.ndarray, given: dict[str, np.ndarray | None],
+                          levels: int | None, prep: Preprocessing, dev: torch.device, autocast,
+                          max_points: int | None, margin: float, source: str | None, progress: bool,
+                          out_dtype: torch.dtype) -> torch.Tensor:
+    """``encode_points`` with its preprocessing on ``dev`` (torch): the same shift, voxels, kept rows,
+    input features and gather as the numpy path, then one pinned, non-blocking copy back."""
+    n = xyz.shape[0]
+    coord = center_shift_torch(torch.from_numpy(xyz).to(dev))
+    parts = []
+    for key in model.feat_keys:
+        if key == "coord":
+            parts.append(coord.to(torch.float32))
+            continue
+        value = given[key]
+        if value is None:
+            warnings.warn(f"{source or 'encode_points'}: the encoder expects {key} but none was given; "
+                          f"using zeros", stacklevel=3)
+            parts.append(torch.zeros((n, 3), dtype=torch.float32, device=dev))
+            continue
+        t = torch.from_numpy(value).to(dev)
+        if key == "color":  # a (1,)-tensor divisor: CUDA divides a tensor by a python scalar as a * (1 / b)
+            t = t / torch.full((1,), Preprocessing.COLOR_SCALE, dtype=t.dtype, device=dev)
+        parts.append(t.to(torch.float32))
+    feat = torch.cat(parts, dim=1)
+    if _model_device(model) != dev:
+        model.to(dev)
+    was_training = model.training
+    model.eval()
+    try:
+        kwargs = dict(levels=levels, device=dev, autocast=autocast, max_points=max_points, margin=margin,
+                      progress=progress)
+        if prep.sampling == "test":
+            passes = grid_sample_test_torch(coord, prep.grid_size, align=prep.align)
+            acc = torch.zeros(n, model.feature_dim(levels), dtype=torch.float32, device=dev)
+            cnt = torch.zeros(n, dtype=torch.float32, device=dev)
+            for gs in progress_bar(passes, desc="test passes", unit="pass", leave=False,
+                                   disable=not progress):
+                f = _encode_sampled_device(model, coord[gs.index], gs.grid_coord, feat[gs.index], None,
+                                           out_dtype=torch.float32, **kwargs)
+                acc.index_add_(0, gs.index, f.to(dev))
+                cnt.index_add_(0, gs.index, torch.ones(gs.index.shape[0], device=dev))
+            return _to_host((acc / cnt[:, None]).to(out_dtype))
+        if prep.sampling == "canonical":
+            gs = grid_sample_torch(coord, prep.grid_size, mode="first", align=prep.align)
+            index = canonical_index_torch(gs.inverse, len(gs), feat)
+        elif prep.sampling in ("first", "train"):
+            gs = grid_sample_torch(coord, prep.grid_size, mode=prep.sampling, seed=prep.seed,
+                                   align=prep.align)
+            index = gs.index
+        else:
+            raise ValueError(f"sampling must be canonical, first, train or test, got {prep.sampling!r}")
+        return _to_host(_encode_sampled_device(model, coord[index], gs.grid_coord, feat[index], gs.inverse,
+                                               out_dtype=out_dtype, **kwargs))
     finally:
         model.train(was_training)
