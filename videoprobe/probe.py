@@ -55,6 +55,10 @@ from common.stats import STD_DDOF, bootstrap_ci, format_spread, mean_std
 log = logging.getLogger(__name__)
 
 METRICS = ("top1", "top5", "mean_class")
+# where the attentive probe goes when the cache holds no tokens (or the token budget refuses them)
+ONLINE_HINT = ("extract with save_tokens=true for the attentive probe, or train it online on live clips "
+               "with no token cache: videoprobe tune --config configs/video/attentive_online.yaml "
+               "(method=decoder decoder.depth=1)")
 
 
 def _per_video(scores: np.ndarray, labels: np.ndarray) -> dict[str, list[int]]:
@@ -129,10 +133,7 @@ class VideoSplit:
         try:
             return np.asarray(self.cache.load(item, ["tokens"])["tokens"], dtype=np.float32)
         except CacheError:
-            raise CacheError(
-                f"{self.cache.path}: item {item!r} has no tokens; extract with save_tokens=true "
-                "for the attentive probe"
-            ) from None
+            raise CacheError(f"{self.cache.path}: item {item!r} has no tokens; {ONLINE_HINT}") from None
 
 
 def _kinds_file(cfg: ProbeConfig, cache: FeatureCache) -> Path:
