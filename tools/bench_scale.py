@@ -214,6 +214,7 @@ def attentive_part(tmp: Path, seeds: list[int], epochs: int, videos_per_class: i
     n_train = len(train_cache)
     res["train_videos"], res["test_videos"] = n_train, len(FeatureCache(tmp / "att_cache" / "test"))
     res["token_bytes_per_video"] = train_cache.meta["bytes_per_video"]["tokens"]
+    res["token_shape"] = list(train_cache.load(train_cache.items()[0], ["tokens"])["tokens"].shape)
     t0 = time.perf_counter()
     pcfg = from_dict(ProbeConfig, {
         "train_cache": str(tmp / "att_cache" / "train"), "test_cache": str(tmp / "att_cache" / "test"),
@@ -254,7 +255,7 @@ def attentive_markdown(r: dict[str, Any], cmd: str) -> list[str]:
         "",
         f"Generated appearance / motion set ({', '.join(ATT_CLASSES)}): {r['train_videos']} train and "
         f"{r['test_videos']} test videos; encoder `videomae_vit_tiny` (random init, 8 x 32 x 32 clips, "
-        f"{r['token_bytes_per_video'] // (192 * 2)} tokens of 192 dims per clip, float16 in the cache). "
+        f"tokens {r['token_shape']} per video, float16 in the cache). "
         "The same V-JEPA probe (one query, one cross-attention block; "
         f"AdamW lr 1e-3, wd 0.01, cosine, batch 8, {r['epochs']} epochs = {o['steps']} steps), seeds "
         f"{r['seeds']}, top-1 on the centre clip of every test video:",
