@@ -27,6 +27,15 @@ order, the attentive probe's initialisation; kNN has no randomness and runs once
 reported as the mean over seeds, the standard deviation (ddof=1, two or more seeds) and a 95 %
 percentile-bootstrap interval over test videos (``n_boot`` resamples with replacement, seed
 ``bootstrap_seed``; each resample's metric is averaged over seeds).
+
+Evaluation source (``eval_source``): ``cache`` reads ``test_cache``; ``stream`` rebuilds the extraction
+recorded in the training cache (encoder, weights, views; checked against its cache key), points it at
+``eval_split`` and decodes and encodes each test video on the fly, applying every trained probe (each
+seed's) to its views and summing their class scores per video, so the test features are never written
+(torchrun: videos sharded over ranks, scores summed, rank 0 writes the report); ``auto`` streams when
+``test_cache`` holds no cache. Streamed features are cast to the cache dtype first (tokens to the token
+dtype), so both sources give the same numbers. The attentive probe can also skip the token cache for
+training: ``videoprobe tune --config configs/video/attentive_online.yaml`` trains it on live clips.
 """
 from __future__ import annotations
 
