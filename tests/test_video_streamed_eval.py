@@ -139,3 +139,19 @@ def test_torchrun_two_ranks_same_as_one_process(caches, tmp_path):
     assert a == b and len(a["linear"]["pred"][0]) == 6
     meta = json.loads((tmp_path / "two" / "probe.json").read_text())["meta"]
     assert meta["eval_source"] == "stream" and meta["stream"]["world_size"] == 2
+
+
+def test_a_test_video_that_fails_to_decode_is_left_out_and_named(caches, tmp_path):
+    import shutil
+
+    root, data = caches
+    moved = tmp_path / "synth"
+    shutil.copytree(data, moved)
+    first = (moved / "splits" / "testlist01.txt").read_text().split()[0]
+    (moved / "videos" / first).write_bytes(b"\x00\x00\x00\x18ftypmp42" + bytes(300))  # not a video
+    res = run_probes(_cfg(root, tmp_path / "b", eval_source="stream", data_root=str(moved), probes=["linear"],
+                          seeds=[0]))
+    assert res["num_test_videos"] == len(res["per_video"]["linear"]["labels"]) == 5
+    bad = Path(first).stem
+    assert list(res["stream"]["failed"]) == [bad]
+    assert any(n.startswith(f"test video {bad} not evaluated") for n in res["notes"])
