@@ -230,7 +230,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    if "video" in sys.argv[1:] and any(a.startswith("--modality") for a in sys.argv[1:]):  # the video rows
+    # the video rows: their own script part (tools/bench_tuning_video.py), its own arguments
+    if "--modality=video" in " ".join(sys.argv[1:]).replace("--modality video", "--modality=video"):
         from tools.bench_tuning_video import main as video_main
 
         sys.exit(video_main())
