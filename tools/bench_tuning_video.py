@@ -13,6 +13,7 @@ same encoder (``videoprobe extract`` of train and test + ``videoprobe probe prob
 baseline row. Every row: trainable parameters (count and % of the encoder), peak RSS, s / step, total s,
 top-1 on every video of the test split, the encoder checkpoint hash.
 
+A rerun into the same ``OUT`` runs only the rows not finished yet (``OUT/video/rows.json``).
 Writes ``OUT/video/bench_tuning_video.{md,json}`` and the subsection ``### video rows`` of the section
 ``bench_tuning`` in docs/benchmarks.md (between its own markers, just before ``<!-- end bench_tuning -->``,
 so the points part can rewrite the rest of the section).
@@ -43,14 +44,16 @@ VIDEO_LADDER: list[tuple[str, str, list[str]]] = [
     ("ssf", "ssf", []),
     ("lora", "lora", []),
     ("prompt", "prompt", []),
-    ("mezo", "mezo-ssf", ["tune.over=ssf", "tune.mezo_lr=1e-3", "tune.mezo_eps=1e-3"]),
+    ("mezo", "mezo-ssf", ["tune.over=ssf", "tune.mezo_eps=1e-3"]),  # lr: the encoder's mezo_lr
 ]
 # encoder label -> (videoprobe name, kwargs, lora targets, clip overrides)
 ENCODERS: dict[str, dict[str, Any]] = {
     "videomae_vit_tiny": {"kwargs": "{num_frames: 8, img_size: 32}", "lora": "[qkv]", "batch": 8,
+                          "mezo_lr": 1e-3,
                           "clips": ["clips.clip_len=8", "clips.frame_step=2", "clips.size=32"]},
     # a CNN step costs ~20x a tiny ViT's on this CPU: shorter clips, smaller batches, --cnn-steps
-    "x3d_s": {"kwargs": "{}", "lora": "[conv_a, conv_c]", "batch": 4, "cnn": True,
+    # x3d_s: MeZO over SSF at lr 1e-3 gave a NaN loss at step 2 (this bench, 2026-11-30): 1e-5
+    "x3d_s": {"kwargs": "{}", "lora": "[conv_a, conv_c]", "batch": 4, "cnn": True, "mezo_lr": 1e-5,
               "clips": ["clips.clip_len=4", "clips.frame_step=4", "clips.size=32"]},
 }
 MARK_BEGIN, MARK_END = "<!-- begin bench_tuning_video -->", "<!-- end bench_tuning_video -->"
@@ -74,6 +77,19 @@ def run_measured(args: list[str], log_file: Path) -> tuple[float, float]:
                          f"{log_file.read_text()[-3000:]}")
     rss_mb = usage.ru_maxrss / 1024  # Linux: kB
     return time.time() - t, rss_mb
+
+
+def finished_rows(out: Path) -> dict[str, dict[str, Any]]:
+    """Rows finished by an earlier run into the same ``OUT`` (``rows.json``): a rerun runs only the rest."""
+    path = out / "rows.json"
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def save_row(out: Path, key: str, row: dict[str, Any]) -> dict[str, Any]:
+    done = finished_rows(out)
+    done[key] = row
+    (out / "rows.json").write_text(json.dumps(done, indent=1))
+    return row
 
 
 def write_encoders(folder: Path) -> dict[str, Path]:
@@ -135,7 +151,7 @@ def cached_linear(out: Path, data: Path, name: str, ckpt: Path, spec: dict[str, 
     row = rec["rows"][0]
     meta = rec["meta"]
     lin = meta["details"]["linear"]
-    _log(f"{name}: cached linear top-1 {row['top1']:.2f} in {wall:.0f} s", t0)
+    _log(f"{name}: cached linear top-1 {row['top1']:.2f}, {rss:.0f} MB, {wall:.0f} s", t0)
     return {"method": "cached linear (extract + probe)", "encoder": name, "top1": float(row["top1"]),
             "trainable_params": int(lin.get("trainable_params") or 0), "trainable_pct": 0.0,
             "peak_rss_mb": rss, "step_s": None, "total_s": wall,
@@ -153,7 +169,8 @@ def tune_row(out: Path, data: Path, name: str, ckpt: Path, spec: dict[str, Any],
             f"tune.method={method}", f"tune.steps={steps}",
             f"tune.warmup={max(1, steps // 10)}", f"tune.save_every={steps}", "tune.norm_batches=2",
             "tune.select_split=test", "tune.eval_split=test", "tune.progress=false", "device=cpu",
-            f"tune.lora_targets={spec['lora']}", "prompt.pad=4", *extra]
+            f"tune.lora_targets={spec['lora']}", "prompt.pad=4", *extra,
+            *([f"tune.mezo_lr={spec['mezo_lr']}"] if method == "mezo" else [])]
     wall, rss = run_measured(args, logs / f"tune_{name}_{tag}.log")
     rows = json.loads((tout / "tune_results.json").read_text())["rows"]
     r = [x for x in rows if x["method"] == tag][-1]
@@ -238,12 +255,21 @@ def main(argv: list[str] | None = None) -> int:
     table: list[dict[str, Any]] = []
     for name in args.encoders:
         spec = ENCODERS[name]
-        table.append(cached_linear(out, data, name, weights[name], spec, logs, t0))
+        done = finished_rows(out)
+        key = f"{name}|cached"
+        table.append(done[key] if key in done else
+                     save_row(out, key, cached_linear(out, data, name, weights[name], spec, logs, t0)))
         for method, tag, extra in VIDEO_LADDER:
             if args.methods and method not in args.methods:
                 continue
             steps = args.cnn_steps if spec.get("cnn") else args.steps
-            table.append(tune_row(out, data, name, weights[name], spec, method, tag, extra, steps, logs, t0))
+            key = f"{name}|{tag}|{steps}"
+            if key in done:
+                _log(f"{name} {tag}: finished earlier into {out}, top-1 {done[key]['top1']:.2f}", t0)
+                table.append(done[key])
+                continue
+            table.append(save_row(out, key, tune_row(out, data, name, weights[name], spec, method, tag, extra,
+                                                      steps, logs, t0)))
     write_table(table, out / "bench_tuning_video", "Tuning ladder, video rows (test top-1)",
                 float_format=".3g")
     from videoprobe.data.datasets import build_video_dataset
