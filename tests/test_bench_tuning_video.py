@@ -38,3 +38,15 @@ def test_video_rows_without_a_section_create_it(tmp_path):
     text = doc.read_text()
     assert "<!-- begin bench_tuning -->\n## bench_tuning" in text and text.rstrip().endswith(
         "<!-- end bench_tuning -->")
+
+
+def test_a_failed_method_is_a_row_saying_so():
+    table = [{"method": "cached linear (extract + probe)", "encoder": "x3d_s", "top1": 50.0,
+              "trainable_params": 8196, "trainable_pct": 0.0, "peak_rss_mb": None, "step_s": None,
+              "total_s": 120.0, "checkpoint_sha256": "ab" * 32},
+             {"method": "mezo-ssf (failed)", "encoder": "x3d_s", "top1": None, "trainable_params": None,
+              "trainable_pct": None, "peak_rss_mb": None, "step_s": None, "total_s": None,
+              "checkpoint_sha256": "", "error": "error: tune: loss became inf at step 2; lower the lr"}]
+    md = video_markdown(table, {"command": "c", "train": 1, "test": 1, "steps": 1, "cnn_steps": 1,
+                                "notes": ["x3d_s: mezo-ssf (failed): error: tune: loss became inf"]})
+    assert "| mezo-ssf (failed) | x3d_s |  |  |  |  |  |  |  |  |" in md and "loss became inf" in md

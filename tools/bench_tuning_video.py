@@ -205,9 +205,9 @@ def video_markdown(table: list[dict[str, Any]], info: dict[str, Any]) -> str:
              "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |"]
     base = {r["encoder"]: r["top1"] for r in table if r["method"].startswith("cached")}
     for r in table:
-        d = r["top1"] - base[r["encoder"]] if r["encoder"] in base else None
-        lines.append(f"| {r['method']} | {r['encoder']} | {r['top1']:.2f} | {f(d, '+.2f')} | "
-                     f"{r['trainable_params']} | {f(r['trainable_pct'], '.2f')} | "
+        d = r["top1"] - base[r["encoder"]] if r["encoder"] in base and r["top1"] is not None else None
+        lines.append(f"| {r['method']} | {r['encoder']} | {f(r['top1'], '.2f')} | {f(d, '+.2f')} | "
+                     f"{f(r['trainable_params'], 'd')} | {f(r['trainable_pct'], '.2f')} | "
                      f"{f(r['peak_rss_mb'], '.0f')} | "
                      f"{f(r['step_s'], '.2f')} | {f(r['total_s'], '.0f')} | {r['checkpoint_sha256'][:12]} |")
     lines += ["", *[f"- {n}" for n in info["notes"]], MARK_END]
@@ -268,8 +268,15 @@ def main(argv: list[str] | None = None) -> int:
                 _log(f"{name} {tag}: finished earlier into {out}, top-1 {done[key]['top1']:.2f}", t0)
                 table.append(done[key])
                 continue
-            table.append(save_row(out, key, tune_row(out, data, name, weights[name], spec, method, tag, extra,
-                                                      steps, logs, t0)))
+            try:
+                table.append(save_row(out, key, tune_row(out, data, name, weights[name], spec, method, tag,
+                                                          extra, steps, logs, t0)))
+            except SystemExit as e:  # a method that fails on an encoder is a row saying so, not the end
+                err = str(e).strip().splitlines()[-1]
+                _log(f"{name} {tag}: FAILED: {err}", t0)
+                table.append({"method": f"{tag} (failed)", "encoder": name, "top1": None,
+                              "trainable_params": None, "trainable_pct": None, "peak_rss_mb": None,
+                              "step_s": None, "total_s": None, "checkpoint_sha256": "", "error": err})
     write_table(table, out / "bench_tuning_video", "Tuning ladder, video rows (test top-1)",
                 float_format=".3g")
     from videoprobe.data.datasets import build_video_dataset
@@ -283,6 +290,8 @@ def main(argv: list[str] | None = None) -> int:
         if base and lin:
             notes.append(f"{name}: online linear (live augmented clips) minus cached linear: "
                          f"{lin['top1'] - base['top1']:+.2f} top-1")
+        failed = [r for r in table if r["encoder"] == name and r.get("error")]
+        notes += [f"{name}: {r['method']}: {r['error']}" for r in failed]
         if mezo and lin:
             notes.append(f"{name}: MeZO (over ssf) peak RSS / online linear peak RSS: "
                          f"{mezo['peak_rss_mb'] / lin['peak_rss_mb']:.2f}")
