@@ -336,7 +336,7 @@ def attentive_main(args: argparse.Namespace) -> int:
     print(json.dumps(res, indent=1, default=str))
     begin, end = "<!-- begin bench_scale_attentive -->", "<!-- end bench_scale_attentive -->"
     md = "\n".join([begin, *attentive_markdown(res, cmd), "",
-                    f"Machine: {machine_line()}. Date: {time.strftime('%Y-%m-%d', time.gmtime())}.", end])
+                    f"Machine: {machine_line()}.", end])
     print(md)
     if args.no_doc:
         return 0

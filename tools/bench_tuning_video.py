@@ -188,7 +188,7 @@ def video_markdown(table: list[dict[str, Any]], info: dict[str, Any]) -> str:
         return "" if v is None else format(v, fmt)
 
     lines = [MARK_BEGIN, "### video rows", "",
-             f"Machine: {machine_line()}. Date: {time.strftime('%Y-%m-%d', time.gmtime())}.", "",
+             f"Machine: {machine_line()}.", "",
              f"Command: `{info['command']}`", "",
              f"Data: the generated appearance / motion dataset ({', '.join(CLASSES)}; {info['train']} train "
              f"and {info['test']} test videos, 24 frames at 40 px). Encoders written to disk first, random "
@@ -218,10 +218,11 @@ def insert_video_rows(md: str, doc: Path = DOC) -> Path:
     """Put (or replace) the video subsection inside section ``bench_tuning``, before its end marker; an
     absent section is created with only this subsection."""
     text = doc.read_text() if doc.exists() else "# Benchmarks\n"
-    text = re.sub(re.escape(MARK_BEGIN) + r".*?" + re.escape(MARK_END) + r"\n?", "", text, flags=re.S)
+    old = r"\n?" + re.escape(MARK_BEGIN) + r".*?" + re.escape(MARK_END) + r"\n?"
+    text = re.sub(old, "", text, flags=re.S)
     end = "<!-- end bench_tuning -->"
     if end in text:
-        text = text.replace(end, md.strip() + "\n" + end, 1)
+        text = text.replace(end, "\n" + md.strip() + "\n" + end, 1)
     else:
         text = text.rstrip() + f"\n\n<!-- begin bench_tuning -->\n## bench_tuning\n\n{md.strip()}\n{end}\n"
     doc.write_text(text)
