@@ -221,6 +221,7 @@ SHIPPED = {
     "video/extract.yaml": "videoprobe.extract:ExtractConfig",
     "video/probe.yaml": "videoprobe.probe:ProbeConfig",
     "video/tune.yaml": "videoprobe.tune:VideoTuneTaskConfig",
+    "video/attentive_online.yaml": "videoprobe.tune:VideoTuneTaskConfig",
     **{f"video/{n}.yaml": "videoprobe.bench:BenchSuiteConfig"
        for n in ("diving48", "hmdb51", "kinetics400", "ssv2", "synth", "twlv", "ucf101")},
 }

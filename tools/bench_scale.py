@@ -178,6 +178,106 @@ def video_markdown(r: dict[str, Any], cmd: str) -> list[str]:
     return lines
 
 
+# ------------------------------------------------------------------ attentive probe: online vs cached
+ATT_CLASSES = ["RedDisc", "BlueSquare", "MoveLeft", "MoveRight"]  # two appearance, two motion classes
+ATT_ENCODER = {"name": "videomae_vit_tiny", "kwargs": {"num_frames": 8, "img_size": 32}}
+
+
+def attentive_part(tmp: Path, seeds: list[int], epochs: int, videos_per_class: int = 12) -> dict[str, Any]:
+    """The V-JEPA attentive probe (one learned query, one cross-attention block, AdamW lr 1e-3, wd 0.01,
+    cosine, batch 8, ``epochs`` passes over the training videos) trained two ways on the same generated
+    train / test split and encoder: cached (``videoprobe extract save_tokens=true`` of both splits +
+    ``videoprobe probe probes=[attentive]``: fixed centre clips) and online (``videoprobe tune --config
+    configs/video/attentive_online.yaml``: live random resized crops + flips, no token cache); both score
+    the centre clip of every test video. Per seed top-1, and the wall time and token bytes of each."""
+    from common.cache import FeatureCache
+    from common.config import from_dict, load_config
+    from videoprobe.data.synth import SynthConfig, generate_dataset
+    from videoprobe.extract import ExtractConfig, extract
+    from videoprobe.probe import ProbeConfig, run_probes
+    from videoprobe.tune import VideoTuneTaskConfig, run_video_tune
+
+    synth = SynthConfig(ATT_CLASSES, videos_per_class=videos_per_class, seed=5, frames=24, size=40,
+                        clips_per_group=2)
+    data = Path(generate_dataset(tmp / "att_synth", synth, progress=False))
+    res: dict[str, Any] = {"seeds": seeds, "epochs": epochs}
+    t0 = time.perf_counter()
+    for split in ("train", "test"):
+        extract(from_dict(ExtractConfig, {
+            "data": {"kind": "synth", "root": str(data), "split": split}, "encoder": ATT_ENCODER,
+            "views": {"num_clips": 1, "spatial": "center", "clip_len": 8, "frame_step": 2, "size": 32,
+                      "short_side": 32},
+            "save_tokens": True, "out": str(tmp / "att_cache" / split), "progress": False, "fsync": False,
+            "device": "cpu"}))
+    res["extract_s"] = time.perf_counter() - t0
+    train_cache = FeatureCache(tmp / "att_cache" / "train")
+    n_train = len(train_cache)
+    res["train_videos"], res["test_videos"] = n_train, len(FeatureCache(tmp / "att_cache" / "test"))
+    res["token_bytes_per_video"] = train_cache.meta["bytes_per_video"]["tokens"]
+    res["token_shape"] = list(train_cache.load(train_cache.items()[0], ["tokens"])["tokens"].shape)
+    t0 = time.perf_counter()
+    pcfg = from_dict(ProbeConfig, {
+        "train_cache": str(tmp / "att_cache" / "train"), "test_cache": str(tmp / "att_cache" / "test"),
+        "probes": ["attentive"], "seeds": seeds, "n_boot": 200, "progress": False,
+        "attentive": {"num_heads": 0, "depth": 1, "lr": 1e-3, "weight_decay": 0.01, "epochs": epochs,
+                      "batch_size": 8, "val_fraction": 0.0}})
+    cached = run_probes(pcfg)["results"]["attentive"]
+    res["cached_probe_s"] = time.perf_counter() - t0
+    res["cached"] = {"top1": cached["top1"], "std": cached["spread"]["top1"]["std"],
+                     "per_seed": cached["spread"]["top1"]["per_seed"]}
+    steps = max(1, round(epochs * n_train / 8))
+    online = []
+    t0 = time.perf_counter()
+    for sd in seeds:
+        cfg = load_config(VideoTuneTaskConfig, "configs/video/attentive_online.yaml", [
+            f"data.root={data}", f"encoder.name={ATT_ENCODER['name']}",
+            "encoder.kwargs={num_frames: 8, img_size: 32}", "clips.clip_len=8", "clips.frame_step=2",
+            "clips.size=32",
+            "clips.short_side=32", "clips.eval_clips=1", "clips.eval_spatial=center", "clips.batch_size=8",
+            f"tune.steps={steps}", "tune.warmup=0", f"tune.save_every={steps}", f"tune.seed={sd}",
+            f"seed={sd}", "tune.progress=false", "device=cpu", f"out={tmp / 'att_online'}"])
+        online.append(run_video_tune(cfg)["top1"])
+    res["online_s"] = time.perf_counter() - t0
+    from common.stats import mean_std
+
+    mean, std = mean_std(online)
+    res["online"] = {"top1": mean, "std": std, "per_seed": online, "steps": steps}
+    return res
+
+
+def attentive_markdown(r: dict[str, Any], cmd: str) -> list[str]:
+    c, o = r["cached"], r["online"]
+    fmt = ", ".join
+    return [
+        "### Video: attentive probe online vs cached",
+        "",
+        f"Command: `{cmd}`",
+        "",
+        f"Generated appearance / motion set ({', '.join(ATT_CLASSES)}): {r['train_videos']} train and "
+        f"{r['test_videos']} test videos; encoder `videomae_vit_tiny` (random init, 8 x 32 x 32 clips, "
+        f"tokens {r['token_shape']} per video, float16 in the cache). "
+        "The same V-JEPA probe (one query, one cross-attention block; "
+        f"AdamW lr 1e-3, wd 0.01, cosine, batch 8, {r['epochs']} epochs = {o['steps']} steps), seeds "
+        f"{r['seeds']}, top-1 on the centre clip of every test video:",
+        "",
+        "| route | command | top-1 mean ± std | per seed | wall s | token bytes written |",
+        "| --- | --- | ---: | --- | ---: | ---: |",
+        f"| cached tokens | `videoprobe extract save_tokens=true` (train + test) + `videoprobe probe "
+        f"probes=[attentive]` | {c['top1']:.2f} ± {c['std'] or 0:.2f} | "
+        f"{fmt(f'{v:.1f}' for v in c['per_seed'])} | {r['extract_s'] + r['cached_probe_s']:.0f} | "
+        f"{r['token_bytes_per_video'] * (r['train_videos'] + r['test_videos']):,} |",
+        f"| online, live clips | `videoprobe tune --config configs/video/attentive_online.yaml` | "
+        f"{o['top1']:.2f} ± {o['std'] or 0:.2f} | {fmt(f'{v:.1f}' for v in o['per_seed'])} | "
+        f"{r['online_s']:.0f} | 0 |",
+        "",
+        f"Difference online - cached: {o['top1'] - c['top1']:+.2f} top-1 points (std over seeds: cached "
+        f"{c['std'] or 0:.2f}, online {o['std'] or 0:.2f}). The cached route trains on one fixed centre clip "
+        "per video; the online route sees a new random resized crop / flip every epoch (the V-JEPA protocol) "
+        "and stores nothing; at Kinetics size the cached route needs the token cache of the table above "
+        "(terabytes for a ViT-B at 15 views), the online one needs none.",
+    ]
+
+
 def main(argv: list[str] | None = None) -> int:
     from common.benchdoc import machine_line, update_section
 
@@ -185,7 +285,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--videos", type=int, default=20_000, help="length of the Kinetics-sized list")
     p.add_argument("--extract", type=int, default=1000, help="videos extracted to time the cheap encoder")
     p.add_argument("--no-doc", action="store_true", help="print only, do not update docs/benchmarks.md")
+    p.add_argument("--attentive-only", action="store_true",
+                   help="run only the attentive online-vs-cached part and replace its subsection")
+    p.add_argument("--attentive-seeds", type=int, nargs="*", default=[0, 1, 2])
+    p.add_argument("--attentive-epochs", type=int, default=10)
     args = p.parse_args(argv)
+    if args.attentive_only:
+        return attentive_main(args)
     torch.set_num_threads(1)
     cmd = "python tools/bench_scale.py" + (f" --videos {args.videos}" if args.videos != 20_000 else "") + (
         f" --extract {args.extract}" if args.extract != 1000 else "")
@@ -203,7 +309,44 @@ def main(argv: list[str] | None = None) -> int:
     ])
     print(md)
     if not args.no_doc:
-        print(f"updated {update_section('bench_scale', md)}")
+        import re
+
+        from common.benchdoc import DOC
+
+        # the attentive online-vs-cached subsection (--attentive-only) is kept as it is
+        kept = re.search(r"<!-- begin bench_scale_attentive -->.*?<!-- end bench_scale_attentive -->",
+                         DOC.read_text() if DOC.exists() else "", re.S)
+        print(f"updated {update_section('bench_scale', md + (chr(10) * 2 + kept.group(0) if kept else ''))}")
+    return 0
+
+
+def attentive_main(args: argparse.Namespace) -> int:
+    """``--attentive-only``: the online-vs-cached attentive part, written between its own markers inside
+    section bench_scale (the rest of the section is left as it is)."""
+    import re
+
+    from common.benchdoc import DOC, machine_line
+
+    torch.set_num_threads(1)
+    cmd = "python tools/bench_scale.py --attentive-only" + (
+        f" --attentive-seeds {' '.join(map(str, args.attentive_seeds))}" if args.attentive_seeds != [0, 1, 2]
+        else "") + (f" --attentive-epochs {args.attentive_epochs}" if args.attentive_epochs != 10 else "")
+    with tempfile.TemporaryDirectory() as tmp:
+        res = attentive_part(Path(tmp), list(args.attentive_seeds), args.attentive_epochs)
+    print(json.dumps(res, indent=1, default=str))
+    begin, end = "<!-- begin bench_scale_attentive -->", "<!-- end bench_scale_attentive -->"
+    md = "\n".join([begin, *attentive_markdown(res, cmd), "",
+                    f"Machine: {machine_line()}.", end])
+    print(md)
+    if args.no_doc:
+        return 0
+    text = DOC.read_text()
+    text = re.sub(re.escape(begin) + r".*?" + re.escape(end) + r"\n?", "", text, flags=re.S)
+    marker = "<!-- end bench_scale -->"
+    text = (text.replace(marker, md + "\n" + marker, 1) if marker in text
+            else text.rstrip() + "\n\n" + md + "\n")
+    DOC.write_text(text)
+    print(f"updated {DOC}")
     return 0
 
 

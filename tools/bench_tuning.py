@@ -230,4 +230,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    # the video rows: their own script part (tools/bench_tuning_video.py), its own arguments
+    if "--modality=video" in " ".join(sys.argv[1:]).replace("--modality video", "--modality=video"):
+        from tools.bench_tuning_video import main as video_main
+
+        sys.exit(video_main())
     sys.exit(main())

@@ -284,7 +284,8 @@ def check_token_budget(cfg: ExtractConfig, per_video: int, n_items: int) -> int:
             f"{cfg.out}: save_tokens would store about {_human(est)} of tokens "
             f"({_human(per_video)} per video x {n_items} videos), over "
             f"token_budget_gb={cfg.token_budget_gb:g}; raise token_budget_gb, pool with token_grid, or keep "
-            "pooled features only (save_tokens=false)")
+            "pooled features only (save_tokens=false) and train the attentive probe online on live clips "
+            "(videoprobe tune --config configs/video/attentive_online.yaml)")
     return est
 
 
@@ -337,6 +338,23 @@ def _decoded(cfg: ExtractConfig, spec: Any) -> Any:
     return prefetch
 
 
+def feature_key(cfg: ExtractConfig, enc: Any, views: dict[str, Any]) -> CacheKey:
+    """The cache key of ``cfg``'s split with encoder ``enc`` and the resolved ``views``: what a cache of
+    these features is checked against (``videoprobe probe eval_source=stream`` checks a streamed split
+    against the training cache with it)."""
+    feature_cfg = {"encoder": to_dict(cfg.encoder), "views": views, "save_tokens": cfg.save_tokens,
+                   "token_grid": list(cfg.token_grid), "tokens_dtype": cfg.tokens_dtype,
+                   "precision": cfg.precision}
+    return CacheKey(
+        encoder=enc.name,
+        checkpoint_sha256=enc.checkpoint_id,
+        config_hash=config_hash(feature_cfg),
+        preprocessing={**views, "mean": list(enc.mean), "std": list(enc.std)},
+        dataset=dataset_name(cfg.data),
+        split=cfg.data.split,
+    )
+
+
 def extract(cfg: ExtractConfig, encoder: Any | None = None) -> ExtractResult:
     """Run the extraction described by ``cfg`` (``encoder``: an already built one, else from the config)."""
     from common import dist
@@ -357,17 +375,7 @@ def extract(cfg: ExtractConfig, encoder: Any | None = None) -> ExtractResult:
     views = resolve_views(cfg.views, enc)
     spec = ClipSpec(backend=cfg.data.backend, **views)
 
-    feature_cfg = {"encoder": to_dict(cfg.encoder), "views": views, "save_tokens": cfg.save_tokens,
-                   "token_grid": list(cfg.token_grid), "tokens_dtype": cfg.tokens_dtype,
-                   "precision": cfg.precision}
-    key = CacheKey(
-        encoder=enc.name,
-        checkpoint_sha256=enc.checkpoint_id,
-        config_hash=config_hash(feature_cfg),
-        preprocessing={**views, "mean": list(enc.mean), "std": list(enc.std)},
-        dataset=dataset_name(cfg.data),
-        split=cfg.data.split,
-    )
+    key = feature_key(cfg, enc, views)
     meta = {"class_names": class_names, "encoder": enc.describe(), "config": to_dict(cfg),
             "num_views": spec.num_views, "crops_per_clip": spec.crops_per_clip, "num_clips": spec.num_clips}
     out = Path(cfg.out)

@@ -27,6 +27,15 @@ order, the attentive probe's initialisation; kNN has no randomness and runs once
 reported as the mean over seeds, the standard deviation (ddof=1, two or more seeds) and a 95 %
 percentile-bootstrap interval over test videos (``n_boot`` resamples with replacement, seed
 ``bootstrap_seed``; each resample's metric is averaged over seeds).
+
+Evaluation source (``eval_source``): ``cache`` reads ``test_cache``; ``stream`` rebuilds the extraction
+recorded in the training cache (encoder, weights, views; checked against its cache key), points it at
+``eval_split`` and decodes and encodes each test video on the fly, applying every trained probe (each
+seed's) to its views and summing their class scores per video, so the test features are never written
+(torchrun: videos sharded over ranks, scores summed, rank 0 writes the report); ``auto`` streams when
+``test_cache`` holds no cache. Streamed features are cast to the cache dtype first (tokens to the token
+dtype), so both sources give the same numbers. The attentive probe can also skip the token cache for
+training: ``videoprobe tune --config configs/video/attentive_online.yaml`` trains it on live clips.
 """
 from __future__ import annotations
 
@@ -55,6 +64,10 @@ from common.stats import STD_DDOF, bootstrap_ci, format_spread, mean_std
 log = logging.getLogger(__name__)
 
 METRICS = ("top1", "top5", "mean_class")
+# where the attentive probe goes when the cache holds no tokens (or the token budget refuses them)
+ONLINE_HINT = ("extract with save_tokens=true for the attentive probe, or train it online on live clips "
+               "with no token cache: videoprobe tune --config configs/video/attentive_online.yaml "
+               "(method=decoder decoder.depth=1)")
 
 
 def _per_video(scores: np.ndarray, labels: np.ndarray) -> dict[str, list[int]]:
@@ -108,6 +121,13 @@ class ProbeConfig:
     n_boot: int = 1000  # bootstrap resamples of the test videos (95 % interval)
     bootstrap_seed: int = 0  # seed of the bootstrap resampling
     allow_select_on_test: bool = False  # allow the same cache / split for training (selection) and test
+    # cache: read test_cache; stream: run the encoder recorded in train_cache on every video of eval_split and
+    # apply every trained probe on the fly (no test features written; torchrun: videos sharded over ranks);
+    # auto: stream when test_cache is unset or holds no cache
+    eval_source: str = "cache"
+    eval_split: str = "test"  # stream: the split of the dataset recorded in the training cache
+    data_root: str = ""  # stream: the dataset folder (default: data.root recorded by `videoprobe extract`)
+    encoder_device: str = "auto"  # stream: device of the encoder (auto | cpu | cuda)
     device: str = "cpu"  # cpu | cuda
     progress: bool = True  # progress bar (terminal) / a line every PROBESUITE_PROGRESS_SECONDS (logs)
 
@@ -129,10 +149,7 @@ class VideoSplit:
         try:
             return np.asarray(self.cache.load(item, ["tokens"])["tokens"], dtype=np.float32)
         except CacheError:
-            raise CacheError(
-                f"{self.cache.path}: item {item!r} has no tokens; extract with save_tokens=true "
-                "for the attentive probe"
-            ) from None
+            raise CacheError(f"{self.cache.path}: item {item!r} has no tokens; {ONLINE_HINT}") from None
 
 
 def _kinds_file(cfg: ProbeConfig, cache: FeatureCache) -> Path:
@@ -201,9 +218,13 @@ def _probe_data(split: VideoSplit) -> ProbeData:
 
 def _sequences(split: VideoSplit, item: str) -> np.ndarray:
     """(crops, num_clips * N, D) token sequences of one video (the clips of one crop concatenated)."""
-    tok = split.tokens(item)  # (V, T', H', W', D)
+    return crop_sequences(split.tokens(item), int(split.cache.meta.get("crops_per_clip", 1) or 1))
+
+
+def crop_sequences(tok: np.ndarray, crops: int) -> np.ndarray:
+    """(crops, num_clips * N, D) token sequences from a video's (V, T', H', W', D) tokens (views
+    clip-major; the clips of one crop concatenated)."""
     v, d = tok.shape[0], tok.shape[-1]
-    crops = int(split.cache.meta.get("crops_per_clip", 1) or 1)
     if v % crops:
         crops = 1
     tok = tok.reshape(v // crops, crops, -1, d).transpose(1, 0, 2, 3)  # (crops, clips, N, D)
@@ -223,18 +244,31 @@ def _token_data(split: VideoSplit) -> ProbeData:
 ROWS = {"features": _probe_data, "tokens": _token_data}  # ProbeSpec.rows -> the rows of a split
 
 
+def fit_probe(name: str, train: VideoSplit, probe_cfg: Any, seed: int = 0, device: str = "cpu",
+              progress: bool = True) -> Any:
+    """The table probe ``name`` trained on ``train`` (its result object)."""
+    spec = get_probe(name, task="classification")
+    pcfg = configure(probe_cfg, num_classes=len(train.class_names), task="classification", view_average=True,
+                     seed=seed, device=device, progress=progress)
+    return spec.fit(ROWS[spec.rows](train), None, pcfg, train.class_names)
+
+
+def scores_record(result: Any, scores: np.ndarray, labels: np.ndarray) -> dict[str, Any]:
+    """What :func:`run_probe` returns, from per-video class scores (videos, K) (summed softmax / votes over
+    a video's views): the streamed path's scores of one trained probe."""
+    per_video = _per_video(scores, labels)
+    m = video_metrics(labels, np.asarray(per_video["pred"]), np.asarray(per_video["top5"]), scores.shape[1])
+    return {**m, **result.summary(), "trainable_params": result.trainable_params,
+            "notes": list(result.meta.get("notes", [])), "per_video": per_video}
+
+
 def run_probe(name: str, train: VideoSplit, test: VideoSplit, probe_cfg: Any, seed: int = 0,
               device: str = "cpu", progress: bool = True) -> dict[str, Any]:
     """Fit the table probe ``name`` (``common.probes.PROBES``) on ``train``, score ``test``: percentages,
     the probe's summary (``setting`` ...), notes, and per-video predictions (views combined: softmax
     probabilities averaged, kNN votes summed)."""
-    spec = get_probe(name, task="classification")
-    k = len(train.class_names)
-    pcfg = configure(probe_cfg, num_classes=k, task="classification", view_average=True, seed=seed,
-                     device=device, progress=progress)
-    rows = ROWS[spec.rows]
-    tr, te = rows(train), rows(test)
-    result = spec.fit(tr, None, pcfg, train.class_names)
+    result = fit_probe(name, train, probe_cfg, seed, device, progress)
+    te = ROWS[get_probe(name, task="classification").rows](test)
     ev = result.evaluate(te, view_average=True, device=device)
     notes = list(ev.get("notes") or result.meta.get("notes", []))
     return {"top1": 100.0 * ev["top1"], "top5": 100.0 * ev["top5"], "mean_class": 100.0 * ev["mean_class"],
@@ -249,28 +283,48 @@ def _record(cache: FeatureCache) -> dict[str, Any]:
             "split": cache.key.split, "items": len(cache)}
 
 
+def eval_source(cfg: ProbeConfig) -> str:
+    """``cache`` or ``stream``: ``cfg.eval_source`` with ``auto`` resolved (stream without a test cache)."""
+    if cfg.eval_source not in ("cache", "stream", "auto"):
+        raise ConfigError(f"config key 'eval_source': expected cache, stream or auto, "
+                          f"got {cfg.eval_source!r}")
+    if cfg.eval_source == "auto":
+        return "cache" if cfg.test_cache and FeatureCache.exists(cfg.test_cache) else "stream"
+    return cfg.eval_source
+
+
+def _check_tokens(probes: list[str], train: VideoSplit) -> None:
+    """A token probe (attentive) on a cache without tokens stops before anything trains, with the hint."""
+    if any(PROBES[p].rows == "tokens" for p in probes):
+        train.tokens(train.ids[0])
+
+
 def run_probes(cfg: ProbeConfig) -> dict[str, Any]:
-    """Train and evaluate every probe in ``cfg.probes``; returns {probe: scores} plus records."""
+    """Train and evaluate every probe in ``cfg.probes``; returns {probe: scores} plus records. The test
+    split is read from ``test_cache`` or streamed (``eval_source``, see :func:`stream_scores`)."""
     if not cfg.probes:
         raise ConfigError(f"probes must be a non-empty list of {', '.join(PROBES)}; got {cfg.probes}")
     for p in cfg.probes:
         get_probe(p, task="classification")  # an unknown name: one ConfigError naming the known ones
-    if not cfg.train_cache or not cfg.test_cache:
-        raise ConfigError("train_cache and test_cache must both be set")
+    source = eval_source(cfg)
+    if not cfg.train_cache or (source == "cache" and not cfg.test_cache):
+        raise ConfigError("train_cache and test_cache must both be set (or eval_source=stream: the test "
+                          "split is read live, no test cache)")
     train_cache = FeatureCache(cfg.train_cache)
-    test_cache = FeatureCache(cfg.test_cache)
-    for f in ("encoder", "checkpoint_sha256", "config_hash"):
-        if getattr(train_cache.key, f) != getattr(test_cache.key, f):
-            raise CacheError(f"{cfg.test_cache}: {f} differs from the train cache {cfg.train_cache} "
-                             "(features of different encoders / settings)")
+    test_cache = FeatureCache(cfg.test_cache) if source == "cache" else None
+    if test_cache is not None:
+        _check_same_features(train_cache.key, test_cache.key, cfg.test_cache, cfg.train_cache)
     seeds = list(cfg.seeds) or [cfg.seed]
     if len(set(seeds)) != len(seeds):
         raise ConfigError(f"config key 'seeds' repeats a seed: {seeds}")
-    selection = check_selection_split(cfg, train_cache, test_cache)
     names = list(train_cache.meta.get("class_names") or [])
     kinds = _kinds_file(cfg, train_cache) if cfg.classes in ("appearance", "motion") else None
     keep = select_classes(cfg.classes, names, kinds)
+    if test_cache is None:
+        return _run_streamed(cfg, train_cache, keep, seeds)
+    selection = check_selection_split(cfg, train_cache, test_cache)
     train = load_split(cfg.train_cache, keep, names)
+    _check_tokens(cfg.probes, train)
     test = load_split(cfg.test_cache, keep, list(test_cache.meta.get("class_names") or names))
     from common.probes.notes import top5_notes
 
@@ -305,6 +359,184 @@ def run_probes(cfg: ProbeConfig) -> dict[str, Any]:
         "selection": selection,
         "test_class_histogram": [int(v) for v in np.bincount(test.labels, minlength=len(keep))],
         "per_video": per_video,
+        "eval_source": "cache",
+    }
+
+
+def _check_same_features(train: Any, test: Any, test_path: Any, train_path: Any) -> None:
+    for f in ("encoder", "checkpoint_sha256", "config_hash"):
+        if getattr(train, f) != getattr(test, f):
+            raise CacheError(f"{test_path}: {f} differs from the train cache {train_path} "
+                             "(features of different encoders / settings)")
+
+
+# ------------------------------------------------------------------------------ streamed evaluation
+@dataclass
+class StreamSplit:
+    """The evaluation split read live: the extraction recorded in the training cache, pointed at
+    ``eval_split``; its videos of the kept classes, their labels (relabelled into ``class_names``), the
+    rebuilt encoder and the clip recipe."""
+
+    ecfg: Any  # videoprobe.extract.ExtractConfig
+    items: list[Any]  # VideoItem, sorted by id
+    labels: np.ndarray
+    class_names: list[str]
+    key: Any  # the CacheKey these features would have in a cache
+    encoder: Any
+    spec: Any  # ClipSpec
+    device: Any
+
+    @property
+    def ids(self) -> list[str]:
+        return [it.video_id for it in self.items]
+
+
+def open_stream(cfg: ProbeConfig, train_cache: FeatureCache, keep: list[str]) -> StreamSplit:
+    """Rebuild the training cache's encoder and views for ``cfg.eval_split`` and check that they give the
+    training cache's features (same encoder, weights and feature config), before anything is encoded."""
+    from common import dist
+    from common.config import from_dict
+    from videoprobe.data.transforms import ClipSpec
+    from videoprobe.extract import ExtractConfig, build_encoder, feature_key, load_items, resolve_views
+
+    recorded = train_cache.meta.get("config")
+    if not isinstance(recorded, dict):
+        raise InputError(train_cache.path, "the cache records no extract config (written by an older "
+                         "`videoprobe extract`?): streamed evaluation cannot rebuild its encoder")
+    ecfg = from_dict(ExtractConfig, recorded)
+    ecfg.data.split = cfg.eval_split
+    if cfg.data_root:
+        ecfg.data.root = cfg.data_root
+    items, names = load_items(ecfg.data)
+    index = {c: k for k, c in enumerate(keep)}
+    chosen = [(it, index[names[it.label]]) for it in items if 0 <= it.label < len(names)
+              and names[it.label] in index]
+    if not chosen:
+        raise InputError(ecfg.data.root, f"no '{cfg.eval_split}' videos of the selected classes "
+                         f"({', '.join(keep[:5])}...)")
+    device = dist.pick_device(cfg.encoder_device)
+    enc = build_encoder(ecfg.encoder).freeze().to(device)
+    views = resolve_views(ecfg.views, enc)
+    key = feature_key(ecfg, enc, views)
+    _check_same_features(train_cache.key, key, f"{ecfg.data.root} [{cfg.eval_split}] (streamed)",
+                         cfg.train_cache)
+    return StreamSplit(ecfg, [it for it, _ in chosen], np.array([y for _, y in chosen], dtype=np.int64),
+                       list(keep), key, enc, ClipSpec(backend=ecfg.data.backend, **views), device)
+
+
+def stream_scores(stream: StreamSplit, fits: list[tuple[str, Any]], rank_: int | None = None,
+                  world_: int | None = None) -> tuple[np.ndarray, dict[str, str]]:
+    """(fits, videos, K) class scores of every trained probe in ``fits`` ((probe name, result) pairs) on
+    every video of the streamed split, and {video id: error} of the videos that failed to decode (their
+    scores stay zero). Each video is decoded and encoded as ``videoprobe extract`` would (same clips,
+    features cast to the cache dtype, tokens to the token dtype), its rows go through every probe at
+    once, and nothing is written. Each rank takes its ``common.dist.shard`` of the videos (``rank_`` /
+    ``world_`` override it, for tests); under torchrun the scores are summed and the failures gathered
+    over ranks."""
+    from common import dist
+    from videoprobe.data.datasets import ClipDataset, collate_items
+    from videoprobe.extract import encode_views
+
+    ecfg, spec = stream.ecfg, stream.spec
+    k = len(stream.class_names)
+    scores = np.zeros((len(fits), len(stream.items), k), dtype=np.float64)
+    failures: dict[str, str] = {}
+    rows = [PROBES[name].rows for name, _ in fits]
+    want_tokens = "tokens" in rows
+    mine = dist.shard(list(range(len(stream.items))), rank_, world_)
+    ds = ClipDataset([stream.items[g] for g in mine], spec, ecfg.encoder.seed)
+    loader = torch.utils.data.DataLoader(ds, batch_size=1, shuffle=False, num_workers=ecfg.num_workers,
+                                         collate_fn=collate_items)
+    for g, (rec,) in zip(mine, loader):
+        if rec["error"] is not None:
+            failures[rec["video_id"]] = str(rec["error"])
+            continue
+        pooled, tokens = encode_views(stream.encoder, rec["video"], ecfg.batch_size, stream.device,
+                                      want_tokens, ecfg.token_grid, ecfg.precision)
+        y = int(stream.labels[g])
+        feats = pooled.numpy().astype(ecfg.dtype).astype(np.float32)  # what the cache would hand back
+        data = {"features": ProbeData([(feats, np.full(len(feats), y))], groups=[0], names=[rec["video_id"]])}
+        if want_tokens:
+            assert tokens is not None
+            seq = crop_sequences(tokens.numpy().astype(ecfg.tokens_dtype).astype(np.float32),
+                                 spec.crops_per_clip)
+            data["tokens"] = ProbeData([(seq, np.full(len(seq), y))], groups=[0], names=[rec["video_id"]])
+        for f, (_, result) in enumerate(fits):
+            scores[f, g] = result.group_scores(data[rows[f]])[0]
+    if dist.is_distributed() and rank_ is None:
+        scores = dist.all_reduce_tensor(torch.from_numpy(scores)).numpy()
+        for part in dist.all_gather_object(failures):
+            failures.update(part)
+    return scores, failures
+
+
+def _run_streamed(cfg: ProbeConfig, train_cache: FeatureCache, keep: list[str],
+                  seeds: list[int]) -> dict[str, Any]:
+    """:func:`run_probes` with the test split streamed: every probe (and seed) is trained first, then one
+    pass over the evaluation videos scores them all."""
+    from types import SimpleNamespace
+
+    from common import dist
+    from common.probes.notes import top5_notes
+
+    dist.init_from_env()  # the evaluation videos are sharded over torchrun ranks
+    names = list(train_cache.meta.get("class_names") or [])
+    train = load_split(cfg.train_cache, keep, names)
+    _check_tokens(cfg.probes, train)
+    stream = open_stream(cfg, train_cache, keep)
+    selection = check_selection_split(cfg, train_cache, SimpleNamespace(key=stream.key))
+    fits: list[tuple[str, int, Any]] = []
+    seconds: dict[str, float] = {}
+    for probe in cfg.probes:
+        t0 = time.perf_counter()
+        section = getattr(cfg, probe, None) or PROBES[probe].config_class()
+        for seed in (seeds if PROBES[probe].seeded else seeds[:1]):
+            result = fit_probe(probe, train, section, seed, cfg.device, cfg.progress)
+            fits.append((probe, seed, dist.broadcast_object(result)))  # every rank applies rank 0's probes
+        seconds[probe] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    scores, failures = stream_scores(stream, [(p, r) for p, _, r in fits])
+    stream_s = time.perf_counter() - t0
+    ok = [g for g, v in enumerate(stream.ids) if v not in failures]
+    if not ok:
+        raise InputError(stream.ecfg.data.root, f"no '{cfg.eval_split}' video could be evaluated: "
+                         f"{next(iter(failures.values()), 'no videos')}")
+    labels = stream.labels[ok]
+    results: dict[str, Any] = {}
+    notes = top5_notes(len(keep))
+    notes += [f"{cfg.eval_split} video {v} not evaluated: {e}" for v, e in sorted(failures.items())]
+    per_video: dict[str, Any] = {}
+    for probe in cfg.probes:
+        idx = [f for f, (p, _, _) in enumerate(fits) if p == probe]
+        runs = [scores_record(fits[f][2], scores[f][ok], labels) for f in idx]
+        res, per_video[probe] = aggregate_seeds(runs, [fits[f][1] for f in idx], labels, len(keep),
+                                                cfg.n_boot, cfg.bootstrap_seed)
+        res["seconds"] = round(seconds[probe], 3)
+        results[probe] = res
+        notes += [f"{probe}: {n}" for n in res.get("notes", [])]
+        log.info("%s: top1 %.2f  top5 %.2f  mean-class %.2f (streamed)", probe, res["top1"], res["top5"],
+                 res["mean_class"])
+    key = stream.key
+    return {
+        "results": results,
+        "train": _record(train_cache),
+        "test": {"encoder": key.encoder, "checkpoint_sha256": key.checkpoint_sha256,
+                 "feature_config_hash": key.config_hash, "dataset": key.dataset, "split": key.split,
+                 "items": len(ok)},
+        "classes": keep,
+        "num_train_videos": len(train.ids),
+        "num_test_videos": len(ok),
+        "benchmark": cfg.benchmark or train_cache.key.dataset,
+        "probe_config_hash": config_hash(cfg),
+        "padding": {"train": train_cache.meta.get("padding"), "test": None},
+        "notes": notes,
+        "seeds": seeds,
+        "selection": selection,
+        "test_class_histogram": [int(v) for v in np.bincount(labels, minlength=len(keep))],
+        "per_video": per_video,
+        "eval_source": "stream",
+        "stream": {"videos": len(stream.items), "failed": failures, "seconds": round(stream_s, 3),
+                   "world_size": dist.world_size()},
     }
 
 
@@ -315,7 +547,7 @@ def check_selection_split(cfg: ProbeConfig, train: FeatureCache, test: FeatureCa
     where = f"{train.key.dataset} [{train.key.split}]"
     selected_on = (f"held-out {vf:g} of the training videos ({where})" if vf > 0
                    else f"the training videos themselves ({where})")
-    same = (Path(cfg.train_cache).resolve() == Path(cfg.test_cache).resolve()
+    same = ((bool(cfg.test_cache) and Path(cfg.train_cache).resolve() == Path(cfg.test_cache).resolve())
             or (bool(test.key.split) and (train.key.dataset, train.key.split)
                 == (test.key.dataset, test.key.split)))
     if same and not cfg.allow_select_on_test:
@@ -408,6 +640,8 @@ def write_probe_report(cfg: ProbeConfig, outcome: dict[str, Any]) -> tuple[Path,
                       "resampled": "test videos"},
         "selected_on": (outcome.get("selection") or {}).get("selected_on"),
         "eval_is_selection_split": (outcome.get("selection") or {}).get("eval_is_selection_split"),
+        "eval_source": outcome.get("eval_source", "cache"),
+        "stream": outcome.get("stream"),
         "notes": list(outcome.get("notes", [])),
         "details": outcome["results"],
         "config": to_dict(cfg),

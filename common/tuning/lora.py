@@ -140,6 +140,30 @@ def _is_lora_layer(m: nn.Module) -> bool:
     return isinstance(m, BaseTunerLayer)
 
 
+def _is_pointwise_conv3d(layer: nn.Module) -> bool:
+    """A peft LoRA layer over a 1 x 1 x 1 ``nn.Conv3d`` (x3d's conv_a / conv_c): peft 0.21 merges it
+    wrongly (it squeezes two of the three kernel axes), so :func:`merge_lora` merges it itself."""
+    base = layer.get_base_layer() if hasattr(layer, "get_base_layer") else None
+    return (isinstance(base, nn.Conv3d) and tuple(base.kernel_size) == (1, 1, 1) and base.groups == 1
+            and hasattr(layer, "lora_A") and not getattr(layer, "use_dora", {}).get("default", False))
+
+
+@torch.no_grad()
+def _merge_pointwise_conv3d(layer: nn.Module) -> nn.Conv3d:
+    """``W += scaling * B @ A`` for every active adapter of a 1 x 1 x 1 Conv3d LoRA layer; the base layer."""
+    base = layer.get_base_layer()
+    for name in layer.active_adapters:
+        if name not in layer.lora_A:
+            continue
+        a = layer.lora_A[name].weight.flatten(1)  # (r, in)
+        b = layer.lora_B[name].weight.flatten(1)  # (out, r)
+        merged = base.weight + (layer.scaling[name] * (b @ a)).view_as(base.weight).to(base.weight.dtype)
+        if not torch.isfinite(merged).all():
+            raise ConfigError(f"lora: merging adapter {name!r} gives non-finite weights")
+        base.weight.copy_(merged)
+    return base
+
+
 def merge_lora(model: nn.Module) -> int:
     """Merge every LoRA layer of ``model`` into its base weights (peft's ``merge(safe_merge=True)``, which
     raises on non-finite results) and unwrap it; returns the number merged."""
@@ -149,7 +173,9 @@ def merge_lora(model: nn.Module) -> int:
     top = [n for n in tuner if not any(n.startswith(o + ".") for o in tuner if o != n)]
     for name in top:
         layer = model.get_submodule(name)
-        if hasattr(layer, "unload_and_optionally_merge_module"):
+        if _is_pointwise_conv3d(layer):
+            base = _merge_pointwise_conv3d(layer)
+        elif hasattr(layer, "unload_and_optionally_merge_module"):
             base = layer.unload_and_optionally_merge_module(merge=True, safe_merge=True, adapter_names=None)
         else:
             layer.merge(safe_merge=True)

@@ -12,13 +12,16 @@ def register(sub: argparse._SubParsersAction) -> None:
         description="Linear (lr x wd multi-head sweep), kNN (TWLV-I recipe) and attentive (V-JEPA style) "
                     "probes; top-1 / top-5 / mean-class accuracy with views combined per video. Writes "
                     "OUT/probe.md, OUT/probe.json and the resolved OUT/config.yaml. seeds=[0,1,2]: "
-                    "mean ± std over seeds [95 % bootstrap interval over test videos].",
+                    "mean ± std over seeds [95 % bootstrap interval over test videos]. eval_source=stream: "
+                    "the test split (eval_split) is decoded and encoded on the fly with the training cache's "
+                    "encoder and every probe applied to it, no test cache (torchrun: videos sharded).",
     )
     add_config_args(p)
     p.set_defaults(func=_probe)
 
 
 def _probe(args: argparse.Namespace) -> int:
+    from common import dist
     from common.cli import load_cli_config
     from common.report import checkpoint_id, markdown_table
     from common.stats import format_spread
@@ -26,6 +29,8 @@ def _probe(args: argparse.Namespace) -> int:
 
     cfg = load_cli_config(ProbeConfig, args)
     outcome = run_probes(cfg)
+    if not dist.is_main():  # streamed under torchrun: rank 0 writes the report
+        return 0
     md, _ = write_probe_report(cfg, outcome)
     ckpt = checkpoint_id(outcome["train"]["checkpoint_sha256"])
     rows = [{"probe": k, "checkpoint": ckpt,
