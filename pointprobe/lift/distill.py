@@ -3,8 +3,10 @@
 Data: the caches written by ``pointprobe lift`` (``features`` (N, D) + ``visible_count`` per scene)
 and the preprocessed scenes they came from (``coord``, ``color``, ``normal``). Model: a point encoder
 from ``pointprobe.models.create_encoder`` (SparseUNet, PTv3, ...), its up-cast features (``levels``)
-followed by one ``nn.Linear`` to the lifted dimension. Loss: ``1 - cos(prediction, lifted feature)``
-averaged over the points that at least one frame saw (unseen points have no target).
+standardised over the points (``model.head_norm=bn``: BatchNorm without affine, folded into the exported
+projection) followed by one ``nn.Linear`` to the lifted dimension. Loss:
+``1 - cos(prediction, lifted feature)`` averaged over the points that at least one frame saw (unseen
+points have no target).
 
 Each step takes ``batch_scenes`` scenes, augmented (rotation about z, mirror, scale), grid-sampled at
 ``grid_size`` (one random point per voxel, as in training elsewhere), cropped to ``max_points`` around
