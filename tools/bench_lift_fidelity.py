@@ -55,6 +55,8 @@ RULES: dict[str, FusionConfig] = {
     "sensor 1 cm + 0.5 %, grazing cut, cos/z weights": FusionConfig(depth_tol_abs=0.01, depth_tol_rel=0.005),
     DEFAULT_NAME: DEFAULT,
     "sensor 0.5 cm + 0.5 %, grazing cut, cos/z weights, views <= 5 m": FusionConfig(max_depth=5.0),
+    "sensor 0.5 cm + 0.5 %, grazing cut, cos^2/z^2 weights": FusionConfig(angle_power=2, distance_power=2),
+    "sensor 0.5 cm + 0.5 %, grazing cut, cos^4/z^4 weights": FusionConfig(angle_power=4, distance_power=4),
     "sensor 0.5 cm + 0.5 %, grazing cut at cos 0.1 (84 deg), cos/z weights": FusionConfig(min_cos=0.1),
     "sensor 0.5 cm + 0.5 % + 0.5 footprint x tan, grazing cut, cos/z weights": FusionConfig(slope_tol=0.5),
     "sensor 0.5 cm + 0.5 % + 1 footprint x tan, grazing cut, cos/z weights": FusionConfig(slope_tol=1.0),

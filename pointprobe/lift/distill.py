@@ -3,8 +3,10 @@
 Data: the caches written by ``pointprobe lift`` (``features`` (N, D) + ``visible_count`` per scene)
 and the preprocessed scenes they came from (``coord``, ``color``, ``normal``). Model: a point encoder
 from ``pointprobe.models.create_encoder`` (SparseUNet, PTv3, ...), its up-cast features (``levels``)
-followed by one ``nn.Linear`` to the lifted dimension. Loss: ``1 - cos(prediction, lifted feature)``
-averaged over the points that at least one frame saw (unseen points have no target).
+standardised over the points (``model.head_norm=bn``: BatchNorm without affine, folded into the exported
+projection) followed by one ``nn.Linear`` to the lifted dimension. Loss:
+``1 - cos(prediction, lifted feature)`` averaged over the points that at least one frame saw (unseen
+points have no target).
 
 Each step takes ``batch_scenes`` scenes, augmented (rotation about z, mirror, scale), grid-sampled at
 ``grid_size`` (one random point per voxel, as in training elsewhere), cropped to ``max_points`` around
@@ -75,6 +77,9 @@ class DistillModelConfig:
     backbone: str = "sparseunet"  # pointprobe.models.ENCODERS name
     backbone_config: dict | None = None  # constructor overrides (null = the named encoder's defaults)
     levels: int | None = None  # up-cast levels fed to the projection (None = all)
+    # "bn": the projection's input standardised over the points (BatchNorm1d without affine; folded into
+    # head.pth's weight and bias at export); "none": the backbone's features as they are
+    head_norm: str = "bn"
 
 
 @dataclass
@@ -138,6 +143,8 @@ def validate(cfg: DistillConfig) -> None:
         raise ConfigError("config key 'train.device' is cuda but CUDA is not available")
     if cfg.dtype not in ("float16", "float32"):
         raise ConfigError(f"config key 'dtype': expected float16 or float32, got {cfg.dtype!r}")
+    if cfg.model.head_norm not in ("bn", "none"):
+        raise ConfigError(f"config key 'model.head_norm' must be bn or none, got {cfg.model.head_norm!r}")
     if not cfg.data.lifted or not cfg.data.root:
         raise ConfigError("config keys 'data.lifted' and 'data.root' must name the lift output and the "
                           "preprocessed scenes")
@@ -230,14 +237,36 @@ class LiftStudent(nn.Module):
     """The student of 2D -> 3D feature distillation: backbone + linear projection to the lifted feature
     dimension (not ``pointprobe.pretrain.train.DistillModel``, the self-distillation student/teacher)."""
 
-    def __init__(self, backbone: nn.Module, levels: int | None, out_dim: int):
+    def __init__(self, backbone: nn.Module, levels: int | None, out_dim: int, head_norm: str = "bn"):
         super().__init__()
         self.backbone = backbone
         self.levels = levels
-        self.head = nn.Linear(backbone.feature_dim(levels), out_dim)
+        dim = backbone.feature_dim(levels)
+        # The backbone's features share a large common component (post-LayerNorm/GELU activations are
+        # not centred), so every step on the projection's weight also moves the prediction of every point
+        # by the same offset: the centred cosine then swings with the last scenes trained on.
+        self.norm = nn.BatchNorm1d(dim, affine=False) if head_norm == "bn" else nn.Identity()
+        self.head = nn.Linear(dim, out_dim)
 
     def forward(self, point: Any) -> torch.Tensor:
-        return self.head(self.backbone.encode(point, self.levels))
+        return self.project_features(self.backbone.encode(point, self.levels))
+
+    def project_features(self, f: torch.Tensor) -> torch.Tensor:
+        """Backbone features -> head outputs (the norm, then the linear projection). The norm's running
+        statistics are the plain mean of the first 10 training batches' statistics, then an exponential
+        average (0.1): right from the first step, yet following the backbone as it trains."""
+        if self.training and isinstance(self.norm, nn.BatchNorm1d):
+            self.norm.momentum = max(0.1, 1.0 / (int(self.norm.num_batches_tracked) + 1))
+        return self.head(self.norm(f))
+
+    def folded_head(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(weight, bias) of one linear map equal to the eval-mode norm + projection."""
+        w, b = self.head.weight.detach(), self.head.bias.detach()
+        if isinstance(self.norm, nn.BatchNorm1d):
+            scale = torch.rsqrt(self.norm.running_var + self.norm.eps)
+            w2 = w * scale[None]
+            return w2, b - w2 @ self.norm.running_mean
+        return w, b
 
 
 def _lr_factor(step: int, total: int, warmup: int) -> float:
@@ -268,7 +297,8 @@ class Distiller:
         torch.manual_seed(t.seed)
         try:
             backbone = create_encoder(cfg.model.backbone, **(cfg.model.backbone_config or {}))
-            self.model = LiftStudent(backbone, cfg.model.levels, self.train_data.dim).to(self.device)
+            self.model = LiftStudent(backbone, cfg.model.levels, self.train_data.dim,
+                                     cfg.model.head_norm).to(self.device)
         except (TypeError, ValueError) as e:
             raise ConfigError(f"config key 'model': {e}") from None
         decay, no_decay = [], []
@@ -427,10 +457,11 @@ class Distiller:
         training target plus the predicted direction scaled to the mean norm of the centred targets."""
         from pointprobe.models import Preprocessing, encode_points
 
+        self.model.eval()
         f = encode_points(self.model.backbone, coord, color, normal, levels=self.cfg.model.levels,
                           prep=Preprocessing(grid_size=self.cfg.train.grid_size), device=self.device,
                           source=source)
-        return self.project(self.model.head(f.to(self.device)).float().cpu())
+        return self.project(self.model.project_features(f.to(self.device)).float().cpu())
 
     def project(self, out: torch.Tensor) -> torch.Tensor:
         """Head outputs -> lifted-feature space (see :meth:`predict`)."""
@@ -541,8 +572,8 @@ class Distiller:
                 "target_dim": self.train_data.dim, "train_hash": self.train_hash}
         enc_path = save_encoder(self.model.backbone, self.out / "encoder.pth", **meta)
         head_path = self.out / "head.pth"
-        head = self.model.head
-        save_checkpoint({"weight": head.weight.detach().cpu(), "bias": head.bias.detach().cpu(),
+        weight, bias = self.model.folded_head()
+        save_checkpoint({"weight": weight.cpu(), "bias": bias.cpu(),
                          "target_offset": torch.from_numpy(self.offset).float(), "target_radius": self.radius,
                          "levels": self.cfg.model.levels, "encoder": str(enc_path)}, head_path)
         result = {"encoder": str(enc_path), "head": str(head_path), "history": self.history}
