@@ -8,10 +8,14 @@ scene's randomness is keyed by (seed, epoch, scene index), never by rank. Evalua
 scene of a split at full resolution: grid sampling at the release's 0.02 m (canonical point per
 voxel, as ``pointprobe extract``), features copied back to every input point, mIoU over all points.
 
-``method=decoder``: ``ptv3.py`` cannot build PTv3's decoder stages (``enc_mode=False`` is refused),
-so the decoder is :class:`LevelDecoder`, a light U-Net-style MLP decoder over the frozen encoder's
-levels: from the deepest level up, ``h <- MLP(concat(level.feat, h[pooling_inverse]))`` (Linear,
-LayerNorm, GELU; ``decoder_channels`` wide), then a linear classifier.
+``method=decoder`` (Pointcept ``dec``): the frozen encoder + a trainable decoder + a linear classifier
+on the finest decoded level, copied back to every input point. PTv3 encoders get
+:class:`pointprobe.models.ptv3.PTv3Decoder` (the release's decoder stages: unpooling
+``proj_skip(skip) + proj(coarse)[inverse]``, then PTv3 blocks; Pointcept's ``*-dec`` configs: depths
+2,2,2,2, channels 64,96,192,384, heads 4,6,12,24; ``decoder.*`` keys). Other encoders get
+:class:`LevelDecoder`, a light U-Net-style MLP decoder over the frozen encoder's levels: from the deepest
+level up, ``h <- MLP(concat(level.feat, h[pooling_inverse]))`` (Linear, LayerNorm, GELU;
+``decoder.level_channels`` wide).
 """
 from __future__ import annotations
 
@@ -28,6 +32,7 @@ from common.sampling import grid_sample, sphere_crop
 from common.tuning.loop import TuneBatch, TuneSettings
 from pointprobe.data.scannet import class_names, list_scenes, load_scene
 from pointprobe.models.encode import canonical_index, center_shift
+from pointprobe.models.ptv3 import PTV3_DEC_DEFAULTS, PointTransformerV3, PTv3Decoder
 from pointprobe.models.registry import PointEncoderConfig, build_encoder
 from pointprobe.models.structure import PointBatch, block_index
 from pointprobe.pretrain.views import ViewConfig, augment_geometry, color_jitter
@@ -54,6 +59,19 @@ class TuneAugment:
 
 
 @dataclass
+class TuneDecoder:
+    """``method=decoder``: the decoder trained over the frozen encoder (see the module docstring)."""
+
+    kind: str = "auto"  # auto (ptv3 for PTv3 encoders, else level) | ptv3 | level
+    depths: list[int] = field(default_factory=lambda: list(PTV3_DEC_DEFAULTS["dec_depths"]))
+    channels: list[int] = field(default_factory=lambda: list(PTV3_DEC_DEFAULTS["dec_channels"]))
+    num_head: list[int] = field(default_factory=lambda: list(PTV3_DEC_DEFAULTS["dec_num_head"]))
+    patch_size: list[int] = field(default_factory=lambda: list(PTV3_DEC_DEFAULTS["dec_patch_size"]))
+    drop_path: float = 0.0  # stochastic depth of the decoder blocks (linspace 0..drop_path, as the release)
+    level_channels: int = 64  # kind=level: width of the MLP level decoder
+
+
+@dataclass
 class PointTuneConfig:
     """Settings of ``pointprobe tune``."""
 
@@ -63,7 +81,7 @@ class PointTuneConfig:
     aug: TuneAugment = field(default_factory=TuneAugment)
     batch_size: int = 2  # scenes per global batch (split over torchrun ranks; a multiple of the world size)
     levels: int | None = None  # up-cast levels of the features (None = all)
-    decoder_channels: int = 64  # method=decoder: width of the level decoder
+    decoder: TuneDecoder = field(default_factory=TuneDecoder)  # method=decoder
     eval_grid_size: float = 0.02  # voxel size of the full-resolution evaluation
     out: str = "runs/tune"  # tune_results.{md,json}, ladder.png, runs/<method>-<hash>/
     device: str = "auto"  # auto | cpu | cuda
@@ -93,6 +111,24 @@ class LevelDecoder(nn.Module):
         for i, lvl in enumerate(levels[-2::-1]):
             child = levels[len(levels) - 1 - i]
             h = self.up[i](torch.cat([lvl.feat.float(), h[child.pooling_inverse]], 1))
+        inv = inputs.get("inverse")
+        return self.cls(h if inv is None else h[inv])
+
+
+class PTv3SegDecoder(nn.Module):
+    """Frozen PTv3 encoder (held in a list, not a submodule) -> trainable :class:`PTv3Decoder` ->
+    linear classifier, logits for every row of ``inputs`` (the input points through ``inverse``)."""
+
+    def __init__(self, encoder: PointTransformerV3, decoder: PTv3Decoder, num_classes: int):
+        super().__init__()
+        self._enc = [encoder]
+        self.dec = decoder
+        self.cls = nn.Linear(decoder.out_channels, num_classes)
+
+    def forward(self, inputs: dict) -> torch.Tensor:
+        with torch.no_grad():
+            top = self._enc[0](_point(inputs))
+        h = self.dec(top).feat
         inv = inputs.get("inverse")
         return self.cls(h if inv is None else h[inv])
 
@@ -245,9 +281,21 @@ class PointTuneTask:
         return f if inv is None else f[inv]
 
     def decoder(self, encoder: nn.Module, num_classes: int) -> nn.Module | None:
+        d = self.cfg.decoder
+        if d.kind not in ("auto", "ptv3", "level"):
+            raise ConfigError(f"tune: decoder.kind must be auto, ptv3 or level, got {d.kind!r}")
+        is_ptv3 = isinstance(encoder, PointTransformerV3)
+        if d.kind == "ptv3" and not is_ptv3:
+            raise ConfigError(f"tune: decoder.kind=ptv3 needs a PTv3 encoder, got {type(encoder).__name__}")
+        if is_ptv3 and d.kind != "level":
+            n = encoder.num_stages - 1  # the defaults (Pointcept's 4 poolings) trimmed to shallower encoders
+            dec = PTv3Decoder.for_encoder(encoder, d.drop_path, dec_depths=d.depths[:n],
+                                          dec_channels=d.channels[:n], dec_num_head=d.num_head[:n],
+                                          dec_patch_size=d.patch_size[:n])
+            return PTv3SegDecoder(encoder, dec, num_classes).to(self.device)
         probe = next(self.eval_batches(self.cfg.tune.eval_split, 0, 1)).inputs
         dims = level_dims(encoder, probe)
-        return LevelDecoder(encoder, dims, num_classes, self.cfg.decoder_channels).to(self.device)
+        return LevelDecoder(encoder, dims, num_classes, d.level_channels).to(self.device)
 
 
 def run_point_tune(cfg: PointTuneConfig, max_steps: int | None = None) -> dict:
@@ -260,5 +308,5 @@ def run_point_tune(cfg: PointTuneConfig, max_steps: int | None = None) -> dict:
     return run_tuning(task, cfg.tune, cfg.out, cfg=cfg, device=device, max_steps=max_steps)
 
 
-__all__ = ["PointTuneConfig", "PointTuneTask", "LevelDecoder", "run_point_tune", "TuneDataSpec",
-           "TuneAugment"]
+__all__ = ["PointTuneConfig", "PointTuneTask", "LevelDecoder", "PTv3SegDecoder", "run_point_tune",
+           "TuneDataSpec", "TuneAugment", "TuneDecoder"]

@@ -249,3 +249,76 @@ def test_a_refused_method_writes_nothing(tmp_path, capsys, keys):
     assert main(["tune", *keys, f"out={out}"]) == 2
     assert "error: tuning:" in capsys.readouterr().err
     assert not out.exists()
+
+
+# ------------------------------------------------------------------------------- method=decoder, PTv3
+TINY_PTV3 = ["encoder.name=ptv3_tiny", "encoder.config={}", "aug.max_points=600", "tune.progress=false",
+             "tune.steps=2", "tune.warmup=1", "batch_size=2", "device=cpu", "tune.method=decoder",
+             "tune.head_lr=0.01"]
+
+
+def test_decoder_defaults_are_pointcept_dec_configs():
+    """``semseg-sonata-v1m1-*-dec``: dec_depths (2,2,2,2), dec_channels (64,96,192,384), heads (4,6,12,24),
+    patch 1024; on a 5-stage Sonata-small encoder the release's parameter layout (dec.dec{s}.up /
+    block{i})."""
+    from pointprobe.models.ptv3 import SONATA_SMALL_CONFIG, PointTransformerV3, PTv3Decoder
+    from pointprobe.tune import TuneDecoder
+
+    d = TuneDecoder()
+    assert (d.kind, d.depths, d.channels, d.num_head, d.patch_size) == \
+        ("auto", [2, 2, 2, 2], [64, 96, 192, 384], [4, 6, 12, 24], [1024] * 4)
+    enc = PointTransformerV3(**SONATA_SMALL_CONFIG)
+    dec = PTv3Decoder.for_encoder(enc)
+    shapes = {k: tuple(v.shape) for k, v in dec.state_dict().items()}
+    assert list(dec.dec) == ["dec3", "dec2", "dec1", "dec0"] and dec.out_channels == 64
+    assert shapes["dec.dec3.up.proj.0.weight"] == (384, 512)  # from the deepest encoder stage
+    assert shapes["dec.dec3.up.proj_skip.0.weight"] == (384, 256)  # skip: encoder stage 3
+    assert shapes["dec.dec0.up.proj.0.weight"] == (64, 96)
+    assert shapes["dec.dec0.up.proj_skip.0.weight"] == (64, 32)
+    for s, (c, h) in enumerate(zip([64, 96, 192, 384], [4, 6, 12, 24])):
+        stage = dec.dec[f"dec{s}"]
+        assert stage.depth == 2 and not hasattr(stage, "block2")
+        assert stage.block0.attn.num_heads == h and stage.block1.attn.qkv.in_features == c
+        assert stage.block0.attn.patch_size == 1024
+
+
+def test_ptv3_decoder_logits_at_full_resolution(rooms, tmp_path):
+    """Every input point of a scene gets logits; the decoded finest level is dec_channels[0] wide with one
+    row per encoder input row, and the encoder's own levels keep their features."""
+    from pointprobe.tune import PTv3SegDecoder, _point
+
+    task = PointTuneTask(_cfg(rooms, tmp_path, *TINY_PTV3), torch.device("cpu"))
+    enc, _ = task.build_encoder(torch.device("cpu"))
+    dec = task.decoder(enc, len(task.class_names))
+    assert isinstance(dec, PTv3SegDecoder)
+    assert list(dec.dec.dec) == ["dec1", "dec0"] and dec.dec.out_channels == 64  # trimmed to 2 poolings
+    b = next(task.eval_batches("val", 0, 1))
+    z = dec(b.inputs)
+    assert z.shape == (len(b.labels), len(task.class_names)) and torch.isfinite(z).all()
+    with torch.no_grad():
+        top = enc(_point(b.inputs))
+        before = [lvl.feat.clone() for lvl in top.levels()]
+        out = dec.dec(top)
+    assert out.feat.shape == (len(b.inputs["coord"]), 64)
+    assert all(torch.equal(a, lvl.feat) for a, lvl in zip(before, top.levels()))
+
+
+def test_ptv3_decoder_trains_only_the_decoder(rooms, tmp_path):
+    """method=decoder on PTv3: the encoder is bitwise unchanged, every decoder stage and the classifier
+    move, and the trainable set is exactly the decoder."""
+    out = tmp_path / "out"
+    cfg = _cfg(rooms, out, *TINY_PTV3)
+    row = run_point_tune(cfg)
+    assert row["method"] == "decoder" and row["encoder_trainable_params"] == 0
+    st = torch.load(_run_dir(out) / "last.pth", weights_only=False)
+    base = _encoder_sd(cfg)
+    enc = {k[len("encoder."):]: v for k, v in st["model"].items() if k.startswith("encoder.")}
+    assert enc.keys() == base.keys() and all(torch.equal(enc[k], base[k]) for k in base)
+    dec = {k: v for k, v in st["model"].items() if k.startswith("decoder.")}
+    assert set(st["trainable"]) == set(dec)
+    assert {k.split(".")[3] for k in dec if k.startswith("decoder.dec.dec.")} == {"dec0", "dec1"}
+    init = PointTuneTask(cfg, torch.device("cpu"))
+    torch.manual_seed(cfg.tune.seed + 1)  # the loop builds the decoder under this seed
+    fresh = init.decoder(init.build_encoder(torch.device("cpu"))[0], len(init.class_names)).state_dict()
+    for name in ("dec.dec.dec1.block0.attn.qkv.weight", "dec.dec.dec0.up.proj_skip.0.weight", "cls.weight"):
+        assert not torch.equal(fresh[name], dec[f"decoder.{name}"]), name
