@@ -322,3 +322,46 @@ def test_ptv3_decoder_trains_only_the_decoder(rooms, tmp_path):
     fresh = init.decoder(init.build_encoder(torch.device("cpu"))[0], len(init.class_names)).state_dict()
     for name in ("dec.dec.dec1.block0.attn.qkv.weight", "dec.dec.dec0.up.proj_skip.0.weight", "cls.weight"):
         assert not torch.equal(fresh[name], dec[f"decoder.{name}"]), name
+
+
+# ------------------------------------------------------------------------------------------ preemption
+def test_sigterm_saves_at_the_step_boundary_and_the_rerun_resumes_exactly(rooms, tmp_path, monkeypatch,
+                                                                          capsys):
+    """SIGTERM after step 2 of 4 (save_every=4: no checkpoint due): `pointprobe tune` writes last.pth at
+    step 2 and exits 3 (as `pretrain`); the same command then finishes with the weights, losses and mIoU of
+    an uninterrupted run."""
+    import signal
+
+    from common.tuning.loop import Tuner
+    from pointprobe.cli import main
+
+    args = ["tune", f"data.root={rooms}", *TINY_SPARSEUNET, "tune.method=ssf", "tune.steps=4",
+            "tune.save_every=4"]
+    assert main([*args, f"out={tmp_path / 'ref'}"]) == 0
+    real = Tuner.train_step
+
+    def train_step(self, micro):
+        out = real(self, micro)
+        if self.state.step == 1:  # the step in progress is step 2 (counted after train_step returns)
+            os.kill(os.getpid(), signal.SIGTERM)
+        return out
+
+    monkeypatch.setattr(Tuner, "train_step", train_step)
+    out = tmp_path / "run"
+    capsys.readouterr()
+    assert main([*args, f"out={out}"]) == 3
+    assert "interrupted at step 2 (SIGTERM), resumable: rerun the same command" in capsys.readouterr().err
+    run = _run_dir(out)
+    assert torch.load(run / "last.pth", weights_only=False)["step"] == 2
+    assert not (out / "tune_results.json").exists()
+    monkeypatch.undo()
+    assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL  # handlers restored
+    assert main([*args, f"out={out}"]) == 0
+    a = torch.load(_run_dir(tmp_path / "ref") / "last.pth", weights_only=False)
+    b = torch.load(run / "last.pth", weights_only=False)
+    assert a["model"].keys() == b["model"].keys()
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+    assert [h["loss"] for h in a["history"]] == [h["loss"] for h in b["history"]]
+    ra = json.loads((tmp_path / "ref" / "tune_results.json").read_text())["rows"][0]
+    rb = json.loads((out / "tune_results.json").read_text())["rows"][0]
+    assert ra["mIoU"] == rb["mIoU"] and rb["resumed"] is True
