@@ -7,6 +7,9 @@ z rotation, small x / y rotations, flips, jitter, then the voxel grid of the aug
 scene's randomness is keyed by (seed, epoch, scene index), never by rank. Evaluation encodes every
 scene of a split at full resolution: grid sampling at the release's 0.02 m (canonical point per
 voxel, as ``pointprobe extract``), features copied back to every input point, mIoU over all points.
+The model runs on the voxels; the loop copies the voxel logits to the input points and scores them in
+chunks of ``tune.eval_chunk`` points (``TuneBatch.expand``), so a large scene never holds full-resolution
+features.
 
 ``method=decoder`` (Pointcept ``dec``): the frozen encoder + a trainable decoder + a linear classifier
 on the finest decoded level, copied back to every input point. PTv3 encoders get
@@ -237,10 +240,10 @@ class PointTuneTask:
             gs = grid_sample(xyz, self.cfg.eval_grid_size, mode="first", source=sc.name, align="world")
             index = canonical_index(gs.inverse, len(gs), feat)
             part = (xyz[index].astype(np.float32), gs.grid_coord.astype(np.int64), feat[index], None)
-            inputs = self._collate([part], self.device)
-            inputs["inverse"] = torch.from_numpy(gs.inverse).to(self.device)
-            y = torch.from_numpy(self._labels(sc))
-            yield TuneBatch(inputs, y, np.full(len(y), gi, np.int64))
+            inputs = self._collate([part], self.device)  # the model scores voxels (inverse None) ...
+            y = torch.from_numpy(self._labels(sc))  # ... the loop copies them to the points, chunk by chunk
+            yield TuneBatch(inputs, y, np.full(len(y), gi, np.int64),
+                            expand=torch.from_numpy(gs.inverse.astype(np.int64)))
 
     # -- encoder -------------------------------------------------------------------------------
     def build_encoder(self, device: torch.device) -> tuple[nn.Module, dict]:

@@ -293,8 +293,9 @@ def test_ptv3_decoder_logits_at_full_resolution(rooms, tmp_path):
     assert isinstance(dec, PTv3SegDecoder)
     assert list(dec.dec.dec) == ["dec1", "dec0"] and dec.dec.out_channels == 64  # trimmed to 2 poolings
     b = next(task.eval_batches("val", 0, 1))
-    z = dec(b.inputs)
+    z = dec(b.inputs)[b.expand]  # voxel logits copied to every input point
     assert z.shape == (len(b.labels), len(task.class_names)) and torch.isfinite(z).all()
+    assert len(b.inputs["coord"]) < len(b.labels)  # the grid sampling merged points
     with torch.no_grad():
         top = enc(_point(b.inputs))
         before = [lvl.feat.clone() for lvl in top.levels()]
@@ -365,3 +366,45 @@ def test_sigterm_saves_at_the_step_boundary_and_the_rerun_resumes_exactly(rooms,
     ra = json.loads((tmp_path / "ref" / "tune_results.json").read_text())["rows"][0]
     rb = json.loads((out / "tune_results.json").read_text())["rows"][0]
     assert ra["mIoU"] == rb["mIoU"] and rb["resumed"] is True
+
+
+# ------------------------------------------------------------------------------------- chunked eval
+@pytest.mark.parametrize("method", ["linear", "decoder"])
+def test_chunked_evaluation_gives_the_unchunked_confusion(rooms, tmp_path, monkeypatch, method):
+    """Points scored in chunks of 97 (tune.eval_chunk) give the confusion of all points at once, and of
+    the logits computed at full resolution directly (features copied to every point first)."""
+    import common.tuning.loop as loop
+    from common.tuning.loop import Tuner
+
+    confs = []
+    real = loop.reduce_scorer
+    monkeypatch.setattr(loop, "reduce_scorer", lambda s: confs.append(s.conf.clone()) or real(s))
+    cfg = _cfg(rooms, tmp_path, f"tune.method={method}", "tune.steps=1")
+    task = PointTuneTask(cfg, torch.device("cpu"))
+    (tmp_path / "run").mkdir()
+    tuner = Tuner(task, cfg.tune, tmp_path / "run", torch.device("cpu"))
+    tuner.train(1)
+    res = {}
+    for chunk in (0, 97):
+        tuner.s.eval_chunk = chunk
+        res[chunk] = tuner.evaluate("val")
+    assert torch.equal(confs[0], confs[1])
+    assert [r["mIoU"] for r in res[0]] == [r["mIoU"] for r in res[97]]
+    assert int(confs[1].sum()) == sum(int((b.labels >= 0).sum()) for b in task.eval_batches("val", 0, 1)) * (
+        tuner.grid.H if tuner.grid is not None else 1)
+    # the reference: full-resolution logits in one go (the model given the point -> voxel map itself)
+    ref = torch.zeros_like(confs[0])
+    C = len(task.class_names)
+    with torch.no_grad():
+        for b in task.eval_batches("val", 0, 1):
+            inputs = dict(b.inputs, inverse=b.expand)
+            if tuner.grid is not None:
+                z = tuner.grid.logits(tuner.model.head.norm(task.features(tuner.model.encoder, inputs)))
+            else:
+                z = tuner.model.logits(inputs)[:, None, :]
+            keep = b.labels >= 0
+            pred = z[keep].argmax(-1)  # (n, H)
+            y = b.labels[keep]
+            for h in range(pred.shape[1]):
+                ref[h * C * C:(h + 1) * C * C] += torch.bincount(y * C + pred[:, h], minlength=C * C)
+    assert torch.equal(ref, confs[0])

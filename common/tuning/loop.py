@@ -64,11 +64,15 @@ RESULTS = "tune_results"
 @dataclass
 class TuneBatch:
     """One batch: ``inputs`` for ``task.features``; ``labels`` (N,) int64 (-1 ignored); ``groups`` (N,)
-    int64 scene / video id (a video's views are averaged when scoring)."""
+    int64 scene / video id (a video's views are averaged when scoring). ``expand`` (evaluation, optional):
+    (N,) int64, the row of the model's output that scores each label row (points: the grid-sampled voxel
+    of every input point); the loop then scores the label rows in chunks of ``eval_chunk`` rows, so
+    full-resolution features are never held at once (None: output rows are the label rows)."""
 
     inputs: Any
     labels: torch.Tensor
     groups: np.ndarray
+    expand: torch.Tensor | None = None
 
 
 class TuneTask(Protocol):
@@ -135,6 +139,9 @@ class TuneSettings:
     # the same command then resumes exactly
     stop_signals: list[str] = field(default_factory=lambda: ["SIGTERM", "SIGINT", "SIGUSR1"])
     seed: int = 0
+    # evaluation: label rows (full-resolution points) gathered and scored per chunk when the task gives
+    # ``TuneBatch.expand``; bounds the memory of a large scene (0 = all rows at once)
+    eval_chunk: int = 262144
     select_split: str = "val"  # linear: the head of the grid is chosen on this split
     eval_split: str = "val"  # the split reported
     autocast: bool = True  # bf16 autocast on CUDA
@@ -581,15 +588,20 @@ class Tuner:
             groups = np.unique(np.concatenate(dist.all_gather_object(local)))
         scorer = Scorer(H, self.num_classes, task, groups is not None, groups)
         for b in batches if batches is not None else self.task.eval_batches(split, self.rank, self.world):
-            y = b.labels.cpu()
-            keep = y >= 0
             if self.grid is not None:
                 x = self.model.head.norm(self._features(b.inputs, False).float())
                 z = self.grid.logits(x)
             else:
                 with _autocast(self.device, self.s.autocast):
                     z = self.model.logits(b.inputs).float()[:, None, :]
-            scorer.add(z[keep.to(z.device)], y[keep], np.asarray(b.groups)[keep.numpy()])
+            y_all, g_all = b.labels.cpu(), np.asarray(b.groups)
+            n = len(y_all)
+            step = n if b.expand is None or self.s.eval_chunk <= 0 else self.s.eval_chunk
+            for lo in range(0, max(n, 1), max(step, 1)):
+                y, g = y_all[lo:lo + step], g_all[lo:lo + step]
+                zc = z[lo:lo + step] if b.expand is None else z[b.expand[lo:lo + step].to(z.device)]
+                keep = y >= 0
+                scorer.add(zc[keep.to(zc.device)], y[keep], g[keep.numpy()])
         return reduce_scorer(scorer).result()
 
     def merge(self) -> int:
