@@ -9,7 +9,9 @@ scene of a split at full resolution: grid sampling at the release's 0.02 m (cano
 voxel, as ``pointprobe extract``), features copied back to every input point, mIoU over all points.
 The model runs on the voxels; the loop copies the voxel logits to the input points and scores them in
 chunks of ``tune.eval_chunk`` points (``TuneBatch.expand``), so a large scene never holds full-resolution
-features.
+features; a scene of more than ``eval_max_voxels`` voxels is encoded in overlapping spatial chunks (as
+``pointprobe extract``: ``spatial_chunks``, ``eval_chunk_margin`` metres of context, each voxel scored by
+the chunk whose core holds it).
 
 ``method=decoder`` (Pointcept ``dec``): the frozen encoder + a trainable decoder + a linear classifier
 on the finest decoded level, copied back to every input point. PTv3 encoders get
@@ -34,7 +36,7 @@ from common.errors import ConfigError, InputError
 from common.sampling import grid_sample, sphere_crop
 from common.tuning.loop import TuneBatch, TuneSettings
 from pointprobe.data.scannet import class_names, list_scenes, load_scene
-from pointprobe.models.encode import canonical_index, center_shift
+from pointprobe.models.encode import _ALIGN, canonical_index, center_shift, spatial_chunks
 from pointprobe.models.ptv3 import PTV3_DEC_DEFAULTS, PointTransformerV3, PTv3Decoder
 from pointprobe.models.registry import PointEncoderConfig, build_encoder
 from pointprobe.models.structure import PointBatch, block_index
@@ -86,6 +88,10 @@ class PointTuneConfig:
     levels: int | None = None  # up-cast levels of the features (None = all)
     decoder: TuneDecoder = field(default_factory=TuneDecoder)  # method=decoder
     eval_grid_size: float = 0.02  # voxel size of the full-resolution evaluation
+    # evaluation of large scenes: more voxels than this -> overlapping spatial chunks (as pointprobe
+    # extract's max_points), each scoring its core voxels with eval_chunk_margin metres of context
+    eval_max_voxels: int = 400_000
+    eval_chunk_margin: float = 1.0
     out: str = "runs/tune"  # tune_results.{md,json}, ladder.png, runs/<method>-<hash>/
     device: str = "auto"  # auto | cpu | cuda
 
@@ -203,9 +209,9 @@ class PointTuneTask:
         return c32, grid.astype(np.int64), feat, self._labels(scene)[idx][k]
 
     @staticmethod
-    def _collate(parts: list[tuple[np.ndarray, ...]], device: torch.device) -> dict:
+    def _collate(parts: list[tuple[np.ndarray, ...]], device: torch.device, shift: bool = True) -> dict:
         coord = np.concatenate([p[0] for p in parts])
-        grid = np.concatenate([p[1] - p[1].min(0) for p in parts])
+        grid = np.concatenate([p[1] - p[1].min(0) if shift else p[1] for p in parts])
         feat = np.concatenate([p[2] for p in parts])
         offset = np.cumsum([len(p[0]) for p in parts])
         return {"coord": torch.from_numpy(coord).to(device), "grid_coord": torch.from_numpy(grid).to(device),
@@ -230,7 +236,9 @@ class PointTuneTask:
             yield TuneBatch(inputs, labels, groups)
 
     def eval_batches(self, split: str, rank: int, world: int) -> Iterator[TuneBatch]:
-        """One scene per batch at full resolution (every input point scored); scenes sharded over ranks."""
+        """Every input point of every scene scored (scenes sharded over ranks): one batch per scene, or
+        per spatial chunk of a scene with more than ``eval_max_voxels`` voxels (the chunk's core voxels
+        and their points; the cores partition the scene)."""
         scenes = self.scenes(split)
         for gi in dist.shard(range(len(scenes)), rank, world):
             sc = scenes[gi]
@@ -239,11 +247,28 @@ class PointTuneTask:
                          sc.normal)
             gs = grid_sample(xyz, self.cfg.eval_grid_size, mode="first", source=sc.name, align="world")
             index = canonical_index(gs.inverse, len(gs), feat)
-            part = (xyz[index].astype(np.float32), gs.grid_coord.astype(np.int64), feat[index], None)
-            inputs = self._collate([part], self.device)  # the model scores voxels (inverse None) ...
-            y = torch.from_numpy(self._labels(sc))  # ... the loop copies them to the points, chunk by chunk
-            yield TuneBatch(inputs, y, np.full(len(y), gi, np.int64),
-                            expand=torch.from_numpy(gs.inverse.astype(np.int64)))
+            vc, vg, vf = xyz[index], gs.grid_coord.astype(np.int64), feat[index]
+            labels = self._labels(sc)
+            m, mx = len(gs), self.cfg.eval_max_voxels
+            if mx <= 0 or m <= mx:
+                part = (vc.astype(np.float32), vg, vf, None)
+                inputs = self._collate([part], self.device)  # the model scores voxels (inverse None) ...
+                y = torch.from_numpy(labels)  # ... the loop copies them to the points, chunk by chunk
+                yield TuneBatch(inputs, y, np.full(len(y), gi, np.int64),
+                                expand=torch.from_numpy(gs.inverse.astype(np.int64)))
+                continue
+            local = np.full(m, -1, dtype=np.int64)
+            for rows, core in spatial_chunks(vc, mx, self.cfg.eval_chunk_margin):
+                local[:] = -1
+                local[rows[core]] = np.flatnonzero(core)
+                src = local[gs.inverse]
+                pts = np.flatnonzero(src >= 0)  # the points whose voxel is a core voxel of this chunk
+                gc = vg[rows]
+                gc = gc - (gc.min(axis=0) // _ALIGN) * _ALIGN  # pooling cells as in the whole scene
+                inputs = self._collate([(vc[rows].astype(np.float32), gc, vf[rows], None)], self.device,
+                                       shift=False)
+                yield TuneBatch(inputs, torch.from_numpy(labels[pts]), np.full(len(pts), gi, np.int64),
+                                expand=torch.from_numpy(src[pts]))
 
     # -- encoder -------------------------------------------------------------------------------
     def build_encoder(self, device: torch.device) -> tuple[nn.Module, dict]:

@@ -372,7 +372,8 @@ def test_sigterm_saves_at_the_step_boundary_and_the_rerun_resumes_exactly(rooms,
 @pytest.mark.parametrize("method", ["linear", "decoder"])
 def test_chunked_evaluation_gives_the_unchunked_confusion(rooms, tmp_path, monkeypatch, method):
     """Points scored in chunks of 97 (tune.eval_chunk) give the confusion of all points at once, and of
-    the logits computed at full resolution directly (features copied to every point first)."""
+    the logits computed at full resolution directly (features copied to every point first); scenes split
+    into spatial chunks (eval_max_voxels) score every point once."""
     import common.tuning.loop as loop
     from common.tuning.loop import Tuner
 
@@ -408,3 +409,14 @@ def test_chunked_evaluation_gives_the_unchunked_confusion(rooms, tmp_path, monke
             for h in range(pred.shape[1]):
                 ref[h * C * C:(h + 1) * C * C] += torch.bincount(y * C + pred[:, h], minlength=C * C)
     assert torch.equal(ref, confs[0])
+    # spatial chunks of at most a third of the voxels: with context covering the whole room every chunk
+    # sees the scene as it is, so the confusion is the same; with 0.1 m of context every point is still
+    # scored exactly once
+    m = min(len(b.inputs["coord"]) for b in task.eval_batches("val", 0, 1))
+    task.cfg.eval_max_voxels, task.cfg.eval_chunk_margin = m // 3, 100.0
+    assert len(list(task.eval_batches("val", 0, 1))) >= 3 * len(task.scenes("val"))
+    tuner.evaluate("val")
+    assert torch.equal(confs[-1], confs[0])
+    task.cfg.eval_chunk_margin = 0.1
+    tuner.evaluate("val")
+    assert int(confs[-1].sum()) == int(confs[0].sum())
