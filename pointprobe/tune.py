@@ -14,13 +14,14 @@ features; a scene of more than ``eval_max_voxels`` voxels is encoded in overlapp
 the chunk whose core holds it).
 
 ``method=decoder`` (Pointcept ``dec``): the frozen encoder + a trainable decoder + a linear classifier
-on the finest decoded level, copied back to every input point. PTv3 encoders get
+on the finest decoded level (``decoder.*`` keys). PTv3 encoders get
 :class:`pointprobe.models.ptv3.PTv3Decoder` (the release's decoder stages: unpooling
 ``proj_skip(skip) + proj(coarse)[inverse]``, then PTv3 blocks; Pointcept's ``*-dec`` configs: depths
-2,2,2,2, channels 64,96,192,384, heads 4,6,12,24; ``decoder.*`` keys). Other encoders get
-:class:`LevelDecoder`, a light U-Net-style MLP decoder over the frozen encoder's levels: from the deepest
-level up, ``h <- MLP(concat(level.feat, h[pooling_inverse]))`` (Linear, LayerNorm, GELU;
-``decoder.level_channels`` wide).
+2,2,2,2, channels 64,96,192,384, heads 4,6,12,24). SparseUNet encoders get their architecture's own
+MinkUNet decoder (:class:`SparseUNetSegDecoder`; the same lists, finest level first). Other encoders
+(or ``decoder.kind=level``) get :class:`LevelDecoder`, a light U-Net-style MLP decoder over the frozen
+encoder's levels: from the deepest level up, ``h <- MLP(concat(level.feat, h[pooling_inverse]))``
+(Linear, LayerNorm, GELU; ``decoder.level_channels`` wide).
 """
 from __future__ import annotations
 
@@ -39,6 +40,7 @@ from pointprobe.data.scannet import class_names, list_scenes, load_scene
 from pointprobe.models.encode import _ALIGN, canonical_index, center_shift, spatial_chunks
 from pointprobe.models.ptv3 import PTV3_DEC_DEFAULTS, PointTransformerV3, PTv3Decoder
 from pointprobe.models.registry import PointEncoderConfig, build_encoder
+from pointprobe.models.sparseunet import SparseUNet
 from pointprobe.models.structure import PointBatch, block_index
 from pointprobe.pretrain.views import ViewConfig, augment_geometry, color_jitter
 
@@ -67,7 +69,7 @@ class TuneAugment:
 class TuneDecoder:
     """``method=decoder``: the decoder trained over the frozen encoder (see the module docstring)."""
 
-    kind: str = "auto"  # auto (ptv3 for PTv3 encoders, else level) | ptv3 | level
+    kind: str = "auto"  # auto (the encoder's own: ptv3 | sparseunet; else level) | ptv3 | sparseunet | level
     depths: list[int] = field(default_factory=lambda: list(PTV3_DEC_DEFAULTS["dec_depths"]))
     channels: list[int] = field(default_factory=lambda: list(PTV3_DEC_DEFAULTS["dec_channels"]))
     num_head: list[int] = field(default_factory=lambda: list(PTV3_DEC_DEFAULTS["dec_num_head"]))
@@ -120,6 +122,37 @@ class LevelDecoder(nn.Module):
         for i, lvl in enumerate(levels[-2::-1]):
             child = levels[len(levels) - 1 - i]
             h = self.up[i](torch.cat([lvl.feat.float(), h[child.pooling_inverse]], 1))
+        inv = inputs.get("inverse")
+        return self.cls(h if inv is None else h[inv])
+
+
+class SparseUNetSegDecoder(nn.Module):
+    """Frozen SparseUNet encoder + the architecture's own MinkUNet decoder (``ups``: SparseInverseConv3d
+    back to the finer level, skip concatenation, residual SubMConv blocks; trainable) + linear classifier.
+
+    The decoder is built by the SparseUNet class itself (a twin with ``decoder_channels`` /
+    ``decoder_depths``; only its ``ups`` are kept) and lent to the encoder for each forward pass (the
+    encoder runs it after its levels, reusing their conv indices); the encoder's own ``ups`` are restored
+    afterwards, so no decoder parameter ever appears under ``encoder.``.
+    """
+
+    def __init__(self, encoder: nn.Module, channels: list[int], depths: list[int], num_classes: int):
+        super().__init__()
+        self._enc = [encoder]
+        twin = type(encoder)(**{**encoder.config, "decoder_channels": channels, "decoder_depths": depths})
+        self.ups = twin.ups
+        self.cls = nn.Linear(channels[-1], num_classes)
+
+    def forward(self, inputs: dict) -> torch.Tensor:
+        enc = self._enc[0]
+        own = enc._modules["ups"]
+        enc._modules["ups"] = self.ups
+        enc._algo_device = None  # re-sync the conv algorithms (the lent decoder's too) to the device
+        try:
+            out = enc(_point(inputs))  # encoder weights frozen: autograd records the decoder only
+        finally:
+            enc._modules["ups"] = own
+        h = out.cache["decoded"]
         inv = inputs.get("inverse")
         return self.cls(h if inv is None else h[inv])
 
@@ -310,11 +343,16 @@ class PointTuneTask:
 
     def decoder(self, encoder: nn.Module, num_classes: int) -> nn.Module | None:
         d = self.cfg.decoder
-        if d.kind not in ("auto", "ptv3", "level"):
-            raise ConfigError(f"tune: decoder.kind must be auto, ptv3 or level, got {d.kind!r}")
+        if d.kind not in ("auto", "ptv3", "sparseunet", "level"):
+            raise ConfigError(f"tune: decoder.kind must be auto, ptv3, sparseunet or level, got {d.kind!r}")
         is_ptv3 = isinstance(encoder, PointTransformerV3)
-        if d.kind == "ptv3" and not is_ptv3:
-            raise ConfigError(f"tune: decoder.kind=ptv3 needs a PTv3 encoder, got {type(encoder).__name__}")
+        is_unet = isinstance(encoder, SparseUNet)
+        if (d.kind == "ptv3" and not is_ptv3) or (d.kind == "sparseunet" and not is_unet):
+            raise ConfigError(f"tune: decoder.kind={d.kind} does not fit a {type(encoder).__name__} encoder")
+        if is_unet and d.kind != "level":
+            n = encoder.num_levels - 1  # up-sampling steps, coarse to fine: the lists reversed
+            return SparseUNetSegDecoder(encoder, d.channels[:n][::-1], d.depths[:n][::-1],
+                                        num_classes).to(self.device)
         if is_ptv3 and d.kind != "level":
             n = encoder.num_stages - 1  # the defaults (Pointcept's 4 poolings) trimmed to shallower encoders
             dec = PTv3Decoder.for_encoder(encoder, d.drop_path, dec_depths=d.depths[:n],
@@ -336,5 +374,6 @@ def run_point_tune(cfg: PointTuneConfig, max_steps: int | None = None) -> dict:
     return run_tuning(task, cfg.tune, cfg.out, cfg=cfg, device=device, max_steps=max_steps)
 
 
-__all__ = ["PointTuneConfig", "PointTuneTask", "LevelDecoder", "PTv3SegDecoder", "run_point_tune",
+__all__ = ["PointTuneConfig", "PointTuneTask", "LevelDecoder", "PTv3SegDecoder", "SparseUNetSegDecoder",
+           "run_point_tune",
            "TuneDataSpec", "TuneAugment", "TuneDecoder"]

@@ -420,3 +420,34 @@ def test_chunked_evaluation_gives_the_unchunked_confusion(rooms, tmp_path, monke
     task.cfg.eval_chunk_margin = 0.1
     tuner.evaluate("val")
     assert int(confs[-1].sum()) == int(confs[0].sum())
+
+
+def test_sparseunet_decoder_is_its_own_minkunet_decoder_and_only_it_trains(rooms, tmp_path):
+    """method=decoder on a SparseUNet: the architecture's UpBlocks (lent to the frozen encoder per forward,
+    never registered under encoder.), logits for every point; decoder.kind=level keeps the MLP fallback."""
+    from pointprobe.models.sparseunet import UpBlock
+    from pointprobe.tune import LevelDecoder, SparseUNetSegDecoder
+
+    cfg = _cfg(rooms, tmp_path / "out", "tune.method=decoder", "tune.steps=2")
+    task = PointTuneTask(cfg, torch.device("cpu"))
+    enc, _ = task.build_encoder(torch.device("cpu"))
+    dec = task.decoder(enc, len(task.class_names))
+    assert isinstance(dec, SparseUNetSegDecoder) and all(isinstance(u, UpBlock) for u in dec.ups)
+    assert [u.up.out_channels for u in dec.ups] == [96, 64]  # coarse -> fine: decoder.channels[:2] reversed
+    b = next(task.eval_batches("val", 0, 1))
+    z = dec(b.inputs)
+    assert z.shape == (len(b.inputs["coord"]), len(task.class_names))
+    assert len(enc.ups) == 0 and not any(n.startswith("ups.") for n, _ in enc.named_parameters())
+    level = PointTuneTask(_cfg(rooms, tmp_path / "lvl", "tune.method=decoder", "decoder.kind=level"),
+                          torch.device("cpu"))
+    assert isinstance(level.decoder(enc, len(task.class_names)), LevelDecoder)
+    with pytest.raises(ConfigError, match="does not fit"):
+        PointTuneTask(_cfg(rooms, tmp_path / "x", "decoder.kind=ptv3"), torch.device("cpu")).decoder(enc, 3)
+    row = run_point_tune(cfg)
+    assert row["encoder_trainable_params"] == 0
+    st = torch.load(_run_dir(tmp_path / "out") / "last.pth", weights_only=False)
+    base = _encoder_sd(cfg)
+    encs = {k[len("encoder."):]: v for k, v in st["model"].items() if k.startswith("encoder.")}
+    assert encs.keys() == base.keys() and all(torch.equal(encs[k], base[k]) for k in base)
+    assert set(st["trainable"]) == {k for k in st["model"] if k.startswith("decoder.")}
+    assert any(k.startswith("decoder.ups.0.blocks.0.conv1") for k in st["trainable"])
