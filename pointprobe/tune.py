@@ -7,11 +7,21 @@ z rotation, small x / y rotations, flips, jitter, then the voxel grid of the aug
 scene's randomness is keyed by (seed, epoch, scene index), never by rank. Evaluation encodes every
 scene of a split at full resolution: grid sampling at the release's 0.02 m (canonical point per
 voxel, as ``pointprobe extract``), features copied back to every input point, mIoU over all points.
+The model runs on the voxels; the loop copies the voxel logits to the input points and scores them in
+chunks of ``tune.eval_chunk`` points (``TuneBatch.expand``), so a large scene never holds full-resolution
+features; a scene of more than ``eval_max_voxels`` voxels is encoded in overlapping spatial chunks (as
+``pointprobe extract``: ``spatial_chunks``, ``eval_chunk_margin`` metres of context, each voxel scored by
+the chunk whose core holds it).
 
-``method=decoder``: ``ptv3.py`` cannot build PTv3's decoder stages (``enc_mode=False`` is refused),
-so the decoder is :class:`LevelDecoder`, a light U-Net-style MLP decoder over the frozen encoder's
-levels: from the deepest level up, ``h <- MLP(concat(level.feat, h[pooling_inverse]))`` (Linear,
-LayerNorm, GELU; ``decoder_channels`` wide), then a linear classifier.
+``method=decoder`` (Pointcept ``dec``): the frozen encoder + a trainable decoder + a linear classifier
+on the finest decoded level (``decoder.*`` keys). PTv3 encoders get
+:class:`pointprobe.models.ptv3.PTv3Decoder` (the release's decoder stages: unpooling
+``proj_skip(skip) + proj(coarse)[inverse]``, then PTv3 blocks; Pointcept's ``*-dec`` configs: depths
+2,2,2,2, channels 64,96,192,384, heads 4,6,12,24). SparseUNet encoders get their architecture's own
+MinkUNet decoder (:class:`SparseUNetSegDecoder`; the same lists, finest level first). Other encoders
+(or ``decoder.kind=level``) get :class:`LevelDecoder`, a light U-Net-style MLP decoder over the frozen
+encoder's levels: from the deepest level up, ``h <- MLP(concat(level.feat, h[pooling_inverse]))``
+(Linear, LayerNorm, GELU; ``decoder.level_channels`` wide).
 """
 from __future__ import annotations
 
@@ -27,8 +37,10 @@ from common.errors import ConfigError, InputError
 from common.sampling import grid_sample, sphere_crop
 from common.tuning.loop import TuneBatch, TuneSettings
 from pointprobe.data.scannet import class_names, list_scenes, load_scene
-from pointprobe.models.encode import canonical_index, center_shift
+from pointprobe.models.encode import _ALIGN, canonical_index, center_shift, spatial_chunks
+from pointprobe.models.ptv3 import PTV3_DEC_DEFAULTS, PointTransformerV3, PTv3Decoder
 from pointprobe.models.registry import PointEncoderConfig, build_encoder
+from pointprobe.models.sparseunet import SparseUNet
 from pointprobe.models.structure import PointBatch, block_index
 from pointprobe.pretrain.views import ViewConfig, augment_geometry, color_jitter
 
@@ -54,6 +66,19 @@ class TuneAugment:
 
 
 @dataclass
+class TuneDecoder:
+    """``method=decoder``: the decoder trained over the frozen encoder (see the module docstring)."""
+
+    kind: str = "auto"  # auto (the encoder's own: ptv3 | sparseunet; else level) | ptv3 | sparseunet | level
+    depths: list[int] = field(default_factory=lambda: list(PTV3_DEC_DEFAULTS["dec_depths"]))
+    channels: list[int] = field(default_factory=lambda: list(PTV3_DEC_DEFAULTS["dec_channels"]))
+    num_head: list[int] = field(default_factory=lambda: list(PTV3_DEC_DEFAULTS["dec_num_head"]))
+    patch_size: list[int] = field(default_factory=lambda: list(PTV3_DEC_DEFAULTS["dec_patch_size"]))
+    drop_path: float = 0.0  # stochastic depth of the decoder blocks (linspace 0..drop_path, as the release)
+    level_channels: int = 64  # kind=level: width of the MLP level decoder
+
+
+@dataclass
 class PointTuneConfig:
     """Settings of ``pointprobe tune``."""
 
@@ -63,8 +88,12 @@ class PointTuneConfig:
     aug: TuneAugment = field(default_factory=TuneAugment)
     batch_size: int = 2  # scenes per global batch (split over torchrun ranks; a multiple of the world size)
     levels: int | None = None  # up-cast levels of the features (None = all)
-    decoder_channels: int = 64  # method=decoder: width of the level decoder
+    decoder: TuneDecoder = field(default_factory=TuneDecoder)  # method=decoder
     eval_grid_size: float = 0.02  # voxel size of the full-resolution evaluation
+    # evaluation of large scenes: more voxels than this -> overlapping spatial chunks (as pointprobe
+    # extract's max_points), each scoring its core voxels with eval_chunk_margin metres of context
+    eval_max_voxels: int = 400_000
+    eval_chunk_margin: float = 1.0
     out: str = "runs/tune"  # tune_results.{md,json}, ladder.png, runs/<method>-<hash>/
     device: str = "auto"  # auto | cpu | cuda
 
@@ -93,6 +122,55 @@ class LevelDecoder(nn.Module):
         for i, lvl in enumerate(levels[-2::-1]):
             child = levels[len(levels) - 1 - i]
             h = self.up[i](torch.cat([lvl.feat.float(), h[child.pooling_inverse]], 1))
+        inv = inputs.get("inverse")
+        return self.cls(h if inv is None else h[inv])
+
+
+class SparseUNetSegDecoder(nn.Module):
+    """Frozen SparseUNet encoder + the architecture's own MinkUNet decoder (``ups``: SparseInverseConv3d
+    back to the finer level, skip concatenation, residual SubMConv blocks; trainable) + linear classifier.
+
+    The decoder is built by the SparseUNet class itself (a twin with ``decoder_channels`` /
+    ``decoder_depths``; only its ``ups`` are kept) and lent to the encoder for each forward pass (the
+    encoder runs it after its levels, reusing their conv indices); the encoder's own ``ups`` are restored
+    afterwards, so no decoder parameter ever appears under ``encoder.``.
+    """
+
+    def __init__(self, encoder: nn.Module, channels: list[int], depths: list[int], num_classes: int):
+        super().__init__()
+        self._enc = [encoder]
+        twin = type(encoder)(**{**encoder.config, "decoder_channels": channels, "decoder_depths": depths})
+        self.ups = twin.ups
+        self.cls = nn.Linear(channels[-1], num_classes)
+
+    def forward(self, inputs: dict) -> torch.Tensor:
+        enc = self._enc[0]
+        own = enc._modules["ups"]
+        enc._modules["ups"] = self.ups
+        enc._algo_device = None  # re-sync the conv algorithms (the lent decoder's too) to the device
+        try:
+            out = enc(_point(inputs))  # encoder weights frozen: autograd records the decoder only
+        finally:
+            enc._modules["ups"] = own
+        h = out.cache["decoded"]
+        inv = inputs.get("inverse")
+        return self.cls(h if inv is None else h[inv])
+
+
+class PTv3SegDecoder(nn.Module):
+    """Frozen PTv3 encoder (held in a list, not a submodule) -> trainable :class:`PTv3Decoder` ->
+    linear classifier, logits for every row of ``inputs`` (the input points through ``inverse``)."""
+
+    def __init__(self, encoder: PointTransformerV3, decoder: PTv3Decoder, num_classes: int):
+        super().__init__()
+        self._enc = [encoder]
+        self.dec = decoder
+        self.cls = nn.Linear(decoder.out_channels, num_classes)
+
+    def forward(self, inputs: dict) -> torch.Tensor:
+        with torch.no_grad():
+            top = self._enc[0](_point(inputs))
+        h = self.dec(top).feat
         inv = inputs.get("inverse")
         return self.cls(h if inv is None else h[inv])
 
@@ -164,9 +242,9 @@ class PointTuneTask:
         return c32, grid.astype(np.int64), feat, self._labels(scene)[idx][k]
 
     @staticmethod
-    def _collate(parts: list[tuple[np.ndarray, ...]], device: torch.device) -> dict:
+    def _collate(parts: list[tuple[np.ndarray, ...]], device: torch.device, shift: bool = True) -> dict:
         coord = np.concatenate([p[0] for p in parts])
-        grid = np.concatenate([p[1] - p[1].min(0) for p in parts])
+        grid = np.concatenate([p[1] - p[1].min(0) if shift else p[1] for p in parts])
         feat = np.concatenate([p[2] for p in parts])
         offset = np.cumsum([len(p[0]) for p in parts])
         return {"coord": torch.from_numpy(coord).to(device), "grid_coord": torch.from_numpy(grid).to(device),
@@ -191,7 +269,9 @@ class PointTuneTask:
             yield TuneBatch(inputs, labels, groups)
 
     def eval_batches(self, split: str, rank: int, world: int) -> Iterator[TuneBatch]:
-        """One scene per batch at full resolution (every input point scored); scenes sharded over ranks."""
+        """Every input point of every scene scored (scenes sharded over ranks): one batch per scene, or
+        per spatial chunk of a scene with more than ``eval_max_voxels`` voxels (the chunk's core voxels
+        and their points; the cores partition the scene)."""
         scenes = self.scenes(split)
         for gi in dist.shard(range(len(scenes)), rank, world):
             sc = scenes[gi]
@@ -200,11 +280,28 @@ class PointTuneTask:
                          sc.normal)
             gs = grid_sample(xyz, self.cfg.eval_grid_size, mode="first", source=sc.name, align="world")
             index = canonical_index(gs.inverse, len(gs), feat)
-            part = (xyz[index].astype(np.float32), gs.grid_coord.astype(np.int64), feat[index], None)
-            inputs = self._collate([part], self.device)
-            inputs["inverse"] = torch.from_numpy(gs.inverse).to(self.device)
-            y = torch.from_numpy(self._labels(sc))
-            yield TuneBatch(inputs, y, np.full(len(y), gi, np.int64))
+            vc, vg, vf = xyz[index], gs.grid_coord.astype(np.int64), feat[index]
+            labels = self._labels(sc)
+            m, mx = len(gs), self.cfg.eval_max_voxels
+            if mx <= 0 or m <= mx:
+                part = (vc.astype(np.float32), vg, vf, None)
+                inputs = self._collate([part], self.device)  # the model scores voxels (inverse None) ...
+                y = torch.from_numpy(labels)  # ... the loop copies them to the points, chunk by chunk
+                yield TuneBatch(inputs, y, np.full(len(y), gi, np.int64),
+                                expand=torch.from_numpy(gs.inverse.astype(np.int64)))
+                continue
+            local = np.full(m, -1, dtype=np.int64)
+            for rows, core in spatial_chunks(vc, mx, self.cfg.eval_chunk_margin):
+                local[:] = -1
+                local[rows[core]] = np.flatnonzero(core)
+                src = local[gs.inverse]
+                pts = np.flatnonzero(src >= 0)  # the points whose voxel is a core voxel of this chunk
+                gc = vg[rows]
+                gc = gc - (gc.min(axis=0) // _ALIGN) * _ALIGN  # pooling cells as in the whole scene
+                inputs = self._collate([(vc[rows].astype(np.float32), gc, vf[rows], None)], self.device,
+                                       shift=False)
+                yield TuneBatch(inputs, torch.from_numpy(labels[pts]), np.full(len(pts), gi, np.int64),
+                                expand=torch.from_numpy(src[pts]))
 
     # -- encoder -------------------------------------------------------------------------------
     def build_encoder(self, device: torch.device) -> tuple[nn.Module, dict]:
@@ -245,9 +342,26 @@ class PointTuneTask:
         return f if inv is None else f[inv]
 
     def decoder(self, encoder: nn.Module, num_classes: int) -> nn.Module | None:
+        d = self.cfg.decoder
+        if d.kind not in ("auto", "ptv3", "sparseunet", "level"):
+            raise ConfigError(f"tune: decoder.kind must be auto, ptv3, sparseunet or level, got {d.kind!r}")
+        is_ptv3 = isinstance(encoder, PointTransformerV3)
+        is_unet = isinstance(encoder, SparseUNet)
+        if (d.kind == "ptv3" and not is_ptv3) or (d.kind == "sparseunet" and not is_unet):
+            raise ConfigError(f"tune: decoder.kind={d.kind} does not fit a {type(encoder).__name__} encoder")
+        if is_unet and d.kind != "level":
+            n = encoder.num_levels - 1  # up-sampling steps, coarse to fine: the lists reversed
+            return SparseUNetSegDecoder(encoder, d.channels[:n][::-1], d.depths[:n][::-1],
+                                        num_classes).to(self.device)
+        if is_ptv3 and d.kind != "level":
+            n = encoder.num_stages - 1  # the defaults (Pointcept's 4 poolings) trimmed to shallower encoders
+            dec = PTv3Decoder.for_encoder(encoder, d.drop_path, dec_depths=d.depths[:n],
+                                          dec_channels=d.channels[:n], dec_num_head=d.num_head[:n],
+                                          dec_patch_size=d.patch_size[:n])
+            return PTv3SegDecoder(encoder, dec, num_classes).to(self.device)
         probe = next(self.eval_batches(self.cfg.tune.eval_split, 0, 1)).inputs
         dims = level_dims(encoder, probe)
-        return LevelDecoder(encoder, dims, num_classes, self.cfg.decoder_channels).to(self.device)
+        return LevelDecoder(encoder, dims, num_classes, d.level_channels).to(self.device)
 
 
 def run_point_tune(cfg: PointTuneConfig, max_steps: int | None = None) -> dict:
@@ -260,5 +374,6 @@ def run_point_tune(cfg: PointTuneConfig, max_steps: int | None = None) -> dict:
     return run_tuning(task, cfg.tune, cfg.out, cfg=cfg, device=device, max_steps=max_steps)
 
 
-__all__ = ["PointTuneConfig", "PointTuneTask", "LevelDecoder", "run_point_tune", "TuneDataSpec",
-           "TuneAugment"]
+__all__ = ["PointTuneConfig", "PointTuneTask", "LevelDecoder", "PTv3SegDecoder", "SparseUNetSegDecoder",
+           "run_point_tune",
+           "TuneDataSpec", "TuneAugment", "TuneDecoder"]

@@ -140,7 +140,17 @@ def test_each_method_trains_only_what_it_declares(rooms, tmp_path, method, extra
         assert row["trainable_params"] > 0
 
 
-def test_resume_is_exact(rooms, tmp_path):
+@pytest.fixture
+def one_thread():
+    """Bitwise comparisons of two runs in one process: one torch thread (with two, identical runs do not
+    always agree bit for bit, depending on what ran before in the process; see test_reliability)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def test_resume_is_exact(rooms, tmp_path, one_thread):
     """Stop after a checkpoint, rerun: the same final row as an uninterrupted run."""
     extra = ["tune.method=ssf", "tune.steps=4", "tune.save_every=2"]
     full = run_point_tune(_cfg(rooms, tmp_path / "a", *extra))
@@ -249,3 +259,205 @@ def test_a_refused_method_writes_nothing(tmp_path, capsys, keys):
     assert main(["tune", *keys, f"out={out}"]) == 2
     assert "error: tuning:" in capsys.readouterr().err
     assert not out.exists()
+
+
+# ------------------------------------------------------------------------------- method=decoder, PTv3
+TINY_PTV3 = ["encoder.name=ptv3_tiny", "encoder.config={}", "aug.max_points=600", "tune.progress=false",
+             "tune.steps=2", "tune.warmup=1", "batch_size=2", "device=cpu", "tune.method=decoder",
+             "tune.head_lr=0.01"]
+
+
+def test_decoder_defaults_are_pointcept_dec_configs():
+    """``semseg-sonata-v1m1-*-dec``: dec_depths (2,2,2,2), dec_channels (64,96,192,384), heads (4,6,12,24),
+    patch 1024; on a 5-stage Sonata-small encoder the release's parameter layout (dec.dec{s}.up /
+    block{i})."""
+    from pointprobe.models.ptv3 import SONATA_SMALL_CONFIG, PointTransformerV3, PTv3Decoder
+    from pointprobe.tune import TuneDecoder
+
+    d = TuneDecoder()
+    assert (d.kind, d.depths, d.channels, d.num_head, d.patch_size) == \
+        ("auto", [2, 2, 2, 2], [64, 96, 192, 384], [4, 6, 12, 24], [1024] * 4)
+    enc = PointTransformerV3(**SONATA_SMALL_CONFIG)
+    dec = PTv3Decoder.for_encoder(enc)
+    shapes = {k: tuple(v.shape) for k, v in dec.state_dict().items()}
+    assert list(dec.dec) == ["dec3", "dec2", "dec1", "dec0"] and dec.out_channels == 64
+    assert shapes["dec.dec3.up.proj.0.weight"] == (384, 512)  # from the deepest encoder stage
+    assert shapes["dec.dec3.up.proj_skip.0.weight"] == (384, 256)  # skip: encoder stage 3
+    assert shapes["dec.dec0.up.proj.0.weight"] == (64, 96)
+    assert shapes["dec.dec0.up.proj_skip.0.weight"] == (64, 32)
+    for s, (c, h) in enumerate(zip([64, 96, 192, 384], [4, 6, 12, 24])):
+        stage = dec.dec[f"dec{s}"]
+        assert stage.depth == 2 and not hasattr(stage, "block2")
+        assert stage.block0.attn.num_heads == h and stage.block1.attn.qkv.in_features == c
+        assert stage.block0.attn.patch_size == 1024
+
+
+def test_ptv3_decoder_logits_at_full_resolution(rooms, tmp_path):
+    """Every input point of a scene gets logits; the decoded finest level is dec_channels[0] wide with one
+    row per encoder input row, and the encoder's own levels keep their features."""
+    from pointprobe.tune import PTv3SegDecoder, _point
+
+    task = PointTuneTask(_cfg(rooms, tmp_path, *TINY_PTV3), torch.device("cpu"))
+    enc, _ = task.build_encoder(torch.device("cpu"))
+    dec = task.decoder(enc, len(task.class_names))
+    assert isinstance(dec, PTv3SegDecoder)
+    assert list(dec.dec.dec) == ["dec1", "dec0"] and dec.dec.out_channels == 64  # trimmed to 2 poolings
+    b = next(task.eval_batches("val", 0, 1))
+    z = dec(b.inputs)[b.expand]  # voxel logits copied to every input point
+    assert z.shape == (len(b.labels), len(task.class_names)) and torch.isfinite(z).all()
+    assert len(b.inputs["coord"]) < len(b.labels)  # the grid sampling merged points
+    with torch.no_grad():
+        top = enc(_point(b.inputs))
+        before = [lvl.feat.clone() for lvl in top.levels()]
+        out = dec.dec(top)
+    assert out.feat.shape == (len(b.inputs["coord"]), 64)
+    assert all(torch.equal(a, lvl.feat) for a, lvl in zip(before, top.levels()))
+
+
+def test_ptv3_decoder_trains_only_the_decoder(rooms, tmp_path):
+    """method=decoder on PTv3: the encoder is bitwise unchanged, every decoder stage and the classifier
+    move, and the trainable set is exactly the decoder."""
+    out = tmp_path / "out"
+    cfg = _cfg(rooms, out, *TINY_PTV3)
+    row = run_point_tune(cfg)
+    assert row["method"] == "decoder" and row["encoder_trainable_params"] == 0
+    st = torch.load(_run_dir(out) / "last.pth", weights_only=False)
+    base = _encoder_sd(cfg)
+    enc = {k[len("encoder."):]: v for k, v in st["model"].items() if k.startswith("encoder.")}
+    assert enc.keys() == base.keys() and all(torch.equal(enc[k], base[k]) for k in base)
+    dec = {k: v for k, v in st["model"].items() if k.startswith("decoder.")}
+    assert set(st["trainable"]) == set(dec)
+    assert {k.split(".")[3] for k in dec if k.startswith("decoder.dec.dec.")} == {"dec0", "dec1"}
+    init = PointTuneTask(cfg, torch.device("cpu"))
+    torch.manual_seed(cfg.tune.seed + 1)  # the loop builds the decoder under this seed
+    fresh = init.decoder(init.build_encoder(torch.device("cpu"))[0], len(init.class_names)).state_dict()
+    for name in ("dec.dec.dec1.block0.attn.qkv.weight", "dec.dec.dec0.up.proj_skip.0.weight", "cls.weight"):
+        assert not torch.equal(fresh[name], dec[f"decoder.{name}"]), name
+
+
+# ------------------------------------------------------------------------------------------ preemption
+def test_sigterm_saves_at_the_step_boundary_and_the_rerun_resumes_exactly(rooms, tmp_path, monkeypatch,
+                                                                          capsys, one_thread):
+    """SIGTERM after step 2 of 4 (save_every=4: no checkpoint due): `pointprobe tune` writes last.pth at
+    step 2 and exits 3 (as `pretrain`); the same command then finishes with the weights, losses and mIoU of
+    an uninterrupted run."""
+    import signal
+
+    from common.tuning.loop import Tuner
+    from pointprobe.cli import main
+
+    args = ["tune", f"data.root={rooms}", *TINY_SPARSEUNET, "tune.method=ssf", "tune.steps=4",
+            "tune.save_every=4"]
+    assert main([*args, f"out={tmp_path / 'ref'}"]) == 0
+    real = Tuner.train_step
+
+    def train_step(self, micro):
+        out = real(self, micro)
+        if self.state.step == 1:  # the step in progress is step 2 (counted after train_step returns)
+            os.kill(os.getpid(), signal.SIGTERM)
+        return out
+
+    monkeypatch.setattr(Tuner, "train_step", train_step)
+    out = tmp_path / "run"
+    capsys.readouterr()
+    assert main([*args, f"out={out}"]) == 3
+    assert "interrupted at step 2 (SIGTERM), resumable: rerun the same command" in capsys.readouterr().err
+    run = _run_dir(out)
+    assert torch.load(run / "last.pth", weights_only=False)["step"] == 2
+    assert not (out / "tune_results.json").exists()
+    monkeypatch.undo()
+    assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL  # handlers restored
+    assert main([*args, f"out={out}"]) == 0
+    a = torch.load(_run_dir(tmp_path / "ref") / "last.pth", weights_only=False)
+    b = torch.load(run / "last.pth", weights_only=False)
+    assert a["model"].keys() == b["model"].keys()
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+    assert [h["loss"] for h in a["history"]] == [h["loss"] for h in b["history"]]
+    ra = json.loads((tmp_path / "ref" / "tune_results.json").read_text())["rows"][0]
+    rb = json.loads((out / "tune_results.json").read_text())["rows"][0]
+    assert ra["mIoU"] == rb["mIoU"] and rb["resumed"] is True
+
+
+# ------------------------------------------------------------------------------------- chunked eval
+@pytest.mark.parametrize("method", ["linear", "decoder"])
+def test_chunked_evaluation_gives_the_unchunked_confusion(rooms, tmp_path, monkeypatch, method):
+    """Points scored in chunks of 97 (tune.eval_chunk) give the confusion of all points at once, and of
+    the logits computed at full resolution directly (features copied to every point first); scenes split
+    into spatial chunks (eval_max_voxels) score every point once."""
+    import common.tuning.loop as loop
+    from common.tuning.loop import Tuner
+
+    confs = []
+    real = loop.reduce_scorer
+    monkeypatch.setattr(loop, "reduce_scorer", lambda s: confs.append(s.conf.clone()) or real(s))
+    cfg = _cfg(rooms, tmp_path, f"tune.method={method}", "tune.steps=1")
+    task = PointTuneTask(cfg, torch.device("cpu"))
+    (tmp_path / "run").mkdir()
+    tuner = Tuner(task, cfg.tune, tmp_path / "run", torch.device("cpu"))
+    tuner.train(1)
+    res = {}
+    for chunk in (0, 97):
+        tuner.s.eval_chunk = chunk
+        res[chunk] = tuner.evaluate("val")
+    assert torch.equal(confs[0], confs[1])
+    assert [r["mIoU"] for r in res[0]] == [r["mIoU"] for r in res[97]]
+    assert int(confs[1].sum()) == sum(int((b.labels >= 0).sum()) for b in task.eval_batches("val", 0, 1)) * (
+        tuner.grid.H if tuner.grid is not None else 1)
+    # the reference: full-resolution logits in one go (the model given the point -> voxel map itself)
+    ref = torch.zeros_like(confs[0])
+    C = len(task.class_names)
+    with torch.no_grad():
+        for b in task.eval_batches("val", 0, 1):
+            inputs = dict(b.inputs, inverse=b.expand)
+            if tuner.grid is not None:
+                z = tuner.grid.logits(tuner.model.head.norm(task.features(tuner.model.encoder, inputs)))
+            else:
+                z = tuner.model.logits(inputs)[:, None, :]
+            keep = b.labels >= 0
+            pred = z[keep].argmax(-1)  # (n, H)
+            y = b.labels[keep]
+            for h in range(pred.shape[1]):
+                ref[h * C * C:(h + 1) * C * C] += torch.bincount(y * C + pred[:, h], minlength=C * C)
+    assert torch.equal(ref, confs[0])
+    # spatial chunks of at most a third of the voxels: with context covering the whole room every chunk
+    # sees the scene as it is, so the confusion is the same; with 0.1 m of context every point is still
+    # scored exactly once
+    m = min(len(b.inputs["coord"]) for b in task.eval_batches("val", 0, 1))
+    task.cfg.eval_max_voxels, task.cfg.eval_chunk_margin = m // 3, 100.0
+    assert len(list(task.eval_batches("val", 0, 1))) >= 3 * len(task.scenes("val"))
+    tuner.evaluate("val")
+    assert torch.equal(confs[-1], confs[0])
+    task.cfg.eval_chunk_margin = 0.1
+    tuner.evaluate("val")
+    assert int(confs[-1].sum()) == int(confs[0].sum())
+
+
+def test_sparseunet_decoder_is_its_own_minkunet_decoder_and_only_it_trains(rooms, tmp_path):
+    """method=decoder on a SparseUNet: the architecture's UpBlocks (lent to the frozen encoder per forward,
+    never registered under encoder.), logits for every point; decoder.kind=level keeps the MLP fallback."""
+    from pointprobe.models.sparseunet import UpBlock
+    from pointprobe.tune import LevelDecoder, SparseUNetSegDecoder
+
+    cfg = _cfg(rooms, tmp_path / "out", "tune.method=decoder", "tune.steps=2")
+    task = PointTuneTask(cfg, torch.device("cpu"))
+    enc, _ = task.build_encoder(torch.device("cpu"))
+    dec = task.decoder(enc, len(task.class_names))
+    assert isinstance(dec, SparseUNetSegDecoder) and all(isinstance(u, UpBlock) for u in dec.ups)
+    assert [u.up.out_channels for u in dec.ups] == [96, 64]  # coarse -> fine: decoder.channels[:2] reversed
+    b = next(task.eval_batches("val", 0, 1))
+    z = dec(b.inputs)
+    assert z.shape == (len(b.inputs["coord"]), len(task.class_names))
+    assert len(enc.ups) == 0 and not any(n.startswith("ups.") for n, _ in enc.named_parameters())
+    level = PointTuneTask(_cfg(rooms, tmp_path / "lvl", "tune.method=decoder", "decoder.kind=level"),
+                          torch.device("cpu"))
+    assert isinstance(level.decoder(enc, len(task.class_names)), LevelDecoder)
+    with pytest.raises(ConfigError, match="does not fit"):
+        PointTuneTask(_cfg(rooms, tmp_path / "x", "decoder.kind=ptv3"), torch.device("cpu")).decoder(enc, 3)
+    row = run_point_tune(cfg)
+    assert row["encoder_trainable_params"] == 0
+    st = torch.load(_run_dir(tmp_path / "out") / "last.pth", weights_only=False)
+    base = _encoder_sd(cfg)
+    encs = {k[len("encoder."):]: v for k, v in st["model"].items() if k.startswith("encoder.")}
+    assert encs.keys() == base.keys() and all(torch.equal(encs[k], base[k]) for k in base)
+    assert set(st["trainable"]) == {k for k in st["model"] if k.startswith("decoder.")}
+    assert any(k.startswith("decoder.ups.0.blocks.0.conv1") for k in st["trainable"])

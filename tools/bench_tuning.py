@@ -97,6 +97,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-doc", action="store_true", help="do not write docs/benchmarks.md")
     ap.add_argument("--report-only", action="store_true",
                     help="run nothing more: write the table and section from the rows finished so far")
+    ap.add_argument("--note", action="append", default=[], help="a line added to the section (repeatable)")
     args = ap.parse_args(argv)
     if args.quick:
         args.scenes, args.pretrain_steps, args.steps, args.max_points = 8, 20, 8, 2000
@@ -109,7 +110,10 @@ def main(argv: list[str] | None = None) -> int:
     pre = pretrain(out, data, args.pretrain_config, args.pretrain_steps,
                    [f"train.steps={args.pretrain_steps}", "views.max_points=2000"], t0)
     cfg = pre["cfg"]
-    ckpt = pre["encoders"][-1]
+    ckpt = pre["encoders"][-1] if pre["encoders"] else None
+    if ckpt is None or int(ckpt.stem.split("_")[1]) != args.pretrain_steps:  # e.g. stopped by a signal
+        raise SystemExit(f"bench_tuning: the pre-training in {out / 'pretrain'} did not reach "
+                         f"{args.pretrain_steps} steps (last encoder: {ckpt}); give a new --out")
     arch, bcfg = cfg.model.backbone, dict(cfg.model.backbone_config)
     pre_enc = [f"encoder.name={arch}", f"encoder.checkpoint={ckpt}", f"encoder.label={arch} pre-trained"]
     rnd_enc = [f"encoder.name={arch}", "encoder.config=" + json.dumps(bcfg),
@@ -205,8 +209,9 @@ def main(argv: list[str] | None = None) -> int:
         f"method: {args.steps} steps, 2 scenes per step, live Pointcept-lin augmentation (crops of at most "
         f"{args.max_points} voxels), one process each (peak RSS per method); scored on every point of the "
         f"{args.eval_split} split. Baseline: `pointprobe extract` + `pointprobe probe` of the same "
-        "pre-trained encoder (cached linear probe).",
-        "",
+        "pre-trained encoder (cached linear probe). `decoder`: the SparseUNet's own MinkUNet decoder "
+        "(up-sampling blocks, `decoder.*` defaults) trained over the frozen encoder.",
+        "", *[f"{n}" for n in args.note], *([""] if args.note else []),
         "| method | encoder | mIoU | vs cached linear | trainable params | % of encoder | peak RSS MB | "
         "s / step | total s |",
         "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",

@@ -25,6 +25,15 @@ def run_tune_command(args: argparse.Namespace, config_class: type, run: Callable
 
     cfg = load_cli_config(config_class, args, overrides=expand_short_keys(list(args.overrides or [])))
     row = run(cfg)
+    if row.get("interrupted"):
+        import sys
+
+        from common import dist
+
+        if dist.is_main():
+            print(f"interrupted at step {row['stopped_at']} ({row['interrupted']}), resumable: rerun the "
+                  f"same command (checkpoint {row['run_dir']}/last.pth)", file=sys.stderr)
+        return dist.INTERRUPTED_EXIT
     show = {k: row.get(k) for k in ("method", "encoder", metric, "trainable_params", "trainable_pct",
                                     "peak_memory_mb", "step_time_s", "total_time_s")}
     print(markdown_table([show], float_format=".4g"))

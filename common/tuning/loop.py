@@ -64,11 +64,15 @@ RESULTS = "tune_results"
 @dataclass
 class TuneBatch:
     """One batch: ``inputs`` for ``task.features``; ``labels`` (N,) int64 (-1 ignored); ``groups`` (N,)
-    int64 scene / video id (a video's views are averaged when scoring)."""
+    int64 scene / video id (a video's views are averaged when scoring). ``expand`` (evaluation, optional):
+    (N,) int64, the row of the model's output that scores each label row (points: the grid-sampled voxel
+    of every input point); the loop then scores the label rows in chunks of ``eval_chunk`` rows, so
+    full-resolution features are never held at once (None: output rows are the label rows)."""
 
     inputs: Any
     labels: torch.Tensor
     groups: np.ndarray
+    expand: torch.Tensor | None = None
 
 
 class TuneTask(Protocol):
@@ -131,7 +135,13 @@ class TuneSettings:
     mezo_lr: float = 1e-4
     norm_batches: int = 4  # training batches that estimate the feature standardisation
     save_every: int = 50  # checkpoint every N steps (and at the end)
+    # preemption: these signals finish the step in progress, write last.pth and stop (exit status 3);
+    # the same command then resumes exactly
+    stop_signals: list[str] = field(default_factory=lambda: ["SIGTERM", "SIGINT", "SIGUSR1"])
     seed: int = 0
+    # evaluation: label rows (full-resolution points) gathered and scored per chunk when the task gives
+    # ``TuneBatch.expand``; bounds the memory of a large scene (0 = all rows at once)
+    eval_chunk: int = 262144
     select_split: str = "val"  # linear: the head of the grid is chosen on this split
     eval_split: str = "val"  # the split reported
     autocast: bool = True  # bf16 autocast on CUDA
@@ -319,6 +329,7 @@ class Tuner:
             for g in self.opt.param_groups:
                 g["base_lr"] = g["lr"]
         self.state = TuneRun()
+        self.interrupted: str | None = None  # the signal that stopped :meth:`train`
         self.norm_ready = False
         self.memory = PeakMemory(device)
         self.timer = StepTimer(device)
@@ -529,7 +540,10 @@ class Tuner:
         for _ in range(self.state.step * s.accum):  # resume: the batches already used
             next(batches)
         logf = open(self.run_dir / "log.jsonl", "a") if dist.is_main() else None
+        self.interrupted = None
+        signals = dist.StopSignals(s.stop_signals)
         try:
+            signals.__enter__()
             while self.state.step < end:
                 micro = [next(batches)[1] for _ in range(s.accum)]
                 with self.timer:
@@ -544,9 +558,17 @@ class Tuner:
                     logf.flush()
                 bar.update(1)
                 bar.set_postfix(loss=f"{loss:.3f}")
-                if self.state.step % max(s.save_every, 1) == 0 or self.state.step == s.steps:
+                saved = self.state.step % max(s.save_every, 1) == 0 or self.state.step == s.steps
+                if saved:
                     self.save()
+                stop, _ = signals.poll()
+                if stop:  # every rank stops after this same step (see common.dist.StopSignals)
+                    if not saved:
+                        self.save()
+                    self.interrupted = signals.received or "a signal to another rank"
+                    break
         finally:
+            signals.__exit__(None, None, None)
             bar.close()
             if logf is not None:
                 logf.close()
@@ -566,15 +588,20 @@ class Tuner:
             groups = np.unique(np.concatenate(dist.all_gather_object(local)))
         scorer = Scorer(H, self.num_classes, task, groups is not None, groups)
         for b in batches if batches is not None else self.task.eval_batches(split, self.rank, self.world):
-            y = b.labels.cpu()
-            keep = y >= 0
             if self.grid is not None:
                 x = self.model.head.norm(self._features(b.inputs, False).float())
                 z = self.grid.logits(x)
             else:
                 with _autocast(self.device, self.s.autocast):
                     z = self.model.logits(b.inputs).float()[:, None, :]
-            scorer.add(z[keep.to(z.device)], y[keep], np.asarray(b.groups)[keep.numpy()])
+            y_all, g_all = b.labels.cpu(), np.asarray(b.groups)
+            n = len(y_all)
+            step = n if b.expand is None or self.s.eval_chunk <= 0 else self.s.eval_chunk
+            for lo in range(0, max(n, 1), max(step, 1)):
+                y, g = y_all[lo:lo + step], g_all[lo:lo + step]
+                zc = z[lo:lo + step] if b.expand is None else z[b.expand[lo:lo + step].to(z.device)]
+                keep = y >= 0
+                scorer.add(zc[keep.to(zc.device)], y[keep], g[keep.numpy()])
         return reduce_scorer(scorer).result()
 
     def merge(self) -> int:
@@ -602,7 +629,8 @@ def run_tuning(task: TuneTask, settings: TuneSettings, out: str | Path, cfg: Any
     ``config.yaml``, ``tuned.pth``: the final model, adapters merged); the resolved config is also
     ``OUT/tune_results_<method>.yaml``; the row is merged into ``OUT/tune_results.{md,json}`` (one row
     per method and encoder) and ``OUT/ladder.png``. ``max_steps``: stop after that many steps (no
-    evaluation; for tests of resume). Returns the row (or ``{"stopped_at": step}``).
+    evaluation; for tests of resume). Returns the row (or ``{"stopped_at": step}``; stopped by one of
+    ``settings.stop_signals``: ``{"interrupted": signal name, "stopped_at": step}`` after saving).
     """
     out = Path(out)
     device = device or torch.device("cpu")
@@ -622,6 +650,8 @@ def run_tuning(task: TuneTask, settings: TuneSettings, out: str | Path, cfg: Any
         log.info("tune: resumed %s at step %d", run_dir, tuner.state.step)
     t0 = time.perf_counter()
     tuner.train(max_steps)
+    if tuner.interrupted is not None:
+        return {"interrupted": tuner.interrupted, "stopped_at": tuner.state.step, "run_dir": str(run_dir)}
     if tuner.state.step < settings.steps:
         return {"stopped_at": tuner.state.step, "run_dir": str(run_dir)}
     head = 0

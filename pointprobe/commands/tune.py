@@ -15,7 +15,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         "encoder.checkpoint=runs/pretrain/encoder.pth data.root=data/scannet out=runs/tune\n"
         "  pointprobe tune tune.method=mezo tune.over=lora ...   (zeroth order over a trainable set)\n"
         "  torchrun --nproc_per_node=2 -m pointprobe.cli tune ...   (DDP: gloo on CPU, NCCL on CUDA)\n"
-        "Short keys: method=, over= mean tune.method=, tune.over=.",
+        "Short keys: method=, over= mean tune.method=, tune.over=.\n"
+        "SIGTERM / SIGINT / SIGUSR1 (tune.stop_signals) finish the step, write a checkpoint and exit with\n"
+        "status 3 (interrupted, resumable: rerun the same command).",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--config", default="configs/point/tune.yaml", help="YAML config (default: %(default)s)")

@@ -612,6 +612,126 @@ class PointTransformerV3(PointEncoder):
         return ptv3_block_layout([stage.depth for stage in self.enc.values()])
 
 
+# ----------------------------------------------------------------------------------------------------
+# decoder (Pointcept ``dec`` probing: a trainable PTv3 decoder over a frozen encoder)
+# ----------------------------------------------------------------------------------------------------
+
+# The decoder of Pointcept's ``semseg-sonata-v1m1-*-dec`` configs (index 0 = the finest stage).
+PTV3_DEC_DEFAULTS: dict[str, list[int]] = {
+    "dec_depths": [2, 2, 2, 2],
+    "dec_channels": [64, 96, 192, 384],
+    "dec_num_head": [4, 6, 12, 24],
+    "dec_patch_size": [1024, 1024, 1024, 1024],
+}
+
+
+class GridUnpooling(nn.Module):
+    """Back to the finer level: ``proj_skip(parent.feat) + proj(feat)[pooling_inverse]``, each projection
+    Linear -> LayerNorm -> GELU (keys ``proj.0``, ``proj_skip.0`` as the release)."""
+
+    def __init__(self, in_channels: int, skip_channels: int, out_channels: int):
+        super().__init__()
+        self.proj = nn.Sequential(nn.Linear(in_channels, out_channels), nn.LayerNorm(out_channels), nn.GELU())
+        self.proj_skip = nn.Sequential(nn.Linear(skip_channels, out_channels), nn.LayerNorm(out_channels),
+                                       nn.GELU())
+
+    def forward(self, point: PointBatch, feat: torch.Tensor) -> tuple[PointBatch, torch.Tensor]:
+        """(parent level, its decoded features) from a level and its decoded features ``feat``."""
+        parent = point.parent
+        if parent is None or point.pooling_inverse is None:
+            raise InputError(None, "ptv3 decoder: the level has no parent to unpool to")
+        skip = self.proj_skip(parent.feat.to(feat.dtype))
+        return parent, skip + self.proj(feat)[point.pooling_inverse]
+
+
+class DecoderStage(nn.Module):
+    """``up`` (:class:`GridUnpooling`) then ``block0`` ... ``block{d-1}`` (encoder :class:`Block` s)."""
+
+    def __init__(self, up: GridUnpooling, blocks: Sequence[Block]):
+        super().__init__()
+        self.up = up
+        self.depth = len(blocks)
+        for i, b in enumerate(blocks):
+            self.add_module(f"block{i}", b)
+
+    def blocks(self) -> list[Block]:
+        return [getattr(self, f"block{i}") for i in range(self.depth)]
+
+
+class PTv3Decoder(nn.Module):
+    """The PTv3 decoder (``enc_mode=False`` part of the release, names ``dec.dec{s}.up`` /
+    ``dec.dec{s}.block{i}``) run on the output of a :class:`PointTransformerV3` encoder.
+
+    From the deepest level up, stage ``s`` (deepest first) unpools to encoder level ``s`` (skip: that
+    level's encoder output, the ``parent`` of the level above) and runs ``dec_depths[s]`` transformer
+    blocks at ``dec_channels[s]`` channels. The blocks reuse the encoder level's serialization orders and
+    its sparse-conv indices (``cpe_indice_key=stage{s}``), as in the release. Trainable on its own: the
+    encoder's output levels are read, never changed (a new feature tensor per level).
+    """
+
+    def __init__(self, enc_channels: Sequence[int], num_orders: int, dec_depths: Sequence[int] | None = None,
+                 dec_channels: Sequence[int] | None = None, dec_num_head: Sequence[int] | None = None,
+                 dec_patch_size: Sequence[int] | None = None, mlp_ratio: float = 4, qkv_bias: bool = True,
+                 drop_path: float = 0.0, pre_norm: bool = True, enable_flash: bool = True):
+        super().__init__()
+        cfg = {k: list(PTV3_DEC_DEFAULTS[k] if v is None else v) for k, v in
+               (("dec_depths", dec_depths), ("dec_channels", dec_channels), ("dec_num_head", dec_num_head),
+                ("dec_patch_size", dec_patch_size))}
+        n = len(enc_channels) - 1
+        for k, v in cfg.items():
+            if len(v) != n:
+                raise ConfigError(f"ptv3 decoder: {k} needs {n} entries (one per encoder pooling), got {v}")
+        for c, h in zip(cfg["dec_channels"], cfg["dec_num_head"]):
+            if c % h:
+                raise ConfigError(f"ptv3 decoder: channels {c} not divisible by {h} heads")
+        self.config = cfg
+        self.out_channels = cfg["dec_channels"][0]
+        chans = cfg["dec_channels"] + [int(enc_channels[-1])]
+        dpr = torch.linspace(0, drop_path, max(sum(cfg["dec_depths"]), 1)).tolist()
+        stages = OrderedDict()
+        for s in reversed(range(n)):
+            d = cfg["dec_depths"][s]
+            rates = dpr[sum(cfg["dec_depths"][:s]): sum(cfg["dec_depths"][:s + 1])][::-1]
+            blocks = [Block(channels=chans[s], num_heads=cfg["dec_num_head"][s],
+                            patch_size=cfg["dec_patch_size"][s], mlp_ratio=mlp_ratio, qkv_bias=qkv_bias,
+                            qk_scale=None, attn_drop=0.0, proj_drop=0.0, drop_path=rates[i], layer_scale=None,
+                            pre_norm=pre_norm, order_index=i % num_orders, cpe_indice_key=f"stage{s}",
+                            enable_rpe=False, enable_flash=enable_flash, upcast_attention=False,
+                            upcast_softmax=False) for i in range(d)]
+            up = GridUnpooling(chans[s + 1], int(enc_channels[s]), chans[s])
+            stages[f"dec{s}"] = DecoderStage(up, blocks)
+        self.dec = nn.ModuleDict(stages)
+        self.apply(PointTransformerV3._init_weights)
+
+    @classmethod
+    def for_encoder(cls, encoder: PointTransformerV3, drop_path: float = 0.0,
+                    **dec: Sequence[int] | None) -> PTv3Decoder:
+        """The decoder matching ``encoder``'s stages (``dec``: dec_depths / dec_channels / dec_num_head /
+        dec_patch_size overrides of :data:`PTV3_DEC_DEFAULTS`, trimmed to the encoder's poolings when not
+        given)."""
+        unknown = sorted(set(dec) - set(PTV3_DEC_DEFAULTS))
+        if unknown:
+            raise ConfigError(f"ptv3 decoder: unknown key(s) {unknown}; known: {sorted(PTV3_DEC_DEFAULTS)}")
+        n = encoder.num_stages - 1
+        given = {k: (list(PTV3_DEC_DEFAULTS[k])[:n] if dec.get(k) is None else dec[k])
+                 for k in PTV3_DEC_DEFAULTS}
+        c = encoder.config
+        return cls(encoder.enc_channels, len(encoder.order), mlp_ratio=c["mlp_ratio"], qkv_bias=c["qkv_bias"],
+                   drop_path=drop_path, pre_norm=c["pre_norm"], enable_flash=c["enable_flash"], **given)
+
+    def forward(self, point: PointBatch) -> PointBatch:
+        """Decode an encoder output (its deepest level); returns the finest level with the decoded
+        features (``dec_channels[0]`` wide) as ``feat``."""
+        feat = point.feat
+        for stage in self.dec.values():
+            point, feat = stage.up(point, feat)
+            level = dataclasses.replace(point, feat=feat)  # the encoder's level keeps its own features
+            for block in stage.blocks():
+                block(level)
+            feat = level.feat
+        return dataclasses.replace(point, feat=feat)
+
+
 def ptv3_block_layout(enc_depths: Sequence[int]) -> BlockLayout:
     """``enc.enc{s}.block{b}`` for every stage ``s`` and block ``b`` (the release's parameter names)."""
     return [(f"enc.enc{s}.block{b}", [f"enc.enc{s}.block{b}."]) for s, d in enumerate(enc_depths)
