@@ -50,3 +50,23 @@ def test_a_failed_method_is_a_row_saying_so():
     md = video_markdown(table, {"command": "c", "train": 1, "test": 1, "steps": 1, "cnn_steps": 1,
                                 "notes": ["x3d_s: mezo-ssf (failed): error: tune: loss became inf"]})
     assert "| mezo-ssf (failed) | x3d_s |  |  |  |  |  |  |  |  |" in md and "loss became inf" in md
+
+
+def test_a_points_rerun_keeps_the_video_rows(tmp_path):
+    """tools/bench_tuning.py rewrites section bench_tuning after a points run; the video subsection written
+    by --modality video stays inside it (before this, a points rerun dropped it)."""
+    from common.benchdoc import update_section
+    from tools.bench_tuning import kept_video_rows
+
+    doc = tmp_path / "benchmarks.md"
+    doc.write_text("# Benchmarks\n\n<!-- begin bench_tuning -->\n## bench_tuning\n\nold points table\n"
+                   "<!-- end bench_tuning -->\n")
+    insert_video_rows(_md(37.5), doc)
+    video = kept_video_rows(doc)
+    assert video.startswith(MARK_BEGIN) and video.endswith(MARK_END)
+    update_section("bench_tuning", "new points table\n\n" + video, doc)
+    text = doc.read_text()
+    assert "old points table" not in text and "new points table" in text
+    assert text.count(MARK_BEGIN) == 1 and "| ssf | x3d_s | 37.50 |" in text
+    assert text.index("new points table") < text.index(MARK_BEGIN) < text.index("<!-- end bench_tuning -->")
+    assert kept_video_rows(tmp_path / "absent.md") == ""

@@ -228,10 +228,21 @@ def main(argv: list[str] | None = None) -> int:
     lines += ["", *[f"- {n}" for n in notes], "",
               f"![the tuning ladder](img/{img.name})", "",
               f"- wall time: {(time.time() - t0) / 60:.1f} min in all, tuning {tuning_s / 60:.1f} min",
-              f"- command: `python tools/bench_tuning.py {' '.join(sys.argv[1:] if argv is None else argv)}`",
-              "- video rows (`videoprobe tune`): not in this section yet"]
+              f"- command: `python tools/bench_tuning.py {' '.join(sys.argv[1:] if argv is None else argv)}`"]
+    video = kept_video_rows(DOC)
+    if video:
+        lines += ["", video]
     update_section("bench_tuning", "\n".join(lines), DOC)
     return 0
+
+
+def kept_video_rows(doc: Path) -> str:
+    """The ``bench_tuning_video`` subsection already in ``doc`` (written by ``--modality video``), so a
+    points run that rewrites section ``bench_tuning`` keeps it; "" when there is none."""
+    text = Path(doc).read_text() if Path(doc).exists() else ""
+    begin, end = "<!-- begin bench_tuning_video -->", "<!-- end bench_tuning_video -->"
+    i, j = text.find(begin), text.find(end)
+    return text[i:j + len(end)] if i >= 0 and j > i else ""
 
 
 if __name__ == "__main__":
