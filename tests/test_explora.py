@@ -185,3 +185,18 @@ def test_explora_config_errors(tmp_path):
                         "explora.unfreeze_blocks=[]", "explora.train_norms=false"))
     with pytest.raises(ConfigError, match="needs init.checkpoint"):
         Pretrainer(_cfg(root, *EXPLORA))
+
+
+def test_explora_config_file_loads():
+    from pathlib import Path
+
+    from common.config import load_config
+    from pointprobe.pretrain.config import PretrainConfig, validate_config
+
+    path = Path(__file__).resolve().parent.parent / "configs" / "point" / "pretrain_explora.yaml"
+    cfg = load_config(PretrainConfig, path, ["init.checkpoint=enc.pth"])
+    validate_config(cfg)
+    assert cfg.explora.enabled and cfg.explora.lora_targets == ["conv1", "conv2"]
+    assert cfg.explora.unfreeze_blocks == ["-1"] and cfg.loss.bfp_alpha == 0.0
+    with pytest.raises(ConfigError, match="needs init.checkpoint"):
+        validate_config(load_config(PretrainConfig, path))

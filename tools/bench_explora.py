@@ -124,7 +124,8 @@ def report(out: Path, rows: list[dict], info: dict, doc: Path | None) -> None:
         f"{info['steps_a']} steps on A's train split ({' '.join(info['set']) or 'as written'}). From enc_A, "
         f"{info['steps_b']} steps on B's train split (unlabelled): ExPLoRA "
         "(`configs/point/pretrain_explora.yaml`: LoRA rank 8 on the residual convs, last block and norms), "
-        f"full continued pre-training (every parameter), each with and without BFP (alpha {info['alpha']}). "
+        f"full continued pre-training (every parameter), with and without BFP (alpha {info['alpha']}; "
+        f"variants run: {', '.join(info['variants'])}). "
         f"Probe `{info['probe_config']}` ({' '.join(info['probe_set']) or 'as written'}): trained on "
         f"{info['train_points']} labelled points per training scene of a domain, scored on every point of "
         "its test split. *A through map*: enc_A's own A probe applied to A f_new with A "
@@ -158,6 +159,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--probe-config", default="configs/point/probe.yaml")
     ap.add_argument("--probe-set", nargs="*", default=[], metavar="KEY=VALUE")
     ap.add_argument("--train-points", type=int, default=15000, help="labelled points kept per training scene")
+    ap.add_argument("--variants", nargs="*", default=["explora", "explora_bfp", "full", "full_bfp"],
+                    help="continued pre-trainings on B (default: all four)")
     ap.add_argument("--quick", action="store_true", help="6 scenes, 6 + 4 steps; does not touch docs/")
     ap.add_argument("--no-doc", action="store_true", help="do not write docs/benchmarks.md")
     ap.add_argument("--note", nargs="*", default=[], help="lines added under the table")
@@ -184,7 +187,7 @@ def main(argv: list[str] | None = None) -> int:
         ("full_bfp", base_cfg, bfp),
     ]
     runs = {"enc_A": enc_a}
-    for key, config, extra in variants:
+    for key, config, extra in [v for v in variants if v[0] in args.variants]:
         runs[key] = pretrain(out / f"pretrain_{key}", config, [*start_b, *extra], t0)
     from pointprobe.recover import recoverability
 
@@ -207,7 +210,8 @@ def main(argv: list[str] | None = None) -> int:
              f"(ratio {rec['ratio']:.3f}, R2 {rec['r2']:.3f})", t0)
     info = {"scenes": args.scenes, "seed_a": args.seed_a, "seed_b": args.seed_b, "steps_a": args.steps_a,
             "steps_b": args.steps_b, "alpha": args.alpha, "set": args.set, "probe_config": args.probe_config,
-            "probe_set": args.probe_set, "train_points": args.train_points, "wall_seconds": time.time() - t0,
+            "probe_set": args.probe_set, "train_points": args.train_points, "variants": args.variants,
+            "wall_seconds": time.time() - t0,
             "notes": args.note,
             "argv": sys.argv[1:] if argv is None else argv, "repo": str(REPO_ROOT)}
     report(out, rows, info, None if args.no_doc else DOC)
