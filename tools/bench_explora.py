@@ -14,9 +14,11 @@ functions (``pointprobe synth / preprocess / pretrain / extract / probe`` and ``
    ``pointprobe.recover``, on A's test scenes).
 
 Writes ``OUT/results.{md,json}`` and the section ``bench_explora`` of ``docs/benchmarks.md``. Every stage
-is resumable (run the same command again).
+is resumable (run the same command again). Default size, estimated from pretrain_bench_cpu.yaml's
+measured 1.7 s/step on 2 idle cores (not run at this size in this session): 200 + 4 x 100 steps ~17 min,
+data ~2 min, 10 extractions + probes ~7 min: under 30 minutes.
 
-    python tools/bench_explora.py [--out runs/bench-explora] [--scenes 24] [--steps-a 300] [--steps-b 150]
+    python tools/bench_explora.py [--out runs/bench-explora] [--scenes 16] [--steps-a 200] [--steps-b 100]
     python tools/bench_explora.py --quick      # 6 scenes per domain, a few steps: a smoke run, no docs
 """
 from __future__ import annotations
@@ -149,11 +151,11 @@ def report(out: Path, rows: list[dict], info: dict, doc: Path | None) -> None:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", default="runs/bench-explora")
-    ap.add_argument("--scenes", type=int, default=24, help="scenes per domain")
+    ap.add_argument("--scenes", type=int, default=16, help="scenes per domain")
     ap.add_argument("--seed-a", type=int, default=1)
     ap.add_argument("--seed-b", type=int, default=2)
-    ap.add_argument("--steps-a", type=int, default=300)
-    ap.add_argument("--steps-b", type=int, default=150)
+    ap.add_argument("--steps-a", type=int, default=200)
+    ap.add_argument("--steps-b", type=int, default=100)
     ap.add_argument("--alpha", type=float, default=1.0, help="BFP weight loss.bfp_alpha")
     ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="pre-training overrides")
     ap.add_argument("--probe-config", default="configs/point/probe.yaml")
