@@ -142,9 +142,12 @@ def report(out: Path, rows: list[dict], info: dict, doc: Path | None) -> None:
         lines.append(f"| {r['encoder']} | {r['trainable params']} | {r['pre-training min']:.1f} | "
                      f"{r['B mIoU']:.2f} | {r['B gain']:+.2f} | {r['A mIoU (own probe)']:.2f} | "
                      f"{r['A through map']:.2f} | {r['A recoverability']:.3f} | {r['R2']:.3f} |")
-    lines += ["", *info.get("notes", []), "",
-              f"- wall time: {info['wall_seconds'] / 60:.1f} min in all",
-              f"- command: `python tools/bench_explora.py {' '.join(info['argv'])}`"]
+    argv = [a for a in info["argv"] if a not in info.get("notes", []) and a != "--note"]
+    lines += ["", *[f"{n}\n" for n in info.get("notes", [])],
+              f"- wall time: {info['wall_seconds'] / 60:.1f} min in all ({info['invocations']} "
+              "invocation(s) of the resumable tool)",
+              f"- command: `python tools/bench_explora.py {' '.join(argv)}`"
+              + (" (with the --note lines above)" if info.get("notes") else "")]
     update_section("bench_explora", "\n".join(lines), doc)
 
 
@@ -216,6 +219,11 @@ def main(argv: list[str] | None = None) -> int:
             "wall_seconds": time.time() - t0,
             "notes": args.note,
             "argv": sys.argv[1:] if argv is None else argv, "repo": str(REPO_ROOT)}
+    wall = out / "bench_wall.json"  # wall time summed over the invocations (a rerun reuses finished stages)
+    prev = json.loads(wall.read_text()) if wall.exists() else {"seconds": 0.0, "invocations": 0}
+    info["wall_seconds"] += prev["seconds"]
+    info["invocations"] = prev["invocations"] + 1
+    wall.write_text(json.dumps({"seconds": info["wall_seconds"], "invocations": info["invocations"]}))
     report(out, rows, info, None if args.no_doc else DOC)
     _log(f"results in {out}/results.md", t0)
     return 0
