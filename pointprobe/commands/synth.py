@@ -41,6 +41,13 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="frame camera path: walk (one lap along the walls looking inwards and across, like a scan) or "
         "loop (a small loop around the centre looking outwards) (default: %(default)s)",
     )
+    p.add_argument(
+        "--domain",
+        choices=("rgbd", "lidar"),
+        default="rgbd",
+        help="rgbd: ScanNet-like coloured RGB-D rooms; lidar: offices / conference rooms / kitchens scanned "
+        "from a tripod, no colour, range noise and density falling off with distance (default: %(default)s)",
+    )
     p.add_argument("--workers", type=int, default=1, help="processes (default: %(default)s)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
@@ -63,9 +70,10 @@ def run(args: argparse.Namespace) -> int:
         workers=max(1, args.workers),
         progress=not args.no_progress,
         camera_path=args.camera_path,
+        domain=args.domain,
     )
     print(
-        f"synth: {args.scenes} scenes -> {args.out} (train {len(splits['train'])}, val {len(splits['val'])}, "
-        f"test {len(splits['test'])})"
+        f"synth: {args.scenes} {args.domain} scenes -> {args.out} (train {len(splits['train'])}, "
+        f"val {len(splits['val'])}, test {len(splits['test'])})"
     )
     return 0

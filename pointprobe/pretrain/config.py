@@ -8,7 +8,8 @@ from common.errors import ConfigError
 from pointprobe.pretrain.views import ViewConfig
 
 __all__ = ["PretrainDataConfig", "PretrainModelConfig", "PretrainLossConfig", "PretrainOptimConfig",
-           "PretrainTrainConfig", "PretrainConfig", "validate_config"]
+           "PretrainTrainConfig", "PretrainInitConfig", "PretrainExploraConfig", "PretrainConfig",
+           "validate_config"]
 
 
 @dataclass
@@ -47,6 +48,11 @@ class PretrainLossConfig:
     warmup_ratio: float = 0.05  # curriculum length (mask size / ratio, teacher temperature)
     momentum_start: float = 0.994
     momentum_end: float = 1.0
+    # BFP (continual pre-training that keeps old features linearly usable): + bfp_alpha * mean over the
+    # points of the local views of ||A f_new(x) - f_old(x)||_2, A a learnable linear map (identity at
+    # first), f_old a frozen snapshot of the starting encoder, f the up-cast features the heads see
+    bfp_alpha: float = 0.0
+    bfp_lr: float = 0.0  # lr of A (0 = optim.lr)
 
 
 @dataclass
@@ -87,6 +93,29 @@ class PretrainTrainConfig:
 
 
 @dataclass
+class PretrainInitConfig:
+    """Where the encoder starts: a file (``pretrain`` encoder.pth, a Sonata release) or random init."""
+
+    # file or release name; "" = random init of model.backbone (with a file: arch and config from the file)
+    checkpoint: str = ""
+    trust_checkpoint: bool = False  # load a file that pickles classes beyond the safe list
+
+
+@dataclass
+class PretrainExploraConfig:
+    """ExPLoRA: most of the encoder frozen; LoRA adapters, whole blocks and norms train (merged on export)."""
+
+    enabled: bool = False  # false: every parameter trains (full (continued) pre-training)
+    lora_rank: int = 8  # 0 = no adapters
+    lora_alpha: float = 16.0
+    # module names: PTv3 attention "qkv" (and "proj"); SparseUNet (no attention): its convs "conv1", "conv2"
+    lora_targets: list[str] = field(default_factory=lambda: ["qkv"])
+    unfreeze_blocks: list[str] = field(default_factory=lambda: ["-1"])  # block_layout names or indices
+    train_norms: bool = True  # LayerNorm / BatchNorm / GroupNorm weights and biases of the encoder
+    train_mask_token: bool = True
+
+
+@dataclass
 class PretrainConfig:
     data: PretrainDataConfig = field(default_factory=PretrainDataConfig)  # scenes in the preprocessed layout
     views: ViewConfig = field(default_factory=ViewConfig)  # crops, masks, augmentations
@@ -96,6 +125,8 @@ class PretrainConfig:
     # AdamW with layer decay, OneCycle schedule
     optim: PretrainOptimConfig = field(default_factory=PretrainOptimConfig)
     train: PretrainTrainConfig = field(default_factory=PretrainTrainConfig)  # steps, batch, checkpoints
+    init: PretrainInitConfig = field(default_factory=PretrainInitConfig)  # start from an encoder file
+    explora: PretrainExploraConfig = field(default_factory=PretrainExploraConfig)  # frozen encoder + adapters
     out: str = ""  # output folder: encoder.pth, last.pth, log.jsonl, config.yaml (resumes there)
 
 
@@ -123,3 +154,14 @@ def validate_config(cfg: PretrainConfig) -> None:
         raise ConfigError("config keys 'loss.*_weight': at least one must be positive")
     if cfg.model.upcast_steps < 0:
         raise ConfigError("config key 'model.upcast_steps' must be >= 0")
+    e = cfg.explora
+    if e.enabled:
+        if not cfg.init.checkpoint:
+            raise ConfigError("config key 'explora.enabled' needs init.checkpoint=FILE (the encoder)")
+        if e.lora_rank < 0:
+            raise ConfigError("config key 'explora.lora_rank' must be >= 0")
+        if e.lora_rank == 0 and not e.unfreeze_blocks and not e.train_norms:
+            raise ConfigError("config keys 'explora.*': nothing of the encoder would train (lora_rank 0, no "
+                              "unfreeze_blocks, train_norms false)")
+    if cfg.loss.bfp_alpha < 0:
+        raise ConfigError("config key 'loss.bfp_alpha' must be >= 0")

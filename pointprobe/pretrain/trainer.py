@@ -18,6 +18,13 @@ One optimiser step:
 4. AdamW with layer-wise lr decay over the blocks the encoder declares (``block_layout``), one-cycle
    lr, cosine weight decay, gradient clipping; then the EMA teacher update with a cosine momentum.
 
+Extended pre-training (``init.checkpoint``, ``explora.*``; ``pointprobe.pretrain.explora``): the backbone
+starts from an encoder file; with ``explora.enabled`` only LoRA adapters, the unfrozen blocks, the norms
+(optional), the mask token and the heads train, the EMA moves only those in the teacher, and
+``encoder.pth`` holds the teacher with the adapters merged. ``trainable.json`` lists what trains. BFP
+(``loss.bfp_alpha`` > 0) adds ``alpha * mean ||A f_new - f_old||`` on the local views' up-cast features,
+``A`` a learnable linear map (identity at first), ``f_old`` a frozen snapshot of the starting encoder.
+
 Checkpoints (``out/checkpoints/step_*.pth`` and ``out/last.pth``) hold student, teacher (with heads),
 optimiser, step and RNG states; resuming continues exactly. ``out/encoder.pth`` is the teacher
 backbone in the release format that ``pointprobe.models.load_encoder`` reads.
@@ -49,6 +56,14 @@ from common.paths import sweep_stale_temps
 from common.progress import progress
 from pointprobe.pretrain.config import PretrainConfig, validate_config
 from pointprobe.pretrain.ema import copy_weights, ema_update
+from pointprobe.pretrain.explora import (
+    apply_explora,
+    freeze_frozen_norm_stats,
+    init_backbone,
+    merged_backbone,
+    snapshot,
+    trainable_summary,
+)
 from pointprobe.pretrain.loss import assignment_entropy, distill_loss, sinkhorn_knopp
 from pointprobe.pretrain.model import DistillModel, build_backbone, head_in_channels, param_groups
 from pointprobe.pretrain.schedules import StepValues, step_values
@@ -221,19 +236,52 @@ class Pretrainer:
         self.plan = ScenePlan(len(self.store), t.batch_size, t.seed)
 
         torch.manual_seed(t.seed)
-        student_bb = build_backbone(cfg.model, cfg.model.drop_path)
-        teacher_bb = build_backbone(cfg.model, 0.0)
+        if cfg.init.checkpoint:
+            student_bb = init_backbone(cfg.init.checkpoint, cfg.model.drop_path, cfg.init.trust_checkpoint)
+            teacher_bb = init_backbone(cfg.init.checkpoint, 0.0, cfg.init.trust_checkpoint)
+            log.info("starting from %s (%s; model.backbone / backbone_config are not used)",
+                     cfg.init.checkpoint, student_bb.arch)
+        else:
+            student_bb = build_backbone(cfg.model, cfg.model.drop_path)
+            teacher_bb = build_backbone(cfg.model, 0.0)
+        # BFP: the starting encoder, frozen (f_old)
+        self.old = snapshot(student_bb).to(self.device) if cfg.loss.bfp_alpha > 0 else None
         try:
             hin = head_in_channels(student_bb, cfg.model.upcast_steps)
         except (ValueError, ConfigError) as e:
             raise ConfigError(f"config key 'model.upcast_steps': {e}") from None
         self.student = DistillModel(student_bb, hin, cfg.model).to(self.device)
         self.teacher = DistillModel(teacher_bb, hin, cfg.model).to(self.device)
+        e = cfg.explora
+        self.ema_names: list[str] | None = None  # None: every parameter (full pre-training)
+        self.explora_info: dict = {}
+        if e.enabled:
+            args = (e.lora_rank, e.lora_alpha, e.lora_targets, e.unfreeze_blocks, e.train_norms,
+                    e.train_mask_token)
+            self.explora_info = apply_explora(self.student, *args)
+            apply_explora(self.teacher, *args)
+            self.student.to(self.device)
+            self.teacher.to(self.device)
+            self.ema_names = self.explora_info["trainable"]
         copy_weights(self.teacher, self.student)
+        self.trainable = trainable_summary(self.student)
         for p in self.teacher.parameters():
             p.requires_grad_(False)
         self.teacher.eval()
         self.groups = param_groups(self.student, cfg.optim.layer_decay)
+        self.bfp_map: torch.nn.Linear | None = None
+        if self.old is not None:
+            self.bfp_map = torch.nn.Linear(hin, hin, bias=False).to(self.device)
+            with torch.no_grad():
+                self.bfp_map.weight.copy_(torch.eye(hin))
+            scale = (cfg.loss.bfp_lr or cfg.optim.lr) / cfg.optim.lr
+            self.groups.append({"params": [self.bfp_map.weight], "lr_scale": scale, "decay": False})
+            self.trainable["bfp_map"] = hin * hin
+        log.info("trainable parameters: %d of %d in the encoder, %d of %d in the heads%s",
+                 self.trainable["trainable_backbone"], self.trainable["total_backbone"],
+                 self.trainable["trainable_heads"], self.trainable["total_heads"],
+                 f"; explora {self.explora_info['groups']}, unfrozen blocks "
+                 f"{self.explora_info['unfrozen_blocks']}" if e.enabled else "")
         self.optimizer = torch.optim.AdamW(
             [{"params": g["params"], "lr": cfg.optim.lr, "weight_decay": 0.0} for g in self.groups],
             lr=cfg.optim.lr, betas=tuple(cfg.optim.betas))
@@ -342,6 +390,9 @@ class Pretrainer:
                 target_h["unmask"] = _mean_entropy(target)
             weights = {"mask": lc.mask_weight, "roll": lc.roll_weight, "unmask": lc.unmask_weight}
             loss = sum(weights[k] * val for k, val in losses.items())
+            if self.bfp_map is not None:
+                losses["bfp"] = self.bfp_term(out, vb)
+                loss = loss + lc.bfp_alpha * losses["bfp"]
             (loss * scale).backward()
         metrics = {f"{k}_loss": float(val.detach()) for k, val in losses.items()}
         metrics["loss"] = float(loss.detach())
@@ -356,6 +407,20 @@ class Pretrainer:
         metrics["points"] = len(vb.teacher) + len(vb.masked) + len(vb.local)
         return metrics
 
+    def bfp_term(self, out: dict, vb: ViewBatch) -> torch.Tensor:
+        """BFP: mean over the points of ``||A f_new(x) - f_old(x)||_2``, x the local views (the masked
+        global views when there are none), f the up-cast features the heads see."""
+        from pointprobe.models.structure import upcast
+
+        new = out["local"] if "local" in out else out["masked"]
+        inp = vb.local if "local" in out else vb.masked
+        with torch.no_grad(), self._autocast():
+            old = upcast(self.old(inp), steps=self.cfg.model.upcast_steps).feat.float()
+        if old.shape != new.feat.shape:
+            raise ValueError(f"BFP: old and new features differ in shape ({tuple(old.shape)} vs "
+                             f"{tuple(new.feat.shape)})")
+        return (self.bfp_map(new.feat.float()) - old).norm(dim=1).mean()
+
     def train_step(self) -> dict:
         """One optimiser step (all micro-batches); returns averaged metrics."""
         t, o = self.cfg.train, self.cfg.optim
@@ -365,6 +430,8 @@ class Pretrainer:
             pg["lr"] = o.lr * v.lr_factor * g["lr_scale"]
             pg["weight_decay"] = v.weight_decay if g["decay"] else 0.0
         self.student.train()
+        if self.ema_names is not None:
+            freeze_frozen_norm_stats(self.student)
         acc: dict[str, float] = {}
         for a in range(t.accum_steps):
             vb = self.micro_batch(step, a)
@@ -376,12 +443,15 @@ class Pretrainer:
         if step < int(round(o.freeze_prototypes_ratio * t.steps)):
             for head in (self.student.mask_head, self.student.unmask_head):
                 head.prototype_v.grad = None  # AdamW skips it: no update, no weight decay
+        if self.bfp_map is not None and dist.is_distributed() and self.bfp_map.weight.grad is not None:
+            g = self.bfp_map.weight.grad
+            g.copy_(dist.all_reduce_tensor(g.clone(), "mean"))
         gnorm = float("nan")
         if o.clip_grad > 0:
             gnorm = float(torch.nn.utils.clip_grad_norm_(self.student.parameters(), o.clip_grad))
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
-        ema_update(self.teacher, self.student, v.momentum)
+        ema_update(self.teacher, self.student, v.momentum, self.ema_names)
         self.step += 1
         # loss of the whole global batch (mean over ranks)
         if dist.is_distributed():
@@ -404,6 +474,7 @@ class Pretrainer:
             "student": self.student.state_dict(),
             "teacher": self.teacher.state_dict(),
             "optimizer": self.optimizer.state_dict(),
+            **({"bfp_map": self.bfp_map.state_dict()} if self.bfp_map is not None else {}),
             "rng": _rng_state(),
             "world_size": self.world,
             "scenes_seen": self.step * self.cfg.train.batch_size,
@@ -425,6 +496,8 @@ class Pretrainer:
             self.student.load_state_dict(st["student"])
             self.teacher.load_state_dict(st["teacher"])
             self.optimizer.load_state_dict(st["optimizer"])
+            if self.bfp_map is not None:
+                self.bfp_map.load_state_dict(st["bfp_map"])
         except (RuntimeError, ValueError, KeyError) as e:
             msg = str(e).splitlines()[0]
             raise CheckpointError(f"{path}: does not match this model/config ({msg})") from None
@@ -467,6 +540,11 @@ class Pretrainer:
         bb = (self.teacher if self.cfg.train.export == "teacher" else self.student).backbone
         meta = {"source": "pointprobe pretrain", "step": self.step, "config_hash": config_hash(self.cfg),
                 "which": self.cfg.train.export}
+        if self.cfg.init.checkpoint:
+            meta["init"] = str(self.cfg.init.checkpoint)
+        if self.cfg.explora.enabled:
+            bb = merged_backbone(bb)  # adapters merged: the plain layout, no peft needed to load it
+            meta["explora"] = "merged"
         orig = bb.config
         bb.config = self.export_record()[1]
         try:
@@ -483,6 +561,11 @@ class Pretrainer:
         if self.out is not None and dist.is_main():
             self.out.mkdir(parents=True, exist_ok=True)
             logf = open(self.out / "log.jsonl", "a")
+            (self.out / "trainable.json").write_text(json.dumps(
+                {**self.trainable, **({"explora": {k: v for k, v in self.explora_info.items()
+                                                   if k != "trainable"},
+                                       "trainable_names": self.explora_info["trainable"]}
+                                      if self.explora_info else {})}, indent=1))
         bar = progress(total=end, initial=self.step, desc="pretrain", unit="step",
                        disable=not (t.progress and dist.is_main()))
         last: dict = {}
@@ -609,4 +692,4 @@ def run_pretrain(cfg: PretrainConfig, out_dir: str | os.PathLike, resume: str | 
         write_curves(read_jsonl(out / "log.jsonl"), out, "curves", x="step", title="pointprobe pretrain")
     arch, enc_cfg = trainer.export_record()
     return {"step": trainer.step, "encoder": str(out / "encoder.pth"), "arch": arch, "config": enc_cfg,
-            "last": last, "out": str(out), "interrupted": trainer.interrupted}
+            "last": last, "out": str(out), "interrupted": trainer.interrupted, "trainable": trainer.trainable}

@@ -27,7 +27,7 @@ import numpy as np
 
 from pointprobe.synth.cameras import CAMERA_PATHS, camera_intrinsics, render_frames
 from pointprobe.synth.rooms import LABEL_IDS, NYU40_NAMES, RAW_TO_NYU40, SCANNET_SCENE_TYPES
-from pointprobe.synth.scenes import SynthScene, generate_scene, vertex_label_ids
+from pointprobe.synth.scenes import DEFAULT_DOMAIN, SynthScene, check_domain, generate_scene, vertex_label_ids
 
 
 def write_scene(
@@ -165,8 +165,8 @@ def split_names(names: list[str], seed: int, fractions: tuple[float, float, floa
 
 
 def _one(args: tuple) -> tuple[str, Counter]:
-    out, seed, index, frames, image_size, camera_path = args
-    scene = generate_scene(seed, index, frames=frames, camera_path=camera_path)
+    out, seed, index, frames, image_size, camera_path, domain = args
+    scene = generate_scene(seed, index, frames=frames, camera_path=camera_path, domain=domain)
     write_scene(scene, Path(out) / "scans", image_size, rng=np.random.default_rng([int(seed), int(index), 1]))
     return scene.name, Counter(g["label"] for g in scene.groups)
 
@@ -181,11 +181,14 @@ def generate_dataset(
     progress: bool = True,
     split_fractions: tuple[float, float, float] = (0.6, 0.2, 0.2),
     camera_path: str = "walk",
+    domain: str = DEFAULT_DOMAIN,
 ) -> dict[str, list[str]]:
     """Write ``n_scenes`` synthetic scenes in the raw ScanNet layout under ``out``; returns the splits.
 
     ``frames_per_scene`` frames are ray-cast per scene along ``camera_path`` (``walk``: one lap along
-    the walls looking inwards and across, like a scan; ``loop``: the first generator's small loop)."""
+    the walls looking inwards and across, like a scan; ``loop``: the first generator's small loop).
+    ``domain``: ``rgbd`` (default) or ``lidar`` (``pointprobe.synth.scenes.DOMAINS``); it is written to
+    ``out/synth_domain.txt``."""
     from common.progress import progress as progress_bar
 
     if n_scenes < 1:
@@ -194,7 +197,9 @@ def generate_dataset(
     (out / "scans").mkdir(parents=True, exist_ok=True)
     if camera_path not in CAMERA_PATHS:
         raise ValueError(f"unknown camera path {camera_path!r} (expected one of {', '.join(CAMERA_PATHS)})")
-    jobs = [(str(out), seed, i, frames_per_scene, tuple(image_size), camera_path) for i in range(n_scenes)]
+    check_domain(domain)
+    jobs = [(str(out), seed, i, frames_per_scene, tuple(image_size), camera_path, domain)
+            for i in range(n_scenes)]
     counts: Counter = Counter()
     names = []
     bar = progress_bar(total=n_scenes, desc="synth", unit="scene", disable=not progress)
@@ -214,6 +219,7 @@ def generate_dataset(
             bar.update()
     bar.close()
     write_label_table(out / "scannetv2-labels.combined.tsv", counts)
+    (out / "synth_domain.txt").write_text(domain + "\n")
     splits = split_names(names, seed, split_fractions)
     for split, lst in splits.items():
         (out / f"scannetv2_{split}.txt").write_text("".join(f"{s}\n" for s in lst))

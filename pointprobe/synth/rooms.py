@@ -17,7 +17,10 @@ from pointprobe.synth import objects as so
 from pointprobe.synth.geometry import Obj, box, cylinder, merge, rect, rot_z, wavy_sheet
 
 ROOM_TYPES = ("bedroom", "living room", "office", "kitchen", "bathroom")
+# room types of the ``lidar`` domain (``pointprobe.synth.scenes.DOMAINS``): workplaces, one of them only there
+LIDAR_ROOM_TYPES = ("office", "conference room", "kitchen")
 SCANNET_SCENE_TYPES = {
+    "conference room": "Conference Room",
     "bedroom": "Bedroom / Hotel",
     "living room": "Living room / Lounge",
     "office": "Office",
@@ -426,6 +429,14 @@ def _furnish(room: Room, rng, S: float) -> None:
             _table_set(room, rng, S, str(rng.choice(["table", "dining table"])), 4)
         if rng.random() < 0.4:
             room.place_on_wall(so.make_cabinet(rng, S))
+    elif kind == "conference room":  # a long meeting table ringed by office chairs, storage along the walls
+        _table_set(room, rng, S, "table", 8, office=True)
+        for _ in range(int(rng.integers(1, 3))):
+            room.place_on_wall(so.make_cabinet(rng, S, str(rng.choice(["cabinet", "file cabinet"]))))
+        if rng.random() < 0.5:
+            room.place_on_wall(so.make_otherfurniture(rng, S, "tv stand"))
+        if rng.random() < 0.4:
+            room.place_on_wall(so.make_bookshelf(rng, S))
     elif kind == "bathroom":
         tub = so.make_bathtub(rng, S) if rng.random() < 0.8 else None
         if tub is not None:
@@ -618,6 +629,7 @@ def build_room(rng_seed, kind: str, factor: float) -> tuple[Room, float]:
         "bedroom": ((3.2, 5.0), (3.0, 4.5)),
         "living room": ((4.0, 7.0), (3.5, 6.0)),
         "office": ((4.0, 7.0), (3.5, 6.0)),
+        "conference room": ((5.0, 8.0), (4.0, 6.5)),
         "kitchen": ((3.2, 5.5), (3.0, 4.5)),
         "bathroom": ((2.2, 3.2), (1.8, 3.0)),
     }[kind]

@@ -1,7 +1,19 @@
 """A generated scene: the furnished room assembled into one mesh, annotated, shaded and placed in the world.
 
 Vertices are jittered (3 mm), the whole room is rotated and shifted (ScanNet meshes are not axis-aligned).
-Everything is deterministic given (seed, scene index).
+Everything is deterministic given (seed, scene index, domain).
+
+Domains (``DOMAINS``, the ``domain=`` argument; ``pointprobe synth --domain``):
+
+- ``rgbd`` (default): ScanNet-like RGB-D reconstructions: bedrooms, living rooms, offices, kitchens,
+  bathrooms; coloured, baked shading; uniform mesh density; 3 mm vertex jitter.
+- ``lidar``: a static terrestrial-LiDAR-like scan of workplaces (offices, conference rooms - a room type
+  only this domain has -, kitchens): no colour (every vertex RGB 0, as LiDAR-only scans), a sensor on a
+  tripod (1.4-1.8 m high, inside the room's middle half) whose range noise grows with distance
+  (std ``2 mm + 1.5 mm * d^2`` along the ray) and whose point density falls off as ``(1.8 m / d)^2``
+  (at least 5 %; faces are dropped at random so a vertex survives about that often). Its scenes
+  are drawn from their own seed stream (``[seed, index, 1]``), so they are not the ``rgbd`` rooms of
+  the same seed.
 """
 
 from __future__ import annotations
@@ -14,7 +26,11 @@ import numpy as np
 from pointprobe.data.scannet import vertex_normals
 from pointprobe.synth.cameras import camera_poses
 from pointprobe.synth.geometry import rot_z
-from pointprobe.synth.rooms import LABEL_IDS, RAW_TO_NYU40, ROOM_TYPES, Room, build_room
+from pointprobe.synth.rooms import LABEL_IDS, LIDAR_ROOM_TYPES, RAW_TO_NYU40, ROOM_TYPES, Room, build_room
+
+DOMAINS = ("rgbd", "lidar")
+DEFAULT_DOMAIN = "rgbd"
+_DOMAIN_STREAM = {"lidar": 1}  # the seed stream of a non-default domain: SeedSequence([seed, index, k])
 
 
 @dataclasses.dataclass
@@ -69,17 +85,50 @@ def _segments(coord: np.ndarray, part_of_v: np.ndarray, size: float = 0.4) -> np
     return first[inv]
 
 
+def check_domain(domain: str) -> str:
+    """``domain`` if it is one of ``DOMAINS``; ``ValueError`` otherwise."""
+    if domain not in DOMAINS:
+        raise ValueError(f"unknown synth domain {domain!r} (expected one of {', '.join(DOMAINS)})")
+    return domain
+
+
+def _lidar_scan(room: Room, v: np.ndarray, t: np.ndarray, rng: np.random.Generator):
+    """The ``lidar`` domain's sensor model in room coordinates: (kept vertex indices, faces re-indexed,
+    vertices with range noise). A vertex at distance d from a tripod sensor in the room's middle half
+    survives with probability about p(d) = max(0.05, min(1, (1.8 m / d)^2)): each face is kept with
+    probability 1 - (1 - p)^(1/6) at its centroid's distance (a vertex lies on about 6 faces) and the
+    vertices of no kept face go, so the mesh stays a mesh. Range noise: std 2 mm + 1.5 mm d^2 along the
+    ray."""
+    sensor = np.array([rng.uniform(0.25, 0.75) * room.W, rng.uniform(0.25, 0.75) * room.D,
+                       rng.uniform(1.4, 1.8)])
+    ray = v - sensor
+    d = np.maximum(np.linalg.norm(ray, axis=1), 1e-6)
+    d_face = np.linalg.norm(v[t].mean(1) - sensor, axis=1)
+    p = np.clip((1.8 / np.maximum(d_face, 1e-6)) ** 2, 0.05, 1.0)
+    faces = t[rng.random(len(t)) < 1.0 - (1.0 - p) ** (1.0 / 6.0)]
+    used = np.zeros(len(v), bool)
+    used[faces.ravel()] = True
+    idx = np.flatnonzero(used)
+    remap = np.full(len(v), -1, np.int64)
+    remap[idx] = np.arange(len(idx))
+    noise = rng.normal(0.0, 1.0, len(idx)) * (0.002 + 0.0015 * d[idx] ** 2)
+    moved = v[idx] + ray[idx] / d[idx, None] * noise[:, None]
+    return idx, remap[faces], moved
+
+
 def generate_scene(seed: int, index: int, frames: int = 15, room_type: str | None = None,
-                   camera_path: str = "walk") -> SynthScene:
+                   camera_path: str = "walk", domain: str = DEFAULT_DOMAIN) -> SynthScene:
     """Generate scene ``index`` of the dataset with ``seed`` (deterministic), in world coordinates, with
-    ``frames`` camera poses along ``camera_path`` (``walk``: along the walls, like a scan; ``loop``)."""
-    seq = np.random.SeedSequence([int(seed), int(index)])
+    ``frames`` camera poses along ``camera_path`` (``walk``: along the walls, like a scan; ``loop``), in
+    ``domain`` (``DOMAINS``: ``rgbd``, the default, or ``lidar``; see the module docstring)."""
+    check_domain(domain)
+    key = [int(seed), int(index)] + ([_DOMAIN_STREAM[domain]] if domain != DEFAULT_DOMAIN else [])
+    seq = np.random.SeedSequence(key)
     layout_seed, noise_seed = seq.spawn(2)
     rng = np.random.default_rng(noise_seed)
-    kind = (
-        room_type
-        or ROOM_TYPES[(index + int(np.random.default_rng(seed).integers(len(ROOM_TYPES)))) % len(ROOM_TYPES)]
-    )
+    types = ROOM_TYPES if domain == DEFAULT_DOMAIN else LIDAR_ROOM_TYPES
+    type_rng = np.random.default_rng(int(seed) if domain == DEFAULT_DOMAIN else [int(seed), key[2]])
+    kind = room_type or types[(index + int(type_rng.integers(len(types)))) % len(types)]
     factor = 1.0
     for _ in range(4):
         room, _tw = build_room(layout_seed, kind, factor)
@@ -91,6 +140,9 @@ def generate_scene(seed: int, index: int, frames: int = 15, room_type: str | Non
         else:
             break
     v, t, c, obj_of_v, part_of_v = _assemble(room, rng)
+    if domain == "lidar":
+        keep, t, v = _lidar_scan(room, v, t, rng)
+        c, obj_of_v, part_of_v = c[keep], obj_of_v[keep], part_of_v[keep]
     # baked shading from one light direction + a little fall-off, then colour noise
     nrm = vertex_normals(v, t)
     light = np.array([rng.uniform(-1, 1), rng.uniform(-1, 1), rng.uniform(0.6, 1.5)])
@@ -100,6 +152,8 @@ def generate_scene(seed: int, index: int, frames: int = 15, room_type: str | Non
     shade *= 1.0 - 0.12 * dist
     c = c * shade[:, None] + rng.normal(0, 5.0, c.shape)
     color = np.clip(np.round(c), 0, 255).astype(np.uint8)
+    if domain == "lidar":  # geometry only: no colour channel in the scan
+        color = np.zeros_like(color)
     v = v + rng.normal(0, 0.003, v.shape)  # sensor-like vertex jitter
     seg = _segments(v, part_of_v)
     # aggregation: one group per annotated object, segments = its over-segments
