@@ -229,9 +229,13 @@ def encode_points(model: PointEncoder, coord, color=None, normal=None, levels: i
                   prep: Preprocessing | None = None, device: str | torch.device | None = None,
                   autocast: str | torch.dtype | None = "auto", max_points: int | None = 400_000,
                   chunk_margin: float = 1.0, source: str | None = None, progress: bool = False,
-                  out_dtype: torch.dtype = torch.float32, **recipe: Any) -> torch.Tensor:
+                  out_dtype: torch.dtype = torch.float32, rows: np.ndarray | None = None,
+                  **recipe: Any) -> torch.Tensor:
     """Features (N, D) on the CPU for the N input points of one scene (float32, or ``out_dtype``:
     float16 halves the copy back from a GPU and the memory, e.g. for a float16 feature cache).
+    ``rows``: only these input points' features, (len(rows), D) in that order (a subsampled cache):
+    the encoder still sees the whole scene, but the up-cast gather, the per-point assembly and the
+    copy back are of the kept rows only; each row equals that row of the full result bit for bit.
     ``prep``: the :class:`Preprocessing` recipe (default: the release's); its options may instead be
     given as keywords (``grid_size=``, ``sampling=``, ``align=``, ``seed=``). ``align``: voxel borders,
     as the Sonata release's GridSample puts them after its CenterShift, at multiples of ``grid_size``
@@ -256,6 +260,11 @@ def encode_points(model: PointEncoder, coord, color=None, normal=None, levels: i
     n = xyz.shape[0]
     if n == 0:
         raise InputError(source, "point cloud is empty (0 points)")
+    if rows is not None:
+        rows = np.asarray(rows, dtype=np.int64).reshape(-1)
+        if rows.size and (rows.min() < 0 or rows.max() >= n):
+            raise InputError(source, f"rows must index the {n} input points, got range "
+                                     f"[{rows.min()}, {rows.max()}]")
     rgb = _as_array(color, "color", n, source)
     nrm = _as_array(normal, "normal", n, source)
     given = {"color": rgb, "normal": nrm}
@@ -294,6 +303,8 @@ def encode_points(model: PointEncoder, coord, color=None, normal=None, levels: i
                 idx = torch.from_numpy(gs.index)
                 acc.index_add_(0, idx, f)
                 cnt.index_add_(0, idx, torch.ones(idx.shape[0]))
+            if rows is not None:
+                acc, cnt = acc[torch.from_numpy(rows)], cnt[torch.from_numpy(rows)]
             return (acc / cnt[:, None]).to(out_dtype)
         if sampling == "canonical":
             gs = grid_sample(xyz, grid_size, mode="first", source=source, align=align)
@@ -303,6 +314,7 @@ def encode_points(model: PointEncoder, coord, color=None, normal=None, levels: i
             index = gs.index
         else:
             raise ValueError(f"sampling must be canonical, first, train or test, got {sampling!r}")
-        return encode_sampled(model, xyz[index], gs.grid_coord, feat[index], inverse=gs.inverse, **kwargs)
+        inverse = gs.inverse if rows is None else np.asarray(gs.inverse)[rows]  # kept rows' voxels only
+        return encode_sampled(model, xyz[index], gs.grid_coord, feat[index], inverse=inverse, **kwargs)
     finally:
         model.train(was_training)
