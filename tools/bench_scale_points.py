@@ -7,7 +7,14 @@ is measured). Each stage runs in its own process (``pointprobe extract`` with a 
 split and ``storage val: none``, then ``pointprobe probe eval_source=stream``) so its peak RSS is its
 own. Numbers for N beyond the measured ones are a log-log least-squares extrapolation, said so.
 
-    python -m tools.bench_scale_points --scenes 25 50 100 --work /tmp/bench_scale_points
+The scenes are generated once into a pool (``WORK/scenes``; scene i is in the val split when
+``i * 312 mod 1513 < 312``, so the first N scenes of the pool are the N-scene dataset for every
+N and the largest N is ScanNet's 1,201 / 312 split); the N-scene dataset ``WORK/dataN`` links them.
+Resumable: a second launch skips the N already in ``WORK/results.json`` and continues a half-done
+extraction (finished scenes are kept by the cache; ``resumed`` in the row says its extract time is of
+the last launch only).
+
+    nice -n 10 python -m tools.bench_scale_points --scenes 100 400 1513 --work /tmp/bench_scale_points
 """
 from __future__ import annotations
 
@@ -107,28 +114,50 @@ def room_scene(n_points: int, seed: int) -> dict[str, np.ndarray]:
 
 
 def write_scene(folder: Path, arrays: dict[str, np.ndarray]) -> None:
-    folder.mkdir(parents=True, exist_ok=True)
+    """The scene's arrays as ``folder/<key>.npy``; labels as int16 (ScanNet's ids fit), written to a
+    temporary folder renamed at the end, so a killed run never leaves a half-written scene."""
+    tmp = folder.with_name(f".{folder.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True, exist_ok=True)
     for k, a in arrays.items():
-        np.save(folder / f"{k}.npy", a)
+        np.save(tmp / f"{k}.npy", a.astype(np.int16) if a.dtype == np.int64 else a)
+    shutil.rmtree(folder, ignore_errors=True)
+    tmp.rename(folder)
 
 
-def generate(root: Path, n: int, seed: int = 0, sizes: np.ndarray | None = None) -> dict[str, int]:
-    """``n`` scenes under ``root/{train,val}/sceneXXXX_00`` (about ScanNet's val share); returns points."""
+def split_of(i: int) -> str:
+    """Split of pool scene ``i``: val at ScanNet's rate, spread evenly (scene 0 first; exactly 312 of
+    the first 1,513, as 312 and 1,513 are coprime)."""
+    return "val" if (i * 312) % FULL_SIZE < 312 else "train"
+
+
+def generate(root: Path, n: int, seed: int = 0, sizes: np.ndarray | None = None,
+             pool: Path | None = None) -> dict[str, int]:
+    """``n`` scenes under ``root/{train,val}/sceneXXXX_00`` (about ScanNet's val share); returns points.
+
+    With ``pool`` the scenes are written once to ``pool/sceneXXXX_00`` (kept between sizes and runs)
+    and ``root`` holds links to them; scenes already in the pool are not generated again."""
     sizes = scene_sizes(n, seed) if sizes is None else sizes
-    n_val = max(1, int(round(n * VAL_FRACTION)))
     out = {}
     for i, k in enumerate(sizes):
-        split = "val" if i < n_val else "train"
-        name = f"scene{i:04d}_00"
+        split, name = split_of(i), f"scene{i:04d}_00"
         folder = root / split / name
-        if not (folder / "instance.npy").exists():
-            write_scene(folder, room_scene(int(k), seed * 100_003 + i))
+        src = folder if pool is None else pool / name
+        if not (src / "instance.npy").exists():
+            write_scene(src, room_scene(int(k), seed * 100_003 + i))
+        if pool is not None and not folder.exists():
+            folder.parent.mkdir(parents=True, exist_ok=True)
+            folder.symlink_to(src.resolve(), target_is_directory=True)
         out[f"{split}/{name}"] = int(k)
     return out
 
 
 def _du(path: Path) -> int:
-    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+    """Bytes of the files under ``path`` (links to scene folders followed: the data they point to)."""
+    total = 0
+    for dirpath, _, files in os.walk(path, followlinks=True):
+        total += sum(os.stat(os.path.join(dirpath, f)).st_size for f in files)
+    return total
 
 
 def _stage(cmd: list[str], env: dict, log: Path) -> dict:
@@ -145,13 +174,14 @@ def _stage(cmd: list[str], env: dict, log: Path) -> dict:
 
 
 def run_one(n: int, work: Path, seed: int = 0, max_train_points: int = 2_000_000) -> dict:
-    """Generate ``n`` scenes, extract (train subsampled, val not stored), probe (streamed eval)."""
+    """Generate ``n`` scenes (or reuse the pool's), extract (train subsampled, val not stored), probe
+    (streamed eval). A cache left by an interrupted launch is continued (extraction resumes per scene)."""
     root = work / f"data{n}"
     t0 = time.perf_counter()
-    points = generate(root, n, seed)
+    points = generate(root, n, seed, pool=work / "scenes")
     gen_s = time.perf_counter() - t0
     feats, probe_out = work / f"feat{n}", work / f"probe{n}"
-    shutil.rmtree(feats, ignore_errors=True)
+    resumed = (feats / "train").exists()
     shutil.rmtree(probe_out, ignore_errors=True)
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
     py = [sys.executable, "-m", "tools.bench_scale_points", "--stage"]
@@ -163,11 +193,14 @@ def run_one(n: int, work: Path, seed: int = 0, max_train_points: int = 2_000_000
                       f"max_train_points={max_train_points}", "probe.epochs=2", "probe.wds=[0.0]",
                       "n_boot=100", "device=cpu"], env, work / f"probe{n}.log")
     res = json.loads((probe_out / "results.json").read_text())
+    n_train = sum(k.startswith("train/") for k in points)
     return {"scenes": n, "points": int(sum(points.values())), "max_train_points": max_train_points,
-            "train_scenes": sum(k.startswith("train/") for k in points),
+            "train_scenes": n_train, "val_scenes": n - n_train,
+            "train_points": int(sum(v for k, v in points.items() if k.startswith("train/"))),
             "generate_s": gen_s, "extract_s": ex["seconds"], "extract_rss_mib": ex["peak_rss_kib"] / 1024,
             "probe_s": pr["seconds"], "probe_rss_mib": pr["peak_rss_kib"] / 1024, "disk_bytes": disk,
-            "data_bytes": _du(root), "mIoU": res["rows"][0]["mIoU"]}
+            "data_bytes": _du(root), "mIoU": res["rows"][0]["mIoU"], "resumed": resumed,
+            "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
 
 
 def extrapolate(rows: list[dict], key: str, n: int) -> float:
@@ -194,25 +227,34 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--max-train-points", type=int, default=2_000_000,
                     help="the probe's cap (also sizes the training subsample: cap / training scenes)")
     ap.add_argument("--no-doc", action="store_true", help="print the rows only, leave docs/benchmarks.md")
+    ap.add_argument("--redo", action="store_true", help="measure sizes already in WORK/results.json again")
+    ap.add_argument("--keep-data", action="store_true", help="keep the generated scene pool at the end")
     args = ap.parse_args(argv)
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
-    rows = []
-    for n in args.scenes:
-        r = run_one(n, work, args.seed, args.max_train_points)
-        print(json.dumps(r), flush=True)
-        rows.append(r)
-        if not args.keep:
-            for sub in (f"feat{n}", f"probe{n}"):
-                shutil.rmtree(work / sub, ignore_errors=True)
     res_file = work / "results.json"  # rows of earlier runs (other N, same settings) are kept
     old = json.loads(res_file.read_text()) if res_file.exists() else []
     merged = {r["scenes"]: r for r in old if r.get("max_train_points") == args.max_train_points}
-    merged.update({r["scenes"]: r for r in rows})
-    rows = [merged[k] for k in sorted(merged)]
-    res_file.write_text(json.dumps(rows, indent=1) + "\n")
-    if not args.no_doc:
-        write_section(rows, Path(args.doc), " ".join(str(r["scenes"]) for r in rows), args.max_train_points)
+    for n in args.scenes:
+        if n in merged and not args.redo:
+            print(f"{n} scenes: measured before ({res_file}), skipped (--redo measures it again)", flush=True)
+            continue
+        r = run_one(n, work, args.seed, args.max_train_points)
+        print(json.dumps(r), flush=True)
+        merged[n] = r
+        rows = [merged[k] for k in sorted(merged)]
+        res_file.write_text(json.dumps(rows, indent=1) + "\n")  # each N as it finishes: a rerun resumes
+        if not args.keep:
+            for sub in (f"feat{n}", f"probe{n}"):
+                shutil.rmtree(work / sub, ignore_errors=True)
+        if not args.no_doc:
+            write_section(rows, Path(args.doc), " ".join(str(r["scenes"]) for r in rows),
+                          args.max_train_points)
+    if not args.keep:  # the pool is kept while sizes are missing: --keep-data to keep it anyway
+        if not args.keep_data:
+            shutil.rmtree(work / "scenes", ignore_errors=True)
+        for n in args.scenes:
+            shutil.rmtree(work / f"data{n}", ignore_errors=True)
     return 0
 
 
