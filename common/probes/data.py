@@ -10,6 +10,7 @@ again). Rows labelled ``-1`` are ignored.
 from __future__ import annotations
 
 import dataclasses
+import mmap
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -31,6 +32,28 @@ class _Chunk:
     groups: np.ndarray  # (n,) int64
     rows: np.ndarray  # sorted int64 indices of the rows in use (labelled, in this split)
     name: str
+
+
+def _release_pages(a: Any, start: int, stop: int) -> None:
+    """Unmap the pages of rows ``start:stop`` of a memory-mapped array from this process once they are
+    copied out (``MADV_DONTNEED``; the file's data stays in the page cache). Without it every page a
+    streamed epoch touches stays mapped and counts in the resident set: a cache larger than RAM
+    showed up as the whole machine's memory. Not a memmap, or no madvise: nothing happens."""
+    mm = getattr(a, "_mmap", None)
+    if mm is None or not hasattr(mm, "madvise") or not hasattr(mmap, "MADV_DONTNEED") or a.ndim < 1:
+        return
+    if a.strides[0] <= 0 or not a.flags.c_contiguous:
+        return
+    try:
+        base = np.frombuffer(mm, dtype=np.uint8).__array_interface__["data"][0]
+    except (TypeError, ValueError):  # a closed map
+        return
+    lo = a.__array_interface__["data"][0] - base + start * a.strides[0]
+    hi = lo + (stop - start) * a.strides[0]
+    page = mmap.PAGESIZE
+    lo, hi = (lo // page) * page, min(len(mm), -(-hi // page) * page)
+    if 0 <= lo < hi:
+        mm.madvise(mmap.MADV_DONTNEED, lo, hi - lo)
 
 
 def _as_numpy(a: Any) -> Any:
@@ -196,6 +219,8 @@ class ProbeData:
         else:
             a = np.asarray(c.features[rows])
         a = a.astype(np.float32, copy=False)
+        if len(rows):
+            _release_pages(c.features, int(rows[0]), int(rows[-1]) + 1)
         if not np.isfinite(a).all():
             raise InputError(c.name, "features contain NaN or inf")
         return a
