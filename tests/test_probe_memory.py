@@ -40,3 +40,44 @@ def test_streamed_windows_release_the_pages_they_read(tmp_path):
     np.testing.assert_allclose(total, ref, rtol=1e-6, atol=1e-3)
     x_all, y_all, _ = data.load()  # the in-memory path reads the same rows
     assert x_all.shape == (int(keep.sum()), dim) and _rss_file_mib() - before < 16
+
+
+def test_bench_probe_memory_rows_and_disk_refusal(tmp_path):
+    """The generator is deterministic and learnable (labels in 0..19 or -1), caches are written through
+    fill_cache in the real format, and the tool refuses to start without the caches + margin free."""
+    from common.cache import FeatureCache
+    from tools.bench_probe_memory import RowBank, check_disk, item_rows, row_bytes, write_cache
+
+    assert item_rows(10, 4) == [4, 4, 2] and row_bytes(1232) == 2472
+    a, b = RowBank(16, bank_rows=64, seed=3).item(2, 100), RowBank(16, bank_rows=64, seed=3).item(2, 100)
+    assert np.array_equal(a["features"], b["features"]) and np.array_equal(a["labels"], b["labels"])
+    assert a["features"].dtype == np.float16 and set(np.unique(a["labels"])) <= set(range(-1, 20))
+    w = write_cache(tmp_path / "c", "train", 250, 16, 100, seed=0)
+    cache = FeatureCache(tmp_path / "c" / "train")
+    assert cache.items() == ["item00000", "item00001", "item00002"] and cache.total_rows == 250
+    assert cache.meta["label_set"] == "segment20" and w["bytes"] > 250 * 16 * 2
+    data = ProbeData.from_cache(cache)
+    assert data.num_rows == int(sum((np.asarray(cache[i]["labels"]) >= 0).sum() for i in cache.items()))
+    with pytest.raises(SystemExit, match="not starting"):
+        check_disk(tmp_path, need=1e18)
+    check_disk(tmp_path, need=0, margin=0)
+
+
+def test_bench_scale_points_pool_is_shared_and_resumes(tmp_path):
+    """The N-scene sets link the first N scenes of one pool (written once, atomically), with val at
+    ScanNet's rate; a second generate() writes nothing."""
+    from tools.bench_scale_points import _du, generate, split_of
+
+    assert sum(split_of(i) == "val" for i in range(1513)) == 312 and split_of(0) == "val"
+    sizes = np.array([300, 400, 500, 600, 700, 800])
+    pool = tmp_path / "pool"
+    small = generate(tmp_path / "d3", 3, sizes=sizes[:3], pool=pool)
+    mtimes = {p: p.stat().st_mtime_ns for p in pool.rglob("*.npy")}
+    big = generate(tmp_path / "d6", 6, sizes=sizes, pool=pool)
+    assert set(small) <= set(big) and len(list(pool.iterdir())) == 6
+    assert all(p.stat().st_mtime_ns == t for p, t in mtimes.items())  # the first three were not rewritten
+    assert (tmp_path / "d6" / "val" / "scene0000_00").is_symlink()
+    assert np.load(tmp_path / "d6" / "train" / "scene0004_00" / "segment20.npy").dtype == np.int16
+    assert _du(tmp_path / "d6") == _du(pool) and not list(pool.glob(".*"))
+    generate(tmp_path / "d6", 6, sizes=sizes, pool=pool)
+    assert all(p.stat().st_mtime_ns == t for p, t in mtimes.items())
