@@ -81,3 +81,28 @@ def test_bench_scale_points_pool_is_shared_and_resumes(tmp_path):
     assert _du(tmp_path / "d6") == _du(pool) and not list(pool.glob(".*"))
     generate(tmp_path / "d6", 6, sizes=sizes, pool=pool)
     assert all(p.stat().st_mtime_ns == t for p, t in mtimes.items())
+
+
+def test_cache_writer_finite_check_of_float16_items(tmp_path):
+    """The writer's float16 check (exponent bits, blockwise) refuses NaN, +inf and -inf at the row where
+    they are, accepts the largest finite values and subnormals, and still refuses float32 rows that
+    overflow float16."""
+    from common.cache import CacheError, CacheKey, CacheWriter, _all_finite
+
+    x = np.zeros((300, 7), np.float16)
+    x[0, 0], x[1, 1], x[2, 2] = np.float16(65504), np.float16(-65504), np.float16(6e-8)
+    assert _all_finite(x) and _all_finite(x, block=5)
+    for bad in (np.nan, np.inf, -np.inf):
+        y = x.copy()
+        y[123, 4] = bad
+        assert not _all_finite(y, block=5) and not _all_finite(y)
+    assert _all_finite(np.arange(5)) and not _all_finite(np.array([1.0, np.nan]))
+    key = CacheKey(encoder="e", checkpoint_sha256="", config_hash="c")
+    with CacheWriter(tmp_path / "c", key, 7, "float16") as w:
+        w.write("ok", x, np.zeros(300, np.int64))
+        y = x.copy()
+        y[123, 4] = -np.inf
+        with pytest.raises(CacheError, match=r"1 NaN/inf value\(s\) \(first at row 123\)"):
+            w.write("bad", y)
+        with pytest.raises(CacheError, match="exceed the float16 range"):
+            w.write("big", np.full((2, 7), 1e6, np.float32))
