@@ -50,7 +50,7 @@ class RowBank:
     the bank rotated by a seeded offset and tiled to its length; labels = arg-max over 20 fixed
     directions of the first 64 channels (learnable by a linear probe), about 5 % set to -1."""
 
-    def __init__(self, dim: int, bank_rows: int = 65536, seed: int = 0):
+    def __init__(self, dim: int, bank_rows: int = 16384, seed: int = 0):
         rng = np.random.default_rng(seed)
         self.dim, self.seed = dim, seed
         self.bank = rng.standard_normal((bank_rows, dim), dtype=np.float32).astype(np.float16)
@@ -60,19 +60,22 @@ class RowBank:
 
     def item(self, i: int, n: int) -> dict[str, np.ndarray]:
         rng = np.random.default_rng((self.seed, i))
-        take = (np.arange(n) + int(rng.integers(len(self.bank)))) % len(self.bank)
-        feats = self.bank[take]
+        off = int(rng.integers(len(self.bank)))
+        reps = -(-(n + off) // len(self.bank))
+        feats = np.concatenate([self.bank] * reps)[off : off + n] if reps > 1 else self.bank[off : off + n]
+        feats = np.ascontiguousarray(feats)
         labels = np.argmax(feats[:, : self.k].astype(np.float32) @ self.directions + self.bias,
                            axis=1).astype(np.int64)
         labels[rng.random(n) < 0.05] = -1
         return {"features": feats, "labels": labels}
 
 
-def write_cache(folder: Path, split: str, rows: int, dim: int, per_item: int, seed: int) -> dict:
+def write_cache(folder: Path, split: str, rows: int, dim: int, per_item: int, seed: int,
+                bank: RowBank | None = None) -> dict:
     """A cache of ``rows`` generated rows in items of ``per_item`` at ``folder/split``: (bytes, seconds)."""
     from common.cache import CacheKey, fill_cache
 
-    bank = RowBank(dim, seed=seed)
+    bank = bank or RowBank(dim, seed=seed)
     sizes = item_rows(rows, per_item)
     names = [f"item{i:05d}" for i in range(len(sizes))]
     key = CacheKey(encoder="generated_rows", checkpoint_sha256="", config_hash=f"dim{dim}-seed{seed}",
@@ -117,7 +120,8 @@ def run_probe(folder: Path, out: Path, log: Path, max_ram_gb: float, epochs: int
     shutil.rmtree(out, ignore_errors=True)
     cmd = [sys.executable, "-m", "pointprobe.cli", "probe", f"features=[{folder}]", f"out={out}",
            "eval_source=cache", "max_train_points=0", f"probe.epochs={epochs}", "probe.lrs=[0.01]",
-           "probe.wds=[0.0]", f"probe.max_ram_gb={max_ram_gb}", "n_boot=10", "device=cpu"]
+           "probe.wds=[0.0]", "probe.normalize=none", f"probe.max_ram_gb={max_ram_gb}", "n_boot=10",
+           "device=cpu"]
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
     t0 = time.perf_counter()
     with open(log, "w") as f:
@@ -153,13 +157,14 @@ def main(argv: list[str] | None = None) -> int:
     big_rows, small_rows = int(args.big_gb * 1e9 // rb), int(args.small_gb * 1e9 // rb)
     check_disk(work, (big_rows + small_rows + 2 * args.val_rows) * rb)
     runs = []
+    bank = RowBank(args.dim, seed=args.seed)
     small, big = work / "small", work / "big"
     try:
         for folder, rows, modes in ((small, small_rows, (("in memory", 1e6), ("streamed", 0.0))),
                                     (big, big_rows, (("streamed", 0.0),))):
             shutil.rmtree(folder, ignore_errors=True)
-            w = write_cache(folder, "train", rows, args.dim, args.item_rows, args.seed)
-            write_cache(folder, "val", args.val_rows, args.dim, args.item_rows, args.seed)
+            w = write_cache(folder, "train", rows, args.dim, args.item_rows, args.seed, bank)
+            write_cache(folder, "val", args.val_rows, args.dim, args.item_rows, args.seed, bank)
             for mode, ram in modes:
                 r = run_probe(folder, work / f"probe_{folder.name}_{mode.split()[-1]}",
                               work / f"{folder.name}_{mode.split()[-1]}.log", ram, args.epochs)
@@ -189,13 +194,14 @@ def write_section(runs: list[dict], doc: Path, args, mem: int, human_bytes) -> N
                      f"{r['peak_rss_mib']:.0f} MiB | {r['mIoU']:.1f} |")
     body = "\n".join([
         f"`pointprobe probe` (linear, one head, {args.epochs} epoch(s), max_train_points=0, "
-        "normalize=standardize, eval_source=cache) on feature caches written by a cheap generator "
+        "normalize=none, eval_source=cache) on feature caches written by a cheap generator "
         f"({args.dim}-dim float16 rows, labels learnable by a linear probe; see the tool's docstring), "
         f"{human_bytes(mem)} of memory on this machine. `in memory`: `ProbeData.load` "
         "(probe.max_ram_gb above the rows' float32 size); `streamed`: `ProbeData.iter_windows` "
         "(probe.max_ram_gb=0). rows/s = labelled training rows x epochs / wall seconds of the whole "
-        "command (two normaliser passes, training, head selection on 15 % of the items and scoring "
-        "included); peak RSS is the command's ru_maxrss. The big cache was deleted right after its run.",
+        "command (one training pass, head selection on 15 % of the items and scoring included; no "
+        "normaliser, whose two extra passes over the rows would double a streamed run's reading); "
+        "peak RSS is the command's ru_maxrss. The big cache was deleted right after its run.",
         "", f"Command: `python -m tools.bench_probe_memory --big-gb {args.big_gb:g} --small-gb "
         f"{args.small_gb:g} --dim {args.dim} --epochs {args.epochs}`", "", *lines, "",
         "- Before `ProbeData` released the pages it had read (MADV_DONTNEED after each copy), every page "
