@@ -23,6 +23,7 @@ import argparse
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -126,7 +127,12 @@ def run_probe(folder: Path, out: Path, log: Path, max_ram_gb: float, epochs: int
     t0 = time.perf_counter()
     with open(log, "w") as f:
         proc = subprocess.Popen(cmd, env=env, stdout=f, stderr=subprocess.STDOUT)
-        _, status, usage = os.wait4(proc.pid, 0)
+        try:
+            _, status, usage = os.wait4(proc.pid, 0)
+        except BaseException:  # stopped: the child goes too (it holds the cache files open)
+            proc.kill()
+            proc.wait()
+            raise
     wall = time.perf_counter() - t0
     if os.waitstatus_to_exitcode(status) != 0:
         raise SystemExit(f"{' '.join(cmd)}: failed\n{log.read_text()[-3000:]}")
@@ -148,31 +154,50 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--work", default="/tmp/bench_probe_memory")
     ap.add_argument("--doc", default="docs/benchmarks.md")
     ap.add_argument("--no-doc", action="store_true")
+    ap.add_argument("--skip-big", action="store_true", help="the small cache only (a quick check)")
+    ap.add_argument("--doc-only", action="store_true", help="write the section from WORK/results.json")
     args = ap.parse_args(sys.argv[1:] if argv is None else argv)
     from common.paths import human_bytes
 
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
+    if args.doc_only:  # the section from WORK/results.json (e.g. of a run stopped after some runs)
+        write_section(json.loads((work / "results.json").read_text()), Path(args.doc), args, mem_total(),
+                      human_bytes)
+        return 0
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # a kill still deletes the caches
     rb = row_bytes(args.dim)
     big_rows, small_rows = int(args.big_gb * 1e9 // rb), int(args.small_gb * 1e9 // rb)
     check_disk(work, (big_rows + small_rows + 2 * args.val_rows) * rb)
     runs = []
     bank = RowBank(args.dim, seed=args.seed)
     small, big = work / "small", work / "big"
+    written: dict[str, dict] = {}
+
+    def measure(folder: Path, mode: str, ram: float) -> None:
+        tag = f"{folder.name}_{mode.split()[-1]}"
+        r = run_probe(folder, work / f"probe_{tag}", work / f"{tag}.log", ram, args.epochs)
+        r.update({"cache": folder.name, "path": mode, "cache_bytes": written[folder.name]["bytes"],
+                  "write_s": written[folder.name]["seconds"]})
+        print(json.dumps(r), flush=True)
+        runs.append(r)
+        (work / "results.json").write_text(json.dumps(runs, indent=1) + "\n")
+
+    def write(folder: Path, rows: int) -> None:
+        shutil.rmtree(folder, ignore_errors=True)
+        written[folder.name] = write_cache(folder, "train", rows, args.dim, args.item_rows, args.seed, bank)
+        write_cache(folder, "val", args.val_rows, args.dim, args.item_rows, args.seed, bank)
+
+    # the two runs the comparison needs first (fits: in memory; larger than RAM: streamed), the big cache
+    # deleted as soon as its run ends, then the small cache streamed
     try:
-        for folder, rows, modes in ((small, small_rows, (("in memory", 1e6), ("streamed", 0.0))),
-                                    (big, big_rows, (("streamed", 0.0),))):
-            shutil.rmtree(folder, ignore_errors=True)
-            w = write_cache(folder, "train", rows, args.dim, args.item_rows, args.seed, bank)
-            write_cache(folder, "val", args.val_rows, args.dim, args.item_rows, args.seed, bank)
-            for mode, ram in modes:
-                r = run_probe(folder, work / f"probe_{folder.name}_{mode.split()[-1]}",
-                              work / f"{folder.name}_{mode.split()[-1]}.log", ram, args.epochs)
-                r.update({"cache": folder.name, "path": mode, "cache_bytes": w["bytes"],
-                          "write_s": w["seconds"], "rows": rows})
-                print(json.dumps(r), flush=True)
-                runs.append(r)
-            shutil.rmtree(folder, ignore_errors=True)  # the big cache goes as soon as it is measured
+        write(small, small_rows)
+        measure(small, "in memory", 1e6)
+        if not args.skip_big:
+            write(big, big_rows)
+            measure(big, "streamed", 0.0)
+            shutil.rmtree(big, ignore_errors=True)
+        measure(small, "streamed", 0.0)
     finally:
         for folder in (small, big):
             shutil.rmtree(folder, ignore_errors=True)
