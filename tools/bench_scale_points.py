@@ -227,6 +227,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--max-train-points", type=int, default=2_000_000,
                     help="the probe's cap (also sizes the training subsample: cap / training scenes)")
     ap.add_argument("--no-doc", action="store_true", help="print the rows only, leave docs/benchmarks.md")
+    ap.add_argument("--note", action="append", default=[], help="a line added to the section's notes")
     ap.add_argument("--doc-only", action="store_true", help="write the section from WORK/results.json only")
     ap.add_argument("--redo", action="store_true", help="measure sizes already in WORK/results.json again")
     ap.add_argument("--keep-data", action="store_true", help="keep the generated scene pool at the end")
@@ -239,7 +240,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.doc_only:  # the section from WORK/results.json, nothing run
         rows = [merged[k] for k in sorted(merged)]
         write_section(rows, Path(args.doc), " ".join(str(r["scenes"]) for r in rows), args.max_train_points,
-                      todo=_todo(args, merged), work=args.work)
+                      todo=_todo(args, merged), work=args.work, extra=args.note)
         return 0
     for n in args.scenes:
         if n in merged and not args.redo:
@@ -274,7 +275,8 @@ def _todo(args, measured: dict) -> str:
 
 
 def write_section(rows: list[dict], doc: Path, scenes: str, max_train_points: int,
-                  todo: str = "", work: str = "/tmp/bench_scale_points") -> None:
+                  todo: str = "", work: str = "/tmp/bench_scale_points",
+                  extra: list[str] | None = None) -> None:
     """The docs/benchmarks.md section: measured rows, the full size extrapolated (said so) when it
     was not measured, notes, the log-log plot. ``todo``: the command that completes the run."""
     from common.benchdoc import machine_line, update_section
@@ -292,7 +294,8 @@ def write_section(rows: list[dict], doc: Path, scenes: str, max_train_points: in
     big = rows[-1]
     if big["scenes"] < FULL_SIZE:
         f = FULL_SIZE / big["scenes"]
-        ex = {k: big[k] * f for k in ("generate_s", "extract_s", "probe_s", "data_bytes")}
+        ex = {k: big[k] * f for k in ("extract_s", "probe_s", "data_bytes")}
+        ex["generate_s"] = FULL_SIZE * max(r["generate_s"] / r["scenes"] for r in rows)  # pool reuse aside
         lines.append(f"| **{FULL_SIZE} (EXTRAPOLATED, linear from {big['scenes']})** | "
                      f"~{big['points'] * f:.3g} | {ex['generate_s']:.0f} | {ex['extract_s']:.0f} | "
                      f"{ex['probe_s']:.0f} | - | {human_bytes(big['disk_bytes'])} (capped) | "
@@ -307,6 +310,10 @@ def write_section(rows: list[dict], doc: Path, scenes: str, max_train_points: in
         "for bit equal; what is left is mostly the encoder itself (`randproj` writes an (M, 1232) float32 "
         "array per scene, about 65 % of a scene's time in cProfile), then grid sampling and the "
         "canonical index. Generation, writing and reading a scene take about 0.1 s, 0.01 s and 0.01 s.",
+        "- generate s counts the scenes not yet in the pool only (a size whose scenes an earlier, "
+        "interrupted launch had made shows about 0); the EXTRAPOLATED row uses the highest measured "
+        "per-scene generation rate. Time per stage: each measured row's s / scene, compared between "
+        "sizes, is the linearity check.",
         "- Probe: streamed evaluation runs the encoder over every val point and applies the heads "
         "(the full per-point path), so it grows with the val scenes; training reads the capped "
         "subsample only.",
@@ -319,7 +326,8 @@ def write_section(rows: list[dict], doc: Path, scenes: str, max_train_points: in
         "number of scenes: it no longer includes an (N, 1232) gather and its float16 copy.",
         "- The 2 cores were shared with five other engineers' jobs (load average 9-16 during the runs): "
         "times are noisy upper values.",
-        "- mIoU is of a random projection probed linearly: a check that the path works, not a result."]
+        "- mIoU is of a random projection probed linearly: a check that the path works, not a result.",
+        *[f"- {t}" for t in extra or []]]
     png = doc.parent / "img" / "bench_scale_points.png"
     _plot(rows, png)
     body = "\n".join([
