@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -116,30 +117,70 @@ def check_disk(work: Path, need: float, margin: float = MARGIN) -> None:
                          f"{human_bytes(margin)} kept free: not starting")
 
 
-def run_probe(folder: Path, out: Path, log: Path, max_ram_gb: float, epochs: int) -> dict:
-    """``pointprobe probe`` on ``folder`` in its own process: wall seconds, peak RSS, training rows."""
+_STEP = re.compile(r"linear probe \(\d+ heads\): (\d+)/(\d+)")
+
+
+def _hwm_kib(pid: int) -> int:
+    """Peak resident set (VmHWM, KiB) of a running process (0 when gone)."""
+    try:
+        return int(re.search(r"VmHWM:\s+(\d+)", Path(f"/proc/{pid}/status").read_text()).group(1))
+    except (OSError, AttributeError):
+        return 0
+
+
+def run_probe(folder: Path, out: Path, log: Path, max_ram_gb: float, epochs: int,
+              timeout: float | None = None, batch: int = 4096, poll: float = 1.0) -> dict:
+    """``pointprobe probe`` on ``folder`` in its own process: wall seconds, peak RSS, training rows, and
+    the training loop's rows/s seen from its progress lines (polled every ``poll`` s). After
+    ``timeout`` seconds the run is stopped and reported as unfinished (peak RSS so far, VmHWM)."""
     shutil.rmtree(out, ignore_errors=True)
     cmd = [sys.executable, "-m", "pointprobe.cli", "probe", f"features=[{folder}]", f"out={out}",
            "eval_source=cache", "max_train_points=0", f"probe.epochs={epochs}", "probe.lrs=[0.01]",
-           "probe.wds=[0.0]", "probe.normalize=none", f"probe.max_ram_gb={max_ram_gb}", "n_boot=10",
-           "device=cpu"]
+           "probe.wds=[0.0]", "probe.normalize=none", f"probe.max_ram_gb={max_ram_gb}",
+           f"probe.batch_size={batch}", "n_boot=10", "device=cpu"]
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
     t0 = time.perf_counter()
+    seen: list[tuple[float, int]] = []  # (seconds, training steps done) when the count changed
+    hwm = 0
     with open(log, "w") as f:
         proc = subprocess.Popen(cmd, env=env, stdout=f, stderr=subprocess.STDOUT)
         try:
-            _, status, usage = os.wait4(proc.pid, 0)
+            while True:
+                pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
+                now = time.perf_counter() - t0
+                steps = [int(m.group(1)) for m in _STEP.finditer(log.read_text(errors="replace"))]
+                if steps and (not seen or steps[-1] != seen[-1][1]):
+                    seen.append((now, steps[-1]))
+                if pid:
+                    break
+                hwm = max(hwm, _hwm_kib(proc.pid))
+                if timeout is not None and now > timeout:
+                    proc.kill()
+                    _, status, usage = os.wait4(proc.pid, 0)
+                    break
+                time.sleep(poll)
         except BaseException:  # stopped: the child goes too (it holds the cache files open)
             proc.kill()
             proc.wait()
             raise
     wall = time.perf_counter() - t0
-    if os.waitstatus_to_exitcode(status) != 0:
-        raise SystemExit(f"{' '.join(cmd)}: failed\n{log.read_text()[-3000:]}")
+    train_rps = ((seen[-1][1] - seen[0][1]) * batch / (seen[-1][0] - seen[0][0])
+                 if len(seen) >= 2 and seen[-1][0] > seen[0][0] else float("nan"))
+    res = {"seconds": wall, "peak_rss_mib": max(usage.ru_maxrss, hwm) / 1024, "train_rps": train_rps,
+           "steps_done": seen[-1][1] if seen else 0}
+    finished = (out / "results.json").is_file()
+    if not finished:
+        if timeout is None:
+            raise SystemExit(f"{' '.join(cmd)}: failed\n{log.read_text()[-3000:]}")
+        m = re.search(r"(\d+) labelled points", log.read_text(errors="replace"))
+        res.update({"finished": False, "train_rows": int(m.group(1)) if m else 0, "rows_per_s": float("nan"),
+                    "mIoU": float("nan")})
+        return res
     row = json.loads((out / "results.json").read_text())["rows"][0]
     rows = int(row["train points"])  # labelled rows of the train split (15 % hold-out incl.)
-    return {"seconds": wall, "peak_rss_mib": usage.ru_maxrss / 1024, "train_rows": rows,
-            "rows_per_s": rows * epochs / wall, "mIoU": float(row["mIoU"])}
+    res.update({"finished": True, "train_rows": rows, "rows_per_s": rows * epochs / wall,
+                "mIoU": float(row["mIoU"])})
+    return res
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -155,6 +196,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--doc", default="docs/benchmarks.md")
     ap.add_argument("--no-doc", action="store_true")
     ap.add_argument("--skip-big", action="store_true", help="the small cache only (a quick check)")
+    ap.add_argument("--big-timeout", type=float, default=None,
+                    help="stop the big run after this many seconds and report it as unfinished")
     ap.add_argument("--doc-only", action="store_true", help="write the section from WORK/results.json")
     args = ap.parse_args(sys.argv[1:] if argv is None else argv)
     from common.paths import human_bytes
@@ -174,9 +217,9 @@ def main(argv: list[str] | None = None) -> int:
     small, big = work / "small", work / "big"
     written: dict[str, dict] = {}
 
-    def measure(folder: Path, mode: str, ram: float) -> None:
+    def measure(folder: Path, mode: str, ram: float, timeout: float | None = None) -> None:
         tag = f"{folder.name}_{mode.split()[-1]}"
-        r = run_probe(folder, work / f"probe_{tag}", work / f"{tag}.log", ram, args.epochs)
+        r = run_probe(folder, work / f"probe_{tag}", work / f"{tag}.log", ram, args.epochs, timeout)
         r.update({"cache": folder.name, "path": mode, "cache_bytes": written[folder.name]["bytes"],
                   "write_s": written[folder.name]["seconds"]})
         print(json.dumps(r), flush=True)
@@ -188,16 +231,16 @@ def main(argv: list[str] | None = None) -> int:
         written[folder.name] = write_cache(folder, "train", rows, args.dim, args.item_rows, args.seed, bank)
         write_cache(folder, "val", args.val_rows, args.dim, args.item_rows, args.seed, bank)
 
-    # the two runs the comparison needs first (fits: in memory; larger than RAM: streamed), the big cache
-    # deleted as soon as its run ends, then the small cache streamed
+    # the cache that fits, in memory and streamed; then the big one (deleted as soon as its run ends)
     try:
         write(small, small_rows)
         measure(small, "in memory", 1e6)
+        measure(small, "streamed", 0.0)
+        shutil.rmtree(small, ignore_errors=True)
         if not args.skip_big:
             write(big, big_rows)
-            measure(big, "streamed", 0.0)
+            measure(big, "streamed", 0.0, args.big_timeout)
             shutil.rmtree(big, ignore_errors=True)
-        measure(small, "streamed", 0.0)
     finally:
         for folder in (small, big):
             shutil.rmtree(folder, ignore_errors=True)
@@ -210,12 +253,16 @@ def main(argv: list[str] | None = None) -> int:
 def write_section(runs: list[dict], doc: Path, args, mem: int, human_bytes) -> None:
     from common.benchdoc import machine_line, update_section
 
-    lines = ["| cache | size on disk | x RAM | path | train rows | wall s | rows/s | peak RSS | mIoU |",
-             "|---|---:|---:|---|---:|---:|---:|---:|---:|"]
+    lines = ["| cache | size on disk | x RAM | path | train rows | finished | wall s | rows/s (command) "
+             "| rows/s (training loop) | peak RSS | mIoU |",
+             "|---|---:|---:|---|---:|---|---:|---:|---:|---:|---:|"]
     for r in runs:
+        fin = "yes" if r.get("finished", True) else f"NO (stopped after {r['steps_done']} steps)"
+        loop = r.get("train_rps", float("nan"))
         lines.append(f"| {r['cache']} | {human_bytes(r['cache_bytes'])} | "
                      f"{r['cache_bytes'] / mem if mem else float('nan'):.2f} | {r['path']} | "
-                     f"{r['train_rows']:,} | {r['seconds']:.0f} | {r['rows_per_s']:,.0f} | "
+                     f"{r['train_rows']:,} | {fin} | {r['seconds']:.0f} | {r['rows_per_s']:,.0f} | "
+                     f"{loop:,.0f} | "
                      f"{r['peak_rss_mib']:.0f} MiB | {r['mIoU']:.1f} |")
     body = "\n".join([
         f"`pointprobe probe` (linear, one head, {args.epochs} epoch(s), max_train_points=0, "
