@@ -106,3 +106,43 @@ def test_cache_writer_finite_check_of_float16_items(tmp_path):
             w.write("bad", y)
         with pytest.raises(CacheError, match="exceed the float16 range"):
             w.write("big", np.full((2, 7), 1e6, np.float32))
+
+
+def test_streamed_window_is_gathered_in_place(tmp_path):
+    """A shuffled window is one float32 array filled in place: the same rows in the same order as
+    concatenating the pieces and permuting them, with a traced peak of about one window (it was about
+    three: the pieces, their concatenation and the permuted copy)."""
+    import tracemalloc
+
+    rng0 = np.random.default_rng(0)
+    chunks = [(rng0.standard_normal((n, 64)).astype(np.float16), rng0.integers(-1, 4, n))
+              for n in (3000, 5000, 4000)]
+    data = ProbeData(chunks, groups=[0, 1, 2])
+    wins = list(data.iter_windows(4096, np.random.default_rng(7), unit_rows=1000))
+    # the reference: concatenation then permutation, drawn the same way
+    units = [(ci, c.rows[s : s + 1000]) for ci, c in enumerate(data._chunks)
+             for s in range(0, len(c.rows), 1000)]
+    rng = np.random.default_rng(7)
+    units = [units[i] for i in rng.permutation(len(units))]
+    ref, buf, size = [], [], 0
+    for u in units:
+        buf.append(u)
+        size += len(u[1])
+        if size >= 4096:
+            ref.append(buf)
+            buf, size = [], 0
+    if buf:
+        ref.append(buf)
+    assert len(wins) == len(ref)
+    for (x, y, _), us in zip(wins, ref):
+        xc = np.concatenate([np.asarray(chunks[ci][0][r], np.float32) for ci, r in us])
+        yc = np.concatenate([chunks[ci][1][r] for ci, r in us])
+        p = rng.permutation(len(yc))
+        assert np.array_equal(x, xc[p]) and np.array_equal(y, yc[p]) and x.dtype == np.float32
+    big = ProbeData([(np.ones((40000, 256), np.float16), np.zeros(40000, np.int64))])
+    tracemalloc.start()
+    x, _, _ = big._gather([(0, big._chunks[0].rows[s : s + 4000]) for s in range(0, 40000, 4000)],
+                          np.random.default_rng(0))
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    assert x.nbytes == 40000 * 256 * 4 and peak < 1.4 * x.nbytes
