@@ -199,6 +199,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--big-timeout", type=float, default=None,
                     help="stop the big run after this many seconds and report it as unfinished")
     ap.add_argument("--doc-only", action="store_true", help="write the section from WORK/results.json")
+    ap.add_argument("--note", action="append", default=[], help="a line added to the section's notes")
     args = ap.parse_args(sys.argv[1:] if argv is None else argv)
     from common.paths import human_bytes
 
@@ -278,6 +279,9 @@ def write_section(runs: list[dict], doc: Path, args, mem: int, human_bytes) -> N
         f"{args.small_gb:g} --dim {args.dim} --epochs {args.epochs}`", "", *lines, "",
         "- Before `ProbeData` released the pages it had read (MADV_DONTNEED after each copy), every page "
         "a streamed epoch touched stayed mapped and counted in the resident set (test_probe_memory).",
+        "- rows/s (training loop): training steps x batch rows / seconds between the first and last "
+        "progress lines of the training loop (read while it runs); the only rate of a stopped run.",
+        *[f"- {t}" for t in args.note],
         "", f"Machine: {machine_line()}."])
     update_section(SECTION, body, doc)
 
