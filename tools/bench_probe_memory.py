@@ -263,7 +263,7 @@ def write_section(runs: list[dict], doc: Path, args, mem: int, human_bytes) -> N
         lines.append(f"| {r['cache']} | {human_bytes(r['cache_bytes'])} | "
                      f"{r['cache_bytes'] / mem if mem else float('nan'):.2f} | {r['path']} | "
                      f"{r['train_rows']:,} | {fin} | {r['seconds']:.0f} | {r['rows_per_s']:,.0f} | "
-                     f"{loop:,.0f} | "
+                     f"{'-' if loop != loop else f'{loop:,.0f}'} | "
                      f"{r['peak_rss_mib']:.0f} MiB | {r['mIoU']:.1f} |")
     body = "\n".join([
         f"`pointprobe probe` (linear, one head, {args.epochs} epoch(s), max_train_points=0, "
