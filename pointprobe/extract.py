@@ -165,14 +165,17 @@ def _augment(points: np.ndarray, angle_deg: float, flip: bool) -> np.ndarray:
     return out.astype(np.float32)
 
 
-def scene_features(model: Any, scene: Any, cfg: ExtractConfig, device: torch.device) -> np.ndarray:
+def scene_features(model: Any, scene: Any, cfg: ExtractConfig, device: torch.device,
+                   rows: np.ndarray | None = None) -> np.ndarray:
     """(N, D) features of one scene (float16 for a float16 cache with one view, else float32); with
-    ``cfg.tta`` > 1 the mean over augmented views.
+    ``cfg.tta`` > 1 the mean over augmented views. ``rows``: only those points' features (len(rows), D),
+    equal to those rows of the full result (the encoder still sees the whole scene).
 
     A linear probe is affine, so its logits averaged over views (Sonata's test-time augmentation)
     equal its logits of the view-averaged features: averaging here gives exactly that protocol."""
     if model is None:
-        return raw_features(scene.coord, scene.color, scene.normal)
+        raw = raw_features(scene.coord, scene.color, scene.normal)
+        return raw if rows is None else raw[rows]
     from pointprobe.models import encode_points
 
     acc = None
@@ -186,7 +189,8 @@ def scene_features(model: Any, scene: Any, cfg: ExtractConfig, device: torch.dev
             coord, normal = _augment(coord, angle, flip), _augment(normal, angle, flip)
         f = encode_points(model, coord, scene.color, normal, levels=cfg.encoder.levels, prep=prep,
                           device=device, max_points=cfg.max_points, source=scene.name,
-                          out_dtype=out_dtype, device_preprocess=cfg.device_preprocess).numpy()
+                          out_dtype=out_dtype, device_preprocess=cfg.device_preprocess,
+                          rows=rows).numpy()
         if len(views) == 1:
             return f  # as encoded (a float16 division by 1 is a slow emulated pass over N x D)
         acc = f if acc is None else acc + f
@@ -390,13 +394,16 @@ def extract(cfg: ExtractConfig, progress: bool = True) -> dict[str, dict[str, st
                 name, folder = item, Path(cfg.data.root) / split / item
                 scene = load_scene(folder)
                 labels = scene.labels(cfg.data.label_set)
+            if len(scene) != labels.shape[0]:
+                raise InputError(folder, f"{len(scene)} points for {labels.shape[0]} labels")
+            if mode == "subsample":  # only the kept rows are gathered from the encoder's output
+                idx = subsample_rows(labels, k_keep, scene_seed(cfg.subsample_seed, name),
+                                     cfg.class_balanced)
+                feats = scene_features(model, scene, cfg, device, rows=idx)
+                return {"features": feats, "labels": labels[idx], "index": idx}
             feats = scene_features(model, scene, cfg, device)
             if feats.shape[0] != labels.shape[0]:
                 raise InputError(folder, f"{feats.shape[0]} features for {labels.shape[0]} labels")
-            if mode == "subsample":
-                idx = subsample_rows(labels, k_keep, scene_seed(cfg.subsample_seed, name),
-                                     cfg.class_balanced)
-                return {"features": feats[idx], "labels": labels[idx], "index": idx}
             return {"features": feats, "labels": labels}
 
         key = cache_key(rec, cfg, split, len(names))

@@ -131,6 +131,10 @@ def test_device_preprocess_features_equal_the_numpy_path(model, sampling, max_po
     assert torch.equal(a, b)  # bitwise on the CPU
     assert torch.equal(half, encode_points(model, coord, color, normal, device_preprocess="device",
                                            out_dtype=torch.float16, **kw))
+    # a subsampled cache's kept rows (encode_points rows=) on the device path: those rows of the full result
+    rows = np.random.default_rng(3).choice(len(coord), 200, replace=False)
+    kept = encode_points(model, coord, color, normal, device_preprocess="device", rows=rows, **kw)
+    assert kept.shape == (200, a.shape[1]) and torch.equal(kept, a[torch.from_numpy(rows)])
 
 
 def test_device_preprocess_without_colour_warns_and_zero_fills(model):

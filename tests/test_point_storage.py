@@ -186,3 +186,60 @@ def test_bench_generator_and_extrapolation(tmp_path):
     assert y.shape == (900,) and set(np.unique(y)) <= set(range(-1, 20)) and {0, 1} <= set(y.tolist())
     rows = [{"scenes": n, "t": 3.0 * n ** 1.5} for n in (10, 20, 40)]
     assert extrapolate(rows, "t", 160) == pytest.approx(3.0 * 160 ** 1.5, rel=1e-9)
+
+
+@pytest.mark.parametrize("sampling,max_points", [("canonical", None), ("canonical", 1500), ("first", None),
+                                                 ("test", None)])
+def test_encode_points_rows_equal_the_full_rows(sampling, max_points):
+    """``rows=``: the kept points' features are those rows of the full result, bit for bit (one pass,
+    spatial chunks, and test-mode passes), in the order given."""
+    import torch
+
+    from pointprobe.models.encode import encode_points
+    from tools.bench_scale_points import _randproj_class
+
+    torch.manual_seed(0)
+    model = _randproj_class()(out_dim=48)
+    s = room_scene(6000, 3)
+    kw = dict(levels=None, device="cpu", max_points=max_points, sampling=sampling, out_dtype=torch.float16)
+    full = encode_points(model, s["coord"], s["color"], s["normal"], **kw)
+    rows = np.array([5999, 0, 17, 17, 3000, 4242], dtype=np.int64)
+    part = encode_points(model, s["coord"], s["color"], s["normal"], rows=rows, **kw)
+    assert part.shape == (len(rows), 48) and part.dtype == torch.float16
+    assert torch.equal(part, full[torch.from_numpy(rows)])
+    with pytest.raises(Exception, match="rows must index"):
+        encode_points(model, s["coord"], s["color"], s["normal"], rows=np.array([6000]), **kw)
+
+
+def test_subsampled_extract_gathers_kept_rows_only(data, tmp_path, monkeypatch):
+    """A subsampled split asks the encoder path for the kept rows only (not an (N, D) array that is then
+    indexed), and what is stored equals those rows of the full features."""
+    import torch
+
+    import pointprobe.models as models
+    from pointprobe.models.encode import encode_points
+    from tools.bench_scale_points import register_randproj
+
+    register_randproj()
+    asked: list[int] = []
+
+    def spy(*a, rows=None, **k):
+        asked.append(-1 if rows is None else len(rows))
+        return encode_points(*a, rows=rows, **k)
+
+    monkeypatch.setattr(models, "encode_points", spy)
+    cfg = ExtractConfig(data=PointDataConfig(root=str(data)), encoder=PointEncoderConfig(name="randproj"),
+                        out=str(tmp_path / "f"), storage={"train": "subsample", "val": "none"},
+                        points_per_scene=64, device="cpu")
+    extract(cfg, progress=False)
+    assert asked == [64] * 4
+    cache = FeatureCache(tmp_path / "f" / "train")
+    from pointprobe.data.scannet import load_scene
+    from pointprobe.models.registry import build_encoder
+
+    model, _ = build_encoder(cfg.encoder, torch.device("cpu"))
+    for it in cache.items():
+        arr = cache[it]
+        sc = load_scene(data / "train" / it)
+        full = encode_points(model, sc.coord, sc.color, sc.normal, device="cpu", out_dtype=torch.float16)
+        assert np.array_equal(np.asarray(arr["features"]), full.numpy()[np.asarray(arr["index"])])

@@ -321,9 +321,13 @@ def encode_points(model: PointEncoder, coord, color=None, normal=None, levels: i
                   autocast: str | torch.dtype | None = "auto", max_points: int | None = 400_000,
                   chunk_margin: float = 1.0, source: str | None = None, progress: bool = False,
                   out_dtype: torch.dtype = torch.float32, device_preprocess: DevicePreprocess = "auto",
+                  rows: np.ndarray | None = None,
                   **recipe: Any) -> torch.Tensor:
     """Features (N, D) on the CPU for the N input points of one scene (float32, or ``out_dtype``:
     float16 halves the copy back from a GPU and the memory, e.g. for a float16 feature cache).
+    ``rows``: only these input points' features, (len(rows), D) in that order (a subsampled cache):
+    the encoder still sees the whole scene, but the up-cast gather, the per-point assembly and the
+    copy back are of the kept rows only; each row equals that row of the full result bit for bit.
     ``prep``: the :class:`Preprocessing` recipe (default: the release's); its options may instead be
     given as keywords (``grid_size=``, ``sampling=``, ``align=``, ``seed=``). ``align``: voxel borders,
     as the Sonata release's GridSample puts them after its CenterShift, at multiples of ``grid_size``
@@ -351,13 +355,18 @@ def encode_points(model: PointEncoder, coord, color=None, normal=None, levels: i
     n = xyz.shape[0]
     if n == 0:
         raise InputError(source, "point cloud is empty (0 points)")
+    if rows is not None:
+        rows = np.asarray(rows, dtype=np.int64).reshape(-1)
+        if rows.size and (rows.min() < 0 or rows.max() >= n):
+            raise InputError(source, f"rows must index the {n} input points, got range "
+                                     f"[{rows.min()}, {rows.max()}]")
     rgb = _as_array(color, "color", n, source)
     nrm = _as_array(normal, "normal", n, source)
     given = {"color": rgb, "normal": nrm}
     dev = torch.device(device) if device is not None else _model_device(model)
     if use_device_preprocess(device_preprocess, dev):
         return _encode_points_device(model, xyz, given, levels, prep, dev, autocast, max_points,
-                                     chunk_margin, source, progress, out_dtype)
+                                     chunk_margin, source, progress, out_dtype, rows)
     parts = []
     xyz = center_shift(xyz)
     for key in model.feat_keys:
@@ -392,6 +401,8 @@ def encode_points(model: PointEncoder, coord, color=None, normal=None, levels: i
                 idx = torch.from_numpy(gs.index)
                 acc.index_add_(0, idx, f)
                 cnt.index_add_(0, idx, torch.ones(idx.shape[0]))
+            if rows is not None:
+                acc, cnt = acc[torch.from_numpy(rows)], cnt[torch.from_numpy(rows)]
             return (acc / cnt[:, None]).to(out_dtype)
         if sampling == "canonical":
             gs = grid_sample(xyz, grid_size, mode="first", source=source, align=align)
@@ -401,7 +412,8 @@ def encode_points(model: PointEncoder, coord, color=None, normal=None, levels: i
             index = gs.index
         else:
             raise ValueError(f"sampling must be canonical, first, train or test, got {sampling!r}")
-        return encode_sampled(model, xyz[index], gs.grid_coord, feat[index], inverse=gs.inverse, **kwargs)
+        inverse = gs.inverse if rows is None else np.asarray(gs.inverse)[rows]  # kept rows' voxels only
+        return encode_sampled(model, xyz[index], gs.grid_coord, feat[index], inverse=inverse, **kwargs)
     finally:
         model.train(was_training)
 
@@ -427,9 +439,11 @@ def _encode_sampled_device(model: PointEncoder, coord: torch.Tensor, grid_coord:
 def _encode_points_device(model: PointEncoder, xyz: np.ndarray, given: dict[str, np.ndarray | None],
                           levels: int | None, prep: Preprocessing, dev: torch.device, autocast,
                           max_points: int | None, margin: float, source: str | None, progress: bool,
-                          out_dtype: torch.dtype) -> torch.Tensor:
+                          out_dtype: torch.dtype, rows: np.ndarray | None = None) -> torch.Tensor:
     """``encode_points`` with its preprocessing on ``dev`` (torch): the same shift, voxels, kept rows,
-    input features and gather as the numpy path, then one pinned, non-blocking copy back."""
+    input features and gather as the numpy path, then one pinned, non-blocking copy back. ``rows``:
+    only these input points' features (gathered on the device)."""
+    sel = None if rows is None else torch.from_numpy(rows).to(dev)
     n = xyz.shape[0]
     coord = center_shift_torch(torch.from_numpy(xyz).to(dev))
     parts = []
@@ -465,6 +479,8 @@ def _encode_points_device(model: PointEncoder, xyz: np.ndarray, given: dict[str,
                                            out_dtype=torch.float32, **kwargs)
                 acc.index_add_(0, gs.index, f.to(dev))
                 cnt.index_add_(0, gs.index, torch.ones(gs.index.shape[0], device=dev))
+            if sel is not None:
+                acc, cnt = acc[sel], cnt[sel]
             return _to_host((acc / cnt[:, None]).to(out_dtype))
         if prep.sampling == "canonical":
             gs = grid_sample_torch(coord, prep.grid_size, mode="first", align=prep.align)
@@ -475,7 +491,8 @@ def _encode_points_device(model: PointEncoder, xyz: np.ndarray, given: dict[str,
             index = gs.index
         else:
             raise ValueError(f"sampling must be canonical, first, train or test, got {prep.sampling!r}")
-        return _to_host(_encode_sampled_device(model, coord[index], gs.grid_coord, feat[index], gs.inverse,
+        inverse = gs.inverse if sel is None else gs.inverse[sel]  # kept rows' voxels only
+        return _to_host(_encode_sampled_device(model, coord[index], gs.grid_coord, feat[index], inverse,
                                                out_dtype=out_dtype, **kwargs))
     finally:
         model.train(was_training)
