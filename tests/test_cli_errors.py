@@ -100,9 +100,11 @@ def _config_keys() -> set[str]:
     from pointprobe.lift.lift import LiftConfig
     from pointprobe.pretrain.train import PretrainConfig
     from pointprobe.probe import SegProbeConfig
+    from pointprobe.tune import PointTuneConfig
     from videoprobe.bench import BenchSuiteConfig
     from videoprobe.extract import ExtractConfig as VideoExtract
     from videoprobe.probe import ProbeConfig
+    from videoprobe.tune import VideoTuneTaskConfig
 
     keys: set[str] = set()
 
@@ -120,7 +122,8 @@ def _config_keys() -> set[str]:
                 walk(a, path)
 
     for schema in (PointExtract, SegProbeConfig, PretrainConfig, ClusterConfig, LiftConfig, DistillConfig,
-                   PointDemoConfig, VideoExtract, ProbeConfig, BenchSuiteConfig):
+                   PointDemoConfig, VideoExtract, ProbeConfig, BenchSuiteConfig, PointTuneConfig,
+                   VideoTuneTaskConfig):
         walk(schema, [])
     return keys
 
