@@ -241,3 +241,17 @@ def test_dmjd_step_predicts_every_point_once(tmp_path):
 def test_disjoint_masks_config_checked(tmp_path):
     with pytest.raises(ConfigError, match="disjoint_masks"):
         Pretrainer(_cfg(_write_dataset(tmp_path / "d", 1), "loss.disjoint_masks=0"))
+
+
+def test_all_options_together_train_save_and_resume(tmp_path):
+    root = _write_dataset(tmp_path / "d", 2)
+    cfg = _cfg(root, "model.residual_decay=0.8", "loss.ibot_weight=0.5", "loss.disjoint_masks=2",
+               "train.steps=2", "train.batch_size=1")
+    res = run_pretrain(cfg, tmp_path / "run")
+    assert res["step"] == 2 and np.isfinite(res["last"]["loss"]) and res["last"]["ibot_pairs"] > 0
+    tr = Pretrainer(cfg)
+    tr.load_state(tmp_path / "run" / "last.pth")
+    tr.close()
+    st = torch.load(tmp_path / "run" / "last.pth", map_location="cpu", weights_only=False)
+    assert torch.equal(tr.teacher.ibot_head.prototype_v, st["teacher"]["ibot_head.prototype_v"])
+    assert load_encoder(tmp_path / "run" / "encoder.pth").config["residual_decay"] == 0.8
