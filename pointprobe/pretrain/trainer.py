@@ -25,6 +25,12 @@ starts from an encoder file; with ``explora.enabled`` only LoRA adapters, the un
 (``loss.bfp_alpha`` > 0) adds ``alpha * mean ||A f_new - f_old||`` on the local views' up-cast features,
 ``A`` a learnable linear map (identity at first), ``f_old`` a frozen snapshot of the starting encoder.
 
+Seed-paper options (off by default): ``model.residual_decay`` (decayed identity shortcuts in the encoder,
+kept in ``encoder.pth``'s config), ``loss.ibot_weight`` (iBOT: masked points of each masked view against
+the teacher on the unmasked same view; own ``ibot_head`` or, with ``loss.ibot_shared_head``, the mask
+head), ``loss.disjoint_masks`` K (DMJD: K complementary masked copies of each global view, every term on
+masked views over all copies).
+
 Checkpoints (``out/checkpoints/step_*.pth`` and ``out/last.pth``) hold student, teacher (with heads),
 optimiser, step and RNG states; resuming continues exactly. ``out/encoder.pth`` is the teacher
 backbone in the release format that ``pointprobe.models.load_encoder`` reads.
