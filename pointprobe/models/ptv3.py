@@ -74,6 +74,9 @@ PTV3_DEFAULTS: dict[str, Any] = {
     "mask_token": False,
     "enc_mode": True,
     "freeze_encoder": False,
+    # residual decay (pre-training option): the identity shortcuts of encoder block l (of L) are scaled
+    # by alpha_l = 1 - (1 - residual_decay) * l / (L - 1); 1.0 = plain residuals (the Sonata model)
+    "residual_decay": 1.0,
 }
 # Keys accepted for compatibility that change nothing in this encoder-only model.
 INERT_KEYS = ("dec_depths", "dec_channels", "dec_num_head", "dec_patch_size", "traceable")
@@ -155,7 +158,18 @@ def resolve_ptv3_config(cfg: Mapping[str, Any]) -> dict[str, Any]:
         raise ConfigError(f"ptv3: order must be a non-empty list of {ORDERS}, got {out['order']}")
     if out["layer_scale"] is not None and not isinstance(out["layer_scale"], int | float):
         raise ConfigError(f"ptv3: layer_scale must be a number or null, got {out['layer_scale']!r}")
+    rd = out["residual_decay"]
+    if isinstance(rd, bool) or not isinstance(rd, int | float) or not 0.0 <= rd <= 1.0:
+        raise ConfigError(f"ptv3: residual_decay must be a number in [0, 1] (1 = off), got {rd!r}")
+    out["residual_decay"] = float(rd)
     return out
+
+
+def residual_decay_factors(n_blocks: int, alpha_min: float) -> list[float]:
+    """Shortcut weights ``alpha_l`` of ``n_blocks`` blocks: linear from 1 (first) to ``alpha_min`` (last)."""
+    if n_blocks == 1:
+        return [float(alpha_min)]
+    return [1.0 - (1.0 - alpha_min) * i / (n_blocks - 1) for i in range(n_blocks)]
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -425,18 +439,19 @@ class Block(nn.Module):
         self.ls2 = nn.Sequential(_layer_scale(channels, layer_scale))
         self.mlp = nn.Sequential(MLP(channels, int(channels * mlp_ratio), proj_drop))
         self.drop_path = DropPath(drop_path)
+        self.shortcut_scale = 1.0  # residual decay: the weight of the identity shortcuts (1 = plain)
 
     def forward(self, point: PointBatch) -> None:
         """Update ``point.feat`` (and the features of ``point.sparse``) in place."""
         feat = point.feat
         point.sparse = self.cpe[0](point.sparse.replace_feature(feat))
         feat = feat + self.cpe[2](self.cpe[1](point.sparse.features))
-        shortcut = feat
+        shortcut = feat if self.shortcut_scale == 1.0 else feat * self.shortcut_scale
         h = self.norm1(feat) if self.pre_norm else feat
         feat = shortcut + self.drop_path(self.ls1(self.attn(h, point)))
         if not self.pre_norm:
             feat = self.norm1(feat)
-        shortcut = feat
+        shortcut = feat if self.shortcut_scale == 1.0 else feat * self.shortcut_scale
         h = self.norm2(feat) if self.pre_norm else feat
         feat = shortcut + self.drop_path(self.ls2(self.mlp(h)))
         if not self.pre_norm:
@@ -518,6 +533,8 @@ class PointTransformerV3(PointEncoder):
     def __init__(self, **cfg: Any):
         super().__init__()
         cfg = resolve_ptv3_config(cfg)
+        if cfg["residual_decay"] == 1.0:  # off: the config stays the Sonata one (key absent)
+            cfg.pop("residual_decay")
         self.config = cfg
         self.in_channels = cfg["in_channels"]
         self.order = list(cfg["order"])
@@ -547,6 +564,9 @@ class PointTransformerV3(PointEncoder):
             ]
             stages[f"enc{s}"] = Stage(down, blocks)
         self.enc = nn.ModuleDict(stages)
+        alphas = residual_decay_factors(n_blocks, cfg.get("residual_decay", 1.0))
+        for block, alpha in zip((b for st in self.enc.values() for b in st.blocks()), alphas):
+            block.shortcut_scale = alpha
         self.apply(self._init_weights)
         if cfg["freeze_encoder"]:
             for p in self.parameters():

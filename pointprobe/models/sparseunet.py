@@ -36,6 +36,7 @@ from common.checkpoint import load_checkpoint, load_state_dict_strict, save_chec
 from common.errors import CheckpointError, ConfigError, InputError
 from common.scatter import segment_reduce
 from pointprobe.models._fx import quiet_fx_tracing_notice
+from pointprobe.models.ptv3 import residual_decay_factors
 from pointprobe.models.structure import BlockLayout, PointBatch, PointEncoder, upcast
 
 with warnings.catch_warnings():  # spconv 2.3 uses the deprecated torch.cuda.amp decorators
@@ -65,6 +66,7 @@ DEFAULT_CONFIG: dict = {
     "mask_token": False,
     "decoder_channels": [],  # [] = encoder only; else one width per upsample (coarse -> fine)
     "decoder_depths": [],
+    "residual_decay": 1.0,  # shortcut weight of the last encoder block (linear from 1); 1 = plain residuals
 }
 
 
@@ -107,9 +109,12 @@ class ResBlock(nn.Module):
                                                              _make_norm(norm, c_out))
         self.drop_path = drop_path
         self.layer = layer
+        self.shortcut_scale = 1.0  # residual decay: the weight of the skip (1 = plain residual)
 
     def forward(self, x: spconv.SparseConvTensor) -> spconv.SparseConvTensor:
         skip = x.features if self.proj is None else self.proj(x.features)
+        if self.shortcut_scale != 1.0:
+            skip = skip * self.shortcut_scale
         h = self.conv1(x)
         h = h.replace_feature(F.gelu(self.norm1(h.features)))
         h = self.conv2(h)
@@ -188,7 +193,7 @@ class SparseUNet(PointEncoder):
                  depths: tuple[int, ...] | list[int] = (1, 2, 2, 2, 2), kernel_size: int = 3,
                  norm: str = "ln", drop_path: float = 0.0, mask_token: bool = False,
                  decoder_channels: tuple[int, ...] | list[int] = (),
-                 decoder_depths: tuple[int, ...] | list[int] = ()):
+                 decoder_depths: tuple[int, ...] | list[int] = (), residual_decay: float = 1.0):
         super().__init__()
         channels, depths = [int(c) for c in channels], [int(d) for d in depths]
         decoder_channels = [int(c) for c in decoder_channels]
@@ -198,12 +203,17 @@ class SparseUNet(PointEncoder):
         if len(decoder_channels) != len(decoder_depths) or len(decoder_channels) > len(channels) - 1:
             raise ValueError("decoder_channels/decoder_depths: same length, at most one per downsample")
         _make_norm(norm, 1)  # validates the name
+        if isinstance(residual_decay, bool) or not isinstance(residual_decay, int | float) \
+                or not 0.0 <= residual_decay <= 1.0:
+            raise ValueError(f"residual_decay must be a number in [0, 1] (1 = off), got {residual_decay!r}")
         self.config = {
             "in_channels": int(in_channels), "channels": channels, "depths": depths,
             "kernel_size": int(kernel_size), "norm": norm, "drop_path": float(drop_path),
             "mask_token": bool(mask_token), "decoder_channels": decoder_channels,
             "decoder_depths": decoder_depths,
         }
+        if residual_decay != 1.0:  # off: the key stays absent (configs of earlier files unchanged)
+            self.config["residual_decay"] = float(residual_decay)
         self.in_channels = int(in_channels)
         self.channels = tuple(channels)
         self.stem = nn.Sequential(nn.Linear(in_channels, channels[0]), nn.LayerNorm(channels[0]), nn.GELU())
@@ -220,6 +230,10 @@ class SparseUNet(PointEncoder):
                 [ResBlock(c, c, kernel_size, f"subm{lvl}", norm, dpr[bi + i], bi + i) for i in range(d)]
             ))
             bi += d
+        # residual decay: encoder block l of L scales its skip by 1 - (1 - residual_decay) * l / (L - 1)
+        alphas = residual_decay_factors(total, float(residual_decay))
+        for block, alpha in zip((b for lvl in self.levels for b in lvl), alphas):
+            block.shortcut_scale = alpha
         self.ups = nn.ModuleList()
         c_prev = channels[-1]
         for j, (c, d) in enumerate(zip(decoder_channels, decoder_depths)):

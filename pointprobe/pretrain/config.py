@@ -29,6 +29,10 @@ class PretrainModelConfig:
     head_hidden: int = 4096
     head_bottleneck: int = 256
     num_prototypes: int = 4096
+    # residual decay ("residual connections harm generative representation learning"): the identity
+    # shortcuts of encoder block l (of L) weigh 1 - (1 - residual_decay) * l / (L - 1); 1.0 = off. Saved
+    # in the encoder's config (encoder.pth reloads with the same forward)
+    residual_decay: float = 1.0
 
 
 @dataclass
@@ -53,6 +57,16 @@ class PretrainLossConfig:
     # first), f_old a frozen snapshot of the starting encoder, f the up-cast features the heads see
     bfp_alpha: float = 0.0
     bfp_lr: float = 0.0  # lr of A (0 = optim.lr)
+    # iBOT (masked-point-token self-distillation, the teacher as online tokenizer): + ibot_weight x the
+    # cross-entropy between the student's per-point output on the MASKED points of a masked global view
+    # and the teacher's (Sinkhorn-centred) output on the unmasked same view at the same points
+    ibot_weight: float = 0.0  # 0 = off
+    ibot_shared_head: bool = False  # true: the mask head's prototypes; false: an own head (ibot_head)
+    # DMJD (disjoint masking, joint distillation): K >= 2 complementary masks of each global view per step
+    # (every point masked in exactly one of the K masked copies: mask ratio 1/K, the mask_ratio curriculum
+    # is not used); the mask / roll terms (every point of every copy: the visible positions) and the iBOT
+    # term (the masked positions: every point once per step) run over all K copies jointly. 1 = off
+    disjoint_masks: int = 1
 
 
 @dataclass
@@ -150,8 +164,16 @@ def validate_config(cfg: PretrainConfig) -> None:
         raise ConfigError("config key 'loss.roll_weight' > 0 needs views.global_views >= 2")
     if cfg.loss.unmask_weight > 0 and cfg.views.local_views < 1:
         raise ConfigError("config key 'loss.unmask_weight' > 0 needs views.local_views >= 1")
-    if cfg.loss.mask_weight + cfg.loss.roll_weight + cfg.loss.unmask_weight <= 0:
+    if cfg.loss.ibot_weight < 0:
+        raise ConfigError("config key 'loss.ibot_weight' must be >= 0")
+    if cfg.loss.mask_weight + cfg.loss.roll_weight + cfg.loss.unmask_weight + cfg.loss.ibot_weight <= 0:
         raise ConfigError("config keys 'loss.*_weight': at least one must be positive")
+    if cfg.loss.disjoint_masks < 1:
+        raise ConfigError(f"config key 'loss.disjoint_masks' must be >= 1 (1 = off), got "
+                          f"{cfg.loss.disjoint_masks}")
+    if not 0.0 <= cfg.model.residual_decay <= 1.0:
+        raise ConfigError(f"config key 'model.residual_decay' must be in [0, 1] (1 = off), got "
+                          f"{cfg.model.residual_decay}")
     if cfg.model.upcast_steps < 0:
         raise ConfigError("config key 'model.upcast_steps' must be >= 0")
     e = cfg.explora

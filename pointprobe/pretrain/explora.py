@@ -39,11 +39,15 @@ __all__ = ["init_backbone", "resolve_unfrozen", "apply_explora", "merged_backbon
 _NORMS = (nn.LayerNorm, nn.GroupNorm, nn.modules.batchnorm._BatchNorm)
 
 
-def init_backbone(path: str | os.PathLike, drop_path: float, trust: bool = False) -> PointEncoder:
-    """The encoder of ``path`` (file or release name) rebuilt with ``mask_token=True`` and ``drop_path``,
-    its weights loaded; the only key allowed to be absent from the file is the mask token."""
+def init_backbone(path: str | os.PathLike, drop_path: float, trust: bool = False,
+                  residual_decay: float | None = None) -> PointEncoder:
+    """The encoder of ``path`` (file or release name) rebuilt with ``mask_token=True`` and ``drop_path``
+    (and ``residual_decay`` when given and not 1), its weights loaded; the only key allowed to be absent
+    from the file is the mask token."""
     src = load_encoder(path, trust=trust)
     cfg = {**dict(src.config), "drop_path": drop_path, "mask_token": True}
+    if residual_decay is not None and residual_decay != 1.0:
+        cfg["residual_decay"] = residual_decay
     model = create_encoder(src.arch, **cfg)
     missing, unexpected = model.load_state_dict(src.state_dict(), strict=False)
     bad = [k for k in missing if "mask_token" not in k]

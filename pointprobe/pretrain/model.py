@@ -17,17 +17,23 @@ __all__ = ["build_backbone", "DistillModel", "head_in_channels", "block_index", 
 def build_backbone(cfg: PretrainModelConfig, drop_path: float) -> PointEncoder:
     """The backbone named ``cfg.backbone`` with a mask token and ``drop_path`` (what pre-training needs
     of an encoder: see ``PointEncoder``)."""
-    return create_encoder(cfg.backbone, **{**cfg.backbone_config, "drop_path": drop_path, "mask_token": True})
+    extra = {"residual_decay": cfg.residual_decay} if cfg.residual_decay != 1.0 else {}
+    return create_encoder(cfg.backbone, **{**cfg.backbone_config, "drop_path": drop_path, "mask_token": True,
+                                           **extra})
 
 
 class DistillModel(nn.Module):
-    """Backbone + mask head + unmask head (the student; the teacher is a copy without drop path)."""
+    """Backbone + mask head + unmask head (+ the iBOT head when ``ibot_head``) (the student; the teacher
+    is a copy without drop path)."""
 
-    def __init__(self, backbone: PointEncoder, head_in: int, cfg: PretrainModelConfig):
+    def __init__(self, backbone: PointEncoder, head_in: int, cfg: PretrainModelConfig,
+                 ibot_head: bool = False):
         super().__init__()
         self.backbone = backbone
         self.mask_head = PrototypeHead(head_in, cfg.head_hidden, cfg.head_bottleneck, cfg.num_prototypes)
         self.unmask_head = PrototypeHead(head_in, cfg.head_hidden, cfg.head_bottleneck, cfg.num_prototypes)
+        self.ibot_head = (PrototypeHead(head_in, cfg.head_hidden, cfg.head_bottleneck, cfg.num_prototypes)
+                          if ibot_head else None)
         self.upcast_steps = cfg.upcast_steps
 
     def level(self, point: PointBatch) -> PointBatch:
@@ -39,6 +45,8 @@ class DistillModel(nn.Module):
         """Student pass: both inputs in one call (one DDP forward per backward)."""
         m = self.level(masked)
         res = {"masked": m, "masked_logits": self.mask_head(m.feat)}
+        if self.ibot_head is not None:
+            res["ibot_logits"] = self.ibot_head(m.feat)
         if local is not None:
             lv = self.level(local)
             res["local"] = lv

@@ -25,6 +25,12 @@ starts from an encoder file; with ``explora.enabled`` only LoRA adapters, the un
 (``loss.bfp_alpha`` > 0) adds ``alpha * mean ||A f_new - f_old||`` on the local views' up-cast features,
 ``A`` a learnable linear map (identity at first), ``f_old`` a frozen snapshot of the starting encoder.
 
+Seed-paper options (off by default): ``model.residual_decay`` (decayed identity shortcuts in the encoder,
+kept in ``encoder.pth``'s config), ``loss.ibot_weight`` (iBOT: masked points of each masked view against
+the teacher on the unmasked same view; own ``ibot_head`` or, with ``loss.ibot_shared_head``, the mask
+head), ``loss.disjoint_masks`` K (DMJD: K complementary masked copies of each global view, every term on
+masked views over all copies).
+
 Checkpoints (``out/checkpoints/step_*.pth`` and ``out/last.pth``) hold student, teacher (with heads),
 optimiser, step and RNG states; resuming continues exactly. ``out/encoder.pth`` is the teacher
 backbone in the release format that ``pointprobe.models.load_encoder`` reads.
@@ -237,8 +243,9 @@ class Pretrainer:
 
         torch.manual_seed(t.seed)
         if cfg.init.checkpoint:
-            student_bb = init_backbone(cfg.init.checkpoint, cfg.model.drop_path, cfg.init.trust_checkpoint)
-            teacher_bb = init_backbone(cfg.init.checkpoint, 0.0, cfg.init.trust_checkpoint)
+            ck, trust, rd = cfg.init.checkpoint, cfg.init.trust_checkpoint, cfg.model.residual_decay
+            student_bb = init_backbone(ck, cfg.model.drop_path, trust, rd)
+            teacher_bb = init_backbone(ck, 0.0, trust, rd)
             log.info("starting from %s (%s; model.backbone / backbone_config are not used)",
                      cfg.init.checkpoint, student_bb.arch)
         else:
@@ -250,8 +257,9 @@ class Pretrainer:
             hin = head_in_channels(student_bb, cfg.model.upcast_steps)
         except (ValueError, ConfigError) as e:
             raise ConfigError(f"config key 'model.upcast_steps': {e}") from None
-        self.student = DistillModel(student_bb, hin, cfg.model).to(self.device)
-        self.teacher = DistillModel(teacher_bb, hin, cfg.model).to(self.device)
+        own_ibot = cfg.loss.ibot_weight > 0 and not cfg.loss.ibot_shared_head
+        self.student = DistillModel(student_bb, hin, cfg.model, ibot_head=own_ibot).to(self.device)
+        self.teacher = DistillModel(teacher_bb, hin, cfg.model, ibot_head=own_ibot).to(self.device)
         e = cfg.explora
         self.ema_names: list[str] | None = None  # None: every parameter (full pre-training)
         self.explora_info: dict = {}
@@ -313,7 +321,8 @@ class Pretrainer:
         coord, color, normal, name = self.store.get(idx)
         v = self.values(step)
         rng = np.random.default_rng([self.cfg.train.seed, step, position, idx])
-        return make_scene_views(coord, color, normal, self.cfg.views, rng, v.mask_size, v.mask_ratio, name)
+        return make_scene_views(coord, color, normal, self.cfg.views, rng, v.mask_size, v.mask_ratio, name,
+                                disjoint_masks=self.cfg.loss.disjoint_masks)
 
     def _build_micro(self, step: int, micro: int) -> ViewBatch:
         t = self.cfg.train
@@ -343,9 +352,12 @@ class Pretrainer:
         vb = vb.to(dev)
         with torch.no_grad(), self._autocast():
             t_lvl = self.teacher.level(vb.teacher)
-            use_mask = lc.mask_weight + lc.roll_weight > 0
+            use_mask = lc.mask_weight + lc.roll_weight > 0 or (lc.ibot_weight > 0 and lc.ibot_shared_head)
             t_mask = self.teacher.mask_head(t_lvl.feat).float() if use_mask else None
             t_unmask = self.teacher.unmask_head(t_lvl.feat).float() if lc.unmask_weight > 0 else None
+            t_ibot = None  # iBOT targets: the teacher (online tokenizer) on the unmasked global views
+            if lc.ibot_weight > 0:
+                t_ibot = t_mask if lc.ibot_shared_head else self.teacher.ibot_head(t_lvl.feat).float()
         t_origin = level_mean(vb.teacher_origin, t_lvl).cpu().numpy()
         t_off = t_lvl.offset.cpu().numpy()
         model = self.ddp if self.ddp is not None else self.student
@@ -354,28 +366,48 @@ class Pretrainer:
             with self._autocast():
                 out = model(vb.masked, vb.local if lc.unmask_weight > 0 else None)
             trees: dict = {}
-            G, L, B = vb.n_global, vb.n_local, vb.n_scenes
+            G, L, B, K = vb.n_global, vb.n_local, vb.n_scenes, vb.n_mask_copies
             losses: dict[str, torch.Tensor] = {}
             n_pairs: dict[str, int] = {}
             target_h: dict[str, float] = {}
             m_lvl = out["masked"]
             m_origin = level_mean(vb.masked_origin, m_lvl).cpu().numpy()
             m_off = m_lvl.offset.cpu().numpy()
+            # masked view (j * G + g) * K + c: copy c of global view g of scene j (K = 1 without DMJD)
+            own = [((j * G + g) * K + c, j * G + g) for j in range(B) for g in range(G) for c in range(K)]
             specs = []
             if lc.mask_weight > 0:
-                specs.append(("mask", lc.mask_weight,
-                              [(j * G + g, j * G + g) for j in range(B) for g in range(G)]))
+                specs.append(("mask", lc.mask_weight, own))
             if lc.roll_weight > 0:
-                specs.append(("roll", lc.roll_weight,
-                              [(j * G + g, j * G + (g + 1) % G) for j in range(B) for g in range(G)]))
+                roll = [((j * G + g) * K + c, j * G + (g + 1) % G)
+                        for j in range(B) for g in range(G) for c in range(K)]
+                specs.append(("roll", lc.roll_weight, roll))
+            own_pairs = None
             for name, _, vpairs in specs:
                 q, r, grp = match_views(m_origin, m_off, t_origin, t_off, vpairs, lc.match_radius, trees)
+                if name == "mask":
+                    own_pairs = (q, r, grp)
                 target = sinkhorn_knopp(t_mask[torch.from_numpy(r).to(dev)], v.teacher_temp,
                                         lc.sinkhorn_iters)
                 losses[name] = distill_loss(target, out["masked_logits"][torch.from_numpy(q).to(dev)],
-                                            lc.student_temp, torch.from_numpy(grp).to(dev), B * G)
+                                            lc.student_temp, torch.from_numpy(grp).to(dev), B * G * K)
                 n_pairs[name] = len(q)
                 target_h[name] = _mean_entropy(target)
+            if lc.ibot_weight > 0:
+                # iBOT: only the masked positions of each masked view (a head-level point is masked when
+                # most of the input points pooled into it are), against the teacher on the same view
+                q, r, grp = own_pairs if own_pairs is not None else match_views(
+                    m_origin, m_off, t_origin, t_off, own, lc.match_radius, trees)
+                frac = level_mean(vb.masked.mask.float().unsqueeze(1), m_lvl)[:, 0]
+                keep = (frac >= 0.5).cpu().numpy()[q]
+                q, r, grp = q[keep], r[keep], grp[keep]
+                target = sinkhorn_knopp(t_ibot[torch.from_numpy(r).to(dev)], v.teacher_temp,
+                                        lc.sinkhorn_iters)
+                s_logits = out["masked_logits"] if lc.ibot_shared_head else out["ibot_logits"]
+                losses["ibot"] = distill_loss(target, s_logits[torch.from_numpy(q).to(dev)],
+                                              lc.student_temp, torch.from_numpy(grp).to(dev), B * G * K)
+                n_pairs["ibot"] = len(q)
+                target_h["ibot"] = _mean_entropy(target)
             if lc.unmask_weight > 0:
                 l_lvl = out["local"]
                 l_origin = level_mean(vb.local_origin, l_lvl).cpu().numpy()
@@ -388,7 +420,8 @@ class Pretrainer:
                                                 lc.student_temp, torch.from_numpy(grp).to(dev), B * L)
                 n_pairs["unmask"] = len(q)
                 target_h["unmask"] = _mean_entropy(target)
-            weights = {"mask": lc.mask_weight, "roll": lc.roll_weight, "unmask": lc.unmask_weight}
+            weights = {"mask": lc.mask_weight, "roll": lc.roll_weight, "unmask": lc.unmask_weight,
+                       "ibot": lc.ibot_weight}
             loss = sum(weights[k] * val for k, val in losses.items())
             if self.bfp_map is not None:
                 losses["bfp"] = self.bfp_term(out, vb)
@@ -400,7 +433,7 @@ class Pretrainer:
         # cross-entropy = target entropy + KL(target || student): the KL is what the student can still learn
         metrics.update({f"{k}_kl": metrics[f"{k}_loss"] - h for k, h in target_h.items()})
         metrics.update({f"{k}_target_entropy": h for k, h in target_h.items()})
-        logits = t_mask if t_mask is not None else t_unmask
+        logits = next(x for x in (t_mask, t_unmask, t_ibot) if x is not None)
         h_mean, h_point = assignment_entropy(logits, v.teacher_temp)
         metrics["teacher_entropy"], metrics["teacher_entropy_point"] = h_mean, h_point
         metrics["feat_std"], metrics["eff_rank"] = feature_stats(t_lvl.feat)
@@ -441,8 +474,9 @@ class Pretrainer:
         for k in ("points",) + tuple(k for k in acc if k.endswith("_pairs")):
             acc[k] = acc[k] * t.accum_steps  # totals, not means
         if step < int(round(o.freeze_prototypes_ratio * t.steps)):
-            for head in (self.student.mask_head, self.student.unmask_head):
-                head.prototype_v.grad = None  # AdamW skips it: no update, no weight decay
+            for head in (self.student.mask_head, self.student.unmask_head, self.student.ibot_head):
+                if head is not None:
+                    head.prototype_v.grad = None  # AdamW skips it: no update, no weight decay
         if self.bfp_map is not None and dist.is_distributed() and self.bfp_map.weight.grad is not None:
             g = self.bfp_map.weight.grad
             g.copy_(dist.all_reduce_tensor(g.clone(), "mean"))

@@ -11,7 +11,9 @@ Per scene (all randomness from one ``numpy.random.Generator``, which the trainer
 4. per view: centre shift, random scale, z rotation, small x/y rotations, flips, jitter, then a second
    grid sampling (augmented points can share a voxel) that gives ``grid_coord``;
 5. a masked copy of each global view: cubic grid patches (``mask_size`` side) masked at
-   ``mask_ratio``, masked points' coordinates jittered (``mask_jitter_sigma``, clipped), re-gridded.
+   ``mask_ratio``, masked points' coordinates jittered (``mask_jitter_sigma``, clipped), re-gridded;
+   with ``disjoint_masks`` K >= 2 (DMJD) K masked copies instead, whose masks split the patches into K
+   disjoint parts covering the view (every point masked in exactly one copy).
 
 Input feature per point: ``concat(coord, color / 255, normal)`` (9 channels), as the encoders expect.
 """
@@ -38,6 +40,7 @@ __all__ = [
     "ViewBatch",
     "level_mean",
     "match_views",
+    "disjoint_patch_masks",
     "color_jitter",
     "augment_geometry",
 ]
@@ -94,8 +97,8 @@ class View:
 
 @dataclass
 class SceneViews:
-    """The views of one scene: ``globals_`` (teacher input), ``masked`` (student, one per global view),
-    ``locals_`` (student)."""
+    """The views of one scene: ``globals_`` (teacher input), ``masked`` (student, K per global view,
+    global-view-major; K = 1 unless disjoint masks), ``locals_`` (student)."""
 
     globals_: list[View]
     masked: list[View]
@@ -187,10 +190,36 @@ def _finish_view(coord: np.ndarray, origin: np.ndarray, color01: np.ndarray, nor
                 mask=None if mask is None else mask[k], seed=int(rng.integers(0, 2**62)))
 
 
+def disjoint_patch_masks(coord: np.ndarray, patch_size: float, k: int,
+                         rng: np.random.Generator) -> list[np.ndarray]:
+    """``k`` boolean masks (N,) that partition the points: cubic patches of side ``patch_size`` (grid
+    shifted by a random offset), the occupied patches randomly split into ``k`` near-equal parts."""
+    if k < 1:
+        raise ValueError(f"disjoint_patch_masks: k must be >= 1, got {k}")
+    offset = rng.uniform(0.0, patch_size, size=3)
+    cells = np.floor((coord - coord.min(axis=0) + offset) / patch_size).astype(np.int64)
+    _, patch = np.unique(cells, axis=0, return_inverse=True)
+    patch = patch.reshape(-1)
+    n_patches = int(patch.max()) + 1 if len(patch) else 0
+    part = np.empty(n_patches, dtype=np.int64)
+    part[rng.permutation(n_patches)] = np.arange(n_patches) % k
+    return [part[patch] == i for i in range(k)]
+
+
+def _masked_copy(v: View, mask: np.ndarray, cfg: ViewConfig, rng: np.random.Generator) -> View:
+    """The masked student copy of global view ``v``: masked points' coordinates jittered, re-gridded."""
+    jc = v.coord.astype(np.float64)
+    if cfg.mask_jitter_sigma > 0 and mask.any():
+        noise = cfg.mask_jitter_sigma * rng.standard_normal((int(mask.sum()), 3))
+        jc[mask] += np.clip(noise, -cfg.mask_jitter_clip, cfg.mask_jitter_clip)
+    return _finish_view(jc, v.origin, None, None, cfg, rng, mask=mask, feat=v.feat)
+
+
 def make_scene_views(coord: np.ndarray, color: np.ndarray, normal: np.ndarray, cfg: ViewConfig,
                      rng: np.random.Generator, mask_size: float, mask_ratio: float,
-                     name: str = "") -> SceneViews:
-    """All views of one scene (see the module docstring). ``color`` in [0, 255]."""
+                     name: str = "", disjoint_masks: int = 1) -> SceneViews:
+    """All views of one scene (see the module docstring). ``color`` in [0, 255]. ``disjoint_masks`` K >= 2:
+    K masked copies of each global view with complementary masks (``mask_ratio`` unused)."""
     coord = np.asarray(coord)
     if len(coord) < cfg.min_points:
         raise InputError(name or None,
@@ -235,12 +264,11 @@ def make_scene_views(coord: np.ndarray, color: np.ndarray, normal: np.ndarray, c
         c_aug, n_aug = augment_geometry(origin[crop], nor[crop], cfg, rng)
         v = _finish_view(c_aug, origin[crop], shared[crop], n_aug, cfg, rng)
         globals_.append(v)
-        mask = grid_patch_mask(v.coord, mask_size, mask_ratio, rng)
-        jc = v.coord.astype(np.float64)
-        if cfg.mask_jitter_sigma > 0 and mask.any():
-            noise = cfg.mask_jitter_sigma * rng.standard_normal((int(mask.sum()), 3))
-            jc[mask] += np.clip(noise, -cfg.mask_jitter_clip, cfg.mask_jitter_clip)
-        masked.append(_finish_view(jc, v.origin, None, None, cfg, rng, mask=mask, feat=v.feat))
+        if disjoint_masks > 1:
+            for mask in disjoint_patch_masks(v.coord, mask_size, disjoint_masks, rng):
+                masked.append(_masked_copy(v, mask, cfg, rng))
+        else:
+            masked.append(_masked_copy(v, grid_patch_mask(v.coord, mask_size, mask_ratio, rng), cfg, rng))
     locals_ = []
     for crop in crops_l:
         c_aug, n_aug = augment_geometry(origin[crop], nor[crop], cfg, rng)
@@ -267,6 +295,7 @@ class ViewBatch:
     n_global: int
     n_local: int
     extra: dict = field(default_factory=dict)
+    n_mask_copies: int = 1  # masked copies per global view (DMJD's K)
 
     def to(self, device: torch.device) -> ViewBatch:
         def mv(p: PointBatch) -> PointBatch:
@@ -277,7 +306,7 @@ class ViewBatch:
             return q
         return ViewBatch(mv(self.teacher), mv(self.masked), mv(self.local), self.teacher_origin.to(device),
                          self.masked_origin.to(device), self.local_origin.to(device), self.n_scenes,
-                         self.n_global, self.n_local, self.extra)
+                         self.n_global, self.n_local, self.extra, self.n_mask_copies)
 
 
 def _stack(views: list[View], grid_size: float) -> tuple[PointBatch, torch.Tensor]:
@@ -302,7 +331,8 @@ def collate_views(scenes: list[SceneViews], grid_size: float) -> ViewBatch:
     masked, m_o = _stack([v for s in scenes for v in s.masked], grid_size)
     local, l_o = _stack([v for s in scenes for v in s.locals_], grid_size)
     return ViewBatch(teacher, masked, local, t_o, m_o, l_o, len(scenes), len(scenes[0].globals_),
-                     len(scenes[0].locals_), extra={"names": [s.name for s in scenes]})
+                     len(scenes[0].locals_), extra={"names": [s.name for s in scenes]},
+                     n_mask_copies=len(scenes[0].masked) // len(scenes[0].globals_))
 
 
 # ------------------------------------------------------------------------------------------- matching
