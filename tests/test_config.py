@@ -212,6 +212,7 @@ SHIPPED = {
     "point/lift.yaml": "pointprobe.lift.lift:LiftConfig",
     "point/pretrain_bench_cpu.yaml": "pointprobe.pretrain.train:PretrainConfig",
     "point/pretrain_demo.yaml": "pointprobe.pretrain.train:PretrainConfig",
+    "point/pretrain_explora.yaml": "pointprobe.pretrain.train:PretrainConfig",
     "point/sonata_base.yaml": "pointprobe.pretrain.train:PretrainConfig",
     "point/sonata_small.yaml": "pointprobe.pretrain.train:PretrainConfig",
     "point/probe.yaml": "pointprobe.probe:SegProbeConfig",
