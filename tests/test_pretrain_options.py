@@ -255,3 +255,21 @@ def test_all_options_together_train_save_and_resume(tmp_path):
     st = torch.load(tmp_path / "run" / "last.pth", map_location="cpu", weights_only=False)
     assert torch.equal(tr.teacher.ibot_head.prototype_v, st["teacher"]["ibot_head.prototype_v"])
     assert load_encoder(tmp_path / "run" / "encoder.pth").config["residual_decay"] == 0.8
+
+
+@pytest.mark.parametrize("keys", [
+    ["--config", "configs/point/pretrain_explora.yaml"],  # explora.enabled without init.checkpoint
+    ["train.steps=0"],
+    ["data.root=/nonexistent/probesuite-data"],
+])
+def test_a_refused_pretrain_writes_nothing(tmp_path, capsys, keys):
+    """A pre-training refused for its config, data or init (one error line, exit 2) leaves no out folder
+    (before: out/config.yaml was written first, then the checks ran)."""
+    from common.config import REPO_ROOT
+    from pointprobe.cli import main
+
+    out = tmp_path / "pre"
+    keys = [str(REPO_ROOT / k) if k.endswith(".yaml") else k for k in keys]
+    assert main(["pretrain", *keys, f"out={out}"]) == 2
+    assert "error:" in capsys.readouterr().err
+    assert not out.exists()

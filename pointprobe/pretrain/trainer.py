@@ -698,10 +698,10 @@ def run_pretrain(cfg: PretrainConfig, out_dir: str | os.PathLike, resume: str | 
     ``out_dir/last.pth`` when present, writes checkpoints and ``encoder.pth``. Returns a summary."""
     out = Path(out_dir)
     cfg = dataclasses.replace(cfg, out=str(out))
+    trainer = Pretrainer(cfg, out, store=store)  # checks first: a refusal writes nothing
     if dist.is_main():
         out.mkdir(parents=True, exist_ok=True)
         save_config(cfg, out)
-    trainer = Pretrainer(cfg, out, store=store)
     try:
         if resume:
             trainer.load_state(resume)
