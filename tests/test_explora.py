@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from common.errors import ConfigError
-from tests.test_pretrain import _cfg, _scene, _write_dataset
+from tests.test_pretrain import _cfg, _scene, _write_dataset, run_and_resume
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore")
@@ -128,18 +128,7 @@ def test_explora_resume_is_exact(tmp_path, one_thread):
     base, _ = _base_file(tmp_path)
     cfg = _cfg(root, f"init.checkpoint={base}", "train.steps=4", "train.batch_size=2", "loss.bfp_alpha=0.5",
                "train.threads=1", *EXPLORA)
-    a = Pretrainer(cfg, tmp_path / "a")
-    a.run()
-    a.close()
-    b = Pretrainer(cfg, tmp_path / "b")
-    b.run(max_steps=2)
-    b.save()
-    b.close()
-    c = Pretrainer(cfg, tmp_path / "b")
-    c.load_state(tmp_path / "b" / "last.pth")
-    assert c.step == 2
-    c.run()
-    c.close()
+    a, b, c = run_and_resume(cfg, tmp_path)
     assert [r["loss"] for r in a.history] == [r["loss"] for r in b.history + c.history]
     for mod_a, mod_c in ((a.student, c.student), (a.teacher, c.teacher), (a.bfp_map, c.bfp_map)):
         sa, sc = mod_a.state_dict(), mod_c.state_dict()

@@ -384,9 +384,9 @@ def test_frozen_prototypes_do_not_move(tmp_path):
         assert not torch.equal(mlp_before, tr.student.mask_head.mlp[0].weight)
 
 
-def test_resume_is_exact(tmp_path):
-    root = _write_dataset(tmp_path / "data", 3)
-    cfg = _cfg(root, "train.steps=4", "train.batch_size=2", "train.accum_steps=2")
+def run_and_resume(cfg, tmp_path) -> tuple:
+    """(a, b, c): ``a`` trained to ``train.steps`` uninterrupted; ``b`` stopped after 2 steps and saved;
+    ``c`` resumed from ``b``'s last.pth and trained to the end."""
     a = Pretrainer(cfg, tmp_path / "a")
     a.run()
     a.close()
@@ -399,6 +399,13 @@ def test_resume_is_exact(tmp_path):
     assert c.step == 2
     c.run()
     c.close()
+    return a, b, c
+
+
+def test_resume_is_exact(tmp_path):
+    root = _write_dataset(tmp_path / "data", 3)
+    cfg = _cfg(root, "train.steps=4", "train.batch_size=2", "train.accum_steps=2")
+    a, b, c = run_and_resume(cfg, tmp_path)
     la = [r["loss"] for r in a.history]
     lb = [r["loss"] for r in b.history] + [r["loss"] for r in c.history]
     assert la == lb
