@@ -457,3 +457,20 @@ def test_mugs_bad_values_are_one_line_config_errors(tmp_path, key, match):
     with pytest.raises(ConfigError, match="mugs_\\*_weight"):
         Pretrainer(_cfg(tmp_path / "d", *MUGS, "loss.mugs_instance_weight=0",
                         "loss.mugs_local_group_weight=0", "loss.mugs_group_weight=0"))
+
+
+@pytest.mark.dist
+@pytest.mark.slow
+def test_mugs_ddp_two_processes_match_one(tmp_path):
+    """Queues filled from every rank in rank order and the centre averaged over ranks: 2 processes train
+    as 1 does (the second step uses what the first wrote)."""
+    from tests.test_pretrain import _launch
+
+    root = _write_dataset(tmp_path / "data", 3, density=600.0)
+    ov = [f"data.root={root}", *TINY, *MUGS[:-2], "train.steps=2", "train.batch_size=2",
+          "views.max_points=800"]
+    one = _launch(1, ov, tmp_path / "one.json")
+    two = _launch(2, ov, tmp_path / "two.json")
+    np.testing.assert_allclose(two["loss"], one["loss"], rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(two["param"], one["param"], rtol=1e-3, atol=1e-6)
+    assert two["checksum"] == pytest.approx(one["checksum"], rel=1e-5)
