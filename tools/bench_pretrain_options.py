@@ -406,28 +406,40 @@ def main(argv: list[str] | None = None) -> int:
                            "wall_seconds": wall0 + time.time() - t0, "invocations": inv}
         save_results(work, results)
 
-    for name, overrides, seed in plan(results, args.seeds, args.variants):
+    def one(name: str, overrides: list[str], seed: int) -> None:
         results["runs"][run_key(name, seed)] = run_variant(work, data, name, overrides, seed, args, t0)
         checkpoint_results()
         r = results["runs"][run_key(name, seed)]
         _log(f"{run_key(name, seed)}: val {r['val_mIoU']:.2f} test {r['test_mIoU']:.2f} "
              f"{r['s_per_step']:.2f} s/step {r['peak_rss_mib']:.0f} MiB", t0)
-    helps = helping(summarize(results))
-    if not args.no_combination and len(helps) > 1:
-        combo = combination_overrides(helps)
+
+    def combination(seeds: list[int]) -> None:
+        """The combination of the options helping on val so far, for ``seeds``; a combination run of
+        another set of options (the helping set changed) is dropped and redone."""
+        helps = helping(summarize(results))
+        combo = combination_overrides(helps) if len(helps) > 1 and not args.no_combination else None
+        for key in [k for k, r in results["runs"].items()
+                    if r["variant"] == COMBINATION and r["overrides"] != combo]:
+            del results["runs"][key]
+        if combo is None:
+            _log(f"options helping on val: {helps or 'none'}: no combination to run", t0)
+            return
         reason = check_overrides(combo)
         if reason is not None:
             results["skipped"][COMBINATION] = reason
             print(f"bench_pretrain_options: combination skipped: the config refuses it: {reason}", flush=True)
-        else:
-            for seed in args.seeds:
-                key = run_key(COMBINATION, seed)
-                if key in results["runs"] and results["runs"][key]["overrides"] == combo:
-                    continue
-                results["runs"][key] = run_variant(work, data, COMBINATION, combo, seed, args, t0)
-                checkpoint_results()
-    else:
-        _log(f"options helping on val: {helps or 'none'}: no combination to run", t0)
+            return
+        results["skipped"].pop(COMBINATION, None)
+        for seed in seeds:
+            if run_key(COMBINATION, seed) not in results["runs"]:
+                one(COMBINATION, combo, seed)
+
+    todo = plan(results, args.seeds, args.variants)  # seed by seed: a cut-short run has whole seeds first
+    for i, seed in enumerate(args.seeds):
+        for name, overrides, s in todo:
+            if s == seed:
+                one(name, overrides, seed)
+        combination(args.seeds[: i + 1])
     checkpoint_results()
     print(write_outputs(work, results, doc))
     _log(f"results in {work}/results.md", t0)
