@@ -128,6 +128,15 @@ def test_resumption_skips_done_runs_and_refused_variants(tmp_path: Path, monkeyp
     assert bpo.main([*argv, "ibot"]) == 0
     assert calls == []
     assert json.loads((tmp_path / "results.json").read_text())["info"]["invocations"] == 3
+    res = json.loads((tmp_path / "results.json").read_text())  # ibot no longer helps on val: the stale
+    res["runs"]["ibot/seed0"]["val_mIoU"] = 10.0               # combination is dropped, none runs
+    (tmp_path / "results.json").write_text(json.dumps(res))
+    assert bpo.main([*argv, "ibot"]) == 0
+    assert calls == []
+    runs = json.loads((tmp_path / "results.json").read_text())["runs"]
+    assert set(runs) == {"baseline/seed0", "residual_decay/seed0", "ibot/seed0"}
+    res["runs"]["ibot/seed0"]["val_mIoU"] = 34.0  # the earlier state back (with its combination run)
+    (tmp_path / "results.json").write_text(json.dumps(res))
     with pytest.raises(SystemExit, match="other settings"):
         bpo.main([*argv[:-5], "--steps", "20", "--seeds", "0", "--no-doc"])
     out = bpo.main(["--out", str(tmp_path), "--report-only", "--no-doc"])
