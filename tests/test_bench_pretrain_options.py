@@ -79,9 +79,10 @@ def test_section_is_rendered_from_a_results_json(tmp_path: Path):
     assert [r.split("|")[1].strip() for r in rows[1:]] == ["baseline", "residual_decay", "ibot",
                                                            "disjoint_masks", "combination"]
     base = rows[1].split("|")
-    assert base[3].strip() == "31.00 ± 1.41" and base[4].strip() == "32.00 ± 1.41"
-    assert base[7].strip() == "901" and base[8].strip() == "1000 + 200"
-    assert base[9].strip() == "base00000000, base10000000"  # first 12 hex digits per seed
+    assert base[3].strip() == "0, 1"
+    assert base[4].strip() == "31.00 ± 1.41" and base[5].strip() == "32.00 ± 1.41"
+    assert base[8].strip() == "901" and base[9].strip() == "1000 + 200"
+    assert base[10].strip() == "base00000000, base10000000"  # first 12 hex digits per seed
     assert "mugs: skipped, the config refuses it" in text
     assert "helping on val: residual_decay, ibot" in text
     # combination 41 vs baseline 32 on test: +9 > the larger sd (1.41): becomes the default

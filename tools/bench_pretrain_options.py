@@ -285,13 +285,14 @@ def render_section(results: dict) -> str:
         "held-out training scenes, streamed evaluation on val and on test). Options that raise the mean val "
         "mIoU over the baseline's make the combination; the decision is made on test.",
         "",
-        "| variant | overrides | val mIoU | test mIoU | s / step | CPU s / step | peak RSS MiB (pretrain) | "
-        "trainable params (encoder + heads) | encoder sha256 (per seed) |",
-        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
+        "| variant | overrides | seeds | val mIoU | test mIoU | s / step | CPU s / step | "
+        "peak RSS MiB (pretrain) | trainable params (encoder + heads) | encoder sha256 (per seed) |",
+        "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
     ]
     for r in rows:
         lines.append(
-            f"| {r['variant']} | `{' '.join(r['overrides']) or 'all off'}` | {_pm(r['val'], r['val_sd'])} | "
+            f"| {r['variant']} | `{' '.join(r['overrides']) or 'all off'}` | "
+            f"{', '.join(map(str, r['seeds']))} | {_pm(r['val'], r['val_sd'])} | "
             f"{_pm(r['test'], r['test_sd'])} | {r['s_per_step']:.2f} | {r['cpu_s_per_step']:.2f} | "
             f"{r['peak_rss_mib']:.0f} | {r['trainable_backbone']} + {r['trainable_heads']} | "
             f"{', '.join(r['hashes'])} |")
@@ -299,8 +300,8 @@ def render_section(results: dict) -> str:
     helps = helping(rows)
     notes.append(f"- helping on val: {', '.join(helps) if helps else 'none'}")
     notes += [f"- {n}" for n in info.get("notes", [])]
-    notes.append("- s / step: median wall seconds of a step from the run's log.jsonl (machine shared, "
-                 "loaded); "
+    notes.append("- s / step: median wall seconds of the logged steps (log.jsonl, every train.log_every-th) "
+                 "(machine shared, loaded); "
                  "CPU s / step: the process's CPU time per step (all threads), less sensitive to the load; "
                  "peak RSS: the pre-training process's ru_maxrss (`os.wait4`), max over seeds")
     if info.get("wall_seconds") is not None:
