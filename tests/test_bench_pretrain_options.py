@@ -102,6 +102,21 @@ def test_decision_keeps_the_default_within_the_seed_spread_or_with_one_seed():
     assert "no option raises the mean val mIoU" in none and "stays" in none
 
 
+def test_a_cut_short_run_compares_on_the_seeds_both_have():
+    # baseline seeds 0, 1; ibot only seed 0: helping compares seed 0 with seed 0 (33 > 30, although
+    # 33 < the baseline's two-seed mean 35), and one shared seed gives no spread to beat
+    runs = [_run("baseline", 0, 30, 30), _run("baseline", 1, 40, 40), _run("ibot", 0, 33, 50)]
+    rows = bpo.summarize(_results(runs))
+    assert bpo.helping(rows) == ["ibot"]
+    line = bpo.decision(rows)
+    assert "+20.00 mIoU on one pre-training seed" in line and "stays" in line
+    # a combination measured for another set of helping options is not the candidate
+    combo = bpo.combination_overrides(["residual_decay", "disjoint_masks"])
+    runs += [_run("residual_decay", 0, 31, 30), _run(bpo.COMBINATION, 0, 50, 50, combo)]
+    line = bpo.decision(bpo.summarize(_results(runs)))
+    assert "their combination is not measured" in line
+
+
 def test_resumption_skips_done_runs_and_refused_variants(tmp_path: Path, monkeypatch):
     calls = []
 

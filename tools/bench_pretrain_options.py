@@ -208,6 +208,8 @@ def summarize(results: dict) -> list[dict]:
         test, test_sd = _stats([r["test_mIoU"] for r in rs])
         rows.append({"variant": name, "overrides": rs[0]["overrides"], "seeds": [r["seed"] for r in rs],
                      "val": val, "val_sd": val_sd, "test": test, "test_sd": test_sd,
+                     "val_by_seed": {r["seed"]: r["val_mIoU"] for r in rs},
+                     "test_by_seed": {r["seed"]: r["test_mIoU"] for r in rs},
                      "s_per_step": statistics.fmean(r["s_per_step"] for r in rs),
                      "cpu_s_per_step": statistics.fmean(r["cpu_s_per_step"] for r in rs),
                      "peak_rss_mib": max(r["peak_rss_mib"] for r in rs),
@@ -217,17 +219,30 @@ def summarize(results: dict) -> list[dict]:
     return rows
 
 
+def _paired(row: dict, base: dict, key: str) -> tuple[list[float], list[float]]:
+    """``key`` ('val' / 'test') of ``row`` and of the baseline on the seeds both have (in seed order)."""
+    common = [s for s in row["seeds"] if s in base["seeds"]]
+    return ([row[f"{key}_by_seed"][s] for s in common], [base[f"{key}_by_seed"][s] for s in common])
+
+
 def helping(rows: list[dict]) -> list[str]:
-    """Single options whose mean val mIoU is above the baseline's."""
+    """Single options whose mean val mIoU is above the baseline's on the seeds both have."""
     base = next((r for r in rows if r["variant"] == "baseline"), None)
     if base is None:
         return []
-    return [r["variant"] for r in rows
-            if r["variant"] not in ("baseline", COMBINATION) and r["val"] > base["val"]]
+    out = []
+    for r in rows:
+        if r["variant"] in ("baseline", COMBINATION):
+            continue
+        mine, theirs = _paired(r, base, "val")
+        if mine and statistics.fmean(mine) > statistics.fmean(theirs):
+            out.append(r["variant"])
+    return out
 
 
 def decision(rows: list[dict]) -> str:
-    """The decision line: does the candidate beat the baseline on test by more than the seed spread?"""
+    """The decision line: does the candidate beat the baseline on test (on the seeds both have) by more
+    than the seed spread (the larger sample sd of the two over those seeds)?"""
     base = next((r for r in rows if r["variant"] == "baseline"), None)
     helps = helping(rows)
     if base is None:
@@ -235,24 +250,28 @@ def decision(rows: list[dict]) -> str:
     if not helps:
         return ("Decision: no option raises the mean val mIoU above the baseline's, so there is no "
                 "combination to try; the CPU bench default (all options off) stays.")
-    cand = next((r for r in rows if r["variant"] == COMBINATION), None) if len(helps) > 1 else \
-        next(r for r in rows if r["variant"] == helps[0])
+    if len(helps) > 1:
+        cand = next((r for r in rows if r["variant"] == COMBINATION
+                     and r["overrides"] == combination_overrides(helps)), None)
+    else:
+        cand = next(r for r in rows if r["variant"] == helps[0])
     if cand is None:
         return (f"Decision: options helping on val: {', '.join(helps)}; their combination is not measured, "
                 "so the CPU bench default stays.")
     what = f"the combination ({' + '.join(helps)})" if len(helps) > 1 else f"{helps[0]} (the only option " \
         "helping on val)"
-    gain = cand["test"] - base["test"]
-    sds = [s for s in (base["test_sd"], cand["test_sd"]) if s is not None]
-    if len(base["seeds"]) < 2 or not sds:
-        return (f"Decision: {what} vs baseline on test: {gain:+.2f} mIoU with one pre-training seed, so no "
+    mine, theirs = _paired(cand, base, "test")
+    gain = statistics.fmean(mine) - statistics.fmean(theirs)
+    if len(mine) < 2:
+        return (f"Decision: {what} vs baseline on test: {gain:+.2f} mIoU on one pre-training seed, so no "
                 "seed spread to beat: the CPU bench default stays.")
-    spread = max(sds)
+    spread = max(statistics.stdev(mine), statistics.stdev(theirs))
+    on = f"(seeds {', '.join(str(s) for s in cand['seeds'] if s in base['seeds'])})"
     if gain > spread:
-        return (f"Decision: {what} beats the baseline on the held-out test split by {gain:+.2f} mIoU, more "
-                f"than the seed spread ({spread:.2f}): it becomes the CPU bench default.")
-    return (f"Decision: {what} vs baseline on the held-out test split: {gain:+.2f} mIoU, not more than the "
-            f"seed spread ({spread:.2f}): the CPU bench default (all options off) stays.")
+        return (f"Decision: {what} beats the baseline on the held-out test split by {gain:+.2f} mIoU {on}, "
+                f"more than the seed spread ({spread:.2f}): it becomes the CPU bench default.")
+    return (f"Decision: {what} vs baseline on the held-out test split: {gain:+.2f} mIoU {on}, not more than "
+            f"the seed spread ({spread:.2f}): the CPU bench default (all options off) stays.")
 
 
 def _pm(mean: float, sd: float | None) -> str:
