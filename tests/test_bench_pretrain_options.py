@@ -117,6 +117,25 @@ def test_a_cut_short_run_compares_on_the_seeds_both_have():
     assert "their combination is not measured" in line
 
 
+def test_two_seeds_run_seed_by_seed_with_the_decision_pair_first(tmp_path: Path, monkeypatch):
+    calls = []
+
+    def fake_run(work, data, variant, overrides, seed, args, t0):
+        calls.append((variant, seed))
+        score = {"baseline": 30.0, "residual_decay": 35.0, "ibot": 34.0, "disjoint_masks": 20.0}[variant] \
+            if variant != bpo.COMBINATION else 40.0
+        return _run(variant, seed, score + seed, score, list(overrides))
+
+    monkeypatch.setattr(bpo, "run_variant", fake_run)
+    monkeypatch.setattr(bpo, "prepare_data", lambda out, scenes, seed, t0: out)
+    assert bpo.main(["--out", str(tmp_path), "--steps", "10", "--seeds", "0", "1", "--no-doc",
+                     "--variants", "baseline", "residual_decay", "ibot", "disjoint_masks"]) == 0
+    assert calls == [("baseline", 0), ("residual_decay", 0), ("ibot", 0), ("disjoint_masks", 0),
+                     (bpo.COMBINATION, 0),
+                     ("baseline", 1), (bpo.COMBINATION, 1), ("residual_decay", 1), ("ibot", 1),
+                     ("disjoint_masks", 1)]
+
+
 def test_resumption_skips_done_runs_and_refused_variants(tmp_path: Path, monkeypatch):
     calls = []
 

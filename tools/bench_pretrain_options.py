@@ -460,10 +460,19 @@ def main(argv: list[str] | None = None) -> int:
             if run_key(COMBINATION, seed) not in results["runs"]:
                 one(COMBINATION, combo, seed)
 
-    todo = plan(results, args.seeds, args.variants)  # seed by seed: a cut-short run has whole seeds first
+    # seed by seed, so a run cut short has whole seeds; from the second seed on, the baseline and the
+    # combination (of the options helping on val in the earlier seeds) come first: the pair the decision
+    # compares gets its seeds before the single options do; after them the combination is checked again
+    todo = plan(results, args.seeds, args.variants)
     for i, seed in enumerate(args.seeds):
-        for name, overrides, s in todo:
-            if s == seed:
+        mine = [(n, o) for n, o, s in todo if s == seed]
+        for name, overrides in mine:
+            if name == "baseline":
+                one(name, overrides, seed)
+        if i > 0:
+            combination(args.seeds[: i + 1])
+        for name, overrides in mine:
+            if name != "baseline":
                 one(name, overrides, seed)
         combination(args.seeds[: i + 1])
     checkpoint_results()
