@@ -115,6 +115,8 @@ def test_a_cut_short_run_compares_on_the_seeds_both_have():
     runs += [_run("residual_decay", 0, 31, 30), _run(bpo.COMBINATION, 0, 50, 50, combo)]
     line = bpo.decision(bpo.summarize(_results(runs)))
     assert "their combination is not measured" in line
+    md = bpo.render_section(_results([_run("baseline", 0, 30, 30)], seeds=[0, 1]))
+    assert "pre-training seeds [0] (one seed: no spread; seed(s) [1] asked for, not run)" in md
 
 
 def test_two_seeds_run_seed_by_seed_with_the_decision_pair_first(tmp_path: Path, monkeypatch):

@@ -288,13 +288,15 @@ def render_section(results: dict) -> str:
     """Markdown of the section from a results.json (runs, skipped, info)."""
     info = results.get("info", {})
     rows = summarize(results)
-    seeds = info.get("seeds", [])
+    seeds = sorted({r["seed"] for r in results["runs"].values()})  # measured (info["seeds"]: asked for)
+    asked = [x for x in info.get("seeds", []) if x not in seeds]
     reduced = any(info.get(k) is not None and info.get(k) != v for k, v in DEFAULTS.items()) \
         or bool(info.get("set"))
     size = (f"{info.get('scenes')} generated rooms (`pointprobe synth`, seed {info.get('data_seed')}; "
             f"60/20/20 % train/val/test), {info.get('steps')} pre-training steps per run, "
             f"pre-training seeds {seeds} "
-            f"({'one seed: no spread' if len(seeds) < 2 else 'mean ± sample sd'}), "
+            f"({'one seed: no spread' if len(seeds) < 2 else 'mean ± sample sd'}"
+            + (f"; seed(s) {asked} asked for, not run" if asked else "") + "), "
             f"probe trained on {info.get('train_points')} labelled points per training scene"
             + (f", pre-training overrides for every variant: `{' '.join(info['set'])}`"
                if info.get("set") else "")
