@@ -273,3 +273,204 @@ def test_a_refused_pretrain_writes_nothing(tmp_path, capsys, keys):
     assert main(["pretrain", *keys, f"out={out}"]) == 2
     assert "error:" in capsys.readouterr().err
     assert not out.exists()
+
+
+# ---------------------------------------------------------------------------------------------- Mugs
+MUGS = ["loss.mugs_weight=1.0", "loss.mugs_queue=8", "loss.mugs_topk=3", "loss.mugs_dim=8",
+        "loss.mugs_prototypes=16", "train.steps=2", "train.batch_size=1"]
+NO_SONATA = ["loss.mask_weight=0", "loss.roll_weight=0", "loss.unmask_weight=0"]
+
+
+def test_mugs_info_nce_and_centred_cross_entropy_match_manual():
+    from pointprobe.pretrain.mugs import centred_cross_entropy, info_nce
+
+    g = torch.Generator().manual_seed(0)
+    p, t, neg = (torch.nn.functional.normalize(torch.randn(n, 6, generator=g), dim=1) for n in (4, 4, 5))
+    logits = torch.cat([(p * t).sum(1, keepdim=True), p @ neg.t()], 1) / 0.2
+    ref = torch.nn.functional.cross_entropy(logits, torch.zeros(4, dtype=torch.long), reduction="none")
+    torch.testing.assert_close(info_nce(p, t, neg, 0.2), ref)
+    s, tl, c = torch.randn(3, 7, generator=g), torch.randn(3, 7, generator=g), torch.randn(1, 7, generator=g)
+    q = torch.softmax((tl - c) / 0.04, 1)
+    ref = -(q * torch.log_softmax(s / 0.1, 1)).sum(1)
+    torch.testing.assert_close(centred_cross_entropy(s, tl, c, 0.1, 0.04), ref)
+
+
+def test_mugs_pairs_student_views_against_the_teacher_views_of_their_scene():
+    from pointprobe.pretrain.mugs import mugs_pairs, split_mean
+
+    s, t, small = mugs_pairs(n_scenes=2, n_global=2, n_copies=2, n_local=3)
+    # 2 scenes x (2 x 2 masked + 3 local) student views, each against the 2 global views of its scene
+    assert len(s) == 2 * (4 + 3) * 2
+    scene_of_student = [v // 4 if v < 8 else (v - 8) // 3 for v in s.tolist()]
+    assert [x // 2 for x in t.tolist()] == scene_of_student
+    assert small.tolist() == [v >= 8 for v in s.tolist()]
+    per = torch.where(small, torch.tensor(3.0), torch.tensor(1.0))
+    assert float(split_mean(per, small)) == pytest.approx(2.0)  # mean of the large and small means
+    assert float(split_mean(per[~small], small[~small])) == pytest.approx(1.0)
+
+
+def test_mugs_state_queue_fills_wraps_and_finds_neighbours():
+    from pointprobe.pretrain.mugs import MugsState
+
+    st = MugsState(size=5, mem_dim=4, dim=3, prototypes=6, seed=0)
+    assert int(st.filled) == 0 and int(st.ptr) == 0
+    a, b = torch.arange(12.0).reshape(3, 4) + 1, -torch.arange(12.0).reshape(3, 4) - 1
+    ia, ib = torch.eye(3), 2 * torch.eye(3)
+    st.enqueue(a, ia, ia)
+    assert int(st.filled) == 3 and int(st.ptr) == 3
+    torch.testing.assert_close(st.memory[:3], a)
+    # neighbours: only among the written rows (k=2 of 3)
+    nb = st.neighbours(torch.tensor([[1.0, 2, 3, 4], [9.0, 10, 11, 12]]), 2)
+    sim = torch.nn.functional.normalize(a, dim=1) @ torch.nn.functional.normalize(
+        torch.tensor([[1.0, 2, 3, 4], [9.0, 10, 11, 12]]), dim=1).t()
+    for i in range(2):
+        torch.testing.assert_close(nb[i], a[sim[:, i].topk(2).indices])
+    st.enqueue(b, ib, ib)  # wraps: rows 3, 4, 0
+    assert int(st.filled) == 5 and int(st.ptr) == 1
+    torch.testing.assert_close(st.memory[[3, 4, 0]], b)
+    torch.testing.assert_close(st.memory[1:3], a[1:])
+    torch.testing.assert_close(st.instance_queue[[3, 4, 0]], ib)
+    torch.testing.assert_close(st.local_group_queue[1:3], ia[1:])
+    st.update_center(torch.ones(2, 6), 0.9)
+    torch.testing.assert_close(st.center, torch.full((1, 6), 0.1))
+
+
+def test_mugs_off_by_default_loss_and_parameters_unchanged(tmp_path):
+    root = _write_dataset(tmp_path / "d", 1)
+    base = ["train.steps=1", "train.batch_size=1"]
+    runs = {}
+    zero = ["loss.mugs_weight=0", "loss.mugs_queue=3", "loss.mugs_topk=2", "loss.mugs_prototypes=7"]
+    for name, extra in (("default", []), ("zero", zero), ("on", MUGS[:-2])):
+        tr = Pretrainer(_cfg(root, *base, *extra))
+        params = {k: v.clone() for k, v in tr.student.state_dict().items()}
+        m = tr.train_step()
+        runs[name] = (tr, params, m)
+        tr.close()
+    tr, params, m = runs["default"]
+    assert tr.student.mugs is None and tr.teacher.mugs is None and tr.mugs_state is None
+    assert not any("mugs" in k for k in params) and "mugs" not in tr.state()
+    assert not any(k.startswith("mugs") for k in m)
+    tr0, params0, m0 = runs["zero"]
+    assert params0.keys() == params.keys() and all(torch.equal(params0[k], params[k]) for k in params)
+    assert m0["loss"] == m["loss"]  # exactly the old loss
+    assert all(torch.equal(a, b) for a, b in zip(tr0.student.parameters(), tr.student.parameters()))
+    # on: the same backbone and Sonata heads at the start (Mugs heads built last), the Sonata terms as
+    # before at the first step, the Mugs term added on top
+    tr1, params1, m1 = runs["on"]
+    assert all(torch.equal(params1[k], params[k]) for k in params)
+    assert set(params1) - set(params) == {k for k in params1 if k.startswith("mugs.")} != set()
+    for k in ("mask_loss", "roll_loss", "unmask_loss"):
+        assert m1[k] == pytest.approx(m[k], rel=1e-6)
+    assert m1["loss"] == pytest.approx(m["loss"] + m1["mugs_loss"], rel=1e-5)
+
+
+@pytest.mark.parametrize("only", ["instance", "local_group", "group"])
+def test_mugs_each_term_trains_its_head_and_the_backbone(tmp_path, only):
+    keys = {"instance": "loss.mugs_instance_weight", "local_group": "loss.mugs_local_group_weight",
+            "group": "loss.mugs_group_weight"}
+    off = [f"{k}=0" for g, k in keys.items() if g != only]
+    tr = Pretrainer(_cfg(_write_dataset(tmp_path / "d", 1), *MUGS, *NO_SONATA, *off))
+    heads = tr.student.mugs
+    assert {g for g in ("instance", "local_group", "group") if getattr(heads, g) is not None} == {only}
+    m = tr.micro_step(tr.micro_batch(0, 0), tr.values(0), 1.0, sync=True)
+    tr.close()
+    assert set(k for k in m if k.startswith("mugs_") and k.endswith("_loss")) == {f"mugs_{only}_loss",
+                                                                                   "mugs_loss"}
+    assert np.isfinite(m[f"mugs_{only}_loss"]) and m[f"mugs_{only}_loss"] > 0
+    assert m["loss"] == pytest.approx(m[f"mugs_{only}_loss"], rel=1e-6)
+    trained = [getattr(heads, only)] + ([heads.relation] if only == "local_group" else [])
+    for mod in trained:
+        for n, p in mod.named_parameters():
+            if "predictor" in n or "prototype" in n or "mlp" in n or "proj" in n or "qkv" in n:
+                assert p.grad is not None and float(p.grad.abs().sum()) > 0, f"{only}: {n}"
+    bb = [p.grad for p in tr.student.backbone.parameters() if p.requires_grad]
+    assert sum(float(g.abs().sum()) for g in bb if g is not None) > 0
+    # the masked views of every scene and the local views take part (2 + 2 student views per scene)
+    assert int(tr.mugs_state.filled) == 2  # the teacher's 2 global views were written
+
+
+def test_mugs_all_terms_combine_and_memory_holds_the_teacher_views(tmp_path):
+    from pointprobe.pretrain.mugs import pool_views
+
+    tr = Pretrainer(_cfg(_write_dataset(tmp_path / "d", 1), *MUGS, "loss.mugs_weight=0.5",
+                         "loss.mugs_group_weight=2"))
+    seen: list = []
+    orig = tr.teacher.level
+    tr.teacher.level = lambda p: seen.append(orig(p)) or seen[-1]
+    m = tr.train_step()
+    tr.close()
+    for k in ("instance", "local_group", "group"):
+        assert np.isfinite(m[f"mugs_{k}_loss"])
+    mugs = (m["mugs_instance_loss"] + m["mugs_local_group_loss"] + 2 * m["mugs_group_loss"]) / 4
+    assert m["mugs_loss"] == pytest.approx(mugs, rel=1e-5)
+    rest = sum(w * m[f"{k}_loss"] for k, w in (("mask", 0.25), ("roll", 0.25), ("unmask", 0.5)))
+    assert m["loss"] == pytest.approx(rest + 0.5 * mugs, rel=1e-5)
+    assert m["mugs_queue_filled"] == 2
+    with torch.no_grad():
+        torch.testing.assert_close(tr.mugs_state.memory[:2], pool_views(seen[0]))
+
+
+def test_mugs_resume_is_exact_and_export_unchanged(tmp_path):
+    from pointprobe.pretrain.mugs import MugsState
+    from tests.test_pretrain import run_and_resume
+
+    root = _write_dataset(tmp_path / "data", 2)
+    cfg = _cfg(root, *MUGS[:-2], "loss.mugs_queue=3", "train.steps=4", "train.batch_size=1")
+    a, b, c = run_and_resume(cfg, tmp_path)
+    assert [r["loss"] for r in a.history] == [r["loss"] for r in b.history + c.history]
+    assert [r["mugs_loss"] for r in a.history] == [r["mugs_loss"] for r in b.history + c.history]
+    assert a.history[-1]["mugs_queue_filled"] == 3  # 8 teacher views through a queue of 3: wrapped
+    sa, sc = a.mugs_state.state_dict(), c.mugs_state.state_dict()
+    assert sa.keys() == sc.keys() and all(torch.equal(sa[k], sc[k]) for k in sa)
+    assert not torch.equal(sa["memory"], MugsState(3, sa["memory"].shape[1], 8, 16, 0).memory)
+    for mod_a, mod_c in ((a.student, c.student), (a.teacher, c.teacher)):
+        sda, sdc = mod_a.state_dict(), mod_c.state_dict()
+        assert all(torch.equal(sda[k], sdc[k]) for k in sda)
+    # the exported encoder: the backbone in its usual format, no Mugs heads
+    off = Pretrainer(_cfg(root, "train.steps=1"))
+    off.export(tmp_path / "off.pth")
+    off.close()
+    ref = torch.load(tmp_path / "off.pth", map_location="cpu", weights_only=False)
+    got = torch.load(tmp_path / "a" / "encoder.pth", map_location="cpu", weights_only=False)
+    assert got.keys() == ref.keys() and got["arch"] == ref["arch"] and got["config"] == ref["config"]
+    shapes = [{k: v.shape for k, v in x["state_dict"].items()} for x in (got, ref)]
+    assert shapes[0] == shapes[1]
+    enc = load_encoder(tmp_path / "a" / "encoder.pth")
+    with torch.no_grad():
+        np.testing.assert_array_equal(enc.eval()(_points()).feat.numpy(),
+                                      a.teacher.backbone.eval()(_points()).feat.numpy())
+
+
+@pytest.mark.parametrize("key,match", [
+    ("loss.mugs_weight=-1", "loss.mugs_weight"),
+    ("loss.mugs_topk=20", "loss.mugs_topk"),
+    ("loss.mugs_queue=0", "loss.mugs_queue"),
+    ("loss.mugs_temp=0", "loss.mugs_temp"),
+    ("loss.mugs_group_weight=-1", "loss.mugs_group_weight"),
+    ("loss.mugs_center_momentum=1", "loss.mugs_center_momentum"),
+    ("loss.mugs_relation_heads=7", "loss.mugs_relation_heads"),
+])
+def test_mugs_bad_values_are_one_line_config_errors(tmp_path, key, match):
+    with pytest.raises(ConfigError, match=match) as e:
+        Pretrainer(_cfg(_write_dataset(tmp_path / "d", 1), *MUGS, key))
+    assert "\n" not in str(e.value)
+    with pytest.raises(ConfigError, match="mugs_\\*_weight"):
+        Pretrainer(_cfg(tmp_path / "d", *MUGS, "loss.mugs_instance_weight=0",
+                        "loss.mugs_local_group_weight=0", "loss.mugs_group_weight=0"))
+
+
+@pytest.mark.dist
+@pytest.mark.slow
+def test_mugs_ddp_two_processes_match_one(tmp_path):
+    """Queues filled from every rank in rank order and the centre averaged over ranks: 2 processes train
+    as 1 does (the second step uses what the first wrote)."""
+    from tests.test_pretrain import _launch
+
+    root = _write_dataset(tmp_path / "data", 3, density=600.0)
+    ov = [f"data.root={root}", *TINY, *MUGS[:-2], "train.steps=2", "train.batch_size=2",
+          "views.max_points=800"]
+    one = _launch(1, ov, tmp_path / "one.json")
+    two = _launch(2, ov, tmp_path / "two.json")
+    np.testing.assert_allclose(two["loss"], one["loss"], rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(two["param"], one["param"], rtol=1e-3, atol=1e-6)
+    assert two["checksum"] == pytest.approx(one["checksum"], rel=1e-5)

@@ -146,3 +146,27 @@ def test_streamed_window_is_gathered_in_place(tmp_path):
     _, peak = tracemalloc.get_traced_memory()
     tracemalloc.stop()
     assert x.nbytes == 40000 * 256 * 4 and peak < 1.4 * x.nbytes
+
+
+def test_bench_scale_points_section_checks_targets_and_growth(tmp_path):
+    """The section says which rows are measured, checks the disk / RSS targets only for a measured full size,
+    gives the log-log growth slopes (1.00 for a stage that doubles with its scenes) and draws the plot."""
+    from tools.bench_scale_points import FULL_SIZE, write_section
+
+    def row(n, ex, pr, load=True):
+        r = {"scenes": n, "train_scenes": n * 4 // 5, "val_scenes": n - n * 4 // 5, "points": n * 10**5,
+             "extract_s": ex, "probe_s": pr, "disk_bytes": 4.96e9, "data_bytes": n * 4e6,
+             "extract_rss_mib": 1700.0, "probe_rss_mib": 3500.0, "mIoU": 50.0}
+        return {**r, "extract_load": 1.5, "probe_load": 2.5} if load else r
+
+    doc = tmp_path / "bm.md"
+    doc.write_text("# benchmarks\n")
+    write_section([row(100, 100.0, 50.0, load=False), row(200, 200.0, 100.0)], doc, "100 200", 2_000_000)
+    text = doc.read_text()
+    assert "(EXTRAPOLATED" in text and "Targets at" not in text and "| - |" in text and "1.5 / 2.5" in text
+    assert "extract time vs training scenes 1.00, probe time vs validation scenes 1.00" in text
+    assert (tmp_path / "img" / "bench_scale_points.png").stat().st_size > 10_000
+    write_section([row(100, 100.0, 50.0), row(FULL_SIZE, 1513.0, 756.5)], doc, f"100 {FULL_SIZE}", 2_000_000)
+    text = doc.read_text()
+    assert "(EXTRAPOLATED" not in text and "target <= 20 GB: met" in text and "target <= 8 GB: met" in text
+    assert text.count("## bench_scale_points") == 1

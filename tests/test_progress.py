@@ -111,3 +111,19 @@ def test_subprocess_stderr_to_file_has_no_carriage_returns(tmp_path):
     text = log.read_text()
     assert "\r" not in text
     assert "steps: 50/50 step (100%)" in text and "done in" in text
+
+
+def test_probe_progress_counts_steps_not_epochs(monkeypatch, capsys):
+    """The linear probe's bar counts optimiser steps and says so: a 2-epoch run over 10 batches per epoch ends
+    at 20/20 step (it printed '20/20 epoch')."""
+    from common.probes.data import ProbeData
+    from common.probes.linear import LinearProbeConfig, train_linear_probe
+
+    monkeypatch.setenv("PROBESUITE_PROGRESS_SECONDS", "0")
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(100, 4)).astype(np.float32)
+    data = ProbeData([(x, (x[:, 0] > 0).astype(np.int64))])
+    cfg = LinearProbeConfig(epochs=2, batch_size=10, lrs=[0.1], wds=[0.0], progress=True)
+    train_linear_probe(data, data, cfg)
+    last = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("linear probe")][-1]
+    assert last.startswith("linear probe (1 heads, 2 epochs): 20/20 step (100%)"), last

@@ -117,7 +117,7 @@ def check_disk(work: Path, need: float, margin: float = MARGIN) -> None:
                          f"{human_bytes(margin)} kept free: not starting")
 
 
-_STEP = re.compile(r"linear probe \(\d+ heads\): (\d+)/(\d+)")
+_STEP = re.compile(r"linear probe \(\d+ heads[^)]*\): (\d+)/(\d+)")
 
 
 def _hwm_kib(pid: int) -> int:

@@ -161,16 +161,31 @@ def _du(path: Path) -> int:
 
 
 def _stage(cmd: list[str], env: dict, log: Path) -> dict:
-    """Run one stage in a child process: wall seconds and that child's own peak RSS (``os.wait4``)."""
+    """Run one stage in a child process: wall seconds, that child's own peak RSS (``os.wait4``) and the
+    machine's mean 1-minute load average while it ran (sampled every 10 s: other jobs slow a stage)."""
+    import threading
+
     t0 = time.perf_counter()
+    loads: list[float] = []
+    done = threading.Event()
+
+    def sample() -> None:
+        while not done.wait(10.0):
+            loads.append(os.getloadavg()[0])
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
     with open(log, "w") as f:
         proc = subprocess.Popen(cmd, env=env, stdout=f, stderr=subprocess.STDOUT)
         _, status, usage = os.wait4(proc.pid, 0)
+    done.set()
+    sampler.join()
     proc.returncode = os.waitstatus_to_exitcode(status)
     wall = time.perf_counter() - t0
     if proc.returncode != 0:
         raise SystemExit(f"{' '.join(cmd)}: exit {proc.returncode}\n{log.read_text()[-3000:]}")
-    return {"seconds": wall, "peak_rss_kib": usage.ru_maxrss}  # KiB on Linux
+    return {"seconds": wall, "peak_rss_kib": usage.ru_maxrss,  # KiB on Linux
+            "load": float(np.mean(loads)) if loads else os.getloadavg()[0]}
 
 
 def run_one(n: int, work: Path, seed: int = 0, max_train_points: int = 2_000_000) -> dict:
@@ -199,6 +214,7 @@ def run_one(n: int, work: Path, seed: int = 0, max_train_points: int = 2_000_000
             "train_points": int(sum(v for k, v in points.items() if k.startswith("train/"))),
             "generate_s": gen_s, "extract_s": ex["seconds"], "extract_rss_mib": ex["peak_rss_kib"] / 1024,
             "probe_s": pr["seconds"], "probe_rss_mib": pr["peak_rss_kib"] / 1024, "disk_bytes": disk,
+            "extract_load": ex["load"], "probe_load": pr["load"],
             "data_bytes": _du(root), "mIoU": res["rows"][0]["mIoU"], "resumed": resumed,
             "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
 
@@ -270,75 +286,103 @@ def _todo(args, measured: dict) -> str:
     left = [n for n in sorted(set(args.scenes) | {FULL_SIZE}) if n not in measured]
     if not left:
         return ""
-    return (f"nice -n 10 python -m tools.bench_scale_points --scenes {' '.join(map(str, left))} "
+    return (f"python -m tools.bench_scale_points --scenes {' '.join(map(str, left))} "
             f"--max-train-points {args.max_train_points} --work {args.work}")
+
+
+def _slope(rows: list[dict], x_key: str, y_key: str) -> float:
+    """Log-log least-squares slope of ``y_key`` against ``x_key`` over measured rows (1 = linear)."""
+    x = np.log([max(r[x_key], 1) for r in rows])
+    y = np.log([max(r[y_key], 1e-9) for r in rows])
+    return float(np.polyfit(x, y, 1)[0])
+
+
+def _load(r: dict) -> str:
+    """Mean load average of a row's two stages (``-`` for rows measured before it was recorded)."""
+    if "extract_load" not in r:
+        return "-"
+    return f"{r['extract_load']:.1f} / {r['probe_load']:.1f}"
 
 
 def write_section(rows: list[dict], doc: Path, scenes: str, max_train_points: int,
                   todo: str = "", work: str = "/tmp/bench_scale_points",
                   extra: list[str] | None = None) -> None:
     """The docs/benchmarks.md section: measured rows, the full size extrapolated (said so) when it
-    was not measured, notes, the log-log plot. ``todo``: the command that completes the run."""
+    was not measured, the targets checked, per-stage rates and their growth, the log-log plot.
+    ``todo``: the command that completes the run."""
     from common.benchdoc import machine_line, update_section
     from common.paths import human_bytes
 
-    lines = ["| scenes | points | generate s | extract s | probe s | s / scene | cache on disk | "
-             "scenes on disk | peak RSS extract | peak RSS probe | mIoU |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = ["| scenes (train / val) | points | extract s | probe s | extract s / train scene | "
+             "probe s / val scene | cache on disk | scenes on disk | peak RSS extract | peak RSS probe | "
+             "load extract / probe | mIoU |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
-        per = (r["generate_s"] + r["extract_s"] + r["probe_s"]) / r["scenes"]
-        lines.append(f"| {r['scenes']} (measured{', resumed' if r.get('resumed') else ''}) | "
-                     f"{r['points']:,} | {r['generate_s']:.0f} | {r['extract_s']:.0f} | {r['probe_s']:.0f} | "
-                     f"{per:.1f} | {human_bytes(r['disk_bytes'])} | {human_bytes(r['data_bytes'])} | "
-                     f"{r['extract_rss_mib']:.0f} MiB | {r['probe_rss_mib']:.0f} MiB | {r['mIoU']:.1f} |")
+        lines.append(f"| {r['scenes']} ({r['train_scenes']} / {r['val_scenes']}; measured"
+                     f"{', resumed' if r.get('resumed') else ''}) | {r['points']:,} | {r['extract_s']:.0f} | "
+                     f"{r['probe_s']:.0f} | {r['extract_s'] / r['train_scenes']:.2f} | "
+                     f"{r['probe_s'] / r['val_scenes']:.2f} | {human_bytes(r['disk_bytes'])} | "
+                     f"{human_bytes(r['data_bytes'])} | {r['extract_rss_mib']:.0f} MiB | "
+                     f"{r['probe_rss_mib']:.0f} MiB | {_load(r)} | {r['mIoU']:.1f} |")
     big = rows[-1]
     if big["scenes"] < FULL_SIZE:
         f = FULL_SIZE / big["scenes"]
-        ex = {k: big[k] * f for k in ("extract_s", "probe_s", "data_bytes")}
-        ex["generate_s"] = FULL_SIZE * max(r["generate_s"] / r["scenes"] for r in rows)  # pool reuse aside
         lines.append(f"| **{FULL_SIZE} (EXTRAPOLATED, linear from {big['scenes']})** | "
-                     f"~{big['points'] * f:.3g} | {ex['generate_s']:.0f} | {ex['extract_s']:.0f} | "
-                     f"{ex['probe_s']:.0f} | - | {human_bytes(big['disk_bytes'])} (capped) | "
-                     f"{human_bytes(ex['data_bytes'])} | - | - | - |")
-    per_point = big["extract_s"] / big["train_points"] if big.get("train_points") else float("nan")
+                     f"~{big['points'] * f:.3g} | {big['extract_s'] * f:.0f} | {big['probe_s'] * f:.0f} | "
+                     "- | - | "
+                     f"{human_bytes(big['disk_bytes'])} (capped) | {human_bytes(big['data_bytes'] * f)} | "
+                     "- | - | - | - |")
     row_bytes = DIM * 2 + 16  # float16 features + int64 label + int64 index
-    notes = [
-        f"- Extract: {per_point * 1e6:.1f} µs per training point at {big['scenes']} scenes (the val "
-        "split is not extracted). With `encode_points(rows=)` (only the kept rows gathered, up-cast "
-        "and copied) one ScanNet-sized scene costs 18.4 µs per point against 39.1 µs for the full "
-        "(N, 1232) path then indexing, side by side on 4 pool scenes under the same load, features bit "
-        "for bit equal; what is left is mostly the encoder itself (`randproj` writes an (M, 1232) float32 "
-        "array per scene, about 65 % of a scene's time in cProfile), then grid sampling and the "
-        "canonical index. Generation, writing and reading a scene take about 0.1 s, 0.01 s and 0.01 s.",
-        "- generate s counts the scenes not yet in the pool only (a size whose scenes an earlier, "
-        "interrupted launch had made shows about 0); the EXTRAPOLATED row uses the highest measured "
-        "per-scene generation rate. Time per stage: each measured row's s / scene, compared between "
-        "sizes, is the linearity check.",
-        "- Probe: streamed evaluation runs the encoder over every val point and applies the heads "
-        "(the full per-point path), so it grows with the val scenes; training reads the capped "
-        "subsample only.",
-        f"- Disk: the training subsample is capped at max_train_points in total, so the cache does not grow "
-        f"with scenes: {max_train_points:,} x {row_bytes} B; at the default cap of 2,000,000 it is "
-        f"{human_bytes(2_000_000 * row_bytes)} (computed), and val writes nothing. The generated scenes "
-        "(coord/normal float32, colour uint8, labels int16: 33 B per point) are counted separately: "
-        "they are the dataset, not the cache.",
-        "- Peak RSS is set by the largest scene (the encoder's (M, 1232) float32 output), not by the "
-        "number of scenes: it no longer includes an (N, 1232) gather and its float16 copy.",
-        "- The 2 cores were shared with five other engineers' jobs (load average 9-16 during the runs): "
-        "times are noisy upper values.",
+    notes = []
+    if big["scenes"] == FULL_SIZE:
+        rss = max(big["extract_rss_mib"], big["probe_rss_mib"])
+        notes.append(
+            f"- Targets at {FULL_SIZE} scenes (measured): cache on disk {human_bytes(big['disk_bytes'])} "
+            f"(target <= 20 GB: {'met' if big['disk_bytes'] <= 20e9 else 'MISSED'}; with the scenes "
+            f"themselves {human_bytes(big['disk_bytes'] + big['data_bytes'])}), peak RSS "
+            f"{rss / 1024:.2f} GiB (target <= 8 GB: {'met' if rss * 2**20 <= 8e9 else 'MISSED'}), "
+            f"extract + probe {(big['extract_s'] + big['probe_s']) / 60:.1f} min.")
+    if len(rows) >= 2:
+        sx = _slope(rows, "train_scenes", "extract_s")
+        sp = _slope(rows, "val_scenes", "probe_s")
+        s_rx, s_rp = _slope(rows, "scenes", "extract_rss_mib"), _slope(rows, "scenes", "probe_rss_mib")
+        notes.append(
+            f"- Growth (log-log slope over the measured sizes; 1 = linear): extract time vs training scenes "
+            f"{sx:.2f}, probe time vs validation scenes {sp:.2f}, peak RSS extract "
+            f"{s_rx:.2f}, probe {s_rp:.2f}, cache on disk {_slope(rows, 'scenes', 'disk_bytes'):.2f}. "
+            "A slope below 1 is the fixed start-up "
+            "(imports, the encoder, the probe's training on the capped rows) spread over more scenes.")
+    notes += [
+        "- Extract: only the training split (its labelled subsample, `points_per_scene` = max_train_points / "
+        "training scenes, drawn with a fixed seed); `encode_points(rows=)` gathers, up-casts and copies only "
+        "the kept rows of each scene. The encoder still runs on every voxel of the scene.",
+        "- Probe: training reads the capped subsample (streamed in windows when its float32 rows exceed "
+        "`probe.max_ram_gb`); the validation split is evaluated by streaming (`eval_source=stream`): each "
+        "scene encoded, the trained head applied, the confusion matrix accumulated; nothing written. This "
+        "stage therefore grows with the validation scenes.",
+        f"- Disk: the training cache is capped at max_train_points rows in all ({max_train_points:,} x "
+        f"{row_bytes} B = {human_bytes(max_train_points * row_bytes)} computed), so it does not grow with "
+        "scenes, and validation writes nothing. The generated scenes (coord / normal float32, colour uint8, "
+        "labels int16: 33 B per point) are the dataset, counted separately.",
+        "- Peak RSS is set by the largest scene (the encoder's (M, 1232) float32 output) and by the probe's "
+        "training window, not by the number of scenes.",
+        "- Scenes are generated once into a pool shared by every size (generation is not a stage here: about "
+        "0.05 s per scene).",
+        "- load: the machine's mean 1-minute load average during each stage (2 cores; other jobs ran beside "
+        "this one): times at a load above 2 are slowed by them.",
         "- mIoU is of a random projection probed linearly: a check that the path works, not a result.",
         *[f"- {t}" for t in extra or []]]
     png = doc.parent / "img" / "bench_scale_points.png"
     _plot(rows, png)
     body = "\n".join([
-        "ScanNet-sized point run on this machine (2 shared CPU cores): generated rooms with ScanNet's "
-        "point-count spread, encoder `randproj` (fixed random projection of the 9 input channels to "
-        f"{DIM} dims), `pointprobe extract` with `storage={{train: subsample, val: none}}` (default "
-        "points_per_scene = max_train_points / train scenes, max_train_points = "
-        f"{max_train_points:,}) and `pointprobe probe eval_source=stream` "
-        "(val features never written). Each stage is its own process; peak RSS is that process's "
-        "ru_maxrss. Rows marked measured are measurements; a row marked EXTRAPOLATED is not.", "",
-        f"Command: `nice -n 10 python -m tools.bench_scale_points --scenes {scenes} "
+        "ScanNet-sized point run on this machine (2 CPU cores): generated rooms with ScanNet's "
+        "point-count spread (log-normal, median 1.2e5 points, clipped to [2e4, 5.5e5]; validation at "
+        "ScanNet's 312 / 1,513 share), encoder `randproj` (fixed random projection of the 9 input channels "
+        f"to {DIM} dims, so the data path is what is measured), `pointprobe extract` with "
+        "`storage={train: subsample, val: none}` and `pointprobe probe eval_source=stream` "
+        f"(max_train_points = {max_train_points:,}). Each stage is its own process; peak RSS is that "
+        "process's ru_maxrss. Rows marked measured are measurements; a row marked EXTRAPOLATED is not.", "",
+        f"Command: `python -m tools.bench_scale_points --scenes {scenes} "
         f"--max-train-points {max_train_points} --work {work}`",
         *([f"To complete (resumes: measured sizes are skipped, the scene pool is reused): `{todo}`"]
           if todo else []),
@@ -348,6 +392,7 @@ def write_section(rows: list[dict], doc: Path, scenes: str, max_train_points: in
 
 
 def _plot(rows: list[dict], png: Path) -> None:
+    """Log-log growth: stage times with a linear reference (left), disk and peak RSS (right)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -355,17 +400,22 @@ def _plot(rows: list[dict], png: Path) -> None:
 
     png.parent.mkdir(parents=True, exist_ok=True)
     n = np.array([r["scenes"] for r in rows], dtype=float)
-    fig, ax = plt.subplots(1, 2, figsize=(10, 4))
-    for k, lab in (("generate_s", "generate (s)"), ("extract_s", "extract (s)"), ("probe_s", "probe (s)")):
-        ax[0].loglog(n, [r[k] for r in rows], "o-", label=lab)
-    for k, lab, f in (("disk_bytes", "cache (MiB)", 2**-20), ("data_bytes", "scenes (MiB)", 2**-20),
-                      ("extract_rss_mib", "RSS extract (MiB)", 1),
-                      ("probe_rss_mib", "RSS probe (MiB)", 1)):
+    fig, ax = plt.subplots(1, 2, figsize=(11, 4.5))
+    for k, lab in (("extract_s", "extract (s)"), ("probe_s", "probe (s)")):
+        y = np.array([r[k] for r in rows], dtype=float)
+        (line,) = ax[0].loglog(n, y, "o-", label=lab)
+        ax[0].loglog(n, y[0] * n / n[0], ":", color=line.get_color(), alpha=0.6,
+                     label=f"{lab.split()[0]}: linear from {int(n[0])}")
+    ax[0].set_ylabel("wall seconds")
+    for k, lab, f in (("disk_bytes", "feature cache", 2**-20), ("data_bytes", "scenes (dataset)", 2**-20),
+                      ("extract_rss_mib", "peak RSS extract", 1), ("probe_rss_mib", "peak RSS probe", 1)):
         ax[1].loglog(n, [r[k] * f for r in rows], "o-", label=lab)
-    for a in ax:
+    ax[1].set_ylabel("MiB")
+    for a, title in zip(ax, ("time per stage", "disk and memory")):
         a.set_xlabel("scenes")
-        a.legend()
+        a.set_title(title)
         a.grid(True, which="both", alpha=0.3)
+        a.legend(fontsize=8, loc="best", framealpha=0.9)
     fig.suptitle("bench_scale_points: growth with scenes (log-log)")
     fig.tight_layout()
     fig.savefig(png, dpi=90)

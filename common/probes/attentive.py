@@ -231,7 +231,8 @@ def train_attentive_probe(
     rng = np.random.default_rng(cfg.seed)
     history = []
     step = 0
-    bar = progress(total=total, desc="attentive probe", unit="epoch", disable=not cfg.progress, leave=False)
+    bar = progress(total=total, desc=f"attentive probe ({cfg.epochs} epochs)", unit="step",
+                   disable=not cfg.progress, leave=False)
     model.train()
     for epoch in range(cfg.epochs):
         tot, cnt = 0.0, 0

@@ -236,7 +236,8 @@ def train_linear_probe(
     rng = np.random.default_rng(cfg.seed)
     step = 0
     loss_sum = torch.zeros(heads.H, dtype=torch.float64, device=device)
-    bar = progress(total=total, desc=f"linear probe ({heads.H} heads)", unit="epoch",
+    # the bar counts optimiser steps (its unit said "epoch": 830 "epochs" for a 2-epoch run)
+    bar = progress(total=total, desc=f"linear probe ({heads.H} heads, {cfg.epochs} epochs)", unit="step",
                    disable=not cfg.progress, leave=False)
     # per-epoch curves: every head's mean training loss, and (when the snapshots fit) its weights, to score
     # the chosen head on the validation set after each epoch once the choice is made

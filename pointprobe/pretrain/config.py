@@ -67,6 +67,25 @@ class PretrainLossConfig:
     # is not used); the mask / roll terms (every point of every copy: the visible positions) and the iBOT
     # term (the masked positions: every point once per step) run over all K copies jointly. 1 = off
     disjoint_masks: int = 1
+    # Mugs (multi-granular supervision; pointprobe.pretrain.mugs). The instance is a view (a scene crop):
+    # its embedding is the mean of its up-cast point features. + mugs_weight x the weighted mean of three
+    # terms, each between the student's masked global / local views and the teacher's global views of the
+    # same scene: instance (InfoNCE, negatives from a queue of past teacher targets), local group (the
+    # view's embedding aggregated with its top-k neighbours in a memory of past teacher view embeddings by
+    # a transformer block; InfoNCE with an own negatives queue) and group (prototype assignments, teacher
+    # centred and sharpened as in DINO / Mugs). Queues, memory and centre are saved in the checkpoint
+    mugs_weight: float = 0.0  # 0 = off
+    mugs_instance_weight: float = 1.0  # per-granularity weights (0: that head is not built)
+    mugs_local_group_weight: float = 1.0
+    mugs_group_weight: float = 1.0
+    mugs_queue: int = 1024  # rows of each queue (instance / local-group negatives, neighbour memory)
+    mugs_topk: int = 8  # neighbours aggregated into a local group
+    mugs_temp: float = 0.2  # InfoNCE temperature (instance and local-group terms)
+    mugs_prototypes: int = 0  # group-head prototypes (0 = model.num_prototypes)
+    mugs_dim: int = 0  # instance / local-group embedding, group bottleneck width (0 = model.head_bottleneck)
+    mugs_hidden: int = 0  # hidden width of the Mugs projectors (0 = model.head_hidden)
+    mugs_relation_heads: int = 1  # attention heads of the local-group transformer block
+    mugs_center_momentum: float = 0.9  # EMA of the teacher's group-logit centre
 
 
 @dataclass
@@ -166,7 +185,9 @@ def validate_config(cfg: PretrainConfig) -> None:
         raise ConfigError("config key 'loss.unmask_weight' > 0 needs views.local_views >= 1")
     if cfg.loss.ibot_weight < 0:
         raise ConfigError("config key 'loss.ibot_weight' must be >= 0")
-    if cfg.loss.mask_weight + cfg.loss.roll_weight + cfg.loss.unmask_weight + cfg.loss.ibot_weight <= 0:
+    _check_mugs(cfg)
+    if (cfg.loss.mask_weight + cfg.loss.roll_weight + cfg.loss.unmask_weight + cfg.loss.ibot_weight
+            + cfg.loss.mugs_weight <= 0):
         raise ConfigError("config keys 'loss.*_weight': at least one must be positive")
     if cfg.loss.disjoint_masks < 1:
         raise ConfigError(f"config key 'loss.disjoint_masks' must be >= 1 (1 = off), got "
@@ -187,3 +208,36 @@ def validate_config(cfg: PretrainConfig) -> None:
                               "unfreeze_blocks, train_norms false)")
     if cfg.loss.bfp_alpha < 0:
         raise ConfigError("config key 'loss.bfp_alpha' must be >= 0")
+
+
+def _check_mugs(cfg: PretrainConfig) -> None:
+    """The ``loss.mugs_*`` keys (checked only when ``loss.mugs_weight`` > 0, except its sign)."""
+    lo = cfg.loss
+    if lo.mugs_weight < 0:
+        raise ConfigError(f"config key 'loss.mugs_weight' must be >= 0 (0 = off), got {lo.mugs_weight}")
+    if lo.mugs_weight == 0:
+        return
+    ws = {"mugs_instance_weight": lo.mugs_instance_weight,
+          "mugs_local_group_weight": lo.mugs_local_group_weight, "mugs_group_weight": lo.mugs_group_weight}
+    for k, w in ws.items():
+        if w < 0:
+            raise ConfigError(f"config key 'loss.{k}' must be >= 0, got {w}")
+    if sum(ws.values()) <= 0:
+        raise ConfigError("config keys 'loss.mugs_*_weight': with loss.mugs_weight > 0 at least one must be "
+                          "positive")
+    if lo.mugs_queue < 1:
+        raise ConfigError(f"config key 'loss.mugs_queue' must be >= 1, got {lo.mugs_queue}")
+    if not 1 <= lo.mugs_topk <= lo.mugs_queue:
+        raise ConfigError(f"config key 'loss.mugs_topk' must be in [1, loss.mugs_queue={lo.mugs_queue}], got "
+                          f"{lo.mugs_topk}")
+    if lo.mugs_temp <= 0:
+        raise ConfigError(f"config key 'loss.mugs_temp' must be > 0, got {lo.mugs_temp}")
+    for k in ("mugs_prototypes", "mugs_dim", "mugs_hidden"):
+        if getattr(lo, k) < 0:
+            raise ConfigError(f"config key 'loss.{k}' must be >= 0 (0 = the model.head_* value), got "
+                              f"{getattr(lo, k)}")
+    if lo.mugs_relation_heads < 1:
+        raise ConfigError(f"config key 'loss.mugs_relation_heads' must be >= 1, got {lo.mugs_relation_heads}")
+    if not 0.0 <= lo.mugs_center_momentum < 1.0:
+        raise ConfigError(f"config key 'loss.mugs_center_momentum' must be in [0, 1), got "
+                          f"{lo.mugs_center_momentum}")

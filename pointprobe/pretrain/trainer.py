@@ -29,7 +29,8 @@ Seed-paper options (off by default): ``model.residual_decay`` (decayed identity 
 kept in ``encoder.pth``'s config), ``loss.ibot_weight`` (iBOT: masked points of each masked view against
 the teacher on the unmasked same view; own ``ibot_head`` or, with ``loss.ibot_shared_head``, the mask
 head), ``loss.disjoint_masks`` K (DMJD: K complementary masked copies of each global view, every term on
-masked views over all copies).
+masked views over all copies), ``loss.mugs_weight`` (Mugs: instance, local-group and group terms on view
+embeddings, ``pointprobe.pretrain.mugs``; its queues, memory and centre are in the checkpoint).
 
 Checkpoints (``out/checkpoints/step_*.pth`` and ``out/last.pth``) hold student, teacher (with heads),
 optimiser, step and RNG states; resuming continues exactly. ``out/encoder.pth`` is the teacher
@@ -71,7 +72,21 @@ from pointprobe.pretrain.explora import (
     trainable_summary,
 )
 from pointprobe.pretrain.loss import assignment_entropy, distill_loss, sinkhorn_knopp
-from pointprobe.pretrain.model import DistillModel, build_backbone, head_in_channels, param_groups
+from pointprobe.pretrain.model import (
+    DistillModel,
+    build_backbone,
+    head_in_channels,
+    mugs_widths,
+    param_groups,
+)
+from pointprobe.pretrain.mugs import (
+    MugsState,
+    centred_cross_entropy,
+    info_nce,
+    mugs_pairs,
+    pool_views,
+    split_mean,
+)
 from pointprobe.pretrain.schedules import StepValues, step_values
 from pointprobe.pretrain.views import (
     SceneViews,
@@ -258,8 +273,12 @@ class Pretrainer:
         except (ValueError, ConfigError) as e:
             raise ConfigError(f"config key 'model.upcast_steps': {e}") from None
         own_ibot = cfg.loss.ibot_weight > 0 and not cfg.loss.ibot_shared_head
-        self.student = DistillModel(student_bb, hin, cfg.model, ibot_head=own_ibot).to(self.device)
-        self.teacher = DistillModel(teacher_bb, hin, cfg.model, ibot_head=own_ibot).to(self.device)
+        self.student = DistillModel(student_bb, hin, cfg.model, own_ibot, cfg.loss).to(self.device)
+        self.teacher = DistillModel(teacher_bb, hin, cfg.model, own_ibot, cfg.loss).to(self.device)
+        self.mugs_state: MugsState | None = None  # Mugs queues, memory, centre
+        if self.student.mugs is not None:
+            _, dim, protos = mugs_widths(cfg.model, cfg.loss)
+            self.mugs_state = MugsState(cfg.loss.mugs_queue, hin, dim, protos, t.seed).to(self.device)
         e = cfg.explora
         self.ema_names: list[str] | None = None  # None: every parameter (full pre-training)
         self.explora_info: dict = {}
@@ -360,11 +379,21 @@ class Pretrainer:
                 t_ibot = t_mask if lc.ibot_shared_head else self.teacher.ibot_head(t_lvl.feat).float()
         t_origin = level_mean(vb.teacher_origin, t_lvl).cpu().numpy()
         t_off = t_lvl.offset.cpu().numpy()
+        mugs = self.mugs_state
+        t_mugs: dict = {}
+        if mugs is not None:  # teacher view embeddings, their memory neighbours, the Mugs targets
+            with torch.no_grad(), self._autocast():
+                t_pooled = pool_views(t_lvl)
+                has_rel = self.teacher.mugs.relation is not None
+                nb = mugs.neighbours(t_pooled, lc.mugs_topk) if has_rel else None
+                t_mugs = {k: x.float() for k, x in self.teacher.mugs(t_pooled, nb, target=True).items()}
         model = self.ddp if self.ddp is not None else self.student
         ctx = contextlib.nullcontext() if sync or self.ddp is None else self.ddp.no_sync()
+        need_local = lc.unmask_weight > 0 or (mugs is not None and self.cfg.views.local_views > 0)
         with ctx:
             with self._autocast():
-                out = model(vb.masked, vb.local if lc.unmask_weight > 0 else None)
+                out = model(vb.masked, vb.local if need_local else None, mugs, lc.mugs_topk,
+                            unmask=lc.unmask_weight > 0)
             trees: dict = {}
             G, L, B, K = vb.n_global, vb.n_local, vb.n_scenes, vb.n_mask_copies
             losses: dict[str, torch.Tensor] = {}
@@ -423,22 +452,52 @@ class Pretrainer:
             weights = {"mask": lc.mask_weight, "roll": lc.roll_weight, "unmask": lc.unmask_weight,
                        "ibot": lc.ibot_weight}
             loss = sum(weights[k] * val for k, val in losses.items())
+            if mugs is not None:
+                terms = self.mugs_terms(out["mugs"], t_mugs, vb, v.teacher_temp)
+                losses.update({f"mugs_{k}": val for k, val in terms.items()})
+                ws = {"instance": lc.mugs_instance_weight, "local_group": lc.mugs_local_group_weight,
+                      "group": lc.mugs_group_weight}
+                losses["mugs"] = sum(ws[k] * val for k, val in terms.items()) / sum(ws[k] for k in terms)
+                loss = loss + lc.mugs_weight * losses["mugs"]
             if self.bfp_map is not None:
                 losses["bfp"] = self.bfp_term(out, vb)
                 loss = loss + lc.bfp_alpha * losses["bfp"]
             (loss * scale).backward()
+        if mugs is not None:  # after the loss (Mugs enqueues after its loss too): the teacher's views
+            mugs.enqueue(t_pooled, t_mugs.get("instance"), t_mugs.get("local_group"))
+            if "group" in t_mugs:
+                mugs.update_center(t_mugs["group"], lc.mugs_center_momentum)
         metrics = {f"{k}_loss": float(val.detach()) for k, val in losses.items()}
         metrics["loss"] = float(loss.detach())
         metrics.update({f"{k}_pairs": n for k, n in n_pairs.items()})
         # cross-entropy = target entropy + KL(target || student): the KL is what the student can still learn
         metrics.update({f"{k}_kl": metrics[f"{k}_loss"] - h for k, h in target_h.items()})
         metrics.update({f"{k}_target_entropy": h for k, h in target_h.items()})
-        logits = next(x for x in (t_mask, t_unmask, t_ibot) if x is not None)
-        h_mean, h_point = assignment_entropy(logits, v.teacher_temp)
+        logits = next((x for x in (t_mask, t_unmask, t_ibot, t_mugs.get("group")) if x is not None), None)
+        h_mean, h_point = (assignment_entropy(logits, v.teacher_temp) if logits is not None
+                           else (float("nan"), float("nan")))
         metrics["teacher_entropy"], metrics["teacher_entropy_point"] = h_mean, h_point
         metrics["feat_std"], metrics["eff_rank"] = feature_stats(t_lvl.feat)
         metrics["points"] = len(vb.teacher) + len(vb.masked) + len(vb.local)
         return metrics
+
+    def mugs_terms(self, s_out: dict, t_out: dict, vb: ViewBatch, teacher_temp: float) -> dict:
+        """The Mugs terms (instance, local_group, group: those with a head) between the student's views
+        (masked global views, then local views) and the teacher's global views of the same scene."""
+        lc, st = self.cfg.loss, self.mugs_state
+        n_local = vb.n_local if "local" in s_out else 0
+        s_idx, t_idx, small = (x.to(self.device) for x in mugs_pairs(vb.n_scenes, vb.n_global,
+                                                                     vb.n_mask_copies, n_local))
+        terms: dict[str, torch.Tensor] = {}
+        for k, queue in (("instance", st.instance_queue), ("local_group", st.local_group_queue)):
+            if k in s_out:
+                per = info_nce(s_out[k][s_idx], t_out[k][t_idx], queue, lc.mugs_temp)
+                terms[k] = split_mean(per, small)
+        if "group" in s_out:
+            per = centred_cross_entropy(s_out["group"][s_idx], t_out["group"][t_idx], st.center,
+                                        lc.student_temp, teacher_temp)
+            terms["group"] = split_mean(per, small)
+        return terms
 
     def bfp_term(self, out: dict, vb: ViewBatch) -> torch.Tensor:
         """BFP: mean over the points of ``||A f_new(x) - f_old(x)||_2``, x the local views (the masked
@@ -473,8 +532,12 @@ class Pretrainer:
                 acc[k] = acc.get(k, 0.0) + val / t.accum_steps
         for k in ("points",) + tuple(k for k in acc if k.endswith("_pairs")):
             acc[k] = acc[k] * t.accum_steps  # totals, not means
+        if self.mugs_state is not None:
+            acc["mugs_queue_filled"] = int(self.mugs_state.filled)
         if step < int(round(o.freeze_prototypes_ratio * t.steps)):
-            for head in (self.student.mask_head, self.student.unmask_head, self.student.ibot_head):
+            sm = self.student
+            mugs_group = sm.mugs.group if sm.mugs is not None else None
+            for head in (sm.mask_head, sm.unmask_head, sm.ibot_head, mugs_group):
                 if head is not None:
                     head.prototype_v.grad = None  # AdamW skips it: no update, no weight decay
         if self.bfp_map is not None and dist.is_distributed() and self.bfp_map.weight.grad is not None:
@@ -509,6 +572,7 @@ class Pretrainer:
             "teacher": self.teacher.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             **({"bfp_map": self.bfp_map.state_dict()} if self.bfp_map is not None else {}),
+            **({"mugs": self.mugs_state.state_dict()} if self.mugs_state is not None else {}),
             "rng": _rng_state(),
             "world_size": self.world,
             "scenes_seen": self.step * self.cfg.train.batch_size,
@@ -532,6 +596,8 @@ class Pretrainer:
             self.optimizer.load_state_dict(st["optimizer"])
             if self.bfp_map is not None:
                 self.bfp_map.load_state_dict(st["bfp_map"])
+            if self.mugs_state is not None:
+                self.mugs_state.load_state_dict(st["mugs"])
         except (RuntimeError, ValueError, KeyError) as e:
             msg = str(e).splitlines()[0]
             raise CheckpointError(f"{path}: does not match this model/config ({msg})") from None
