@@ -118,7 +118,8 @@ class TuneSettings:
     steps: int = 200  # optimizer steps
     warmup: int = 10  # linear lr warm-up steps, then cosine to 0
     accum: int = 1  # gradient accumulation: micro-batches per optimizer step
-    lr: float = 1e-3  # lr of the encoder's trainable part (adapters, blocks); full: of the last block
+    lr: float = 1e-3  # lr of the encoder's trainable part (adapters, blocks); full: block i of n gets
+    #                   lr * layer_decay ** (n - i)
     head_lr: float = 1e-3  # lr of the head / decoder
     weight_decay: float = 0.01
     lrs: list[float] = field(default_factory=lambda: [1e-3, 3e-3, 1e-2, 3e-2])  # linear: grid of lrs
@@ -367,7 +368,8 @@ class Tuner:
                              seed=settings.seed, weight_decay=0.0)
         elif base == "full":
             groups = layerwise_lr_groups(self.model, self.blocks, settings.lr, settings.layer_decay,
-                                         always=ALWAYS, weight_decay=settings.weight_decay, fixed=fixed)
+                                         always=ALWAYS, weight_decay=settings.weight_decay, fixed=fixed,
+                                         head_lr=settings.head_lr)
             self.opt = torch.optim.AdamW([{k: v for k, v in g.items() if k != "param_names"} for g in groups])
         elif self.schedule is not None:
             self.opt = torch.optim.AdamW(self.schedule.optimizer_groups(settings.weight_decay))
