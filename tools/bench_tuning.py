@@ -13,7 +13,7 @@ row is scored on all points of ``--eval-split``. Writes ``OUT/tune_results.{md,j
 and the section ``bench_tuning`` of ``docs/benchmarks.md`` (the picture copied to ``docs/img/``).
 Video rows (``videoprobe tune``) are not part of this script yet.
 
-    python tools/bench_tuning.py [--out runs/bench-tuning] [--scenes 12] [--pretrain-steps 60] [--steps 40]
+    python tools/bench_tuning.py [--out runs/bench-tuning] [--scenes 12] [--pretrain-steps 100] [--steps 30]
     python tools/bench_tuning.py --quick     # tiny: a smoke run of the whole chain (< 10 min on 2 cores)
 """
 from __future__ import annotations
@@ -115,9 +115,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--scenes", type=int, default=12)
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--pretrain-config", default="configs/point/pretrain_bench_cpu.yaml")
-    ap.add_argument("--pretrain-steps", type=int, default=200)
-    ap.add_argument("--steps", type=int, default=60, help="optimizer steps of every method")
-    ap.add_argument("--max-points", type=int, default=6000, help="sphere crop of a training scene")
+    # defaults sized for <= 30 min on 2 idle cores from measured CPU costs (docs/benchmarks.md, bench_tuning)
+    ap.add_argument("--pretrain-steps", type=int, default=100)
+    ap.add_argument("--steps", type=int, default=30, help="optimizer steps of every method")
+    ap.add_argument("--max-points", type=int, default=3000, help="sphere crop of a training scene")
     ap.add_argument("--eval-split", default="test", choices=["val", "test"])
     ap.add_argument("--methods", nargs="*", default=None, help="a subset of the ladder (method names)")
     ap.add_argument("--lp-ft", action=argparse.BooleanOptionalAction, default=True,
