@@ -278,12 +278,26 @@ def main(argv: list[str] | None = None) -> int:
     lines += ["", *[f"- {n}" for n in notes], "",
               f"![the tuning ladder](img/{img.name})", "",
               f"- wall time: {(time.time() - t0) / 60:.1f} min in all, tuning {tuning_s / 60:.1f} min",
-              f"- command: `python tools/bench_tuning.py {' '.join(sys.argv[1:] if argv is None else argv)}`"]
+              f"- command: `python tools/bench_tuning.py {' '.join(command_args(argv))}`"]
     video = kept_video_rows(DOC)
     if video:
         lines += ["", video]
     update_section("bench_tuning", "\n".join(lines), DOC)
     return 0
+
+
+def command_args(argv: list[str] | None) -> list[str]:
+    """The command's arguments for the section, without the ``--note`` texts (they are in the section)."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    out, skip = [], False
+    for a in args:
+        if skip:
+            skip = False
+        elif a == "--note":
+            skip = True
+        elif not a.startswith("--note="):
+            out.append(a)
+    return out
 
 
 def kept_video_rows(doc: Path) -> str:
