@@ -190,3 +190,19 @@ def test_results_table_merges_rows_and_draws_the_ladder(tmp_path):
 def test_method_tag():
     assert method_tag(TuneSettings(method="mezo", over="lora")) == "mezo-lora"
     assert method_tag(TuneSettings(method="ssf")) == "ssf"
+
+
+@pytest.mark.parametrize("method,kw", [("full", {}), ("ssf", {}), ("last_k", {"k": 1}),
+                                       ("progressive", {"progressive_at": [0.5]})])
+def test_head_lr_is_the_heads_lr_in_every_method(tmp_path, method, kw):
+    """``tune.head_lr`` is the head's learning rate whatever the method: ``full`` (layer-wise decay over
+    the blocks) gave its head ``tune.lr`` and ignored ``head_lr``; the blocks keep lr * decay ** (n - i)."""
+    s = _settings(method=method, lr=2e-3, head_lr=5e-3, layer_decay=0.5, **kw)
+    tuner = Tuner(ToyTask(), s, tmp_path, torch.device("cpu"))
+    names = {id(p): n for n, p in tuner.model.named_parameters()}
+    head = [g for g in tuner.opt.param_groups if any(names[id(p)].startswith("head.") for p in g["params"])]
+    assert head and all(g["lr"] == pytest.approx(5e-3) for g in head)
+    assert all(names[id(p)].startswith("head.") for g in head for p in g["params"])
+    if method == "full":
+        blocks = sorted(g["lr"] for g in tuner.opt.param_groups if g not in head)
+        assert blocks == pytest.approx([2e-3 * 0.25, 2e-3 * 0.5])

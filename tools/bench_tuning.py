@@ -13,7 +13,7 @@ row is scored on all points of ``--eval-split``. Writes ``OUT/tune_results.{md,j
 and the section ``bench_tuning`` of ``docs/benchmarks.md`` (the picture copied to ``docs/img/``).
 Video rows (``videoprobe tune``) are not part of this script yet.
 
-    python tools/bench_tuning.py [--out runs/bench-tuning] [--scenes 12] [--pretrain-steps 60] [--steps 40]
+    python tools/bench_tuning.py [--out runs/bench-tuning] [--scenes 12] [--pretrain-steps 100] [--steps 30]
     python tools/bench_tuning.py --quick     # tiny: a smoke run of the whole chain (< 10 min on 2 cores)
 """
 from __future__ import annotations
@@ -33,9 +33,9 @@ from common.benchdoc import DOC, machine_line, update_section  # noqa: E402
 from common.config import REPO_ROOT  # noqa: E402
 
 # method -> extra overrides (a method's own settings; the shared ones are in main)
+# (the decoder, the most expensive row, runs last: a run cut short still has the others)
 LADDER: list[tuple[str, str, list[str]]] = [
     ("linear", "pre", []),
-    ("decoder", "pre", []),
     ("ssf", "pre", []),
     ("lora", "pre", []),
     ("last_k", "pre", ["tune.k=2"]),
@@ -43,7 +43,32 @@ LADDER: list[tuple[str, str, list[str]]] = [
     ("full", "pre", []),
     ("full", "random", []),
     ("mezo", "pre", ["tune.over=ssf", "tune.mezo_lr=1e-3", "tune.mezo_eps=1e-3"]),
+    ("decoder", "pre", []),
 ]
+# LP-FT (--lp-ft): these methods of the pre-trained encoder start their head from the cached linear probe
+# (tune.head_init); `full` also runs without it, for the pre-trained vs random comparison at one budget
+LP_FT = ("ssf", "lora", "last_k", "progressive", "full", "mezo")
+
+
+def base_method(tag: str) -> str:
+    """``last_k+lp-ft`` -> ``last_k``, ``mezo-ssf`` -> ``mezo``."""
+    return tag.replace("+lp-ft", "").split("-")[0]
+
+
+def ladder(lp_ft: bool, probe: Path | None) -> list[tuple[str, str, list[str]]]:
+    """The runs: LADDER, with ``tune.head_init=<probe>`` on the LP_FT methods of the pre-trained encoder
+    when ``lp_ft`` (plus the plain ``full`` of the pre-trained encoder)."""
+    if not lp_ft:
+        return list(LADDER)
+    out = []
+    for method, which, extra in LADDER:
+        if which == "pre" and method in LP_FT:
+            out.append((method, which, [*extra, f"tune.head_init={probe}"]))
+            if method == "full":
+                out.append((method, which, list(extra)))
+        else:
+            out.append((method, which, extra))
+    return out
 
 
 def _log(msg: str, t0: float) -> None:
@@ -57,6 +82,8 @@ def tune_process(out: Path, data: Path, method: str, encoder: list[str], extra: 
             f"data.root={data}", f"out={out}",
             f"tune.method={method}", *encoder, *common, *extra]
     tag = method if method != "mezo" else f"mezo-{next(e.split('=')[1] for e in extra if 'over=' in e)}"
+    if any(e.startswith("tune.head_init=") for e in extra):
+        tag += "+lp-ft"
     label = next(e.split("=", 1)[1] for e in encoder if e.startswith("encoder.label="))
     done = out / "tune_results.json"
     if done.is_file():  # resumable: a method finished earlier with this config is not run again
@@ -88,11 +115,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--scenes", type=int, default=12)
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--pretrain-config", default="configs/point/pretrain_bench_cpu.yaml")
-    ap.add_argument("--pretrain-steps", type=int, default=200)
-    ap.add_argument("--steps", type=int, default=60, help="optimizer steps of every method")
-    ap.add_argument("--max-points", type=int, default=6000, help="sphere crop of a training scene")
+    # defaults sized for <= 30 min on 2 idle cores from measured CPU costs (docs/benchmarks.md, bench_tuning)
+    ap.add_argument("--pretrain-steps", type=int, default=100)
+    ap.add_argument("--steps", type=int, default=30, help="optimizer steps of every method")
+    ap.add_argument("--max-points", type=int, default=3000, help="sphere crop of a training scene")
     ap.add_argument("--eval-split", default="test", choices=["val", "test"])
     ap.add_argument("--methods", nargs="*", default=None, help="a subset of the ladder (method names)")
+    ap.add_argument("--lp-ft", action=argparse.BooleanOptionalAction, default=True,
+                    help="LP-FT: the tuned methods of the pre-trained encoder start their head from the "
+                         "cached linear probe (tune.head_init); --no-lp-ft: random heads")
     ap.add_argument("--quick", action="store_true", help="8 scenes, 20 pre-training steps, 8 tuning steps")
     ap.add_argument("--no-doc", action="store_true", help="do not write docs/benchmarks.md")
     ap.add_argument("--report-only", action="store_true",
@@ -121,10 +152,21 @@ def main(argv: list[str] | None = None) -> int:
     common = [f"tune.steps={args.steps}", f"tune.warmup={max(1, args.steps // 10)}",
               f"tune.save_every={args.steps}", f"tune.eval_split={args.eval_split}",
               f"aug.max_points={args.max_points}"]  # the rest: configs/point/tune_bench_cpu.yaml
+    # the cached linear probe of the same pre-trained encoder: the baseline row, and the head of LP-FT
+    from pointprobe.extract import PointEncoderConfig
+
+    spec = PointEncoderConfig(name=arch, checkpoint=str(ckpt), label=f"{arch} pre-trained")
+    base = probe_encoder(out, data, "cached_pre", spec, "configs/point/probe.yaml",
+                         ["max_train_points=500000"], args.eval_split, False, t0)
+    _log(f"cached linear probe: mIoU {base['mIoU']:.2f}", t0)
+    probe_file = next(iter(sorted((out / "probe" / "cached_pre").glob("probe_*.pt"))), None)
+    if args.lp_ft and probe_file is None:
+        raise SystemExit(f"bench_tuning: no probe_*.pt in {out / 'probe' / 'cached_pre'} for --lp-ft")
+    runs = ladder(args.lp_ft, probe_file)
     tout = out / "tune"
     rows = []
     tuning_start = time.time()
-    for method, which, extra in LADDER:
+    for method, which, extra in runs:
         if args.methods and method not in args.methods:
             continue
         if args.report_only:
@@ -136,15 +178,12 @@ def main(argv: list[str] | None = None) -> int:
         done = json.loads((tout / "tune_results.json").read_text())["rows"]
         rows = [("random" if "random" in r["encoder"] else "pre", r) for r in done]
         tuning_s = sum(r["wall_s"] for r in done)
-    missing = [f"{m} ({w})" for m, w, _ in LADDER
-               if not any(r["method"].split("-")[0] == m and ww == w for ww, r in rows)]
-    # the cached linear probe of the same pre-trained encoder: the baseline row
-    from pointprobe.extract import PointEncoderConfig
-
-    spec = PointEncoderConfig(name=arch, checkpoint=str(ckpt), label=f"{arch} pre-trained")
-    base = probe_encoder(out, data, "cached_pre", spec, "configs/point/probe.yaml",
-                         ["max_train_points=500000"], args.eval_split, False, t0)
-    _log(f"cached linear probe: mIoU {base['mIoU']:.2f}", t0)
+    lp = "+lp-ft"
+    missing = [f"{m}{lp if any(e.startswith('tune.head_init=') for e in x) else ''} ({w})" for m, w, x in runs
+               if (not args.methods or m in args.methods)
+               and not any(base_method(r["method"]) == m and ww == w
+                           and r["method"].endswith(lp) == any(e.startswith("tune.head_init=") for e in x)
+                           for ww, r in rows)]
     lin0 = next((r for _, r in rows if r["method"] == "linear"), None)
     cached = {"method": "cached linear (extract + probe)", "encoder": f"{arch} pre-trained",
               "mIoU": base["mIoU"], "trainable_params": lin0["trainable_params"] if lin0 else 0,
@@ -165,18 +204,24 @@ def main(argv: list[str] | None = None) -> int:
     by = {(r["method"], w): r for w, r in rows}
     lin = by.get(("linear", "pre"))
     mezo = next((r for (m, w), r in by.items() if m.startswith("mezo")), None)
+    lp_rows = [(m, r) for (m, w), r in by.items() if m.endswith(lp)]
     notes = []
-    for m in ("decoder", "ssf", "lora", "last_k", "progressive", "full"):
-        if (m, "pre") in by:
-            d = by[(m, "pre")]["mIoU"] - base["mIoU"]
-            verdict = "beats" if d > 0 else "does NOT beat"
-            notes.append(f"{m} {verdict} the cached linear probe ({d:+.2f} mIoU)")
+    for m in ("decoder", "ssf", "lora", "last_k", "progressive", "full", "mezo-ssf"):
+        for tag in (m, m + lp):
+            if (tag, "pre") in by:
+                d = by[(tag, "pre")]["mIoU"] - base["mIoU"]
+                verdict = "beats" if d > 0 else "does NOT beat"
+                notes.append(f"{tag} {verdict} the cached linear probe ({d:+.2f} mIoU)")
     if ("full", "pre") in by and ("full", "random") in by:
         d = by[("full", "pre")]["mIoU"] - by[("full", "random")]["mIoU"]
         notes.append(f"full from pre-trained minus full from random weights: {d:+.2f} mIoU")
     if mezo and lin:
         ratio = mezo["peak_memory_mb"] / lin["peak_memory_mb"]
         notes.append(f"MeZO peak RSS / online linear peak RSS: {ratio:.2f} (target <= 1.3)")
+    if lp_rows:
+        beat = [m for m, r in lp_rows if r["mIoU"] > base["mIoU"]]
+        notes.append(f"LP-FT rows (head started from the cached probe, `tune.head_init`): {len(beat)} of "
+                     f"{len(lp_rows)} above the cached linear probe")
     if missing:
         notes.append(f"not run (out of time in this run): {', '.join(missing)}")
     if lin:
@@ -191,7 +236,8 @@ def main(argv: list[str] | None = None) -> int:
     img.parent.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(png, img)
     splits = {s: len([p for p in (data / s).iterdir() if p.is_dir()]) for s in ("train", "val", "test")}
-    reduced = args.quick or args.steps < 60 or args.pretrain_steps < 200
+    reduced = args.quick or any(getattr(args, k) < ap.get_default(k)
+                                for k in ("steps", "pretrain_steps", "max_points", "scenes"))
     lines = [f"Machine: {machine_line()}.", ""]
     if reduced:
         lines += [f"**Reduced run** ({args.pretrain_steps} pre-training steps, {args.steps} tuning steps per "
@@ -210,7 +256,11 @@ def main(argv: list[str] | None = None) -> int:
         f"{args.max_points} voxels), one process each (peak RSS per method); scored on every point of the "
         f"{args.eval_split} split. Baseline: `pointprobe extract` + `pointprobe probe` of the same "
         "pre-trained encoder (cached linear probe). `decoder`: the SparseUNet's own MinkUNet decoder "
-        "(up-sampling blocks, `decoder.*` defaults) trained over the frozen encoder.",
+        "(up-sampling blocks, `decoder.*` defaults) trained over the frozen encoder."
+        + (" `+lp-ft` rows: LP-FT (Kumar et al. 2022), the head starts as the cached linear probe's head "
+           "(`tune.head_init=<probe .pt>`: its standardisation and weights), then the method trains as "
+           "usual; `full` of the pre-trained encoder also runs without it (the comparison with random "
+           "weights at one budget)." if args.lp_ft else ""),
         "", *[f"{n}" for n in args.note], *([""] if args.note else []),
         "| method | encoder | mIoU | vs cached linear | trainable params | % of encoder | peak RSS MB | "
         "s / step | total s |",
@@ -228,12 +278,26 @@ def main(argv: list[str] | None = None) -> int:
     lines += ["", *[f"- {n}" for n in notes], "",
               f"![the tuning ladder](img/{img.name})", "",
               f"- wall time: {(time.time() - t0) / 60:.1f} min in all, tuning {tuning_s / 60:.1f} min",
-              f"- command: `python tools/bench_tuning.py {' '.join(sys.argv[1:] if argv is None else argv)}`"]
+              f"- command: `python tools/bench_tuning.py {' '.join(command_args(argv))}`"]
     video = kept_video_rows(DOC)
     if video:
         lines += ["", video]
     update_section("bench_tuning", "\n".join(lines), DOC)
     return 0
+
+
+def command_args(argv: list[str] | None) -> list[str]:
+    """The command's arguments for the section, without the ``--note`` texts (they are in the section)."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    out, skip = [], False
+    for a in args:
+        if skip:
+            skip = False
+        elif a == "--note":
+            skip = True
+        elif not a.startswith("--note="):
+            out.append(a)
+    return out
 
 
 def kept_video_rows(doc: Path) -> str:

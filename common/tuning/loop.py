@@ -41,7 +41,7 @@ from torch import nn
 from common import dist
 from common.checkpoint import load_checkpoint, save_checkpoint
 from common.config import config_hash, save_config
-from common.errors import CheckpointError, ConfigError
+from common.errors import CheckpointError, ConfigError, InputError
 from common.probes.engine import HeadGrid, Scorer, lr_factor
 from common.progress import progress
 from common.tuning.cost import PeakMemory, StepTimer, TuneCost, count_parameters
@@ -118,7 +118,8 @@ class TuneSettings:
     steps: int = 200  # optimizer steps
     warmup: int = 10  # linear lr warm-up steps, then cosine to 0
     accum: int = 1  # gradient accumulation: micro-batches per optimizer step
-    lr: float = 1e-3  # lr of the encoder's trainable part (adapters, blocks); full: of the last block
+    lr: float = 1e-3  # lr of the encoder's trainable part (adapters, blocks); full: block i of n gets
+    #                   lr * layer_decay ** (n - i)
     head_lr: float = 1e-3  # lr of the head / decoder
     weight_decay: float = 0.01
     lrs: list[float] = field(default_factory=lambda: [1e-3, 3e-3, 1e-2, 3e-2])  # linear: grid of lrs
@@ -133,6 +134,11 @@ class TuneSettings:
     lora_targets: list[str] = field(default_factory=lambda: ["qkv"])
     mezo_eps: float = 1e-3
     mezo_lr: float = 1e-4
+    # LP-FT (Kumar et al. 2022): a linear probe file written by `pointprobe probe` (probe_*.pt, the cached
+    # linear probe of the same encoder and label set): the head (its standardisation and weights) starts
+    # from it instead of a random init; for the methods with the loop's linear head (ssf, lora, last_k,
+    # progressive, full, mezo). null: random head, standardisation estimated from training batches
+    head_init: str | None = None
     norm_batches: int = 4  # training batches that estimate the feature standardisation
     save_every: int = 50  # checkpoint every N steps (and at the end)
     # preemption: these signals finish the step in progress, write last.pth and stop (exit status 3);
@@ -149,7 +155,45 @@ class TuneSettings:
 
 
 def method_tag(s: TuneSettings) -> str:
-    return f"mezo-{s.over}" if s.method == "mezo" else s.method
+    """The row's method name: ``mezo-<over>`` for mezo; ``+lp-ft`` when the head starts from a probe."""
+    tag = f"mezo-{s.over}" if s.method == "mezo" else s.method
+    return f"{tag}+lp-ft" if s.head_init else tag
+
+
+HEAD_INIT_METHODS = ("ssf", "lora", "last_k", "progressive", "full", "mezo")
+
+
+def load_head_init(settings: TuneSettings, class_names: Sequence[str] | None = None,
+                   dim: int | None = None) -> dict:
+    """The head of ``settings.head_init`` (a ``pointprobe probe`` linear probe file, read safely through
+    :mod:`common.checkpoint`) as {"mean", "std", "weight", "bias"}; one-line errors for a method without
+    the loop's linear head (ConfigError), and for a file whose normalisation, classes or width do not fit
+    (InputError naming the file)."""
+    from common.probes.linear import load_probe
+
+    path = settings.head_init
+    if settings.method not in HEAD_INIT_METHODS:
+        raise ConfigError(f"tune: head_init is for the methods with the loop's linear head "
+                          f"({', '.join(HEAD_INIT_METHODS)}), not '{settings.method}'")
+    p = load_probe(path)
+    w, b = p.state_dict["weight"].float(), p.state_dict["bias"].float()
+    mode = p.norm.get("mode")
+    if mode not in ("standardize", "none"):
+        raise InputError(path, f"head_init: the probe's normalisation is {mode!r}; only 'standardize' or "
+                               "'none' map onto the tuned head")
+    if class_names is not None and p.class_names is not None and list(p.class_names) != list(class_names):
+        raise InputError(path, f"head_init: the probe's {len(p.class_names)} classes are not the task's "
+                               f"{len(class_names)} (another label set?)")
+    if class_names is not None and w.shape[0] != len(class_names):
+        raise InputError(path, f"head_init: the probe has {w.shape[0]} classes, the task {len(class_names)}")
+    if dim is not None and w.shape[1] != dim:
+        raise InputError(path, f"head_init: the probe reads {w.shape[1]}-d features, the encoder gives {dim} "
+                               "(another encoder or levels?)")
+    if mode == "none":
+        mean, std = torch.zeros(w.shape[1]), torch.ones(w.shape[1])
+    else:
+        mean, std = p.norm["mean"].float(), p.norm["std"].float()
+    return {"mean": mean, "std": std, "weight": w, "bias": b}
 
 
 # ---------------------------------------------------------------------------------------------- model
@@ -287,6 +331,15 @@ class Tuner:
                 raise ConfigError(f"tune: method=decoder is not supported by the {task.modality} task")
         else:  # prompt with a linear / flm label map: the map is the head (on source logits, unstandardised)
             head = label_map if label_map is not None else Head(dim, self.num_classes)
+        head_from_probe = False
+        if settings.head_init:  # LP-FT: the head starts as the trained linear probe (norm and weights)
+            init = load_head_init(settings, task.class_names, dim)
+            with torch.no_grad():
+                head.norm.mean.copy_(init["mean"])
+                head.norm.std.copy_(init["std"])
+                head.linear.weight.copy_(init["weight"])
+                head.linear.bias.copy_(init["bias"])
+            head_from_probe = True
         self.model = TuneModel(task, encoder, head, decoder).to(device)
         self.blocks = block_layout(task, encoder)
         fixed = [f"encoder.{p}" for p in task.fixed(encoder)]
@@ -315,7 +368,8 @@ class Tuner:
                              seed=settings.seed, weight_decay=0.0)
         elif base == "full":
             groups = layerwise_lr_groups(self.model, self.blocks, settings.lr, settings.layer_decay,
-                                         always=ALWAYS, weight_decay=settings.weight_decay, fixed=fixed)
+                                         always=ALWAYS, weight_decay=settings.weight_decay, fixed=fixed,
+                                         head_lr=settings.head_lr)
             self.opt = torch.optim.AdamW([{k: v for k, v in g.items() if k != "param_names"} for g in groups])
         elif self.schedule is not None:
             self.opt = torch.optim.AdamW(self.schedule.optimizer_groups(settings.weight_decay))
@@ -330,7 +384,7 @@ class Tuner:
                 g["base_lr"] = g["lr"]
         self.state = TuneRun()
         self.interrupted: str | None = None  # the signal that stopped :meth:`train`
-        self.norm_ready = False
+        self.norm_ready = head_from_probe  # a head from a probe keeps that probe's standardisation
         self.memory = PeakMemory(device)
         self.timer = StepTimer(device)
 
@@ -636,6 +690,8 @@ def run_tuning(task: TuneTask, settings: TuneSettings, out: str | Path, cfg: Any
     device = device or torch.device("cpu")
     # refuse an unknown method / mezo set before anything is written (a refused command leaves no files)
     check_method(settings.method, settings.over)
+    if settings.head_init:
+        load_head_init(settings)
     h = config_hash(cfg if cfg is not None else settings)
     run_dir = out / "runs" / f"{method_tag(settings)}-{h}"
     if dist.is_main():
@@ -674,6 +730,7 @@ def run_tuning(task: TuneTask, settings: TuneSettings, out: str | Path, cfg: Any
         "steps": settings.steps, metric_name: 100.0 * _metric(res, task.metric),
         "split": settings.eval_split, "head": chosen, "merged_adapters": merged,
         "checkpoint_sha256": tuner.record.get("checkpoint_sha256"), "config_hash": h,
+        "head_init": settings.head_init,
         "wall_s": time.perf_counter() - t0, "resumed": resumed,
     }
     if dist.is_main():

@@ -145,11 +145,11 @@ def layerwise_decay_factors(n_blocks: int, decay: float) -> list[float]:
 
 def layerwise_lr_groups(model: nn.Module, blocks: Sequence[BlockSpec], lr: float, decay: float,
                         always: Sequence[str] = (), weight_decay: float = 0.0,
-                        fixed: Sequence[str] = ()) -> list[dict[str, Any]]:
+                        fixed: Sequence[str] = (), head_lr: float | None = None) -> list[dict[str, Any]]:
     """Optimizer parameter groups for ``full``: every parameter trains; block i gets
-    ``lr * decay ** (n - i)``, ``always`` gets ``lr``. A trainable parameter in no block and not under
-    ``always`` raises ``ConfigError`` (the layout must cover the encoder). ``fixed`` prefixes stay
-    frozen and in no group."""
+    ``lr * decay ** (n - i)``, ``always`` gets ``head_lr`` (default ``lr``). A trainable parameter in
+    no block and not under ``always`` raises ``ConfigError`` (the layout must cover the encoder).
+    ``fixed`` prefixes stay frozen and in no group."""
     fixed_set = set(_always_names(model, fixed))
     layout = [(b, [n for n in ns if n not in fixed_set]) for b, ns in resolve_blocks(model, blocks)]
     named = dict(model.named_parameters())
@@ -167,7 +167,8 @@ def layerwise_lr_groups(model: nn.Module, blocks: Sequence[BlockSpec], lr: float
               for (b, ns), f in zip(layout, factors)]
     if head:
         hn = [n for n in named if n in head]
-        groups.append({"name": "head", "params": [named[n] for n in hn], "param_names": hn, "lr": lr,
+        hlr = lr if head_lr is None else head_lr
+        groups.append({"name": "head", "params": [named[n] for n in hn], "param_names": hn, "lr": hlr,
                        "lr_factor": 1.0, "weight_decay": weight_decay})
     return [g for g in groups if g["params"]]
 
