@@ -39,6 +39,7 @@ from common.probes.data import ProbeData
 from common.probes.linear import LinearProbeConfig
 from common.probes.logreg import LogRegConfig
 from common.probes.registry import PROBES, configure, get_probe
+from common.progress import progress
 from common.sampling import limit_labels, subset_items
 from common.stats import STD_DDOF, bootstrap_sum_ci, format_spread, mean_std
 
@@ -263,7 +264,8 @@ def stream_confusions(folder: str | Path, results: list, cfg: SegProbeConfig, nu
     conf = np.zeros((len(results), len(names), num_classes, num_classes), dtype=np.int64)
     failures: dict[str, str] = {}
     mine = dist.shard(list(range(len(names))), rank_, world_)
-    for g in mine:
+    desc = f"stream {cfg.eval_split}" + (f" (rank {dist.rank()})" if dist.is_distributed() else "")
+    for g in progress(mine, desc=desc, unit="scene"):  # hundreds of scenes: a line every interval in a log
         scene_dir = Path(ecfg.data.root) / cfg.eval_split / names[g]
         try:
             scene = load_scene(scene_dir)

@@ -166,7 +166,10 @@ def test_bench_scale_points_section_checks_targets_and_growth(tmp_path):
     assert "(EXTRAPOLATED" in text and "Targets at" not in text and "| - |" in text and "1.5 / 2.5" in text
     assert "extract time vs training scenes 1.00, probe time vs validation scenes 1.00" in text
     assert (tmp_path / "img" / "bench_scale_points.png").stat().st_size > 10_000
-    write_section([row(100, 100.0, 50.0), row(FULL_SIZE, 1513.0, 756.5)], doc, f"100 {FULL_SIZE}", 2_000_000)
+    write_section([row(100, 100.0, 50.0), row(400, 400.0, 200.0), row(FULL_SIZE, 1512.5, 756.5)], doc,
+                  f"100 400 {FULL_SIZE}", 2_000_000)
     text = doc.read_text()
+    # time = start-up + cost x scenes: here no start-up, 1.25 s per training scene (80 % of the scenes train)
+    assert "extract = 0 s + 1.25 s x training scenes (largest deviation 0 %)" in text
     assert "(EXTRAPOLATED" not in text and "target <= 20 GB: met" in text and "target <= 8 GB: met" in text
     assert text.count("## bench_scale_points") == 1

@@ -44,10 +44,13 @@ def _cfg(out, tmp, **kw) -> SegProbeConfig:
     return cfg
 
 
-def test_streamed_equals_cached_per_head(feats, tmp_path):
+def test_streamed_equals_cached_per_head(feats, tmp_path, monkeypatch, capsys):
     _, _, out = feats
     cached = run_probe(_cfg(out, tmp_path / "cached"))
+    monkeypatch.setenv("PROBESUITE_PROGRESS_SECONDS", "0")  # the streamed pass shows progress, in log lines
+    capsys.readouterr()
     streamed = run_probe(_cfg(out, tmp_path / "stream", eval_source="stream"))
+    assert "stream val: 3/3 scene (100%)" in capsys.readouterr().err
     a, b = cached["records"][0], streamed["records"][0]
     assert len(a["per_seed"]) == len(b["per_seed"]) == 2  # two heads (one per seed), one pass over val
     for ha, hb in zip(a["per_seed"], b["per_seed"]):

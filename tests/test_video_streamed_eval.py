@@ -54,10 +54,14 @@ def _cfg(root: Path, out: Path, **kw) -> ProbeConfig:
     return from_dict(ProbeConfig, d)
 
 
-def test_streamed_equals_cached_for_every_probe_and_seed(caches, tmp_path):
+def test_streamed_equals_cached_for_every_probe_and_seed(caches, tmp_path, monkeypatch, capsys):
     root, _ = caches
     cached = run_probes(_cfg(root, tmp_path / "c"))
+    monkeypatch.setenv("PROBESUITE_PROGRESS_SECONDS", "0")  # the streamed pass shows progress, in log lines
+    capsys.readouterr()
     streamed = run_probes(_cfg(root, tmp_path / "s", eval_source="stream", test_cache=""))
+    n = streamed["num_test_videos"]
+    assert f"stream test: {n}/{n} video (100%)" in capsys.readouterr().err
     assert cached["eval_source"] == "cache" and streamed["eval_source"] == "stream"
     assert streamed["num_test_videos"] == cached["num_test_videos"] > 0
     assert streamed["test_class_histogram"] == cached["test_class_histogram"]

@@ -352,6 +352,17 @@ def write_section(rows: list[dict], doc: Path, scenes: str, max_train_points: in
             f"{s_rx:.2f}, probe {s_rp:.2f}, cache on disk {_slope(rows, 'scenes', 'disk_bytes'):.2f}. "
             "A slope below 1 is the fixed start-up "
             "(imports, the encoder, the probe's training on the capped rows) spread over more scenes.")
+    if len(rows) >= 3:  # linear in scenes = a fixed start-up plus a constant cost per scene
+        fits = []
+        for key, x_key, what in (("extract_s", "train_scenes", "training"),
+                                 ("probe_s", "val_scenes", "validation")):
+            x = np.array([r[x_key] for r in rows], dtype=float)
+            y = np.array([r[key] for r in rows], dtype=float)
+            b, a = np.polyfit(x, y, 1)
+            dev = np.max(np.abs(a + b * x - y) / y) * 100
+            fits.append(f"{key[:-2]} = {a:.0f} s + {b:.2f} s x {what} scenes (largest deviation {dev:.0f} %)")
+        notes.append("- Linear in scenes (least-squares line through the measured sizes: start-up + cost per "
+                     "scene): " + "; ".join(fits) + ".")
     notes += [
         "- Extract: only the training split (its labelled subsample, `points_per_scene` = max_train_points / "
         "training scenes, drawn with a fixed seed); `encode_points(rows=)` gathers, up-casts and copies only "

@@ -59,6 +59,7 @@ from common.probes.knn import KnnConfig
 from common.probes.linear import LinearProbeConfig
 from common.probes.logreg import LogRegConfig
 from common.probes.registry import PROBES, configure, get_probe
+from common.progress import progress
 from common.stats import STD_DDOF, bootstrap_ci, format_spread, mean_std
 
 log = logging.getLogger(__name__)
@@ -447,7 +448,8 @@ def stream_scores(stream: StreamSplit, fits: list[tuple[str, Any]], rank_: int |
     ds = ClipDataset([stream.items[g] for g in mine], spec, ecfg.encoder.seed)
     loader = torch.utils.data.DataLoader(ds, batch_size=1, shuffle=False, num_workers=ecfg.num_workers,
                                          collate_fn=collate_items)
-    for g, (rec,) in zip(mine, loader):
+    desc = f"stream {ecfg.data.split}" + (f" (rank {dist.rank()})" if dist.is_distributed() else "")
+    for g, (rec,) in progress(zip(mine, loader), total=len(mine), desc=desc, unit="video"):
         if rec["error"] is not None:
             failures[rec["video_id"]] = str(rec["error"])
             continue
