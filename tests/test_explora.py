@@ -189,3 +189,21 @@ def test_explora_config_file_loads():
     assert cfg.explora.unfreeze_blocks == ["-1"] and cfg.loss.bfp_alpha == 0.0
     with pytest.raises(ConfigError, match="needs init.checkpoint"):
         validate_config(load_config(PretrainConfig, path))
+
+
+def test_bfp_term_is_the_same_however_the_batch_is_split(tmp_path, one_thread):
+    """The BFP term is a mean per view, then over the views (as the distillation terms): two micro-batches
+    of one scene give the loss of one batch of two (and so do two torchrun processes; a mean over all
+    the points of a micro-batch weighted the scenes by their size and gave another term)."""
+    root = _write_dataset(tmp_path / "data", 3)
+    base, _ = _base_file(tmp_path)
+    common = [f"init.checkpoint={base}", "train.steps=2", "train.batch_size=2", "loss.bfp_alpha=0.5",
+              "train.threads=1", *EXPLORA]
+    runs = []
+    for accum in (1, 2):
+        tr = Pretrainer(_cfg(root, *common, f"train.accum_steps={accum}"))
+        tr.run()
+        tr.close()
+        runs.append(tr.history)
+    for key in ("bfp_loss", "mask_loss", "unmask_loss", "loss"):
+        assert [r[key] for r in runs[1]] == pytest.approx([r[key] for r in runs[0]], rel=1e-4, abs=1e-6), key
