@@ -14,11 +14,20 @@ functions (``pointprobe synth / preprocess / pretrain / extract / probe`` and ``
    ``pointprobe.recover``, on A's test scenes).
 
 Writes ``OUT/results.{md,json}`` and the section ``bench_explora`` of ``docs/benchmarks.md``. Every stage
-is resumable (run the same command again). Default size, estimated from pretrain_bench_cpu.yaml's
-measured 1.7 s/step on 2 idle cores (not run at this size in this session): 200 + 4 x 100 steps ~17 min,
-data ~2 min, 10 extractions + probes ~7 min: under 30 minutes.
+is resumable (run the same command again). The B gain and the A change come with a paired 95 % bootstrap
+interval over the test scenes (``paired_gain``): the test scenes, not the steps, decide whether a
+difference is more than noise, so the default split keeps 40 % of the scenes for the test.
 
-    python tools/bench_explora.py [--out runs/bench-explora] [--scenes 16] [--steps-a 200] [--steps-b 100]
+Default size (20 scenes per domain: 10 train / 2 val / 8 test; 200 steps on A, 60 per variant on B,
+crops of 6000 points; 10000 labelled points per training scene), sized for <= 30 minutes on 2 idle
+cores from per-step costs measured on small runs (6 scenes per domain, 6 steps each, on a loaded
+machine: CPU seconds per step relative to pretrain_bench_cpu.yaml on A, whose idle cost is 1.9 s/step,
+measured by bench_pretrain: explora 1.17x, explora + BFP 1.25x, full 1.05x, full + BFP 1.30x; extract
++ probe ~2 s per scene and ~10 s per 60000 labelled points): pre-training 200 x 1.9 s + 60 x 4.8 x
+1.9 s ~ 15 min, 10 extractions + probes of 18 scenes ~ 10 min, data ~ 1 min: ~ 27 minutes. Not run at
+that size (the section says what was run).
+
+    python tools/bench_explora.py [--out runs/bench-explora] [--scenes 20] [--steps-a 200] [--steps-b 60]
     python tools/bench_explora.py --quick      # 6 scenes per domain, a few steps: a smoke run, no docs
 """
 from __future__ import annotations
@@ -200,16 +209,16 @@ def report(out: Path, rows: list[dict], info: dict, doc: Path | None) -> None:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", default="runs/bench-explora")
-    ap.add_argument("--scenes", type=int, default=16, help="scenes per domain")
+    ap.add_argument("--scenes", type=int, default=20, help="scenes per domain")
     ap.add_argument("--seed-a", type=int, default=1)
     ap.add_argument("--seed-b", type=int, default=2)
     ap.add_argument("--steps-a", type=int, default=200)
-    ap.add_argument("--steps-b", type=int, default=100)
+    ap.add_argument("--steps-b", type=int, default=60)
     ap.add_argument("--alpha", type=float, default=1.0, help="BFP weight loss.bfp_alpha")
     ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="pre-training overrides")
     ap.add_argument("--probe-config", default="configs/point/probe.yaml")
     ap.add_argument("--probe-set", nargs="*", default=[], metavar="KEY=VALUE")
-    ap.add_argument("--train-points", type=int, default=15000, help="labelled points kept per training scene")
+    ap.add_argument("--train-points", type=int, default=10000, help="labelled points kept per training scene")
     ap.add_argument("--variants", nargs="*", default=["explora", "explora_bfp", "full", "full_bfp"],
                     help="continued pre-trainings on B (default: all four)")
     ap.add_argument("--split", nargs=3, type=float, default=[0.5, 0.1, 0.4],
