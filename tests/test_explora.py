@@ -189,3 +189,22 @@ def test_explora_config_file_loads():
     assert cfg.explora.unfreeze_blocks == ["-1"] and cfg.loss.bfp_alpha == 0.0
     with pytest.raises(ConfigError, match="needs init.checkpoint"):
         validate_config(load_config(PretrainConfig, path))
+
+
+def test_bfp_term_is_the_same_however_the_batch_is_split(tmp_path, one_thread):
+    """The BFP term is a mean per view, then over the views: two micro-batches of one scene give the term
+    of one batch of two (and so do two torchrun processes, tests/test_pretrain_ddp_options.py); a mean
+    over all the points of a micro-batch weighted the scenes by their size and gave another term (0.5 %
+    off here). One step: the distillation terms are Sinkhorn-normalised per micro-batch, so after a step
+    the students differ a little."""
+    root = _write_dataset(tmp_path / "data", 3)
+    base, _ = _base_file(tmp_path)
+    common = [f"init.checkpoint={base}", "train.steps=1", "train.batch_size=2", "loss.bfp_alpha=0.5",
+              "train.threads=1", *EXPLORA]
+    terms = []
+    for accum in (1, 2):
+        tr = Pretrainer(_cfg(root, *common, f"train.accum_steps={accum}"))
+        tr.run()
+        tr.close()
+        terms.append(tr.history[0]["bfp_loss"])
+    assert terms[0] > 0 and terms[1] == pytest.approx(terms[0], rel=1e-5)

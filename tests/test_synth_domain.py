@@ -91,3 +91,48 @@ def test_domain_reaches_the_dataset_and_the_cli(tmp_path, capsys):
         generate_dataset(tmp_path / "x", 1, domain="sonar", progress=False)
     with pytest.raises(ValueError, match="unknown synth domain"):
         generate_scene(0, 0, domain="sonar")
+
+
+def test_domain_is_a_config_key_of_synth(tmp_path, capsys):
+    """``pointprobe synth domain=lidar`` (and ``domain: lidar`` in a --config file) writes the same scenes
+    as ``--domain lidar``; an unknown domain, or a flag and a key=value that disagree, are one-line
+    ConfigErrors (exit 2) that write nothing."""
+    import typing
+
+    from common.errors import ConfigError
+    from pointprobe.cli import main
+    from pointprobe.synth.cameras import CAMERA_PATHS
+    from pointprobe.synth.config import SynthConfig, check_synth_config
+    from pointprobe.synth.scenes import DEFAULT_DOMAIN
+
+    hints = typing.get_type_hints(SynthConfig)
+    assert typing.get_args(hints["domain"]) == DOMAINS and SynthConfig().domain == DEFAULT_DOMAIN
+    assert typing.get_args(hints["camera_path"]) == CAMERA_PATHS
+    common = ["--frames-per-scene", "0", "--no-progress"]
+    flags = ["--scenes", "1", "--seed", "2", "--domain", "lidar"]
+    assert main(["synth", "--out", str(tmp_path / "flag"), *flags, *common]) == 0
+    assert main(["synth", f"out={tmp_path / 'key'}", "scenes=1", "seed=2", "domain=lidar", *common]) == 0
+    (tmp_path / "synth.yaml").write_text("domain: lidar\nseed: 2\nscenes: 1\nframes_per_scene: 0\n")
+    assert main(["synth", "--config", str(tmp_path / "synth.yaml"), "--out", str(tmp_path / "file"),
+                 "--no-progress"]) == 0
+    name = generate_scene(2, 0, frames=0, domain="lidar").name
+    plys = [(tmp_path / d / "scans" / name / f"{name}_vh_clean_2.ply").read_bytes()
+            for d in ("flag", "key", "file")]
+    assert plys[0] == plys[1] == plys[2]
+    for d in ("flag", "key", "file"):
+        assert (tmp_path / d / "synth_domain.txt").read_text().strip() == "lidar"
+    capsys.readouterr()
+
+    bad = [(["domain=sonar"], "config key 'domain': expected one of ['rgbd', 'lidar'], got 'sonar'"),
+           (["--domain", "rgbd", "domain=lidar"], "--domain rgbd and domain=lidar disagree"),
+           (["domain=lidar", "scenes=0"], "--scenes must be >= 1 (config key 'scenes'), got 0"),
+           (["domian=lidar"], "unknown config key 'domian' (did you mean 'domain'?)")]
+    for extra, message in bad:
+        scenes = [] if "scenes=0" in extra else ["--scenes", "1"]
+        argv = ["synth", "--out", str(tmp_path / "bad"), *scenes, *extra, *common]
+        assert main(argv) == 2, extra
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and message in err, (extra, err)
+        assert not (tmp_path / "bad").exists()
+    with pytest.raises(ConfigError, match="config key 'domain'"):  # a SynthConfig built in code
+        check_synth_config(SynthConfig(out=str(tmp_path), scenes=1, domain="sonar"))  # type: ignore[arg-type]

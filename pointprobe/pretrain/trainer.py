@@ -22,8 +22,9 @@ Extended pre-training (``init.checkpoint``, ``explora.*``; ``pointprobe.pretrain
 starts from an encoder file; with ``explora.enabled`` only LoRA adapters, the unfrozen blocks, the norms
 (optional), the mask token and the heads train, the EMA moves only those in the teacher, and
 ``encoder.pth`` holds the teacher with the adapters merged. ``trainable.json`` lists what trains. BFP
-(``loss.bfp_alpha`` > 0) adds ``alpha * mean ||A f_new - f_old||`` on the local views' up-cast features,
-``A`` a learnable linear map (identity at first), ``f_old`` a frozen snapshot of the starting encoder.
+(``loss.bfp_alpha`` > 0) adds ``alpha * mean ||A f_new - f_old||`` on the local views' up-cast features
+(per view, then over the views), ``A`` a learnable linear map (identity at first), ``f_old`` a frozen
+snapshot of the starting encoder.
 
 Seed-paper options (off by default): ``model.residual_decay`` (decayed identity shortcuts in the encoder,
 kept in ``encoder.pth``'s config), ``loss.ibot_weight`` (iBOT: masked points of each masked view against
@@ -500,8 +501,12 @@ class Pretrainer:
         return terms
 
     def bfp_term(self, out: dict, vb: ViewBatch) -> torch.Tensor:
-        """BFP: mean over the points of ``||A f_new(x) - f_old(x)||_2``, x the local views (the masked
-        global views when there are none), f the up-cast features the heads see."""
+        """BFP: ``||A f_new(x) - f_old(x)||_2`` averaged over the points of each view, then over the views
+        (as the distillation terms), x the local views (the masked global views when there are none), f the
+        up-cast features the heads see. Per view first: the term (and its gradient) is then the same however
+        the batch is split over processes or micro-batches (a mean over all the points of a rank's batch
+        weighted the scenes by size, so 2 processes gave another loss than 1)."""
+        from common.scatter import segment_reduce
         from pointprobe.models.structure import upcast
 
         new = out["local"] if "local" in out else out["masked"]
@@ -511,7 +516,10 @@ class Pretrainer:
         if old.shape != new.feat.shape:
             raise ValueError(f"BFP: old and new features differ in shape ({tuple(old.shape)} vs "
                              f"{tuple(new.feat.shape)})")
-        return (self.bfp_map(new.feat.float()) - old).norm(dim=1).mean()
+        dist_pt = (self.bfp_map(new.feat.float()) - old).norm(dim=1)
+        counts = torch.diff(new.offset.long(), prepend=new.offset.new_zeros(1).long()).to(dist_pt.device)
+        view = torch.repeat_interleave(torch.arange(len(counts), device=dist_pt.device), counts)
+        return segment_reduce(dist_pt, view, len(counts), "mean").sum() / len(counts)
 
     def train_step(self) -> dict:
         """One optimiser step (all micro-batches); returns averaged metrics."""
