@@ -219,11 +219,17 @@ def run_one(n: int, work: Path, seed: int = 0, max_train_points: int = 2_000_000
             "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
 
 
+def loglog_fit(rows: list[dict], y_key: str, x_key: str = "scenes") -> tuple[float, float]:
+    """(slope, intercept) of the least-squares line of log ``y_key`` against log ``x_key`` (1 = linear)."""
+    x = np.log([max(r[x_key], 1) for r in rows])
+    y = np.log([max(r[y_key], 1e-9) for r in rows])
+    slope, icpt = np.polyfit(x, y, 1)
+    return float(slope), float(icpt)
+
+
 def extrapolate(rows: list[dict], key: str, n: int) -> float:
     """log-log least-squares fit of ``key`` against scenes, evaluated at ``n`` (an extrapolation)."""
-    x = np.log([r["scenes"] for r in rows])
-    y = np.log([max(r[key], 1e-9) for r in rows])
-    slope, icpt = np.polyfit(x, y, 1)
+    slope, icpt = loglog_fit(rows, key)
     return float(np.exp(icpt + slope * np.log(n)))
 
 
@@ -290,13 +296,6 @@ def _todo(args, measured: dict) -> str:
             f"--max-train-points {args.max_train_points} --work {args.work}")
 
 
-def _slope(rows: list[dict], x_key: str, y_key: str) -> float:
-    """Log-log least-squares slope of ``y_key`` against ``x_key`` over measured rows (1 = linear)."""
-    x = np.log([max(r[x_key], 1) for r in rows])
-    y = np.log([max(r[y_key], 1e-9) for r in rows])
-    return float(np.polyfit(x, y, 1)[0])
-
-
 def _load(r: dict) -> str:
     """Mean load average of a row's two stages (``-`` for rows measured before it was recorded)."""
     if "extract_load" not in r:
@@ -343,13 +342,13 @@ def write_section(rows: list[dict], doc: Path, scenes: str, max_train_points: in
             f"{rss / 1024:.2f} GiB (target <= 8 GB: {'met' if rss * 2**20 <= 8e9 else 'MISSED'}), "
             f"extract + probe {(big['extract_s'] + big['probe_s']) / 60:.1f} min.")
     if len(rows) >= 2:
-        sx = _slope(rows, "train_scenes", "extract_s")
-        sp = _slope(rows, "val_scenes", "probe_s")
-        s_rx, s_rp = _slope(rows, "scenes", "extract_rss_mib"), _slope(rows, "scenes", "probe_rss_mib")
+        sx = loglog_fit(rows, "extract_s", "train_scenes")[0]
+        sp = loglog_fit(rows, "probe_s", "val_scenes")[0]
+        s_rx, s_rp = loglog_fit(rows, "extract_rss_mib")[0], loglog_fit(rows, "probe_rss_mib")[0]
         notes.append(
             f"- Growth (log-log slope over the measured sizes; 1 = linear): extract time vs training scenes "
             f"{sx:.2f}, probe time vs validation scenes {sp:.2f}, peak RSS extract "
-            f"{s_rx:.2f}, probe {s_rp:.2f}, cache on disk {_slope(rows, 'scenes', 'disk_bytes'):.2f}. "
+            f"{s_rx:.2f}, probe {s_rp:.2f}, cache on disk {loglog_fit(rows, 'disk_bytes')[0]:.2f}. "
             "A slope below 1 is the fixed start-up "
             "(imports, the encoder, the probe's training on the capped rows) spread over more scenes.")
     if len(rows) >= 3:  # linear in scenes = a fixed start-up plus a constant cost per scene
