@@ -2,7 +2,7 @@
 layout ({"model", "optimizer", "epoch", "scaler", "args"} with the VQGAN decoder, the MAGE decoder and the
 MLM layer present), loaded strictly, and compared with a forward composed in this file from the raw state
 dict (functional VQGAN encoder, nearest-code ids by explicit differences, BERT stem, timm Blocks built
-here).
+here); the frame-wise video encoder and the lifting encoder on it.
 """
 from __future__ import annotations
 
@@ -192,3 +192,46 @@ def test_real_architecture_sizes():
     assert large.depth == 24 and large.embed_dim == 1024 and large.model.blocks[0].attn.num_heads == 16
     pretraining_only = ("vqgan.decoder", "vqgan.quant_conv", "patch_embed", "cls_token", "pos_embed")
     assert not any(k.startswith(pretraining_only) for k in sd)
+
+
+# ------------------------------------------------------------------------ frame-wise video and lifting
+def test_framewise_mage_on_raw_pixels(tmp_path):
+    from videoprobe.models import VIDEO_ENCODERS, create_video_encoder
+
+    assert "mage_vitb16_frames" in VIDEO_ENCODERS
+    enc = source_weights(seed=3)
+    path = tmp_path / "mage.pth"
+    pretraining_file(enc, path)
+    video = create_video_encoder("mage_vitb16_frames", str(path), arch=TINY, crop_size=8, clip_len=2)
+    clip = torch.rand(2, 3, 2, 8, 8, generator=torch.Generator().manual_seed(6))
+    with torch.no_grad():
+        out = video(clip)
+        frames = clip.permute(0, 2, 1, 3, 4).reshape(4, 3, 8, 8)  # no mean / std: [0, 1] pixels
+        _, ref_lin, ref_dense = reference_forward(frames, enc)
+    torch.testing.assert_close(out.pooled, ref_lin.reshape(2, 2, D).mean(1), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(out.tokens, ref_dense.reshape(2, 2, GRID, GRID, D), rtol=1e-5, atol=1e-5)
+    assert video.size_multiple == PATCH and video.embed_dim == D
+    # the tokenizer is fixed by design, in no trainable block; the rest is covered once
+    assert video.fixed() == ["backbone.model.vqgan."]
+    layout = video.block_layout()
+    assert [b for b, _ in layout] == ["stem", "blocks.0", "blocks.1", "norm"]
+    assert layout[0][1] == ["backbone.model.token_emb."]
+    # default crop: the release's 256 px
+    with torch.device("meta"):
+        assert create_video_encoder("mage_vitb16_frames").crop_size == 256
+
+
+def test_lifting_encoder_feeds_raw_pixels(tmp_path):
+    from pointprobe.lift.image_encoders import create_image_encoder
+
+    enc_sd = source_weights(seed=4)
+    path = tmp_path / "mage.pth"
+    pretraining_file(enc_sd, path)
+    enc, rec = create_image_encoder("seed:mage_vitb16", checkpoint=str(path), input_height=8, **TINY)
+    img = torch.rand(2, 3, 8, 8, generator=torch.Generator().manual_seed(8))
+    with torch.no_grad():
+        fmap = enc(img)
+        _, _, ref_dense = reference_forward(img, enc_sd)
+    assert rec.dim == D and rec.stride == PATCH and fmap.shape == (2, D, GRID, GRID)
+    ref_map = ref_dense.transpose(1, 2).reshape(2, D, GRID, GRID)
+    torch.testing.assert_close(fmap, ref_map, rtol=1e-5, atol=1e-5)
