@@ -2,11 +2,12 @@
 layout ({"model", "optimizer", "epoch", "scaler", "args"} with the VQGAN decoder, the MAGE decoder and the
 MLM layer present), loaded strictly, and compared with a forward composed in this file from the raw state
 dict (functional VQGAN encoder, nearest-code ids by explicit differences, BERT stem, timm Blocks built
-here); the frame-wise video encoder and the lifting encoder on it.
+here); the frame-wise video encoder and the lifting encoder on it; opt-in comparison with the official code.
 """
 from __future__ import annotations
 
 import argparse
+import math
 
 import pytest
 import torch
@@ -235,3 +236,110 @@ def test_lifting_encoder_feeds_raw_pixels(tmp_path):
     assert rec.dim == D and rec.stride == PATCH and fmap.shape == (2, D, GRID, GRID)
     ref_map = ref_dense.transpose(1, 2).reshape(2, D, GRID, GRID)
     torch.testing.assert_close(fmap, ref_map, rtol=1e-5, atol=1e-5)
+
+
+# ------------------------------------------------------- against the official code (opt-in, skipped here)
+def _official_mage(monkeypatch, tmp_path):
+    """Import LTH14/mage's models_vit_mage from PROBESUITE_MAGE_REPO. Stubs, in this opt-in path only:
+    omegaconf (OmegaConf.load of config/vqgan.yaml via PyYAML, attribute access) and pytorch_lightning
+    (LightningModule = nn.Module) when not installed; Tensor.cuda(device=cpu) (the release moves its
+    class-id column with .cuda(device=...)) returns the tensor on that device."""
+    import os
+    import sys
+    import types
+
+    root = os.environ.get("PROBESUITE_MAGE_REPO")
+    if not root:
+        pytest.skip("set PROBESUITE_MAGE_REPO to a checkout of LTH14/mage to compare with its code")
+    import yaml
+
+    class _Cfg(dict):
+        def __getattr__(self, key):
+            return self[key]
+
+    def _wrap(v):
+        return _Cfg({k: _wrap(x) for k, x in v.items()}) if isinstance(v, dict) else v
+
+    if "omegaconf" not in sys.modules:
+        try:
+            import omegaconf  # noqa: F401
+        except ImportError:
+            om = types.ModuleType("omegaconf")
+            om.OmegaConf = types.SimpleNamespace(  # type: ignore[attr-defined]
+                load=lambda p: _wrap(yaml.safe_load(open(os.path.join(root, p)))))
+            monkeypatch.setitem(sys.modules, "omegaconf", om)
+    try:
+        import pytorch_lightning  # noqa: F401
+    except ImportError:
+        pl = types.ModuleType("pytorch_lightning")
+        pl.LightningModule = torch.nn.Module  # type: ignore[attr-defined]
+        monkeypatch.setitem(sys.modules, "pytorch_lightning", pl)
+    cuda = torch.Tensor.cuda
+
+    def _cuda(self, device=None, *a, **kw):
+        if device is not None and torch.device(device).type == "cpu":
+            return self.to(device)
+        return cuda(self, device, *a, **kw)
+
+    monkeypatch.setattr(torch.Tensor, "cuda", _cuda)
+    monkeypatch.syspath_prepend(root)
+    for name in [m for m in sys.modules if m.split(".")[0] in ("taming", "models_vit_mage", "util")]:
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.chdir(tmp_path)  # the release reads vqgan_jax_strongaug.ckpt from the working directory
+    import models_vit_mage
+    from taming.models.vqgan import VQModel
+
+    cfg = _wrap(yaml.safe_load(open(os.path.join(root, "config", "vqgan.yaml"))))["model"]["params"]
+    vq = VQModel(ddconfig=cfg["ddconfig"], n_embed=cfg["n_embed"], embed_dim=cfg["embed_dim"])
+    torch.save({"state_dict": vq.state_dict()}, tmp_path / "vqgan_jax_strongaug.ckpt")
+    return models_vit_mage
+
+
+def test_mage_equals_the_official_code(tmp_path, monkeypatch):
+    """PROBESUITE_MAGE_REPO=<LTH14/mage checkout>: a ViT-B/16 pre-training file, loaded as main_linprobe.py
+    does (strict=False, missing exactly head + fc_norm), its --global_pool forward_features vs ours."""
+    mvm = _official_mage(monkeypatch, tmp_path)
+    ref = mvm.vit_base_patch16(num_classes=1000, global_pool=True, vqgan_ckpt_path="vqgan_jax_strongaug.ckpt")
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for n, p in ref.named_parameters():
+            if n.startswith("vqgan.quantize"):
+                p.copy_(torch.randn(p.shape, generator=g))
+            elif n.endswith("bias") or "norm" in n.lower():
+                p.copy_(torch.randn(p.shape, generator=g) * 0.1 + (n.endswith("weight")))
+            else:  # fan-in scaled, so the VQGAN's activations neither vanish nor explode
+                fan_in = math.prod(p.shape[1:]) if p.ndim > 1 else 1
+                p.copy_(torch.randn(p.shape, generator=g) / math.sqrt(fan_in))
+    ref.eval()
+    model = {k: v for k, v in ref.state_dict().items() if not k.startswith(("head.", "fc_norm."))}
+    model.update({"norm.weight": torch.rand(768, generator=g) + 0.5,
+                  "norm.bias": torch.randn(768, generator=g),
+                  "mask_token": torch.zeros(1, 1, 768), "decoder_embed.weight": torch.zeros(768, 768),
+                  "mlm_layer.bias": torch.zeros(1, 1, 2025)})
+    path = tmp_path / "mage-vitb-1600.pth"
+    save_checkpoint({"model": model, "optimizer": {}, "epoch": 1599, "scaler": {}, "args": ARGS}, path)
+    # the release's own loading of that file (main_linprobe.py)
+    probe = mvm.vit_base_patch16(num_classes=1000, global_pool=True,
+                                 vqgan_ckpt_path="vqgan_jax_strongaug.ckpt")
+    msg = probe.load_state_dict(torch.load(path, weights_only=False)["model"], strict=False)
+    assert set(msg.missing_keys) == {"head.weight", "head.bias", "fc_norm.weight", "fc_norm.bias"}
+    probe.eval()
+    ours = load_image_vit("mage_vitb16", path)
+    x = torch.rand(2, 3, 256, 256, generator=g)
+    with torch.no_grad():
+        lin, patches = ours.features(x)
+        theirs = probe.forward_features(x)
+        ids_ref = probe.vqgan.encode(x)[2][2].reshape(2, -1)
+        ids = ours.model.token_ids(x)[:, 1:]
+        # dense: the release's own stem and blocks (as forward_features runs them), then the file's norm
+        t = probe.token_emb(torch.cat([torch.full((2, 1), probe.fake_class_label), ids_ref.long()], 1))
+        for blk in probe.blocks:
+            t = blk(t)
+        dense = F.layer_norm(t[:, 1:], (768,), model["norm.weight"], model["norm.bias"], eps=1e-6)
+    d_lin, d_dense = float((lin - theirs).abs().max()), float((patches.flatten(1, 2) - dense).abs().max())
+    print(f"MAGE official vs ours: ids equal {int((ids == ids_ref).sum())}/{ids.numel()}, "
+          f"distinct ids {len(set(ids.flatten().tolist()))}, linear max abs diff {d_lin:.3g} "
+          f"(scale {float(theirs.abs().max()):.3g}), dense max abs diff {d_dense:.3g}")
+    assert torch.equal(ids, ids_ref)
+    torch.testing.assert_close(lin, theirs, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(patches.flatten(1, 2), dense, rtol=1e-4, atol=1e-4)
