@@ -136,6 +136,8 @@ PROTOCOL = {
     **{f"dinov2_vit{s}14": (4, "concat", True) for s in "sblg"},
     **{f"dinov2_vit{s}14_reg": (4, "concat", True) for s in "sblg"},
     "beitv2_vitb16": (1, "concat", False),
+    # MAGE (own code, tests/test_image_mage.py): no CLS, the mean patch token through a parameter-free norm
+    "mage_vitb16": (0, "mean", False), "mage_vitl16": (0, "mean", False),
 }
 
 
@@ -237,8 +239,9 @@ def test_missing_file_and_unknown_or_unsupported_release(tmp_path):
         load_image_vit("dino_vits16", tmp_path / "nope.pth", **tiny("dino_vits16"))
     with pytest.raises(CheckpointError, match="nothing is downloaded"):
         load_image_vit("dino_vits16", "hub")
-    with pytest.raises(ConfigError, match="MAGE's encoder does not read pixels"):
-        release_of("mage_vitb16")
+    with pytest.raises(ConfigError, match="harmon_mar: not supported: Harmon's shared encoder is a MAR"):
+        release_of("harmon_mar")
+    assert release_of("mage_vitb16").family == "mage"  # issue 16: MAGE is supported (own code)
     with pytest.raises(ConfigError, match="known: .*dino_vits16"):
         release_of("dino_vitx99")
 

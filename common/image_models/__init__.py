@@ -7,6 +7,10 @@ loads it with :func:`common.checkpoint.load_state_dict_strict` (every model key,
 ``CheckpointError`` with the bracketed diff). The result is an :class:`ImageViT` whose
 ``linear_features`` is the release's linear-probe representation and ``patch_tokens`` the dense one.
 Modality-free: the video frame-wise encoders and the 2D->3D lifting both build on it.
+
+MAGE is not a timm ViT (a VQGAN tokenizer and a BERT token stem before timm Blocks): its rows build a
+:class:`~common.image_models.mage.MageViT` (own code, ``common.image_models.mage``) with the same
+interface; the file is read and checked the same way.
 """
 from __future__ import annotations
 
@@ -20,11 +24,14 @@ import torch
 
 from common.checkpoint import load_checkpoint, load_state_dict_strict, select_prefix, strip_prefixes
 from common.errors import CheckpointError, ConfigError
+from common.image_models.mage import MageViT, build_mage
 from common.image_models.releases import RELEASES, UNSUPPORTED, Release
 from common.image_models.vit import ImageViT, interpolate_pos_embed
 
-__all__ = ["RELEASES", "UNSUPPORTED", "ImageViT", "Release", "build_image_vit", "extract_state_dict",
-           "interpolate_pos_embed", "load_image_vit", "release_of"]
+__all__ = ["RELEASES", "UNSUPPORTED", "ImageViT", "MageViT", "Release", "SeedImageModel", "build_image_vit",
+           "extract_state_dict", "interpolate_pos_embed", "load_image_vit", "release_of"]
+
+SeedImageModel = ImageViT | MageViT  # features(x) -> (linear (B, linear_dim), patch tokens (B, h, w, D))
 
 TRUST_HINT = "encoder.trust_checkpoint=true"
 
@@ -39,9 +46,10 @@ def release_of(name: str) -> Release:
     raise ConfigError(f"unknown image encoder release '{name}' (known: {', '.join(sorted(RELEASES))})")
 
 
-def build_image_vit(name: str, seed: int | None = None, **arch: Any) -> ImageViT:
+def build_image_vit(name: str, seed: int | None = None, **arch: Any) -> SeedImageModel:
     """The architecture of release ``name`` with timm's random initialisation (``seed``: torch RNG
-    seed, restored afterwards); ``arch`` overrides timm arguments (e.g. ``depth``, ``embed_dim``)."""
+    seed, restored afterwards); ``arch`` overrides timm arguments (e.g. ``depth``, ``embed_dim``; MAGE:
+    the fields of :class:`~common.image_models.mage.MageArch`)."""
     release = release_of(name)
     try:
         import timm
@@ -52,6 +60,11 @@ def build_image_vit(name: str, seed: int | None = None, **arch: Any) -> ImageViT
     with ctx:
         if seed is not None:
             torch.manual_seed(seed)
+        if release.is_mage:
+            try:
+                return build_mage(name, release, **arch)
+            except TypeError as e:
+                raise ConfigError(f"{name}: cannot build MAGE with {sorted(arch)} ({e})") from None
         try:
             model = timm.create_model(release.timm_name, pretrained=False, **kwargs)
         except TypeError as e:
@@ -94,7 +107,7 @@ def extract_state_dict(obj: Any, path: str | Path, release: Release) -> dict[str
     return sd
 
 
-def load_image_vit(name: str, checkpoint: str | Path, *, trust: bool = False, **arch: Any) -> ImageViT:
+def load_image_vit(name: str, checkpoint: str | Path, *, trust: bool = False, **arch: Any) -> SeedImageModel:
     """Release ``name`` with the weights of ``checkpoint`` (a local file), strictly; eval mode."""
     if checkpoint in (None, "", "hub"):
         raise CheckpointError(f"{name}: give the release's weights file (.pth); nothing is downloaded")

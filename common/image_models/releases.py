@@ -15,15 +15,16 @@ from typing import Any, Literal
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
-Avgpool = Literal["none", "concat", "interleave"]
+# "mean": the mean patch token alone (MAGE's --global_pool, through a parameter-free LayerNorm)
+Avgpool = Literal["none", "concat", "interleave", "mean"]
 
 
 @dataclass(frozen=True)
 class Release:
     """How to read one release's checkpoint into a timm model and what its linear probe reads."""
 
-    family: str  # dino | ibot | mugs | dinov2 | beitv2
-    timm_name: str
+    family: str  # dino | ibot | mugs | dinov2 | beitv2 | mage
+    timm_name: str  # the timm architecture (MAGE: own modules around timm Blocks, named for messages)
     timm_kwargs: dict[str, Any] = field(default_factory=dict)
     # dict keys under which the encoder sits, tried in order ("teacher" before "student": the
     # official evaluations read the teacher; "state_dict" for iBOT / Mugs backbone files)
@@ -44,10 +45,16 @@ class Release:
     fold_cls_pos: bool = False
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
+    input_size: int = 224  # the linear protocol's evaluation crop (MAGE: 256)
 
     @property
     def is_beit(self) -> bool:
         return self.family == "beitv2"
+
+    @property
+    def is_mage(self) -> bool:
+        """MAGE: VQGAN tokenizer + BERT token stem (own code, ``common.image_models.mage``), timm Blocks."""
+        return self.family == "mage"
 
 
 _VIT = {"img_size": 224, "qkv_bias": True, "global_pool": "token", "num_classes": 0}
@@ -65,6 +72,15 @@ _BEITV2 = {"img_size": 224, "qkv_bias": True, "use_abs_pos_emb": False, "use_rel
            "use_shared_rel_pos_bias": True, "init_values": 0.1, "use_fc_norm": False,
            "global_pool": "token", "num_classes": 0}
 _BEITV2_DROP = ("mask_token", "lm_head.", "cls_pt_layers.", "head.", "fc_norm.")
+# MAGE (models_mage.py MaskedGenerativeEncoderViT): the encoder is vqgan.encoder / vqgan.quantize, token_emb,
+# blocks, norm; the VQGAN decoder, the MAGE decoder and MLM layer, and the unused patch_embed / cls_token /
+# sin-cos pos_embed of pre-training are dropped; token_emb.position_ids is a constant arange buffer
+_MAGE_DROP = ("vqgan.decoder.", "decoder_", "mask_token", "mlm_layer.", "patch_embed.", "cls_token",
+              "pos_embed", "token_emb.position_ids")
+# config/vqgan.yaml: ch 128, ch_mult [1, 1, 2, 2, 4], 2 residual blocks per level, z_channels = embed_dim
+# 256, 1024 codes; 256 px -> a 16x16 code grid
+_MAGE_VQ = {"img_size": 256, "vq_ch": 128, "vq_ch_mult": (1, 1, 2, 2, 4), "vq_num_res_blocks": 2,
+            "vq_z_channels": 256, "n_embed": 1024}
 
 RELEASES: dict[str, Release] = {
     # DINO (facebookresearch/dino): ViT-S n=4 CLS; ViT-B n=1 CLS interleaved with the mean patch token
@@ -103,15 +119,22 @@ RELEASES: dict[str, Release] = {
     "beitv2_vitb16": Release("beitv2", "beitv2_base_patch16_224", _BEITV2, wrappers=("model", "module"),
                              drop=_BEITV2_DROP, n_last=1, avgpool="concat",
                              final_norm=False),
+    # MAGE (LTH14/mage): [0, 1] pixels at 256 px; linear = fc_norm(mean patch token), fc_norm = LayerNorm
+    # with weight 1 / bias 0 (not in the file, frozen by the probe); the file's final norm is for dense use
+    "mage_vitb16": Release("mage", "mage_vit_base_patch16",
+                           {"embed_dim": 768, "depth": 12, "num_heads": 12, **_MAGE_VQ},
+                           wrappers=("model",), select=(), strip=("module.",), drop=_MAGE_DROP, n_last=0,
+                           avgpool="mean", final_norm=False, mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0),
+                           input_size=256),
+    "mage_vitl16": Release("mage", "mage_vit_large_patch16",
+                           {"embed_dim": 1024, "depth": 24, "num_heads": 16, **_MAGE_VQ},
+                           wrappers=("model",), select=(), strip=("module.",), drop=_MAGE_DROP, n_last=0,
+                           avgpool="mean", final_norm=False, mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0),
+                           input_size=256),
 }
 
-# Releases asked for that do not map onto a timm ViT, and why (a ConfigError names the reason).
+# Releases asked for that are not supported, and why (a ConfigError names the reason).
 UNSUPPORTED: dict[str, str] = {
-    "mage": "MAGE's encoder does not read pixels: a frozen VQGAN tokenizer turns the image into 16x16 "
-            "code ids, which go through BERT token/position embeddings (token_emb.*) with a fake class id "
-            "before the ViT blocks; timm has neither the VQGAN nor that embedding stem, so the checkpoint "
-            "cannot be mapped onto a timm ViT (its blocks alone are timm-shaped, but useless without the "
-            "tokenizer)",
     "harmon": "Harmon's shared encoder is a MAR encoder over KL-16 VAE latents (plus buffer tokens), "
               "shipped inside the whole Harmon checkpoint with the LLM; its stem is a VAE, not a pixel "
               "patch embedding, so it is not a timm ViT",

@@ -213,7 +213,14 @@ class HubViTEncoder(_ViTBase):
 
 
 class SeedViTEncoder(_ViTBase):
-    """A seed release (``common.image_models``): the last block's patch tokens after the final norm."""
+    """A seed release (``common.image_models``): the last block's patch tokens after the final norm,
+    on images normalised as the release does (ImageNet mean / std; MAGE: plain [0, 1] pixels)."""
+
+    def __init__(self, model: nn.Module, name: str, patch: int, dim: int, input_height: int = 0):
+        super().__init__(model, name, patch, dim, input_height)
+        release = model.release
+        self.mean.copy_(torch.tensor(release.mean).view(1, 3, 1, 1))
+        self.std.copy_(torch.tensor(release.std).view(1, 3, 1, 1))
 
     def patch_tokens(self, x: torch.Tensor) -> torch.Tensor:
         return self.model.patch_tokens(x).flatten(1, 2)

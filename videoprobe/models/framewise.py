@@ -29,7 +29,7 @@ from torch import nn
 
 from common.checkpoint import sha256_file
 from common.errors import CheckpointError, ConfigError
-from common.image_models import RELEASES, ImageViT, build_image_vit, load_image_vit
+from common.image_models import RELEASES, SeedImageModel, build_image_vit, load_image_vit
 from videoprobe.models.base import (
     IMAGENET_MEAN,
     IMAGENET_STD,
@@ -235,18 +235,20 @@ class FramewiseViTEncoder(FramewiseEncoder):
     """A seed image ViT per frame: pooled = mean over frames of its linear-probe feature, tokens = the
     per-frame patch tokens (B, T, h, w, D), both from one forward pass."""
 
-    def __init__(self, name: str, vit: ImageViT, crop_size: int = 224, **kw: Any):
+    def __init__(self, name: str, vit: SeedImageModel, crop_size: int = 224, **kw: Any):
         super().__init__(name, vit, vit.linear_dim, vit.release.mean, vit.release.std, crop_size, **kw)
         self.token_dim = vit.embed_dim
         self.size_multiple = vit.patch
 
     def block_layout(self) -> list[tuple[str, list[str]]]:
         """(name, parameter-name prefixes) in depth order: the stem (patch embedding, class / register
-        tokens, positions, BEiT's shared relative position bias), each ViT block, the final norm."""
+        tokens, positions, BEiT's shared relative position bias; MAGE's token embeddings), each ViT
+        block, the final norm. Parts fixed by design (:meth:`fixed`) are in no block."""
         pre = "backbone.model."
         stem: list[str] = []
+        skip = ("blocks.", "norm.", *getattr(self.backbone, "fixed_prefixes", ()))
         for n, _ in self.backbone.model.named_parameters():
-            if n.startswith(("blocks.", "norm.")):
+            if n.startswith(skip):
                 continue
             key = n.split(".")[0] + ("." if "." in n else "")
             if pre + key not in stem:
@@ -254,6 +256,10 @@ class FramewiseViTEncoder(FramewiseEncoder):
         layout = [("stem", stem)] if stem else []
         layout += [(f"blocks.{i}", [f"{pre}blocks.{i}."]) for i in range(len(self.backbone.model.blocks))]
         return layout + [("norm", [f"{pre}norm."])]
+
+    def fixed(self) -> list[str]:
+        """MAGE's VQGAN tokenizer (frozen in the release, and its code ids are not differentiable)."""
+        return [f"backbone.model.{p}" for p in getattr(self.backbone, "fixed_prefixes", ())]
 
     def encode(self, x: torch.Tensor) -> EncoderOutput:
         b, c, t, h, w = x.shape
@@ -271,18 +277,21 @@ class FramewiseViTEncoder(FramewiseEncoder):
 SEED_FRAME_ENCODERS = tuple(f"{r}_frames" for r in RELEASES)
 
 
-def create_seed_frames_encoder(name: str, checkpoint: str | None = None, seed: int = 0, crop_size: int = 224,
-                               arch: dict[str, Any] | None = None, **kw: Any) -> FramewiseViTEncoder:
+def create_seed_frames_encoder(name: str, checkpoint: str | None = None, seed: int = 0,
+                               crop_size: int | None = None, arch: dict[str, Any] | None = None,
+                               **kw: Any) -> FramewiseViTEncoder:
     """``<release>_frames``: the release's image ViT per frame, weights from a local file only.
 
     ``checkpoint=None`` builds timm's random initialisation (``random:<seed>``, warned about by
     ``create_video_encoder`` as for every learned encoder; used by ``videoprobe encoders``); there is no
-    hub download. ``arch``: timm overrides (tests build tiny models).
+    hub download. ``arch``: timm overrides (tests build tiny models). ``crop_size`` defaults to the
+    release's evaluation crop (224; MAGE 256).
     """
     release = name.removesuffix("_frames")
     if release not in RELEASES:
         raise ConfigError(f"unknown frame-wise seed encoder '{name}' "
                           f"(known: {', '.join(SEED_FRAME_ENCODERS)})")
+    crop_size = crop_size or RELEASES[release].input_size
     if checkpoint == "hub":
         raise CheckpointError(f"{name}: no hub download for the seed image encoders (offline, nothing is "
                               f"downloaded); pass encoder.checkpoint=FILE.pth of the {release} release")
