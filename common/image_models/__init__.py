@@ -1,4 +1,4 @@
-"""Seed image encoders (DINO, iBOT, Mugs, DINOv2, BEiT v2) from their official checkpoint layouts.
+"""Seed image encoders (DINO, iBOT, Mugs, DINOv2, BEiT v2, MAGE) from their official checkpoint layouts.
 
 ``load_image_vit(name, checkpoint)`` builds the timm architecture of release ``name`` (see
 :data:`RELEASES`; ``timm.create_model(..., pretrained=False)``, nothing downloads), finds the encoder
