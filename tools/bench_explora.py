@@ -24,8 +24,8 @@ cores from per-step costs measured on small runs (6 scenes per domain, 6 steps e
 machine: CPU seconds per step relative to pretrain_bench_cpu.yaml on A, whose idle cost is 1.9 s/step,
 measured by bench_pretrain: explora 1.17x, explora + BFP 1.25x, full 1.05x, full + BFP 1.30x; extract
 + probe ~2 s per scene and ~10 s per 60000 labelled points): pre-training 200 x 1.9 s + 60 x 4.8 x
-1.9 s ~ 15 min, 10 extractions + probes of 18 scenes ~ 10 min, data ~ 1 min: ~ 27 minutes. Not run at
-that size (the section says what was run).
+1.9 s ~ 15 min, 10 extractions + probes of 18 scenes ~ 10 min, data ~ 1 min: ~ 27 minutes. Run at
+that size on 2 shared cores (load 5-7, other jobs at nice 19): 45.8 minutes (pre-training 3-3.5 s/step).
 
     python tools/bench_explora.py [--out runs/bench-explora] [--scenes 20] [--steps-a 200] [--steps-b 60]
     python tools/bench_explora.py --quick      # 6 scenes per domain, a few steps: a smoke run, no docs
