@@ -31,6 +31,7 @@ from common.tuning import (
     tune_cost,
     z_seed,
 )
+from common.tuning.ssf import convs_before_bn
 
 pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning")  # spconv's torch.cuda.amp decorators
 
@@ -122,7 +123,9 @@ def test_each_method_trains_only_what_it_declares(method, over):
         assert declared == expected[kind]
     elif kind == "ssf":
         assert declared == set(HEAD) | {n for n, _ in net.named_parameters() if ".ssf_" in n}
-        assert "stem.0.ssf_scale" in declared and "blocks.0.norm.ssf_shift" in declared
+        # the stem conv is followed by its BatchNorm: the SSF after the BN stands for both
+        assert "stem.1.ssf_scale" in declared and "blocks.0.norm.ssf_shift" in declared
+        assert "stem.0.ssf_scale" not in declared
         assert not any(n.startswith("head.") and "ssf" in n for n in declared)  # no adapter in the head
     else:
         assert declared == set(HEAD) | {n for n, _ in net.named_parameters() if ".lora_" in n}
@@ -251,7 +254,8 @@ def test_ssf_merge_equals_unmerged_on_mlp_norm_conv_model():
     net = make_net().eval()
     randomize_batchnorm(net)
     ref = copy.deepcopy(net)
-    wrapped = inject_ssf(net, exclude=["head"], generator=torch.Generator().manual_seed(0))
+    wrapped = inject_ssf(net, exclude=["head"], generator=torch.Generator().manual_seed(0),
+                         conv_before_bn=True)
     assert set(wrapped) >= {"stem.0", "stem.1", "blocks.0.norm", "blocks.0.qkv", "blocks.2.proj", "norm"}
     assert isinstance(net.stem[0], SSF) and not any(n.startswith("head") for n in wrapped)
     scales = torch.cat([m.ssf_scale.detach() for m in net.modules() if isinstance(m, SSF)])
@@ -265,6 +269,26 @@ def test_ssf_merge_equals_unmerged_on_mlp_norm_conv_model():
     assert list(net.state_dict()) == list(ref.state_dict())  # original layout and names
     with torch.no_grad():
         torch.testing.assert_close(net(x), before, rtol=1e-5, atol=1e-6)
+
+
+def test_ssf_skips_a_conv_followed_by_its_batchnorm_and_still_merges():
+    """conv -> BN (eval: a per-channel affine) -> SSF spans what conv -> SSF -> BN -> SSF does; the conv
+    of a conv-BN pair gets no SSF by default, a conv not followed by a BN (or by one of other width)
+    keeps its SSF; ``conv_before_bn=True`` wraps every conv."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.Sequential(nn.BatchNorm2d(4), nn.ReLU()),
+                        nn.Conv2d(4, 5, 1), nn.ReLU(), nn.Conv2d(5, 6, 1), nn.BatchNorm2d(5)).eval()
+    assert convs_before_bn(net) == {"0"}
+    ref = copy.deepcopy(net)
+    assert inject_ssf(copy.deepcopy(net), conv_before_bn=True) == ["0", "1.0", "2", "4", "5"]
+    assert inject_ssf(net, generator=torch.Generator().manual_seed(1)) == ["1.0", "2", "4", "5"]
+    x = torch.randn(2, 3, 6, 6)
+    run = nn.Sequential(*list(net)[:5])  # the last BN (width 5) is not on the path
+    with torch.no_grad():
+        before = run(x)
+        assert not torch.allclose(before, nn.Sequential(*list(ref)[:5])(x))
+        merge_ssf(net)
+        torch.testing.assert_close(nn.Sequential(*list(net)[:5])(x), before, rtol=1e-5, atol=1e-6)
 
 
 def test_ssf_merge_adds_missing_bias_and_affine():

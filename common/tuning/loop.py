@@ -447,7 +447,11 @@ class Tuner:
         for t in (s1, s2, cnt):
             dist.all_reduce_tensor(t)
         mean = s1 / cnt.clamp_min(1)
-        std = (s2 / cnt.clamp_min(1) - mean * mean).clamp_min(0).sqrt().clamp_min(1e-6)
+        std = (s2 / cnt.clamp_min(1) - mean * mean).clamp_min(0).sqrt()
+        # a channel constant on these batches (a dead / saturated unit) is centred, not scaled (as
+        # sklearn's StandardScaler): a 1e-6 floor would multiply any later change of it by 1e6 once the
+        # encoder trains (the x3d_s MeZO / SSF blow-up of issue 14's video bench)
+        std = torch.where(std > 1e-6 * mean.abs().clamp_min(1.0), std, torch.ones_like(std))
         head.norm.mean.copy_(mean.float())
         head.norm.std.copy_(std.float())
         self.norm_ready = True

@@ -12,10 +12,13 @@ z holds one tensor per parameter, each drawn with ``torch.randn`` from its own `
 with :func:`z_seed` (run seed, step, parameter index): the same z on every rank and after a resume, and
 only one parameter-sized buffer alive at a time. No ``.grad`` is ever allocated: peak memory is the
 inference memory plus the largest parameter. Under DDP the closure must return the loss averaged over
-ranks (every rank then takes the same step).
+ranks (every rank then takes the same step). A non-finite loss at theta + eps z or theta - eps z
+refuses the step (``ConfigError``; theta restored, ``steps`` not advanced): a projected gradient from
+it would be inf / nan or would move theta by lr * 1e30.
 """
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable
 
 import torch
@@ -69,6 +72,11 @@ class MeZO:
         self._perturb(-2.0 * self.eps)
         loss_minus = float(closure())
         self._perturb(self.eps)
+        for sign, value in (("+", loss_plus), ("-", loss_minus)):
+            if not math.isfinite(value):  # refuse the step: theta is restored, nothing is updated
+                raise ConfigError(f"mezo: the loss at theta {sign} eps z is {value} at step {self.steps} "
+                                  f"(eps {self.eps:g}); no step taken: the model's output is not finite "
+                                  f"that close to theta (lower tune.mezo_eps or check the features)")
         g = (loss_plus - loss_minus) / (2.0 * self.eps)
         for i, p in enumerate(self.params):
             z = direction(p, z_seed(self.seed, self.steps, i))

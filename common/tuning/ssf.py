@@ -100,14 +100,35 @@ def _selected(name: str, targets: Sequence[str] | None) -> bool:
     return any(t == name or t == last or name.endswith("." + t) for t in targets)
 
 
+def convs_before_bn(model: nn.Module) -> set[str]:
+    """Names of the convolutions whose next leaf module (registration order, the order of every conv-BN
+    pair in pytorchvideo / torchvision / Pointcept blocks) is a BatchNorm over their output channels."""
+    leaves = [(n, m) for n, m in model.named_modules() if n and next(m.children(), None) is None]
+    out = set()
+    for (name, m), (_, nxt) in zip(leaves, leaves[1:]):
+        if (isinstance(m, _CONV) or _is_sparse_conv(m)) and isinstance(nxt, _BN) \
+                and nxt.num_features == getattr(m, "out_channels", None):
+            out.add(name)
+    return out
+
+
 def inject_ssf(model: nn.Module, targets: Sequence[str] | None = None,
                kinds: Sequence[str] = ("linear", "norm", "conv"),
                exclude: Sequence[str] = (), generator: torch.Generator | None = None,
-               filter_fn: Callable[[str, nn.Module], bool] | None = None) -> list[str]:
+               filter_fn: Callable[[str, nn.Module], bool] | None = None,
+               conv_before_bn: bool = False) -> list[str]:
     """Wrap every supported module of ``model`` (of ``kinds``: linear, norm, conv) whose name matches
     ``targets`` (full names or last components; ``None``: all) and is not under an ``exclude`` prefix.
     Returns the wrapped module names; no match raises ``ConfigError``. The model's own parameters are
-    left as they are (freezing is :func:`common.tuning.trainable.select_trainable`'s job)."""
+    left as they are (freezing is :func:`common.tuning.trainable.select_trainable`'s job).
+
+    A convolution followed by a BatchNorm (:func:`convs_before_bn`) gets no SSF of its own unless
+    ``conv_before_bn``: the encoder runs in eval mode, where BatchNorm is a per-channel affine map, so
+    conv -> SSF -> BN -> SSF spans the same functions as conv -> BN -> SSF, and the conv-side shift is in
+    pre-normalisation units (divided by the running std, and compounded through every block): on a
+    random x3d_s it made the loss ~27x more sensitive to an eps = 1e-3 MeZO perturbation than the
+    BatchNorm-side shifts and scales together (issue 14's video bench). The SSF after the BatchNorm is
+    the paper's "after each operation" for a conv-BN unit."""
     bad = sorted(set(kinds) - {"linear", "norm", "conv"})
     if bad:
         raise ConfigError(f"ssf: unknown module kind(s) {bad} (linear, norm, conv)")
@@ -124,8 +145,9 @@ def inject_ssf(model: nn.Module, targets: Sequence[str] | None = None,
         return None
 
     chosen = []
+    folded = set() if conv_before_bn or "norm" not in kinds else convs_before_bn(model)
     for name, m in model.named_modules():
-        if not name or kind(m) not in kinds or ssf_channels(m) is None:
+        if not name or kind(m) not in kinds or ssf_channels(m) is None or name in folded:
             continue
         if any(name == e or name.startswith(e.rstrip(".") + ".") for e in exclude):
             continue
