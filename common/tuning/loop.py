@@ -19,7 +19,8 @@ A modality gives a :class:`TuneTask` (points: ``pointprobe.tune.PointTuneTask``;
 - checkpoints ``<run>/last.pth`` every ``save_every`` steps (trainable state, optimiser, step): a rerun
   resumes exactly (batches are keyed by (seed, epoch, index), dropout by (seed, step));
 - evaluation: scores accumulated per head and reduced over ranks; adapters merged first;
-- the result row (cost: :class:`TuneCost`; metric; encoder checkpoint hash; config hash) merged into
+- the result row (cost: :class:`TuneCost`, its peak memory read as the training ends, before any
+  evaluation; metric; encoder checkpoint hash; config hash) merged into
   ``OUT/tune_results.{md,json}`` and the ladder plot ``OUT/ladder.png`` (metric vs trainable parameters).
 """
 from __future__ import annotations
@@ -386,6 +387,7 @@ class Tuner:
         self.interrupted: str | None = None  # the signal that stopped :meth:`train`
         self.norm_ready = head_from_probe  # a head from a probe keeps that probe's standardisation
         self.memory = PeakMemory(device)
+        self.train_peak: int | None = None  # bytes: peak memory of the training steps (all sessions)
         self.timer = StepTimer(device)
 
     # -- setup ---------------------------------------------------------------------------------
@@ -463,6 +465,7 @@ class Tuner:
             "step": self.state.step,
             "model": {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()},
             "trainable": self.trainable, "history": self.state.history, "record": dict(self.record),
+            "train_peak_memory_bytes": self._train_peak(),
         }
         if self.opt is not None:
             st["optimizer"] = self.opt.state_dict()
@@ -496,10 +499,17 @@ class Tuner:
             _load_grid(self.grid, st["grid"])
         self.state.step = int(st["step"])
         self.state.history = list(st["history"])
+        self.train_peak = st.get("train_peak_memory_bytes")  # the earlier sessions' training peak
         self.norm_ready = True
         return True
 
     # -- training ------------------------------------------------------------------------------
+    def _train_peak(self) -> int | None:
+        """The training peak so far: the larger of the earlier sessions' and this one's (when it trained)."""
+        now = self.memory.peak() if self.memory.started else None
+        peaks = [p for p in (self.train_peak, now) if p is not None]
+        return max(peaks) if peaks else None
+
     def _global_rows(self, y: torch.Tensor) -> float:
         n = torch.tensor([float((y >= 0).sum())], dtype=torch.float64)
         return float(dist.all_reduce_tensor(n)[0])
@@ -622,6 +632,7 @@ class Tuner:
                     self.interrupted = signals.received or "a signal to another rank"
                     break
         finally:
+            self.train_peak = self._train_peak()  # read as the training ends: evaluation does not count
             signals.__exit__(None, None, None)
             bar.close()
             if logf is not None:
@@ -670,7 +681,8 @@ class Tuner:
         return TuneCost(method=method_tag(self.s), trainable_params=enc_train + head_train,
                         encoder_trainable_params=enc_train, encoder_params=self.encoder_params,
                         trainable_pct=100.0 * enc_train / max(self.encoder_params, 1),
-                        peak_memory_bytes=self.memory.peak(), memory_kind=self.memory.kind,
+                        peak_memory_bytes=self.train_peak, memory_kind=self.memory.kind,
+                        process_peak_memory_bytes=self.memory.process_peak(),
                         steps=len(self.timer.times), step_time_s=self.timer.mean,
                         total_time_s=self.timer.total)
 
@@ -726,7 +738,9 @@ def run_tuning(task: TuneTask, settings: TuneSettings, out: str | Path, cfg: Any
         "method": method_tag(settings), "encoder": tuner.record.get("encoder"),
         "trainable_params": cost.trainable_params, "encoder_trainable_params": cost.encoder_trainable_params,
         "trainable_pct": cost.trainable_pct, "peak_memory_mb": (cost.peak_memory_bytes or 0) / 2**20,
-        "memory_kind": cost.memory_kind, "step_time_s": cost.step_time_s, "total_time_s": cost.total_time_s,
+        "memory_kind": cost.memory_kind,
+        "process_peak_memory_mb": (cost.process_peak_memory_bytes or 0) / 2**20,
+        "step_time_s": cost.step_time_s, "total_time_s": cost.total_time_s,
         "steps": settings.steps, metric_name: 100.0 * _metric(res, task.metric),
         "split": settings.eval_split, "head": chosen, "merged_adapters": merged,
         "checkpoint_sha256": tuner.record.get("checkpoint_sha256"), "config_hash": h,
@@ -769,8 +783,11 @@ def write_results(out: str | Path, rows: Sequence[dict], modality: str = "") -> 
                         md_rows=md_rows, float_format=".4g",
                         footnotes=["trainable_pct: encoder parameters that train (adapters included) as a "
                                    "percentage of the encoder's own parameters; the head is not counted",
-                                   "peak_memory_mb: process peak RSS on the CPU (one process per method), "
-                                   "max allocated on CUDA"])
+                                   "peak_memory_mb: peak of the training steps (read before evaluation): "
+                                   "peak RSS during training on the CPU (absolute: the frozen weights and "
+                                   "the data resident at its start count; memory_kind cpu_max_rss_process: "
+                                   "the whole process's peak, where it cannot be reset), max allocated on "
+                                   "CUDA"])
     try:
         ladder_plot(merged, out / "ladder.png")
     except Exception as e:  # noqa: BLE001 - a missing plotting backend must not lose the table
