@@ -283,3 +283,34 @@ def test_training_peak_survives_resume_as_the_larger_of_the_sessions(tmp_path):
     assert st["train_peak_memory_bytes"] > 10 * MB
     again = run_tuning(task, _settings(method="ssf"), tmp_path)
     assert again["resumed"] and again["peak_memory_mb"] * MB >= st["train_peak_memory_bytes"]
+
+
+# ----------------------------------------------------------------------------------------- the ladder
+def _ladder_rows() -> list[dict]:
+    """Five rungs within 0.2 mIoU of each other (cached linear / ssf / mezo near 14 in the bench), at
+    close and equal x, plus two far ones."""
+    near = [("cached linear (extract + probe)", 1_000, 14.00), ("linear", 1_100, 14.05),
+            ("ssf", 3_000, 14.10), ("mezo-ssf", 3_000, 14.15), ("lora+lp-ft", 5_000, 14.20)]
+    far = [("full", 4_000_000, 10.0), ("progressive", 3_000_000, 10.1)]
+    return [{"method": m, "encoder": "sparseunet", "checkpoint_sha256": "ab" * 32, "trainable_params": x,
+             "mIoU": y} for m, x, y in near + far]
+
+
+def test_ladder_labels_do_not_overlap(tmp_path):
+    from matplotlib.text import Text
+
+    from common.report import _plt
+    from common.tuning.loop import ladder_figure, ladder_plot
+
+    fig, labels = ladder_figure(_ladder_rows())
+    fig.canvas.draw()
+    r = fig.canvas.get_renderer()
+    boxes = [Text.get_window_extent(a, r) for a in labels]  # the text (an Annotation's adds its leader)
+    assert len(boxes) == 7
+    fw, fh = fig.bbox.width, fig.bbox.height
+    for i, a in enumerate(boxes):
+        assert a.x0 >= 0 and a.y0 >= 0 and a.x1 <= fw and a.y1 <= fh, f"{labels[i].get_text()} off the figure"
+        for j in range(i):
+            assert not a.overlaps(boxes[j]), f"{labels[i].get_text()} overlaps {labels[j].get_text()}"
+    _plt().close(fig)
+    assert ladder_plot(_ladder_rows(), tmp_path / "ladder.png").stat().st_size > 0

@@ -795,36 +795,97 @@ def write_results(out: str | Path, rows: Sequence[dict], modality: str = "") -> 
     return paths
 
 
-def ladder_plot(rows: Sequence[dict], path: str | Path) -> Path:
-    """Metric against trainable parameters (log x), one marker per row, labelled by method."""
+def _spread_labels(fig: Any, ax: Any, labels: list[Any], points: list[tuple[float, float]],
+                   gap_px: float = 2.0, marker_px: float = 5.0) -> None:
+    """Move the labels vertically (display units) so that no two bounding boxes intersect and none
+    covers a marker: from the highest point down, each label takes the smallest shift (up or down, inside
+    the axes where possible) that clears the labels placed so far and every marker. A thin leader line
+    (the annotation's arrow) ties a moved label to its point."""
+    from matplotlib.text import Text
+    from matplotlib.transforms import Bbox
+
+    def extent(a: Any) -> Any:  # the text only (an Annotation's own extent includes its leader line)
+        return Text.get_window_extent(a, r)
+
+    fig.canvas.draw()
+    r = fig.canvas.get_renderer()
+    box = ax.get_window_extent(r)
+    obstacles = []
+    for x, y in points:
+        px, py = ax.transData.transform((x, y))
+        obstacles.append(Bbox([[px - marker_px, py - marker_px], [px + marker_px, py + marker_px]]))
+
+    def clash(b: Any, dy: float) -> bool:
+        return any(b.x0 < o.x1 and o.x0 < b.x1 and b.y0 + dy < o.y1 + gap_px and o.y0 < b.y1 + dy + gap_px
+                   for o in obstacles)
+
+    for i in sorted(range(len(labels)), key=lambda i: -extent(labels[i]).y0):
+        bb = extent(labels[i])
+        cands = sorted({0.0} | {o.y1 + gap_px - bb.y0 for o in obstacles}
+                       | {o.y0 - gap_px - bb.y1 for o in obstacles}, key=abs)
+        free = [d for d in cands if not clash(bb, d)]  # never empty: above the highest obstacle is free
+        inside = [d for d in free if bb.y0 + d >= box.y0 and bb.y1 + d <= box.y1]
+        dy = (inside or free)[0]
+        if dy:
+            x, y = labels[i].xyann
+            labels[i].xyann = (x, y + dy)
+        obstacles.append(extent(labels[i]))
+
+
+def ladder_figure(rows: Sequence[dict]) -> tuple[Any, list[Any]]:
+    """The ladder figure: metric against trainable parameters (log x), one marker per row, labelled by
+    method; labels do not overlap (:func:`_spread_labels`), the legend sits below the axes. Returns
+    (figure, the label artists)."""
     from common.report import _plt
 
     plt = _plt()
-    path = Path(path)
     fig, ax = plt.subplots(figsize=(7, 4.5))
+
     def who(r: dict) -> str:
         return f"{r.get('encoder')} {str(r.get('checkpoint_sha256', ''))[:8]}"
 
+    labels = []
     encs = sorted({who(r) for r in rows})
     for i, enc in enumerate(encs):
         sel = [r for r in rows if who(r) == enc]
         xs = [max(int(r["trainable_params"]), 1) for r in sel]
         ys = [float(r.get("mIoU", r.get("top1", 0.0)) or 0.0) for r in sel]
-        ax.scatter(xs, ys, color=f"C{i % 10}", label=enc)
+        ax.scatter(xs, ys, color=f"C{i % 10}", label=enc, zorder=3)
         for x, y, r in zip(xs, ys, sel):
-            ax.annotate(str(r["method"]), (x, y), fontsize=7, xytext=(3, 3), textcoords="offset points")
+            labels.append((x, y, str(r["method"]), f"C{i % 10}"))
     ax.set_xscale("log")
+    ax.margins(x=0.08, y=0.15)
     ax.set_xlabel("trainable parameters (head included)")
     ax.set_ylabel("mIoU / top-1 (%)")
     ax.set_title("the tuning ladder")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
+    if encs:
+        ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=min(len(encs), 3),
+                  frameon=False)
     fig.tight_layout()
+    ax.set_xlim(ax.get_xlim())  # the layout is final: display positions of the points are fixed from here
+    ax.set_ylim(ax.get_ylim())
+    mid = np.sqrt(np.prod(ax.get_xlim()))  # points right of the middle get their label on the left
+    arts = [ax.annotate(text, (x, y), fontsize=7, xytext=(-10 if x > mid else 10, 0),
+                        textcoords="offset pixels", ha="right" if x > mid else "left", va="center",
+                        annotation_clip=False, arrowprops={"arrowstyle": "-", "lw": 0.6, "color": c,
+                                                           "alpha": 0.7, "shrinkA": 1, "shrinkB": 3})
+            for x, y, text, c in labels]
+    _spread_labels(fig, ax, arts, [(x, y) for x, y, _, _ in labels])
+    return fig, arts
+
+
+def ladder_plot(rows: Sequence[dict], path: str | Path) -> Path:
+    """:func:`ladder_figure` of ``rows`` saved to ``path`` (png)."""
+    from common.report import _plt
+
+    fig, _ = ladder_figure(rows)
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=100)
-    plt.close(fig)
+    _plt().close(fig)
     return path
 
 
 __all__ = ["TuneBatch", "TuneTask", "TuneSettings", "Tuner", "TuneModel", "run_tuning", "write_results",
-           "ladder_plot", "reduce_scorer", "method_tag"]
+           "ladder_figure", "ladder_plot", "reduce_scorer", "method_tag"]
