@@ -18,7 +18,9 @@ on the finest decoded level (``decoder.*`` keys). PTv3 encoders get
 :class:`pointprobe.models.ptv3.PTv3Decoder` (the release's decoder stages: unpooling
 ``proj_skip(skip) + proj(coarse)[inverse]``, then PTv3 blocks; Pointcept's ``*-dec`` configs: depths
 2,2,2,2, channels 64,96,192,384, heads 4,6,12,24). SparseUNet encoders get their architecture's own
-MinkUNet decoder (:class:`SparseUNetSegDecoder`; the same lists, finest level first). Other encoders
+MinkUNet decoder (:class:`SparseUNetSegDecoder`) at the encoder's own widths: its config's
+``decoder_channels`` / ``decoder_depths``, else the mirror of its levels (:func:`decoder_lists`;
+``decoder.channels`` / ``decoder.depths``, finest level first, override either). Other encoders
 (or ``decoder.kind=level``) get :class:`LevelDecoder`, a light U-Net-style MLP decoder over the frozen
 encoder's levels: from the deepest level up, ``h <- MLP(concat(level.feat, h[pooling_inverse]))``
 (Linear, LayerNorm, GELU; ``decoder.level_channels`` wide).
@@ -70,8 +72,10 @@ class TuneDecoder:
     """``method=decoder``: the decoder trained over the frozen encoder (see the module docstring)."""
 
     kind: str = "auto"  # auto (the encoder's own: ptv3 | sparseunet; else level) | ptv3 | sparseunet | level
-    depths: list[int] = field(default_factory=lambda: list(PTV3_DEC_DEFAULTS["dec_depths"]))
-    channels: list[int] = field(default_factory=lambda: list(PTV3_DEC_DEFAULTS["dec_channels"]))
+    # finest stage first; None = the encoder's own (see decoder_lists): PTv3 the Pointcept dec lists,
+    # SparseUNet its config's decoder_channels / decoder_depths, else the mirror of its levels
+    depths: list[int] | None = None
+    channels: list[int] | None = None
     num_head: list[int] = field(default_factory=lambda: list(PTV3_DEC_DEFAULTS["dec_num_head"]))
     patch_size: list[int] = field(default_factory=lambda: list(PTV3_DEC_DEFAULTS["dec_patch_size"]))
     drop_path: float = 0.0  # stochastic depth of the decoder blocks (linspace 0..drop_path, as the release)
@@ -124,6 +128,34 @@ class LevelDecoder(nn.Module):
             h = self.up[i](torch.cat([lvl.feat.float(), h[child.pooling_inverse]], 1))
         inv = inputs.get("inverse")
         return self.cls(h if inv is None else h[inv])
+
+
+def decoder_lists(encoder: nn.Module, d: TuneDecoder) -> tuple[list[int], list[int]]:
+    """(channels, depths) of ``method=decoder``'s decoder stages, finest first, one per pooling step of
+    ``encoder``; a list left None is the encoder's own:
+
+    - PTv3: the Pointcept ``*-dec`` lists (``PTV3_DEC_DEFAULTS``: channels 64, 96, 192, 384, depths 2);
+    - SparseUNet: its config's ``decoder_channels`` / ``decoder_depths`` (stored coarse -> fine) when they
+      cover every up-sampling step, else the mirror of the encoder: each up-block as wide and as deep as
+      the level it returns to (``channels[l - 1]``, ``depths[l - 1]``; a light U-Net decoder);
+    - other encoders (LevelDecoder): unused.
+    Explicit lists are trimmed to the encoder's pooling steps."""
+    if isinstance(encoder, SparseUNet):
+        n = encoder.num_levels - 1
+        cfg = encoder.config
+        has_own = len(cfg.get("decoder_channels") or []) == n and len(cfg.get("decoder_depths") or []) == n
+        own_c = list(cfg["decoder_channels"])[::-1] if has_own else list(cfg["channels"][:n])
+        own_d = list(cfg["decoder_depths"])[::-1] if has_own else list(cfg["depths"][:n])
+        channels = own_c if d.channels is None else list(d.channels)
+        depths = own_d if d.depths is None else list(d.depths)
+    else:
+        n = getattr(encoder, "num_stages", 1) - 1
+        channels = list(PTV3_DEC_DEFAULTS["dec_channels"]) if d.channels is None else list(d.channels)
+        depths = list(PTV3_DEC_DEFAULTS["dec_depths"]) if d.depths is None else list(d.depths)
+    if len(channels) < n or len(depths) < n:
+        raise ConfigError(f"tune: decoder.channels / decoder.depths need {n} entries (one per pooling step "
+                          f"of the encoder), got {channels} / {depths}")
+    return channels[:n], depths[:n]
 
 
 class SparseUNetSegDecoder(nn.Module):
@@ -350,14 +382,13 @@ class PointTuneTask:
         if (d.kind == "ptv3" and not is_ptv3) or (d.kind == "sparseunet" and not is_unet):
             raise ConfigError(f"tune: decoder.kind={d.kind} does not fit a {type(encoder).__name__} encoder")
         if is_unet and d.kind != "level":
-            n = encoder.num_levels - 1  # up-sampling steps, coarse to fine: the lists reversed
-            return SparseUNetSegDecoder(encoder, d.channels[:n][::-1], d.depths[:n][::-1],
-                                        num_classes).to(self.device)
+            channels, depths = decoder_lists(encoder, d)  # up-sampling runs coarse to fine: reversed
+            return SparseUNetSegDecoder(encoder, channels[::-1], depths[::-1], num_classes).to(self.device)
         if is_ptv3 and d.kind != "level":
             n = encoder.num_stages - 1  # the defaults (Pointcept's 4 poolings) trimmed to shallower encoders
-            dec = PTv3Decoder.for_encoder(encoder, d.drop_path, dec_depths=d.depths[:n],
-                                          dec_channels=d.channels[:n], dec_num_head=d.num_head[:n],
-                                          dec_patch_size=d.patch_size[:n])
+            channels, depths = decoder_lists(encoder, d)
+            dec = PTv3Decoder.for_encoder(encoder, d.drop_path, dec_depths=depths, dec_channels=channels,
+                                          dec_num_head=d.num_head[:n], dec_patch_size=d.patch_size[:n])
             return PTv3SegDecoder(encoder, dec, num_classes).to(self.device)
         probe = next(self.eval_batches(self.cfg.tune.eval_split, 0, 1)).inputs
         dims = level_dims(encoder, probe)
@@ -374,6 +405,6 @@ def run_point_tune(cfg: PointTuneConfig, max_steps: int | None = None) -> dict:
     return run_tuning(task, cfg.tune, cfg.out, cfg=cfg, device=device, max_steps=max_steps)
 
 
-__all__ = ["PointTuneConfig", "PointTuneTask", "LevelDecoder", "PTv3SegDecoder", "SparseUNetSegDecoder",
-           "run_point_tune",
+__all__ = ["PointTuneConfig", "PointTuneTask", "LevelDecoder", "decoder_lists", "PTv3SegDecoder",
+           "SparseUNetSegDecoder", "run_point_tune",
            "TuneDataSpec", "TuneAugment", "TuneDecoder"]

@@ -10,7 +10,8 @@ def _md(top1: float) -> str:
               "trainable_params": 8196, "trainable_pct": 0.0, "peak_rss_mb": 900.0, "step_s": None,
               "total_s": 120.0, "checkpoint_sha256": "ab" * 32},
              {"method": "ssf", "encoder": "x3d_s", "top1": top1, "trainable_params": 82660,
-              "trainable_pct": 2.5, "peak_rss_mb": 1096.0, "step_s": 16.2, "total_s": 171.0,
+              "trainable_pct": 2.5, "train_peak_mb": 1010.0, "peak_rss_mb": 1096.0, "step_s": 16.2,
+              "total_s": 171.0,
               "checkpoint_sha256": "ab" * 32}]
     info = {"command": "python tools/bench_tuning.py --modality video", "train": 24, "test": 8, "steps": 30,
             "cnn_steps": 5, "notes": ["a note"]}
@@ -27,7 +28,9 @@ def test_video_rows_go_before_the_end_marker_once(tmp_path):
     assert text.count(MARK_BEGIN) == text.count(MARK_END) == 1 and text.count("### video rows") == 1
     assert text.index("points table") < text.index(MARK_BEGIN) < text.index(MARK_END) \
         < text.index("<!-- end bench_tuning -->") < text.index("<!-- begin other -->")
-    assert "| ssf | x3d_s | 37.50 | -12.50 | 82660 | 2.50 | 1096 | 16.20 | 171 | abababababab |" in text
+    # the training peak (the row's, read before evaluation) and the process's peak RSS, both shown
+    assert "| ssf | x3d_s | 37.50 | -12.50 | 82660 | 2.50 | 1010 | 1096 | 16.20 | 171 | abababababab |" \
+        in text
     assert "| 25.00 |" not in text
 
 

@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from common.errors import CheckpointError
+from common.tuning.cost import PeakMemory, can_reset_peak_rss
 from common.tuning.loop import TuneBatch, Tuner, TuneSettings, method_tag, run_tuning, write_results
 
 
@@ -206,3 +207,110 @@ def test_head_lr_is_the_heads_lr_in_every_method(tmp_path, method, kw):
     if method == "full":
         blocks = sorted(g["lr"] for g in tuner.opt.param_groups if g not in head)
         assert blocks == pytest.approx([2e-3 * 0.25, 2e-3 * 0.5])
+
+
+# ------------------------------------------------------------------------- peak memory of the training
+MB = 2**20
+needs_hwm = pytest.mark.skipif(not can_reset_peak_rss(),
+                               reason="needs Linux VmHWM and a writable /proc/self/clear_refs")
+
+
+def _rss_bytes() -> int:
+    for line in open("/proc/self/status"):
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError("no VmRSS")
+
+
+def _touched(mb: int) -> torch.Tensor:
+    return torch.ones(mb * MB // 4)  # every page written: resident
+
+
+@needs_hwm
+def test_peak_memory_starts_at_start_not_at_the_process_peak():
+    """The CPU peak was ``ru_maxrss`` of the whole process: whatever ran before the training (data loading,
+    an earlier evaluation) set it, in every method alike. ``start`` resets the kernel's high-water mark."""
+    rss0 = _rss_bytes()
+    big = _touched(400)
+    del big  # a large block goes back to the system (mmap): the RSS drops, the old peak stays
+    mem = PeakMemory("cpu")
+    mem.start()
+    assert mem.kind == "cpu_peak_rss_train"
+    p0 = mem.peak()
+    assert p0 < rss0 + 200 * MB
+    assert mem.process_peak() >= rss0 + 350 * MB  # the process-wide figure is kept as a second field
+    more = _touched(200)
+    p1 = mem.peak()
+    assert 180 * MB <= p1 - p0 <= 260 * MB
+    del more
+
+
+class EvalHeavyTask(ToyTask):
+    """Evaluation holds a large buffer (the full-resolution scenes of a real task)."""
+
+    def __init__(self):
+        super().__init__()
+        self.held: list[torch.Tensor] = []
+
+    def eval_batches(self, split, rank, world):
+        self.held.append(_touched(300))
+        yield from super().eval_batches(split, rank, world)
+
+
+@needs_hwm
+@pytest.mark.parametrize("method", ["linear", "ssf"])
+def test_row_peak_memory_is_the_training_peak_read_before_evaluation(tmp_path, method):
+    """``linear`` scores its grid on the selection split before the cost was read, so the row's peak
+    included that evaluation; the row now holds the peak of the training steps, read when they end."""
+    task = EvalHeavyTask()
+    row = run_tuning(task, _settings(method=method), tmp_path)
+    assert task.held  # the evaluation ran and its buffers are still resident
+    rss = _rss_bytes()
+    assert row["memory_kind"] == "cpu_peak_rss_train"
+    assert row["peak_memory_mb"] > 10
+    assert row["peak_memory_mb"] * MB < rss - 250 * MB  # the evaluation's buffer is not in it
+    assert row["process_peak_memory_mb"] >= row["peak_memory_mb"]
+    task.held.clear()
+
+
+@needs_hwm
+def test_training_peak_survives_resume_as_the_larger_of_the_sessions(tmp_path):
+    task = ToyTask()
+    part = run_tuning(task, _settings(method="ssf"), tmp_path, max_steps=2)
+    assert part["stopped_at"] == 2
+    st = torch.load(tmp_path / "runs" / next(p.name for p in (tmp_path / "runs").iterdir()) / "last.pth",
+                    weights_only=False)
+    assert st["train_peak_memory_bytes"] > 10 * MB
+    again = run_tuning(task, _settings(method="ssf"), tmp_path)
+    assert again["resumed"] and again["peak_memory_mb"] * MB >= st["train_peak_memory_bytes"]
+
+
+# ----------------------------------------------------------------------------------------- the ladder
+def _ladder_rows() -> list[dict]:
+    """Five rungs within 0.2 mIoU of each other (cached linear / ssf / mezo near 14 in the bench), at
+    close and equal x, plus two far ones."""
+    near = [("cached linear (extract + probe)", 1_000, 14.00), ("linear", 1_100, 14.05),
+            ("ssf", 3_000, 14.10), ("mezo-ssf", 3_000, 14.15), ("lora+lp-ft", 5_000, 14.20)]
+    far = [("full", 4_000_000, 10.0), ("progressive", 3_000_000, 10.1)]
+    return [{"method": m, "encoder": "sparseunet", "checkpoint_sha256": "ab" * 32, "trainable_params": x,
+             "mIoU": y} for m, x, y in near + far]
+
+
+def test_ladder_labels_do_not_overlap(tmp_path):
+    from matplotlib.text import Text
+
+    from common.report import _plt
+    from common.tuning.loop import ladder_figure, ladder_plot
+
+    fig, labels = ladder_figure(_ladder_rows())
+    fig.canvas.draw()
+    r = fig.canvas.get_renderer()
+    boxes = [Text.get_window_extent(a, r) for a in labels]  # the text (an Annotation's adds its leader)
+    assert len(boxes) == 7
+    fw, fh = fig.bbox.width, fig.bbox.height
+    for i, a in enumerate(boxes):
+        assert a.x0 >= 0 and a.y0 >= 0 and a.x1 <= fw and a.y1 <= fh, f"{labels[i].get_text()} off the figure"
+        for j in range(i):
+            assert not a.overlaps(boxes[j]), f"{labels[i].get_text()} overlaps {labels[j].get_text()}"
+    _plt().close(fig)
+    assert ladder_plot(_ladder_rows(), tmp_path / "ladder.png").stat().st_size > 0

@@ -274,9 +274,10 @@ def test_decoder_defaults_are_pointcept_dec_configs():
     from pointprobe.models.ptv3 import SONATA_SMALL_CONFIG, PointTransformerV3, PTv3Decoder
     from pointprobe.tune import TuneDecoder
 
-    d = TuneDecoder()
+    d = TuneDecoder()  # channels / depths None: the encoder's own (for PTv3 the lists below, see
+    # test_ptv3_decoder_lists_default_to_pointcept_dec)
     assert (d.kind, d.depths, d.channels, d.num_head, d.patch_size) == \
-        ("auto", [2, 2, 2, 2], [64, 96, 192, 384], [4, 6, 12, 24], [1024] * 4)
+        ("auto", None, None, [4, 6, 12, 24], [1024] * 4)
     enc = PointTransformerV3(**SONATA_SMALL_CONFIG)
     dec = PTv3Decoder.for_encoder(enc)
     shapes = {k: tuple(v.shape) for k, v in dec.state_dict().items()}
@@ -443,7 +444,7 @@ def test_sparseunet_decoder_is_its_own_minkunet_decoder_and_only_it_trains(rooms
     enc, _ = task.build_encoder(torch.device("cpu"))
     dec = task.decoder(enc, len(task.class_names))
     assert isinstance(dec, SparseUNetSegDecoder) and all(isinstance(u, UpBlock) for u in dec.ups)
-    assert [u.up.out_channels for u in dec.ups] == [96, 64]  # coarse -> fine: decoder.channels[:2] reversed
+    assert [u.up.out_channels for u in dec.ups] == [16, 8]  # coarse -> fine: the encoder's levels mirrored
     b = next(task.eval_batches("val", 0, 1))
     z = dec(b.inputs)
     assert z.shape == (len(b.inputs["coord"]), len(task.class_names))
@@ -461,3 +462,46 @@ def test_sparseunet_decoder_is_its_own_minkunet_decoder_and_only_it_trains(rooms
     assert encs.keys() == base.keys() and all(torch.equal(encs[k], base[k]) for k in base)
     assert set(st["trainable"]) == {k for k in st["model"] if k.startswith("decoder.")}
     assert any(k.startswith("decoder.ups.0.blocks.0.conv1") for k in st["trainable"])
+
+
+# ------------------------------------------------------------- method=decoder: the encoder's own widths
+def _unet_decoder(rooms: Path, tmp_path: Path, *extra: str):
+    task = PointTuneTask(_cfg(rooms, tmp_path / "out", "tune.method=decoder", *extra), torch.device("cpu"))
+    enc, _ = task.build_encoder(torch.device("cpu"))
+    dec = task.decoder(enc, len(task.class_names))
+    return [u.up.out_channels for u in dec.ups], [len(u.blocks) for u in dec.ups], dec
+
+
+def test_sparseunet_decoder_defaults_to_the_encoders_own_widths(rooms, tmp_path):
+    """The default decoder of a SparseUNet was built with PTv3's dec lists (64..384, depth 2): 24.95 M
+    parameters over the bench's 4.77 M encoder. Default now: the encoder's own decoder_channels /
+    decoder_depths when its config has them, else the mirror of the encoder (each up-block as wide and as
+    deep as the level it returns to)."""
+    widths, depths, _ = _unet_decoder(rooms, tmp_path)  # encoder channels [8, 16, 16], depths [1, 1, 1]
+    assert (widths, depths) == ([16, 8], [1, 1])
+    own = "encoder.config={channels: [8, 16, 16], depths: [1, 2, 1], decoder_channels: [12, 10], " \
+          "decoder_depths: [2, 1]}"
+    widths, depths, _ = _unet_decoder(rooms, tmp_path / "own", own)
+    assert (widths, depths) == ([12, 10], [2, 1])
+    mirror = "encoder.config={channels: [8, 16, 16], depths: [3, 2, 1]}"
+    assert _unet_decoder(rooms, tmp_path / "m", mirror)[:2] == ([16, 8], [2, 3])
+
+
+def test_sparseunet_decoder_explicit_lists_are_honoured(rooms, tmp_path):
+    widths, depths, dec = _unet_decoder(rooms, tmp_path, "decoder.channels=[24, 32, 48]",
+                                        "decoder.depths=[1, 2, 2]")
+    assert (widths, depths) == ([32, 24], [2, 1])  # finest first in the config: reversed, trimmed
+    assert dec.cls.in_features == 24
+    widths, depths, _ = _unet_decoder(rooms, tmp_path / "c", "decoder.channels=[24, 32]")
+    assert (widths, depths) == ([32, 24], [1, 1])  # depths: the encoder's own (mirror)
+
+
+def test_ptv3_decoder_lists_default_to_pointcept_dec():
+    from pointprobe.models.ptv3 import PTV3_DEC_DEFAULTS, SONATA_SMALL_CONFIG, PointTransformerV3
+    from pointprobe.tune import TuneDecoder, decoder_lists
+
+    enc = PointTransformerV3(**SONATA_SMALL_CONFIG)
+    assert decoder_lists(enc, TuneDecoder()) == (list(PTV3_DEC_DEFAULTS["dec_channels"]),
+                                                 list(PTV3_DEC_DEFAULTS["dec_depths"]))
+    assert decoder_lists(enc, TuneDecoder(channels=[32, 48, 64, 80], depths=[1, 1, 1, 1])) == \
+        ([32, 48, 64, 80], [1, 1, 1, 1])

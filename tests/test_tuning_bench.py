@@ -23,3 +23,17 @@ def test_base_method_and_command_args():
         ["last_k", "mezo", "mezo", "full"]
     assert command_args(["--out", "x", "--note", "a b", "--steps", "3", "--note=z", "--report-only"]) == \
         ["--out", "x", "--steps", "3", "--report-only"]
+
+
+def test_mezo_memory_line_compares_training_peaks_and_says_when_it_cannot():
+    """The bench's MeZO / linear line divided two process-wide peaks (4012 / 4012 MB in every method):
+    it now names the training peak, and says so when the rows hold process-wide peaks."""
+    from common.tuning.cost import peak_ratio_note
+
+    lin = {"peak_memory_mb": 1000.0, "memory_kind": "cpu_peak_rss_train"}
+    mezo = {"peak_memory_mb": 1100.0, "memory_kind": "cpu_peak_rss_train"}
+    line = peak_ratio_note(mezo, lin)
+    assert "training peak" in line and "1.10" in line and "target <= 1.3" in line
+    old = peak_ratio_note(dict(mezo, memory_kind="cpu_max_rss_process"), dict(lin, memory_kind=""))
+    assert "NOT the training peaks" in old and "1.10" in old
+    assert "not recorded" in peak_ratio_note({"train_peak_mb": None}, lin, key="train_peak_mb")

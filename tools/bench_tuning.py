@@ -4,9 +4,9 @@ Runs the repository's own pipeline on generated ScanNet-format rooms and nothing
 
     generate + preprocess (tools/bench_pretrain.prepare_data) -> run_pretrain (a short Sonata-style
     pre-training, configs/point/pretrain_bench_cpu.yaml with --steps) -> for every method one
-    ``pointprobe tune`` process (peak RSS is per process) on the pre-trained encoder, plus ``full`` on the
-    same architecture with random weights -> the cached linear probe of the same pre-trained encoder
-    (``pointprobe extract`` + ``probe``) as the baseline row.
+    ``pointprobe tune`` process (memory: the peak of its training steps) on the pre-trained encoder,
+    plus ``full`` on the same architecture with random weights -> the cached linear probe of the same
+    pre-trained encoder (``pointprobe extract`` + ``probe``) as the baseline row.
 
 All methods train on the same train scenes; the online linear head is chosen on the val split; every
 row is scored on all points of ``--eval-split``. Writes ``OUT/tune_results.{md,json}``, ``OUT/ladder.png``
@@ -108,6 +108,7 @@ def tune_process(out: Path, data: Path, method: str, encoder: list[str], extra: 
 
 def main(argv: list[str] | None = None) -> int:
     from common.report import write_table
+    from common.tuning.cost import peak_ratio_note
     from common.tuning.loop import ladder_plot
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -193,12 +194,14 @@ def main(argv: list[str] | None = None) -> int:
     for _, r in rows:
         table.append({"method": r["method"], "encoder": r["encoder"], "mIoU": r["mIoU"],
                       "vs cached linear": r["mIoU"] - base["mIoU"], "trainable_params": r["trainable_params"],
-                      "trainable_pct": r["trainable_pct"], "peak_rss_mb": r["peak_memory_mb"],
+                      "trainable_pct": r["trainable_pct"], "train_peak_mb": r["peak_memory_mb"],
+                      "process_peak_mb": r.get("process_peak_memory_mb"),
                       "step_s": r["step_time_s"], "total_s": r["total_time_s"]})
     table.append({"method": cached["method"], "encoder": cached["encoder"], "mIoU": base["mIoU"],
                   "vs cached linear": 0.0, "trainable_params": cached["trainable_params"],
                   "trainable_pct": 0.0,
-                  "peak_rss_mb": None, "step_s": None, "total_s": base.get("seconds")})
+                  "train_peak_mb": None, "process_peak_mb": None, "step_s": None,
+                  "total_s": base.get("seconds")})
     write_table(table, out / "bench_tuning", f"Tuning ladder, {args.eval_split} mIoU", float_format=".3g")
     png = ladder_plot([r for _, r in rows] + [cached], out / "ladder.png")
     by = {(r["method"], w): r for w, r in rows}
@@ -216,8 +219,7 @@ def main(argv: list[str] | None = None) -> int:
         d = by[("full", "pre")]["mIoU"] - by[("full", "random")]["mIoU"]
         notes.append(f"full from pre-trained minus full from random weights: {d:+.2f} mIoU")
     if mezo and lin:
-        ratio = mezo["peak_memory_mb"] / lin["peak_memory_mb"]
-        notes.append(f"MeZO peak RSS / online linear peak RSS: {ratio:.2f} (target <= 1.3)")
+        notes.append(peak_ratio_note(mezo, lin))
     if lp_rows:
         beat = [m for m, r in lp_rows if r["mIoU"] > base["mIoU"]]
         notes.append(f"LP-FT rows (head started from the cached probe, `tune.head_init`): {len(beat)} of "
@@ -244,27 +246,29 @@ def main(argv: list[str] | None = None) -> int:
                   "method, tiny crops) on a shared, loaded 2-core machine: the numbers show that every rung "
                   "runs and what it costs, not how the methods rank at a realistic budget. Step times "
                   "depend on what else ran on the machine at the time and are not comparable between "
-                  "methods in such a run; "
-                  "at this size the CPU peak RSS is dominated by the process's imports (spconv), so most "
-                  "methods show the same figure.", ""]
+                  "methods in such a run.", ""]
     lines += [
         f"Data: {args.scenes} generated ScanNet-format rooms (seed {args.seed}): "
         + ", ".join(f"{n} {s}" for s, n in splits.items())
         + f". Encoder: `{args.pretrain_config}` ({arch}) pre-trained {args.pretrain_steps} steps by "
         f"`pointprobe pretrain` on the train split, and the same architecture with random weights. Every "
         f"method: {args.steps} steps, 2 scenes per step, live Pointcept-lin augmentation (crops of at most "
-        f"{args.max_points} voxels), one process each (peak RSS per method); scored on every point of the "
+        f"{args.max_points} voxels), one process each; scored on every point of the "
         f"{args.eval_split} split. Baseline: `pointprobe extract` + `pointprobe probe` of the same "
         "pre-trained encoder (cached linear probe). `decoder`: the SparseUNet's own MinkUNet decoder "
-        "(up-sampling blocks, `decoder.*` defaults) trained over the frozen encoder."
+        "(up-sampling blocks at the encoder's own widths: `decoder.channels` / `decoder.depths` null) "
+        "trained over the frozen encoder."
         + (" `+lp-ft` rows: LP-FT (Kumar et al. 2022), the head starts as the cached linear probe's head "
            "(`tune.head_init=<probe .pt>`: its standardisation and weights), then the method trains as "
            "usual; `full` of the pre-trained encoder also runs without it (the comparison with random "
            "weights at one budget)." if args.lp_ft else ""),
+        " Training peak MB: the peak RSS during the training steps (read before evaluation; absolute: the "
+        "frozen weights and the data resident at its start count), what the methods' memory compares; "
+        "process peak MB: the whole process's (data loading and full-resolution evaluation included).",
         "", *[f"{n}" for n in args.note], *([""] if args.note else []),
-        "| method | encoder | mIoU | vs cached linear | trainable params | % of encoder | peak RSS MB | "
-        "s / step | total s |",
-        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| method | encoder | mIoU | vs cached linear | trainable params | % of encoder | training peak MB | "
+        "process peak MB | s / step | total s |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
 
     def f(v, fmt):
@@ -273,7 +277,7 @@ def main(argv: list[str] | None = None) -> int:
     for r in table:
         lines.append(f"| {r['method']} | {r['encoder']} | {r['mIoU']:.2f} | {r['vs cached linear']:+.2f} | "
                      f"{r['trainable_params']} | {f(r['trainable_pct'], '.2f')} | "
-                     f"{f(r['peak_rss_mb'], '.0f')} | "
+                     f"{f(r['train_peak_mb'], '.0f')} | {f(r['process_peak_mb'], '.0f')} | "
                      f"{f(r['step_s'], '.2f')} | {f(r['total_s'], '.0f')} |")
     lines += ["", *[f"- {n}" for n in notes], "",
               f"![the tuning ladder](img/{img.name})", "",

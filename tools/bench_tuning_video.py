@@ -7,10 +7,12 @@ written to disk first, as a user would get them (no downloads):
 - a zoo CNN (``x3d_s``, random init with a 400-class Kinetics head, pytorchvideo's ``{"model_state":
   {"model.<name>": ...}}`` ``.pyth`` layout),
 
-every method is one ``videoprobe tune`` process (peak RSS is per process, read from ``wait4``): linear
+every method is one ``videoprobe tune`` process (training peak: the row's peak of the training steps;
+process peak RSS: read from ``wait4``): linear
 online, ssf, lora, prompt (padding prompt + linear head), mezo over ssf; and the cached linear probe of the
 same encoder (``videoprobe extract`` of train and test + ``videoprobe probe probes=[linear]``) as the
-baseline row. Every row: trainable parameters (count and % of the encoder), peak RSS, s / step, total s,
+baseline row. Every row: trainable parameters (count and % of the encoder), training peak, process peak
+RSS, s / step, total s,
 top-1 on every video of the test split, the encoder checkpoint hash.
 
 A rerun into the same ``OUT`` runs only the rows not finished yet (``OUT/video/rows.json``).
@@ -154,7 +156,7 @@ def cached_linear(out: Path, data: Path, name: str, ckpt: Path, spec: dict[str, 
     _log(f"{name}: cached linear top-1 {row['top1']:.2f}, {rss:.0f} MB, {wall:.0f} s", t0)
     return {"method": "cached linear (extract + probe)", "encoder": name, "top1": float(row["top1"]),
             "trainable_params": int(lin.get("trainable_params") or 0), "trainable_pct": 0.0,
-            "peak_rss_mb": rss, "step_s": None, "total_s": wall,
+            "train_peak_mb": None, "peak_rss_mb": rss, "step_s": None, "total_s": wall,
             "checkpoint_sha256": meta["checkpoint_sha256"]}
 
 
@@ -178,6 +180,7 @@ def tune_row(out: Path, data: Path, name: str, ckpt: Path, spec: dict[str, Any],
          f"{wall:.0f} s", t0)
     return {"method": tag, "encoder": name, "top1": float(r["top1"]),
             "trainable_params": int(r["trainable_params"]), "trainable_pct": float(r["trainable_pct"]),
+            "train_peak_mb": r.get("peak_memory_mb"), "memory_kind": r.get("memory_kind", ""),
             "peak_rss_mb": rss, "step_s": r.get("step_time_s"), "total_s": wall,
             "checkpoint_sha256": r.get("checkpoint_sha256", ""), "config_hash": r.get("config_hash")}
 
@@ -196,19 +199,21 @@ def video_markdown(table: list[dict[str, Any]], info: dict[str, Any]) -> str:
              "(8 x 32 x 32 clips) in the VideoMAE release layout, `x3d_s` in the pytorchvideo zoo `.pyth` "
              f"layout with a 400-class head (4 x 32 x 32 clips). Every tuned method: {info['steps']} steps "
              f"of 8 live augmented clips for the ViT, {info['cnn_steps']} steps of 4 for x3d_s (random "
-             "resized crop + flip), one `videoprobe tune` process each (peak RSS of that "
-             "process), top-1 on the centre clip of every test video. Baseline: `videoprobe extract` "
+             "resized crop + flip), one `videoprobe tune` process each (training peak: the peak RSS "
+             "during its training steps, read before evaluation, absolute: the frozen weights and data "
+             "resident at its start count; process peak RSS: the whole process), top-1 on the centre "
+             "clip of every test video. Baseline: `videoprobe extract` "
              "(train + test, centre clip) + `videoprobe probe probes=[linear]` of the same weights "
-             "(peak RSS: the largest of the three processes; total s: their sum).", "",
+             "(process peak RSS: the largest of the three processes; total s: their sum).", "",
              "| method | encoder | top-1 | vs cached linear | trainable params | % of encoder | "
-             "peak RSS MB | s / step | total s | checkpoint |",
-             "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |"]
+             "training peak MB | process peak RSS MB | s / step | total s | checkpoint |",
+             "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |"]
     base = {r["encoder"]: r["top1"] for r in table if r["method"].startswith("cached")}
     for r in table:
         d = r["top1"] - base[r["encoder"]] if r["encoder"] in base and r["top1"] is not None else None
         lines.append(f"| {r['method']} | {r['encoder']} | {f(r['top1'], '.2f')} | {f(d, '+.2f')} | "
                      f"{f(r['trainable_params'], 'd')} | {f(r['trainable_pct'], '.2f')} | "
-                     f"{f(r['peak_rss_mb'], '.0f')} | "
+                     f"{f(r.get('train_peak_mb'), '.0f')} | {f(r['peak_rss_mb'], '.0f')} | "
                      f"{f(r['step_s'], '.2f')} | {f(r['total_s'], '.0f')} | {r['checkpoint_sha256'][:12]} |")
     lines += ["", *[f"- {n}" for n in info["notes"]], MARK_END]
     return "\n".join(lines)
@@ -231,6 +236,7 @@ def insert_video_rows(md: str, doc: Path = DOC) -> Path:
 
 def main(argv: list[str] | None = None) -> int:
     from common.report import write_table
+    from common.tuning.cost import peak_ratio_note
 
     ap = argparse.ArgumentParser(description="tuning ladder, video rows")
     ap.add_argument("--modality", default="video", choices=["video"])
@@ -294,8 +300,7 @@ def main(argv: list[str] | None = None) -> int:
         failed = [r for r in table if r["encoder"] == name and r.get("error")]
         notes += [f"{name}: {r['method']}: {r['error']}" for r in failed]
         if mezo and lin:
-            notes.append(f"{name}: MeZO (over ssf) peak RSS / online linear peak RSS: "
-                         f"{mezo['peak_rss_mb'] / lin['peak_rss_mb']:.2f}")
+            notes.append(f"{name} (over ssf): {peak_ratio_note(mezo, lin, key='train_peak_mb')}")
     notes.append("random-init encoders on a tiny generated set with a short budget: the rows show that every "
                  "rung runs on both encoder kinds and what it costs, not how the methods rank on pre-trained "
                  "weights; step times depend on the load of the shared machine at the time")

@@ -19,7 +19,8 @@ A modality gives a :class:`TuneTask` (points: ``pointprobe.tune.PointTuneTask``;
 - checkpoints ``<run>/last.pth`` every ``save_every`` steps (trainable state, optimiser, step): a rerun
   resumes exactly (batches are keyed by (seed, epoch, index), dropout by (seed, step));
 - evaluation: scores accumulated per head and reduced over ranks; adapters merged first;
-- the result row (cost: :class:`TuneCost`; metric; encoder checkpoint hash; config hash) merged into
+- the result row (cost: :class:`TuneCost`, its peak memory read as the training ends, before any
+  evaluation; metric; encoder checkpoint hash; config hash) merged into
   ``OUT/tune_results.{md,json}`` and the ladder plot ``OUT/ladder.png`` (metric vs trainable parameters).
 """
 from __future__ import annotations
@@ -386,6 +387,7 @@ class Tuner:
         self.interrupted: str | None = None  # the signal that stopped :meth:`train`
         self.norm_ready = head_from_probe  # a head from a probe keeps that probe's standardisation
         self.memory = PeakMemory(device)
+        self.train_peak: int | None = None  # bytes: peak memory of the training steps (all sessions)
         self.timer = StepTimer(device)
 
     # -- setup ---------------------------------------------------------------------------------
@@ -467,6 +469,7 @@ class Tuner:
             "step": self.state.step,
             "model": {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()},
             "trainable": self.trainable, "history": self.state.history, "record": dict(self.record),
+            "train_peak_memory_bytes": self._train_peak(),
         }
         if self.opt is not None:
             st["optimizer"] = self.opt.state_dict()
@@ -500,10 +503,17 @@ class Tuner:
             _load_grid(self.grid, st["grid"])
         self.state.step = int(st["step"])
         self.state.history = list(st["history"])
+        self.train_peak = st.get("train_peak_memory_bytes")  # the earlier sessions' training peak
         self.norm_ready = True
         return True
 
     # -- training ------------------------------------------------------------------------------
+    def _train_peak(self) -> int | None:
+        """The training peak so far: the larger of the earlier sessions' and this one's (when it trained)."""
+        now = self.memory.peak() if self.memory.started else None
+        peaks = [p for p in (self.train_peak, now) if p is not None]
+        return max(peaks) if peaks else None
+
     def _global_rows(self, y: torch.Tensor) -> float:
         n = torch.tensor([float((y >= 0).sum())], dtype=torch.float64)
         return float(dist.all_reduce_tensor(n)[0])
@@ -626,6 +636,7 @@ class Tuner:
                     self.interrupted = signals.received or "a signal to another rank"
                     break
         finally:
+            self.train_peak = self._train_peak()  # read as the training ends: evaluation does not count
             signals.__exit__(None, None, None)
             bar.close()
             if logf is not None:
@@ -674,7 +685,8 @@ class Tuner:
         return TuneCost(method=method_tag(self.s), trainable_params=enc_train + head_train,
                         encoder_trainable_params=enc_train, encoder_params=self.encoder_params,
                         trainable_pct=100.0 * enc_train / max(self.encoder_params, 1),
-                        peak_memory_bytes=self.memory.peak(), memory_kind=self.memory.kind,
+                        peak_memory_bytes=self.train_peak, memory_kind=self.memory.kind,
+                        process_peak_memory_bytes=self.memory.process_peak(),
                         steps=len(self.timer.times), step_time_s=self.timer.mean,
                         total_time_s=self.timer.total)
 
@@ -730,7 +742,9 @@ def run_tuning(task: TuneTask, settings: TuneSettings, out: str | Path, cfg: Any
         "method": method_tag(settings), "encoder": tuner.record.get("encoder"),
         "trainable_params": cost.trainable_params, "encoder_trainable_params": cost.encoder_trainable_params,
         "trainable_pct": cost.trainable_pct, "peak_memory_mb": (cost.peak_memory_bytes or 0) / 2**20,
-        "memory_kind": cost.memory_kind, "step_time_s": cost.step_time_s, "total_time_s": cost.total_time_s,
+        "memory_kind": cost.memory_kind,
+        "process_peak_memory_mb": (cost.process_peak_memory_bytes or 0) / 2**20,
+        "step_time_s": cost.step_time_s, "total_time_s": cost.total_time_s,
         "steps": settings.steps, metric_name: 100.0 * _metric(res, task.metric),
         "split": settings.eval_split, "head": chosen, "merged_adapters": merged,
         "checkpoint_sha256": tuner.record.get("checkpoint_sha256"), "config_hash": h,
@@ -773,8 +787,11 @@ def write_results(out: str | Path, rows: Sequence[dict], modality: str = "") -> 
                         md_rows=md_rows, float_format=".4g",
                         footnotes=["trainable_pct: encoder parameters that train (adapters included) as a "
                                    "percentage of the encoder's own parameters; the head is not counted",
-                                   "peak_memory_mb: process peak RSS on the CPU (one process per method), "
-                                   "max allocated on CUDA"])
+                                   "peak_memory_mb: peak of the training steps (read before evaluation): "
+                                   "peak RSS during training on the CPU (absolute: the frozen weights and "
+                                   "the data resident at its start count; memory_kind cpu_max_rss_process: "
+                                   "the whole process's peak, where it cannot be reset), max allocated on "
+                                   "CUDA"])
     try:
         ladder_plot(merged, out / "ladder.png")
     except Exception as e:  # noqa: BLE001 - a missing plotting backend must not lose the table
@@ -782,36 +799,97 @@ def write_results(out: str | Path, rows: Sequence[dict], modality: str = "") -> 
     return paths
 
 
-def ladder_plot(rows: Sequence[dict], path: str | Path) -> Path:
-    """Metric against trainable parameters (log x), one marker per row, labelled by method."""
+def _spread_labels(fig: Any, ax: Any, labels: list[Any], points: list[tuple[float, float]],
+                   gap_px: float = 2.0, marker_px: float = 5.0) -> None:
+    """Move the labels vertically (display units) so that no two bounding boxes intersect and none
+    covers a marker: from the highest point down, each label takes the smallest shift (up or down, inside
+    the axes where possible) that clears the labels placed so far and every marker. A thin leader line
+    (the annotation's arrow) ties a moved label to its point."""
+    from matplotlib.text import Text
+    from matplotlib.transforms import Bbox
+
+    def extent(a: Any) -> Any:  # the text only (an Annotation's own extent includes its leader line)
+        return Text.get_window_extent(a, r)
+
+    fig.canvas.draw()
+    r = fig.canvas.get_renderer()
+    box = ax.get_window_extent(r)
+    obstacles = []
+    for x, y in points:
+        px, py = ax.transData.transform((x, y))
+        obstacles.append(Bbox([[px - marker_px, py - marker_px], [px + marker_px, py + marker_px]]))
+
+    def clash(b: Any, dy: float) -> bool:
+        return any(b.x0 < o.x1 and o.x0 < b.x1 and b.y0 + dy < o.y1 + gap_px and o.y0 < b.y1 + dy + gap_px
+                   for o in obstacles)
+
+    for i in sorted(range(len(labels)), key=lambda i: -extent(labels[i]).y0):
+        bb = extent(labels[i])
+        cands = sorted({0.0} | {o.y1 + gap_px - bb.y0 for o in obstacles}
+                       | {o.y0 - gap_px - bb.y1 for o in obstacles}, key=abs)
+        free = [d for d in cands if not clash(bb, d)]  # never empty: above the highest obstacle is free
+        inside = [d for d in free if bb.y0 + d >= box.y0 and bb.y1 + d <= box.y1]
+        dy = (inside or free)[0]
+        if dy:
+            x, y = labels[i].xyann
+            labels[i].xyann = (x, y + dy)
+        obstacles.append(extent(labels[i]))
+
+
+def ladder_figure(rows: Sequence[dict]) -> tuple[Any, list[Any]]:
+    """The ladder figure: metric against trainable parameters (log x), one marker per row, labelled by
+    method; labels do not overlap (:func:`_spread_labels`), the legend sits below the axes. Returns
+    (figure, the label artists)."""
     from common.report import _plt
 
     plt = _plt()
-    path = Path(path)
     fig, ax = plt.subplots(figsize=(7, 4.5))
+
     def who(r: dict) -> str:
         return f"{r.get('encoder')} {str(r.get('checkpoint_sha256', ''))[:8]}"
 
+    labels = []
     encs = sorted({who(r) for r in rows})
     for i, enc in enumerate(encs):
         sel = [r for r in rows if who(r) == enc]
         xs = [max(int(r["trainable_params"]), 1) for r in sel]
         ys = [float(r.get("mIoU", r.get("top1", 0.0)) or 0.0) for r in sel]
-        ax.scatter(xs, ys, color=f"C{i % 10}", label=enc)
+        ax.scatter(xs, ys, color=f"C{i % 10}", label=enc, zorder=3)
         for x, y, r in zip(xs, ys, sel):
-            ax.annotate(str(r["method"]), (x, y), fontsize=7, xytext=(3, 3), textcoords="offset points")
+            labels.append((x, y, str(r["method"]), f"C{i % 10}"))
     ax.set_xscale("log")
+    ax.margins(x=0.08, y=0.15)
     ax.set_xlabel("trainable parameters (head included)")
     ax.set_ylabel("mIoU / top-1 (%)")
     ax.set_title("the tuning ladder")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
+    if encs:
+        ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=min(len(encs), 3),
+                  frameon=False)
     fig.tight_layout()
+    ax.set_xlim(ax.get_xlim())  # the layout is final: display positions of the points are fixed from here
+    ax.set_ylim(ax.get_ylim())
+    mid = np.sqrt(np.prod(ax.get_xlim()))  # points right of the middle get their label on the left
+    arts = [ax.annotate(text, (x, y), fontsize=7, xytext=(-10 if x > mid else 10, 0),
+                        textcoords="offset pixels", ha="right" if x > mid else "left", va="center",
+                        annotation_clip=False, arrowprops={"arrowstyle": "-", "lw": 0.6, "color": c,
+                                                           "alpha": 0.7, "shrinkA": 1, "shrinkB": 3})
+            for x, y, text, c in labels]
+    _spread_labels(fig, ax, arts, [(x, y) for x, y, _, _ in labels])
+    return fig, arts
+
+
+def ladder_plot(rows: Sequence[dict], path: str | Path) -> Path:
+    """:func:`ladder_figure` of ``rows`` saved to ``path`` (png)."""
+    from common.report import _plt
+
+    fig, _ = ladder_figure(rows)
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=100)
-    plt.close(fig)
+    _plt().close(fig)
     return path
 
 
 __all__ = ["TuneBatch", "TuneTask", "TuneSettings", "Tuner", "TuneModel", "run_tuning", "write_results",
-           "ladder_plot", "reduce_scorer", "method_tag"]
+           "ladder_figure", "ladder_plot", "reduce_scorer", "method_tag"]
