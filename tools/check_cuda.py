@@ -15,12 +15,19 @@ linear probe; 2D->3D lifting; PCA; a VideoMAE ViT and the attentive probe. The G
 of the network alone, before (CPU preprocessing, blocking copy) and after (device preprocessing, pinned
 non-blocking copy; target >= 0.7); extraction with DataLoader workers; building torch-scatter's CUDA
 kernels from source; flash-attn for PTv3 patch attention, built from the registry's source (each step
-time-boxed; the machine reaches no registry, so the sources travel with the tree):
+time-boxed; the machine reaches no registry, so the sources travel with the tree). The tuning ladder of
+issue 14 (``--only tune``; tiny runs, not yet timed on a GPU): every ``pointprobe tune`` method (linear,
+decoder, ssf, lora, last_k, progressive, full, mezo over ssf) on a tiny SparseUNet and a tiny PTv3 and every
+``videoprobe tune`` method (linear, ssf, lora, prompt, mezo over ssf) on a tiny VideoMAE-layout ViT read
+from a file, 3 steps each with bf16 autocast, in this process: per run finished (or its error), the
+metric, trainable parameters, training peak memory (``cuda_max_allocated``), s / step; and ``linear``'s
+first-step loss and cached standardisation in float32 on the CPU vs CUDA (relative differences):
 
     python tools/check_cuda.py --fetch-sources .gpusrc        # here, once (pip download, no build)
     python tools/check_cuda.py --only gpu_path --sources .gpusrc --out $OUT   # on the GPU machine
+    python tools/check_cuda.py --only tune --out $OUT                         # the tuning ladder
     python tools/check_cuda.py [--out runs/check-cuda] [--quick]              # every check
-    python tools/check_cuda.py --dry-run   # no GPU: imports, and the checks' CPU parts on small data
+    python tools/check_cuda.py --dry-run [--only tune]   # no GPU: imports, the checks' CPU parts, small data
 
 Writes ``OUT/check_cuda.md`` and ``OUT/check_cuda.json`` (the ``check_cuda`` section of
 docs/benchmarks.md is that markdown; ``--doc`` writes it there directly).
