@@ -115,3 +115,22 @@ def test_dry_run_of_the_tune_check_finishes_every_method_on_the_cpu(tmp_path, ca
     assert "points sparseunet lora: mIoU" in md and "runs:" not in md
     assert "1 checks ran on the CPU, 0 failed" in capsys.readouterr().out
     check_cuda.RESULTS.clear()
+
+
+def test_only_tune_runs_the_tune_check_alone_on_cuda(monkeypatch, tmp_path):
+    """``--only tune`` on a GPU machine: the generated scenes, then only the tune check, on cuda with 3
+    steps per method (2 with ``--quick``); nothing else runs. CUDA and the check itself are stubbed."""
+    calls = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(check_cuda, "scenes", lambda root, n: calls.append(("scenes", n)) or root)
+    monkeypatch.setattr(check_cuda, "first_scene", lambda data: None)
+    monkeypatch.setattr(check_cuda, "machine_line", lambda: "stub machine")
+    monkeypatch.setattr(check_cuda, "check_tune",
+                        lambda data, tmp, dev, steps: calls.append(("tune", dev, steps)))
+    for name in [n for n in dir(check_cuda) if n.startswith("check_") and n != "check_tune"] + ["gpu_path"]:
+        monkeypatch.setattr(check_cuda, name, lambda *a, _n=name, **k: calls.append(_n))
+    check_cuda.RESULTS.clear()
+    assert check_cuda.main(["--only", "tune", "--out", str(tmp_path)]) == 0
+    assert check_cuda.main(["--only", "tune", "--quick", "--out", str(tmp_path)]) == 0
+    assert calls == [("scenes", 5), ("tune", "cuda", 3), ("scenes", 5), ("tune", "cuda", 2)]
+    assert check_cuda.section_name("tune") == "check_cuda_tune"
