@@ -56,7 +56,8 @@ def test_number_format(value, text):
 def test_dry_run_imports_and_runs_the_gpu_path_cpu_parts(tmp_path, capsys):
     """``--dry-run`` (no GPU): the issue-15 checks run on the CPU with small data; device preprocessing
     gives the numpy path's encoder inputs; without fetched sources the builds say so and are skipped."""
-    assert check_cuda.main(["--dry-run", "--out", str(tmp_path), "--sources", str(tmp_path / "none")]) == 0
+    assert check_cuda.main(["--dry-run", "--only", "gpu_path", "--out", str(tmp_path),
+                            "--sources", str(tmp_path / "none")]) == 0
     results = json.loads((tmp_path / "check_cuda_dry.json").read_text())
     by = {r["check"].split(" ")[0]: r for r in results}
     parity = by["device"]
@@ -84,3 +85,52 @@ def test_a_partial_run_has_its_own_section(tmp_path, monkeypatch):
     text = doc.read_text()
     assert "full table" in text and "<!-- begin check_cuda_gpu_path -->" in text
     assert "`python tools/check_cuda.py --only gpu_path --sources .gpusrc`" in text
+
+
+@pytest.mark.slow
+def test_dry_run_of_the_tune_check_finishes_every_method_on_the_cpu(tmp_path, capsys):
+    """``--dry-run --only tune`` (issue 14): every ``pointprobe tune`` method (SparseUNet) and every
+    ``videoprobe tune`` method (VideoMAE-layout ViT from a file) runs one step on the CPU in this process,
+    each with a finished row carrying its metric and costs; the CPU-vs-device agreement figures are there
+    (CPU vs CPU here: equal)."""
+    assert check_cuda.main(["--dry-run", "--only", "tune", "--out", str(tmp_path)]) == 0
+    (rec,) = json.loads((tmp_path / "check_cuda_dry.json").read_text())
+    assert rec["ok"] and rec["finished"] == rec["of"] == 13
+    runs = {r["run"]: r for r in rec["runs"]}
+    points = [f"points sparseunet {m}" for m, _ in check_cuda.TUNE_POINT_METHODS]
+    video = [f"video videomae_vit_tiny {m}" for m, _ in check_cuda.TUNE_VIDEO_METHODS]
+    assert list(runs) == points + video
+    for name, r in runs.items():
+        assert r["finished"] is True, name
+        assert r["metric"] == ("mIoU" if name.startswith("points") else "top1")
+        assert 0.0 <= r["value"] <= 100.0 and r["trainable_params"] > 0 and r["step_time_s"] > 0
+        assert r["memory_kind"] in ("cpu_peak_rss_train", "cpu_max_rss_process") and r["peak_memory_mb"] > 0
+        assert r["autocast_bf16"] is False  # bf16 autocast is for CUDA only
+    assert runs["points sparseunet mezo"]["method"] == "mezo-ssf"
+    assert runs["video videomae_vit_tiny mezo"]["method"] == "mezo-ssf"
+    assert runs["points sparseunet full"]["trainable_pct"] == 100.0
+    assert rec["linear fp32 first-step loss rel diff"] == 0.0
+    assert rec["linear standardisation rel diff"] == 0.0
+    md = check_cuda.markdown([rec])
+    assert "points sparseunet lora: mIoU" in md and "runs:" not in md
+    assert "1 checks ran on the CPU, 0 failed" in capsys.readouterr().out
+    check_cuda.RESULTS.clear()
+
+
+def test_only_tune_runs_the_tune_check_alone_on_cuda(monkeypatch, tmp_path):
+    """``--only tune`` on a GPU machine: the generated scenes, then only the tune check, on cuda with 3
+    steps per method (2 with ``--quick``); nothing else runs. CUDA and the check itself are stubbed."""
+    calls = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(check_cuda, "scenes", lambda root, n: calls.append(("scenes", n)) or root)
+    monkeypatch.setattr(check_cuda, "first_scene", lambda data: None)
+    monkeypatch.setattr(check_cuda, "machine_line", lambda: "stub machine")
+    monkeypatch.setattr(check_cuda, "check_tune",
+                        lambda data, tmp, dev, steps: calls.append(("tune", dev, steps)))
+    for name in [n for n in dir(check_cuda) if n.startswith("check_") and n != "check_tune"] + ["gpu_path"]:
+        monkeypatch.setattr(check_cuda, name, lambda *a, _n=name, **k: calls.append(_n))
+    check_cuda.RESULTS.clear()
+    assert check_cuda.main(["--only", "tune", "--out", str(tmp_path)]) == 0
+    assert check_cuda.main(["--only", "tune", "--quick", "--out", str(tmp_path)]) == 0
+    assert calls == [("scenes", 5), ("tune", "cuda", 3), ("scenes", 5), ("tune", "cuda", 2)]
+    assert check_cuda.section_name("tune") == "check_cuda_tune"

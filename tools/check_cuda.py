@@ -15,12 +15,19 @@ linear probe; 2D->3D lifting; PCA; a VideoMAE ViT and the attentive probe. The G
 of the network alone, before (CPU preprocessing, blocking copy) and after (device preprocessing, pinned
 non-blocking copy; target >= 0.7); extraction with DataLoader workers; building torch-scatter's CUDA
 kernels from source; flash-attn for PTv3 patch attention, built from the registry's source (each step
-time-boxed; the machine reaches no registry, so the sources travel with the tree):
+time-boxed; the machine reaches no registry, so the sources travel with the tree). The tuning ladder of
+issue 14 (``--only tune``; tiny runs, not yet timed on a GPU): every ``pointprobe tune`` method (linear,
+decoder, ssf, lora, last_k, progressive, full, mezo over ssf) on a tiny SparseUNet and a tiny PTv3 and every
+``videoprobe tune`` method (linear, ssf, lora, prompt, mezo over ssf) on a tiny VideoMAE-layout ViT read
+from a file, 3 steps each with bf16 autocast, in this process: per run finished (or its error), the
+metric, trainable parameters, training peak memory (``cuda_max_allocated``), s / step; and ``linear``'s
+first-step loss and cached standardisation in float32 on the CPU vs CUDA (relative differences):
 
     python tools/check_cuda.py --fetch-sources .gpusrc        # here, once (pip download, no build)
     python tools/check_cuda.py --only gpu_path --sources .gpusrc --out $OUT   # on the GPU machine
+    python tools/check_cuda.py --only tune --out $OUT                         # the tuning ladder
     python tools/check_cuda.py [--out runs/check-cuda] [--quick]              # every check
-    python tools/check_cuda.py --dry-run   # no GPU: imports, and the checks' CPU parts on small data
+    python tools/check_cuda.py --dry-run [--only tune]   # no GPU: imports, the checks' CPU parts, small data
 
 Writes ``OUT/check_cuda.md`` and ``OUT/check_cuda.json`` (the ``check_cuda`` section of
 docs/benchmarks.md is that markdown; ``--doc`` writes it there directly).
@@ -759,6 +766,151 @@ def gpu_path(room, tmp: Path, dev: str, sources: Path | None, quick: bool, dry: 
     check_flash_attn(sources, tmp, room, 60 if quick else 120, dry)
 
 
+# ------------------------------------------------------------------------------ issue 14: tune
+TUNE_POINT_METHODS: list[tuple[str, list[str]]] = [
+    ("linear", []), ("decoder", []), ("ssf", []), ("lora", []), ("last_k", ["tune.k=1"]),
+    ("progressive", ["tune.progressive_at=[0.3]"]), ("full", []), ("mezo", ["tune.over=ssf"])]
+TUNE_VIDEO_METHODS: list[tuple[str, list[str]]] = [
+    ("linear", []), ("ssf", []), ("lora", []), ("prompt", []), ("mezo", ["tune.over=ssf"])]
+# tiny encoders (random init): a SparseUNet (spconv; LoRA on its convs) and a PTv3 (LoRA on qkv)
+TUNE_POINT_ENCODERS: dict[str, list[str]] = {
+    "sparseunet": ["encoder.name=sparseunet", "encoder.config={channels: [8, 16, 16], depths: [1, 1, 1]}",
+                   "tune.lora_targets=[conv1, conv2]"],
+    "ptv3_tiny": ["encoder.name=ptv3_tiny", "encoder.config={}"],
+}
+
+
+def _tune_point_cfg(data: Path, out: Path, enc: str, dev: str, steps: int, extra: list[str]):
+    from common.config import load_config
+    from pointprobe.tune import PointTuneConfig
+
+    return load_config(PointTuneConfig, None, [
+        f"data.root={data}", f"out={out}", *TUNE_POINT_ENCODERS[enc], "aug.max_points=2000",
+        "tune.progress=false", f"tune.steps={steps}", "tune.warmup=1", "tune.norm_batches=1",
+        "tune.lrs=[0.01, 0.1]", "tune.wds=[0.0]", f"tune.save_every={steps}", "batch_size=2",
+        f"device={dev}", *extra])
+
+
+def _tune_video_cfg(data: Path, ckpt: Path, out: Path, dev: str, steps: int, extra: list[str]):
+    from videoprobe.tune import load_task_config
+
+    return load_task_config(None, [
+        "data.kind=synth", f"data.root={data}", f"out={out}", "encoder.name=videomae_vit_tiny",
+        f"encoder.checkpoint={ckpt}", "encoder.kwargs={num_frames: 8, img_size: 32}", "clips.clip_len=8",
+        "clips.frame_step=2", "clips.size=32", "clips.batch_size=4", "clips.eval_batch_size=4",
+        "clips.eval_clips=1", "clips.eval_spatial=center", "tune.progress=false", f"tune.steps={steps}",
+        "tune.warmup=1", "tune.norm_batches=1", "tune.lrs=[0.01, 0.1]", "tune.wds=[0.0]",
+        f"tune.save_every={steps}", "tune.select_split=test", "tune.eval_split=test",
+        "tune.lora_targets=[qkv]", "prompt.pad=4", f"device={dev}", *extra])
+
+
+def _tune_row(run, cfg, label: str) -> dict:
+    """One ``run_*_tune`` call in this process: finished, the metric and the costs of its row (or the
+    error's first line)."""
+    rec: dict = {"run": label}
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
+    try:
+        row = run(cfg)
+    except Exception as e:  # noqa: BLE001 - every method is reported, the next one runs
+        rec.update(finished=False, error=f"{type(e).__name__}: {e}".splitlines()[0][:200])
+        traceback.print_exc()
+        return rec
+    metric = "mIoU" if "mIoU" in row else "top1"
+    rec.update(finished="stopped_at" not in row, method=row.get("method"), metric=metric,
+               value=row.get(metric), trainable_params=row.get("trainable_params"),
+               trainable_pct=row.get("trainable_pct"), peak_memory_mb=row.get("peak_memory_mb"),
+               memory_kind=row.get("memory_kind"), step_time_s=row.get("step_time_s"),
+               autocast_bf16=bool(cfg.tune.autocast and str(cfg.device) == "cuda"))
+    return rec
+
+
+def _first_step(out: Path) -> tuple[float, torch.Tensor]:
+    """(loss of step 1, the cached feature standardisation mean / std) of the one run under ``out``."""
+    (run_dir,) = list((out / "runs").iterdir())
+    loss = json.loads((run_dir / "log.jsonl").read_text().splitlines()[0])["loss"]
+    sd = torch.load(run_dir / "last.pth", weights_only=False, map_location="cpu")["model"]
+    norm = torch.cat([sd[k].float().flatten() for k in sorted(sd) if k.endswith(("norm.mean", "norm.std"))
+                      and k.startswith("head.")])
+    return float(loss), norm
+
+
+def tune_agreement(data: Path, tmp: Path, dev: str) -> dict:
+    """``method=linear`` (SparseUNet, 1 step, float32: autocast off) on the CPU and on ``dev`` from the
+    same data, seed and weights: the relative difference of the cached standardisation and of the first
+    step's loss (the same augmented batches on both: their randomness is numpy's, keyed by the seed)."""
+    from pointprobe.tune import run_point_tune
+
+    res = {}
+    for d in ("cpu", dev) if dev != "cpu" else ("cpu", "cpu2"):
+        out = tmp / f"agree_{d}"
+        run_point_tune(_tune_point_cfg(data, out, "sparseunet", d.rstrip("2"), 1,
+                                       ["tune.method=linear", "tune.autocast=false"]))
+        res[d] = _first_step(out)
+    (la, na), (lb, nb) = res.values()
+    return {"linear fp32 first-step loss rel diff": abs(la - lb) / max(abs(la), 1e-12),
+            "linear standardisation rel diff": rel_diff(na, nb)}
+
+
+def make_video_tune_data(root: Path) -> tuple[Path, Path]:
+    """The bench's generated appearance / motion set (2 videos per class) and a random-init
+    ``videomae_vit_tiny`` in the VideoMAE release layout (tools/bench_tuning_video.py)."""
+    from tools.bench_tuning_video import make_data
+
+    data = make_data(root, 2, 1)
+    ckpt = root / "videomae_vit_tiny_random.pth"
+    if not ckpt.is_file():
+        from videoprobe.models import create_video_encoder
+
+        torch.manual_seed(0)
+        vit = create_video_encoder("videomae_vit_tiny", num_frames=8, img_size=32, seed=0)
+        sd = dict(vit.state_dict())
+        sd["head.weight"], sd["head.bias"] = torch.zeros(400, vit.embed_dim), torch.zeros(400)
+        torch.save({"model": sd}, ckpt)
+    return data, ckpt
+
+
+@check("pointprobe tune / videoprobe tune: every method of the ladder (bf16 autocast on CUDA)")
+def check_tune(data: Path, tmp: Path, dev: str = "cuda", steps: int = 3,
+               point_encoders: tuple[str, ...] = ("sparseunet", "ptv3_tiny"), video: bool = True) -> dict:
+    """Every ``pointprobe tune`` method on tiny generated scenes (per encoder of ``point_encoders``) and
+    every ``videoprobe tune`` method on a tiny VideoMAE-layout ViT, in this process on ``dev``: per run
+    finished / error, metric, trainable parameters, training peak memory (its kind), s / step; then the
+    CPU-vs-``dev`` agreement of ``linear`` (:func:`tune_agreement`)."""
+    from pointprobe.tune import run_point_tune
+    from videoprobe.tune import run_video_tune
+
+    runs = []
+    for enc in point_encoders:
+        for method, extra in TUNE_POINT_METHODS:
+            label = f"points {enc} {method}"
+            cfg = _tune_point_cfg(data, tmp / "tune_points" / enc, enc, dev, steps,
+                                  [f"tune.method={method}", *extra])
+            runs.append(_tune_row(run_point_tune, cfg, label))
+            print(json.dumps(runs[-1]), flush=True)
+    if video:
+        vdata, ckpt = make_video_tune_data(tmp / "tune_video_data")
+        for method, extra in TUNE_VIDEO_METHODS:
+            cfg = _tune_video_cfg(vdata, ckpt, tmp / "tune_video", dev, steps,
+                                  [f"tune.method={method}", *extra])
+            runs.append(_tune_row(run_video_tune, cfg, f"video videomae_vit_tiny {method}"))
+            print(json.dumps(runs[-1]), flush=True)
+    out: dict = {"runs": runs, "finished": sum(bool(r["finished"]) for r in runs), "of": len(runs)}
+    for r in runs:  # flat numbers for the markdown table
+        if r["finished"]:
+            out[f"{r['run']}"] = (f"{r['metric']} {r['value']:.1f}, {r['trainable_params']:,} trainable, "
+                                  f"{(r['peak_memory_mb'] or 0):.0f} MB {r['memory_kind']}, "
+                                  f"{r['step_time_s']:.3f} s/step" + (", bf16" if r["autocast_bf16"] else ""))
+        else:
+            out[f"{r['run']}"] = f"FAILED: {r['error']}"
+    try:
+        out.update(tune_agreement(data, tmp, dev))
+    except Exception as e:  # noqa: BLE001 - the rows above still count
+        out["agreement error"] = f"{type(e).__name__}: {e}".splitlines()[0][:200]
+    out["ok"] = out["finished"] == out["of"] and "agreement error" not in out
+    return out
+
+
 def _fmt(v: object) -> str:
     if isinstance(v, bool) or not isinstance(v, (int, float)):
         return str(v)
@@ -785,7 +937,8 @@ def markdown(results: list[dict], command: str = "python tools/check_cuda.py") -
              "machine's CPU.", "",
              "| check | ok | numbers |", "| --- | --- | --- |"]
     for r in results:
-        nums = "; ".join(f"{k}: {_fmt(v)}" for k, v in r.items() if k not in ("check", "ok", "machine"))
+        nums = "; ".join(f"{k}: {_fmt(v)}" for k, v in r.items()
+                         if k not in ("check", "ok", "machine", "runs"))
         lines.append(f"| {r['check']} | {'yes' if r['ok'] else '**NO**'} | {nums} |")
     lines += ["", f"- command: `{command}`"]
     return "\n".join(lines)
@@ -824,7 +977,7 @@ def main(argv: list[str] | None = None) -> int:
             update_section(section_name(args.only), md)
         return 0
     if args.dry_run:
-        return dry_run(Path(args.out), args.sources)
+        return dry_run(Path(args.out), args.sources, args.only)
     if not torch.cuda.is_available():
         print("check_cuda: CUDA is not available on this machine; nothing to check", file=sys.stderr)
         return 2
@@ -849,6 +1002,7 @@ def main(argv: list[str] | None = None) -> int:
             ("check_throughput", lambda: check_throughput(scene, args.quick)),
             ("gpu_path", lambda: gpu_path((scene.coord, scene.color, scene.normal), tmp, "cuda", args.sources,
                                           args.quick)),
+            ("tune", lambda: check_tune(data, tmp, "cuda", 2 if args.quick else 3)),
         ]
         only = {s.strip() for s in args.only.split(",") if s.strip()}
         for name, call in calls:
@@ -864,17 +1018,24 @@ def main(argv: list[str] | None = None) -> int:
     return failed
 
 
-def dry_run(out: Path, sources: Path | None) -> int:
-    """The GPU-path checks on the CPU with small data (no builds): that the script imports and its
-    CPU parts work. Writes OUT/check_cuda_dry.json; the exit status is the number of failed checks
-    other than the source lookups (which fail where the archives were not fetched)."""
+def dry_run(out: Path, sources: Path | None, only: str = "") -> int:
+    """The GPU-path checks and the tune check (``--only gpu_path`` / ``--only tune``: one of them) on the
+    CPU with small data (no builds; tune: 5 generated scenes, 1 step per method, the SparseUNet and the
+    video ViT): that the script imports and its CPU parts work. Writes OUT/check_cuda_dry.json; the exit
+    status is the number of failed checks other than the source lookups (which fail where the archives
+    were not fetched)."""
     from tools.bench_scale_points import room_scene
 
     RESULTS.clear()
+    names = {s.strip() for s in only.split(",") if s.strip()}
     r = room_scene(4000, 0)
     room = (r["coord"], r["color"], r["normal"])
     with tempfile.TemporaryDirectory() as tmpd:
-        gpu_path(room, Path(tmpd), "cpu", sources, quick=True, dry=True)
+        if not names or "gpu_path" in names:
+            gpu_path(room, Path(tmpd), "cpu", sources, quick=True, dry=True)
+        if not names or "tune" in names:
+            data = scenes(Path(tmpd) / "data", 5)  # as the full run: 3 train, 1 val, 1 test scenes
+            check_tune(data, Path(tmpd), "cpu", 1, point_encoders=("sparseunet",))
     out.mkdir(parents=True, exist_ok=True)
     (out / "check_cuda_dry.json").write_text(json.dumps(RESULTS, indent=1, default=str) + "\n")
     failed = sum(not r["ok"] for r in RESULTS if not r["check"].startswith(("torch-scatter", "flash-attn")))
