@@ -125,6 +125,18 @@ def _first_line(e: BaseException) -> str:
     return (s.splitlines()[0] if s else type(e).__name__)[:200]
 
 
+def _unpickling_reason(e: BaseException) -> str:
+    """What torch's weights-only unpickler found wrong, without its advice to load with
+    ``weights_only=False`` (a damaged or foreign file is not a question of trust)."""
+    s = str(e)
+    tag = "WeightsUnpickler error:"
+    if tag in s:
+        rest = [ln.strip() for ln in s.split(tag, 1)[1].splitlines() if ln.strip()]
+        if rest:
+            return f"not a torch checkpoint or damaged: {rest[0][:160]}"
+    return f"not a torch checkpoint or damaged: {_first_line(e)}"
+
+
 def load_checkpoint(path: str | os.PathLike, *, trust: bool = False, map_location: Any = "cpu",
                     hint: str | None = TRUST_HINT, kind: str = "checkpoint") -> Any:
     """``torch.load`` of a checkpoint the safe way (see the module text); errors are one line.
@@ -151,7 +163,7 @@ def load_checkpoint(path: str | os.PathLike, *, trust: bool = False, map_locatio
     except pickle.UnpicklingError as e:
         bad = unsafe_globals(p)
         if not bad:
-            raise CheckpointError(f"{p}: cannot read {kind} ({_first_line(e)})") from None
+            raise CheckpointError(f"{p}: cannot read {kind} ({_unpickling_reason(e)})") from None
         names = ", ".join(bad[:4]) + (f" and {len(bad) - 4} more" if len(bad) > 4 else "")
         opt_in = f"; if you trust this file, pass {hint}" if hint else ""
         raise CheckpointError(
