@@ -94,23 +94,24 @@ def save_row(out: Path, key: str, row: dict[str, Any]) -> dict[str, Any]:
     return row
 
 
-def write_encoders(folder: Path) -> dict[str, Path]:
-    """Random-init weights in the release file layouts: VideoMAE ``{"model": sd}``, zoo X3D ``.pyth``."""
+def write_encoders(folder: Path, names: tuple[str, ...] = ("videomae_vit_tiny", "x3d_s")) -> dict[str, Path]:
+    """Random-init weights in the release file layouts: VideoMAE ``{"model": sd}``, zoo X3D ``.pyth``
+    (``names``: which of the two; each written once, kept when already there)."""
     import torch
 
     from videoprobe.models import create_video_encoder
     from videoprobe.models.zoo import ZOO_SPECS, ZooEncoder
 
     folder.mkdir(parents=True, exist_ok=True)
-    paths = {"videomae_vit_tiny": folder / "videomae_vit_tiny_random.pth",
-             "x3d_s": folder / "X3D_S_random.pyth"}
-    if not paths["videomae_vit_tiny"].is_file():
+    paths = {n: p for n, p in (("videomae_vit_tiny", folder / "videomae_vit_tiny_random.pth"),
+                               ("x3d_s", folder / "X3D_S_random.pyth")) if n in names}
+    if "videomae_vit_tiny" in paths and not paths["videomae_vit_tiny"].is_file():
         torch.manual_seed(0)
         vit = create_video_encoder("videomae_vit_tiny", num_frames=8, img_size=32, seed=0)
         sd = {k: v for k, v in vit.state_dict().items()}
         sd["head.weight"], sd["head.bias"] = torch.zeros(400, vit.embed_dim), torch.zeros(400)
         torch.save({"model": sd}, paths["videomae_vit_tiny"])
-    if not paths["x3d_s"].is_file():
+    if "x3d_s" in paths and not paths["x3d_s"].is_file():
         torch.manual_seed(1)
         net = ZooEncoder("x3d_s", ZOO_SPECS["x3d_s"])
         sd = {f"model.{k}": v for k, v in net.net.state_dict().items()}

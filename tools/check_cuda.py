@@ -827,9 +827,11 @@ def _tune_row(run, cfg, label: str) -> dict:
 
 def _first_step(out: Path) -> tuple[float, torch.Tensor]:
     """(loss of step 1, the cached feature standardisation mean / std) of the one run under ``out``."""
+    from common.checkpoint import load_checkpoint
+
     (run_dir,) = list((out / "runs").iterdir())
     loss = json.loads((run_dir / "log.jsonl").read_text().splitlines()[0])["loss"]
-    sd = torch.load(run_dir / "last.pth", weights_only=False, map_location="cpu")["model"]
+    sd = load_checkpoint(run_dir / "last.pth", trust=True, hint=None)["model"]  # as the tuner resumes it
     norm = torch.cat([sd[k].float().flatten() for k in sorted(sd) if k.endswith(("norm.mean", "norm.std"))
                       and k.startswith("head.")])
     return float(loss), norm
@@ -855,19 +857,10 @@ def tune_agreement(data: Path, tmp: Path, dev: str) -> dict:
 def make_video_tune_data(root: Path) -> tuple[Path, Path]:
     """The bench's generated appearance / motion set (2 videos per class) and a random-init
     ``videomae_vit_tiny`` in the VideoMAE release layout (tools/bench_tuning_video.py)."""
-    from tools.bench_tuning_video import make_data
+    from tools.bench_tuning_video import make_data, write_encoders
 
     data = make_data(root, 2, 1)
-    ckpt = root / "videomae_vit_tiny_random.pth"
-    if not ckpt.is_file():
-        from videoprobe.models import create_video_encoder
-
-        torch.manual_seed(0)
-        vit = create_video_encoder("videomae_vit_tiny", num_frames=8, img_size=32, seed=0)
-        sd = dict(vit.state_dict())
-        sd["head.weight"], sd["head.bias"] = torch.zeros(400, vit.embed_dim), torch.zeros(400)
-        torch.save({"model": sd}, ckpt)
-    return data, ckpt
+    return data, write_encoders(root, ("videomae_vit_tiny",))["videomae_vit_tiny"]
 
 
 @check("pointprobe tune / videoprobe tune: every method of the ladder (bf16 autocast on CUDA)")
