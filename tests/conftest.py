@@ -10,6 +10,7 @@ import pytest
 # 3 s over a full run; pyproject's tmp_path_retention_policy = "failed" deletes a passing test's
 # tmp_path at its teardown). Below this much free space tests fail by hundreds with "No space left on
 # device" in the middle of writing; one line up front says why instead.
+SUITE_PEAK_BYTES = 900_000_000
 NEED_FREE_BYTES = 1_500_000_000
 
 
@@ -18,6 +19,7 @@ def pytest_sessionstart(session: pytest.Session) -> None:
     tmp = tempfile.gettempdir()
     free = shutil.disk_usage(tmp).free
     if free < NEED_FREE_BYTES:
-        pytest.exit(f"{tmp}: only {free / 1e9:.2f} GB free; the test suite writes up to about 0.9 GB there "
+        pytest.exit(f"{tmp}: only {free / 1e9:.2f} GB free; the test suite writes up to about "
+                    f"{SUITE_PEAK_BYTES / 1e9:.1f} GB there "
                     f"(needs {NEED_FREE_BYTES / 1e9:.1f} GB free): free some space or point TMPDIR at a "
                     f"larger disk", returncode=1)

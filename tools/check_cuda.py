@@ -780,15 +780,20 @@ TUNE_POINT_ENCODERS: dict[str, list[str]] = {
 }
 
 
+def _tune_common(steps: int) -> list[str]:
+    """The tune.* overrides of every tiny run, points and video: ``steps`` steps, a small lr grid, one
+    standardisation batch, a checkpoint at the end, no progress bar."""
+    return ["tune.progress=false", f"tune.steps={steps}", "tune.warmup=1", "tune.norm_batches=1",
+            "tune.lrs=[0.01, 0.1]", "tune.wds=[0.0]", f"tune.save_every={steps}"]
+
+
 def _tune_point_cfg(data: Path, out: Path, enc: str, dev: str, steps: int, extra: list[str]):
     from common.config import load_config
     from pointprobe.tune import PointTuneConfig
 
     return load_config(PointTuneConfig, None, [
         f"data.root={data}", f"out={out}", *TUNE_POINT_ENCODERS[enc], "aug.max_points=2000",
-        "tune.progress=false", f"tune.steps={steps}", "tune.warmup=1", "tune.norm_batches=1",
-        "tune.lrs=[0.01, 0.1]", "tune.wds=[0.0]", f"tune.save_every={steps}", "batch_size=2",
-        f"device={dev}", *extra])
+        *_tune_common(steps), "batch_size=2", f"device={dev}", *extra])
 
 
 def _tune_video_cfg(data: Path, ckpt: Path, out: Path, dev: str, steps: int, extra: list[str]):
@@ -798,9 +803,8 @@ def _tune_video_cfg(data: Path, ckpt: Path, out: Path, dev: str, steps: int, ext
         "data.kind=synth", f"data.root={data}", f"out={out}", "encoder.name=videomae_vit_tiny",
         f"encoder.checkpoint={ckpt}", "encoder.kwargs={num_frames: 8, img_size: 32}", "clips.clip_len=8",
         "clips.frame_step=2", "clips.size=32", "clips.batch_size=4", "clips.eval_batch_size=4",
-        "clips.eval_clips=1", "clips.eval_spatial=center", "tune.progress=false", f"tune.steps={steps}",
-        "tune.warmup=1", "tune.norm_batches=1", "tune.lrs=[0.01, 0.1]", "tune.wds=[0.0]",
-        f"tune.save_every={steps}", "tune.select_split=test", "tune.eval_split=test",
+        "clips.eval_clips=1", "clips.eval_spatial=center", *_tune_common(steps),
+        "tune.select_split=test", "tune.eval_split=test",
         "tune.lora_targets=[qkv]", "prompt.pad=4", f"device={dev}", *extra])
 
 
@@ -843,13 +847,13 @@ def tune_agreement(data: Path, tmp: Path, dev: str) -> dict:
     step's loss (the same augmented batches on both: their randomness is numpy's, keyed by the seed)."""
     from pointprobe.tune import run_point_tune
 
-    res = {}
-    for d in ("cpu", dev) if dev != "cpu" else ("cpu", "cpu2"):
-        out = tmp / f"agree_{d}"
-        run_point_tune(_tune_point_cfg(data, out, "sparseunet", d.rstrip("2"), 1,
+    res = []
+    for i, d in enumerate(("cpu", dev)):  # two run folders, also when dev is the CPU (a dry run)
+        out = tmp / f"agree_{i}_{d}"
+        run_point_tune(_tune_point_cfg(data, out, "sparseunet", d, 1,
                                        ["tune.method=linear", "tune.autocast=false"]))
-        res[d] = _first_step(out)
-    (la, na), (lb, nb) = res.values()
+        res.append(_first_step(out))
+    (la, na), (lb, nb) = res
     return {"linear fp32 first-step loss rel diff": abs(la - lb) / max(abs(la), 1e-12),
             "linear standardisation rel diff": rel_diff(na, nb)}
 
@@ -891,11 +895,11 @@ def check_tune(data: Path, tmp: Path, dev: str = "cuda", steps: int = 3,
     out: dict = {"runs": runs, "finished": sum(bool(r["finished"]) for r in runs), "of": len(runs)}
     for r in runs:  # flat numbers for the markdown table
         if r["finished"]:
-            out[f"{r['run']}"] = (f"{r['metric']} {r['value']:.1f}, {r['trainable_params']:,} trainable, "
+            out[r["run"]] = (f"{r['metric']} {r['value']:.1f}, {r['trainable_params']:,} trainable, "
                                   f"{(r['peak_memory_mb'] or 0):.0f} MB {r['memory_kind']}, "
                                   f"{r['step_time_s']:.3f} s/step" + (", bf16" if r["autocast_bf16"] else ""))
         else:
-            out[f"{r['run']}"] = f"FAILED: {r['error']}"
+            out[r["run"]] = f"FAILED: {r['error']}"
     try:
         out.update(tune_agreement(data, tmp, dev))
     except Exception as e:  # noqa: BLE001 - the rows above still count
@@ -914,10 +918,15 @@ def _fmt(v: object) -> str:
     return f"{v:.3g}"
 
 
+def only_names(only: str) -> set[str]:
+    """The check names of ``--only``'s comma list (empty: every check)."""
+    return {x.strip() for x in only.split(",") if x.strip()}
+
+
 def section_name(only: str) -> str:
     """The docs/benchmarks.md section of a run: ``check_cuda`` for every check, else named by ``--only``
     (a partial run, e.g. ``check_cuda_gpu_path``, does not replace the full table)."""
-    names = sorted(x.strip() for x in only.split(",") if x.strip())
+    names = sorted(only_names(only))
     return "check_cuda" if not names else "check_cuda_" + "_".join(names)
 
 
@@ -997,7 +1006,7 @@ def main(argv: list[str] | None = None) -> int:
                                           args.quick)),
             ("tune", lambda: check_tune(data, tmp, "cuda", 2 if args.quick else 3)),
         ]
-        only = {s.strip() for s in args.only.split(",") if s.strip()}
+        only = only_names(args.only)
         for name, call in calls:
             if not only or name in only:
                 call()
@@ -1020,7 +1029,7 @@ def dry_run(out: Path, sources: Path | None, only: str = "") -> int:
     from tools.bench_scale_points import room_scene
 
     RESULTS.clear()
-    names = {s.strip() for s in only.split(",") if s.strip()}
+    names = only_names(only)
     r = room_scene(4000, 0)
     room = (r["coord"], r["color"], r["normal"])
     with tempfile.TemporaryDirectory() as tmpd:
