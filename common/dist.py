@@ -20,6 +20,7 @@ rank's device.
 """
 from __future__ import annotations
 
+import atexit
 import datetime
 import os
 import time
@@ -77,6 +78,9 @@ def env_world_size() -> int:
     return max(1, _env_int("WORLD_SIZE", 1))
 
 
+_CLEANUP_AT_EXIT = False  # whether cleanup() is registered with atexit (once per process)
+
+
 def init_from_env(backend: str | None = None, timeout_s: float = 1800.0) -> bool:
     """Initialise ``torch.distributed`` from the torchrun environment when ``WORLD_SIZE > 1``.
 
@@ -84,6 +88,10 @@ def init_from_env(backend: str | None = None, timeout_s: float = 1800.0) -> bool
     current CUDA device is set to ``LOCAL_RANK`` first. Returns True when this process is now part of
     a multi-process group, False for a plain single process (nothing is initialised then).
     Calling it again once initialised is a no-op that returns True.
+
+    The group is also destroyed at interpreter exit (``atexit``) when the caller has not done it: a gloo
+    process that exits with its group alive can abort in the interpreter's teardown ("terminate called
+    without an active exception", exit -6; pytorch issue 190489), seen here in 1 of 60 four-rank runs.
     """
     if tdist.is_available() and tdist.is_initialized():
         return True
@@ -114,6 +122,10 @@ def init_from_env(backend: str | None = None, timeout_s: float = 1800.0) -> bool
         world_size=ws,
         timeout=datetime.timedelta(seconds=timeout_s),
     )
+    global _CLEANUP_AT_EXIT
+    if not _CLEANUP_AT_EXIT:
+        atexit.register(cleanup)
+        _CLEANUP_AT_EXIT = True
     return True
 
 

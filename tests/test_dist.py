@@ -152,6 +152,43 @@ def test_torchrun_two_processes(tmp_path):
         assert x["bcast"] == {"from": 0}
 
 
+EXIT_WORKER = textwrap.dedent(
+    """
+    import sys
+
+    import torch
+    import torch.distributed as tdist
+
+    from common import dist
+
+    out = sys.argv[1]
+    real_destroy = tdist.destroy_process_group
+
+
+    def recording_destroy(*a, **k):
+        open(f"{out}/destroyed{dist.rank()}", "w").close()
+        real_destroy(*a, **k)
+
+
+    tdist.destroy_process_group = recording_destroy
+    dist.init_from_env()
+    dist.all_reduce_tensor(torch.ones(1))
+    # no dist.cleanup(): the process ends with its gloo group alive
+    """
+)
+
+
+@pytest.mark.dist
+@pytest.mark.slow
+def test_the_group_is_destroyed_at_exit_when_the_caller_forgets(tmp_path):
+    """A gloo process leaving with its group alive can abort at interpreter teardown (exit -6, seen in
+    the suite's 2-rank tune test); init_from_env registers cleanup() with atexit."""
+    script = tmp_path / "worker.py"
+    script.write_text(EXIT_WORKER)
+    _torchrun(script, [str(tmp_path)])
+    assert sorted(p.name for p in tmp_path.glob("destroyed*")) == ["destroyed0", "destroyed1"]
+
+
 def test_pick_device(monkeypatch, no_torchrun_env):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert dist.pick_device() == torch.device("cpu")  # auto without CUDA
