@@ -38,7 +38,13 @@ def test_disk_bytes_counts_allocated_blocks(tmp_path):
     assert disk_bytes(tmp_path) < 100_000
     (tmp_path / "sub").mkdir()
     (tmp_path / "sub" / "f.bin").write_bytes(os.urandom(3_000_000))
-    assert 3_000_000 <= disk_bytes(tmp_path) < 3_200_000
+    big = tmp_path / "pytest-of-me" / "pytest-7" / "test_big0"
+    big.mkdir(parents=True)
+    (big / "g.bin").write_bytes(os.urandom(5_000_000))
+    by_entry: dict[str, int] = {}
+    assert 8_000_000 <= disk_bytes(tmp_path, by_entry) < 8_400_000
+    assert max(by_entry, key=by_entry.get) == "pytest-of-me/pytest-7/test_big0"
+    assert 3_000_000 <= by_entry["sub"] < 3_200_000
 
 
 def test_the_tool_measures_a_tiny_suite_and_writes_its_section(tmp_path, capsys):
@@ -62,6 +68,7 @@ def test_the_tool_measures_a_tiny_suite_and_writes_its_section(tmp_path, capsys)
     assert float(cells[5]) < 1                            # the passing test's tmp_path was deleted (ini)
     assert not (out / "tmp").exists()                     # the tool removes its folder after a pass
     assert "tests/conftest.py states" in text and "met" in text
+    assert "/test_writes_eight_megabytes0` (8 MB" in text  # the test behind the peak is named
     assert (out / "pytest.log").read_text().count("passed") >= 1
 
 

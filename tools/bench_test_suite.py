@@ -33,17 +33,23 @@ SECTION = "bench_test_suite"
 _COUNT = re.compile(r"(\d+) (passed|failed|skipped|errors?|deselected|xfailed|xpassed)")
 
 
-def disk_bytes(folder: Path) -> int:
+def disk_bytes(folder: Path, by_entry: dict[str, int] | None = None) -> int:
     """Bytes allocated on disk under ``folder`` (st_blocks x 512, as ``du``); files that vanish while
-    the folder is walked are skipped."""
+    the folder is walked are skipped. ``by_entry`` (optional) gets the bytes per entry: a test's own
+    folder for pytest's ``pytest-of-<user>/pytest-<n>/<test>``, else the top-level name."""
     total = 0
     for dirpath, dirnames, filenames in os.walk(folder, onerror=lambda _e: None):
+        rel = Path(dirpath).relative_to(folder).parts
         for name in dirnames + filenames:
             try:
                 st = os.lstat(os.path.join(dirpath, name))
             except OSError:
                 continue
             total += st.st_blocks * 512
+            if by_entry is not None:
+                parts = (*rel, name)
+                key = "/".join(parts[:3] if parts[0].startswith("pytest-of-") else parts[:1])
+                by_entry[key] = by_entry.get(key, 0) + st.st_blocks * 512
     return total
 
 
@@ -66,6 +72,7 @@ class DiskSampler:
     def __init__(self, folder: Path, interval: float):
         self.folder, self.interval = folder, interval
         self.peak, self.peak_at, self.samples = 0, 0.0, 0
+        self.peak_entry, self.peak_entry_bytes = "", 0
         self._stop = threading.Event()
         self._t0 = time.monotonic()
         self._thread = threading.Thread(target=self._run, daemon=True)
@@ -76,10 +83,13 @@ class DiskSampler:
             self._stop.wait(self.interval)
 
     def sample(self) -> int:
-        used = disk_bytes(self.folder)
+        by_entry: dict[str, int] = {}
+        used = disk_bytes(self.folder, by_entry)
         self.samples += 1
         if used > self.peak:
             self.peak, self.peak_at = used, time.monotonic() - self._t0
+            if by_entry:
+                self.peak_entry, self.peak_entry_bytes = max(by_entry.items(), key=lambda kv: kv[1])
         return used
 
     def __enter__(self) -> DiskSampler:
@@ -116,7 +126,9 @@ def run_suite(out: Path, pytest_args: list[str], interval: float) -> dict:
     left = sampler.sample()
     result = {
         "rc": rc, "wall_s": wall, "counts": parse_summary("".join(lines)), "peak_bytes": sampler.peak,
-        "peak_at_s": sampler.peak_at, "left_bytes": left, "samples": sampler.samples,
+        "peak_at_s": sampler.peak_at,
+        "peak_entry": sampler.peak_entry, "peak_entry_bytes": sampler.peak_entry_bytes,
+        "left_bytes": left, "samples": sampler.samples,
         "load_start": load0, "load_end": os.getloadavg()[0], "cmd": cmd, "log": str(log_path),
     }
     if rc == 0:
@@ -151,6 +163,8 @@ def section(result: dict, command: str, interval: float) -> str:
         f"{result['peak_at_s'] / 60:.1f} | {result['left_bytes'] / mb:.0f} | "
         f"{result['load_start']:.1f} / {result['load_end']:.1f} |",
         "",
+        f"- the largest entry at the peak: `{result['peak_entry'] or '-'}` "
+        f"({result['peak_entry_bytes'] / mb:.0f} MB; a test's tmp_path is named after the test)",
         f"- temp peak / the figure tests/conftest.py states (SUITE_PEAK_BYTES, "
         f"{SUITE_PEAK_BYTES / mb:.0f} MB): {peak / SUITE_PEAK_BYTES:.2f}",
         f"- temp peak below the free space the suite insists on (NEED_FREE_BYTES, "
