@@ -328,7 +328,7 @@ def render_section(results: dict) -> str:
     notes.append(f"- helping on val: {', '.join(helps) if helps else 'none'}")
     notes += [f"- {n}" for n in info.get("notes", [])]
     notes.append("- s / step: median wall seconds of the logged steps (log.jsonl, every train.log_every-th) "
-                 "(machine shared, loaded); "
+                 "(depends on what else the machine runs); "
                  "CPU s / step: the process's CPU time per step (all threads), less sensitive to the load; "
                  "peak RSS: the pre-training process's ru_maxrss (`os.wait4`), max over seeds")
     if info.get("wall_seconds") is not None:
