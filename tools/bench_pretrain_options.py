@@ -17,10 +17,10 @@ Writes ``OUT/results.json`` (resumable: a (variant, seed) already there is skipp
 and the section ``bench_pretrain_options`` of ``docs/benchmarks.md``.
 
 Cost: per run, pre-training (steps x s/step + about a minute of start-up) and the evaluation stage
-(every scene encoded once). Default size (20 rooms, 150 steps, seeds 0 and 1, 8-10 runs) is estimated,
-not run: about 7 minutes a run on 2 idle cores (pretrain_bench_cpu.yaml's 1.7 s/step), over an hour in
-all. Measured on the loaded shared machine (load 10-14 on 2 cores): 7 s/step at views.max_points=3000,
-about 6 minutes to evaluate 10 rooms.
+(every scene encoded once). Default size (20 rooms, 150 steps, seeds 0 and 1: 10 runs, 12 with a
+combination) measured on 2026-12-01: 43.0 min on 2 nearly idle cores, about 3.5-4.5 minutes a run
+(1.1-1.6 s/step). The same VM ran about 3x slower on other days; the reduced run (10 rooms, 25 steps,
+views.max_points=3000) took 101 min at load 6-14.
 
     python tools/bench_pretrain_options.py [--out runs/bench-pretrain-options] [--scenes 20] [--steps 150]
         [--seeds 0 1] [--set views.max_points=3000] [--note "..."]
