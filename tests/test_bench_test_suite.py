@@ -68,6 +68,7 @@ def test_the_tool_measures_a_tiny_suite_and_writes_its_section(tmp_path, capsys)
     assert float(cells[5]) < 1                            # the passing test's tmp_path was deleted (ini)
     assert not (out / "tmp").exists()                     # the tool removes its folder after a pass
     assert "tests/conftest.py states" in text and "met" in text
+    assert f"`python tools/bench_test_suite.py --out {out} --interval 0.05 --doc {doc} -- {suite}`" in text
     assert "/test_writes_eight_megabytes0` (8 MB" in text  # the test behind the peak is named
     assert (out / "pytest.log").read_text().count("passed") >= 1
 

@@ -183,6 +183,7 @@ def main(argv: list[str] | None = None) -> int:
     if "--" in argv:
         cut = argv.index("--")
         argv, pytest_args = argv[:cut], argv[cut + 1:]
+    tool_args = [a for a in argv if a != "--no-doc"]
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  epilog="arguments after -- are passed to pytest (default: the whole suite)")
     ap.add_argument("--out", default="runs/bench-test-suite",
@@ -196,7 +197,8 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     result = run_suite(out, pytest_args, args.interval)
-    shown = "python tools/bench_test_suite.py" + (" -- " + " ".join(pytest_args) if pytest_args else "")
+    passed_on = ["--", *pytest_args] if pytest_args else []
+    shown = " ".join(["python tools/bench_test_suite.py", *tool_args, *passed_on])
     md = section(result, shown, args.interval)
     if args.no_doc:
         print(md)
