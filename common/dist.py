@@ -78,9 +78,6 @@ def env_world_size() -> int:
     return max(1, _env_int("WORLD_SIZE", 1))
 
 
-_CLEANUP_AT_EXIT = False  # whether cleanup() is registered with atexit (once per process)
-
-
 def init_from_env(backend: str | None = None, timeout_s: float = 1800.0) -> bool:
     """Initialise ``torch.distributed`` from the torchrun environment when ``WORLD_SIZE > 1``.
 
@@ -122,10 +119,8 @@ def init_from_env(backend: str | None = None, timeout_s: float = 1800.0) -> bool
         world_size=ws,
         timeout=datetime.timedelta(seconds=timeout_s),
     )
-    global _CLEANUP_AT_EXIT
-    if not _CLEANUP_AT_EXIT:
-        atexit.register(cleanup)
-        _CLEANUP_AT_EXIT = True
+    atexit.unregister(cleanup)  # once per process, however often a group is made
+    atexit.register(cleanup)
     return True
 
 

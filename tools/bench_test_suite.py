@@ -7,7 +7,7 @@ writes section ``bench_test_suite`` of docs/benchmarks.md: passed / skipped / fa
 the peak and what was left at the end, against the numbers ``tests/conftest.py`` states
 (``SUITE_PEAK_BYTES``) and refuses below (``NEED_FREE_BYTES``). The README's figures come from here.
 
-    python tools/bench_test_suite.py                      # the whole suite (about 17 min on 2 idle cores)
+    python tools/bench_test_suite.py                      # the whole suite (5-17 min on 2 cores)
     python tools/bench_test_suite.py -- tests/test_cache.py -x   # arguments after -- go to pytest
 
 The temporary folder is deleted when the suite passes and kept (for a look) when it does not; the
@@ -16,6 +16,7 @@ tool exits with pytest's exit status.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
 import re
 import shutil
@@ -129,7 +130,7 @@ def run_suite(out: Path, pytest_args: list[str], interval: float) -> dict:
         "peak_at_s": sampler.peak_at,
         "peak_entry": sampler.peak_entry, "peak_entry_bytes": sampler.peak_entry_bytes,
         "left_bytes": left, "samples": sampler.samples,
-        "load_start": load0, "load_end": os.getloadavg()[0], "cmd": cmd, "log": str(log_path),
+        "load_start": load0, "load_end": os.getloadavg()[0],
     }
     if rc == 0:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -140,11 +141,10 @@ def section(result: dict, command: str, interval: float) -> str:
     """The markdown of section bench_test_suite for one run."""
     from common.benchdoc import machine_line
 
-    sys.path.insert(0, str(ROOT / "tests"))
-    try:
-        from conftest import NEED_FREE_BYTES, SUITE_PEAK_BYTES
-    finally:
-        sys.path.pop(0)
+    spec = importlib.util.spec_from_file_location("suite_conftest", ROOT / "tests" / "conftest.py")
+    conftest = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(conftest)
+    SUITE_PEAK_BYTES, NEED_FREE_BYTES = conftest.SUITE_PEAK_BYTES, conftest.NEED_FREE_BYTES
     c = result["counts"]
     counts = ", ".join(f"{c[k]} {k}" for k in ("passed", "skipped", "failed", "errors", "deselected",
                                                 "xfailed", "xpassed") if c.get(k)) or "no summary line"
